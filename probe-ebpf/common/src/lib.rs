@@ -1,0 +1,293 @@
+//! Kernel/user shared types for schedlat, defined once.
+//!
+//! Every type here is `#[repr(C)]`, has no implicit padding and pins its size, because the
+//! eBPF programs write these bytes and userspace reads them back out of maps.
+#![no_std]
+
+pub mod hist;
+
+pub use hist::{NUM_BUCKETS, bucket_index, bucket_lower_ns, bucket_upper_ns};
+
+/// Length of `task_struct.comm` (TASK_COMM_LEN, include/linux/sched.h).
+pub const COMM_LEN: usize = 16;
+
+/// What a histogram or a delay is about.
+pub mod kind {
+    /// Run-queue delay of a task that was woken (sched_waking / sched_wakeup_new).
+    pub const RUNQ_WOKEN: u32 = 0;
+    /// Run-queue delay of a task that was switched out while still runnable (preempted).
+    pub const RUNQ_PREEMPTED: u32 = 1;
+    /// Time blocked in a futex wait.
+    pub const FUTEX: u32 = 2;
+}
+
+/// Futex commands we treat as blocking (include/uapi/linux/futex.h), plus pseudo-ops for the
+/// futex2 syscalls, which have their own tracepoints.
+pub mod futex_op {
+    pub const WAIT: u32 = 0;
+    pub const LOCK_PI: u32 = 6;
+    pub const WAIT_BITSET: u32 = 9;
+    pub const WAIT_REQUEUE_PI: u32 = 11;
+    pub const LOCK_PI2: u32 = 13;
+    /// FUTEX_PRIVATE_FLAG | FUTEX_CLOCK_REALTIME: masked off to get the command.
+    pub const FLAG_MASK: u32 = 128 | 256;
+    /// sys_futex_waitv (Linux 5.16).
+    pub const WAITV: u32 = 1000;
+    /// sys_futex_wait, futex2 (Linux 6.7).
+    pub const FUTEX2_WAIT: u32 = 1001;
+
+    /// Whether `cmd` (op with the flag bits masked off) can block the caller.
+    #[inline(always)]
+    pub const fn is_blocking(cmd: u32) -> bool {
+        matches!(cmd, WAIT | LOCK_PI | WAIT_BITSET | WAIT_REQUEUE_PI | LOCK_PI2)
+    }
+}
+
+/// How a futex wait ended, indexes into the `FUTEX_OUT` counters.
+pub mod futex_outcome {
+    /// Returned 0: woken (or lock acquired).
+    pub const WOKEN: u32 = 0;
+    /// -ETIMEDOUT.
+    pub const TIMEOUT: u32 = 1;
+    /// -EINTR / -ERESTARTSYS family: interrupted by a signal.
+    pub const INTERRUPTED: u32 = 2;
+    /// -EAGAIN / -EWOULDBLOCK: the futex word had changed, the caller never slept.
+    /// Counted here, but not recorded as a wait.
+    pub const VALUE_CHANGED: u32 = 3;
+    /// Any other error.
+    pub const OTHER_ERROR: u32 = 4;
+    pub const COUNT: usize = 5;
+}
+
+/// Reasons an event was lost. Every drop is counted in the `DROPS` per-CPU array.
+pub mod drop_reason {
+    /// RUNQ_START (run-queue start stamps) was full: one delay lost.
+    pub const RUNQ_START_FULL: u32 = 0;
+    /// FUTEX_START was full: one futex wait lost.
+    pub const FUTEX_START_FULL: u32 = 1;
+    /// HISTS was full: a (cgroup, kind) series could not be created; one value lost.
+    pub const HIST_FULL: u32 = 2;
+    /// TASK_STATS was full (captures): per-task totals for one event lost.
+    pub const TASK_FULL: u32 = 3;
+    /// WAKE_PAIRS was full (captures): one waker->wakee count lost.
+    pub const WAKE_PAIR_FULL: u32 = 4;
+    /// WAKE_CG was full (daemon): one wakeup count lost.
+    pub const WAKE_CG_FULL: u32 = 5;
+    /// A slow event exceeded the in-kernel rate limit.
+    pub const SLOW_RATE_LIMITED: u32 = 6;
+    /// The slow-event ring buffer was full.
+    pub const SLOW_RINGBUF_FULL: u32 = 7;
+    /// bpf_probe_read_kernel of a task field failed; the event was skipped.
+    pub const READ_FAILED: u32 = 8;
+    pub const COUNT: usize = 9;
+
+    /// Label values, in index order.
+    pub const NAMES: [&str; COUNT] = [
+        "runq_start_map_full",
+        "futex_start_map_full",
+        "hist_map_full",
+        "task_map_full",
+        "wake_pair_map_full",
+        "wake_cgroup_map_full",
+        "slow_event_rate_limited",
+        "slow_event_ringbuf_full",
+        "kernel_read_failed",
+    ];
+}
+
+/// Bits of [`Config::flags`].
+pub mod flags {
+    /// Keep per-task totals and waker->wakee pairs (captures).
+    pub const TRACK_TASKS: u32 = 1 << 0;
+    /// Only record tasks whose tgid is in FILTER_TGID.
+    pub const FILTER_TGID: u32 = 1 << 1;
+    /// Only record tasks whose cgroup id is in FILTER_CGROUP.
+    pub const FILTER_CGROUP: u32 = 1 << 2;
+    /// Count wakeups per wakee cgroup (daemon).
+    pub const TRACK_WAKE_CGROUP: u32 = 1 << 3;
+    /// sched_switch has no prev_state argument (kernel < 5.18): read prev's state instead.
+    pub const READ_PREV_STATE: u32 = 1 << 4;
+    /// Emit slow events to the ring buffer.
+    pub const SLOW_EVENTS: u32 = 1 << 5;
+}
+
+/// Load-time configuration, one global (`CONFIG`) set by the loader with `override_global`.
+/// Kernel struct offsets come from /sys/kernel/btf/vmlinux and tracepoint offsets from tracefs
+/// `format` files (aya-ebpf cannot emit CO-RE relocations yet, aya issue #349).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// task_struct.pid
+    pub task_pid: u32,
+    /// task_struct.tgid
+    pub task_tgid: u32,
+    /// task_struct.__state (or .state before 5.14); used only with READ_PREV_STATE.
+    pub task_state: u32,
+    /// task_struct.comm
+    pub task_comm: u32,
+    /// task_struct.cgroups (struct css_set *)
+    pub task_cgroups: u32,
+    /// css_set.dfl_cgrp (struct cgroup *)
+    pub css_set_dfl_cgrp: u32,
+    /// cgroup.kn (struct kernfs_node *)
+    pub cgroup_kn: u32,
+    /// kernfs_node.id (u64; the cgroup id on 64-bit kernels)
+    pub kernfs_node_id: u32,
+    /// syscalls:sys_enter_futex field `op`
+    pub tp_futex_op: u32,
+    /// syscalls:sys_exit_* field `ret`
+    pub tp_exit_ret: u32,
+    /// Bits from [`flags`].
+    pub flags: u32,
+    /// Slow events allowed per CPU per second.
+    pub slow_max_per_sec: u32,
+    /// Delays at or above this are sent to userspace as slow events.
+    pub slow_threshold_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<Config>() == 56);
+
+/// Key of the HISTS map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HistKey {
+    /// cgroup v2 id of the task that waited.
+    pub cgroup_id: u64,
+    /// One of [`kind`].
+    pub kind: u32,
+    /// For kind::FUTEX, the futex command ([`futex_op`]); 0 otherwise.
+    pub op: u32,
+}
+const _: () = assert!(core::mem::size_of::<HistKey>() == 16);
+
+/// A log-linear histogram of nanosecond values (see [`hist`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Hist {
+    pub buckets: [u64; NUM_BUCKETS],
+    pub sum_ns: u64,
+    /// Racy maximum (BPF has no atomic max): exact on one CPU, may miss a concurrent larger
+    /// value across CPUs by one update.
+    pub max_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<Hist>() == NUM_BUCKETS * 8 + 16);
+
+impl Hist {
+    pub const ZERO: Self = Self { buckets: [0; NUM_BUCKETS], sum_ns: 0, max_ns: 0 };
+}
+
+/// Value of RUNQ_START: when a task became runnable, and why.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunqStart {
+    pub ts_ns: u64,
+    /// kind::RUNQ_WOKEN or kind::RUNQ_PREEMPTED
+    pub cause: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<RunqStart>() == 16);
+
+/// Value of FUTEX_START: when a task entered a blocking futex op.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FutexStart {
+    pub ts_ns: u64,
+    pub op: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<FutexStart>() == 16);
+
+/// Per-task totals (captures only), keyed by tid.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskStat {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub cgroup_id: u64,
+    pub runq_count: u64,
+    pub runq_sum_ns: u64,
+    pub runq_max_ns: u64,
+    pub runq_preempted_count: u64,
+    pub runq_preempted_sum_ns: u64,
+    pub futex_count: u64,
+    pub futex_sum_ns: u64,
+    pub futex_max_ns: u64,
+    pub futex_timeouts: u64,
+    pub comm: [u8; COMM_LEN],
+}
+const _: () = assert!(core::mem::size_of::<TaskStat>() == 104);
+
+/// Key of WAKE_PAIRS.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct WakePair {
+    pub waker_tid: u32,
+    pub wakee_tid: u32,
+}
+const _: () = assert!(core::mem::size_of::<WakePair>() == 8);
+
+/// Value of WAKE_PAIRS. Comms are captured when the pair is first seen.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WakeCount {
+    pub count: u64,
+    pub waker_comm: [u8; COMM_LEN],
+    pub wakee_comm: [u8; COMM_LEN],
+}
+const _: () = assert!(core::mem::size_of::<WakeCount>() == 40);
+
+/// Per-CPU run-queue totals (PerCpuArray, one entry).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuStat {
+    /// Indexed by kind::RUNQ_WOKEN / kind::RUNQ_PREEMPTED.
+    pub count: [u64; 2],
+    pub sum_ns: [u64; 2],
+    pub max_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<CpuStat>() == 40);
+
+/// Per-CPU slow-event rate limiter state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateWindow {
+    pub start_ns: u64,
+    pub count: u64,
+}
+
+/// A run-queue delay at or above the threshold, sent through the SLOW_EVENTS ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlowEvent {
+    /// bpf_ktime_get_ns() at switch-in.
+    pub ts_ns: u64,
+    pub delay_ns: u64,
+    pub cgroup_id: u64,
+    pub tid: u32,
+    pub tgid: u32,
+    pub cpu: u32,
+    /// kind::RUNQ_WOKEN or kind::RUNQ_PREEMPTED
+    pub cause: u32,
+    /// The task that ran on this CPU just before the waiting task got it.
+    pub prev_tid: u32,
+    pub prev_tgid: u32,
+    pub comm: [u8; COMM_LEN],
+    pub prev_comm: [u8; COMM_LEN],
+}
+const _: () = assert!(core::mem::size_of::<SlowEvent>() == 80);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)], Copy, have no padding (sizes pinned above) and any
+    // bit pattern is a valid value.
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for HistKey {}
+    unsafe impl aya::Pod for Hist {}
+    unsafe impl aya::Pod for RunqStart {}
+    unsafe impl aya::Pod for FutexStart {}
+    unsafe impl aya::Pod for TaskStat {}
+    unsafe impl aya::Pod for WakePair {}
+    unsafe impl aya::Pod for WakeCount {}
+    unsafe impl aya::Pod for CpuStat {}
+    unsafe impl aya::Pod for SlowEvent {}
+}

@@ -1,0 +1,587 @@
+//! schedlat kernel-side programs.
+//!
+//! Thin entries around shared handlers. All aggregation happens here, into bounded maps;
+//! userspace only reads them. Every failed insert or lost event bumps a `DROPS` counter.
+//!
+//! Run-queue delay follows the kernel's own definition (sched_info in kernel/sched/stats.h):
+//! from becoming runnable (woken, or switched out while still runnable) to being switched in.
+#![no_std]
+#![no_main]
+// BPF atomic add needs inline asm: the bpfel target has no atomic-cas, so core's fetch_add is
+// unavailable. Built with RUSTC_BOOTSTRAP=aya_ebpf,schedlat_probes (see probe-user/build.rs).
+#![feature(asm_experimental_arch)]
+
+use core::ptr::{addr_of, read_volatile};
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
+    macros::{btf_tracepoint, map, tracepoint},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    programs::{BtfTracePointContext, TracePointContext},
+};
+use schedlat_common::{
+    COMM_LEN, Config, CpuStat, FutexStart, Hist, HistKey, RateWindow, RunqStart, SlowEvent,
+    TaskStat, WakeCount, WakePair, bucket_index, drop_reason, flags, futex_op, futex_outcome,
+    kind,
+};
+
+/// Set by the loader before load (read-only data: the verifier sees the values as constants).
+#[unsafe(no_mangle)]
+static CONFIG: Config = Config {
+    task_pid: 0,
+    task_tgid: 0,
+    task_state: 0,
+    task_comm: 0,
+    task_cgroups: 0,
+    css_set_dfl_cgrp: 0,
+    cgroup_kn: 0,
+    kernfs_node_id: 0,
+    tp_futex_op: 0,
+    tp_exit_ret: 0,
+    flags: 0,
+    slow_max_per_sec: 0,
+    slow_threshold_ns: u64::MAX,
+};
+
+// Map sizes here are defaults; the loader resizes them from config (set_max_entries).
+
+/// tid -> when it became runnable.
+#[map]
+static RUNQ_START: HashMap<u32, RunqStart> = HashMap::with_max_entries(65536, 0);
+/// tid -> when it entered a blocking futex op.
+#[map]
+static FUTEX_START: HashMap<u32, FutexStart> = HashMap::with_max_entries(65536, 0);
+/// (cgroup, kind, op) -> histogram.
+#[map]
+static HISTS: HashMap<HistKey, Hist> = HashMap::with_max_entries(4096, 0);
+/// One zeroed histogram: the value used to create HISTS entries (too big for the stack).
+#[map]
+static ZERO_HIST: Array<Hist> = Array::with_max_entries(1, 0);
+/// tid -> totals (captures).
+#[map]
+static TASK_STATS: HashMap<u32, TaskStat> = HashMap::with_max_entries(32768, 0);
+/// waker/wakee tids -> count (captures).
+#[map]
+static WAKE_PAIRS: HashMap<WakePair, WakeCount> = HashMap::with_max_entries(32768, 0);
+/// wakee cgroup id -> wakeups (daemon).
+#[map]
+static WAKE_CG: HashMap<u64, u64> = HashMap::with_max_entries(4096, 0);
+/// Per-CPU run-queue totals.
+#[map]
+static CPU_STATS: PerCpuArray<CpuStat> = PerCpuArray::with_max_entries(1, 0);
+/// Lost events, by drop_reason.
+#[map]
+static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop_reason::COUNT as u32, 0);
+/// Futex waits by how they ended, by futex_outcome.
+#[map]
+static FUTEX_OUT: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(futex_outcome::COUNT as u32, 0);
+/// Slow-event rate limiter, one window per CPU.
+#[map]
+static SLOW_RATE: PerCpuArray<RateWindow> = PerCpuArray::with_max_entries(1, 0);
+/// Slow run-queue delays for userspace.
+#[map]
+static SLOW_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+/// Capture filters: tgids and cgroup ids to record (used when the FILTER_* flags are set).
+#[map]
+static FILTER_TGID: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+#[map]
+static FILTER_CG: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
+
+#[inline(always)]
+fn cfg() -> &'static Config {
+    // read_volatile so the compiler does not constant-fold the zero-initialised defaults.
+    unsafe { &*read_volatile(&addr_of!(CONFIG)) }
+}
+
+#[inline(always)]
+fn cfg_flags() -> u32 {
+    unsafe { read_volatile(addr_of!(CONFIG.flags)) }
+}
+
+#[inline(always)]
+fn count_drop(reason: u32) {
+    if let Some(p) = DROPS.get_ptr_mut(reason) {
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+fn atomic_add(p: *mut u64, v: u64) {
+    // BPF_ATOMIC | BPF_ADD without BPF_FETCH: available on every kernel with eBPF.
+    unsafe {
+        core::arch::asm!("lock *(u64 *)({p} + 0) += {v}", p = in(reg) p, v = in(reg) v);
+    }
+}
+
+/// Read a field of a kernel object at a byte offset known only at load time.
+#[inline(always)]
+unsafe fn read_field<T>(base: *const u8, off: u32) -> Result<T, i32> {
+    unsafe { bpf_probe_read_kernel(base.add(off as usize) as *const T) }
+}
+
+#[inline(always)]
+fn task_pid(task: *const u8) -> Result<u32, i32> {
+    unsafe { read_field::<i32>(task, cfg().task_pid).map(|v| v as u32) }
+}
+
+#[inline(always)]
+fn task_tgid(task: *const u8) -> Result<u32, i32> {
+    unsafe { read_field::<i32>(task, cfg().task_tgid).map(|v| v as u32) }
+}
+
+#[inline(always)]
+fn task_comm(task: *const u8) -> [u8; COMM_LEN] {
+    unsafe { read_field::<[u8; COMM_LEN]>(task, cfg().task_comm).unwrap_or([0; COMM_LEN]) }
+}
+
+/// task->cgroups->dfl_cgrp->kn->id: the v2 cgroup id, as bpf_get_current_cgroup_id() gives
+/// for the current task (kernel/bpf/helpers.c), but for any task.
+#[inline(always)]
+fn task_cgroup_id(task: *const u8) -> Result<u64, i32> {
+    let c = cfg();
+    unsafe {
+        let cset: *const u8 = read_field(task, c.task_cgroups)?;
+        let cgrp: *const u8 = read_field(cset, c.css_set_dfl_cgrp)?;
+        let kn: *const u8 = read_field(cgrp, c.cgroup_kn)?;
+        read_field::<u64>(kn, c.kernfs_node_id)
+    }
+}
+
+/// Whether a task passes the capture filters. `tgid`/`cgroup` are only read when a filter
+/// needs them.
+#[inline(always)]
+fn wanted(f: u32, tgid: u32, cgroup_id: u64) -> bool {
+    if f & flags::FILTER_TGID != 0 && unsafe { FILTER_TGID.get(&tgid) }.is_none() {
+        return false;
+    }
+    if f & flags::FILTER_CGROUP != 0 && unsafe { FILTER_CG.get(&cgroup_id) }.is_none() {
+        return false;
+    }
+    true
+}
+
+#[inline(always)]
+fn hist_add(key: &HistKey, ns: u64) {
+    let h = match HISTS.get_ptr_mut(key) {
+        Some(h) => h,
+        None => {
+            let Some(zero) = ZERO_HIST.get(0) else { return };
+            // BPF_NOEXIST: another CPU may have created it meanwhile; that is fine.
+            let _ = HISTS.insert(key, zero, BPF_NOEXIST as u64);
+            match HISTS.get_ptr_mut(key) {
+                Some(h) => h,
+                None => {
+                    count_drop(drop_reason::HIST_FULL);
+                    return;
+                }
+            }
+        }
+    };
+    let idx = bucket_index(ns);
+    unsafe {
+        if idx < (*h).buckets.len() {
+            atomic_add(&mut (*h).buckets[idx], 1);
+        }
+        atomic_add(&mut (*h).sum_ns, ns);
+        if ns > (*h).max_ns {
+            (*h).max_ns = ns;
+        }
+    }
+}
+
+/// Stamp `tid` as runnable from now, for `cause`.
+#[inline(always)]
+fn stamp(tid: u32, cause: u32, now: u64) {
+    let v = RunqStart { ts_ns: now, cause, _pad: 0 };
+    if RUNQ_START.insert(&tid, &v, 0).is_err() {
+        count_drop(drop_reason::RUNQ_START_FULL);
+    }
+}
+
+/// Shared body of sched_waking (in the waker's context) and sched_wakeup_new.
+#[inline(always)]
+fn on_wake(p: *const u8, count_waker: bool) -> Result<(), i32> {
+    let f = cfg_flags();
+    let tid = task_pid(p)?;
+    if tid == 0 {
+        return Ok(());
+    }
+    let needs_tgid = f & flags::FILTER_TGID != 0;
+    let needs_cg = f & (flags::FILTER_CGROUP | flags::TRACK_WAKE_CGROUP) != 0;
+    let tgid = if needs_tgid { task_tgid(p)? } else { 0 };
+    let cgroup_id = if needs_cg { task_cgroup_id(p)? } else { 0 };
+    if !wanted(f, tgid, cgroup_id) {
+        return Ok(());
+    }
+    stamp(tid, kind::RUNQ_WOKEN, unsafe { bpf_ktime_get_ns() });
+    if !count_waker {
+        return Ok(());
+    }
+    if f & flags::TRACK_WAKE_CGROUP != 0 {
+        match WAKE_CG.get_ptr_mut(&cgroup_id) {
+            Some(c) => atomic_add(c, 1),
+            None => {
+                if WAKE_CG.insert(&cgroup_id, &1, BPF_NOEXIST as u64).is_err() {
+                    // Lost the race to another CPU's insert, or the map is full.
+                    match WAKE_CG.get_ptr_mut(&cgroup_id) {
+                        Some(c) => atomic_add(c, 1),
+                        None => count_drop(drop_reason::WAKE_CG_FULL),
+                    }
+                }
+            }
+        }
+    }
+    if f & flags::TRACK_TASKS != 0 {
+        let waker_tid = bpf_get_current_pid_tgid() as u32;
+        let key = WakePair { waker_tid, wakee_tid: tid };
+        match WAKE_PAIRS.get_ptr_mut(&key) {
+            Some(c) => atomic_add(unsafe { &mut (*c).count }, 1),
+            None => {
+                let v = WakeCount {
+                    count: 1,
+                    waker_comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+                    wakee_comm: task_comm(p),
+                };
+                if WAKE_PAIRS.insert(&key, &v, BPF_NOEXIST as u64).is_err() {
+                    match WAKE_PAIRS.get_ptr_mut(&key) {
+                        Some(c) => atomic_add(unsafe { &mut (*c).count }, 1),
+                        None => count_drop(drop_reason::WAKE_PAIR_FULL),
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// TASK_RUNNING (include/linux/sched.h).
+const TASK_RUNNING: u64 = 0;
+
+/// Shared body of sched_switch. Runs on the CPU doing the switch, in prev's context.
+#[inline(always)]
+fn on_switch(preempt: bool, prev: *const u8, next: *const u8, prev_state: u64) -> Result<(), i32> {
+    let f = cfg_flags();
+    let now = unsafe { bpf_ktime_get_ns() };
+
+    // prev is still runnable if it was preempted, or switched out with state TASK_RUNNING
+    // (yield, cond_resched, or woken before it could sleep). The classic tracepoint reports
+    // TASK_REPORT_MAX for preemption, so checking `prev_state == 0` there misses it
+    // (kernel/sched/core.c __schedule, include/trace/events/sched.h).
+    let prev_state = if f & flags::READ_PREV_STATE != 0 {
+        unsafe { read_field::<u32>(prev, cfg().task_state)? as u64 }
+    } else {
+        prev_state
+    };
+    let prev_tid = task_pid(prev)?;
+    if prev_tid != 0 && (preempt || prev_state == TASK_RUNNING) {
+        let wanted_prev = if f & (flags::FILTER_TGID | flags::FILTER_CGROUP) != 0 {
+            let tgid = task_tgid(prev)?;
+            // prev is current here: its cgroup id is one helper call away.
+            let cg = unsafe { bpf_get_current_cgroup_id() };
+            wanted(f, tgid, cg)
+        } else {
+            true
+        };
+        if wanted_prev {
+            stamp(prev_tid, kind::RUNQ_PREEMPTED, now);
+        }
+    }
+
+    let tid = task_pid(next)?;
+    if tid == 0 {
+        // The idle task is always "runnable"; it has no run-queue delay.
+        return Ok(());
+    }
+    let Some(start) = (unsafe { RUNQ_START.get(&tid) }) else {
+        return Ok(());
+    };
+    let (ts, cause) = (start.ts_ns, start.cause);
+    let _ = RUNQ_START.remove(&tid);
+    if now < ts {
+        return Ok(());
+    }
+    let delay = now - ts;
+    let cause = if cause == kind::RUNQ_PREEMPTED { kind::RUNQ_PREEMPTED } else { kind::RUNQ_WOKEN };
+    let cgroup_id = task_cgroup_id(next)?;
+    hist_add(&HistKey { cgroup_id, kind: cause, op: 0 }, delay);
+
+    if let Some(c) = CPU_STATS.get_ptr_mut(0) {
+        let i = cause as usize & 1;
+        unsafe {
+            (*c).count[i] += 1;
+            (*c).sum_ns[i] += delay;
+            if delay > (*c).max_ns {
+                (*c).max_ns = delay;
+            }
+        }
+    }
+
+    let needs_tgid = f & (flags::TRACK_TASKS | flags::SLOW_EVENTS) != 0;
+    let tgid = if needs_tgid { task_tgid(next)? } else { 0 };
+
+    if f & flags::TRACK_TASKS != 0 {
+        task_runq(tid, tgid, cgroup_id, next, cause, delay);
+    }
+    if f & flags::SLOW_EVENTS != 0 && delay >= cfg().slow_threshold_ns {
+        slow_event(now, delay, cgroup_id, tid, tgid, cause, next, prev, prev_tid);
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn task_runq(tid: u32, tgid: u32, cgroup_id: u64, task: *const u8, cause: u32, delay: u64) {
+    let s = match TASK_STATS.get_ptr_mut(&tid) {
+        Some(s) => s,
+        None => {
+            let v = TaskStat { tgid, cgroup_id, comm: task_comm(task), ..Default::default() };
+            if TASK_STATS.insert(&tid, &v, BPF_NOEXIST as u64).is_err() {
+                // Not a race: a tid's switch-ins are serialised. The map is full.
+                count_drop(drop_reason::TASK_FULL);
+                return;
+            }
+            match TASK_STATS.get_ptr_mut(&tid) {
+                Some(s) => s,
+                None => return,
+            }
+        }
+    };
+    unsafe {
+        (*s).runq_count += 1;
+        (*s).runq_sum_ns += delay;
+        if delay > (*s).runq_max_ns {
+            (*s).runq_max_ns = delay;
+        }
+        if cause == kind::RUNQ_PREEMPTED {
+            (*s).runq_preempted_count += 1;
+            (*s).runq_preempted_sum_ns += delay;
+        }
+        // The comm can change (exec, prctl): keep the latest.
+        (*s).comm = task_comm(task);
+    }
+}
+
+#[inline(always)]
+#[expect(clippy::too_many_arguments, reason = "one call site; a struct would cost stack")]
+fn slow_event(
+    now: u64,
+    delay: u64,
+    cgroup_id: u64,
+    tid: u32,
+    tgid: u32,
+    cause: u32,
+    next: *const u8,
+    prev: *const u8,
+    prev_tid: u32,
+) {
+    if let Some(w) = SLOW_RATE.get_ptr_mut(0) {
+        unsafe {
+            if now.wrapping_sub((*w).start_ns) >= 1_000_000_000 {
+                (*w).start_ns = now;
+                (*w).count = 0;
+            }
+            if (*w).count >= cfg().slow_max_per_sec as u64 {
+                count_drop(drop_reason::SLOW_RATE_LIMITED);
+                return;
+            }
+            (*w).count += 1;
+        }
+    }
+    let Some(mut e) = SLOW_EVENTS.reserve::<SlowEvent>(0) else {
+        count_drop(drop_reason::SLOW_RINGBUF_FULL);
+        return;
+    };
+    let ev = SlowEvent {
+        ts_ns: now,
+        delay_ns: delay,
+        cgroup_id,
+        tid,
+        tgid,
+        cpu: unsafe { bpf_get_smp_processor_id() },
+        cause,
+        prev_tid,
+        prev_tgid: task_tgid(prev).unwrap_or(0),
+        comm: task_comm(next),
+        prev_comm: task_comm(prev),
+    };
+    e.write(ev);
+    e.submit(0);
+}
+
+// ---- run-queue delay and wakeups: BTF-enabled tracepoints (cheaper than classic ones) ----
+
+/// sched_waking(struct task_struct *p): fires in the waker's context (kernel/sched/core.c
+/// try_to_wake_up), so the waker is `current`.
+#[btf_tracepoint(function = "sched_waking")]
+pub fn sched_waking(ctx: BtfTracePointContext) -> i32 {
+    let p: *const u8 = ctx.arg(0);
+    if on_wake(p, true).is_err() {
+        count_drop(drop_reason::READ_FAILED);
+    }
+    0
+}
+
+/// sched_wakeup_new(struct task_struct *p): a new task's first enqueue (wake_up_new_task).
+#[btf_tracepoint(function = "sched_wakeup_new")]
+pub fn sched_wakeup_new(ctx: BtfTracePointContext) -> i32 {
+    let p: *const u8 = ctx.arg(0);
+    if on_wake(p, false).is_err() {
+        count_drop(drop_reason::READ_FAILED);
+    }
+    0
+}
+
+/// sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next,
+/// unsigned int prev_state) — prev_state since 5.18 (fa2c3254d7cf).
+#[btf_tracepoint(function = "sched_switch")]
+pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
+    let preempt: u64 = ctx.arg(0);
+    let prev: *const u8 = ctx.arg(1);
+    let next: *const u8 = ctx.arg(2);
+    let prev_state: u64 = if cfg_flags() & flags::READ_PREV_STATE != 0 { 0 } else { ctx.arg(3) };
+    if on_switch(preempt & 0xff != 0, prev, next, prev_state & 0xffff_ffff).is_err() {
+        count_drop(drop_reason::READ_FAILED);
+    }
+    0
+}
+
+// ---- futex blocking: syscall tracepoints (offsets from their format files) ----
+
+#[inline(always)]
+fn futex_enter(op: u32) {
+    let f = cfg_flags();
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    if f & (flags::FILTER_TGID | flags::FILTER_CGROUP) != 0 {
+        let cg = unsafe { bpf_get_current_cgroup_id() };
+        if !wanted(f, (pid_tgid >> 32) as u32, cg) {
+            return;
+        }
+    }
+    let v = FutexStart { ts_ns: unsafe { bpf_ktime_get_ns() }, op, _pad: 0 };
+    if FUTEX_START.insert(&tid, &v, 0).is_err() {
+        count_drop(drop_reason::FUTEX_START_FULL);
+    }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_futex")]
+pub fn sys_enter_futex(ctx: TracePointContext) -> u32 {
+    let Ok(op) = (unsafe { ctx.read_at::<u64>(cfg().tp_futex_op as usize) }) else {
+        count_drop(drop_reason::READ_FAILED);
+        return 0;
+    };
+    let cmd = op as u32 & !futex_op::FLAG_MASK;
+    if futex_op::is_blocking(cmd) {
+        futex_enter(cmd);
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_futex_waitv")]
+pub fn sys_enter_futex_waitv(_ctx: TracePointContext) -> u32 {
+    futex_enter(futex_op::WAITV);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_futex_wait")]
+pub fn sys_enter_futex_wait(_ctx: TracePointContext) -> u32 {
+    futex_enter(futex_op::FUTEX2_WAIT);
+    0
+}
+
+/// Shared exit handler for every futex syscall we enter-trace.
+#[tracepoint(category = "syscalls", name = "sys_exit_futex")]
+pub fn sys_exit_futex(ctx: TracePointContext) -> u32 {
+    futex_exit(&ctx);
+    0
+}
+
+#[inline(always)]
+fn futex_exit(ctx: &TracePointContext) {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    let Some(start) = (unsafe { FUTEX_START.get(&tid) }) else {
+        return;
+    };
+    let (ts, op) = (start.ts_ns, start.op);
+    let _ = FUTEX_START.remove(&tid);
+    let ret = unsafe { ctx.read_at::<i64>(cfg().tp_exit_ret as usize) }.unwrap_or(0);
+    // errno values: include/uapi/asm-generic/errno{,-base}.h, include/linux/errno.h.
+    let outcome = match -ret {
+        0 => futex_outcome::WOKEN,
+        110 => futex_outcome::TIMEOUT,                           // ETIMEDOUT
+        4 | 512 | 513 | 514 | 516 => futex_outcome::INTERRUPTED, // EINTR, ERESTART*
+        11 => futex_outcome::VALUE_CHANGED,                       // EAGAIN
+        _ if ret >= 0 => futex_outcome::WOKEN,                    // futex_waitv: index woken
+        _ => futex_outcome::OTHER_ERROR,
+    };
+    if let Some(c) = FUTEX_OUT.get_ptr_mut(outcome) {
+        unsafe { *c += 1 };
+    }
+    if outcome == futex_outcome::VALUE_CHANGED || now < ts {
+        // The futex word had changed: the caller never slept.
+        return;
+    }
+    let delay = now - ts;
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    hist_add(&HistKey { cgroup_id, kind: kind::FUTEX, op }, delay);
+    if cfg_flags() & flags::TRACK_TASKS != 0 {
+        let s = match TASK_STATS.get_ptr_mut(&tid) {
+            Some(s) => s,
+            None => {
+                let v = TaskStat {
+                    tgid: (pid_tgid >> 32) as u32,
+                    cgroup_id,
+                    comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+                    ..Default::default()
+                };
+                if TASK_STATS.insert(&tid, &v, BPF_NOEXIST as u64).is_err() {
+                    count_drop(drop_reason::TASK_FULL);
+                    return;
+                }
+                match TASK_STATS.get_ptr_mut(&tid) {
+                    Some(s) => s,
+                    None => return,
+                }
+            }
+        };
+        unsafe {
+            (*s).futex_count += 1;
+            (*s).futex_sum_ns += delay;
+            if delay > (*s).futex_max_ns {
+                (*s).futex_max_ns = delay;
+            }
+            if outcome == futex_outcome::TIMEOUT {
+                (*s).futex_timeouts += 1;
+            }
+        }
+    }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_futex_waitv")]
+pub fn sys_exit_futex_waitv(ctx: TracePointContext) -> u32 {
+    futex_exit(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_futex_wait")]
+pub fn sys_exit_futex_wait(ctx: TracePointContext) -> u32 {
+    futex_exit(&ctx);
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
+
