@@ -1,0 +1,104 @@
+//! `schedlat capture`: load, wait for the duration (or Ctrl-C), print the report.
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::warn;
+
+use crate::{
+    UsageError,
+    cgroup::{CgroupNames, v2_mount},
+    cli::{CaptureArgs, Cli, Format},
+    probes::{ProbeOptions, Probes},
+    report::{self, Filter, ReportInput},
+};
+
+/// The tgid of `pid`, or a usage error naming it when there is no such process.
+fn resolve_pid(pid: u32) -> Result<u32, UsageError> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|_| UsageError(format!("no process with pid {pid} (it may have exited)")))?;
+    let tgid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| UsageError(format!("cannot read the Tgid of pid {pid} from /proc/{pid}/status")))?;
+    if tgid != pid {
+        warn!(tid = pid, pid = tgid, "--pid {pid} is a thread; capturing its whole process {tgid}");
+    }
+    Ok(tgid)
+}
+
+pub fn run(cli: &Cli, a: &CaptureArgs) -> anyhow::Result<()> {
+    let mut pids = Vec::new();
+    for &p in &a.pids {
+        let t = resolve_pid(p)?;
+        if !pids.contains(&t) {
+            pids.push(t);
+        }
+    }
+    let mut names = CgroupNames::new(v2_mount().map_err(|e| UsageError(e.to_string()))?);
+    let filter_cgroups = match &a.cgroup {
+        Some(path) => names.subtree_ids(path).map_err(|e| UsageError(e.to_string()))?,
+        None => Vec::new(),
+    };
+    let opts = ProbeOptions {
+        track_tasks: true,
+        track_wake_cgroups: false,
+        futex: !a.no_futex,
+        slow_threshold: Some(a.threshold),
+        slow_max_per_sec: a.max_slow_per_sec,
+        filter_tgids: pids.clone(),
+        filter_cgroups,
+        tracefs: cli.tracefs.clone(),
+        btf: cli.btf.clone(),
+        ..Default::default()
+    };
+    let mut probes = Probes::load(&opts).context("starting the capture")?;
+    let scope = if pids.is_empty() && a.cgroup.is_none() { "host-wide".to_string() } else { "filtered".to_string() };
+    // Tests and scripts wait for this line: the programs are attached from here on.
+    eprintln!(
+        "schedlat: capturing {scope} for {} (Ctrl-C to stop early)",
+        humantime::format_duration(a.duration)
+    );
+
+    let started = Instant::now();
+    let mut slow = Vec::new();
+    let mut slow_dropped = 0;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+        let deadline = tokio::time::sleep(a.duration);
+        tokio::pin!(deadline);
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = &mut deadline => break,
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                _ = tick.tick() => slow_dropped += probes.drain_slow_events(&mut slow, a.max_slow_events),
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    let elapsed = started.elapsed();
+    slow_dropped += probes.drain_slow_events(&mut slow, a.max_slow_events);
+    let snap = probes.snapshot().context("reading the capture maps")?;
+    drop(probes); // detach before the (possibly slow) output
+
+    let r = report::build(
+        &snap,
+        ReportInput {
+            duration_s: elapsed.as_secs_f64(),
+            filter: Filter { pids, cgroup: a.cgroup.clone() },
+            slow_events: &slow,
+            slow_threshold_ns: a.threshold.as_nanos() as u64,
+            slow_dropped_user: slow_dropped,
+        },
+        |id| names.label(id),
+    );
+    match a.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&r)?),
+        Format::Text => print!("{}", report::render_text(&r, a.top)),
+    }
+    Ok(())
+}

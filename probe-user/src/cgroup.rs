@@ -1,0 +1,155 @@
+//! cgroup v2 ids <-> paths.
+//!
+//! BPF sees v2 cgroup ids (kernfs node ids). On 64-bit kernels a cgroup directory's inode
+//! number is its id (kernfs_gen_ino, fs/kernfs/dir.c), so walking the v2 mount and stat-ing
+//! directories maps ids to paths. Hosts may be v2-only (/sys/fs/cgroup) or hybrid
+//! (/sys/fs/cgroup/unified); the mount is found in /proc/self/mountinfo.
+use std::{
+    collections::HashMap,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("no cgroup v2 hierarchy is mounted (no cgroup2 entry in /proc/self/mountinfo)")]
+    NoV2Mount,
+    #[error("cgroup {path:?} not found under the cgroup v2 mount {mount}: {source}")]
+    NotFound { path: String, mount: String, source: std::io::Error },
+}
+
+/// The cgroup2 mount point from a mountinfo text (fields per proc(5): the 5th is the mount
+/// point; the filesystem type follows the " - " separator).
+pub fn v2_mount_from_mountinfo(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        if right.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        left.split_whitespace().nth(4).map(PathBuf::from)
+    })
+}
+
+pub fn v2_mount() -> Result<PathBuf, CgroupError> {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    v2_mount_from_mountinfo(&mi).ok_or(CgroupError::NoV2Mount)
+}
+
+/// Maps cgroup ids to paths relative to the v2 mount ("/" is the root), with a cache that
+/// remembers cgroups after they are removed (their series keep their label).
+#[derive(Debug)]
+pub struct CgroupNames {
+    mount: PathBuf,
+    names: HashMap<u64, String>,
+    last_scan: Option<Instant>,
+    /// Rescan at most this often when an unknown id shows up.
+    min_rescan: Duration,
+}
+
+impl CgroupNames {
+    pub fn new(mount: PathBuf) -> Self {
+        Self { mount, names: HashMap::new(), last_scan: None, min_rescan: Duration::from_secs(5) }
+    }
+
+    pub fn mount(&self) -> &Path {
+        &self.mount
+    }
+
+    /// The path of cgroup `id`, or None if it is not (or no longer) under the mount.
+    pub fn name(&mut self, id: u64) -> Option<&str> {
+        if !self.names.contains_key(&id) && self.last_scan.is_none_or(|t| t.elapsed() >= self.min_rescan) {
+            self.rescan();
+        }
+        self.names.get(&id).map(String::as_str)
+    }
+
+    /// Label for `id`: its path, or `unknown` when it cannot be resolved (a cgroup created and
+    /// removed between two scans).
+    pub fn label(&mut self, id: u64) -> String {
+        self.name(id).map_or_else(|| "unknown".to_string(), str::to_string)
+    }
+
+    pub fn rescan(&mut self) {
+        self.last_scan = Some(Instant::now());
+        let mut stack = vec![self.mount.clone()];
+        // Bounded: at most 1M directories (hosts have thousands).
+        let mut budget = 1_000_000usize;
+        while let Some(dir) = stack.pop() {
+            let Ok(md) = std::fs::metadata(&dir) else { continue };
+            let rel = dir.strip_prefix(&self.mount).map(|p| format!("/{}", p.display())).unwrap_or_default();
+            self.names.insert(md.ino(), rel);
+            let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+            for e in rd.flatten() {
+                if budget == 0 {
+                    return;
+                }
+                budget -= 1;
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(e.path());
+                }
+            }
+        }
+    }
+
+    /// Ids of `path` (relative to the mount, or absolute under it) and every cgroup below it.
+    pub fn subtree_ids(&self, path: &str) -> Result<Vec<u64>, CgroupError> {
+        let p = Path::new(path);
+        let full = if p.starts_with(&self.mount) { p.to_path_buf() } else { self.mount.join(path.trim_start_matches('/')) };
+        let md = std::fs::metadata(&full).map_err(|source| CgroupError::NotFound {
+            path: path.to_string(),
+            mount: self.mount.display().to_string(),
+            source,
+        })?;
+        let mut ids = vec![md.ino()];
+        let mut stack = vec![full];
+        while let Some(dir) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    if let Ok(m) = e.metadata() {
+                        ids.push(m.ino());
+                    }
+                    stack.push(e.path());
+                }
+            }
+        }
+        Ok(ids)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cgroup2_in_hybrid_and_v2_only_mountinfo() {
+        let hybrid = "35 25 0:30 / /sys/fs/cgroup rw,nosuid - tmpfs tmpfs ro,mode=755\n\
+                      36 35 0:31 / /sys/fs/cgroup/unified rw,nosuid,nodev - cgroup2 cgroup2 rw\n\
+                      37 35 0:32 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
+        assert_eq!(v2_mount_from_mountinfo(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        let v2 = "30 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(v2_mount_from_mountinfo(v2), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(v2_mount_from_mountinfo("1 2 0:1 / / rw - ext4 /dev/vda rw\n"), None);
+    }
+
+    #[test]
+    fn resolves_ids_of_a_directory_tree() {
+        // Any directory tree works: ids are inode numbers.
+        let root = std::env::temp_dir().join(format!("schedlat-cg-test-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        let mut names = CgroupNames::new(root.clone());
+        let b_ino = std::fs::metadata(root.join("a/b")).unwrap().ino();
+        let root_ino = std::fs::metadata(&root).unwrap().ino();
+        assert_eq!(names.name(b_ino), Some("/a/b"));
+        assert_eq!(names.name(root_ino), Some("/"));
+        let ids = names.subtree_ids("/a").unwrap();
+        assert_eq!(ids.len(), 2);
+        assert!(ids.contains(&b_ino));
+        let e = names.subtree_ids("/nope").unwrap_err().to_string();
+        assert!(e.contains("/nope"), "{e}");
+        std::fs::remove_dir_all(&root).unwrap();
+        // Removed cgroups keep their name.
+        assert_eq!(names.name(b_ino), Some("/a/b"));
+    }
+}

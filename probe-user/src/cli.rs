@@ -1,0 +1,149 @@
+//! Command-line interface.
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::UsageError;
+
+#[derive(Debug, Parser)]
+#[command(name = "schedlat", version, about = "Scheduler latency from eBPF: run-queue delay, futex blocking and wakeups")]
+pub struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. info, debug, schedlat=debug.
+    #[arg(long, global = true, default_value = "info", env = "SCHEDLAT_LOG")]
+    pub log: String,
+    /// tracefs mount point (default: /sys/kernel/tracing, then /sys/kernel/debug/tracing).
+    #[arg(long, global = true)]
+    pub tracefs: Option<PathBuf>,
+    /// Kernel BTF file.
+    #[arg(long, global = true, default_value = "/sys/kernel/btf/vmlinux")]
+    pub btf: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// One-shot capture: host-wide or filtered by process / cgroup, printed at the end.
+    Capture(CaptureArgs),
+    /// Serve Prometheus metrics (GET /metrics, /healthz) until SIGINT/SIGTERM.
+    Daemon(DaemonArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct CaptureArgs {
+    /// How long to capture (e.g. 10s, 500ms, 2m). Ctrl-C stops early and still prints.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Only tasks of this process (repeatable).
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Only tasks in this cgroup v2 path (relative to the cgroup2 mount) or below it.
+    #[arg(long)]
+    pub cgroup: Option<String>,
+    /// Report run-queue delays at or above this as slow events, with who ran instead.
+    #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+    pub threshold: Duration,
+    /// Rows in each "top" table of the text output.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Do not trace futex waits (syscall tracepoints slow every syscall on the host a little).
+    #[arg(long)]
+    pub no_futex: bool,
+    /// Slow events allowed per CPU per second (in-kernel rate limit).
+    #[arg(long, default_value_t = 200)]
+    pub max_slow_per_sec: u32,
+    /// Most slow events kept in the report (the rest are counted as dropped).
+    #[arg(long, default_value_t = 10_000)]
+    pub max_slow_events: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// TOML config file (see deploy/schedlat.toml for every key).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Listen address for /metrics and /healthz [default: 127.0.0.1:9725, or the config's].
+    #[arg(long)]
+    pub listen: Option<String>,
+}
+
+/// Durations like `10s`, `250ms`, `1m30s`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let d = if let Ok(secs) = t.parse::<f64>() {
+        if !secs.is_finite() || secs < 0.0 {
+            return Err(format!("invalid duration {s:?}: must be a non-negative number of seconds"));
+        }
+        Duration::from_secs_f64(secs)
+    } else {
+        humantime::parse_duration(t).map_err(|e| format!("invalid duration {s:?} ({e}); use e.g. 10s, 500ms, 2m"))?
+    };
+    if d.is_zero() {
+        return Err(format!("invalid duration {s:?}: must be greater than zero"));
+    }
+    Ok(d)
+}
+
+pub fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(&cli.log)?;
+    match &cli.command {
+        Command::Capture(a) => crate::capture::run(&cli, a),
+        Command::Daemon(a) => crate::daemon::run(&cli, a),
+    }
+}
+
+fn init_logging(filter: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|e| UsageError(format!("invalid --log filter {filter:?}: {e}")))?;
+    // init() also routes the `log` records aya emits into tracing (tracing-log feature).
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        for bad in ["", "abc", "-1", "0s", "10 parsecs", "NaN"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cli_parses() {
+        Cli::command_for_test();
+        let c = Cli::try_parse_from(["schedlat", "capture", "--pid", "1", "--pid", "2", "--format", "json"]).unwrap();
+        match c.command {
+            Command::Capture(a) => {
+                assert_eq!(a.pids, vec![1, 2]);
+                assert_eq!(a.format, Format::Json);
+                assert_eq!(a.duration, Duration::from_secs(10));
+                assert_eq!(a.threshold, Duration::from_millis(10));
+            }
+            Command::Daemon(_) => panic!("wrong subcommand"),
+        }
+        assert!(Cli::try_parse_from(["schedlat", "capture", "--duration", "soon"]).is_err());
+    }
+
+    impl Cli {
+        fn command_for_test() {
+            use clap::CommandFactory;
+            Self::command().debug_assert();
+        }
+    }
+}

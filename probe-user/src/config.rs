@@ -1,0 +1,130 @@
+//! Daemon configuration (TOML). Unknown keys are errors that name the key.
+use std::{net::SocketAddr, path::Path};
+
+use serde::Deserialize;
+
+use crate::probes::MapSizes;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9725";
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// Address for GET /metrics and /healthz. Loopback by default: metrics reveal workload
+    /// names (cgroup paths).
+    pub listen: SocketAddr,
+    /// Trace futex waits. Costs every syscall on the host ~125 ns (syscall tracepoints put all
+    /// tasks on the slow path), whether or not it is a futex call.
+    pub futex: bool,
+    /// Most distinct `cgroup` label values per metric; more are folded into `cgroup="other"`.
+    pub max_cgroups: usize,
+    /// Prometheus buckets per power of two (1, 2, 4 or 8). The kernel keeps 8.
+    pub buckets_per_octave: u32,
+    pub maps: MapSizes,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.parse().expect("valid default"),
+            futex: true,
+            max_cgroups: 500,
+            buckets_per_octave: 2,
+            maps: MapSizes::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("invalid config {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid config {path}: {key} = {value}: {fix}")]
+    Value { path: String, key: &'static str, value: String, fix: &'static str },
+}
+
+impl DaemonConfig {
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parse and validate; `origin` names the source in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let cfg: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            // toml's message names the unknown key and lists the expected ones.
+            message: e.message().trim().to_string()
+                + &e.span().map(|s| format!(" (at byte {})", s.start)).unwrap_or_default(),
+        })?;
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let err = |key, value: String, fix| ConfigError::Value { path: origin.to_string(), key, value, fix };
+        if !matches!(self.buckets_per_octave, 1 | 2 | 4 | 8) {
+            return Err(err("buckets_per_octave", self.buckets_per_octave.to_string(), "use 1, 2, 4 or 8"));
+        }
+        if self.max_cgroups == 0 || self.max_cgroups > 100_000 {
+            return Err(err("max_cgroups", self.max_cgroups.to_string(), "use 1..=100000"));
+        }
+        let m = &self.maps;
+        for (key, v) in [
+            ("maps.runq_start", m.runq_start),
+            ("maps.futex_start", m.futex_start),
+            ("maps.hists", m.hists),
+            ("maps.tasks", m.tasks),
+            ("maps.wake_pairs", m.wake_pairs),
+            ("maps.wake_cgroups", m.wake_cgroups),
+        ] {
+            if !(16..=4_194_304).contains(&v) {
+                return Err(err(key, v.to_string(), "map sizes must be 16..=4194304 entries"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_full_file() {
+        assert_eq!(DaemonConfig::parse("", "t").unwrap(), DaemonConfig::default());
+        let c = DaemonConfig::parse(
+            "listen = \"0.0.0.0:9999\"\nfutex = false\nmax_cgroups = 10\nbuckets_per_octave = 4\n\
+             [maps]\nrunq_start = 1024\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9999);
+        assert!(!c.futex);
+        assert_eq!(c.maps.runq_start, 1024);
+        assert_eq!(c.maps.hists, MapSizes::default().hists);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = DaemonConfig::parse("listne = \"x\"", "/etc/schedlat.toml").unwrap_err().to_string();
+        assert!(e.contains("listne") && e.contains("/etc/schedlat.toml"), "{e}");
+        let e = DaemonConfig::parse("[maps]\nrunq = 5", "t").unwrap_err().to_string();
+        assert!(e.contains("runq"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_key_and_fix() {
+        let e = DaemonConfig::parse("buckets_per_octave = 3", "t").unwrap_err().to_string();
+        assert!(e.contains("buckets_per_octave") && e.contains("1, 2, 4 or 8"), "{e}");
+        let e = DaemonConfig::parse("[maps]\nhists = 1", "t").unwrap_err().to_string();
+        assert!(e.contains("maps.hists"), "{e}");
+        let e = DaemonConfig::parse("listen = \"nope\"", "t").unwrap_err().to_string();
+        assert!(e.contains("listen") || e.contains("socket address"), "{e}");
+        let e = DaemonConfig::parse("futex = 3", "t").unwrap_err().to_string();
+        assert!(e.contains("futex") || e.contains("bool"), "{e}");
+    }
+}

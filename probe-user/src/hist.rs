@@ -1,0 +1,265 @@
+//! Histogram math on the kernel's log-linear buckets (schedlat_common::hist): merging,
+//! percentiles, and re-bucketing for Prometheus. Pure functions, unit tested.
+use schedlat_common::{Hist, NUM_BUCKETS, bucket_lower_ns, bucket_upper_ns, hist::OVERFLOW};
+use serde::Serialize;
+
+/// A histogram of nanosecond values in the kernel's bucket layout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Histogram {
+    pub buckets: Vec<u64>,
+    pub sum_ns: u64,
+    pub max_ns: u64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self { buckets: vec![0; NUM_BUCKETS], sum_ns: 0, max_ns: 0 }
+    }
+}
+
+impl From<&Hist> for Histogram {
+    fn from(h: &Hist) -> Self {
+        Self { buckets: h.buckets.to_vec(), sum_ns: h.sum_ns, max_ns: h.max_ns }
+    }
+}
+
+impl Histogram {
+    /// Record one value the way the kernel does (used by tests and fakes).
+    pub fn record(&mut self, ns: u64) {
+        self.buckets[schedlat_common::bucket_index(ns)] += 1;
+        self.sum_ns = self.sum_ns.saturating_add(ns);
+        self.max_ns = self.max_ns.max(ns);
+    }
+
+    pub fn merge(&mut self, other: &Histogram) {
+        for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
+            *a = a.saturating_add(*b);
+        }
+        self.sum_ns = self.sum_ns.saturating_add(other.sum_ns);
+        self.max_ns = self.max_ns.max(other.max_ns);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().fold(0u64, |a, b| a.saturating_add(*b))
+    }
+
+    /// The value below which a fraction `q` (0..=1) of the recorded values lie.
+    ///
+    /// Finds the bucket holding the rank-th value (rank = ceil(q * count)) and interpolates
+    /// linearly inside it, assuming values spread evenly over the bucket; the result is clamped
+    /// to the observed maximum. The error is at most one bucket width (12.5% of the value).
+    pub fn percentile(&self, q: f64) -> u64 {
+        let count = self.count();
+        if count == 0 {
+            return 0;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * count as f64).ceil() as u64).max(1);
+        let mut seen = 0u64;
+        for (i, &c) in self.buckets.iter().enumerate() {
+            if c == 0 {
+                continue;
+            }
+            if seen + c >= rank {
+                let lo = bucket_lower_ns(i);
+                let hi = if i == OVERFLOW { self.max_ns.max(lo) } else { bucket_upper_ns(i) };
+                let frac = (rank - seen) as f64 / c as f64;
+                let v = lo as f64 + (hi - lo) as f64 * frac;
+                return (v as u64).min(self.max_ns.max(lo));
+            }
+            seen += c;
+        }
+        self.max_ns
+    }
+
+    /// Non-empty buckets as (inclusive upper bound in ns, count); the overflow bucket's bound is
+    /// `u64::MAX`.
+    pub fn nonzero_buckets(&self) -> Vec<BucketCount> {
+        self.buckets
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c > 0)
+            .map(|(i, &count)| BucketCount { le_ns: inclusive_upper_ns(i), count })
+            .collect()
+    }
+
+    /// Cumulative Prometheus buckets `(le in seconds, cumulative count)` with `per_octave`
+    /// buckets per power of two (1, 2, 4 or 8), excluding `+Inf` (the encoder adds it).
+    ///
+    /// A coarse bucket is a run of whole kernel buckets, so its `le` is exact: the inclusive
+    /// upper bound of its last kernel bucket (values are integer ns, so `upper - 1`). Every
+    /// bucket is present even when empty, so `rate()` and `histogram_quantile()` see a stable
+    /// layout across scrapes.
+    pub fn prometheus_buckets(&self, per_octave: u32) -> Vec<(f64, u64)> {
+        let step = (schedlat_common::hist::SUBS as u32 / per_octave.clamp(1, 8)) as usize;
+        let mut out = Vec::with_capacity(2 + (NUM_BUCKETS - 2) / step);
+        let mut cum = 0u64;
+        for (i, &c) in self.buckets.iter().enumerate().take(OVERFLOW) {
+            cum = cum.saturating_add(c);
+            // Bucket 0 (< 1 µs) stands alone; then close a coarse bucket every `step`.
+            if i == 0 || i % step == 0 {
+                out.push((inclusive_upper_ns(i) as f64 / 1e9, cum));
+            }
+        }
+        out
+    }
+}
+
+/// Largest integer value bucket `i` can hold.
+pub fn inclusive_upper_ns(i: usize) -> u64 {
+    match bucket_upper_ns(i) {
+        u64::MAX => u64::MAX,
+        u => u - 1,
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BucketCount {
+    /// Inclusive upper bound; u64::MAX for the overflow bucket.
+    pub le_ns: u64,
+    pub count: u64,
+}
+
+/// Summary of a histogram for reports (the JSON `runqueue` / `futex` shape).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HistSummary {
+    pub count: u64,
+    pub sum_ns: u64,
+    pub max_ns: u64,
+    pub p50_ns: u64,
+    pub p90_ns: u64,
+    pub p99_ns: u64,
+    pub buckets: Vec<BucketCount>,
+}
+
+impl From<&Histogram> for HistSummary {
+    fn from(h: &Histogram) -> Self {
+        Self {
+            count: h.count(),
+            sum_ns: h.sum_ns,
+            max_ns: h.max_ns,
+            p50_ns: h.percentile(0.50),
+            p90_ns: h.percentile(0.90),
+            p99_ns: h.percentile(0.99),
+            buckets: h.nonzero_buckets(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use schedlat_common::{bucket_index, hist::{MAX_SHIFT, MIN_SHIFT}};
+
+    use super::*;
+
+    #[test]
+    fn bucket_bounds_contain_their_values() {
+        // Every boundary value and its neighbours land in the bucket whose range holds them.
+        for i in 0..NUM_BUCKETS {
+            let lo = bucket_lower_ns(i);
+            assert_eq!(bucket_index(lo), i, "lower bound of {i}");
+            let hi = inclusive_upper_ns(i);
+            assert_eq!(bucket_index(hi), i, "inclusive upper bound of {i}");
+            if i + 1 < NUM_BUCKETS {
+                assert_eq!(bucket_upper_ns(i), bucket_lower_ns(i + 1));
+            }
+        }
+        assert_eq!(bucket_index(0), 0);
+        assert_eq!(bucket_index((1 << MIN_SHIFT) - 1), 0);
+        assert_eq!(bucket_index(1 << MIN_SHIFT), 1);
+        assert_eq!(bucket_index(u64::MAX), OVERFLOW);
+        assert_eq!(bucket_index(1 << MAX_SHIFT), OVERFLOW);
+        assert_eq!(bucket_index((1 << MAX_SHIFT) - 1), OVERFLOW - 1);
+    }
+
+    #[test]
+    fn buckets_are_log_linear_and_cover_the_range() {
+        // At least 4 sub-buckets per power of two: width <= 1/4 of the lower bound.
+        for i in 1..OVERFLOW {
+            let (lo, hi) = (bucket_lower_ns(i), bucket_upper_ns(i));
+            assert!(hi > lo);
+            assert!((hi - lo) * 8 <= lo, "bucket {i} [{lo},{hi}) wider than 12.5%");
+        }
+        assert!(bucket_upper_ns(0) <= 1_100); // ~1 µs resolution at the bottom
+        assert!(bucket_lower_ns(OVERFLOW) >= 30_000_000_000); // >= 30 s before overflow
+    }
+
+    #[test]
+    fn brute_force_index_matches_ranges() {
+        let mut v = 1u64;
+        while v < 1 << 40 {
+            for d in [0, 1, 7, 999] {
+                let x = v + d;
+                let i = bucket_index(x);
+                assert!(bucket_lower_ns(i) <= x && (x < bucket_upper_ns(i) || i == OVERFLOW), "{x}");
+            }
+            v = v * 3 / 2 + 1;
+        }
+    }
+
+    #[test]
+    fn percentiles_of_a_known_distribution() {
+        let mut h = Histogram::default();
+        for ms in 1..=100u64 {
+            h.record(ms * 1_000_000);
+        }
+        assert_eq!(h.count(), 100);
+        let within = |got: u64, want: u64| {
+            let err = (got as f64 - want as f64).abs() / want as f64;
+            assert!(err <= 0.125, "got {got} want {want}");
+        };
+        within(h.percentile(0.5), 50_000_000);
+        within(h.percentile(0.9), 90_000_000);
+        within(h.percentile(0.99), 99_000_000);
+        assert_eq!(h.percentile(1.0), 100_000_000);
+        assert_eq!(Histogram::default().percentile(0.5), 0);
+    }
+
+    #[test]
+    fn percentile_never_exceeds_max_and_single_value_is_exact_bucket() {
+        let mut h = Histogram::default();
+        h.record(5_000_000);
+        let p = h.percentile(0.5);
+        assert!(p <= 5_000_000);
+        assert_eq!(bucket_index(p), bucket_index(5_000_000));
+        let mut o = Histogram::default();
+        o.record(100_000_000_000); // overflow
+        assert_eq!(o.percentile(0.99), 100_000_000_000);
+    }
+
+    #[test]
+    fn prometheus_buckets_are_cumulative_and_values_land_in_the_right_le() {
+        let mut h = Histogram::default();
+        let values = [500, 1024, 1500, 2047, 2048, 1_000_000, 33_000_000, 40_000_000_000];
+        for v in values {
+            h.record(v);
+        }
+        for per_octave in [1, 2, 4, 8] {
+            let b = h.prometheus_buckets(per_octave);
+            assert_eq!(b.len(), 1 + (MAX_SHIFT - MIN_SHIFT) as usize * per_octave as usize);
+            for w in b.windows(2) {
+                assert!(w[0].0 < w[1].0, "le increasing");
+                assert!(w[0].1 <= w[1].1, "cumulative");
+            }
+            // For every le, the cumulative count equals the number of values <= le.
+            for (le, cum) in &b {
+                let want = values.iter().filter(|&&v| (v as f64) / 1e9 <= *le).count() as u64;
+                assert_eq!(*cum, want, "le={le} per_octave={per_octave}");
+            }
+            // The overflow value is only in +Inf (count minus the last bucket).
+            assert_eq!(h.count() - b.last().unwrap().1, 1);
+        }
+    }
+
+    #[test]
+    fn merge_adds() {
+        let mut a = Histogram::default();
+        a.record(10_000);
+        let mut b = Histogram::default();
+        b.record(20_000);
+        b.record(30_000);
+        a.merge(&b);
+        assert_eq!(a.count(), 3);
+        assert_eq!(a.sum_ns, 60_000);
+        assert_eq!(a.max_ns, 30_000);
+    }
+}

@@ -1,0 +1,373 @@
+//! Prometheus exposition of a [`RawSnapshot`]: pure, tested without root or a socket.
+//!
+//! Names follow Prometheus conventions: one `schedlat_` prefix, base units (seconds),
+//! `_seconds` histograms, `_total` counters. No pid/tid labels (cardinality).
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use prometheus::proto::{
+    Bucket, Counter, Gauge, Histogram as PromHist, LabelPair, Metric, MetricFamily, MetricType,
+};
+use schedlat_common::{drop_reason, kind};
+
+use crate::{hist::Histogram, probes::{Attached, RawSnapshot}, report::FUTEX_OUTCOME_NAMES};
+
+/// Label given to cgroups beyond the cap.
+pub const OTHER: &str = "other";
+
+/// Sticky cgroup label assignment with a cap: the first `max` cgroups seen keep their own
+/// label for the daemon's lifetime; later ones share `cgroup="other"` and are counted.
+#[derive(Debug)]
+pub struct LabelCap {
+    max: usize,
+    admitted: HashMap<u64, String>,
+    folded: HashSet<u64>,
+}
+
+impl LabelCap {
+    pub fn new(max: usize) -> Self {
+        Self { max, admitted: HashMap::new(), folded: HashSet::new() }
+    }
+
+    /// Label for cgroup `id`; `name` resolves it the first time it is admitted.
+    pub fn label(&mut self, id: u64, name: impl FnOnce(u64) -> String) -> String {
+        if let Some(l) = self.admitted.get(&id) {
+            return l.clone();
+        }
+        if self.folded.contains(&id) {
+            return OTHER.to_string();
+        }
+        // Bounded: `folded` holds at most as many ids as the kernel maps have entries.
+        if self.admitted.len() < self.max {
+            let l = name(id);
+            self.admitted.insert(id, l.clone());
+            l
+        } else {
+            self.folded.insert(id);
+            OTHER.to_string()
+        }
+    }
+
+    pub fn folded(&self) -> usize {
+        self.folded.len()
+    }
+}
+
+fn label(name: &str, value: &str) -> LabelPair {
+    let mut l = LabelPair::default();
+    l.set_name(name.to_string());
+    l.set_value(value.to_string());
+    l
+}
+
+fn family(name: &str, help: &str, t: MetricType, metrics: Vec<Metric>) -> Option<MetricFamily> {
+    // The text encoder rejects empty families; an absent family is the right exposition.
+    if metrics.is_empty() {
+        return None;
+    }
+    let mut f = MetricFamily::default();
+    f.set_name(name.to_string());
+    f.set_help(help.to_string());
+    f.set_field_type(t);
+    f.set_metric(metrics);
+    Some(f)
+}
+
+fn counter(labels: Vec<LabelPair>, v: f64) -> Metric {
+    let mut c = Counter::default();
+    c.set_value(v);
+    let mut m = Metric::default();
+    m.set_label(labels);
+    m.set_counter(c);
+    m
+}
+
+fn gauge(labels: Vec<LabelPair>, v: f64) -> Metric {
+    let mut g = Gauge::default();
+    g.set_value(v);
+    let mut m = Metric::default();
+    m.set_label(labels);
+    m.set_gauge(g);
+    m
+}
+
+fn histogram(labels: Vec<LabelPair>, h: &Histogram, per_octave: u32) -> Metric {
+    let mut p = PromHist::default();
+    p.set_sample_count(h.count());
+    p.set_sample_sum(h.sum_ns as f64 / 1e9);
+    p.set_bucket(
+        h.prometheus_buckets(per_octave)
+            .into_iter()
+            .map(|(le, cum)| {
+                let mut b = Bucket::default();
+                b.set_upper_bound(le);
+                b.set_cumulative_count(cum);
+                b
+            })
+            .collect(),
+    );
+    let mut m = Metric::default();
+    m.set_label(labels);
+    m.set_histogram(p);
+    m
+}
+
+/// Everything the exposition needs besides the maps.
+pub struct ExpoInput<'a> {
+    pub attached: &'a [Attached],
+    pub per_octave: u32,
+    pub version: &'a str,
+}
+
+/// Build all metric families. `cgroup_name` resolves ids not yet labelled.
+pub fn families(
+    snap: &RawSnapshot,
+    input: &ExpoInput<'_>,
+    cap: &mut LabelCap,
+    mut cgroup_name: impl FnMut(u64) -> String,
+) -> Vec<MetricFamily> {
+    // Aggregate by label first: several ids can share a label ("other", or a path reused by a
+    // re-created cgroup), and a label set must appear once.
+    let mut runq: BTreeMap<(String, &'static str), Histogram> = BTreeMap::new();
+    let mut futex: BTreeMap<String, Histogram> = BTreeMap::new();
+    for (k, h) in &snap.hists {
+        let cg = cap.label(k.cgroup_id, &mut cgroup_name);
+        match k.kind {
+            kind::RUNQ_WOKEN => runq.entry((cg, "woken")).or_default().merge(h),
+            kind::RUNQ_PREEMPTED => runq.entry((cg, "preempted")).or_default().merge(h),
+            kind::FUTEX => futex.entry(cg).or_default().merge(h),
+            _ => {}
+        }
+    }
+    let mut wakeups: BTreeMap<String, u64> = BTreeMap::new();
+    for (id, n) in &snap.wake_cgroups {
+        *wakeups.entry(cap.label(*id, &mut cgroup_name)).or_default() += n;
+    }
+
+    let mut out = Vec::new();
+    out.extend(family(
+        "schedlat_runqueue_latency_seconds",
+        "Time from runnable (woken, or preempted while runnable) to running, by the waiting task's cgroup and cause.",
+        MetricType::HISTOGRAM,
+        runq.iter()
+            .map(|((cg, cause), h)| histogram(vec![label("cgroup", cg), label("cause", cause)], h, input.per_octave))
+            .collect(),
+    ));
+    out.extend(family(
+        "schedlat_futex_wait_seconds",
+        "Time blocked in futex wait operations (timeouts and interruptions included), by cgroup.",
+        MetricType::HISTOGRAM,
+        futex.iter().map(|(cg, h)| histogram(vec![label("cgroup", cg)], h, input.per_octave)).collect(),
+    ));
+    out.extend(family(
+        "schedlat_futex_waits_total",
+        "Blocking futex calls by how they ended; value_changed calls never slept and are not in schedlat_futex_wait_seconds.",
+        MetricType::COUNTER,
+        FUTEX_OUTCOME_NAMES
+            .iter()
+            .zip(snap.futex_outcomes)
+            .map(|(n, v)| counter(vec![label("outcome", n)], v as f64))
+            .collect(),
+    ));
+    out.extend(family(
+        "schedlat_wakeups_total",
+        "Task wakeups, by the cgroup of the task woken.",
+        MetricType::COUNTER,
+        wakeups.iter().map(|(cg, n)| counter(vec![label("cgroup", cg)], *n as f64)).collect(),
+    ));
+    let mut cpu_waits = Vec::new();
+    let mut cpu_secs = Vec::new();
+    for (i, c) in snap.cpus.iter().enumerate() {
+        let cpu = i.to_string();
+        cpu_waits.push(counter(vec![label("cpu", &cpu)], (c.count[0] + c.count[1]) as f64));
+        cpu_secs.push(counter(vec![label("cpu", &cpu)], (c.sum_ns[0] + c.sum_ns[1]) as f64 / 1e9));
+    }
+    out.extend(family(
+        "schedlat_cpu_runqueue_waits_total",
+        "Run-queue waits that ended on each CPU.",
+        MetricType::COUNTER,
+        cpu_waits,
+    ));
+    out.extend(family(
+        "schedlat_cpu_runqueue_wait_seconds_total",
+        "Total run-queue delay of the waits that ended on each CPU.",
+        MetricType::COUNTER,
+        cpu_secs,
+    ));
+    out.extend(family(
+        "schedlat_events_dropped_total",
+        "Events lost, by reason (a full map, the slow-event rate limit, a failed kernel read).",
+        MetricType::COUNTER,
+        drop_reason::NAMES.iter().zip(snap.drops).map(|(n, v)| counter(vec![label("reason", n)], v as f64)).collect(),
+    ));
+    out.extend(family(
+        "schedlat_cgroups_folded",
+        "Cgroups whose series were folded into cgroup=\"other\" by the max_cgroups cap.",
+        MetricType::GAUGE,
+        vec![gauge(vec![], cap.folded() as f64)],
+    ));
+    out.extend(family(
+        "schedlat_map_entries",
+        "Entries in each eBPF map now.",
+        MetricType::GAUGE,
+        snap.map_entries.iter().map(|(m, n, _)| gauge(vec![label("map", m)], *n as f64)).collect(),
+    ));
+    out.extend(family(
+        "schedlat_map_capacity",
+        "Maximum entries of each eBPF map.",
+        MetricType::GAUGE,
+        snap.map_entries.iter().map(|(m, _, cap)| gauge(vec![label("map", m)], *cap as f64)).collect(),
+    ));
+    out.extend(family(
+        "schedlat_program_attached",
+        "1 if the eBPF program is attached, 0 if it is not (see the daemon log for why).",
+        MetricType::GAUGE,
+        input
+            .attached
+            .iter()
+            .map(|a| gauge(vec![label("program", &a.program), label("target", &a.target)], f64::from(u8::from(a.attached))))
+            .collect(),
+    ));
+    out.extend(family(
+        "schedlat_build_info",
+        "schedlat build information.",
+        MetricType::GAUGE,
+        vec![gauge(vec![label("version", input.version)], 1.0)],
+    ));
+    out
+}
+
+/// Prometheus text format 0.0.4.
+pub fn encode(families: &[MetricFamily]) -> Result<String, prometheus::Error> {
+    use prometheus::Encoder as _;
+    let mut buf = Vec::new();
+    prometheus::TextEncoder::new().encode(families, &mut buf)?;
+    Ok(String::from_utf8(buf).expect("text encoder writes UTF-8"))
+}
+
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use schedlat_common::{CpuStat, HistKey};
+
+    use super::*;
+
+    /// A tiny parser for our own exposition: (name, labels, value) per sample line.
+    pub(crate) fn parse(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)> {
+        let mut out = Vec::new();
+        for line in text.lines() {
+            if line.starts_with('#') || line.is_empty() {
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').expect("sample has a value");
+            let (name, labels) = match series.split_once('{') {
+                Some((n, rest)) => {
+                    let body = rest.strip_suffix('}').expect("closing brace");
+                    let mut m = BTreeMap::new();
+                    for kv in body.split("\",").filter(|s| !s.is_empty()) {
+                        let (k, v) = kv.split_once("=\"").expect("k=\"v\"");
+                        m.insert(k.to_string(), v.trim_end_matches('"').to_string());
+                    }
+                    (n.to_string(), m)
+                }
+                None => (series.to_string(), BTreeMap::new()),
+            };
+            let v = if value == "+Inf" { f64::INFINITY } else { value.parse().expect("numeric value") };
+            out.push((name, labels, v));
+        }
+        out
+    }
+
+    fn snap() -> RawSnapshot {
+        let mut h = Histogram::default();
+        for v in [1_500u64, 20_000, 3_000_000, 50_000_000_000] {
+            h.record(v);
+        }
+        RawSnapshot {
+            hists: vec![
+                (HistKey { cgroup_id: 1, kind: kind::RUNQ_WOKEN, op: 0 }, h.clone()),
+                (HistKey { cgroup_id: 2, kind: kind::RUNQ_PREEMPTED, op: 0 }, h.clone()),
+                (HistKey { cgroup_id: 3, kind: kind::RUNQ_PREEMPTED, op: 0 }, h.clone()),
+                (HistKey { cgroup_id: 2, kind: kind::FUTEX, op: 0 }, h),
+            ],
+            wake_cgroups: vec![(1, 5), (3, 7)],
+            cpus: vec![CpuStat { count: [1, 2], sum_ns: [10, 20], max_ns: 20 }],
+            ..Default::default()
+        }
+    }
+
+    fn render(max_cgroups: usize) -> (String, LabelCap) {
+        let mut cap = LabelCap::new(max_cgroups);
+        let fams = families(
+            &snap(),
+            &ExpoInput { attached: &[], per_octave: 2, version: "test" },
+            &mut cap,
+            |id| format!("/cg{id}"),
+        );
+        (encode(&fams).unwrap(), cap)
+    }
+
+    #[test]
+    fn histograms_are_cumulative_with_inf_sum_and_count() {
+        let (text, _) = render(100);
+        let samples = parse(&text);
+        let buckets: Vec<_> = samples
+            .iter()
+            .filter(|(n, l, _)| n == "schedlat_runqueue_latency_seconds_bucket" && l["cgroup"] == "/cg1")
+            .collect();
+        assert!(buckets.len() > 10);
+        let mut last = 0.0;
+        let mut last_le = -1.0;
+        for (_, l, v) in &buckets {
+            let le: f64 = if l["le"] == "+Inf" { f64::INFINITY } else { l["le"].parse().unwrap() };
+            assert!(le > last_le && *v >= last, "cumulative and increasing");
+            last = *v;
+            last_le = le;
+        }
+        assert_eq!(buckets.last().unwrap().1["le"], "+Inf");
+        assert_eq!(last, 4.0);
+        let count = samples.iter().find(|(n, l, _)| n == "schedlat_runqueue_latency_seconds_count" && l["cgroup"] == "/cg1").unwrap();
+        assert_eq!(count.2, 4.0);
+        let sum = samples.iter().find(|(n, l, _)| n == "schedlat_runqueue_latency_seconds_sum" && l["cgroup"] == "/cg1").unwrap();
+        assert!((sum.2 - 50.0030215).abs() < 1e-6, "{}", sum.2);
+        // The 50 s value is beyond the last finite bucket: only +Inf holds it.
+        let finite_max = buckets[buckets.len() - 2].2;
+        assert_eq!(finite_max, 3.0);
+        assert!(text.contains("# TYPE schedlat_runqueue_latency_seconds histogram"));
+        assert!(text.contains("# TYPE schedlat_events_dropped_total counter"));
+    }
+
+    #[test]
+    fn label_cap_folds_into_other_and_counts() {
+        let (text, cap) = render(1);
+        assert_eq!(cap.folded(), 2);
+        let samples = parse(&text);
+        let cgs: HashSet<&str> = samples
+            .iter()
+            .filter(|(n, _, _)| n == "schedlat_runqueue_latency_seconds_count")
+            .map(|(_, l, _)| l["cgroup"].as_str())
+            .collect();
+        assert_eq!(cgs, HashSet::from(["/cg1", "other"]));
+        // cg2 and cg3 preempted series merged into one "other" series.
+        let other = samples
+            .iter()
+            .find(|(n, l, _)| n == "schedlat_runqueue_latency_seconds_count" && l["cgroup"] == "other" && l["cause"] == "preempted")
+            .unwrap();
+        assert_eq!(other.2, 8.0);
+        let folded = samples.iter().find(|(n, _, _)| n == "schedlat_cgroups_folded").unwrap();
+        assert_eq!(folded.2, 2.0);
+        // No pid/tid labels anywhere.
+        assert!(samples.iter().all(|(_, l, _)| !l.contains_key("pid") && !l.contains_key("tid")));
+    }
+
+    #[test]
+    fn wakeups_and_drops_exported() {
+        let (text, _) = render(100);
+        let s = parse(&text);
+        let w = s.iter().find(|(n, l, _)| n == "schedlat_wakeups_total" && l["cgroup"] == "/cg3").unwrap();
+        assert_eq!(w.2, 7.0);
+        for r in drop_reason::NAMES {
+            assert!(s.iter().any(|(n, l, _)| n == "schedlat_events_dropped_total" && l["reason"] == r), "{r}");
+        }
+    }
+}

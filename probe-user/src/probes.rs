@@ -1,0 +1,441 @@
+//! Loading, attaching and reading schedlat's eBPF programs (the only module that uses aya).
+//!
+//! Everything read out of the kernel is turned into plain structs ([`RawSnapshot`]) so the
+//! aggregation and reporting code needs no root and no aya types.
+use std::{path::PathBuf, time::Duration};
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, TracePoint},
+};
+use schedlat_common::{
+    Config, CpuStat, Hist, HistKey, SlowEvent, TaskStat, WakeCount, WakePair, drop_reason, flags,
+    futex_outcome,
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    btf::{BtfError, KernelOffsets},
+    hist::Histogram,
+    tracefs::{Tracefs, TracefsError},
+};
+
+/// The compiled eBPF object (probe-ebpf), built by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/schedlat-probes"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "missing privileges: schedlat needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) to load \
+         eBPF programs; effective capabilities here are {have}. Run it as root (sudo) or grant \
+         them, e.g. `setcap cap_bpf,cap_perfmon+ep schedlat`"
+    )]
+    Privileges { have: String },
+    #[error(transparent)]
+    Btf(#[from] BtfError),
+    #[error(transparent)]
+    Tracefs(#[from] TracefsError),
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("loading program {program} failed: {source}")]
+    Program { program: String, source: aya::programs::ProgramError },
+    #[error("attaching {program} to {target} failed: {source}")]
+    Attach { program: String, target: String, source: aya::programs::ProgramError },
+    #[error("eBPF map {map}: {detail}")]
+    Map { map: &'static str, detail: String },
+}
+
+impl ProbeError {
+    /// Errors that are the user's to fix (exit code 2) rather than runtime failures.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, Self::Privileges { .. } | Self::Tracefs(_) | Self::Btf(_))
+    }
+}
+
+/// Map capacities. Defaults fit a busy host; every overflow is counted in DROPS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MapSizes {
+    /// Tasks runnable but not yet running, at once (a stamp per task).
+    pub runq_start: u32,
+    /// Tasks inside a blocking futex call, at once.
+    pub futex_start: u32,
+    /// (cgroup, kind, futex op) histogram series.
+    pub hists: u32,
+    /// Distinct tids in a capture.
+    pub tasks: u32,
+    /// Distinct waker->wakee pairs in a capture.
+    pub wake_pairs: u32,
+    /// Distinct wakee cgroups (daemon).
+    pub wake_cgroups: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self {
+            runq_start: 65536,
+            futex_start: 65536,
+            hists: 8192,
+            tasks: 65536,
+            wake_pairs: 65536,
+            wake_cgroups: 4096,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ProbeOptions {
+    /// Per-task totals and waker->wakee pairs (captures).
+    pub track_tasks: bool,
+    /// Wakeups per wakee cgroup (daemon).
+    pub track_wake_cgroups: bool,
+    /// Futex tracing. Enabling any syscall tracepoint sends every syscall on the host through
+    /// the kernel's slow path (~125 ns each here), so it is a visible choice.
+    pub futex: bool,
+    /// Send run-queue delays at or above this to userspace.
+    pub slow_threshold: Option<Duration>,
+    pub slow_max_per_sec: u32,
+    pub filter_tgids: Vec<u32>,
+    pub filter_cgroups: Vec<u64>,
+    pub map_sizes: MapSizes,
+    pub tracefs: Option<PathBuf>,
+    pub btf: PathBuf,
+}
+
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        Self {
+            track_tasks: false,
+            track_wake_cgroups: false,
+            futex: true,
+            slow_threshold: None,
+            slow_max_per_sec: 100,
+            filter_tgids: Vec::new(),
+            filter_cgroups: Vec::new(),
+            map_sizes: MapSizes::default(),
+            tracefs: None,
+            btf: PathBuf::from("/sys/kernel/btf/vmlinux"),
+        }
+    }
+}
+
+/// A program and where it is attached.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Attached {
+    pub program: String,
+    pub target: String,
+    pub attached: bool,
+    /// Why it is not attached, when it is not.
+    pub note: Option<String>,
+}
+
+/// Everything read from the maps at one instant.
+#[derive(Clone, Debug, Default)]
+pub struct RawSnapshot {
+    pub hists: Vec<(HistKey, Histogram)>,
+    pub tasks: Vec<(u32, TaskStat)>,
+    pub wake_pairs: Vec<(WakePair, WakeCount)>,
+    pub wake_cgroups: Vec<(u64, u64)>,
+    /// Indexed by CPU id.
+    pub cpus: Vec<CpuStat>,
+    pub drops: [u64; drop_reason::COUNT],
+    pub futex_outcomes: [u64; futex_outcome::COUNT],
+    /// Current entry counts, for self-metrics.
+    pub map_entries: Vec<(&'static str, usize, u32)>,
+}
+
+pub struct Probes {
+    ebpf: Ebpf,
+    slow: Option<RingBuf<MapData>>,
+    pub attached: Vec<Attached>,
+    pub sizes: MapSizes,
+}
+
+/// Effective capability bits of this process (/proc/self/status CapEff).
+pub fn effective_caps() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+const CAP_SYS_ADMIN: u64 = 21;
+const CAP_PERFMON: u64 = 38;
+const CAP_BPF: u64 = 39;
+
+/// Fail early, with the capability names, rather than with EPERM from bpf().
+pub fn check_privileges() -> Result<(), ProbeError> {
+    let caps = effective_caps();
+    let has = |c: u64| caps & (1 << c) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        return Ok(());
+    }
+    let mut have = Vec::new();
+    for (c, n) in [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON"), (CAP_SYS_ADMIN, "CAP_SYS_ADMIN")] {
+        if has(c) {
+            have.push(n);
+        }
+    }
+    Err(ProbeError::Privileges {
+        have: if have.is_empty() { "none of them".into() } else { have.join(", ") },
+    })
+}
+
+fn prog_err(program: &str) -> impl FnOnce(aya::programs::ProgramError) -> ProbeError + '_ {
+    move |source| ProbeError::Program { program: program.to_string(), source }
+}
+
+impl Probes {
+    /// Check privileges and kernel support, load the programs with `opts`, fill the filters
+    /// and attach. Dropping the returned value detaches everything.
+    pub fn load(opts: &ProbeOptions) -> Result<Self, ProbeError> {
+        check_privileges()?;
+        let tracefs = match &opts.tracefs {
+            Some(p) => Tracefs::new(p)?,
+            None => Tracefs::discover()?,
+        };
+        let offs: KernelOffsets = crate::btf::kernel_offsets(&opts.btf)?;
+        debug!(?offs, "kernel offsets from BTF");
+        for tp in ["sched_switch", "sched_waking", "sched_wakeup_new"] {
+            tracefs.require("sched", tp, "run-queue delay", "")?;
+        }
+        let futex_hint = "; on such a kernel disable futex tracking (`--no-futex`, or `futex = false` in the daemon config)";
+        let (tp_futex_op, tp_exit_ret) = if opts.futex {
+            tracefs.require("syscalls", "sys_enter_futex", "futex wait tracking", futex_hint)?;
+            tracefs.require("syscalls", "sys_exit_futex", "futex wait tracking", futex_hint)?;
+            (
+                tracefs.field_offset("syscalls", "sys_enter_futex", "op")?,
+                tracefs.field_offset("syscalls", "sys_exit_futex", "ret")?,
+            )
+        } else {
+            (0, 0)
+        };
+
+        let mut f = 0;
+        if opts.track_tasks {
+            f |= flags::TRACK_TASKS;
+        }
+        if opts.track_wake_cgroups {
+            f |= flags::TRACK_WAKE_CGROUP;
+        }
+        if !opts.filter_tgids.is_empty() {
+            f |= flags::FILTER_TGID;
+        }
+        if !opts.filter_cgroups.is_empty() {
+            f |= flags::FILTER_CGROUP;
+        }
+        if !offs.switch_has_prev_state {
+            f |= flags::READ_PREV_STATE;
+        }
+        if opts.slow_threshold.is_some() {
+            f |= flags::SLOW_EVENTS;
+        }
+        let config = Config {
+            task_pid: offs.task_pid,
+            task_tgid: offs.task_tgid,
+            task_state: offs.task_state,
+            task_comm: offs.task_comm,
+            task_cgroups: offs.task_cgroups,
+            css_set_dfl_cgrp: offs.css_set_dfl_cgrp,
+            cgroup_kn: offs.cgroup_kn,
+            kernfs_node_id: offs.kernfs_node_id,
+            tp_futex_op,
+            tp_exit_ret,
+            flags: f,
+            slow_max_per_sec: opts.slow_max_per_sec,
+            slow_threshold_ns: opts.slow_threshold.map_or(u64::MAX, |d| d.as_nanos() as u64),
+        };
+
+        // Pre-6.x kernels charge BPF memory to RLIMIT_MEMLOCK; 5.11+ uses memcg and this fails
+        // harmlessly in some sandboxes.
+        let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+        if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+            debug!("setrlimit(RLIMIT_MEMLOCK) failed; fine on kernels with memcg accounting");
+        }
+
+        let s = opts.map_sizes;
+        let filter_tgid = (opts.filter_tgids.len() as u32).max(1);
+        let filter_cg = (opts.filter_cgroups.len() as u32).max(1);
+        let mut loader = EbpfLoader::new();
+        loader
+            .override_global("CONFIG", &config, true)
+            .map_max_entries("RUNQ_START", s.runq_start)
+            .map_max_entries("FUTEX_START", s.futex_start)
+            .map_max_entries("HISTS", s.hists)
+            // Maps a mode does not use get one entry, not the default thousands.
+            .map_max_entries("TASK_STATS", if opts.track_tasks { s.tasks } else { 1 })
+            .map_max_entries("WAKE_PAIRS", if opts.track_tasks { s.wake_pairs } else { 1 })
+            .map_max_entries("WAKE_CG", if opts.track_wake_cgroups { s.wake_cgroups } else { 1 })
+            .map_max_entries("FILTER_TGID", filter_tgid)
+            .map_max_entries("FILTER_CG", filter_cg);
+        let mut ebpf = loader.load(OBJECT).map_err(ProbeError::Load)?;
+
+        // Filters go in before anything is attached.
+        if !opts.filter_tgids.is_empty() {
+            let mut m: BpfHashMap<_, u32, u8> = map_mut(&mut ebpf, "FILTER_TGID")?;
+            for t in &opts.filter_tgids {
+                m.insert(t, 1, 0).map_err(|e| ProbeError::Map { map: "FILTER_TGID", detail: e.to_string() })?;
+            }
+        }
+        if !opts.filter_cgroups.is_empty() {
+            let mut m: BpfHashMap<_, u64, u8> = map_mut(&mut ebpf, "FILTER_CG")?;
+            for c in &opts.filter_cgroups {
+                m.insert(c, 1, 0).map_err(|e| ProbeError::Map { map: "FILTER_CG", detail: e.to_string() })?;
+            }
+        }
+
+        let mut attached = Vec::new();
+        let btf = Btf::from_sys_fs().map_err(|e| {
+            ProbeError::Btf(BtfError::Other(format!("reading /sys/kernel/btf/vmlinux for tp_btf: {e}")))
+        })?;
+        for name in ["sched_waking", "sched_wakeup_new", "sched_switch"] {
+            let p: &mut BtfTracePoint = ebpf
+                .program_mut(name)
+                .ok_or_else(|| ProbeError::Map { map: "programs", detail: format!("{name} missing from object") })?
+                .try_into()
+                .map_err(prog_err(name))?;
+            p.load(name, &btf).map_err(prog_err(name))?;
+            p.attach().map_err(|source| ProbeError::Attach {
+                program: name.into(),
+                target: format!("tp_btf/{name}"),
+                source,
+            })?;
+            attached.push(Attached { program: name.into(), target: format!("tp_btf/{name}"), attached: true, note: None });
+        }
+        if opts.futex {
+            // futex_waitv (5.16) and futex2 futex_wait (6.7) are optional: attach where present.
+            for (prog, tp, required) in [
+                ("sys_enter_futex", "sys_enter_futex", true),
+                ("sys_exit_futex", "sys_exit_futex", true),
+                ("sys_enter_futex_waitv", "sys_enter_futex_waitv", false),
+                ("sys_exit_futex_waitv", "sys_exit_futex_waitv", false),
+                ("sys_enter_futex_wait", "sys_enter_futex_wait", false),
+                ("sys_exit_futex_wait", "sys_exit_futex_wait", false),
+            ] {
+                let target = format!("tracepoint/syscalls/{tp}");
+                if !tracefs.has("syscalls", tp) {
+                    debug_assert!(!required);
+                    attached.push(Attached {
+                        program: prog.into(),
+                        target,
+                        attached: false,
+                        note: Some("tracepoint not present on this kernel".into()),
+                    });
+                    continue;
+                }
+                let p: &mut TracePoint = ebpf
+                    .program_mut(prog)
+                    .ok_or_else(|| ProbeError::Map { map: "programs", detail: format!("{prog} missing from object") })?
+                    .try_into()
+                    .map_err(prog_err(prog))?;
+                p.load().map_err(prog_err(prog))?;
+                p.attach("syscalls", tp).map_err(|source| ProbeError::Attach {
+                    program: prog.into(),
+                    target: target.clone(),
+                    source,
+                })?;
+                attached.push(Attached { program: prog.into(), target, attached: true, note: None });
+            }
+        }
+        for a in &attached {
+            if a.attached {
+                info!(program = %a.program, target = %a.target, "attached");
+            } else {
+                info!(program = %a.program, target = %a.target, note = ?a.note, "not attached");
+            }
+        }
+        let slow = if opts.slow_threshold.is_some() {
+            let m = ebpf
+                .take_map("SLOW_EVENTS")
+                .ok_or(ProbeError::Map { map: "SLOW_EVENTS", detail: "missing".into() })?;
+            Some(RingBuf::try_from(m).map_err(|e| ProbeError::Map { map: "SLOW_EVENTS", detail: e.to_string() })?)
+        } else {
+            None
+        };
+        Ok(Self { ebpf, slow, attached, sizes: s })
+    }
+
+    /// Drain pending slow events.
+    pub fn drain_slow_events(&mut self, out: &mut Vec<SlowEvent>, limit: usize) -> u64 {
+        let mut dropped = 0;
+        if let Some(rb) = self.slow.as_mut() {
+            while let Some(item) = rb.next() {
+                if item.len() < core::mem::size_of::<SlowEvent>() {
+                    warn!(len = item.len(), "short slow event record");
+                    continue;
+                }
+                if out.len() >= limit {
+                    // Kept bounded in userspace too; counted, never silently lost.
+                    dropped += 1;
+                    continue;
+                }
+                // SAFETY: the kernel wrote a SlowEvent (repr(C), Pod) and we checked the length.
+                let ev = unsafe { core::ptr::read_unaligned(item.as_ptr() as *const SlowEvent) };
+                out.push(ev);
+            }
+        }
+        dropped
+    }
+
+    /// Read every map.
+    pub fn snapshot(&self) -> Result<RawSnapshot, ProbeError> {
+        let mut snap = RawSnapshot::default();
+        let hists: BpfHashMap<_, HistKey, Hist> = map_ref(&self.ebpf, "HISTS")?;
+        for item in hists.iter() {
+            // Entries are never deleted by the kernel, so an error here is transient; skip it.
+            if let Ok((k, v)) = item {
+                snap.hists.push((k, Histogram::from(&v)));
+            }
+        }
+        snap.map_entries.push(("HISTS", snap.hists.len(), self.sizes.hists));
+        let tasks: BpfHashMap<_, u32, TaskStat> = map_ref(&self.ebpf, "TASK_STATS")?;
+        snap.tasks = tasks.iter().filter_map(Result::ok).collect();
+        let pairs: BpfHashMap<_, WakePair, WakeCount> = map_ref(&self.ebpf, "WAKE_PAIRS")?;
+        snap.wake_pairs = pairs.iter().filter_map(Result::ok).collect();
+        let wcg: BpfHashMap<_, u64, u64> = map_ref(&self.ebpf, "WAKE_CG")?;
+        snap.wake_cgroups = wcg.iter().filter_map(Result::ok).collect();
+        let runq: BpfHashMap<_, u32, schedlat_common::RunqStart> = map_ref(&self.ebpf, "RUNQ_START")?;
+        snap.map_entries.push(("RUNQ_START", runq.keys().count(), self.sizes.runq_start));
+        let futex: BpfHashMap<_, u32, schedlat_common::FutexStart> = map_ref(&self.ebpf, "FUTEX_START")?;
+        snap.map_entries.push(("FUTEX_START", futex.keys().count(), self.sizes.futex_start));
+        snap.map_entries.push(("TASK_STATS", snap.tasks.len(), self.sizes.tasks));
+        snap.map_entries.push(("WAKE_PAIRS", snap.wake_pairs.len(), self.sizes.wake_pairs));
+        snap.map_entries.push(("WAKE_CG", snap.wake_cgroups.len(), self.sizes.wake_cgroups));
+
+        let cpu: PerCpuArray<_, CpuStat> = map_ref(&self.ebpf, "CPU_STATS")?;
+        let per_cpu = cpu.get(&0, 0).map_err(|e| ProbeError::Map { map: "CPU_STATS", detail: e.to_string() })?;
+        snap.cpus = per_cpu.iter().copied().collect();
+        let drops: PerCpuArray<_, u64> = map_ref(&self.ebpf, "DROPS")?;
+        for (i, d) in snap.drops.iter_mut().enumerate() {
+            let v = drops.get(&(i as u32), 0).map_err(|e| ProbeError::Map { map: "DROPS", detail: e.to_string() })?;
+            *d = v.iter().sum();
+        }
+        let out: PerCpuArray<_, u64> = map_ref(&self.ebpf, "FUTEX_OUT")?;
+        for (i, d) in snap.futex_outcomes.iter_mut().enumerate() {
+            let v = out.get(&(i as u32), 0).map_err(|e| ProbeError::Map { map: "FUTEX_OUT", detail: e.to_string() })?;
+            *d = v.iter().sum();
+        }
+        Ok(snap)
+    }
+}
+
+fn map_ref<'a, V: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &'a Ebpf,
+    name: &'static str,
+) -> Result<V, ProbeError> {
+    let m = ebpf.map(name).ok_or(ProbeError::Map { map: name, detail: "missing from object".into() })?;
+    V::try_from(m).map_err(|e| ProbeError::Map { map: name, detail: e.to_string() })
+}
+
+fn map_mut<'a, V: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<V, ProbeError> {
+    let m = ebpf.map_mut(name).ok_or(ProbeError::Map { map: name, detail: "missing from object".into() })?;
+    V::try_from(m).map_err(|e| ProbeError::Map { map: name, detail: e.to_string() })
+}

@@ -1,0 +1,235 @@
+//! `cargo xtask setup`: install and verify everything the build, tests and benchmark need.
+//! Idempotent: each step checks first, says what is missing and why, then installs.
+use std::{
+    env,
+    path::Path,
+    process::Command,
+    sync::atomic::{AtomicBool, Ordering},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{Workspace, capture, cmdline, is_root, probe, run_cmd};
+
+/// Debian packages needed for one purpose.
+pub struct Group {
+    pub name: &'static str,
+    pub why: &'static str,
+    pub packages: &'static [&'static str],
+}
+
+pub const BUILD_LINKER: Group = Group {
+    name: "build",
+    why: "LLVM 22 libraries to compile bpf-linker",
+    packages: &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"],
+};
+pub const BUILD_EBPF: Group = Group {
+    name: "build",
+    why: "Debian's rustc 1.96 (LLVM 22) with a prebuilt `core` for bpfel-unknown-none compiles probe-ebpf",
+    packages: &["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf"],
+};
+pub const TEST: Group = Group {
+    name: "test",
+    why: "promtool checks the /metrics exposition; util-linux (taskset) for the tests",
+    packages: &["prometheus", "util-linux"],
+};
+pub const BENCH: Group = Group {
+    name: "bench",
+    why: "perf bench/stat workloads, libbpf-tools runqlat as the reference tracer, stress-ng",
+    packages: &["linux-perf", "libbpf-tools", "stress-ng"],
+};
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The LLVM that bpf-linker is built against (its `llvm-22` feature and LLVM_PREFIX below).
+const BPF_LINKER_LLVM: u32 = 22;
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// The full setup: build and test packages, bpf-linker, the LLVM rule, tracefs.
+pub fn setup(ws: &Workspace) -> Result<()> {
+    ensure_packages(&[&BUILD_LINKER, &BUILD_EBPF, &TEST])?;
+    let linker_llvm = ensure_bpf_linker(ws)?;
+    check_llvm_rule(linker_llvm)?;
+    ensure_tracefs()?;
+    println!("setup: ok");
+    Ok(())
+}
+
+/// `apt-get update` runs at most once per xtask invocation, and only if something is missing.
+static APT_UPDATED: AtomicBool = AtomicBool::new(false);
+
+/// Install whichever packages of `groups` are not installed yet.
+pub fn ensure_packages(groups: &[&Group]) -> Result<()> {
+    let mut missing = Vec::new();
+    for g in groups {
+        for &pkg in g.packages {
+            if !is_installed(pkg)? {
+                println!("setup: missing Debian package {pkg} ({}: {})", g.name, g.why);
+                missing.push(pkg);
+            }
+        }
+    }
+    let names = groups.iter().map(|g| g.name).fold(Vec::new(), |mut v, n| {
+        if !v.contains(&n) {
+            v.push(n);
+        }
+        v
+    });
+    if missing.is_empty() {
+        println!("setup: Debian packages for {} are installed", names.join(", "));
+        return Ok(());
+    }
+    require_root("installing Debian packages")?;
+    let hint = "check the apt sources and network access, then re-run `cargo xtask setup`";
+    if !APT_UPDATED.swap(true, Ordering::Relaxed) {
+        run_cmd(apt_get().arg("update"), hint)?;
+    }
+    run_cmd(apt_get().args(["install", "-y", "--no-install-recommends"]).args(&missing), hint)?;
+    for pkg in missing {
+        if !is_installed(pkg)? {
+            bail!("apt-get install reported success but {pkg} is still not installed: {hint}");
+        }
+    }
+    Ok(())
+}
+
+fn apt_get() -> Command {
+    let mut c = Command::new("apt-get");
+    c.env("DEBIAN_FRONTEND", "noninteractive");
+    c
+}
+
+fn is_installed(pkg: &str) -> Result<bool> {
+    let mut c = Command::new("dpkg-query");
+    c.args(["-W", "-f=${Status}", pkg]);
+    let out = c.output().with_context(|| {
+        format!("could not run `{}`: setup supports Debian/Ubuntu only; install {pkg} by hand", cmdline(&c))
+    })?;
+    // Not-installed packages make dpkg-query fail ("no packages found") or report another status.
+    Ok(out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "install ok installed")
+}
+
+/// Make sure bpf-linker 0.13.0 is on PATH; returns the LLVM major version it was built with.
+fn ensure_bpf_linker(ws: &Workspace) -> Result<u32> {
+    let found = bpf_linker_version();
+    if found.as_deref() != Some(BPF_LINKER_VERSION) {
+        let have = found.map_or_else(|| "not found on PATH".to_string(), |v| format!("found {v}"));
+        println!(
+            "setup: bpf-linker {have}; need {BPF_LINKER_VERSION} built against LLVM {BPF_LINKER_LLVM} \
+             (it links the eBPF programs, see shared/docs/toolchain.md)"
+        );
+        // Its build script would otherwise find /usr/bin/llvm-config (LLVM 14) and fail at link.
+        run_cmd(
+            ws.cargo()
+                .env("LLVM_PREFIX", LLVM_PREFIX)
+                .args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked"])
+                .args(["--no-default-features", "--features", &format!("llvm-{BPF_LINKER_LLVM}")]),
+            "check that llvm-22-dev and libpolly-22-dev are installed and crates.io is reachable, \
+             then re-run `cargo xtask setup`",
+        )?;
+        match bpf_linker_version() {
+            Some(v) if v == BPF_LINKER_VERSION => {}
+            other => bail!(
+                "installed bpf-linker {BPF_LINKER_VERSION} but `bpf-linker --version` now gives {other:?}: \
+                 put $CARGO_HOME/bin (usually ~/.cargo/bin) first on PATH"
+            ),
+        }
+    }
+    let (llvm, source) = bpf_linker_llvm();
+    println!("setup: bpf-linker {BPF_LINKER_VERSION} ok (LLVM {llvm}, {source})");
+    Ok(llvm)
+}
+
+/// The version number from `bpf-linker --version` ("bpf-linker 0.13.0"), if it runs.
+fn bpf_linker_version() -> Option<String> {
+    let out = probe(Command::new("bpf-linker").arg("--version"))?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace().nth(1).map(str::to_owned)
+}
+
+/// bpf-linker 0.13 does not print its LLVM version; it links libLLVM.so.<major> dynamically, so
+/// ask ldd. Falls back to the pinned feature.
+fn bpf_linker_llvm() -> (u32, &'static str) {
+    let out = probe(Command::new("bpf-linker").arg("--version"));
+    if let Some(v) = out.and_then(|o| llvm_major_after(&String::from_utf8_lossy(&o.stdout), "LLVM")) {
+        return (v, "from `bpf-linker --version`");
+    }
+    let path = probe(Command::new("sh").args(["-c", "command -v bpf-linker"]))
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let ldd = probe(Command::new("ldd").arg(&path)).map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    let from_ldd = ldd
+        .filter(|_| !path.is_empty())
+        .and_then(|t| llvm_major_after(&t, "libLLVM.so.").or_else(|| llvm_major_after(&t, "libLLVM-")));
+    if let Some(v) = from_ldd {
+        return (v, "from the libLLVM it links");
+    }
+    (BPF_LINKER_LLVM, "assumed from the pinned llvm-22 feature")
+}
+
+/// The number right after the first occurrence of `marker` ("LLVM version: 22.1.8" -> 22).
+fn llvm_major_after(text: &str, marker: &str) -> Option<u32> {
+    let rest = &text[text.find(marker)? + marker.len()..];
+    let rest = rest.trim_start_matches(|c: char| !c.is_ascii_digit() && c != '\n');
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// The rule from shared/docs/toolchain.md: the LLVM of the rustc compiling the eBPF crate must not
+/// be newer than bpf-linker's, or linking fails with `Invalid record`.
+fn check_llvm_rule(linker_llvm: u32) -> Result<()> {
+    // Same override as probe-user/build.rs.
+    let rustc = env::var("SCHEDLAT_EBPF_RUSTC").unwrap_or_else(|_| "/usr/bin/rustc".into());
+    let vv = capture(Command::new(&rustc).arg("-vV"))
+        .with_context(|| format!("checking the eBPF compiler {rustc}: run `cargo xtask setup` as root to install rustc-web"))?;
+    let Some(rustc_llvm) = llvm_major_after(&vv, "LLVM version:") else {
+        bail!("`{rustc} -vV` printed no `LLVM version:` line; cannot check it against bpf-linker's LLVM");
+    };
+    if rustc_llvm > linker_llvm {
+        bail!(
+            "{rustc} uses LLVM {rustc_llvm}, newer than bpf-linker's LLVM {linker_llvm}: linking the eBPF \
+             programs would fail with `Invalid record`. Use a rustc on LLVM <= {linker_llvm} \
+             (SCHEDLAT_EBPF_RUSTC) or build bpf-linker against LLVM {rustc_llvm}"
+        );
+    }
+    println!("setup: {rustc} uses LLVM {rustc_llvm}, not newer than bpf-linker's LLVM {linker_llvm}: ok");
+    Ok(())
+}
+
+/// The probes read tracepoint formats from tracefs.
+fn ensure_tracefs() -> Result<()> {
+    if Path::new(TRACEFS).join("events").exists() {
+        println!("setup: tracefs is mounted at {TRACEFS}");
+        return Ok(());
+    }
+    println!("setup: tracefs is not mounted at {TRACEFS} (schedlat reads tracepoint formats from it)");
+    require_root("mounting tracefs")?;
+    run_cmd(
+        Command::new("mount").args(["-t", "tracefs", "nodev", TRACEFS]),
+        "the kernel needs CONFIG_TRACING; mount tracefs by hand and re-run `cargo xtask setup`",
+    )
+}
+
+fn require_root(what: &str) -> Result<()> {
+    if !is_root() {
+        bail!("{what}: run as root (apt-get/mount need it), e.g. `sudo -E cargo xtask setup`");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::llvm_major_after;
+
+    #[test]
+    fn parses_llvm_major() {
+        let vv = "rustc 1.96.0\nbinary: rustc\nrelease: 1.96.0\nLLVM version: 22.1.8\n";
+        assert_eq!(llvm_major_after(vv, "LLVM version:"), Some(22));
+        let ldd = "\tlibLLVM.so.22.1 => /usr/lib/llvm-22/lib/libLLVM.so.22.1 (0x0)\n";
+        assert_eq!(llvm_major_after(ldd, "libLLVM.so."), Some(22));
+        assert_eq!(llvm_major_after("bpf-linker 0.13.0\n", "LLVM"), None);
+    }
+}
