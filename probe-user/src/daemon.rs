@@ -169,9 +169,9 @@ mod tests {
         let (s, body, ct) = get(router(state.clone()), "/metrics").await;
         assert_eq!(s, StatusCode::OK);
         assert_eq!(ct.as_deref(), Some(metrics::CONTENT_TYPE));
-        assert!(body.contains("schedlat_runqueue_latency_seconds_count{cause=\"woken\",cgroup=\"/\"} 1"), "{body}");
+        assert!(body.contains("schedlat_runqueue_latency_seconds_count{cgroup=\"/\",cause=\"woken\"} 1"), "{body}");
         let (_, body2, _) = get(router(state.clone()), "/metrics").await;
-        assert!(body2.contains("schedlat_runqueue_latency_seconds_count{cause=\"woken\",cgroup=\"/\"} 2"), "{body2}");
+        assert!(body2.contains("schedlat_runqueue_latency_seconds_count{cgroup=\"/\",cause=\"woken\"} 2"), "{body2}");
         let (s, body, _) = get(router(state), "/healthz").await;
         assert_eq!((s, body.as_str()), (StatusCode::OK, "ok\n"));
     }

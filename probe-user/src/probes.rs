@@ -357,7 +357,14 @@ impl Probes {
         } else {
             None
         };
-        Ok(Self { ebpf, slow, attached, sizes: s })
+        // Report the sizes actually used (maps a mode does not use were shrunk to one entry).
+        let sizes = MapSizes {
+            tasks: if opts.track_tasks { s.tasks } else { 1 },
+            wake_pairs: if opts.track_tasks { s.wake_pairs } else { 1 },
+            wake_cgroups: if opts.track_wake_cgroups { s.wake_cgroups } else { 1 },
+            ..s
+        };
+        Ok(Self { ebpf, slow, attached, sizes })
     }
 
     /// Drain pending slow events.

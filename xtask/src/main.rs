@@ -19,7 +19,12 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "schedlat developer tasks", disable_help_subcommand = true)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "schedlat developer tasks",
+    disable_help_subcommand = true
+)]
 struct Cli {
     #[command(subcommand)]
     task: Task,
@@ -35,13 +40,21 @@ enum Task {
     /// Build, then run schedlat with ARGS (default: `capture --duration 10s`), via sudo if not root.
     Run {
         /// Arguments for schedlat, e.g. `cargo xtask run -- daemon --listen 127.0.0.1:9725`.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
         args: Vec<OsString>,
     },
     /// Setup, unit tests, release build, then the privileged integration tests (serially).
     Test {
         /// Passed to the integration test harness, e.g. a test name filter.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
         args: Vec<String>,
     },
     /// Overhead benchmark: interleaved bare / schedlat / runqlat runs of scheduler-heavy workloads.
@@ -52,7 +65,11 @@ fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:?}");
+            // The chain without anyhow's backtrace (RUST_BACKTRACE is often set for the tests).
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
             ExitCode::FAILURE
         }
     }
@@ -85,9 +102,14 @@ impl Workspace {
             .parent()
             .expect("xtask lives one level below the workspace root")
             .to_path_buf();
-        let target = env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |t| root.join(t));
+        let target =
+            env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |t| root.join(t));
         let cargo = env::var_os("CARGO").map_or_else(|| PathBuf::from("cargo"), PathBuf::from);
-        Self { root, target, cargo }
+        Self {
+            root,
+            target,
+            cargo,
+        }
     }
 
     pub fn release_bin(&self, name: &str) -> PathBuf {
@@ -111,7 +133,10 @@ pub fn build(ws: &Workspace) -> Result<PathBuf> {
     )?;
     let bin = ws.release_bin("schedlat");
     if !bin.exists() {
-        bail!("cargo reported success but {} does not exist", bin.display());
+        bail!(
+            "cargo reported success but {} does not exist",
+            bin.display()
+        );
     }
     Ok(bin)
 }
@@ -119,7 +144,9 @@ pub fn build(ws: &Workspace) -> Result<PathBuf> {
 fn run_schedlat(ws: &Workspace, args: Vec<OsString>) -> Result<()> {
     let bin = build(ws)?;
     let args = if args.is_empty() {
-        ["capture", "--duration", "10s"].map(OsString::from).to_vec()
+        ["capture", "--duration", "10s"]
+            .map(OsString::from)
+            .to_vec()
     } else {
         args
     };
@@ -148,12 +175,15 @@ pub fn is_root() -> bool {
 /// e.g. a fresh root shell or CI; rustc (linking the eBPF crate) and probe-user/build.rs look it
 /// up on PATH.
 fn add_cargo_bin_to_path() {
-    let Some(bin) = cargo_home().map(|h| h.join("bin")) else { return };
+    let Some(bin) = cargo_home().map(|h| h.join("bin")) else {
+        return;
+    };
     let path = env::var_os("PATH").unwrap_or_default();
     if env::split_paths(&path).any(|p| p == bin) {
         return;
     }
-    let joined = env::join_paths(env::split_paths(&path).chain([bin])).expect("PATH entries have no ':'");
+    let joined =
+        env::join_paths(env::split_paths(&path).chain([bin])).expect("PATH entries have no ':'");
     // SAFETY: called at the start of `run`, before xtask starts any thread.
     unsafe { env::set_var("PATH", joined) };
 }
@@ -184,8 +214,13 @@ pub fn cmdline(c: &Command) -> String {
 fn quote(s: &OsStr) -> String {
     let s = s.to_string_lossy();
     let plain = !s.is_empty()
-        && s.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_./:=@,+%".contains(ch));
-    if plain { s.into_owned() } else { format!("'{}'", s.replace('\'', r"'\''")) }
+        && s.chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "-_./:=@,+%".contains(ch));
+    if plain {
+        s.into_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
 }
 
 /// Print `+ command`, run it with inherited stdio, and fail if it fails. `what_to_do` ends up in
@@ -193,7 +228,9 @@ fn quote(s: &OsStr) -> String {
 pub fn run_cmd(c: &mut Command, what_to_do: &str) -> Result<()> {
     let line = cmdline(c);
     println!("+ {line}");
-    let status = c.status().with_context(|| format!("could not start `{line}`: {what_to_do}"))?;
+    let status = c
+        .status()
+        .with_context(|| format!("could not start `{line}`: {what_to_do}"))?;
     if !status.success() {
         bail!("`{line}` failed ({status}): {what_to_do}");
     }
@@ -209,7 +246,9 @@ pub fn probe(c: &mut Command) -> Option<Output> {
 /// Run a command quietly and return its stdout; fail (naming it) if it cannot start or fails.
 pub fn capture(c: &mut Command) -> Result<String> {
     let line = cmdline(c);
-    let out = c.output().with_context(|| format!("could not start `{line}`"))?;
+    let out = c
+        .output()
+        .with_context(|| format!("could not start `{line}`"))?;
     if !out.status.success() {
         bail!(
             "`{line}` failed ({}): {}",

@@ -21,7 +21,12 @@ pub struct Group {
 pub const BUILD_LINKER: Group = Group {
     name: "build",
     why: "LLVM 22 libraries to compile bpf-linker",
-    packages: &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"],
+    packages: &[
+        "llvm-22-dev",
+        "libpolly-22-dev",
+        "libzstd-dev",
+        "zlib1g-dev",
+    ],
 };
 pub const BUILD_EBPF: Group = Group {
     name: "build",
@@ -64,7 +69,10 @@ pub fn ensure_packages(groups: &[&Group]) -> Result<()> {
     for g in groups {
         for &pkg in g.packages {
             if !is_installed(pkg)? {
-                println!("setup: missing Debian package {pkg} ({}: {})", g.name, g.why);
+                println!(
+                    "setup: missing Debian package {pkg} ({}: {})",
+                    g.name, g.why
+                );
                 missing.push(pkg);
             }
         }
@@ -76,7 +84,10 @@ pub fn ensure_packages(groups: &[&Group]) -> Result<()> {
         v
     });
     if missing.is_empty() {
-        println!("setup: Debian packages for {} are installed", names.join(", "));
+        println!(
+            "setup: Debian packages for {} are installed",
+            names.join(", ")
+        );
         return Ok(());
     }
     require_root("installing Debian packages")?;
@@ -84,7 +95,12 @@ pub fn ensure_packages(groups: &[&Group]) -> Result<()> {
     if !APT_UPDATED.swap(true, Ordering::Relaxed) {
         run_cmd(apt_get().arg("update"), hint)?;
     }
-    run_cmd(apt_get().args(["install", "-y", "--no-install-recommends"]).args(&missing), hint)?;
+    run_cmd(
+        apt_get()
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing),
+        hint,
+    )?;
     for pkg in missing {
         if !is_installed(pkg)? {
             bail!("apt-get install reported success but {pkg} is still not installed: {hint}");
@@ -103,10 +119,14 @@ fn is_installed(pkg: &str) -> Result<bool> {
     let mut c = Command::new("dpkg-query");
     c.args(["-W", "-f=${Status}", pkg]);
     let out = c.output().with_context(|| {
-        format!("could not run `{}`: setup supports Debian/Ubuntu only; install {pkg} by hand", cmdline(&c))
+        format!(
+            "could not run `{}`: setup supports Debian/Ubuntu only; install {pkg} by hand",
+            cmdline(&c)
+        )
     })?;
     // Not-installed packages make dpkg-query fail ("no packages found") or report another status.
-    Ok(out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "install ok installed")
+    Ok(out.status.success()
+        && String::from_utf8_lossy(&out.stdout).trim() == "install ok installed")
 }
 
 /// Make sure bpf-linker 0.13.0 is on PATH; returns the LLVM major version it was built with.
@@ -122,16 +142,25 @@ fn ensure_bpf_linker(ws: &Workspace) -> Result<u32> {
         run_cmd(
             ws.cargo()
                 .env("LLVM_PREFIX", LLVM_PREFIX)
-                .args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked"])
-                .args(["--no-default-features", "--features", &format!("llvm-{BPF_LINKER_LLVM}")]),
+                .args([
+                    "install",
+                    &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                    "--locked",
+                ])
+                .args([
+                    "--no-default-features",
+                    "--features",
+                    &format!("llvm-{BPF_LINKER_LLVM}"),
+                ]),
             "check that llvm-22-dev and libpolly-22-dev are installed and crates.io is reachable, \
              then re-run `cargo xtask setup`",
         )?;
         match bpf_linker_version() {
             Some(v) if v == BPF_LINKER_VERSION => {}
             other => bail!(
-                "installed bpf-linker {BPF_LINKER_VERSION} but `bpf-linker --version` now gives {other:?}: \
-                 put $CARGO_HOME/bin (usually ~/.cargo/bin) first on PATH"
+                "installed bpf-linker {BPF_LINKER_VERSION} but the bpf-linker on PATH is {}: \
+                 put $CARGO_HOME/bin (usually ~/.cargo/bin) first on PATH",
+                other.unwrap_or_else(|| "missing".into())
             ),
         }
     }
@@ -154,16 +183,18 @@ fn bpf_linker_version() -> Option<String> {
 /// ask ldd. Falls back to the pinned feature.
 fn bpf_linker_llvm() -> (u32, &'static str) {
     let out = probe(Command::new("bpf-linker").arg("--version"));
-    if let Some(v) = out.and_then(|o| llvm_major_after(&String::from_utf8_lossy(&o.stdout), "LLVM")) {
+    if let Some(v) = out.and_then(|o| llvm_major_after(&String::from_utf8_lossy(&o.stdout), "LLVM"))
+    {
         return (v, "from `bpf-linker --version`");
     }
     let path = probe(Command::new("sh").args(["-c", "command -v bpf-linker"]))
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
-    let ldd = probe(Command::new("ldd").arg(&path)).map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-    let from_ldd = ldd
-        .filter(|_| !path.is_empty())
-        .and_then(|t| llvm_major_after(&t, "libLLVM.so.").or_else(|| llvm_major_after(&t, "libLLVM-")));
+    let ldd = probe(Command::new("ldd").arg(&path))
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    let from_ldd = ldd.filter(|_| !path.is_empty()).and_then(|t| {
+        llvm_major_after(&t, "libLLVM.so.").or_else(|| llvm_major_after(&t, "libLLVM-"))
+    });
     if let Some(v) = from_ldd {
         return (v, "from the libLLVM it links");
     }
@@ -186,7 +217,9 @@ fn check_llvm_rule(linker_llvm: u32) -> Result<()> {
     let vv = capture(Command::new(&rustc).arg("-vV"))
         .with_context(|| format!("checking the eBPF compiler {rustc}: run `cargo xtask setup` as root to install rustc-web"))?;
     let Some(rustc_llvm) = llvm_major_after(&vv, "LLVM version:") else {
-        bail!("`{rustc} -vV` printed no `LLVM version:` line; cannot check it against bpf-linker's LLVM");
+        bail!(
+            "`{rustc} -vV` printed no `LLVM version:` line; cannot check it against bpf-linker's LLVM"
+        );
     };
     if rustc_llvm > linker_llvm {
         bail!(
@@ -195,7 +228,9 @@ fn check_llvm_rule(linker_llvm: u32) -> Result<()> {
              (SCHEDLAT_EBPF_RUSTC) or build bpf-linker against LLVM {rustc_llvm}"
         );
     }
-    println!("setup: {rustc} uses LLVM {rustc_llvm}, not newer than bpf-linker's LLVM {linker_llvm}: ok");
+    println!(
+        "setup: {rustc} uses LLVM {rustc_llvm}, not newer than bpf-linker's LLVM {linker_llvm}: ok"
+    );
     Ok(())
 }
 
@@ -205,7 +240,9 @@ fn ensure_tracefs() -> Result<()> {
         println!("setup: tracefs is mounted at {TRACEFS}");
         return Ok(());
     }
-    println!("setup: tracefs is not mounted at {TRACEFS} (schedlat reads tracepoint formats from it)");
+    println!(
+        "setup: tracefs is not mounted at {TRACEFS} (schedlat reads tracepoint formats from it)"
+    );
     require_root("mounting tracefs")?;
     run_cmd(
         Command::new("mount").args(["-t", "tracefs", "nodev", TRACEFS]),

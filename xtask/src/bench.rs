@@ -1,0 +1,600 @@
+//! `cargo xtask bench`: what does tracing cost the traced workload?
+//!
+//! Method (shared/docs/toolchain.md, "Benchmarking here"): this machine is small and noisy, so
+//! runs are interleaved (bare, schedlat, runqlat, bare, ...) and compared as medians of per-round
+//! ratios. libbpf-tools runqlat is the reference: the classic tool for the same question.
+use std::{
+    collections::VecDeque,
+    env, fmt,
+    fmt::Write as _,
+    fs,
+    io::{BufRead, BufReader, Read},
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{Workspace, build, cmdline, is_root, probe, setup};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Interleaved rounds of (bare, schedlat, runqlat) per workload [default: 5, 2 with --quick]
+    #[arg(long, value_name = "N")]
+    pairs: Option<usize>,
+    /// Smoke test: 2 rounds and short workloads (numbers are not meaningful)
+    #[arg(long)]
+    quick: bool,
+}
+
+#[derive(Clone, Copy)]
+enum Arm {
+    Bare,
+    Schedlat,
+    Runqlat,
+}
+
+const ARMS: [Arm; 3] = [Arm::Bare, Arm::Schedlat, Arm::Runqlat];
+
+impl fmt::Display for Arm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Arm::Bare => "bare",
+            Arm::Schedlat => "schedlat",
+            Arm::Runqlat => "runqlat",
+        })
+    }
+}
+
+struct Workload {
+    name: &'static str,
+    argv: Vec<String>,
+    unit: &'static str,
+    /// Operations per run, so that `ops / throughput` is the run's duration.
+    ops: f64,
+    /// CPUs the workload keeps saturated: extra wall time x busy CPUs ~ extra CPU time.
+    busy_cpus: f64,
+    /// Throughput from the workload's stdout.
+    parse: fn(&str) -> Option<f64>,
+}
+
+impl Workload {
+    fn command(&self) -> Command {
+        let mut c = Command::new(&self.argv[0]);
+        c.args(&self.argv[1..]);
+        c
+    }
+}
+
+fn workloads(quick: bool) -> Vec<Workload> {
+    let (pipe_loops, msg_loops) = if quick {
+        (20_000, 200)
+    } else {
+        (200_000, 2_000)
+    };
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let argv = |s: &str| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    vec![
+        // Pinned: unpinned pipe swings 3x between runs here and is useless for ratios.
+        Workload {
+            name: "pipe (pinned)",
+            argv: argv(&format!(
+                "taskset -c 0 perf bench sched pipe -l {pipe_loops}"
+            )),
+            unit: "ops/s",
+            ops: pipe_loops as f64,
+            busy_cpus: 1.0,
+            parse: parse_ops_per_sec,
+        },
+        // 160 processes keep every CPU busy.
+        Workload {
+            name: "messaging",
+            argv: argv(&format!("perf bench sched messaging -g 4 -l {msg_loops}")),
+            unit: "runs/s",
+            ops: 1.0,
+            busy_cpus: cpus,
+            parse: parse_total_time,
+        },
+    ]
+}
+
+/// `         198801 ops/sec`
+fn parse_ops_per_sec(out: &str) -> Option<f64> {
+    out.lines()
+        .find_map(|l| l.trim().strip_suffix("ops/sec")?.trim().parse().ok())
+}
+
+/// `     Total time: 0.579 [sec]` -> 1/0.579 runs per second.
+fn parse_total_time(out: &str) -> Option<f64> {
+    let secs: f64 = out.lines().find_map(|l| {
+        let rest = l.trim().strip_prefix("Total time:")?;
+        rest.split_whitespace().next()?.parse().ok()
+    })?;
+    (secs > 0.0).then(|| 1.0 / secs)
+}
+
+struct Sample {
+    throughput: f64,
+    /// The tracer process's own CPU seconds during the workload (schedlat only).
+    tracer_cpu: Option<f64>,
+}
+
+struct WorkloadResult {
+    switches_per_run: f64,
+    switch_rate: f64,
+    /// Indexed like ARMS.
+    samples: [Vec<Sample>; 3],
+}
+
+pub fn bench(ws: &Workspace, args: Args) -> Result<()> {
+    let Args { pairs, quick } = args;
+    let pairs = pairs.unwrap_or(if quick { 2 } else { 5 });
+    if pairs == 0 {
+        bail!("--pairs must be at least 1");
+    }
+    if !is_root() {
+        bail!(
+            "bench loads eBPF programs and runs `perf stat -a`: run as root, e.g. `sudo -E cargo xtask bench`"
+        );
+    }
+    setup::ensure_packages(&[&setup::BENCH])?;
+    let bin = build(ws)?;
+    let runqlat = find_runqlat()?;
+    let workloads = workloads(quick);
+
+    let mut results = Vec::new();
+    for w in &workloads {
+        println!("\n==> {}: {}", w.name, w.argv.join(" "));
+        let (switches_per_run, secs) = count_switches(w)?;
+        let switch_rate = switches_per_run / secs;
+        println!(
+            "sched_switch: {switches_per_run:.0} per run, {switch_rate:.0}/s (separate untimed perf stat -a run)"
+        );
+        let mut samples: [Vec<Sample>; 3] = Default::default();
+        for round in 1..=pairs {
+            for (i, arm) in ARMS.into_iter().enumerate() {
+                let s = match arm {
+                    Arm::Bare => Sample {
+                        throughput: run_workload(w)?,
+                        tracer_cpu: None,
+                    },
+                    Arm::Schedlat => with_schedlat(&bin, w)?,
+                    Arm::Runqlat => with_runqlat(&runqlat, w)?,
+                };
+                let cpu = s
+                    .tracer_cpu
+                    .map(|c| format!("  (daemon CPU {c:.2} s)"))
+                    .unwrap_or_default();
+                println!(
+                    "  round {round}/{pairs} {arm:<8} {:>12} {}{cpu}",
+                    num(s.throughput),
+                    w.unit
+                );
+                samples[i].push(s);
+            }
+        }
+        results.push(WorkloadResult {
+            switches_per_run,
+            switch_rate,
+            samples,
+        });
+    }
+
+    let report = render(&workloads, &results, pairs, quick);
+    println!("\n{report}");
+    let dir = ws.target.join("bench");
+    fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let path = dir.join("results.md");
+    fs::write(&path, &report).with_context(|| format!("write {}", path.display()))?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+/// libbpf-tools installs runqlat in /usr/sbin, which is not on a normal user's PATH.
+fn find_runqlat() -> Result<PathBuf> {
+    let path = env::var_os("PATH").unwrap_or_default();
+    let dirs = env::split_paths(&path).chain(["/usr/sbin", "/sbin"].map(PathBuf::from));
+    let listed = probe(Command::new("dpkg").args(["-L", "libbpf-tools"]))
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(PathBuf::from)
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    dirs.map(|d| d.join("runqlat"))
+        .chain(listed.into_iter().filter(|p| p.file_name().is_some_and(|n| n == "runqlat")))
+        .find(|p| p.is_file())
+        .context("runqlat not found on PATH, in /usr/sbin or in `dpkg -L libbpf-tools`: install libbpf-tools")
+}
+
+/// Run the workload once, untraced; returns its throughput.
+fn run_workload(w: &Workload) -> Result<f64> {
+    let mut c = w.command();
+    let line = cmdline(&c);
+    let out = c
+        .output()
+        .with_context(|| format!("could not start `{line}`: is linux-perf installed?"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "`{line}` failed ({}): {}{}",
+            out.status,
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    (w.parse)(&stdout)
+        .with_context(|| format!("no throughput in the output of `{line}`:\n{stdout}"))
+}
+
+/// sched_switch events per run, system-wide, and the run's wall time. perf stat itself slows
+/// the workload, so this is a separate run, not one of the timed ones.
+fn count_switches(w: &Workload) -> Result<(f64, f64)> {
+    let mut c = Command::new("perf");
+    c.args(["stat", "-e", "sched:sched_switch", "-a", "-x,", "--"])
+        .args(&w.argv);
+    let line = cmdline(&c);
+    println!("+ {line}");
+    let start = Instant::now();
+    let out = c
+        .output()
+        .with_context(|| format!("could not start `{line}`"))?;
+    let secs = start.elapsed().as_secs_f64();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!("`{line}` failed ({}): {stderr}", out.status);
+    }
+    // CSV: count,unit,event,...; the count is `<not supported>` if the tracepoint is unavailable.
+    let count = stderr
+        .lines()
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .find(|f| f.get(2) == Some(&"sched:sched_switch"))
+        .and_then(|f| f[0].parse::<f64>().ok());
+    match count {
+        Some(n) => Ok((n, secs)),
+        None => bail!(
+            "no sched:sched_switch count from `{line}` (is tracefs mounted? `cargo xtask setup`):\n{stderr}"
+        ),
+    }
+}
+
+fn with_schedlat(bin: &Path, w: &Workload) -> Result<Sample> {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("finding a free local port for the daemon")?
+        .port();
+    let mut c = Command::new(bin);
+    c.args(["daemon", "--listen", &format!("127.0.0.1:{port}")]);
+    let mut tracer = Tracer::start(
+        "schedlat daemon",
+        c,
+        "serving metrics on",
+        Duration::from_secs(30),
+    )?;
+    let before = cpu_seconds(tracer.pid())?;
+    let throughput = run_workload(w)?;
+    let after = cpu_seconds(tracer.pid())?;
+    tracer.stop(libc::SIGTERM, "SIGTERM")?;
+    Ok(Sample {
+        throughput,
+        tracer_cpu: Some(after - before),
+    })
+}
+
+fn with_runqlat(runqlat: &Path, w: &Workload) -> Result<Sample> {
+    // No arguments: trace until SIGINT. stdbuf: its "Tracing run queue latency..." line (printed
+    // once attached) would otherwise sit in a pipe buffer until exit.
+    let mut c = Command::new("stdbuf");
+    c.arg("-oL").arg(runqlat);
+    let mut tracer = Tracer::start("runqlat", c, "Tracing", Duration::from_secs(30))?;
+    let throughput = run_workload(w)?;
+    tracer.stop(libc::SIGINT, "SIGINT")?;
+    Ok(Sample {
+        throughput,
+        tracer_cpu: None,
+    })
+}
+
+/// A tracer running in the background for one arm. Dropping it kills it, so an error mid-run
+/// leaves nothing attached.
+struct Tracer {
+    name: &'static str,
+    child: Child,
+    /// Last lines of its stdout and stderr, for error messages.
+    tail: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl Tracer {
+    /// Spawn `c` and wait until a line of its output contains `ready`.
+    fn start(
+        name: &'static str,
+        mut c: Command,
+        ready: &'static str,
+        timeout: Duration,
+    ) -> Result<Self> {
+        let line = cmdline(&c);
+        println!("+ {line} &");
+        let mut child = c
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("could not start `{line}`"))?;
+        let tail = Arc::new(Mutex::new(VecDeque::new()));
+        let (tx, rx) = mpsc::channel();
+        let streams: [Box<dyn Read + Send>; 2] = [
+            Box::new(child.stdout.take().expect("piped")),
+            Box::new(child.stderr.take().expect("piped")),
+        ];
+        // Keep draining after `ready` so the tracer never blocks on a full pipe.
+        for stream in streams {
+            let (tx, tail) = (tx.clone(), Arc::clone(&tail));
+            thread::spawn(move || {
+                for l in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if l.contains(ready) {
+                        let _ = tx.send(());
+                    }
+                    let mut t = tail.lock().unwrap();
+                    t.push_back(l);
+                    if t.len() > 20 {
+                        t.pop_front();
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let mut tracer = Self { name, child, tail };
+        match rx.recv_timeout(timeout) {
+            Ok(()) => Ok(tracer),
+            Err(mpsc::RecvTimeoutError::Timeout) => bail!(
+                "{name} printed no `{ready}` line within {} s (`{line}`); last output:\n{}",
+                timeout.as_secs(),
+                tracer.tail()
+            ),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                // Both readers hit EOF (and stored every line): it exited or closed its output.
+                let status = tracer
+                    .child
+                    .wait()
+                    .map_or_else(|e| e.to_string(), |s| s.to_string());
+                bail!(
+                    "{name} exited before it was ready ({status}, `{line}`); last output:\n{}",
+                    tracer.tail()
+                )
+            }
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn tail(&self) -> String {
+        self.tail
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| format!("  {l}\n"))
+            .collect()
+    }
+
+    /// Send `sig` and wait for a clean exit (10 s at most).
+    fn stop(&mut self, sig: libc::c_int, sig_name: &str) -> Result<()> {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: kill has no memory-safety preconditions; the child is unreaped, so `pid` is ours.
+        unsafe { libc::kill(pid, sig) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status: ExitStatus = loop {
+            if let Some(s) = self
+                .child
+                .try_wait()
+                .with_context(|| format!("waiting for {}", self.name))?
+            {
+                break s;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not exit within 10 s of {sig_name} (killed it); last output:\n{}",
+                    self.name,
+                    self.tail()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        if !status.success() {
+            eprintln!(
+                "warning: {} exited with {status} after {sig_name}; last output:\n{}",
+                self.name,
+                self.tail()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// utime + stime of a whole process (all threads), in seconds, from /proc/<pid>/stat.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+    // Fields after the parenthesised comm (which may contain spaces) start at field 3 (state);
+    // utime and stime are fields 14 and 15 (proc(5)).
+    let fields: Vec<&str> = stat[stat.rfind(')').context("no ')' in /proc/pid/stat")? + 1..]
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| -> Result<f64> {
+        let f = fields
+            .get(i)
+            .with_context(|| format!("{path} has too few fields"))?;
+        Ok(f.parse::<u64>()
+            .with_context(|| format!("field {} of {path}: {f:?}", i + 3))? as f64)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((ticks(11)? + ticks(12)?) / hz)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Median, min and max of the per-round traced/bare throughput ratios.
+fn ratios(bare: &[Sample], traced: &[Sample]) -> (f64, f64, f64) {
+    let r: Vec<f64> = bare
+        .iter()
+        .zip(traced)
+        .map(|(b, t)| t.throughput / b.throughput)
+        .collect();
+    let min = r.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = r.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (median(r), min, max)
+}
+
+/// Extra CPU per sched_switch a tracer costs the traced tasks, in ns:
+///   run time      T_bare   = ops / median bare throughput
+///   traced        T_traced = T_bare / ratio          (ratio = traced/bare throughput)
+///   extra CPU     = (T_traced - T_bare) x busy CPUs  (the workload saturates those CPUs)
+///   per switch    = extra CPU / sched_switch events per run (from the perf stat run)
+/// It is an estimate: noise can make it negative when the ratio is close to 1.
+fn ns_per_switch(w: &Workload, r: &WorkloadResult, bare_median: f64, ratio: f64) -> f64 {
+    let t_bare = w.ops / bare_median;
+    let extra_cpu = (t_bare / ratio - t_bare) * w.busy_cpus;
+    extra_cpu / r.switches_per_run * 1e9
+}
+
+fn num(x: f64) -> String {
+    match x.abs() {
+        a if a >= 100.0 => format!("{x:.0}"),
+        a if a >= 1.0 => format!("{x:.2}"),
+        _ => format!("{x:.3}"),
+    }
+}
+
+fn render(workloads: &[Workload], results: &[WorkloadResult], pairs: usize, quick: bool) -> String {
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+    let mut s = String::new();
+    let _ = writeln!(s, "# schedlat overhead benchmark\n");
+    let _ = writeln!(
+        s,
+        "Kernel {}, {cpus} CPUs, {pairs} interleaved rounds (bare, schedlat, runqlat){}.\n",
+        kernel.trim(),
+        if quick {
+            ", --quick: short runs, smoke test only"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        s,
+        "| workload | bare throughput (median) | schedlat/bare | runqlat/bare | schedlat daemon CPU s/run | sched_switch/s | extra ns/switch schedlat | extra ns/switch runqlat |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+    for (w, r) in workloads.iter().zip(results) {
+        let [bare, sl, rq] = &r.samples;
+        let bare_med = median(bare.iter().map(|x| x.throughput).collect());
+        let (sl_ratio, sl_min, sl_max) = ratios(bare, sl);
+        let (rq_ratio, rq_min, rq_max) = ratios(bare, rq);
+        let cpu = median(sl.iter().filter_map(|x| x.tracer_cpu).collect());
+        let _ = writeln!(
+            s,
+            "| {} | {} {} | {sl_ratio:.3} ({sl_min:.2}-{sl_max:.2}) | {rq_ratio:.3} ({rq_min:.2}-{rq_max:.2}) | {cpu:.3} | {:.0} | {:.0} | {:.0} |",
+            w.name,
+            num(bare_med),
+            w.unit,
+            r.switch_rate,
+            ns_per_switch(w, r, bare_med, sl_ratio),
+            ns_per_switch(w, r, bare_med, rq_ratio),
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n- Ratios: median of per-round traced/bare throughput (min-max in brackets); higher is better, 1 = free.\n\
+         - Daemon CPU: schedlat's own utime+stime during the workload. The probes' cost is charged to the\n  \
+           traced tasks and shows up in the ratio, not here.\n\
+         - sched_switch/s: system-wide, from a separate untimed `perf stat -e sched:sched_switch -a` run.\n\
+         - Extra ns/switch = (T_bare / ratio - T_bare) x busy CPUs / sched_switch per run, with\n  \
+           T_bare = ops / median bare throughput; busy CPUs = 1 for the pinned pipe, all for messaging.\n"
+    );
+    let _ = writeln!(s, "## Raw runs\n");
+    for (w, r) in workloads.iter().zip(results) {
+        let _ = writeln!(
+            s,
+            "{} (`{}`), throughput in {}:\n",
+            w.name,
+            w.argv.join(" "),
+            w.unit
+        );
+        let _ = writeln!(
+            s,
+            "| round | bare | schedlat | runqlat | schedlat daemon CPU s |\n|---|---|---|---|---|"
+        );
+        let [bare, sl, rq] = &r.samples;
+        for (i, ((b, d), q)) in bare.iter().zip(sl).zip(rq).enumerate() {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {:.3} |",
+                i + 1,
+                num(b.throughput),
+                num(d.throughput),
+                num(q.throughput),
+                d.tracer_cpu.unwrap_or(f64::NAN)
+            );
+        }
+        let _ = writeln!(s);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_perf_bench_output() {
+        let pipe = "# Running 'sched/pipe' benchmark:\n\n     Total time: 0.100 [sec]\n\n       5.030150 usecs/op\n         198801 ops/sec\n";
+        assert_eq!(parse_ops_per_sec(pipe), Some(198801.0));
+        let msg = "# 4 groups == 160 processes run\n\n     Total time: 0.500 [sec]\n       5.4 usecs/op\n";
+        assert_eq!(parse_total_time(msg), Some(2.0));
+        assert_eq!(parse_ops_per_sec("nothing"), None);
+    }
+
+    #[test]
+    fn median_and_overhead() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        // The toolchain notes' runqlat figure: 170k ops/s pinned pipe, 2 switches per op, ratio 0.78.
+        let w = &workloads(false)[0];
+        let r = WorkloadResult {
+            switches_per_run: 400_000.0,
+            switch_rate: 0.0,
+            samples: Default::default(),
+        };
+        let ns = ns_per_switch(w, &r, 170_000.0, 0.78);
+        assert!((800.0..850.0).contains(&ns), "{ns}");
+    }
+
+    #[test]
+    fn reads_own_cpu_time() {
+        assert!(cpu_seconds(std::process::id()).unwrap() >= 0.0);
+    }
+}
