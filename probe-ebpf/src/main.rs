@@ -67,9 +67,6 @@ static TASK_STATS: HashMap<u32, TaskStat> = HashMap::with_max_entries(32768, 0);
 /// waker/wakee tids -> count (captures).
 #[map]
 static WAKE_PAIRS: HashMap<WakePair, WakeCount> = HashMap::with_max_entries(32768, 0);
-/// wakee cgroup id -> wakeups (daemon).
-#[map]
-static WAKE_CG: HashMap<u64, u64> = HashMap::with_max_entries(4096, 0);
 /// Per-CPU run-queue totals.
 #[map]
 static CPU_STATS: PerCpuArray<CpuStat> = PerCpuArray::with_max_entries(1, 0);
@@ -204,6 +201,10 @@ fn stamp(tid: u32, cause: u32, now: u64) {
 }
 
 /// Shared body of sched_waking (in the waker's context) and sched_wakeup_new.
+///
+/// Kept to one field read and one map update on the host-wide path (the daemon): wakeups per
+/// cgroup are the cause=woken run-queue waits counted at switch-in, where the wakee's cgroup
+/// is read anyway.
 #[inline(always)]
 fn on_wake(p: *const u8, count_waker: bool) -> Result<(), i32> {
     let f = cfg_flags();
@@ -212,7 +213,7 @@ fn on_wake(p: *const u8, count_waker: bool) -> Result<(), i32> {
         return Ok(());
     }
     let needs_tgid = f & flags::FILTER_TGID != 0;
-    let needs_cg = f & (flags::FILTER_CGROUP | flags::TRACK_WAKE_CGROUP) != 0;
+    let needs_cg = f & flags::FILTER_CGROUP != 0;
     let tgid = if needs_tgid { task_tgid(p)? } else { 0 };
     let cgroup_id = if needs_cg { task_cgroup_id(p)? } else { 0 };
     if !wanted(f, tgid, cgroup_id) {
@@ -221,20 +222,6 @@ fn on_wake(p: *const u8, count_waker: bool) -> Result<(), i32> {
     stamp(tid, kind::RUNQ_WOKEN, unsafe { bpf_ktime_get_ns() });
     if !count_waker {
         return Ok(());
-    }
-    if f & flags::TRACK_WAKE_CGROUP != 0 {
-        match WAKE_CG.get_ptr_mut(&cgroup_id) {
-            Some(c) => atomic_add(c, 1),
-            None => {
-                if WAKE_CG.insert(&cgroup_id, &1, BPF_NOEXIST as u64).is_err() {
-                    // Lost the race to another CPU's insert, or the map is full.
-                    match WAKE_CG.get_ptr_mut(&cgroup_id) {
-                        Some(c) => atomic_add(c, 1),
-                        None => count_drop(drop_reason::WAKE_CG_FULL),
-                    }
-                }
-            }
-        }
     }
     if f & flags::TRACK_TASKS != 0 {
         let waker_tid = bpf_get_current_pid_tgid() as u32;

@@ -43,7 +43,6 @@ pub fn run(cli: &Cli, a: &CaptureArgs) -> anyhow::Result<()> {
     };
     let opts = ProbeOptions {
         track_tasks: true,
-        track_wake_cgroups: false,
         futex: !a.no_futex,
         slow_threshold: Some(a.threshold),
         slow_max_per_sec: a.max_slow_per_sec,

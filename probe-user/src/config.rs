@@ -79,7 +79,6 @@ impl DaemonConfig {
             ("maps.hists", m.hists),
             ("maps.tasks", m.tasks),
             ("maps.wake_pairs", m.wake_pairs),
-            ("maps.wake_cgroups", m.wake_cgroups),
         ] {
             if !(16..=4_194_304).contains(&v) {
                 return Err(err(key, v.to_string(), "map sizes must be 16..=4194304 entries"));

@@ -103,7 +103,6 @@ async fn serve(cli: &Cli, cfg: DaemonConfig) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     let opts = ProbeOptions {
         track_tasks: false,
-        track_wake_cgroups: true,
         futex: cfg.futex,
         map_sizes: cfg.maps,
         tracefs: cli.tracefs.clone(),

@@ -138,9 +138,13 @@ pub fn families(
             _ => {}
         }
     }
+    // A wakeup that makes a task runnable ends in exactly one cause=woken wait; counting it
+    // there saves reading the wakee's cgroup in the (hot) wakeup handler.
     let mut wakeups: BTreeMap<String, u64> = BTreeMap::new();
-    for (id, n) in &snap.wake_cgroups {
-        *wakeups.entry(cap.label(*id, &mut cgroup_name)).or_default() += n;
+    for ((cg, cause), h) in &runq {
+        if *cause == "woken" {
+            *wakeups.entry(cg.clone()).or_default() += h.count();
+        }
     }
 
     let mut out = Vec::new();
@@ -170,7 +174,7 @@ pub fn families(
     ));
     out.extend(family(
         "schedlat_wakeups_total",
-        "Task wakeups, by the cgroup of the task woken.",
+        "Wakeups that made a task runnable, by the cgroup of the task woken (each ends one cause=\"woken\" run-queue wait).",
         MetricType::COUNTER,
         wakeups.iter().map(|(cg, n)| counter(vec![label("cgroup", cg)], *n as f64)).collect(),
     ));
@@ -290,7 +294,6 @@ pub(crate) mod tests {
                 (HistKey { cgroup_id: 3, kind: kind::RUNQ_PREEMPTED, op: 0 }, h.clone()),
                 (HistKey { cgroup_id: 2, kind: kind::FUTEX, op: 0 }, h),
             ],
-            wake_cgroups: vec![(1, 5), (3, 7)],
             cpus: vec![CpuStat { count: [1, 2], sum_ns: [10, 20], max_ns: 20 }],
             ..Default::default()
         }
@@ -364,8 +367,10 @@ pub(crate) mod tests {
     fn wakeups_and_drops_exported() {
         let (text, _) = render(100);
         let s = parse(&text);
-        let w = s.iter().find(|(n, l, _)| n == "schedlat_wakeups_total" && l["cgroup"] == "/cg3").unwrap();
-        assert_eq!(w.2, 7.0);
+        // cg1 has 4 woken waits; cg3 has only preempted ones, so no wakeups.
+        let w = s.iter().find(|(n, l, _)| n == "schedlat_wakeups_total" && l["cgroup"] == "/cg1").unwrap();
+        assert_eq!(w.2, 4.0);
+        assert!(!s.iter().any(|(n, l, _)| n == "schedlat_wakeups_total" && l["cgroup"] == "/cg3"));
         for r in drop_reason::NAMES {
             assert!(s.iter().any(|(n, l, _)| n == "schedlat_events_dropped_total" && l["reason"] == r), "{r}");
         }

@@ -67,8 +67,6 @@ pub struct MapSizes {
     pub tasks: u32,
     /// Distinct waker->wakee pairs in a capture.
     pub wake_pairs: u32,
-    /// Distinct wakee cgroups (daemon).
-    pub wake_cgroups: u32,
 }
 
 impl Default for MapSizes {
@@ -79,7 +77,6 @@ impl Default for MapSizes {
             hists: 8192,
             tasks: 65536,
             wake_pairs: 65536,
-            wake_cgroups: 4096,
         }
     }
 }
@@ -88,8 +85,6 @@ impl Default for MapSizes {
 pub struct ProbeOptions {
     /// Per-task totals and waker->wakee pairs (captures).
     pub track_tasks: bool,
-    /// Wakeups per wakee cgroup (daemon).
-    pub track_wake_cgroups: bool,
     /// Futex tracing. Enabling any syscall tracepoint sends every syscall on the host through
     /// the kernel's slow path (~125 ns each here), so it is a visible choice.
     pub futex: bool,
@@ -107,7 +102,6 @@ impl Default for ProbeOptions {
     fn default() -> Self {
         Self {
             track_tasks: false,
-            track_wake_cgroups: false,
             futex: true,
             slow_threshold: None,
             slow_max_per_sec: 100,
@@ -136,7 +130,6 @@ pub struct RawSnapshot {
     pub hists: Vec<(HistKey, Histogram)>,
     pub tasks: Vec<(u32, TaskStat)>,
     pub wake_pairs: Vec<(WakePair, WakeCount)>,
-    pub wake_cgroups: Vec<(u64, u64)>,
     /// Indexed by CPU id.
     pub cpus: Vec<CpuStat>,
     pub drops: [u64; drop_reason::COUNT],
@@ -220,9 +213,6 @@ impl Probes {
         if opts.track_tasks {
             f |= flags::TRACK_TASKS;
         }
-        if opts.track_wake_cgroups {
-            f |= flags::TRACK_WAKE_CGROUP;
-        }
         if !opts.filter_tgids.is_empty() {
             f |= flags::FILTER_TGID;
         }
@@ -270,7 +260,6 @@ impl Probes {
             // Maps a mode does not use get one entry, not the default thousands.
             .map_max_entries("TASK_STATS", if opts.track_tasks { s.tasks } else { 1 })
             .map_max_entries("WAKE_PAIRS", if opts.track_tasks { s.wake_pairs } else { 1 })
-            .map_max_entries("WAKE_CG", if opts.track_wake_cgroups { s.wake_cgroups } else { 1 })
             .map_max_entries("FILTER_TGID", filter_tgid)
             .map_max_entries("FILTER_CG", filter_cg);
         let mut ebpf = loader.load(OBJECT).map_err(ProbeError::Load)?;
@@ -361,7 +350,6 @@ impl Probes {
         let sizes = MapSizes {
             tasks: if opts.track_tasks { s.tasks } else { 1 },
             wake_pairs: if opts.track_tasks { s.wake_pairs } else { 1 },
-            wake_cgroups: if opts.track_wake_cgroups { s.wake_cgroups } else { 1 },
             ..s
         };
         Ok(Self { ebpf, slow, attached, sizes })
@@ -404,15 +392,12 @@ impl Probes {
         snap.tasks = tasks.iter().filter_map(Result::ok).collect();
         let pairs: BpfHashMap<_, WakePair, WakeCount> = map_ref(&self.ebpf, "WAKE_PAIRS")?;
         snap.wake_pairs = pairs.iter().filter_map(Result::ok).collect();
-        let wcg: BpfHashMap<_, u64, u64> = map_ref(&self.ebpf, "WAKE_CG")?;
-        snap.wake_cgroups = wcg.iter().filter_map(Result::ok).collect();
         let runq: BpfHashMap<_, u32, schedlat_common::RunqStart> = map_ref(&self.ebpf, "RUNQ_START")?;
         snap.map_entries.push(("RUNQ_START", runq.keys().count(), self.sizes.runq_start));
         let futex: BpfHashMap<_, u32, schedlat_common::FutexStart> = map_ref(&self.ebpf, "FUTEX_START")?;
         snap.map_entries.push(("FUTEX_START", futex.keys().count(), self.sizes.futex_start));
         snap.map_entries.push(("TASK_STATS", snap.tasks.len(), self.sizes.tasks));
         snap.map_entries.push(("WAKE_PAIRS", snap.wake_pairs.len(), self.sizes.wake_pairs));
-        snap.map_entries.push(("WAKE_CG", snap.wake_cgroups.len(), self.sizes.wake_cgroups));
 
         let cpu: PerCpuArray<_, CpuStat> = map_ref(&self.ebpf, "CPU_STATS")?;
         let per_cpu = cpu.get(&0, 0).map_err(|e| ProbeError::Map { map: "CPU_STATS", detail: e.to_string() })?;

@@ -1,1 +1,677 @@
+//! Helpers for the schedlat integration tests (`tests/tests/*.rs`).
+//!
+//! * locating the binaries: [`schedlat_bin`], [`workload_bin`];
+//! * gating privileged tests: [`privileged_or_skip`];
+//! * driving `schedlat-workload` through its ready/go/result protocol: [`Workload`];
+//! * running `schedlat capture` in the background: [`Schedlat`] / [`Running`], and one-shot
+//!   invocations: [`run_schedlat`];
+//! * reading a thread's `/proc/<pid>/task/<tid>/schedstat`: [`read_schedstat`], [`parse_schedstat`].
+//!
+//! Nothing here blocks forever: every read of a child's output has a timeout and panics with
+//! context (what was expected, what the child printed so far) when it expires.
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long [`Workload`] waits for each protocol line and for the workload to exit.
+pub const WORKLOAD_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default time [`Running::stop`] / [`Running::wait`] / [`run_schedlat`] give schedlat to exit.
+pub const SCHEDLAT_EXIT_TIMEOUT: Duration = Duration::from_secs(120);
+/// The stderr line `schedlat capture` prints once its programs are attached.
+pub const CAPTURE_READY_MARKER: &str = "schedlat: capturing";
+
+const BUILD_HINT: &str = "build it with `cargo xtask build` / run tests via `cargo xtask test`";
+
+fn workspace_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn locate(env_var: &str, name: &str) -> PathBuf {
+    let path = match std::env::var_os(env_var) {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => workspace_dir().join("target").join("release").join(name),
+    };
+    if !path.is_file() {
+        panic!(
+            "{name} binary not found at {} (set {env_var} to override): {BUILD_HINT}",
+            path.display()
+        );
+    }
+    path
+}
+
+/// The schedlat agent binary: `$SCHEDLAT_BIN`, else `<workspace>/target/release/schedlat`.
+/// Panics with a build hint if it does not exist.
+pub fn schedlat_bin() -> PathBuf {
+    locate("SCHEDLAT_BIN", "schedlat")
+}
+
+/// The workload binary: `$SCHEDLAT_WORKLOAD`, else `<workspace>/target/release/schedlat-workload`.
+/// Panics with a build hint if it does not exist.
+pub fn workload_bin() -> PathBuf {
+    locate("SCHEDLAT_WORKLOAD", "schedlat-workload")
+}
+
+/// True when running as root (the capture tests need CAP_BPF + CAP_PERFMON). Otherwise panics
+/// under CI (`CI=true`: a skipped privileged test there is a failure) or prints a loud SKIPPED
+/// line and returns false; use as `if !privileged_or_skip("name") { return; }`.
+pub fn privileged_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("privileged test {test} cannot run: not root; under CI this is a failure");
+    }
+    eprintln!("\n*** SKIPPED {test}: needs root (CAP_BPF+CAP_PERFMON) ***\n");
+    false
+}
+
+// ------------------------------------------------------------------------- schedstat
+
+/// Parses the contents of a `schedstat` file: `(on-CPU ns, run-queue wait ns, timeslices)`.
+pub fn parse_schedstat(s: &str) -> Option<(u64, u64, u64)> {
+    let mut it = s.split_ascii_whitespace().map(str::parse::<u64>);
+    let t = (it.next()?.ok()?, it.next()?.ok()?, it.next()?.ok()?);
+    it.next().is_none().then_some(t)
+}
+
+/// Reads `/proc/<pid>/task/<tid>/schedstat`: `(on-CPU ns, run-queue wait ns, timeslices)`.
+/// Panics if the thread is gone or the file is unreadable/unparsable (schedstats disabled).
+pub fn read_schedstat(pid: u32, tid: u32) -> (u64, u64, u64) {
+    let path = format!("/proc/{pid}/task/{tid}/schedstat");
+    let s = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+    parse_schedstat(&s).unwrap_or_else(|| panic!("unparsable {path}: {s:?}"))
+}
+
+// ------------------------------------------------------------------------- child helpers
+
+/// Reads `r` line by line on a thread and forwards each line (without newline) to the channel.
+fn line_reader(r: impl Read + Send + 'static, what: String) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::Builder::new()
+        .name(what)
+        .spawn(move || {
+            for line in BufReader::new(r).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        })
+        .expect("spawning a reader thread");
+    rx
+}
+
+/// Waits for `child` to exit; after `timeout` kills it and returns None.
+fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) => return Some(st),
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            Err(e) => panic!("waiting for child {}: {e}", child.id()),
+        }
+    }
+}
+
+fn send_signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: plain kill(2) on a pid we spawned and have not reaped yet.
+    let r = unsafe { libc::kill(pid as libc::pid_t, sig) };
+    if r != 0 {
+        panic!("kill({pid}, {sig}): {}", std::io::Error::last_os_error());
+    }
+}
+
+// ------------------------------------------------------------------------- Workload
+
+/// A running `schedlat-workload` that has printed its ready line and is waiting for go.
+///
+/// ```ignore
+/// let mut w = Workload::start(&["futex", "--timeouts", "3", "--woken", "3", "--wait-ms", "20"]);
+/// let cap = Schedlat::capture(&["--pid", &w.pid.to_string(), "--json"]);
+/// cap.wait_ready(Duration::from_secs(30));
+/// w.go();
+/// let res = w.result();
+/// ```
+pub struct Workload {
+    child: Child,
+    /// Process id of the workload (also in `ready["pid"]`).
+    pub pid: u32,
+    /// The parsed ready line: `{"ready":true,"pid":P, ...}` plus per-subcommand tids
+    /// (`tids` for spin, `waiter_tid`/`waker_tid` for futex, `waker_tid`/`wakee_tid` for wake).
+    pub ready: Value,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    args: Vec<String>,
+    finished: bool,
+}
+
+impl Workload {
+    /// Spawns `schedlat-workload <args>` (stdin/stdout piped, stderr inherited) and waits up to
+    /// [`WORKLOAD_TIMEOUT`] for its ready line.
+    pub fn start(args: &[&str]) -> Workload {
+        let bin = workload_bin();
+        let mut child = Command::new(&bin)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {} {args:?}: {e}", bin.display()));
+        let pid = child.id();
+        let stdin = child.stdin.take();
+        let lines = line_reader(
+            child.stdout.take().expect("piped stdout"),
+            format!("workload-{pid}-stdout"),
+        );
+        let mut w = Workload {
+            child,
+            pid,
+            ready: Value::Null,
+            stdin,
+            lines,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            finished: false,
+        };
+        let ready = w.next_json("the ready line");
+        assert_eq!(
+            ready["ready"],
+            Value::Bool(true),
+            "workload {:?}: unexpected ready line {ready}",
+            w.args
+        );
+        assert_eq!(
+            ready["pid"].as_u64(),
+            Some(pid as u64),
+            "workload {:?}: ready line pid mismatch: {ready}",
+            w.args
+        );
+        w.ready = ready;
+        w
+    }
+
+    fn next_json(&mut self, what: &str) -> Value {
+        let line = loop {
+            match self.lines.recv_timeout(WORKLOAD_TIMEOUT) {
+                Ok(l) if l.trim().is_empty() => continue,
+                Ok(l) => break l,
+                Err(RecvTimeoutError::Timeout) => {
+                    let _ = self.child.kill();
+                    panic!(
+                        "workload {:?} (pid {}): no {what} within {WORKLOAD_TIMEOUT:?}; killed it",
+                        self.args, self.pid
+                    )
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let st = wait_with_timeout(&mut self.child, Duration::from_secs(5));
+                    self.finished = true;
+                    panic!(
+                        "workload {:?} (pid {}): stdout closed before {what}; exit status {st:?}",
+                        self.args, self.pid
+                    )
+                }
+            }
+        };
+        serde_json::from_str(&line).unwrap_or_else(|e| {
+            panic!(
+                "workload {:?}: {what} is not JSON ({e}): {line:?}",
+                self.args
+            )
+        })
+    }
+
+    /// A tid from the ready line (`"waiter_tid"`, `"wakee_tid"`, ...); panics if absent.
+    pub fn ready_tid(&self, key: &str) -> u32 {
+        self.ready[key]
+            .as_u64()
+            .and_then(|t| u32::try_from(t).ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "workload {:?}: no {key:?} in ready line {}",
+                    self.args, self.ready
+                )
+            })
+    }
+
+    /// Tells the workload to run (writes `go\n` to its stdin).
+    /// Closes stdin afterwards, so `result()` knows not to send it again.
+    pub fn go(&mut self) {
+        let mut stdin = self.stdin.take().expect("go() called twice");
+        stdin
+            .write_all(b"go\n")
+            .and_then(|()| stdin.flush())
+            .unwrap_or_else(|e| panic!("workload {:?}: writing go: {e}", self.args));
+    }
+
+    /// Waits for the result line and a successful exit (each up to [`WORKLOAD_TIMEOUT`]).
+    /// Calls [`go`](Self::go) first if the test did not.
+    pub fn result(mut self) -> Value {
+        if self.stdin.is_some() {
+            self.go();
+        }
+        self.stdin = None;
+        let res = self.next_json("result line");
+        let st = wait_with_timeout(&mut self.child, WORKLOAD_TIMEOUT);
+        self.finished = true;
+        match st {
+            Some(st) if st.success() => res,
+            Some(st) => panic!(
+                "workload {:?} failed with {st} after printing {res}",
+                self.args
+            ),
+            None => panic!(
+                "workload {:?} did not exit within {WORKLOAD_TIMEOUT:?} after its result; killed it",
+                self.args
+            ),
+        }
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+// ------------------------------------------------------------------------- Schedlat
+
+enum StderrEvent {
+    Ready,
+    Closed,
+}
+
+/// Entry point for running the schedlat binary in the background.
+pub struct Schedlat;
+
+impl Schedlat {
+    /// Spawns `schedlat capture <args>` with stdout and stderr piped. stderr lines are echoed to
+    /// the test's stderr (prefixed `[schedlat]`) and collected; stdout is collected.
+    pub fn capture(args: &[&str]) -> Running {
+        let mut full = vec!["capture"];
+        full.extend_from_slice(args);
+        Running::spawn(&full)
+    }
+}
+
+/// A background schedlat process (see [`Schedlat::capture`]). Dropping it kills the process.
+pub struct Running {
+    child: Mutex<Child>,
+    /// Process id of schedlat.
+    pub pid: u32,
+    args: Vec<String>,
+    events: Receiver<StderrEvent>,
+    ready: AtomicBool,
+    stderr: Arc<Mutex<String>>,
+    stderr_thread: Option<JoinHandle<()>>,
+    stdout_thread: Option<JoinHandle<String>>,
+    finished: bool,
+}
+
+impl Running {
+    /// Spawns schedlat with arbitrary arguments (`args` includes the subcommand).
+    pub fn spawn(args: &[&str]) -> Running {
+        Running::spawn_bin(schedlat_bin(), args)
+    }
+
+    fn spawn_bin(bin: PathBuf, args: &[&str]) -> Running {
+        let mut child = Command::new(&bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {} {args:?}: {e}", bin.display()));
+        let pid = child.id();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (tx, events) = mpsc::channel();
+        let err_pipe = child.stderr.take().expect("piped stderr");
+        let collected = stderr.clone();
+        let stderr_thread = thread::Builder::new()
+            .name(format!("schedlat-{pid}-stderr"))
+            .spawn(move || {
+                let mut signalled = false;
+                for line in BufReader::new(err_pipe).lines() {
+                    let Ok(line) = line else { break };
+                    eprintln!("[schedlat] {line}");
+                    {
+                        let mut s = collected.lock().unwrap_or_else(|e| e.into_inner());
+                        s.push_str(&line);
+                        s.push('\n');
+                    }
+                    if !signalled && line.contains(CAPTURE_READY_MARKER) {
+                        signalled = true;
+                        let _ = tx.send(StderrEvent::Ready);
+                    }
+                }
+                let _ = tx.send(StderrEvent::Closed);
+            })
+            .expect("spawning the stderr reader");
+        let mut out_pipe = child.stdout.take().expect("piped stdout");
+        let stdout_thread = thread::Builder::new()
+            .name(format!("schedlat-{pid}-stdout"))
+            .spawn(move || {
+                let mut buf = Vec::new();
+                let _ = out_pipe.read_to_end(&mut buf);
+                String::from_utf8_lossy(&buf).into_owned()
+            })
+            .expect("spawning the stdout reader");
+        Running {
+            child: Mutex::new(child),
+            pid,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            events,
+            ready: AtomicBool::new(false),
+            stderr,
+            stderr_thread: Some(stderr_thread),
+            stdout_thread: Some(stdout_thread),
+            finished: false,
+        }
+    }
+
+    fn child(&self) -> std::sync::MutexGuard<'_, Child> {
+        self.child.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The stderr collected so far.
+    pub fn stderr_so_far(&self) -> String {
+        self.stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Waits until schedlat prints its "schedlat: capturing ..." line (programs attached).
+    /// Panics, with the collected stderr, if it exits first or `timeout` expires.
+    pub fn wait_ready(&self, timeout: Duration) {
+        if self.ready.load(Ordering::SeqCst) {
+            return;
+        }
+        match self.events.recv_timeout(timeout) {
+            Ok(StderrEvent::Ready) => self.ready.store(true, Ordering::SeqCst),
+            Ok(StderrEvent::Closed) | Err(RecvTimeoutError::Disconnected) => {
+                let st = wait_with_timeout(&mut self.child(), Duration::from_secs(10));
+                panic!(
+                    "schedlat {:?} exited before printing {CAPTURE_READY_MARKER:?} (status {st:?}); stderr:\n{}",
+                    self.args,
+                    self.stderr_so_far()
+                );
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                {
+                    let mut c = self.child();
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                panic!(
+                    "schedlat {:?} did not print {CAPTURE_READY_MARKER:?} within {timeout:?}; killed it; stderr:\n{}",
+                    self.args,
+                    self.stderr_so_far()
+                );
+            }
+        }
+    }
+
+    /// Sends SIGINT (like Ctrl-C), then waits up to [`SCHEDLAT_EXIT_TIMEOUT`] for the exit.
+    /// Returns (status, stdout, stderr).
+    pub fn stop(self) -> (ExitStatus, String, String) {
+        self.stop_timeout(SCHEDLAT_EXIT_TIMEOUT)
+    }
+
+    /// [`stop`](Self::stop) with an explicit exit timeout.
+    pub fn stop_timeout(mut self, timeout: Duration) -> (ExitStatus, String, String) {
+        if let Ok(None) = self.child().try_wait() {
+            send_signal(self.pid, libc::SIGINT);
+        }
+        self.collect(timeout, "after SIGINT")
+    }
+
+    /// Waits up to [`SCHEDLAT_EXIT_TIMEOUT`] for schedlat to exit on its own (e.g. `--duration`).
+    /// Returns (status, stdout, stderr).
+    pub fn wait(self) -> (ExitStatus, String, String) {
+        self.wait_timeout(SCHEDLAT_EXIT_TIMEOUT)
+    }
+
+    /// [`wait`](Self::wait) with an explicit timeout.
+    pub fn wait_timeout(mut self, timeout: Duration) -> (ExitStatus, String, String) {
+        self.collect(timeout, "")
+    }
+
+    fn collect(&mut self, timeout: Duration, when: &str) -> (ExitStatus, String, String) {
+        let st = wait_with_timeout(&mut self.child(), timeout);
+        self.finished = true;
+        // The pipes close when the process exits (schedlat spawns no long-lived children).
+        let stdout = self
+            .stdout_thread
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
+        if let Some(h) = self.stderr_thread.take() {
+            let _ = h.join();
+        }
+        let stderr = self.stderr_so_far();
+        match st {
+            Some(st) => (st, stdout, stderr),
+            None => panic!(
+                "schedlat {:?} did not exit within {timeout:?} {when}; killed it; stdout:\n{stdout}\nstderr:\n{stderr}",
+                self.args
+            ),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !self.finished {
+            let c = self.child.get_mut().unwrap_or_else(|e| e.into_inner());
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs `schedlat <args>` to completion (stdin null, output captured), killing it and
+/// panicking after [`SCHEDLAT_EXIT_TIMEOUT`]. For one-shot commands and invalid-input tests.
+pub fn run_schedlat(args: &[&str]) -> Output {
+    run_schedlat_timeout(args, SCHEDLAT_EXIT_TIMEOUT)
+}
+
+/// [`run_schedlat`] with an explicit timeout.
+pub fn run_schedlat_timeout(args: &[&str], timeout: Duration) -> Output {
+    let bin = schedlat_bin();
+    let mut child = Command::new(&bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {} {args:?}: {e}", bin.display()));
+    let drain = |mut r: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("piped stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("piped stderr")));
+    let st = wait_with_timeout(&mut child, timeout);
+    let stdout = out.join().unwrap_or_default();
+    let stderr = err.join().unwrap_or_default();
+    match st {
+        Some(status) => Output {
+            status,
+            stdout,
+            stderr,
+        },
+        None => panic!(
+            "schedlat {args:?} did not exit within {timeout:?}; killed it; stdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_schedstat() {
+        assert_eq!(parse_schedstat("123 456 7\n"), Some((123, 456, 7)));
+        assert_eq!(parse_schedstat("0 0 0"), Some((0, 0, 0)));
+        assert_eq!(
+            parse_schedstat("18446744073709551615 1 2\n"),
+            Some((u64::MAX, 1, 2))
+        );
+    }
+
+    #[test]
+    fn rejects_bad_schedstat() {
+        assert_eq!(parse_schedstat(""), None);
+        assert_eq!(parse_schedstat("1 2\n"), None);
+        assert_eq!(parse_schedstat("1 2 3 4\n"), None);
+        assert_eq!(parse_schedstat("1 x 3\n"), None);
+        assert_eq!(parse_schedstat("-1 2 3\n"), None);
+    }
+
+    #[test]
+    fn reads_own_schedstat() {
+        let pid = std::process::id();
+        // SAFETY: no preconditions.
+        let tid = unsafe { libc::gettid() } as u32;
+        let path = format!("/proc/{pid}/task/{tid}/schedstat");
+        if !std::path::Path::new(&path).exists() {
+            eprintln!("no {path} (CONFIG_SCHEDSTATS/SCHED_INFO off?); skipping");
+            return;
+        }
+        // on-CPU time of the running task may still read 0 (updated at ticks/switches).
+        let (_, _, slices) = read_schedstat(pid, tid);
+        assert!(slices > 0);
+    }
+
+    fn fake_schedlat(script: &str) -> Running {
+        Running::spawn_bin(PathBuf::from("/bin/sh"), &["-c", script])
+    }
+
+    #[test]
+    fn running_ready_then_sigint() {
+        let r = fake_schedlat(
+            "echo 'log line' >&2; echo 'schedlat: capturing host-wide for 1m' >&2; \
+             trap 'echo report; echo bye >&2; exit 0' INT; while :; do sleep 0.05; done",
+        );
+        r.wait_ready(Duration::from_secs(10));
+        let (st, out, err) = r.stop();
+        assert!(st.success(), "{st}");
+        assert_eq!(out, "report\n");
+        assert!(
+            err.contains("log line\n") && err.ends_with("bye\n"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn running_wait_collects_output() {
+        let r = fake_schedlat("echo out; echo err >&2; exit 3");
+        let (st, out, err) = r.wait();
+        assert_eq!(st.code(), Some(3));
+        assert_eq!((out.as_str(), err.as_str()), ("out\n", "err\n"));
+    }
+
+    #[test]
+    #[should_panic(expected = "exited before printing")]
+    fn running_exit_before_ready_panics() {
+        fake_schedlat("echo 'error: no BTF' >&2; exit 1").wait_ready(Duration::from_secs(10));
+    }
+
+    #[test]
+    #[should_panic(expected = "did not print")]
+    fn running_ready_timeout_panics() {
+        fake_schedlat("sleep 30").wait_ready(Duration::from_millis(200));
+    }
+
+    /// Exercises the ready/go/result protocol against the real workload binary when it has been
+    /// built (`cargo build -p schedlat-tests --release`); skipped otherwise.
+    fn have_workload() -> bool {
+        let ok = std::panic::catch_unwind(workload_bin).is_ok();
+        if !ok {
+            eprintln!("schedlat-workload not built; skipping");
+        }
+        ok
+    }
+
+    #[test]
+    fn workload_wake_protocol() {
+        if !have_workload() {
+            return;
+        }
+        let mut w = Workload::start(&["wake", "--count", "20"]);
+        let (a, b) = (w.ready_tid("waker_tid"), w.ready_tid("wakee_tid"));
+        assert!(a != b && a != w.pid && b != w.pid);
+        w.go();
+        let r = w.result();
+        assert_eq!(r["waker_tid"].as_u64(), Some(u64::from(a)));
+        assert_eq!(r["wakee_tid"].as_u64(), Some(u64::from(b)));
+        assert_eq!(r["count"], 20);
+        assert_eq!(
+            r["woken"].as_u64().unwrap()
+                + r["eagain"].as_u64().unwrap()
+                + r["eintr"].as_u64().unwrap(),
+            20
+        );
+    }
+
+    #[test]
+    fn workload_futex_protocol() {
+        if !have_workload() {
+            return;
+        }
+        let w = Workload::start(&["futex", "--timeouts", "2", "--woken", "2", "--wait-ms", "5"]);
+        assert_eq!(w.ready["waiter_tid"].as_u64(), Some(w.pid as u64));
+        let r = w.result(); // implicit go
+        assert_eq!(
+            (r["timeouts"].as_u64(), r["wait_ms"].as_u64()),
+            (Some(2), Some(5))
+        );
+        assert_eq!(
+            r["woken"].as_u64().unwrap()
+                + r["eagain"].as_u64().unwrap()
+                + r["eintr"].as_u64().unwrap(),
+            2
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "stdout closed before the ready line")]
+    fn workload_setup_failure_panics() {
+        if !have_workload() {
+            panic!("stdout closed before the ready line (skipped: workload not built)");
+        }
+        Workload::start(&["spin", "--cpu", "100000"]);
+    }
+
+    #[test]
+    fn missing_binary_panics_with_hint() {
+        let err =
+            std::panic::catch_unwind(|| locate("SCHEDLAT_TESTS_NO_SUCH_VAR", "no-such-binary-xyz"))
+                .unwrap_err();
+        let msg = err.downcast_ref::<String>().expect("string panic");
+        assert!(msg.contains("cargo xtask build"), "{msg}");
+    }
+}

@@ -71,15 +71,13 @@ pub mod drop_reason {
     pub const TASK_FULL: u32 = 3;
     /// WAKE_PAIRS was full (captures): one waker->wakee count lost.
     pub const WAKE_PAIR_FULL: u32 = 4;
-    /// WAKE_CG was full (daemon): one wakeup count lost.
-    pub const WAKE_CG_FULL: u32 = 5;
     /// A slow event exceeded the in-kernel rate limit.
-    pub const SLOW_RATE_LIMITED: u32 = 6;
+    pub const SLOW_RATE_LIMITED: u32 = 5;
     /// The slow-event ring buffer was full.
-    pub const SLOW_RINGBUF_FULL: u32 = 7;
+    pub const SLOW_RINGBUF_FULL: u32 = 6;
     /// bpf_probe_read_kernel of a task field failed; the event was skipped.
-    pub const READ_FAILED: u32 = 8;
-    pub const COUNT: usize = 9;
+    pub const READ_FAILED: u32 = 7;
+    pub const COUNT: usize = 8;
 
     /// Label values, in index order.
     pub const NAMES: [&str; COUNT] = [
@@ -88,7 +86,6 @@ pub mod drop_reason {
         "hist_map_full",
         "task_map_full",
         "wake_pair_map_full",
-        "wake_cgroup_map_full",
         "slow_event_rate_limited",
         "slow_event_ringbuf_full",
         "kernel_read_failed",
@@ -103,12 +100,10 @@ pub mod flags {
     pub const FILTER_TGID: u32 = 1 << 1;
     /// Only record tasks whose cgroup id is in FILTER_CGROUP.
     pub const FILTER_CGROUP: u32 = 1 << 2;
-    /// Count wakeups per wakee cgroup (daemon).
-    pub const TRACK_WAKE_CGROUP: u32 = 1 << 3;
     /// sched_switch has no prev_state argument (kernel < 5.18): read prev's state instead.
-    pub const READ_PREV_STATE: u32 = 1 << 4;
+    pub const READ_PREV_STATE: u32 = 1 << 3;
     /// Emit slow events to the ring buffer.
-    pub const SLOW_EVENTS: u32 = 1 << 5;
+    pub const SLOW_EVENTS: u32 = 1 << 4;
 }
 
 /// Load-time configuration, one global (`CONFIG`) set by the loader with `override_global`.

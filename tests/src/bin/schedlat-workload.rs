@@ -1,0 +1,641 @@
+//! Deterministic workloads for the schedlat integration tests.
+//!
+//! Protocol (every subcommand):
+//! 1. set up (threads created, pinned, tids known, all idle),
+//! 2. print one JSON line `{"ready":true,"pid":P,...}` to stdout (extra fields carry the
+//!    tids that are known at that point),
+//! 3. block until one line (or EOF) arrives on stdin — the test starts its tracer meanwhile,
+//! 4. run the workload,
+//! 5. print one JSON result line and exit 0 (exit 1 with a message on stderr on failure).
+//!
+//! The threads whose tids are reported make no futex syscalls other than the ones the workload
+//! is about: threads hand each other tids and "I'm about to wait" generations through atomics
+//! polled without futexes ([`spin_until`], [`poll_until`]), stdin/stdout use raw `read`/`write`
+//! on fds 0/1 (no std stdio locks), the measured phase does not allocate, and the process ends
+//! with `_exit` (no atexit handlers, no joins by a measured thread).
+//!
+//! Between "ready" and "go" (while the test's tracer is already running) every helper thread is
+//! blocked in `read(2)` on its own pipe ([`Gate`]): no CPU burnt, no run-queue delay, no timer
+//! wakeups and no cross-thread wakeups accrue before the workload starts. After go, the main
+//! thread opens each gate with a 1-byte `write(2)` (one main -> helper wakeup each).
+
+#[cfg(not(target_os = "linux"))]
+fn main() {
+    eprintln!("schedlat-workload only runs on Linux");
+    std::process::exit(1);
+}
+
+#[cfg(target_os = "linux")]
+fn main() {
+    linux::main()
+}
+
+#[cfg(target_os = "linux")]
+mod linux {
+    use std::hint::spin_loop;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+    use std::thread;
+    use std::time::{Duration, Instant};
+
+    use anyhow::{Context, Result, bail, ensure};
+    use clap::{Parser, Subcommand};
+    use serde_json::{Value, json};
+
+    #[derive(Parser)]
+    #[command(
+        name = "schedlat-workload",
+        about = "Deterministic workloads for the schedlat integration tests"
+    )]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: Cmd,
+    }
+
+    #[derive(Subcommand)]
+    enum Cmd {
+        /// Busy-spin THREADS threads pinned to one CPU for SECS seconds; report their schedstat deltas.
+        Spin {
+            #[arg(long, default_value_t = 2)]
+            threads: u32,
+            #[arg(long, default_value_t = 0)]
+            cpu: usize,
+            #[arg(long, default_value_t = 2.0)]
+            secs: f64,
+        },
+        /// The main thread does TIMEOUTS timed-out FUTEX_WAIT_PRIVATE calls, then WOKEN waits that a
+        /// waker thread ends with FUTEX_WAKE_PRIVATE after WAIT_MS ms.
+        Futex {
+            #[arg(long, default_value_t = 5)]
+            timeouts: u32,
+            #[arg(long, default_value_t = 5)]
+            woken: u32,
+            #[arg(long, default_value_t = 20)]
+            wait_ms: u64,
+        },
+        /// Thread A wakes thread B COUNT times through FUTEX_WAKE_PRIVATE.
+        Wake {
+            #[arg(long, default_value_t = 100)]
+            count: u32,
+        },
+        /// Fork PROCS children that exit at once and spawn+join THREADS short-lived threads.
+        Churn {
+            #[arg(long, default_value_t = 20)]
+            procs: u32,
+            #[arg(long, default_value_t = 20)]
+            threads: u32,
+        },
+    }
+
+    pub fn main() {
+        let cli = Cli::parse();
+        let res = match cli.cmd {
+            Cmd::Spin { threads, cpu, secs } => spin(threads, cpu, secs),
+            Cmd::Futex {
+                timeouts,
+                woken,
+                wait_ms,
+            } => futex(timeouts, woken, wait_ms),
+            Cmd::Wake { count } => wake(count),
+            Cmd::Churn { procs, threads } => churn(procs, threads),
+        };
+        match res {
+            Ok(result) => {
+                if let Err(e) = emit(&result) {
+                    fail(format_args!("{e:#}"));
+                }
+                // SAFETY: plain process exit; skips atexit handlers and std's stdio cleanup, so
+                // the (measured) calling thread makes no further futex calls.
+                unsafe { libc::_exit(0) }
+            }
+            Err(e) => fail(format_args!("{e:#}")),
+        }
+    }
+
+    fn fail(msg: std::fmt::Arguments<'_>) -> ! {
+        let line = format!("schedlat-workload: error: {msg}\n");
+        let _ = write_all(2, line.as_bytes());
+        // SAFETY: see above.
+        unsafe { libc::_exit(1) }
+    }
+
+    // ---------------------------------------------------------------- raw I/O, protocol
+
+    fn write_all(fd: libc::c_int, mut buf: &[u8]) -> std::io::Result<()> {
+        while !buf.is_empty() {
+            // SAFETY: buf is a valid readable slice for its length.
+            let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            buf = &buf[n as usize..];
+        }
+        Ok(())
+    }
+
+    /// Writes one JSON line to stdout (fd 1, unbuffered: nothing to flush).
+    fn emit(v: &Value) -> Result<()> {
+        let mut line = v.to_string();
+        line.push('\n');
+        write_all(1, line.as_bytes()).context("writing to stdout")
+    }
+
+    /// Blocks until a newline or EOF arrives on stdin (fd 0), byte by byte so nothing past the
+    /// line is consumed.
+    fn wait_go() -> Result<()> {
+        let mut b = 0u8;
+        loop {
+            // SAFETY: reads at most one byte into `b`.
+            let n = unsafe { libc::read(0, (&raw mut b).cast(), 1) };
+            match n {
+                0 => return Ok(()),
+                1 if b == b'\n' => return Ok(()),
+                1 => {}
+                _ => {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        return Err(e).context("reading the go line from stdin");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Prints the ready line (with `extra` fields merged in) and waits for the go line.
+    fn ready_then_wait(extra: Value) -> Result<()> {
+        let mut obj = json!({ "ready": true, "pid": std::process::id() });
+        if let (Some(o), Value::Object(e)) = (obj.as_object_mut(), extra) {
+            o.extend(e);
+        }
+        emit(&obj)?;
+        wait_go()
+    }
+
+    // ---------------------------------------------------------------- futex-free primitives
+
+    fn gettid() -> u32 {
+        // SAFETY: no preconditions.
+        unsafe { libc::gettid() as u32 }
+    }
+
+    fn sched_yield() {
+        // SAFETY: no preconditions.
+        unsafe { libc::sched_yield() };
+    }
+
+    /// Waits until `cond` holds without any futex: spins, then `sched_yield`s, and after 2 ms of
+    /// that polls with 50 µs `nanosleep`s. Only used by the (unmeasured) main thread during setup.
+    fn poll_until(mut cond: impl FnMut() -> bool) {
+        let mut i: u32 = 0;
+        let mut since: Option<Instant> = None;
+        while !cond() {
+            i = i.wrapping_add(1);
+            if i < 256 {
+                spin_loop();
+            } else if since.get_or_insert_with(Instant::now).elapsed() < Duration::from_millis(2) {
+                sched_yield();
+            } else {
+                thread::sleep(Duration::from_micros(50));
+            }
+        }
+    }
+
+    /// Waits until `cond` holds by spinning with a `sched_yield` every 64 iterations: never
+    /// sleeps, so it causes no wakeups; used for the short in-workload handoffs.
+    fn spin_until(mut cond: impl FnMut() -> bool) {
+        let mut i: u32 = 0;
+        while !cond() {
+            i = i.wrapping_add(1);
+            if i.is_multiple_of(64) {
+                sched_yield();
+            } else {
+                spin_loop();
+            }
+        }
+    }
+
+    /// A one-shot start signal: a pipe per waiting thread. [`Gate::wait`] blocks in `read(2)`,
+    /// [`Gate::open`] writes one byte.
+    #[derive(Clone, Copy)]
+    struct Gate {
+        r: libc::c_int,
+        w: libc::c_int,
+    }
+
+    impl Gate {
+        fn new() -> Result<Gate> {
+            let mut fds = [0; 2];
+            // SAFETY: fds has room for the two descriptors.
+            if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+                return Err(std::io::Error::last_os_error()).context("pipe2");
+            }
+            Ok(Gate {
+                r: fds[0],
+                w: fds[1],
+            })
+        }
+
+        fn wait(self) {
+            let mut b = 0u8;
+            loop {
+                // SAFETY: reads at most one byte into `b`.
+                let n = unsafe { libc::read(self.r, (&raw mut b).cast(), 1) };
+                if n == 1 {
+                    return;
+                }
+                let e = std::io::Error::last_os_error();
+                if n < 0 && e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                fail(format_args!("start gate: read returned {n}: {e}"));
+            }
+        }
+
+        fn open(self) -> Result<()> {
+            write_all(self.w, b"g").context("opening a start gate")
+        }
+    }
+
+    fn futex_wait(
+        word: &AtomicU32,
+        expected: u32,
+        timeout: Option<&libc::timespec>,
+    ) -> std::result::Result<(), i32> {
+        let ts = timeout.map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        // SAFETY: `word` is a live, aligned u32; `ts` is null or points to a valid timespec.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                word.as_ptr(),
+                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                expected,
+                ts,
+                std::ptr::null::<u32>(),
+                0u32,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+        }
+    }
+
+    fn futex_wake(word: &AtomicU32, n: u32) -> std::result::Result<i64, i32> {
+        // SAFETY: `word` is a live, aligned u32.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                word.as_ptr(),
+                libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                n,
+                std::ptr::null::<libc::timespec>(),
+                std::ptr::null::<u32>(),
+                0u32,
+            )
+        };
+        if r >= 0 {
+            Ok(r)
+        } else {
+            Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+        }
+    }
+
+    fn errno_name(e: i32) -> String {
+        match e {
+            libc::EAGAIN => "EAGAIN".into(),
+            libc::EINTR => "EINTR".into(),
+            libc::ETIMEDOUT => "ETIMEDOUT".into(),
+            _ => format!("{} ({e})", std::io::Error::from_raw_os_error(e)),
+        }
+    }
+
+    fn pin_self(cpu: usize) -> Result<()> {
+        // SAFETY: cpu_set_t is plain data; CPU_SET bounds-checks against the set size.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            if libc::sched_setaffinity(libc::gettid(), size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(std::io::Error::last_os_error())
+                    .with_context(|| format!("pinning thread to CPU {cpu}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads /proc/self/task/<tid>/schedstat without allocating (no malloc arena contention).
+    fn schedstat_raw(tid: u32) -> Result<(u64, u64, u64)> {
+        use std::io::Write;
+        let mut path = [0u8; 64];
+        {
+            let mut w = &mut path[..];
+            write!(w, "/proc/self/task/{tid}/schedstat\0").expect("path fits");
+        }
+        let mut buf = [0u8; 128];
+        // SAFETY: path is NUL-terminated; buf is writable for its length.
+        let n = unsafe {
+            let fd = libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error()).context("opening schedstat");
+            }
+            let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+            libc::close(fd);
+            n
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error()).context("reading schedstat");
+        }
+        let s = std::str::from_utf8(&buf[..n as usize]).context("schedstat is not UTF-8")?;
+        schedlat_tests::parse_schedstat(s).with_context(|| format!("unparsable schedstat {s:?}"))
+    }
+
+    // ---------------------------------------------------------------- spin
+
+    fn spin(threads: u32, cpu: usize, secs: f64) -> Result<Value> {
+        ensure!(threads >= 1, "--threads must be at least 1");
+        ensure!(
+            cpu < libc::CPU_SETSIZE as usize,
+            "--cpu {cpu} is out of range (CPU_SETSIZE is {})",
+            libc::CPU_SETSIZE
+        );
+        ensure!(
+            secs.is_finite() && secs >= 0.0,
+            "--secs must be a non-negative number"
+        );
+        let dur = Duration::from_secs_f64(secs);
+        let tids: Arc<Vec<AtomicU32>> = Arc::new((0..threads).map(|_| AtomicU32::new(0)).collect());
+        // 0 = pending, 1 = pinned OK, 2 = pinning failed.
+        let pinned: Arc<Vec<AtomicU32>> =
+            Arc::new((0..threads).map(|_| AtomicU32::new(0)).collect());
+        let mut handles = Vec::new();
+        let gates = (0..threads)
+            .map(|_| Gate::new())
+            .collect::<Result<Vec<_>>>()?;
+        for (i, &gate) in gates.iter().enumerate() {
+            let (tids, pinned) = (tids.clone(), pinned.clone());
+            let h = thread::Builder::new()
+                .name(format!("spin{i}"))
+                .spawn(move || -> Result<Value> {
+                    let tid = gettid();
+                    let pin = pin_self(cpu);
+                    pinned[i].store(if pin.is_ok() { 1 } else { 2 }, SeqCst);
+                    tids[i].store(tid, SeqCst);
+                    pin?;
+                    gate.wait();
+                    let before = schedstat_raw(tid)?;
+                    let t0 = Instant::now();
+                    while t0.elapsed() < dur {
+                        for _ in 0..1000 {
+                            spin_loop();
+                        }
+                    }
+                    let after = schedstat_raw(tid)?;
+                    Ok(json!({
+                        "tid": tid,
+                        "cpu_ns": after.0.saturating_sub(before.0),
+                        "run_delay_ns": after.1.saturating_sub(before.1),
+                        "timeslices": after.2.saturating_sub(before.2),
+                    }))
+                })
+                .context("spawning a spin thread")?;
+            handles.push(h);
+        }
+        for (t, p) in tids.iter().zip(pinned.iter()) {
+            poll_until(|| t.load(SeqCst) != 0);
+            if p.load(SeqCst) != 1 {
+                // The process exits with this message; the other threads die with it.
+                bail!(
+                    "sched_setaffinity to CPU {cpu} failed for thread {}: {}",
+                    t.load(SeqCst),
+                    "is the CPU online and inside this process's allowed CPUs?"
+                );
+            }
+        }
+        let tid_list: Vec<u32> = tids.iter().map(|t| t.load(SeqCst)).collect();
+        ready_then_wait(json!({ "tids": tid_list }))?;
+        for g in &gates {
+            g.open()?;
+        }
+        // Main is not measured: joining (a futex wait by main) is fine.
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("spin thread panicked"))??,
+            );
+        }
+        Ok(json!({ "threads": out, "cpu": cpu, "secs": secs }))
+    }
+
+    // ---------------------------------------------------------------- futex
+
+    static FUTEX_WORD: AtomicU32 = AtomicU32::new(0);
+    /// Round the waiter is about to wait in (1-based); 0 = not in the woken phase yet.
+    static FUTEX_ROUND: AtomicU32 = AtomicU32::new(0);
+    static FUTEX_WAKER_TID: AtomicU32 = AtomicU32::new(0);
+
+    fn futex(timeouts: u32, woken: u32, wait_ms: u64) -> Result<Value> {
+        let waiter_tid = gettid();
+        let d = Duration::from_millis(wait_ms);
+        let gate = Gate::new()?;
+        thread::Builder::new()
+            .name("waker".into())
+            .spawn(move || {
+                FUTEX_WAKER_TID.store(gettid(), SeqCst);
+                gate.wait();
+                // The timed waits take at least timeouts * wait_ms: sleep through them (one timer
+                // wakeup) instead of spinning, then spin for each round's announcement.
+                if woken > 0 {
+                    thread::sleep(d * timeouts);
+                }
+                for r in 1..=woken {
+                    spin_until(|| FUTEX_ROUND.load(SeqCst) >= r);
+                    thread::sleep(d);
+                    FUTEX_WORD.fetch_add(1, SeqCst);
+                    if let Err(e) = futex_wake(&FUTEX_WORD, 1) {
+                        fail(format_args!(
+                            "waker: FUTEX_WAKE_PRIVATE failed: {}",
+                            errno_name(e)
+                        ));
+                    }
+                }
+                // Done: the thread simply ends; nobody joins it.
+            })
+            .context("spawning the waker thread")?;
+        poll_until(|| FUTEX_WAKER_TID.load(SeqCst) != 0);
+        let waker_tid = FUTEX_WAKER_TID.load(SeqCst);
+        ready_then_wait(json!({ "waiter_tid": waiter_tid, "waker_tid": waker_tid }))?;
+        // A write(2), not a futex; the waker then stays off the waiter's back until round 1.
+        gate.open()?;
+
+        // Measured phase: from here until the result is printed the main thread's only futex
+        // syscalls are the timeouts + woken FUTEX_WAIT_PRIVATE calls below.
+        let ts = libc::timespec {
+            tv_sec: (wait_ms / 1000) as libc::time_t,
+            tv_nsec: ((wait_ms % 1000) * 1_000_000) as libc::c_long,
+        };
+        for i in 0..timeouts {
+            // Nobody touches the word before the woken phase, so the value always matches.
+            let cur = FUTEX_WORD.load(SeqCst);
+            match futex_wait(&FUTEX_WORD, cur, Some(&ts)) {
+                Err(libc::ETIMEDOUT) => {}
+                Ok(()) => bail!("timed wait #{i}: FUTEX_WAIT returned 0, expected ETIMEDOUT"),
+                Err(e) => bail!(
+                    "timed wait #{i}: FUTEX_WAIT failed with {}, expected ETIMEDOUT",
+                    errno_name(e)
+                ),
+            }
+        }
+        let (mut got, mut eagain, mut eintr) = (0u32, 0u32, 0u32);
+        for r in 1..=woken {
+            // Read the value first, then announce: the waker changes the word only after seeing
+            // the announcement (and sleeping wait_ms), so the wait either sleeps until that wake
+            // or, if we were descheduled for > wait_ms in between, fails fast with EAGAIN.
+            let cur = FUTEX_WORD.load(SeqCst);
+            FUTEX_ROUND.store(r, SeqCst);
+            match futex_wait(&FUTEX_WORD, cur, None) {
+                Ok(()) => got += 1,
+                Err(libc::EAGAIN) => eagain += 1,
+                Err(libc::EINTR) => eintr += 1,
+                Err(e) => bail!("woken wait #{r}: FUTEX_WAIT failed with {}", errno_name(e)),
+            }
+        }
+        // Exactly one FUTEX_WAIT per round: timeouts + woken calls in total, of which `woken`
+        // (the field) returned 0, `eagain` never slept, `eintr` were interrupted.
+        Ok(json!({
+            "waiter_tid": waiter_tid,
+            "waker_tid": waker_tid,
+            "timeouts": timeouts,
+            "woken": got,
+            "eagain": eagain,
+            "eintr": eintr,
+            "wait_calls": timeouts + woken,
+            "wait_ms": wait_ms,
+        }))
+    }
+
+    // ---------------------------------------------------------------- wake
+
+    static WAKE_WORD: AtomicU32 = AtomicU32::new(0);
+    /// Iteration B is about to wait in (1-based).
+    static WAKE_GEN: AtomicU32 = AtomicU32::new(0);
+    static WAKER_TID: AtomicU32 = AtomicU32::new(0);
+    static WAKEE_TID: AtomicU32 = AtomicU32::new(0);
+
+    fn wake(count: u32) -> Result<Value> {
+        let (gate_a, gate_b) = (Gate::new()?, Gate::new()?);
+        let b = thread::Builder::new()
+            .name("wakee".into())
+            .spawn(move || -> (u32, u32, u32) {
+                WAKEE_TID.store(gettid(), SeqCst);
+                gate_b.wait();
+                let (mut woken, mut eagain, mut eintr) = (0u32, 0u32, 0u32);
+                for i in 1..=count {
+                    let cur = WAKE_WORD.load(SeqCst);
+                    WAKE_GEN.store(i, SeqCst);
+                    match futex_wait(&WAKE_WORD, cur, None) {
+                        Ok(()) => woken += 1,
+                        // A changed the word before we got to sleep: not a wakeup received.
+                        Err(libc::EAGAIN) => eagain += 1,
+                        Err(libc::EINTR) => eintr += 1,
+                        Err(e) => fail(format_args!(
+                            "wakee: FUTEX_WAIT_PRIVATE failed: {}",
+                            errno_name(e)
+                        )),
+                    }
+                }
+                (woken, eagain, eintr)
+            })
+            .context("spawning the wakee thread")?;
+        let a = thread::Builder::new()
+            .name("waker".into())
+            .spawn(move || -> i64 {
+                WAKER_TID.store(gettid(), SeqCst);
+                gate_a.wait();
+                let mut woke = 0i64;
+                for i in 1..=count {
+                    spin_until(|| WAKE_GEN.load(SeqCst) >= i);
+                    // Give B time to actually go to sleep in the kernel.
+                    thread::sleep(Duration::from_micros(200));
+                    WAKE_WORD.fetch_add(1, SeqCst);
+                    match futex_wake(&WAKE_WORD, 1) {
+                        Ok(n) => woke += n,
+                        Err(e) => fail(format_args!(
+                            "waker: FUTEX_WAKE_PRIVATE failed: {}",
+                            errno_name(e)
+                        )),
+                    }
+                }
+                woke
+            })
+            .context("spawning the waker thread")?;
+        poll_until(|| WAKER_TID.load(SeqCst) != 0 && WAKEE_TID.load(SeqCst) != 0);
+        let (waker_tid, wakee_tid) = (WAKER_TID.load(SeqCst), WAKEE_TID.load(SeqCst));
+        ready_then_wait(json!({ "waker_tid": waker_tid, "wakee_tid": wakee_tid }))?;
+        gate_b.open()?;
+        gate_a.open()?;
+        // Main is not measured: joining is fine (A and B never join anything).
+        let woke = a
+            .join()
+            .map_err(|_| anyhow::anyhow!("waker thread panicked"))?;
+        let (woken, eagain, eintr) = b
+            .join()
+            .map_err(|_| anyhow::anyhow!("wakee thread panicked"))?;
+        Ok(json!({
+            "waker_tid": waker_tid,
+            "wakee_tid": wakee_tid,
+            "count": count,
+            "woken": woken,
+            "eagain": eagain,
+            "eintr": eintr,
+            "wake_calls": count,
+            "wake_returned": woke,
+        }))
+    }
+
+    // ---------------------------------------------------------------- churn
+
+    fn churn(procs: u32, threads: u32) -> Result<Value> {
+        ready_then_wait(json!({}))?;
+        let mut child_pids = Vec::with_capacity(procs as usize);
+        for _ in 0..procs {
+            // SAFETY: the child only calls the async-signal-safe _exit.
+            let pid = unsafe { libc::fork() };
+            if pid < 0 {
+                return Err(std::io::Error::last_os_error()).context("fork");
+            }
+            if pid == 0 {
+                // SAFETY: child: leave immediately.
+                unsafe { libc::_exit(0) }
+            }
+            let mut status = 0;
+            // SAFETY: waits for our own child.
+            let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+            if r != pid {
+                return Err(std::io::Error::last_os_error()).context("waitpid");
+            }
+            ensure!(
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                "child {pid} ended with status {status:#x}"
+            );
+            child_pids.push(pid);
+        }
+        let mut thread_tids = Vec::with_capacity(threads as usize);
+        for _ in 0..threads {
+            let h = thread::Builder::new()
+                .spawn(gettid)
+                .context("spawning a churn thread")?;
+            thread_tids.push(
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("churn thread panicked"))?,
+            );
+        }
+        Ok(
+            json!({ "procs": procs, "threads": threads, "child_pids": child_pids, "thread_tids": thread_tids }),
+        )
+    }
+}

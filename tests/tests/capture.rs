@@ -1,0 +1,225 @@
+//! Privileged: `schedlat capture` against workloads with known behaviour, checked against the
+//! kernel's own accounting (schedstat) and the workload's own record of what it did.
+use std::time::Duration;
+
+use schedlat_tests::{Schedlat, Workload, privileged_or_skip};
+use serde_json::Value;
+
+fn task(report: &Value, tid: u64) -> &Value {
+    report["tasks"]
+        .as_array()
+        .expect("tasks array")
+        .iter()
+        .find(|t| t["tid"].as_u64() == Some(tid))
+        .unwrap_or_else(|| panic!("tid {tid} not in the capture's tasks: {}", report["tasks"]))
+}
+
+/// Run `workload` under `schedlat capture --pid <it> --format json`, return (result, report).
+fn capture_workload(workload: &[&str], extra: &[&str]) -> (Value, Value) {
+    let mut w = Workload::start(workload);
+    let pid = w.pid.to_string();
+    let mut args = vec![
+        "--duration",
+        "120s",
+        "--format",
+        "json",
+        "--pid",
+        pid.as_str(),
+    ];
+    args.extend_from_slice(extra);
+    let cap = Schedlat::capture(&args);
+    cap.wait_ready(Duration::from_secs(60));
+    w.go();
+    let result = w.result();
+    let (status, stdout, stderr) = cap.stop();
+    assert!(status.success(), "capture failed: {status}\n{stderr}");
+    let report: Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("capture JSON: {e}\n{stdout}"));
+    (result, report)
+}
+
+#[test]
+fn preemption_delay_matches_schedstat() {
+    if !privileged_or_skip("preemption_delay_matches_schedstat") {
+        return;
+    }
+    let (result, report) = capture_workload(
+        &["spin", "--threads", "2", "--cpu", "0", "--secs", "2"],
+        &[],
+    );
+    let threads = result["threads"].as_array().expect("threads");
+    assert_eq!(threads.len(), 2);
+    for t in threads {
+        let tid = t["tid"].as_u64().unwrap();
+        let oracle = t["run_delay_ns"].as_u64().unwrap() as f64;
+        let row = task(&report, tid);
+        let got = row["runqueue_sum_ns"].as_u64().unwrap() as f64;
+        // Two busy threads sharing one CPU for 2 s: each waits about half the time.
+        assert!(
+            oracle > 0.5e9,
+            "tid {tid}: schedstat says only {oracle} ns of run-queue delay; workload did not contend"
+        );
+        let err = (got - oracle).abs() / oracle;
+        eprintln!(
+            "tid {tid}: schedlat {got:.0} ns, schedstat {oracle:.0} ns, error {:.3}%",
+            err * 100.0
+        );
+        assert!(
+            err <= 0.05,
+            "tid {tid}: schedlat {got} ns vs schedstat {oracle} ns ({:.2}% off)",
+            err * 100.0
+        );
+        let preempted = row["runqueue_preempted_sum_ns"].as_u64().unwrap() as f64;
+        assert!(
+            preempted / got >= 0.95,
+            "tid {tid}: only {:.1}% of the delay is cause=preempted",
+            100.0 * preempted / got
+        );
+    }
+    let rq = &report["runqueue"];
+    let pre = rq["by_cause"]["preempted"]["sum_ns"].as_u64().unwrap() as f64;
+    let all = rq["sum_ns"].as_u64().unwrap() as f64;
+    assert!(
+        pre / all >= 0.9,
+        "preempted share of the process's delay {:.1}%",
+        100.0 * pre / all
+    );
+    assert_eq!(
+        rq["count"].as_u64().unwrap(),
+        rq["by_cause"]["woken"]["count"].as_u64().unwrap()
+            + rq["by_cause"]["preempted"]["count"].as_u64().unwrap()
+    );
+    // Percentiles are ordered and bounded by the max.
+    let (p50, p90, p99, max) = (
+        rq["p50_ns"].as_u64().unwrap(),
+        rq["p90_ns"].as_u64().unwrap(),
+        rq["p99_ns"].as_u64().unwrap(),
+        rq["max_ns"].as_u64().unwrap(),
+    );
+    assert!(
+        p50 <= p90 && p90 <= p99 && p99 <= max,
+        "{p50} {p90} {p99} {max}"
+    );
+    assert_eq!(
+        report["dropped"]["total"].as_u64(),
+        Some(0),
+        "dropped: {}",
+        report["dropped"]
+    );
+}
+
+#[test]
+fn futex_waits_are_counted_exactly_with_their_duration() {
+    if !privileged_or_skip("futex_waits_are_counted_exactly_with_their_duration") {
+        return;
+    }
+    let (timeouts, woken, wait_ms) = (10u64, 10u64, 5u64);
+    let (result, report) = capture_workload(
+        &[
+            "futex",
+            "--timeouts",
+            &timeouts.to_string(),
+            "--woken",
+            &woken.to_string(),
+            "--wait-ms",
+            &wait_ms.to_string(),
+        ],
+        &[],
+    );
+    let waiter = result["waiter_tid"].as_u64().unwrap();
+    let eagain = result["eagain"].as_u64().unwrap();
+    let row = task(&report, waiter);
+    // EAGAIN calls never slept: they are not waits.
+    assert_eq!(
+        row["futex_count"].as_u64().unwrap(),
+        timeouts + woken - eagain,
+        "futex waits of tid {waiter}: {row}"
+    );
+    assert_eq!(row["futex_timeouts"].as_u64().unwrap(), timeouts);
+    let f = &report["futex"];
+    assert_eq!(
+        f["count"].as_u64().unwrap(),
+        timeouts + woken - eagain,
+        "only the waiter blocks in futex: {f}"
+    );
+    assert_eq!(f["outcomes"]["timeout"].as_u64().unwrap(), timeouts);
+    // Each wait lasts the known time (plus timer slack and wake-up latency): every one lands in
+    // the bucket holding `wait_ms`, or a later one when the machine is slow, never earlier.
+    let d = wait_ms * 1_000_000;
+    let first_ok_le = schedlat_common::hist::bucket_upper_ns(schedlat_common::bucket_index(d)) - 1;
+    let mut in_bucket_of_d = 0;
+    for b in f["buckets"].as_array().unwrap() {
+        let (le, n) = (b["le_ns"].as_u64().unwrap(), b["count"].as_u64().unwrap());
+        assert!(
+            le >= first_ok_le,
+            "{n} futex waits ended before {wait_ms} ms (bucket le {le} ns): {f}"
+        );
+        if le == first_ok_le {
+            in_bucket_of_d += n;
+        }
+    }
+    // Timed-out waits are precise (hrtimer + default 50 µs slack): they are in D's own bucket.
+    assert!(
+        in_bucket_of_d >= timeouts,
+        "only {in_bucket_of_d} of {timeouts} timed-out waits in the {wait_ms} ms bucket: {f}"
+    );
+    assert!(row["futex_max_ns"].as_u64().unwrap() >= d);
+}
+
+#[test]
+fn wakeups_between_two_threads_are_attributed_to_the_pair() {
+    if !privileged_or_skip("wakeups_between_two_threads_are_attributed_to_the_pair") {
+        return;
+    }
+    let n = 200u64;
+    let (result, report) = capture_workload(&["wake", "--count", &n.to_string()], &[]);
+    let (waker, wakee) = (
+        result["waker_tid"].as_u64().unwrap(),
+        result["wakee_tid"].as_u64().unwrap(),
+    );
+    let woken = result["woken"].as_u64().unwrap();
+    assert!(
+        woken >= n * 9 / 10,
+        "workload: only {woken} of {n} waits were woken"
+    );
+    let pair = report["wakeups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["waker_tid"].as_u64() == Some(waker) && w["wakee_tid"].as_u64() == Some(wakee))
+        .unwrap_or_else(|| panic!("no wakeups {waker} -> {wakee} in {}", report["wakeups"]));
+    assert!(
+        pair["count"].as_u64().unwrap() >= woken,
+        "pair {pair} vs {woken} wakes"
+    );
+    assert!(!pair["waker_comm"].as_str().unwrap().is_empty());
+    // The wakee's run-queue delays are cause=woken.
+    let row = task(&report, wakee);
+    assert!(row["runqueue_count"].as_u64().unwrap() >= woken);
+}
+
+#[test]
+fn host_wide_text_capture_shows_every_section() {
+    if !privileged_or_skip("host_wide_text_capture_shows_every_section") {
+        return;
+    }
+    let out = schedlat_tests::run_schedlat(&["capture", "--duration", "1s", "--top", "3"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for s in [
+        "Run-queue delay",
+        "Futex waits",
+        "Per CPU",
+        "Top tasks",
+        "Top wakeups",
+        "Slow run-queue delays",
+        "Dropped events",
+    ] {
+        assert!(text.contains(s), "missing section {s}:\n{text}");
+    }
+    assert!(text.contains("p50=") && text.contains("p99="));
+}

@@ -1,0 +1,170 @@
+//! Privileged: `schedlat daemon` under load, scraped like Prometheus would.
+use std::{
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use schedlat_tests::{Workload, privileged_or_skip, schedlat_bin};
+
+struct Daemon {
+    child: Child,
+    addr: String,
+}
+
+impl Daemon {
+    fn start() -> Self {
+        // Find a free port; the daemon binds it right after.
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string();
+        let child = Command::new(schedlat_bin())
+            .args(["daemon", "--listen", &addr])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start schedlat daemon");
+        let d = Self { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while get(&d.addr, "/healthz").is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not serve /healthz within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        d
+    }
+
+    fn stop(mut self) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    /// A failing test must not leave a daemon (and its programs) behind.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 GET (no client dependency), returning the body.
+fn get(addr: &str, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let (head, body) = resp.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    // axum uses Content-Length for these bodies; tolerate chunked just in case.
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((len, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(len.trim(), 16).ok()?;
+            if n == 0 {
+                break;
+            }
+            out.push_str(&tail[..n]);
+            rest = &tail[n + 2..];
+        }
+        return Some(out);
+    }
+    Some(body.to_string())
+}
+
+/// Sum of every sample of `name` (any labels).
+fn total(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+fn promtool_check(metrics: &str) {
+    let mut p = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool not found: `cargo xtask setup` installs Debian's prometheus package");
+    p.stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = p.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn daemon_metrics_grow_under_load_and_pass_promtool() {
+    if !privileged_or_skip("daemon_metrics_grow_under_load_and_pass_promtool") {
+        return;
+    }
+    let d = Daemon::start();
+    let before = get(&d.addr, "/metrics").expect("scrape 1");
+    // Load: preemption on CPU 0, futex waits with timeouts, wakeups.
+    let mut spin = Workload::start(&["spin", "--threads", "2", "--cpu", "0", "--secs", "1"]);
+    let mut futex =
+        Workload::start(&["futex", "--timeouts", "5", "--woken", "5", "--wait-ms", "2"]);
+    spin.go();
+    futex.go();
+    spin.result();
+    futex.result();
+    let after = get(&d.addr, "/metrics").expect("scrape 2");
+    promtool_check(&after);
+
+    for (name, min_growth) in [
+        ("schedlat_runqueue_latency_seconds_count", 100.0),
+        ("schedlat_runqueue_latency_seconds_sum", 0.5), // ~1 s of preemption delay
+        ("schedlat_futex_wait_seconds_count", 10.0),
+        ("schedlat_wakeups_total", 10.0),
+    ] {
+        let (b, a) = (total(&before, name), total(&after, name));
+        assert!(
+            a - b >= min_growth,
+            "{name} grew by {} (from {b} to {a}), want >= {min_growth}",
+            a - b
+        );
+    }
+    for needle in [
+        "cause=\"preempted\"",
+        "cause=\"woken\"",
+        "le=\"+Inf\"",
+        "schedlat_build_info",
+        "schedlat_events_dropped_total{reason=\"runq_start_map_full\"}",
+        "schedlat_program_attached{program=\"sched_switch\"",
+    ] {
+        assert!(after.contains(needle), "metrics lack {needle}");
+    }
+    // No pid/tid labels in daemon metrics.
+    assert!(!after.contains("pid=\"") && !after.contains("tid=\""));
+    let status = d.stop();
+    assert!(status.success(), "daemon exit after SIGTERM: {status}");
+}
