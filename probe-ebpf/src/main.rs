@@ -18,6 +18,7 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_task_pt_regs,
     },
     macros::{btf_tracepoint, map, tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
@@ -45,6 +46,12 @@ static CONFIG: Config = Config {
     flags: 0,
     slow_max_per_sec: 0,
     slow_threshold_ns: u64::MAX,
+    regs_syscall_nr: 0,
+    regs_arg2: 0,
+    nr_futex: u32::MAX,
+    nr_futex_waitv: u32::MAX,
+    nr_futex_wait: u32::MAX,
+    _pad: 0,
 };
 
 // Map sizes here are defaults; the loader resizes them from config (set_max_entries).
@@ -191,13 +198,56 @@ fn hist_add(key: &HistKey, ns: u64) {
     }
 }
 
-/// Stamp `tid` as runnable from now, for `cause`.
+/// Stamp `tid` as runnable from now (or, for FUTEX_BLOCKED, blocked from now).
 #[inline(always)]
-fn stamp(tid: u32, cause: u32, now: u64) {
-    let v = RunqStart { ts_ns: now, cause, _pad: 0 };
+fn stamp(tid: u32, cause: u32, op: u32, now: u64) {
+    let v = RunqStart { ts_ns: now, cause, futex_op: op, futex_ns: 0 };
     if RUNQ_START.insert(&tid, &v, 0).is_err() {
         count_drop(drop_reason::RUNQ_START_FULL);
     }
+}
+
+/// Stamp a woken task. With FUTEX_SCHED, a task that was blocked in futex gets the length of
+/// that wait carried to its switch-in, where its cgroup is known.
+#[inline(always)]
+fn stamp_woken(tid: u32, f: u32, now: u64) {
+    if f & flags::FUTEX_SCHED != 0
+        && let Some(s) = RUNQ_START.get_ptr_mut(&tid)
+    {
+        unsafe {
+            // Any other existing stamp is stale (woken while still on CPU, then it slept).
+            (*s).futex_ns = if (*s).cause == kind::FUTEX_BLOCKED { now.saturating_sub((*s).ts_ns) + 1 } else { 0 };
+            (*s).ts_ns = now;
+            (*s).cause = kind::RUNQ_WOKEN;
+        }
+        return;
+    }
+    stamp(tid, kind::RUNQ_WOKEN, 0, now);
+}
+
+/// The futex op `task` is blocking in, from its saved user registers: the syscall number and
+/// second argument (arch/x86/include/asm/ptrace.h; syscall numbers from
+/// arch/x86/entry/syscalls/syscall_64.tbl, passed in by the loader).
+#[inline(always)]
+fn futex_block_op(task: *const u8) -> Option<u32> {
+    let c = cfg();
+    let regs = unsafe { bpf_task_pt_regs(task as *mut _) } as *const u8;
+    if regs.is_null() {
+        return None;
+    }
+    let nr = unsafe { read_field::<u64>(regs, c.regs_syscall_nr) }.ok()?;
+    if nr == c.nr_futex as u64 {
+        let op = unsafe { read_field::<u64>(regs, c.regs_arg2) }.ok()?;
+        let cmd = op as u32 & !futex_op::FLAG_MASK;
+        return if futex_op::is_blocking(cmd) { Some(cmd) } else { None };
+    }
+    if nr == c.nr_futex_waitv as u64 {
+        return Some(futex_op::WAITV);
+    }
+    if nr == c.nr_futex_wait as u64 {
+        return Some(futex_op::FUTEX2_WAIT);
+    }
+    None
 }
 
 /// Shared body of sched_waking (in the waker's context) and sched_wakeup_new.
@@ -219,7 +269,7 @@ fn on_wake(p: *const u8, count_waker: bool) -> Result<(), i32> {
     if !wanted(f, tgid, cgroup_id) {
         return Ok(());
     }
-    stamp(tid, kind::RUNQ_WOKEN, unsafe { bpf_ktime_get_ns() });
+    stamp_woken(tid, f, unsafe { bpf_ktime_get_ns() });
     if !count_waker {
         return Ok(());
     }
@@ -265,7 +315,8 @@ fn on_switch(preempt: bool, prev: *const u8, next: *const u8, prev_state: u64) -
         prev_state
     };
     let prev_tid = task_pid(prev)?;
-    if prev_tid != 0 && (preempt || prev_state == TASK_RUNNING) {
+    let runnable = preempt || prev_state == TASK_RUNNING;
+    if prev_tid != 0 && (runnable || f & flags::FUTEX_SCHED != 0) {
         let wanted_prev = if f & (flags::FILTER_TGID | flags::FILTER_CGROUP) != 0 {
             let tgid = task_tgid(prev)?;
             // prev is current here: its cgroup id is one helper call away.
@@ -275,7 +326,13 @@ fn on_switch(preempt: bool, prev: *const u8, next: *const u8, prev_state: u64) -
             true
         };
         if wanted_prev {
-            stamp(prev_tid, kind::RUNQ_PREEMPTED, now);
+            if runnable {
+                stamp(prev_tid, kind::RUNQ_PREEMPTED, 0, now);
+            } else if let Some(op) = futex_block_op(prev) {
+                // Overwrites a stale stamp; a waking that raced ahead of this switch-out is
+                // handled at switch-in (cause still FUTEX_BLOCKED).
+                stamp(prev_tid, kind::FUTEX_BLOCKED, op, now);
+            }
         }
     }
 
@@ -287,15 +344,27 @@ fn on_switch(preempt: bool, prev: *const u8, next: *const u8, prev_state: u64) -
     let Some(start) = (unsafe { RUNQ_START.get(&tid) }) else {
         return Ok(());
     };
-    let (ts, cause) = (start.ts_ns, start.cause);
+    let (ts, cause, futex_op, mut futex_ns) = (start.ts_ns, start.cause, start.futex_op, start.futex_ns);
     let _ = RUNQ_START.remove(&tid);
     if now < ts {
         return Ok(());
     }
     let delay = now - ts;
+    if cause == kind::FUTEX_BLOCKED {
+        // Its waking ran before its own switch-out was traced: it was woken as it blocked.
+        futex_ns = 1;
+    }
     let cause = if cause == kind::RUNQ_PREEMPTED { kind::RUNQ_PREEMPTED } else { kind::RUNQ_WOKEN };
     let cgroup_id = task_cgroup_id(next)?;
     hist_add(&HistKey { cgroup_id, kind: cause, op: 0 }, delay);
+    if futex_ns != 0 {
+        let wait = futex_ns - 1;
+        hist_add(&HistKey { cgroup_id, kind: kind::FUTEX, op: futex_op }, wait);
+        if f & flags::TRACK_TASKS != 0 {
+            let tgid = task_tgid(next)?;
+            task_futex(tid, tgid, cgroup_id, task_comm(next), wait, false);
+        }
+    }
 
     if let Some(c) = CPU_STATS.get_ptr_mut(0) {
         let i = cause as usize & 1;
@@ -518,34 +587,36 @@ fn futex_exit(ctx: &TracePointContext) {
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     hist_add(&HistKey { cgroup_id, kind: kind::FUTEX, op }, delay);
     if cfg_flags() & flags::TRACK_TASKS != 0 {
-        let s = match TASK_STATS.get_ptr_mut(&tid) {
-            Some(s) => s,
-            None => {
-                let v = TaskStat {
-                    tgid: (pid_tgid >> 32) as u32,
-                    cgroup_id,
-                    comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
-                    ..Default::default()
-                };
-                if TASK_STATS.insert(&tid, &v, BPF_NOEXIST as u64).is_err() {
-                    count_drop(drop_reason::TASK_FULL);
-                    return;
-                }
-                match TASK_STATS.get_ptr_mut(&tid) {
-                    Some(s) => s,
-                    None => return,
-                }
+        let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+        task_futex(tid, (pid_tgid >> 32) as u32, cgroup_id, comm, delay, outcome == futex_outcome::TIMEOUT);
+    }
+}
+
+/// Add one futex wait to a task's totals (captures).
+#[inline(always)]
+fn task_futex(tid: u32, tgid: u32, cgroup_id: u64, comm: [u8; COMM_LEN], delay: u64, timeout: bool) {
+    let s = match TASK_STATS.get_ptr_mut(&tid) {
+        Some(s) => s,
+        None => {
+            let v = TaskStat { tgid, cgroup_id, comm, ..Default::default() };
+            if TASK_STATS.insert(&tid, &v, BPF_NOEXIST as u64).is_err() {
+                count_drop(drop_reason::TASK_FULL);
+                return;
             }
-        };
-        unsafe {
-            (*s).futex_count += 1;
-            (*s).futex_sum_ns += delay;
-            if delay > (*s).futex_max_ns {
-                (*s).futex_max_ns = delay;
+            match TASK_STATS.get_ptr_mut(&tid) {
+                Some(s) => s,
+                None => return,
             }
-            if outcome == futex_outcome::TIMEOUT {
-                (*s).futex_timeouts += 1;
-            }
+        }
+    };
+    unsafe {
+        (*s).futex_count += 1;
+        (*s).futex_sum_ns += delay;
+        if delay > (*s).futex_max_ns {
+            (*s).futex_max_ns = delay;
+        }
+        if timeout {
+            (*s).futex_timeouts += 1;
         }
     }
 }

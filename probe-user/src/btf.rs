@@ -34,6 +34,10 @@ pub struct KernelOffsets {
     pub kernfs_node_id: u32,
     /// btf_trace_sched_switch has the prev_state argument (Linux 5.18+).
     pub switch_has_prev_state: bool,
+    /// pt_regs fields with the syscall number and its second argument (x86_64 only), for
+    /// futex tracking from sched_switch. None where the arch or BTF lacks them.
+    pub regs_syscall_nr: Option<u32>,
+    pub regs_arg2: Option<u32>,
 }
 
 pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
@@ -51,6 +55,10 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
         cgroup_kn: off("cgroup", &["kn"])?,
         kernfs_node_id: off("kernfs_node", &["id"])?,
         switch_has_prev_state: tracepoint_arg_count(&btf, "btf_trace_sched_switch")? >= 5,
+        // x86_64 struct pt_regs (arch/x86/include/asm/ptrace.h): the syscall number is saved in
+        // orig_ax, arguments in di, si, dx, r10, r8, r9.
+        regs_syscall_nr: if cfg!(target_arch = "x86_64") { off("pt_regs", &["orig_ax"]).ok() } else { None },
+        regs_arg2: if cfg!(target_arch = "x86_64") { off("pt_regs", &["si"]).ok() } else { None },
     })
 }
 

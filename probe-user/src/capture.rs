@@ -9,7 +9,7 @@ use crate::{
     UsageError,
     cgroup::{CgroupNames, v2_mount},
     cli::{CaptureArgs, Cli, Format},
-    probes::{ProbeOptions, Probes},
+    probes::{FutexMode, ProbeOptions, Probes},
     report::{self, Filter, ReportInput},
 };
 
@@ -43,7 +43,7 @@ pub fn run(cli: &Cli, a: &CaptureArgs) -> anyhow::Result<()> {
     };
     let opts = ProbeOptions {
         track_tasks: true,
-        futex: !a.no_futex,
+        futex: if a.no_futex { FutexMode::Off } else { a.futex },
         slow_threshold: Some(a.threshold),
         slow_max_per_sec: a.max_slow_per_sec,
         filter_tgids: pids.clone(),

@@ -3,7 +3,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::UsageError;
+use crate::{UsageError, probes::FutexMode};
 
 #[derive(Debug, Parser)]
 #[command(name = "schedlat", version, about = "Scheduler latency from eBPF: run-queue delay, futex blocking and wakeups")]
@@ -54,7 +54,12 @@ pub struct CaptureArgs {
     pub top: usize,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
-    /// Do not trace futex waits (syscall tracepoints slow every syscall on the host a little).
+    /// How to trace futex waits: `syscall` (exact, with how each wait ended; slows every
+    /// syscall on the host by ~125 ns while the capture runs), `sched` (from the scheduler
+    /// probes: no extra cost, no return codes; x86_64) or `off`.
+    #[arg(long, value_enum, default_value_t = FutexMode::Syscall)]
+    pub futex: FutexMode,
+    /// Same as `--futex off`.
     #[arg(long)]
     pub no_futex: bool,
     /// Slow events allowed per CPU per second (in-kernel rate limit).

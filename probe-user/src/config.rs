@@ -3,7 +3,7 @@ use std::{net::SocketAddr, path::Path};
 
 use serde::Deserialize;
 
-use crate::probes::MapSizes;
+use crate::probes::{FutexMode, MapSizes};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9725";
 
@@ -13,9 +13,10 @@ pub struct DaemonConfig {
     /// Address for GET /metrics and /healthz. Loopback by default: metrics reveal workload
     /// names (cgroup paths).
     pub listen: SocketAddr,
-    /// Trace futex waits. Costs every syscall on the host ~125 ns (syscall tracepoints put all
-    /// tasks on the slow path), whether or not it is a futex call.
-    pub futex: bool,
+    /// How to trace futex waits: "sched" (from the scheduler probes, no extra cost, no return
+    /// codes), "syscall" (exact with outcomes; every syscall on the host pays ~125 ns for the
+    /// syscall tracepoints' slow path) or "off".
+    pub futex: FutexMode,
     /// Most distinct `cgroup` label values per metric; more are folded into `cgroup="other"`.
     pub max_cgroups: usize,
     /// Prometheus buckets per power of two (1, 2, 4 or 8). The kernel keeps 8.
@@ -27,7 +28,7 @@ impl Default for DaemonConfig {
     fn default() -> Self {
         Self {
             listen: DEFAULT_LISTEN.parse().expect("valid default"),
-            futex: true,
+            futex: FutexMode::Sched,
             max_cgroups: 500,
             buckets_per_octave: 2,
             maps: MapSizes::default(),
@@ -56,9 +57,15 @@ impl DaemonConfig {
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
         let cfg: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_string(),
-            // toml's message names the unknown key and lists the expected ones.
-            message: e.message().trim().to_string()
-                + &e.span().map(|s| format!(" (at byte {})", s.start)).unwrap_or_default(),
+            // toml's message names unknown keys, but not the key of a bad value: quote the line.
+            message: match e.span() {
+                Some(span) => {
+                    let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                    let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+                    format!("line {line_no}: `{line}`: {}", e.message().trim())
+                }
+                None => e.message().trim().to_string(),
+            },
         })?;
         cfg.validate(origin)?;
         Ok(cfg)
@@ -96,13 +103,14 @@ mod tests {
     fn defaults_and_full_file() {
         assert_eq!(DaemonConfig::parse("", "t").unwrap(), DaemonConfig::default());
         let c = DaemonConfig::parse(
-            "listen = \"0.0.0.0:9999\"\nfutex = false\nmax_cgroups = 10\nbuckets_per_octave = 4\n\
+            "listen = \"0.0.0.0:9999\"\nfutex = \"off\"\nmax_cgroups = 10\nbuckets_per_octave = 4\n\
              [maps]\nrunq_start = 1024\n",
             "t",
         )
         .unwrap();
         assert_eq!(c.listen.port(), 9999);
-        assert!(!c.futex);
+        assert_eq!(c.futex, FutexMode::Off);
+        assert_eq!(DaemonConfig::parse("futex = \"syscall\"", "t").unwrap().futex, FutexMode::Syscall);
         assert_eq!(c.maps.runq_start, 1024);
         assert_eq!(c.maps.hists, MapSizes::default().hists);
     }
@@ -123,7 +131,9 @@ mod tests {
         assert!(e.contains("maps.hists"), "{e}");
         let e = DaemonConfig::parse("listen = \"nope\"", "t").unwrap_err().to_string();
         assert!(e.contains("listen") || e.contains("socket address"), "{e}");
-        let e = DaemonConfig::parse("futex = 3", "t").unwrap_err().to_string();
-        assert!(e.contains("futex") || e.contains("bool"), "{e}");
+        let e = DaemonConfig::parse("\nfutex = true", "t").unwrap_err().to_string();
+        assert!(e.contains("line 2: `futex = true`"), "{e}");
+        let e = DaemonConfig::parse("futex = \"fast\"", "t").unwrap_err().to_string();
+        assert!(e.contains("fast") && e.contains("sched") && e.contains("syscall"), "{e}");
     }
 }

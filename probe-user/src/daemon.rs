@@ -15,7 +15,7 @@ use crate::{
     cli::{Cli, DaemonArgs},
     config::DaemonConfig,
     metrics::{self, ExpoInput, LabelCap},
-    probes::{Attached, ProbeOptions, Probes, RawSnapshot},
+    probes::{Attached, FutexMode, ProbeOptions, Probes, RawSnapshot},
 };
 
 /// What a scrape needs. The kernel side is behind a trait so the HTTP layer is testable
@@ -39,18 +39,30 @@ pub struct AppState {
     cap: LabelCap,
     names: Box<dyn FnMut(u64) -> String + Send>,
     per_octave: u32,
+    futex_outcomes: bool,
 }
 
 pub type Shared = Arc<Mutex<AppState>>;
 
 impl AppState {
-    pub fn new(source: Box<dyn Source>, max_cgroups: usize, per_octave: u32, names: Box<dyn FnMut(u64) -> String + Send>) -> Shared {
-        Arc::new(Mutex::new(Self { source, cap: LabelCap::new(max_cgroups), names, per_octave }))
+    pub fn new(
+        source: Box<dyn Source>,
+        max_cgroups: usize,
+        per_octave: u32,
+        futex_outcomes: bool,
+        names: Box<dyn FnMut(u64) -> String + Send>,
+    ) -> Shared {
+        Arc::new(Mutex::new(Self { source, cap: LabelCap::new(max_cgroups), names, per_octave, futex_outcomes }))
     }
 
     fn render(&mut self) -> anyhow::Result<String> {
         let snap = self.source.snapshot()?;
-        let input = ExpoInput { attached: self.source.attached(), per_octave: self.per_octave, version: env!("CARGO_PKG_VERSION") };
+        let input = ExpoInput {
+            attached: self.source.attached(),
+            per_octave: self.per_octave,
+            version: env!("CARGO_PKG_VERSION"),
+            futex_outcomes: self.futex_outcomes,
+        };
         let fams = metrics::families(&snap, &input, &mut self.cap, &mut self.names);
         Ok(metrics::encode(&fams)?)
     }
@@ -111,7 +123,13 @@ async fn serve(cli: &Cli, cfg: DaemonConfig) -> anyhow::Result<()> {
     };
     let probes = Probes::load(&opts).context("starting the daemon")?;
     let mut names = CgroupNames::new(v2_mount().map_err(|e| UsageError(e.to_string()))?);
-    let state = AppState::new(Box::new(probes), cfg.max_cgroups, cfg.buckets_per_octave, Box::new(move |id| names.label(id)));
+    let state = AppState::new(
+        Box::new(probes),
+        cfg.max_cgroups,
+        cfg.buckets_per_octave,
+        cfg.futex == FutexMode::Syscall,
+        Box::new(move |id| names.label(id)),
+    );
     let mut term = signal(SignalKind::terminate())?;
     let shutdown = async move {
         tokio::select! {
@@ -121,7 +139,7 @@ async fn serve(cli: &Cli, cfg: DaemonConfig) -> anyhow::Result<()> {
     };
     // Tests, scripts and the bench wait for this line.
     eprintln!("schedlat: serving metrics on http://{local}/metrics");
-    info!(listen = %local, futex = cfg.futex, max_cgroups = cfg.max_cgroups, "daemon ready");
+    info!(listen = %local, futex = %cfg.futex, max_cgroups = cfg.max_cgroups, "daemon ready");
     axum::serve(listener, router(state.clone())).with_graceful_shutdown(shutdown).await?;
     // Dropping the state drops the programs and links: everything is detached.
     drop(state);
@@ -164,7 +182,7 @@ mod tests {
 
     #[tokio::test]
     async fn serves_metrics_and_health() {
-        let state = AppState::new(Box::new(Fake(0)), 10, 2, Box::new(|_| "/".to_string()));
+        let state = AppState::new(Box::new(Fake(0)), 10, 2, false, Box::new(|_| "/".to_string()));
         let (s, body, ct) = get(router(state.clone()), "/metrics").await;
         assert_eq!(s, StatusCode::OK);
         assert_eq!(ct.as_deref(), Some(metrics::CONTENT_TYPE));

@@ -116,6 +116,8 @@ pub struct ExpoInput<'a> {
     pub attached: &'a [Attached],
     pub per_octave: u32,
     pub version: &'a str,
+    /// Futex return codes are known (futex mode "syscall").
+    pub futex_outcomes: bool,
 }
 
 /// Build all metric families. `cgroup_name` resolves ids not yet labelled.
@@ -162,7 +164,7 @@ pub fn families(
         MetricType::HISTOGRAM,
         futex.iter().map(|(cg, h)| histogram(vec![label("cgroup", cg)], h, input.per_octave)).collect(),
     ));
-    out.extend(family(
+    out.extend(input.futex_outcomes.then(|| family(
         "schedlat_futex_waits_total",
         "Blocking futex calls by how they ended; value_changed calls never slept and are not in schedlat_futex_wait_seconds.",
         MetricType::COUNTER,
@@ -171,7 +173,7 @@ pub fn families(
             .zip(snap.futex_outcomes)
             .map(|(n, v)| counter(vec![label("outcome", n)], v as f64))
             .collect(),
-    ));
+    )).flatten());
     out.extend(family(
         "schedlat_wakeups_total",
         "Wakeups that made a task runnable, by the cgroup of the task woken (each ends one cause=\"woken\" run-queue wait).",
@@ -303,7 +305,7 @@ pub(crate) mod tests {
         let mut cap = LabelCap::new(max_cgroups);
         let fams = families(
             &snap(),
-            &ExpoInput { attached: &[], per_octave: 2, version: "test" },
+            &ExpoInput { attached: &[], per_octave: 2, version: "test", futex_outcomes: true },
             &mut cap,
             |id| format!("/cg{id}"),
         );

@@ -44,12 +44,14 @@ pub enum ProbeError {
     Attach { program: String, target: String, source: aya::programs::ProgramError },
     #[error("eBPF map {map}: {detail}")]
     Map { map: &'static str, detail: String },
+    #[error("futex mode `sched` is not supported here: {0}; use futex mode `syscall` (or `off`)")]
+    FutexSched(String),
 }
 
 impl ProbeError {
     /// Errors that are the user's to fix (exit code 2) rather than runtime failures.
     pub fn is_usage(&self) -> bool {
-        matches!(self, Self::Privileges { .. } | Self::Tracefs(_) | Self::Btf(_))
+        matches!(self, Self::Privileges { .. } | Self::Tracefs(_) | Self::Btf(_) | Self::FutexSched(_))
     }
 }
 
@@ -81,13 +83,43 @@ impl Default for MapSizes {
     }
 }
 
+/// How futex waits are traced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FutexMode {
+    /// Not at all.
+    Off,
+    /// From sched_switch/sched_waking: a task switched out while its syscall is a futex wait
+    /// is blocked in futex until woken. Costs nothing beyond the run-queue probes, but cannot
+    /// tell how a wait ended (no return codes). x86_64.
+    #[default]
+    Sched,
+    /// From the futex syscall tracepoints: exact, with outcomes (timeout, interrupted, ...).
+    /// Enabling any syscall tracepoint sends every syscall on the host through the kernel's
+    /// slow path (~125 ns each measured here), futex or not.
+    Syscall,
+}
+
+impl std::fmt::Display for FutexMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Off => "off",
+            Self::Sched => "sched",
+            Self::Syscall => "syscall",
+        })
+    }
+}
+
+/// Syscall numbers of futex, futex_waitv and futex_wait (futex2) on this arch
+/// (arch/x86/entry/syscalls/syscall_64.tbl).
+const FUTEX_SYSCALLS: Option<(u32, u32, u32)> = if cfg!(target_arch = "x86_64") { Some((202, 449, 454)) } else { None };
+
 #[derive(Clone, Debug)]
 pub struct ProbeOptions {
     /// Per-task totals and waker->wakee pairs (captures).
     pub track_tasks: bool,
-    /// Futex tracing. Enabling any syscall tracepoint sends every syscall on the host through
-    /// the kernel's slow path (~125 ns each here), so it is a visible choice.
-    pub futex: bool,
+    /// How to trace futex waits (see [`FutexMode`]).
+    pub futex: FutexMode,
     /// Send run-queue delays at or above this to userspace.
     pub slow_threshold: Option<Duration>,
     pub slow_max_per_sec: u32,
@@ -102,7 +134,7 @@ impl Default for ProbeOptions {
     fn default() -> Self {
         Self {
             track_tasks: false,
-            futex: true,
+            futex: FutexMode::Sched,
             slow_threshold: None,
             slow_max_per_sec: 100,
             filter_tgids: Vec::new(),
@@ -197,8 +229,8 @@ impl Probes {
         for tp in ["sched_switch", "sched_waking", "sched_wakeup_new"] {
             tracefs.require("sched", tp, "run-queue delay", "")?;
         }
-        let futex_hint = "; on such a kernel disable futex tracking (`--no-futex`, or `futex = false` in the daemon config)";
-        let (tp_futex_op, tp_exit_ret) = if opts.futex {
+        let futex_hint = "; on such a kernel use `--futex sched` or `--futex off` (daemon config: futex = \"sched\" or \"off\")";
+        let (tp_futex_op, tp_exit_ret) = if opts.futex == FutexMode::Syscall {
             tracefs.require("syscalls", "sys_enter_futex", "futex wait tracking", futex_hint)?;
             tracefs.require("syscalls", "sys_exit_futex", "futex wait tracking", futex_hint)?;
             (
@@ -225,6 +257,17 @@ impl Probes {
         if opts.slow_threshold.is_some() {
             f |= flags::SLOW_EVENTS;
         }
+        let (mut regs_syscall_nr, mut regs_arg2, mut nrs) = (0, 0, (u32::MAX, u32::MAX, u32::MAX));
+        if opts.futex == FutexMode::Sched {
+            let (Some(n), Some(a), Some(s)) = (offs.regs_syscall_nr, offs.regs_arg2, FUTEX_SYSCALLS) else {
+                return Err(ProbeError::FutexSched(format!(
+                    "it reads the syscall from struct pt_regs, implemented for x86_64 only (this is {})",
+                    std::env::consts::ARCH
+                )));
+            };
+            (regs_syscall_nr, regs_arg2, nrs) = (n, a, s);
+            f |= flags::FUTEX_SCHED;
+        }
         let config = Config {
             task_pid: offs.task_pid,
             task_tgid: offs.task_tgid,
@@ -239,6 +282,12 @@ impl Probes {
             flags: f,
             slow_max_per_sec: opts.slow_max_per_sec,
             slow_threshold_ns: opts.slow_threshold.map_or(u64::MAX, |d| d.as_nanos() as u64),
+            regs_syscall_nr,
+            regs_arg2,
+            nr_futex: nrs.0,
+            nr_futex_waitv: nrs.1,
+            nr_futex_wait: nrs.2,
+            _pad: 0,
         };
 
         // Pre-6.x kernels charge BPF memory to RLIMIT_MEMLOCK; 5.11+ uses memcg and this fails
@@ -296,7 +345,7 @@ impl Probes {
             })?;
             attached.push(Attached { program: name.into(), target: format!("tp_btf/{name}"), attached: true, note: None });
         }
-        if opts.futex {
+        if opts.futex == FutexMode::Syscall {
             // futex_waitv (5.16) and futex2 futex_wait (6.7) are optional: attach where present.
             for (prog, tp, required) in [
                 ("sys_enter_futex", "sys_enter_futex", true),

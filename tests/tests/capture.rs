@@ -108,41 +108,26 @@ fn preemption_delay_matches_schedstat() {
     );
 }
 
-#[test]
-fn futex_waits_are_counted_exactly_with_their_duration() {
-    if !privileged_or_skip("futex_waits_are_counted_exactly_with_their_duration") {
-        return;
-    }
+/// N timed-out and M woken futex waits of D ms by one thread, captured with `--futex mode`.
+fn check_futex_waits(mode: &str) {
     let (timeouts, woken, wait_ms) = (10u64, 10u64, 5u64);
     let (result, report) = capture_workload(
-        &[
-            "futex",
-            "--timeouts",
-            &timeouts.to_string(),
-            "--woken",
-            &woken.to_string(),
-            "--wait-ms",
-            &wait_ms.to_string(),
-        ],
-        &[],
+        &["futex", "--timeouts", &timeouts.to_string(), "--woken", &woken.to_string(), "--wait-ms", &wait_ms.to_string()],
+        &["--futex", mode],
     );
     let waiter = result["waiter_tid"].as_u64().unwrap();
     let eagain = result["eagain"].as_u64().unwrap();
     let row = task(&report, waiter);
     // EAGAIN calls never slept: they are not waits.
-    assert_eq!(
-        row["futex_count"].as_u64().unwrap(),
-        timeouts + woken - eagain,
-        "futex waits of tid {waiter}: {row}"
-    );
-    assert_eq!(row["futex_timeouts"].as_u64().unwrap(), timeouts);
+    let waits = timeouts + woken - eagain;
+    assert_eq!(row["futex_count"].as_u64().unwrap(), waits, "futex waits of tid {waiter}: {row}");
     let f = &report["futex"];
-    assert_eq!(
-        f["count"].as_u64().unwrap(),
-        timeouts + woken - eagain,
-        "only the waiter blocks in futex: {f}"
-    );
-    assert_eq!(f["outcomes"]["timeout"].as_u64().unwrap(), timeouts);
+    assert_eq!(f["count"].as_u64().unwrap(), waits, "only the waiter blocks in futex: {f}");
+    if mode == "syscall" {
+        // Only the syscall tracepoints see return codes.
+        assert_eq!(row["futex_timeouts"].as_u64().unwrap(), timeouts);
+        assert_eq!(f["outcomes"]["timeout"].as_u64().unwrap(), timeouts);
+    }
     // Each wait lasts the known time (plus timer slack and wake-up latency): every one lands in
     // the bucket holding `wait_ms`, or a later one when the machine is slow, never earlier.
     let d = wait_ms * 1_000_000;
@@ -150,20 +135,28 @@ fn futex_waits_are_counted_exactly_with_their_duration() {
     let mut in_bucket_of_d = 0;
     for b in f["buckets"].as_array().unwrap() {
         let (le, n) = (b["le_ns"].as_u64().unwrap(), b["count"].as_u64().unwrap());
-        assert!(
-            le >= first_ok_le,
-            "{n} futex waits ended before {wait_ms} ms (bucket le {le} ns): {f}"
-        );
+        assert!(le >= first_ok_le, "{n} futex waits ended before {wait_ms} ms (bucket le {le} ns): {f}");
         if le == first_ok_le {
             in_bucket_of_d += n;
         }
     }
     // Timed-out waits are precise (hrtimer + default 50 µs slack): they are in D's own bucket.
-    assert!(
-        in_bucket_of_d >= timeouts,
-        "only {in_bucket_of_d} of {timeouts} timed-out waits in the {wait_ms} ms bucket: {f}"
-    );
+    assert!(in_bucket_of_d >= timeouts, "only {in_bucket_of_d} of {timeouts} timed-out waits in the {wait_ms} ms bucket: {f}");
     assert!(row["futex_max_ns"].as_u64().unwrap() >= d);
+}
+
+#[test]
+fn futex_waits_counted_exactly_from_syscall_tracepoints() {
+    if privileged_or_skip("futex_waits_counted_exactly_from_syscall_tracepoints") {
+        check_futex_waits("syscall");
+    }
+}
+
+#[test]
+fn futex_waits_counted_exactly_from_sched_switch() {
+    if privileged_or_skip("futex_waits_counted_exactly_from_sched_switch") {
+        check_futex_waits("sched");
+    }
 }
 
 #[test]

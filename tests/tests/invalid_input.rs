@@ -139,7 +139,7 @@ fn kernel_lacking_a_tracepoint() {
         "--duration",
         "1s",
     ]);
-    assert_usage_error(&out, &["syscalls:sys_enter_futex", "--no-futex"]);
+    assert_usage_error(&out, &["syscalls:sys_enter_futex", "--futex sched"]);
     // And the suggested fix works on such a kernel.
     let out = run_schedlat(&[
         "--tracefs",

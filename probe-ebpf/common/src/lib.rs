@@ -19,6 +19,9 @@ pub mod kind {
     pub const RUNQ_PREEMPTED: u32 = 1;
     /// Time blocked in a futex wait.
     pub const FUTEX: u32 = 2;
+    /// RunqStart cause only: switched out blocking in a futex syscall, not yet woken
+    /// (futex tracking from sched_switch, [`super::flags::FUTEX_SCHED`]).
+    pub const FUTEX_BLOCKED: u32 = 3;
 }
 
 /// Futex commands we treat as blocking (include/uapi/linux/futex.h), plus pseudo-ops for the
@@ -104,6 +107,10 @@ pub mod flags {
     pub const READ_PREV_STATE: u32 = 1 << 3;
     /// Emit slow events to the ring buffer.
     pub const SLOW_EVENTS: u32 = 1 << 4;
+    /// Track futex waits from sched_switch/sched_waking: a task switched out blocking while
+    /// its syscall (pt_regs) is a futex wait is "blocked in futex" until it is woken. No
+    /// syscall tracepoints, so no host-wide syscall slow path; no return codes either.
+    pub const FUTEX_SCHED: u32 = 1 << 5;
 }
 
 /// Load-time configuration, one global (`CONFIG`) set by the loader with `override_global`.
@@ -138,8 +145,17 @@ pub struct Config {
     pub slow_max_per_sec: u32,
     /// Delays at or above this are sent to userspace as slow events.
     pub slow_threshold_ns: u64,
+    /// FUTEX_SCHED: pt_regs field holding the syscall number (x86_64 orig_ax).
+    pub regs_syscall_nr: u32,
+    /// FUTEX_SCHED: pt_regs field holding the second syscall argument (x86_64 si): futex op.
+    pub regs_arg2: u32,
+    /// FUTEX_SCHED: syscall numbers of futex, futex_waitv and futex_wait on this arch.
+    pub nr_futex: u32,
+    pub nr_futex_waitv: u32,
+    pub nr_futex_wait: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 56);
+const _: () = assert!(core::mem::size_of::<Config>() == 80);
 
 /// Key of the HISTS map.
 #[repr(C)]
@@ -174,12 +190,16 @@ impl Hist {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RunqStart {
+    /// When it became runnable (or, for kind::FUTEX_BLOCKED, when it blocked).
     pub ts_ns: u64,
-    /// kind::RUNQ_WOKEN or kind::RUNQ_PREEMPTED
+    /// kind::RUNQ_WOKEN, kind::RUNQ_PREEMPTED or kind::FUTEX_BLOCKED
     pub cause: u32,
-    pub _pad: u32,
+    /// FUTEX_SCHED: the futex op of the wait that just ended; valid when `futex_ns` is set.
+    pub futex_op: u32,
+    /// FUTEX_SCHED: how long it was blocked in futex before this wakeup, plus one (0 = none).
+    pub futex_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<RunqStart>() == 16);
+const _: () = assert!(core::mem::size_of::<RunqStart>() == 24);
 
 /// Value of FUTEX_START: when a task entered a blocking futex op.
 #[repr(C)]
