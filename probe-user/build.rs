@@ -15,7 +15,13 @@ fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest.parent().unwrap().to_path_buf();
     let ebpf_dir = root.join("probe-ebpf");
-    for p in ["src", "common/src", "Cargo.toml", "common/Cargo.toml", "build.rs"] {
+    for p in [
+        "src",
+        "common/src",
+        "Cargo.toml",
+        "common/Cargo.toml",
+        "build.rs",
+    ] {
         println!("cargo:rerun-if-changed={}", ebpf_dir.join(p).display());
     }
     println!("cargo:rerun-if-env-changed=SCHEDLAT_EBPF_RUSTC");
@@ -28,7 +34,10 @@ fn main() {
         .into_iter()
         .filter(|p| !Path::new(p).exists())
         .collect();
-    let linker_ok = Command::new("bpf-linker").arg("--version").output().is_ok_and(|o| o.status.success());
+    let linker_ok = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !missing.is_empty() || !linker_ok {
         panic!(
             "\n\nschedlat: the eBPF toolchain is not installed (missing: {}{}).\n\
@@ -47,7 +56,12 @@ fn main() {
         .arg(&target_dir);
     // Start from a clean slate: the outer cargo's settings are for the host build.
     for (k, _) in env::vars() {
-        if k.starts_with("CARGO_") && k != "CARGO_HOME" || k.starts_with("RUSTC") || k == "RUSTFLAGS" || k == "RUSTDOCFLAGS" || k == "RUSTUP_TOOLCHAIN" {
+        if k.starts_with("CARGO_") && k != "CARGO_HOME"
+            || k.starts_with("RUSTC")
+            || k == "RUSTFLAGS"
+            || k == "RUSTDOCFLAGS"
+            || k == "RUSTUP_TOOLCHAIN"
+        {
             cmd.env_remove(&k);
         }
     }
@@ -56,12 +70,20 @@ fn main() {
         .env("RUSTC_BOOTSTRAP", "aya_ebpf,schedlat_probes")
         .env(
             "CARGO_ENCODED_RUSTFLAGS",
-            ["--cfg=bpf_target_arch=\"x86_64\"", "-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f"),
+            [
+                "--cfg=bpf_target_arch=\"x86_64\"",
+                "-Cdebuginfo=2",
+                "-Clink-arg=--btf",
+            ]
+            .join("\x1f"),
         );
-    let status = cmd.status().unwrap_or_else(|e| panic!("running {cargo}: {e}"));
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("running {cargo}: {e}"));
     if !status.success() {
         panic!("building the eBPF programs (probe-ebpf) failed: see the errors above");
     }
     let obj = target_dir.join("bpfel-unknown-none/release/schedlat-probes");
-    std::fs::copy(&obj, &out).unwrap_or_else(|e| panic!("copy {} -> {}: {e}", obj.display(), out.display()));
+    std::fs::copy(&obj, &out)
+        .unwrap_or_else(|e| panic!("copy {} -> {}: {e}", obj.display(), out.display()));
 }

@@ -17,8 +17,7 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_task_pt_regs,
+        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_task_pt_regs,
     },
     macros::{btf_tracepoint, map, tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
@@ -26,8 +25,7 @@ use aya_ebpf::{
 };
 use schedlat_common::{
     COMM_LEN, Config, CpuStat, FutexStart, Hist, HistKey, RateWindow, RunqStart, SlowEvent,
-    TaskStat, WakeCount, WakePair, bucket_index, drop_reason, flags, futex_op, futex_outcome,
-    kind,
+    TaskStat, WakeCount, WakePair, bucket_index, drop_reason, flags, futex_op, futex_outcome, kind,
 };
 
 /// Set by the loader before load (read-only data: the verifier sees the values as constants).
@@ -82,8 +80,7 @@ static CPU_STATS: PerCpuArray<CpuStat> = PerCpuArray::with_max_entries(1, 0);
 static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop_reason::COUNT as u32, 0);
 /// Futex waits by how they ended, by futex_outcome.
 #[map]
-static FUTEX_OUT: PerCpuArray<u64> =
-    PerCpuArray::with_max_entries(futex_outcome::COUNT as u32, 0);
+static FUTEX_OUT: PerCpuArray<u64> = PerCpuArray::with_max_entries(futex_outcome::COUNT as u32, 0);
 /// Slow-event rate limiter, one window per CPU.
 #[map]
 static SLOW_RATE: PerCpuArray<RateWindow> = PerCpuArray::with_max_entries(1, 0);
@@ -201,7 +198,12 @@ fn hist_add(key: &HistKey, ns: u64) {
 /// Stamp `tid` as runnable from now (or, for FUTEX_BLOCKED, blocked from now).
 #[inline(always)]
 fn stamp(tid: u32, cause: u32, op: u32, now: u64) {
-    let v = RunqStart { ts_ns: now, cause, futex_op: op, futex_ns: 0 };
+    let v = RunqStart {
+        ts_ns: now,
+        cause,
+        futex_op: op,
+        futex_ns: 0,
+    };
     if RUNQ_START.insert(&tid, &v, 0).is_err() {
         count_drop(drop_reason::RUNQ_START_FULL);
     }
@@ -216,7 +218,11 @@ fn stamp_woken(tid: u32, f: u32, now: u64) {
     {
         unsafe {
             // Any other existing stamp is stale (woken while still on CPU, then it slept).
-            (*s).futex_ns = if (*s).cause == kind::FUTEX_BLOCKED { now.saturating_sub((*s).ts_ns) + 1 } else { 0 };
+            (*s).futex_ns = if (*s).cause == kind::FUTEX_BLOCKED {
+                now.saturating_sub((*s).ts_ns) + 1
+            } else {
+                0
+            };
             (*s).ts_ns = now;
             (*s).cause = kind::RUNQ_WOKEN;
         }
@@ -239,7 +245,11 @@ fn futex_block_op(task: *const u8) -> Option<u32> {
     if nr == c.nr_futex as u64 {
         let op = unsafe { read_field::<u64>(regs, c.regs_arg2) }.ok()?;
         let cmd = op as u32 & !futex_op::FLAG_MASK;
-        return if futex_op::is_blocking(cmd) { Some(cmd) } else { None };
+        return if futex_op::is_blocking(cmd) {
+            Some(cmd)
+        } else {
+            None
+        };
     }
     if nr == c.nr_futex_waitv as u64 {
         return Some(futex_op::WAITV);
@@ -275,7 +285,10 @@ fn on_wake(p: *const u8, count_waker: bool) -> Result<(), i32> {
     }
     if f & flags::TRACK_TASKS != 0 {
         let waker_tid = bpf_get_current_pid_tgid() as u32;
-        let key = WakePair { waker_tid, wakee_tid: tid };
+        let key = WakePair {
+            waker_tid,
+            wakee_tid: tid,
+        };
         match WAKE_PAIRS.get_ptr_mut(&key) {
             Some(c) => atomic_add(unsafe { &mut (*c).count }, 1),
             None => {
@@ -344,7 +357,8 @@ fn on_switch(preempt: bool, prev: *const u8, next: *const u8, prev_state: u64) -
     let Some(start) = (unsafe { RUNQ_START.get(&tid) }) else {
         return Ok(());
     };
-    let (ts, cause, futex_op, mut futex_ns) = (start.ts_ns, start.cause, start.futex_op, start.futex_ns);
+    let (ts, cause, futex_op, mut futex_ns) =
+        (start.ts_ns, start.cause, start.futex_op, start.futex_ns);
     let _ = RUNQ_START.remove(&tid);
     if now < ts {
         return Ok(());
@@ -354,12 +368,30 @@ fn on_switch(preempt: bool, prev: *const u8, next: *const u8, prev_state: u64) -
         // Its waking ran before its own switch-out was traced: it was woken as it blocked.
         futex_ns = 1;
     }
-    let cause = if cause == kind::RUNQ_PREEMPTED { kind::RUNQ_PREEMPTED } else { kind::RUNQ_WOKEN };
+    let cause = if cause == kind::RUNQ_PREEMPTED {
+        kind::RUNQ_PREEMPTED
+    } else {
+        kind::RUNQ_WOKEN
+    };
     let cgroup_id = task_cgroup_id(next)?;
-    hist_add(&HistKey { cgroup_id, kind: cause, op: 0 }, delay);
+    hist_add(
+        &HistKey {
+            cgroup_id,
+            kind: cause,
+            op: 0,
+        },
+        delay,
+    );
     if futex_ns != 0 {
         let wait = futex_ns - 1;
-        hist_add(&HistKey { cgroup_id, kind: kind::FUTEX, op: futex_op }, wait);
+        hist_add(
+            &HistKey {
+                cgroup_id,
+                kind: kind::FUTEX,
+                op: futex_op,
+            },
+            wait,
+        );
         if f & flags::TRACK_TASKS != 0 {
             let tgid = task_tgid(next)?;
             task_futex(tid, tgid, cgroup_id, task_comm(next), wait, false);
@@ -384,7 +416,9 @@ fn on_switch(preempt: bool, prev: *const u8, next: *const u8, prev_state: u64) -
         task_runq(tid, tgid, cgroup_id, next, cause, delay);
     }
     if f & flags::SLOW_EVENTS != 0 && delay >= cfg().slow_threshold_ns {
-        slow_event(now, delay, cgroup_id, tid, tgid, cause, next, prev, prev_tid);
+        slow_event(
+            now, delay, cgroup_id, tid, tgid, cause, next, prev, prev_tid,
+        );
     }
     Ok(())
 }
@@ -394,7 +428,12 @@ fn task_runq(tid: u32, tgid: u32, cgroup_id: u64, task: *const u8, cause: u32, d
     let s = match TASK_STATS.get_ptr_mut(&tid) {
         Some(s) => s,
         None => {
-            let v = TaskStat { tgid, cgroup_id, comm: task_comm(task), ..Default::default() };
+            let v = TaskStat {
+                tgid,
+                cgroup_id,
+                comm: task_comm(task),
+                ..Default::default()
+            };
             if TASK_STATS.insert(&tid, &v, BPF_NOEXIST as u64).is_err() {
                 // Not a race: a tid's switch-ins are serialised. The map is full.
                 count_drop(drop_reason::TASK_FULL);
@@ -422,7 +461,10 @@ fn task_runq(tid: u32, tgid: u32, cgroup_id: u64, task: *const u8, cause: u32, d
 }
 
 #[inline(always)]
-#[expect(clippy::too_many_arguments, reason = "one call site; a struct would cost stack")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; a struct would cost stack"
+)]
 fn slow_event(
     now: u64,
     delay: u64,
@@ -498,7 +540,11 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     let preempt: u64 = ctx.arg(0);
     let prev: *const u8 = ctx.arg(1);
     let next: *const u8 = ctx.arg(2);
-    let prev_state: u64 = if cfg_flags() & flags::READ_PREV_STATE != 0 { 0 } else { ctx.arg(3) };
+    let prev_state: u64 = if cfg_flags() & flags::READ_PREV_STATE != 0 {
+        0
+    } else {
+        ctx.arg(3)
+    };
     if on_switch(preempt & 0xff != 0, prev, next, prev_state & 0xffff_ffff).is_err() {
         count_drop(drop_reason::READ_FAILED);
     }
@@ -518,7 +564,11 @@ fn futex_enter(op: u32) {
             return;
         }
     }
-    let v = FutexStart { ts_ns: unsafe { bpf_ktime_get_ns() }, op, _pad: 0 };
+    let v = FutexStart {
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        op,
+        _pad: 0,
+    };
     if FUTEX_START.insert(&tid, &v, 0).is_err() {
         count_drop(drop_reason::FUTEX_START_FULL);
     }
@@ -570,10 +620,10 @@ fn futex_exit(ctx: &TracePointContext) {
     // errno values: include/uapi/asm-generic/errno{,-base}.h, include/linux/errno.h.
     let outcome = match -ret {
         0 => futex_outcome::WOKEN,
-        110 => futex_outcome::TIMEOUT,                           // ETIMEDOUT
+        110 => futex_outcome::TIMEOUT, // ETIMEDOUT
         4 | 512 | 513 | 514 | 516 => futex_outcome::INTERRUPTED, // EINTR, ERESTART*
-        11 => futex_outcome::VALUE_CHANGED,                       // EAGAIN
-        _ if ret >= 0 => futex_outcome::WOKEN,                    // futex_waitv: index woken
+        11 => futex_outcome::VALUE_CHANGED, // EAGAIN
+        _ if ret >= 0 => futex_outcome::WOKEN, // futex_waitv: index woken
         _ => futex_outcome::OTHER_ERROR,
     };
     if let Some(c) = FUTEX_OUT.get_ptr_mut(outcome) {
@@ -585,20 +635,46 @@ fn futex_exit(ctx: &TracePointContext) {
     }
     let delay = now - ts;
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    hist_add(&HistKey { cgroup_id, kind: kind::FUTEX, op }, delay);
+    hist_add(
+        &HistKey {
+            cgroup_id,
+            kind: kind::FUTEX,
+            op,
+        },
+        delay,
+    );
     if cfg_flags() & flags::TRACK_TASKS != 0 {
         let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
-        task_futex(tid, (pid_tgid >> 32) as u32, cgroup_id, comm, delay, outcome == futex_outcome::TIMEOUT);
+        task_futex(
+            tid,
+            (pid_tgid >> 32) as u32,
+            cgroup_id,
+            comm,
+            delay,
+            outcome == futex_outcome::TIMEOUT,
+        );
     }
 }
 
 /// Add one futex wait to a task's totals (captures).
 #[inline(always)]
-fn task_futex(tid: u32, tgid: u32, cgroup_id: u64, comm: [u8; COMM_LEN], delay: u64, timeout: bool) {
+fn task_futex(
+    tid: u32,
+    tgid: u32,
+    cgroup_id: u64,
+    comm: [u8; COMM_LEN],
+    delay: u64,
+    timeout: bool,
+) {
     let s = match TASK_STATS.get_ptr_mut(&tid) {
         Some(s) => s,
         None => {
-            let v = TaskStat { tgid, cgroup_id, comm, ..Default::default() };
+            let v = TaskStat {
+                tgid,
+                cgroup_id,
+                comm,
+                ..Default::default()
+            };
             if TASK_STATS.insert(&tid, &v, BPF_NOEXIST as u64).is_err() {
                 count_drop(drop_reason::TASK_FULL);
                 return;
@@ -642,4 +718,3 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 4] = *b"GPL\0";
-

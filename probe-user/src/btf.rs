@@ -16,7 +16,11 @@ pub enum BtfError {
     #[error("kernel BTF has no struct {0}")]
     NoStruct(String),
     #[error("kernel BTF: struct {strukt} has no field {field} (tried {tried})")]
-    NoField { strukt: String, field: String, tried: String },
+    NoField {
+        strukt: String,
+        field: String,
+        tried: String,
+    },
     #[error("kernel BTF: {0}")]
     Other(String),
 }
@@ -41,8 +45,10 @@ pub struct KernelOffsets {
 }
 
 pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
-    let btf = Btf::from_file(path)
-        .map_err(|source| BtfError::Read { path: path.display().to_string(), source })?;
+    let btf = Btf::from_file(path).map_err(|source| BtfError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
     let off = |s: &str, fields: &[&str]| field_offset(&btf, s, fields);
     Ok(KernelOffsets {
         task_pid: off("task_struct", &["pid"])?,
@@ -57,15 +63,25 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
         switch_has_prev_state: tracepoint_arg_count(&btf, "btf_trace_sched_switch")? >= 5,
         // x86_64 struct pt_regs (arch/x86/include/asm/ptrace.h): the syscall number is saved in
         // orig_ax, arguments in di, si, dx, r10, r8, r9.
-        regs_syscall_nr: if cfg!(target_arch = "x86_64") { off("pt_regs", &["orig_ax"]).ok() } else { None },
-        regs_arg2: if cfg!(target_arch = "x86_64") { off("pt_regs", &["si"]).ok() } else { None },
+        regs_syscall_nr: if cfg!(target_arch = "x86_64") {
+            off("pt_regs", &["orig_ax"]).ok()
+        } else {
+            None
+        },
+        regs_arg2: if cfg!(target_arch = "x86_64") {
+            off("pt_regs", &["si"]).ok()
+        } else {
+            None
+        },
     })
 }
 
 /// Byte offset of the first of `fields` that `strukt` has, looking through anonymous
 /// struct/union members.
 fn field_offset(btf: &Btf, strukt: &str, fields: &[&str]) -> Result<u32, BtfError> {
-    let types = btf.resolve_types_by_name(strukt).map_err(|_| BtfError::NoStruct(strukt.into()))?;
+    let types = btf
+        .resolve_types_by_name(strukt)
+        .map_err(|_| BtfError::NoStruct(strukt.into()))?;
     // Several types can share a name (forward declarations); take the one with members.
     let s = types
         .iter()
@@ -82,7 +98,11 @@ fn field_offset(btf: &Btf, strukt: &str, fields: &[&str]) -> Result<u32, BtfErro
             return Ok(bits / 8);
         }
     }
-    Err(BtfError::NoField { strukt: strukt.into(), field: fields[0].into(), tried: fields.join(", ") })
+    Err(BtfError::NoField {
+        strukt: strukt.into(),
+        field: fields[0].into(),
+        tried: fields.join(", "),
+    })
 }
 
 fn find_member(
@@ -101,19 +121,24 @@ fn find_member(
             return Ok(Some(base_bits + m.bit_offset()));
         }
         if mname.is_empty() {
-            let mut t = btf.resolve_chained_type(m).map_err(|e| BtfError::Other(e.to_string()))?;
+            let mut t = btf
+                .resolve_chained_type(m)
+                .map_err(|e| BtfError::Other(e.to_string()))?;
             // Skip qualifiers to reach the anonymous struct/union.
             for _ in 0..8 {
                 match &t {
                     Type::Const(_) | Type::Volatile(_) | Type::Typedef(_) => {
                         let bt = t.as_btf_type().expect("qualifier has a btf type");
-                        t = btf.resolve_chained_type(bt).map_err(|e| BtfError::Other(e.to_string()))?;
+                        t = btf
+                            .resolve_chained_type(bt)
+                            .map_err(|e| BtfError::Other(e.to_string()))?;
                     }
                     _ => break,
                 }
             }
             if let Type::Struct(inner) | Type::Union(inner) = &t
-                && let Some(b) = find_member(btf, inner, name, base_bits + m.bit_offset(), depth + 1)?
+                && let Some(b) =
+                    find_member(btf, inner, name, base_bits + m.bit_offset(), depth + 1)?
             {
                 return Ok(Some(b));
             }
@@ -128,13 +153,20 @@ fn tracepoint_arg_count(btf: &Btf, typedef: &str) -> Result<usize, BtfError> {
     let types = btf
         .resolve_types_by_name(typedef)
         .map_err(|_| BtfError::Other(format!("no {typedef}: the kernel lacks BTF tracepoints")))?;
-    let mut t = types.into_iter().next().ok_or_else(|| BtfError::Other(format!("no {typedef}")))?;
+    let mut t = types
+        .into_iter()
+        .next()
+        .ok_or_else(|| BtfError::Other(format!("no {typedef}")))?;
     for _ in 0..8 {
         match &t {
             Type::FuncProto(fp) => return Ok(fp.parameters.len()),
             other => {
-                let bt = other.as_btf_type().ok_or_else(|| BtfError::Other(format!("{typedef}: unexpected type")))?;
-                t = btf.resolve_chained_type(bt).map_err(|e| BtfError::Other(e.to_string()))?;
+                let bt = other
+                    .as_btf_type()
+                    .ok_or_else(|| BtfError::Other(format!("{typedef}: unexpected type")))?;
+                t = btf
+                    .resolve_chained_type(bt)
+                    .map_err(|e| BtfError::Other(e.to_string()))?;
             }
         }
     }
@@ -162,7 +194,12 @@ mod tests {
 
     #[test]
     fn missing_btf_file_names_the_path_and_fix() {
-        let e = kernel_offsets(Path::new("/nonexistent/vmlinux")).unwrap_err().to_string();
-        assert!(e.contains("/nonexistent/vmlinux") && e.contains("CONFIG_DEBUG_INFO_BTF"), "{e}");
+        let e = kernel_offsets(Path::new("/nonexistent/vmlinux"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/nonexistent/vmlinux") && e.contains("CONFIG_DEBUG_INFO_BTF"),
+            "{e}"
+        );
     }
 }

@@ -21,9 +21,17 @@ fn resolve_pid(pid: u32) -> Result<u32, UsageError> {
         .lines()
         .find_map(|l| l.strip_prefix("Tgid:"))
         .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| UsageError(format!("cannot read the Tgid of pid {pid} from /proc/{pid}/status")))?;
+        .ok_or_else(|| {
+            UsageError(format!(
+                "cannot read the Tgid of pid {pid} from /proc/{pid}/status"
+            ))
+        })?;
     if tgid != pid {
-        warn!(tid = pid, pid = tgid, "--pid {pid} is a thread; capturing its whole process {tgid}");
+        warn!(
+            tid = pid,
+            pid = tgid,
+            "--pid {pid} is a thread; capturing its whole process {tgid}"
+        );
     }
     Ok(tgid)
 }
@@ -38,7 +46,9 @@ pub fn run(cli: &Cli, a: &CaptureArgs) -> anyhow::Result<()> {
     }
     let mut names = CgroupNames::new(v2_mount().map_err(|e| UsageError(e.to_string()))?);
     let filter_cgroups = match &a.cgroup {
-        Some(path) => names.subtree_ids(path).map_err(|e| UsageError(e.to_string()))?,
+        Some(path) => names
+            .subtree_ids(path)
+            .map_err(|e| UsageError(e.to_string()))?,
         None => Vec::new(),
     };
     let opts = ProbeOptions {
@@ -53,7 +63,11 @@ pub fn run(cli: &Cli, a: &CaptureArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let mut probes = Probes::load(&opts).context("starting the capture")?;
-    let scope = if pids.is_empty() && a.cgroup.is_none() { "host-wide".to_string() } else { "filtered".to_string() };
+    let scope = if pids.is_empty() && a.cgroup.is_none() {
+        "host-wide".to_string()
+    } else {
+        "filtered".to_string()
+    };
     // Tests and scripts wait for this line: the programs are attached from here on.
     eprintln!(
         "schedlat: capturing {scope} for {} (Ctrl-C to stop early)",
@@ -63,7 +77,9 @@ pub fn run(cli: &Cli, a: &CaptureArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut slow = Vec::new();
     let mut slow_dropped = 0;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
         let deadline = tokio::time::sleep(a.duration);
@@ -88,7 +104,10 @@ pub fn run(cli: &Cli, a: &CaptureArgs) -> anyhow::Result<()> {
         &snap,
         ReportInput {
             duration_s: elapsed.as_secs_f64(),
-            filter: Filter { pids, cgroup: a.cgroup.clone() },
+            filter: Filter {
+                pids,
+                cgroup: a.cgroup.clone(),
+            },
             slow_events: &slow,
             slow_threshold_ns: a.threshold.as_nanos() as u64,
             slow_dropped_user: slow_dropped,

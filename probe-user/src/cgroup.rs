@@ -16,7 +16,11 @@ pub enum CgroupError {
     #[error("no cgroup v2 hierarchy is mounted (no cgroup2 entry in /proc/self/mountinfo)")]
     NoV2Mount,
     #[error("cgroup {path:?} not found under the cgroup v2 mount {mount}: {source}")]
-    NotFound { path: String, mount: String, source: std::io::Error },
+    NotFound {
+        path: String,
+        mount: String,
+        source: std::io::Error,
+    },
 }
 
 /// The cgroup2 mount point from a mountinfo text (fields per proc(5): the 5th is the mount
@@ -49,7 +53,12 @@ pub struct CgroupNames {
 
 impl CgroupNames {
     pub fn new(mount: PathBuf) -> Self {
-        Self { mount, names: HashMap::new(), last_scan: None, min_rescan: Duration::from_secs(5) }
+        Self {
+            mount,
+            names: HashMap::new(),
+            last_scan: None,
+            min_rescan: Duration::from_secs(5),
+        }
     }
 
     pub fn mount(&self) -> &Path {
@@ -58,7 +67,11 @@ impl CgroupNames {
 
     /// The path of cgroup `id`, or None if it is not (or no longer) under the mount.
     pub fn name(&mut self, id: u64) -> Option<&str> {
-        if !self.names.contains_key(&id) && self.last_scan.is_none_or(|t| t.elapsed() >= self.min_rescan) {
+        if !self.names.contains_key(&id)
+            && self
+                .last_scan
+                .is_none_or(|t| t.elapsed() >= self.min_rescan)
+        {
             self.rescan();
         }
         self.names.get(&id).map(String::as_str)
@@ -67,7 +80,8 @@ impl CgroupNames {
     /// Label for `id`: its path, or `unknown` when it cannot be resolved (a cgroup created and
     /// removed between two scans).
     pub fn label(&mut self, id: u64) -> String {
-        self.name(id).map_or_else(|| "unknown".to_string(), str::to_string)
+        self.name(id)
+            .map_or_else(|| "unknown".to_string(), str::to_string)
     }
 
     pub fn rescan(&mut self) {
@@ -76,10 +90,17 @@ impl CgroupNames {
         // Bounded: at most 1M directories (hosts have thousands).
         let mut budget = 1_000_000usize;
         while let Some(dir) = stack.pop() {
-            let Ok(md) = std::fs::metadata(&dir) else { continue };
-            let rel = dir.strip_prefix(&self.mount).map(|p| format!("/{}", p.display())).unwrap_or_default();
+            let Ok(md) = std::fs::metadata(&dir) else {
+                continue;
+            };
+            let rel = dir
+                .strip_prefix(&self.mount)
+                .map(|p| format!("/{}", p.display()))
+                .unwrap_or_default();
             self.names.insert(md.ino(), rel);
-            let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             for e in rd.flatten() {
                 if budget == 0 {
                     return;
@@ -95,7 +116,11 @@ impl CgroupNames {
     /// Ids of `path` (relative to the mount, or absolute under it) and every cgroup below it.
     pub fn subtree_ids(&self, path: &str) -> Result<Vec<u64>, CgroupError> {
         let p = Path::new(path);
-        let full = if p.starts_with(&self.mount) { p.to_path_buf() } else { self.mount.join(path.trim_start_matches('/')) };
+        let full = if p.starts_with(&self.mount) {
+            p.to_path_buf()
+        } else {
+            self.mount.join(path.trim_start_matches('/'))
+        };
         let md = std::fs::metadata(&full).map_err(|source| CgroupError::NotFound {
             path: path.to_string(),
             mount: self.mount.display().to_string(),
@@ -104,7 +129,9 @@ impl CgroupNames {
         let mut ids = vec![md.ino()];
         let mut stack = vec![full];
         while let Some(dir) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             for e in rd.flatten() {
                 if e.file_type().is_ok_and(|t| t.is_dir()) {
                     if let Ok(m) = e.metadata() {
@@ -127,10 +154,19 @@ mod tests {
         let hybrid = "35 25 0:30 / /sys/fs/cgroup rw,nosuid - tmpfs tmpfs ro,mode=755\n\
                       36 35 0:31 / /sys/fs/cgroup/unified rw,nosuid,nodev - cgroup2 cgroup2 rw\n\
                       37 35 0:32 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
-        assert_eq!(v2_mount_from_mountinfo(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(
+            v2_mount_from_mountinfo(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
         let v2 = "30 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
-        assert_eq!(v2_mount_from_mountinfo(v2), Some(PathBuf::from("/sys/fs/cgroup")));
-        assert_eq!(v2_mount_from_mountinfo("1 2 0:1 / / rw - ext4 /dev/vda rw\n"), None);
+        assert_eq!(
+            v2_mount_from_mountinfo(v2),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+        assert_eq!(
+            v2_mount_from_mountinfo("1 2 0:1 / / rw - ext4 /dev/vda rw\n"),
+            None
+        );
     }
 
     #[test]

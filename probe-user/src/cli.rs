@@ -6,7 +6,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::{UsageError, probes::FutexMode};
 
 #[derive(Debug, Parser)]
-#[command(name = "schedlat", version, about = "Scheduler latency from eBPF: run-queue delay, futex blocking and wakeups")]
+#[command(
+    name = "schedlat",
+    version,
+    about = "Scheduler latency from eBPF: run-queue delay, futex blocking and wakeups"
+)]
 pub struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. info, debug, schedlat=debug.
     #[arg(long, global = true, default_value = "info", env = "SCHEDLAT_LOG")]
@@ -85,11 +89,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let d = if let Ok(secs) = t.parse::<f64>() {
         if !secs.is_finite() || secs < 0.0 {
-            return Err(format!("invalid duration {s:?}: must be a non-negative number of seconds"));
+            return Err(format!(
+                "invalid duration {s:?}: must be a non-negative number of seconds"
+            ));
         }
         Duration::from_secs_f64(secs)
     } else {
-        humantime::parse_duration(t).map_err(|e| format!("invalid duration {s:?} ({e}); use e.g. 10s, 500ms, 2m"))?
+        humantime::parse_duration(t)
+            .map_err(|e| format!("invalid duration {s:?} ({e}); use e.g. 10s, 500ms, 2m"))?
     };
     if d.is_zero() {
         return Err(format!("invalid duration {s:?}: must be greater than zero"));
@@ -110,7 +117,11 @@ fn init_logging(filter: &str) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .map_err(|e| UsageError(format!("invalid --log filter {filter:?}: {e}")))?;
     // init() also routes the `log` records aya emits into tracing (tracing-log feature).
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
     Ok(())
 }
 
@@ -132,7 +143,10 @@ mod tests {
     #[test]
     fn cli_parses() {
         Cli::command_for_test();
-        let c = Cli::try_parse_from(["schedlat", "capture", "--pid", "1", "--pid", "2", "--format", "json"]).unwrap();
+        let c = Cli::try_parse_from([
+            "schedlat", "capture", "--pid", "1", "--pid", "2", "--format", "json",
+        ])
+        .unwrap();
         match c.command {
             Command::Capture(a) => {
                 assert_eq!(a.pids, vec![1, 2]);

@@ -39,17 +39,27 @@ impl Default for DaemonConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("invalid config {path}: {message}")]
     Parse { path: String, message: String },
     #[error("invalid config {path}: {key} = {value}: {fix}")]
-    Value { path: String, key: &'static str, value: String, fix: &'static str },
+    Value {
+        path: String,
+        key: &'static str,
+        value: String,
+        fix: &'static str,
+    },
 }
 
 impl DaemonConfig {
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -72,12 +82,25 @@ impl DaemonConfig {
     }
 
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {
-        let err = |key, value: String, fix| ConfigError::Value { path: origin.to_string(), key, value, fix };
+        let err = |key, value: String, fix| ConfigError::Value {
+            path: origin.to_string(),
+            key,
+            value,
+            fix,
+        };
         if !matches!(self.buckets_per_octave, 1 | 2 | 4 | 8) {
-            return Err(err("buckets_per_octave", self.buckets_per_octave.to_string(), "use 1, 2, 4 or 8"));
+            return Err(err(
+                "buckets_per_octave",
+                self.buckets_per_octave.to_string(),
+                "use 1, 2, 4 or 8",
+            ));
         }
         if self.max_cgroups == 0 || self.max_cgroups > 100_000 {
-            return Err(err("max_cgroups", self.max_cgroups.to_string(), "use 1..=100000"));
+            return Err(err(
+                "max_cgroups",
+                self.max_cgroups.to_string(),
+                "use 1..=100000",
+            ));
         }
         let m = &self.maps;
         for (key, v) in [
@@ -88,7 +111,11 @@ impl DaemonConfig {
             ("maps.wake_pairs", m.wake_pairs),
         ] {
             if !(16..=4_194_304).contains(&v) {
-                return Err(err(key, v.to_string(), "map sizes must be 16..=4194304 entries"));
+                return Err(err(
+                    key,
+                    v.to_string(),
+                    "map sizes must be 16..=4194304 entries",
+                ));
             }
         }
         Ok(())
@@ -101,7 +128,10 @@ mod tests {
 
     #[test]
     fn defaults_and_full_file() {
-        assert_eq!(DaemonConfig::parse("", "t").unwrap(), DaemonConfig::default());
+        assert_eq!(
+            DaemonConfig::parse("", "t").unwrap(),
+            DaemonConfig::default()
+        );
         let c = DaemonConfig::parse(
             "listen = \"0.0.0.0:9999\"\nfutex = \"off\"\nmax_cgroups = 10\nbuckets_per_octave = 4\n\
              [maps]\nrunq_start = 1024\n",
@@ -110,30 +140,58 @@ mod tests {
         .unwrap();
         assert_eq!(c.listen.port(), 9999);
         assert_eq!(c.futex, FutexMode::Off);
-        assert_eq!(DaemonConfig::parse("futex = \"syscall\"", "t").unwrap().futex, FutexMode::Syscall);
+        assert_eq!(
+            DaemonConfig::parse("futex = \"syscall\"", "t")
+                .unwrap()
+                .futex,
+            FutexMode::Syscall
+        );
         assert_eq!(c.maps.runq_start, 1024);
         assert_eq!(c.maps.hists, MapSizes::default().hists);
     }
 
     #[test]
     fn unknown_key_is_named() {
-        let e = DaemonConfig::parse("listne = \"x\"", "/etc/schedlat.toml").unwrap_err().to_string();
-        assert!(e.contains("listne") && e.contains("/etc/schedlat.toml"), "{e}");
-        let e = DaemonConfig::parse("[maps]\nrunq = 5", "t").unwrap_err().to_string();
+        let e = DaemonConfig::parse("listne = \"x\"", "/etc/schedlat.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("listne") && e.contains("/etc/schedlat.toml"),
+            "{e}"
+        );
+        let e = DaemonConfig::parse("[maps]\nrunq = 5", "t")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("runq"), "{e}");
     }
 
     #[test]
     fn bad_values_name_key_and_fix() {
-        let e = DaemonConfig::parse("buckets_per_octave = 3", "t").unwrap_err().to_string();
-        assert!(e.contains("buckets_per_octave") && e.contains("1, 2, 4 or 8"), "{e}");
-        let e = DaemonConfig::parse("[maps]\nhists = 1", "t").unwrap_err().to_string();
+        let e = DaemonConfig::parse("buckets_per_octave = 3", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("buckets_per_octave") && e.contains("1, 2, 4 or 8"),
+            "{e}"
+        );
+        let e = DaemonConfig::parse("[maps]\nhists = 1", "t")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("maps.hists"), "{e}");
-        let e = DaemonConfig::parse("listen = \"nope\"", "t").unwrap_err().to_string();
+        let e = DaemonConfig::parse("listen = \"nope\"", "t")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("listen") || e.contains("socket address"), "{e}");
-        let e = DaemonConfig::parse("\nfutex = true", "t").unwrap_err().to_string();
+        let e = DaemonConfig::parse("\nfutex = true", "t")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 2: `futex = true`"), "{e}");
-        let e = DaemonConfig::parse("futex = \"fast\"", "t").unwrap_err().to_string();
-        assert!(e.contains("fast") && e.contains("sched") && e.contains("syscall"), "{e}");
+        let e = DaemonConfig::parse("futex = \"fast\"", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("fast") && e.contains("sched") && e.contains("syscall"),
+            "{e}"
+        );
     }
 }

@@ -5,7 +5,13 @@ use std::{
 };
 
 use anyhow::Context as _;
-use axum::{Router, extract::State, http::{StatusCode, header}, response::IntoResponse, routing::get};
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info};
 
@@ -52,7 +58,13 @@ impl AppState {
         futex_outcomes: bool,
         names: Box<dyn FnMut(u64) -> String + Send>,
     ) -> Shared {
-        Arc::new(Mutex::new(Self { source, cap: LabelCap::new(max_cgroups), names, per_octave, futex_outcomes }))
+        Arc::new(Mutex::new(Self {
+            source,
+            cap: LabelCap::new(max_cgroups),
+            names,
+            per_octave,
+            futex_outcomes,
+        }))
     }
 
     fn render(&mut self) -> anyhow::Result<String> {
@@ -70,19 +82,36 @@ impl AppState {
 
 /// The HTTP app: GET /metrics and /healthz.
 pub fn router(state: Shared) -> Router {
-    Router::new().route("/metrics", get(metrics_handler)).route("/healthz", get(|| async { "ok\n" })).with_state(state)
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(state)
 }
 
 async fn metrics_handler(State(state): State<Shared>) -> impl IntoResponse {
     // Map reads are a few syscalls per entry: fine inline, but keep them off the async workers.
-    let res = tokio::task::spawn_blocking(move || state.lock().map_err(|_| anyhow::anyhow!("state poisoned"))?.render()).await;
+    let res = tokio::task::spawn_blocking(move || {
+        state
+            .lock()
+            .map_err(|_| anyhow::anyhow!("state poisoned"))?
+            .render()
+    })
+    .await;
     match res {
         Ok(Ok(body)) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response(),
         Ok(Err(e)) => {
             error!(error = %e, "scrape failed");
-            (StatusCode::INTERNAL_SERVER_ERROR, format!("scrape failed: {e:#}\n")).into_response()
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("scrape failed: {e:#}\n"),
+            )
+                .into_response()
         }
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("scrape task failed: {e}\n")).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("scrape task failed: {e}\n"),
+        )
+            .into_response(),
     }
 }
 
@@ -92,11 +121,16 @@ pub fn run(cli: &Cli, a: &DaemonArgs) -> anyhow::Result<()> {
         None => DaemonConfig::default(),
     };
     if let Some(l) = &a.listen {
-        cfg.listen = l
-            .parse::<SocketAddr>()
-            .map_err(|e| UsageError(format!("invalid --listen {l:?}: {e}; use HOST:PORT, e.g. 127.0.0.1:9725")))?;
+        cfg.listen = l.parse::<SocketAddr>().map_err(|e| {
+            UsageError(format!(
+                "invalid --listen {l:?}: {e}; use HOST:PORT, e.g. 127.0.0.1:9725"
+            ))
+        })?;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(serve(cli, cfg))
 }
 
@@ -140,7 +174,9 @@ async fn serve(cli: &Cli, cfg: DaemonConfig) -> anyhow::Result<()> {
     // Tests, scripts and the bench wait for this line.
     eprintln!("schedlat: serving metrics on http://{local}/metrics");
     info!(listen = %local, futex = %cfg.futex, max_cgroups = cfg.max_cgroups, "daemon ready");
-    axum::serve(listener, router(state.clone())).with_graceful_shutdown(shutdown).await?;
+    axum::serve(listener, router(state.clone()))
+        .with_graceful_shutdown(shutdown)
+        .await?;
     // Dropping the state drops the programs and links: everything is detached.
     drop(state);
     info!("detached; bye");
@@ -165,7 +201,17 @@ mod tests {
             for _ in 0..self.0 {
                 h.record(5_000);
             }
-            Ok(RawSnapshot { hists: vec![(HistKey { cgroup_id: 1, kind: kind::RUNQ_WOKEN, op: 0 }, h)], ..Default::default() })
+            Ok(RawSnapshot {
+                hists: vec![(
+                    HistKey {
+                        cgroup_id: 1,
+                        kind: kind::RUNQ_WOKEN,
+                        op: 0,
+                    },
+                    h,
+                )],
+                ..Default::default()
+            })
         }
         fn attached(&self) -> &[Attached] {
             &[]
@@ -173,22 +219,44 @@ mod tests {
     }
 
     async fn get(app: Router, path: &str) -> (StatusCode, String, Option<String>) {
-        let resp = app.oneshot(axum::http::Request::get(path).body(Body::empty()).unwrap()).await.unwrap();
+        let resp = app
+            .oneshot(axum::http::Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
         let status = resp.status();
-        let ct = resp.headers().get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap().to_string());
+        let ct = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_string());
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         (status, String::from_utf8(body.to_vec()).unwrap(), ct)
     }
 
     #[tokio::test]
     async fn serves_metrics_and_health() {
-        let state = AppState::new(Box::new(Fake(0)), 10, 2, false, Box::new(|_| "/".to_string()));
+        let state = AppState::new(
+            Box::new(Fake(0)),
+            10,
+            2,
+            false,
+            Box::new(|_| "/".to_string()),
+        );
         let (s, body, ct) = get(router(state.clone()), "/metrics").await;
         assert_eq!(s, StatusCode::OK);
         assert_eq!(ct.as_deref(), Some(metrics::CONTENT_TYPE));
-        assert!(body.contains("schedlat_runqueue_latency_seconds_count{cgroup=\"/\",cause=\"woken\"} 1"), "{body}");
+        assert!(
+            body.contains(
+                "schedlat_runqueue_latency_seconds_count{cgroup=\"/\",cause=\"woken\"} 1"
+            ),
+            "{body}"
+        );
         let (_, body2, _) = get(router(state.clone()), "/metrics").await;
-        assert!(body2.contains("schedlat_runqueue_latency_seconds_count{cgroup=\"/\",cause=\"woken\"} 2"), "{body2}");
+        assert!(
+            body2.contains(
+                "schedlat_runqueue_latency_seconds_count{cgroup=\"/\",cause=\"woken\"} 2"
+            ),
+            "{body2}"
+        );
         let (s, body, _) = get(router(state), "/healthz").await;
         assert_eq!((s, body.as_str()), (StatusCode::OK, "ok\n"));
     }

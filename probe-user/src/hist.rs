@@ -13,13 +13,21 @@ pub struct Histogram {
 
 impl Default for Histogram {
     fn default() -> Self {
-        Self { buckets: vec![0; NUM_BUCKETS], sum_ns: 0, max_ns: 0 }
+        Self {
+            buckets: vec![0; NUM_BUCKETS],
+            sum_ns: 0,
+            max_ns: 0,
+        }
     }
 }
 
 impl From<&Hist> for Histogram {
     fn from(h: &Hist) -> Self {
-        Self { buckets: h.buckets.to_vec(), sum_ns: h.sum_ns, max_ns: h.max_ns }
+        Self {
+            buckets: h.buckets.to_vec(),
+            sum_ns: h.sum_ns,
+            max_ns: h.max_ns,
+        }
     }
 }
 
@@ -61,7 +69,11 @@ impl Histogram {
             }
             if seen + c >= rank {
                 let lo = bucket_lower_ns(i);
-                let hi = if i == OVERFLOW { self.max_ns.max(lo) } else { bucket_upper_ns(i) };
+                let hi = if i == OVERFLOW {
+                    self.max_ns.max(lo)
+                } else {
+                    bucket_upper_ns(i)
+                };
                 let frac = (rank - seen) as f64 / c as f64;
                 let v = lo as f64 + (hi - lo) as f64 * frac;
                 return (v as u64).min(self.max_ns.max(lo));
@@ -78,7 +90,10 @@ impl Histogram {
             .iter()
             .enumerate()
             .filter(|(_, c)| **c > 0)
-            .map(|(i, &count)| BucketCount { le_ns: inclusive_upper_ns(i), count })
+            .map(|(i, &count)| BucketCount {
+                le_ns: inclusive_upper_ns(i),
+                count,
+            })
             .collect()
     }
 
@@ -147,7 +162,10 @@ impl From<&Histogram> for HistSummary {
 
 #[cfg(test)]
 mod tests {
-    use schedlat_common::{bucket_index, hist::{MAX_SHIFT, MIN_SHIFT}};
+    use schedlat_common::{
+        bucket_index,
+        hist::{MAX_SHIFT, MIN_SHIFT},
+    };
 
     use super::*;
 
@@ -177,7 +195,10 @@ mod tests {
         for i in 1..OVERFLOW {
             let (lo, hi) = (bucket_lower_ns(i), bucket_upper_ns(i));
             assert!(hi > lo);
-            assert!((hi - lo) * 8 <= lo, "bucket {i} [{lo},{hi}) wider than 12.5%");
+            assert!(
+                (hi - lo) * 8 <= lo,
+                "bucket {i} [{lo},{hi}) wider than 12.5%"
+            );
         }
         assert!(bucket_upper_ns(0) <= 1_100); // ~1 µs resolution at the bottom
         assert!(bucket_lower_ns(OVERFLOW) >= 30_000_000_000); // >= 30 s before overflow
@@ -190,7 +211,10 @@ mod tests {
             for d in [0, 1, 7, 999] {
                 let x = v + d;
                 let i = bucket_index(x);
-                assert!(bucket_lower_ns(i) <= x && (x < bucket_upper_ns(i) || i == OVERFLOW), "{x}");
+                assert!(
+                    bucket_lower_ns(i) <= x && (x < bucket_upper_ns(i) || i == OVERFLOW),
+                    "{x}"
+                );
             }
             v = v * 3 / 2 + 1;
         }
@@ -229,13 +253,25 @@ mod tests {
     #[test]
     fn prometheus_buckets_are_cumulative_and_values_land_in_the_right_le() {
         let mut h = Histogram::default();
-        let values = [500, 1024, 1500, 2047, 2048, 1_000_000, 33_000_000, 40_000_000_000];
+        let values = [
+            500,
+            1024,
+            1500,
+            2047,
+            2048,
+            1_000_000,
+            33_000_000,
+            40_000_000_000,
+        ];
         for v in values {
             h.record(v);
         }
         for per_octave in [1, 2, 4, 8] {
             let b = h.prometheus_buckets(per_octave);
-            assert_eq!(b.len(), 1 + (MAX_SHIFT - MIN_SHIFT) as usize * per_octave as usize);
+            assert_eq!(
+                b.len(),
+                1 + (MAX_SHIFT - MIN_SHIFT) as usize * per_octave as usize
+            );
             for w in b.windows(2) {
                 assert!(w[0].0 < w[1].0, "le increasing");
                 assert!(w[0].1 <= w[1].1, "cumulative");

@@ -9,7 +9,11 @@ use prometheus::proto::{
 };
 use schedlat_common::{drop_reason, kind};
 
-use crate::{hist::Histogram, probes::{Attached, RawSnapshot}, report::FUTEX_OUTCOME_NAMES};
+use crate::{
+    hist::Histogram,
+    probes::{Attached, RawSnapshot},
+    report::FUTEX_OUTCOME_NAMES,
+};
 
 /// Label given to cgroups beyond the cap.
 pub const OTHER: &str = "other";
@@ -25,7 +29,11 @@ pub struct LabelCap {
 
 impl LabelCap {
     pub fn new(max: usize) -> Self {
-        Self { max, admitted: HashMap::new(), folded: HashSet::new() }
+        Self {
+            max,
+            admitted: HashMap::new(),
+            folded: HashSet::new(),
+        }
     }
 
     /// Label for cgroup `id`; `name` resolves it the first time it is admitted.
@@ -162,7 +170,10 @@ pub fn families(
         "schedlat_futex_wait_seconds",
         "Time blocked in futex wait operations (timeouts and interruptions included), by cgroup.",
         MetricType::HISTOGRAM,
-        futex.iter().map(|(cg, h)| histogram(vec![label("cgroup", cg)], h, input.per_octave)).collect(),
+        futex
+            .iter()
+            .map(|(cg, h)| histogram(vec![label("cgroup", cg)], h, input.per_octave))
+            .collect(),
     ));
     out.extend(input.futex_outcomes.then(|| family(
         "schedlat_futex_waits_total",
@@ -184,8 +195,14 @@ pub fn families(
     let mut cpu_secs = Vec::new();
     for (i, c) in snap.cpus.iter().enumerate() {
         let cpu = i.to_string();
-        cpu_waits.push(counter(vec![label("cpu", &cpu)], (c.count[0] + c.count[1]) as f64));
-        cpu_secs.push(counter(vec![label("cpu", &cpu)], (c.sum_ns[0] + c.sum_ns[1]) as f64 / 1e9));
+        cpu_waits.push(counter(
+            vec![label("cpu", &cpu)],
+            (c.count[0] + c.count[1]) as f64,
+        ));
+        cpu_secs.push(counter(
+            vec![label("cpu", &cpu)],
+            (c.sum_ns[0] + c.sum_ns[1]) as f64 / 1e9,
+        ));
     }
     out.extend(family(
         "schedlat_cpu_runqueue_waits_total",
@@ -203,7 +220,11 @@ pub fn families(
         "schedlat_events_dropped_total",
         "Events lost, by reason (a full map, the slow-event rate limit, a failed kernel read).",
         MetricType::COUNTER,
-        drop_reason::NAMES.iter().zip(snap.drops).map(|(n, v)| counter(vec![label("reason", n)], v as f64)).collect(),
+        drop_reason::NAMES
+            .iter()
+            .zip(snap.drops)
+            .map(|(n, v)| counter(vec![label("reason", n)], v as f64))
+            .collect(),
     ));
     out.extend(family(
         "schedlat_cgroups_folded",
@@ -215,13 +236,19 @@ pub fn families(
         "schedlat_map_entries",
         "Entries in each eBPF map now.",
         MetricType::GAUGE,
-        snap.map_entries.iter().map(|(m, n, _)| gauge(vec![label("map", m)], *n as f64)).collect(),
+        snap.map_entries
+            .iter()
+            .map(|(m, n, _)| gauge(vec![label("map", m)], *n as f64))
+            .collect(),
     ));
     out.extend(family(
         "schedlat_map_capacity",
         "Maximum entries of each eBPF map.",
         MetricType::GAUGE,
-        snap.map_entries.iter().map(|(m, _, cap)| gauge(vec![label("map", m)], *cap as f64)).collect(),
+        snap.map_entries
+            .iter()
+            .map(|(m, _, cap)| gauge(vec![label("map", m)], *cap as f64))
+            .collect(),
     ));
     out.extend(family(
         "schedlat_program_attached",
@@ -230,7 +257,12 @@ pub fn families(
         input
             .attached
             .iter()
-            .map(|a| gauge(vec![label("program", &a.program), label("target", &a.target)], f64::from(u8::from(a.attached))))
+            .map(|a| {
+                gauge(
+                    vec![label("program", &a.program), label("target", &a.target)],
+                    f64::from(u8::from(a.attached)),
+                )
+            })
             .collect(),
     ));
     out.extend(family(
@@ -278,7 +310,11 @@ pub(crate) mod tests {
                 }
                 None => (series.to_string(), BTreeMap::new()),
             };
-            let v = if value == "+Inf" { f64::INFINITY } else { value.parse().expect("numeric value") };
+            let v = if value == "+Inf" {
+                f64::INFINITY
+            } else {
+                value.parse().expect("numeric value")
+            };
             out.push((name, labels, v));
         }
         out
@@ -291,12 +327,44 @@ pub(crate) mod tests {
         }
         RawSnapshot {
             hists: vec![
-                (HistKey { cgroup_id: 1, kind: kind::RUNQ_WOKEN, op: 0 }, h.clone()),
-                (HistKey { cgroup_id: 2, kind: kind::RUNQ_PREEMPTED, op: 0 }, h.clone()),
-                (HistKey { cgroup_id: 3, kind: kind::RUNQ_PREEMPTED, op: 0 }, h.clone()),
-                (HistKey { cgroup_id: 2, kind: kind::FUTEX, op: 0 }, h),
+                (
+                    HistKey {
+                        cgroup_id: 1,
+                        kind: kind::RUNQ_WOKEN,
+                        op: 0,
+                    },
+                    h.clone(),
+                ),
+                (
+                    HistKey {
+                        cgroup_id: 2,
+                        kind: kind::RUNQ_PREEMPTED,
+                        op: 0,
+                    },
+                    h.clone(),
+                ),
+                (
+                    HistKey {
+                        cgroup_id: 3,
+                        kind: kind::RUNQ_PREEMPTED,
+                        op: 0,
+                    },
+                    h.clone(),
+                ),
+                (
+                    HistKey {
+                        cgroup_id: 2,
+                        kind: kind::FUTEX,
+                        op: 0,
+                    },
+                    h,
+                ),
             ],
-            cpus: vec![CpuStat { count: [1, 2], sum_ns: [10, 20], max_ns: 20 }],
+            cpus: vec![CpuStat {
+                count: [1, 2],
+                sum_ns: [10, 20],
+                max_ns: 20,
+            }],
             ..Default::default()
         }
     }
@@ -305,7 +373,12 @@ pub(crate) mod tests {
         let mut cap = LabelCap::new(max_cgroups);
         let fams = families(
             &snap(),
-            &ExpoInput { attached: &[], per_octave: 2, version: "test", futex_outcomes: true },
+            &ExpoInput {
+                attached: &[],
+                per_octave: 2,
+                version: "test",
+                futex_outcomes: true,
+            },
             &mut cap,
             |id| format!("/cg{id}"),
         );
@@ -318,22 +391,36 @@ pub(crate) mod tests {
         let samples = parse(&text);
         let buckets: Vec<_> = samples
             .iter()
-            .filter(|(n, l, _)| n == "schedlat_runqueue_latency_seconds_bucket" && l["cgroup"] == "/cg1")
+            .filter(|(n, l, _)| {
+                n == "schedlat_runqueue_latency_seconds_bucket" && l["cgroup"] == "/cg1"
+            })
             .collect();
         assert!(buckets.len() > 10);
         let mut last = 0.0;
         let mut last_le = -1.0;
         for (_, l, v) in &buckets {
-            let le: f64 = if l["le"] == "+Inf" { f64::INFINITY } else { l["le"].parse().unwrap() };
+            let le: f64 = if l["le"] == "+Inf" {
+                f64::INFINITY
+            } else {
+                l["le"].parse().unwrap()
+            };
             assert!(le > last_le && *v >= last, "cumulative and increasing");
             last = *v;
             last_le = le;
         }
         assert_eq!(buckets.last().unwrap().1["le"], "+Inf");
         assert_eq!(last, 4.0);
-        let count = samples.iter().find(|(n, l, _)| n == "schedlat_runqueue_latency_seconds_count" && l["cgroup"] == "/cg1").unwrap();
+        let count = samples
+            .iter()
+            .find(|(n, l, _)| {
+                n == "schedlat_runqueue_latency_seconds_count" && l["cgroup"] == "/cg1"
+            })
+            .unwrap();
         assert_eq!(count.2, 4.0);
-        let sum = samples.iter().find(|(n, l, _)| n == "schedlat_runqueue_latency_seconds_sum" && l["cgroup"] == "/cg1").unwrap();
+        let sum = samples
+            .iter()
+            .find(|(n, l, _)| n == "schedlat_runqueue_latency_seconds_sum" && l["cgroup"] == "/cg1")
+            .unwrap();
         assert!((sum.2 - 50.0030215).abs() < 1e-6, "{}", sum.2);
         // The 50 s value is beyond the last finite bucket: only +Inf holds it.
         let finite_max = buckets[buckets.len() - 2].2;
@@ -356,13 +443,24 @@ pub(crate) mod tests {
         // cg2 and cg3 preempted series merged into one "other" series.
         let other = samples
             .iter()
-            .find(|(n, l, _)| n == "schedlat_runqueue_latency_seconds_count" && l["cgroup"] == "other" && l["cause"] == "preempted")
+            .find(|(n, l, _)| {
+                n == "schedlat_runqueue_latency_seconds_count"
+                    && l["cgroup"] == "other"
+                    && l["cause"] == "preempted"
+            })
             .unwrap();
         assert_eq!(other.2, 8.0);
-        let folded = samples.iter().find(|(n, _, _)| n == "schedlat_cgroups_folded").unwrap();
+        let folded = samples
+            .iter()
+            .find(|(n, _, _)| n == "schedlat_cgroups_folded")
+            .unwrap();
         assert_eq!(folded.2, 2.0);
         // No pid/tid labels anywhere.
-        assert!(samples.iter().all(|(_, l, _)| !l.contains_key("pid") && !l.contains_key("tid")));
+        assert!(
+            samples
+                .iter()
+                .all(|(_, l, _)| !l.contains_key("pid") && !l.contains_key("tid"))
+        );
     }
 
     #[test]
@@ -370,11 +468,21 @@ pub(crate) mod tests {
         let (text, _) = render(100);
         let s = parse(&text);
         // cg1 has 4 woken waits; cg3 has only preempted ones, so no wakeups.
-        let w = s.iter().find(|(n, l, _)| n == "schedlat_wakeups_total" && l["cgroup"] == "/cg1").unwrap();
+        let w = s
+            .iter()
+            .find(|(n, l, _)| n == "schedlat_wakeups_total" && l["cgroup"] == "/cg1")
+            .unwrap();
         assert_eq!(w.2, 4.0);
-        assert!(!s.iter().any(|(n, l, _)| n == "schedlat_wakeups_total" && l["cgroup"] == "/cg3"));
+        assert!(
+            !s.iter()
+                .any(|(n, l, _)| n == "schedlat_wakeups_total" && l["cgroup"] == "/cg3")
+        );
         for r in drop_reason::NAMES {
-            assert!(s.iter().any(|(n, l, _)| n == "schedlat_events_dropped_total" && l["reason"] == r), "{r}");
+            assert!(
+                s.iter()
+                    .any(|(n, l, _)| n == "schedlat_events_dropped_total" && l["reason"] == r),
+                "{r}"
+            );
         }
     }
 }

@@ -37,11 +37,18 @@ pub enum ProbeError {
     #[error(transparent)]
     Tracefs(#[from] TracefsError),
     #[error("loading the eBPF object failed: {0}")]
-    Load(#[source] aya::EbpfError),
+    Load(#[source] Box<aya::EbpfError>),
     #[error("loading program {program} failed: {source}")]
-    Program { program: String, source: aya::programs::ProgramError },
+    Program {
+        program: String,
+        source: Box<aya::programs::ProgramError>,
+    },
     #[error("attaching {program} to {target} failed: {source}")]
-    Attach { program: String, target: String, source: aya::programs::ProgramError },
+    Attach {
+        program: String,
+        target: String,
+        source: Box<aya::programs::ProgramError>,
+    },
     #[error("eBPF map {map}: {detail}")]
     Map { map: &'static str, detail: String },
     #[error("futex mode `sched` is not supported here: {0}; use futex mode `syscall` (or `off`)")]
@@ -51,7 +58,10 @@ pub enum ProbeError {
 impl ProbeError {
     /// Errors that are the user's to fix (exit code 2) rather than runtime failures.
     pub fn is_usage(&self) -> bool {
-        matches!(self, Self::Privileges { .. } | Self::Tracefs(_) | Self::Btf(_) | Self::FutexSched(_))
+        matches!(
+            self,
+            Self::Privileges { .. } | Self::Tracefs(_) | Self::Btf(_) | Self::FutexSched(_)
+        )
     }
 }
 
@@ -84,7 +94,17 @@ impl Default for MapSizes {
 }
 
 /// How futex waits are traced.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Deserialize,
+    serde::Serialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum FutexMode {
     /// Not at all.
@@ -112,7 +132,11 @@ impl std::fmt::Display for FutexMode {
 
 /// Syscall numbers of futex, futex_waitv and futex_wait (futex2) on this arch
 /// (arch/x86/entry/syscalls/syscall_64.tbl).
-const FUTEX_SYSCALLS: Option<(u32, u32, u32)> = if cfg!(target_arch = "x86_64") { Some((202, 449, 454)) } else { None };
+const FUTEX_SYSCALLS: Option<(u32, u32, u32)> = if cfg!(target_arch = "x86_64") {
+    Some((202, 449, 454))
+} else {
+    None
+};
 
 #[derive(Clone, Debug)]
 pub struct ProbeOptions {
@@ -201,18 +225,29 @@ pub fn check_privileges() -> Result<(), ProbeError> {
         return Ok(());
     }
     let mut have = Vec::new();
-    for (c, n) in [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON"), (CAP_SYS_ADMIN, "CAP_SYS_ADMIN")] {
+    for (c, n) in [
+        (CAP_BPF, "CAP_BPF"),
+        (CAP_PERFMON, "CAP_PERFMON"),
+        (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
+    ] {
         if has(c) {
             have.push(n);
         }
     }
     Err(ProbeError::Privileges {
-        have: if have.is_empty() { "none of them".into() } else { have.join(", ") },
+        have: if have.is_empty() {
+            "none of them".into()
+        } else {
+            have.join(", ")
+        },
     })
 }
 
 fn prog_err(program: &str) -> impl FnOnce(aya::programs::ProgramError) -> ProbeError + '_ {
-    move |source| ProbeError::Program { program: program.to_string(), source }
+    move |source| ProbeError::Program {
+        program: program.to_string(),
+        source: Box::new(source),
+    }
 }
 
 impl Probes {
@@ -231,8 +266,18 @@ impl Probes {
         }
         let futex_hint = "; on such a kernel use `--futex sched` or `--futex off` (daemon config: futex = \"sched\" or \"off\")";
         let (tp_futex_op, tp_exit_ret) = if opts.futex == FutexMode::Syscall {
-            tracefs.require("syscalls", "sys_enter_futex", "futex wait tracking", futex_hint)?;
-            tracefs.require("syscalls", "sys_exit_futex", "futex wait tracking", futex_hint)?;
+            tracefs.require(
+                "syscalls",
+                "sys_enter_futex",
+                "futex wait tracking",
+                futex_hint,
+            )?;
+            tracefs.require(
+                "syscalls",
+                "sys_exit_futex",
+                "futex wait tracking",
+                futex_hint,
+            )?;
             (
                 tracefs.field_offset("syscalls", "sys_enter_futex", "op")?,
                 tracefs.field_offset("syscalls", "sys_exit_futex", "ret")?,
@@ -259,7 +304,9 @@ impl Probes {
         }
         let (mut regs_syscall_nr, mut regs_arg2, mut nrs) = (0, 0, (u32::MAX, u32::MAX, u32::MAX));
         if opts.futex == FutexMode::Sched {
-            let (Some(n), Some(a), Some(s)) = (offs.regs_syscall_nr, offs.regs_arg2, FUTEX_SYSCALLS) else {
+            let (Some(n), Some(a), Some(s)) =
+                (offs.regs_syscall_nr, offs.regs_arg2, FUTEX_SYSCALLS)
+            else {
                 return Err(ProbeError::FutexSched(format!(
                     "it reads the syscall from struct pt_regs, implemented for x86_64 only (this is {})",
                     std::env::consts::ARCH
@@ -281,7 +328,9 @@ impl Probes {
             tp_exit_ret,
             flags: f,
             slow_max_per_sec: opts.slow_max_per_sec,
-            slow_threshold_ns: opts.slow_threshold.map_or(u64::MAX, |d| d.as_nanos() as u64),
+            slow_threshold_ns: opts
+                .slow_threshold
+                .map_or(u64::MAX, |d| d.as_nanos() as u64),
             regs_syscall_nr,
             regs_arg2,
             nr_futex: nrs.0,
@@ -292,7 +341,10 @@ impl Probes {
 
         // Pre-6.x kernels charge BPF memory to RLIMIT_MEMLOCK; 5.11+ uses memcg and this fails
         // harmlessly in some sandboxes.
-        let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+        let rlim = libc::rlimit {
+            rlim_cur: libc::RLIM_INFINITY,
+            rlim_max: libc::RLIM_INFINITY,
+        };
         if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
             debug!("setrlimit(RLIMIT_MEMLOCK) failed; fine on kernels with memcg accounting");
         }
@@ -308,42 +360,63 @@ impl Probes {
             .map_max_entries("HISTS", s.hists)
             // Maps a mode does not use get one entry, not the default thousands.
             .map_max_entries("TASK_STATS", if opts.track_tasks { s.tasks } else { 1 })
-            .map_max_entries("WAKE_PAIRS", if opts.track_tasks { s.wake_pairs } else { 1 })
+            .map_max_entries(
+                "WAKE_PAIRS",
+                if opts.track_tasks { s.wake_pairs } else { 1 },
+            )
             .map_max_entries("FILTER_TGID", filter_tgid)
             .map_max_entries("FILTER_CG", filter_cg);
-        let mut ebpf = loader.load(OBJECT).map_err(ProbeError::Load)?;
+        let mut ebpf = loader
+            .load(OBJECT)
+            .map_err(|e| ProbeError::Load(Box::new(e)))?;
 
         // Filters go in before anything is attached.
         if !opts.filter_tgids.is_empty() {
             let mut m: BpfHashMap<_, u32, u8> = map_mut(&mut ebpf, "FILTER_TGID")?;
             for t in &opts.filter_tgids {
-                m.insert(t, 1, 0).map_err(|e| ProbeError::Map { map: "FILTER_TGID", detail: e.to_string() })?;
+                m.insert(t, 1, 0).map_err(|e| ProbeError::Map {
+                    map: "FILTER_TGID",
+                    detail: e.to_string(),
+                })?;
             }
         }
         if !opts.filter_cgroups.is_empty() {
             let mut m: BpfHashMap<_, u64, u8> = map_mut(&mut ebpf, "FILTER_CG")?;
             for c in &opts.filter_cgroups {
-                m.insert(c, 1, 0).map_err(|e| ProbeError::Map { map: "FILTER_CG", detail: e.to_string() })?;
+                m.insert(c, 1, 0).map_err(|e| ProbeError::Map {
+                    map: "FILTER_CG",
+                    detail: e.to_string(),
+                })?;
             }
         }
 
         let mut attached = Vec::new();
         let btf = Btf::from_sys_fs().map_err(|e| {
-            ProbeError::Btf(BtfError::Other(format!("reading /sys/kernel/btf/vmlinux for tp_btf: {e}")))
+            ProbeError::Btf(BtfError::Other(format!(
+                "reading /sys/kernel/btf/vmlinux for tp_btf: {e}"
+            )))
         })?;
         for name in ["sched_waking", "sched_wakeup_new", "sched_switch"] {
             let p: &mut BtfTracePoint = ebpf
                 .program_mut(name)
-                .ok_or_else(|| ProbeError::Map { map: "programs", detail: format!("{name} missing from object") })?
+                .ok_or_else(|| ProbeError::Map {
+                    map: "programs",
+                    detail: format!("{name} missing from object"),
+                })?
                 .try_into()
                 .map_err(prog_err(name))?;
             p.load(name, &btf).map_err(prog_err(name))?;
             p.attach().map_err(|source| ProbeError::Attach {
                 program: name.into(),
                 target: format!("tp_btf/{name}"),
-                source,
+                source: Box::new(source),
             })?;
-            attached.push(Attached { program: name.into(), target: format!("tp_btf/{name}"), attached: true, note: None });
+            attached.push(Attached {
+                program: name.into(),
+                target: format!("tp_btf/{name}"),
+                attached: true,
+                note: None,
+            });
         }
         if opts.futex == FutexMode::Syscall {
             // futex_waitv (5.16) and futex2 futex_wait (6.7) are optional: attach where present.
@@ -368,16 +441,25 @@ impl Probes {
                 }
                 let p: &mut TracePoint = ebpf
                     .program_mut(prog)
-                    .ok_or_else(|| ProbeError::Map { map: "programs", detail: format!("{prog} missing from object") })?
+                    .ok_or_else(|| ProbeError::Map {
+                        map: "programs",
+                        detail: format!("{prog} missing from object"),
+                    })?
                     .try_into()
                     .map_err(prog_err(prog))?;
                 p.load().map_err(prog_err(prog))?;
-                p.attach("syscalls", tp).map_err(|source| ProbeError::Attach {
+                p.attach("syscalls", tp)
+                    .map_err(|source| ProbeError::Attach {
+                        program: prog.into(),
+                        target: target.clone(),
+                        source: Box::new(source),
+                    })?;
+                attached.push(Attached {
                     program: prog.into(),
-                    target: target.clone(),
-                    source,
-                })?;
-                attached.push(Attached { program: prog.into(), target, attached: true, note: None });
+                    target,
+                    attached: true,
+                    note: None,
+                });
             }
         }
         for a in &attached {
@@ -388,10 +470,14 @@ impl Probes {
             }
         }
         let slow = if opts.slow_threshold.is_some() {
-            let m = ebpf
-                .take_map("SLOW_EVENTS")
-                .ok_or(ProbeError::Map { map: "SLOW_EVENTS", detail: "missing".into() })?;
-            Some(RingBuf::try_from(m).map_err(|e| ProbeError::Map { map: "SLOW_EVENTS", detail: e.to_string() })?)
+            let m = ebpf.take_map("SLOW_EVENTS").ok_or(ProbeError::Map {
+                map: "SLOW_EVENTS",
+                detail: "missing".into(),
+            })?;
+            Some(RingBuf::try_from(m).map_err(|e| ProbeError::Map {
+                map: "SLOW_EVENTS",
+                detail: e.to_string(),
+            })?)
         } else {
             None
         };
@@ -401,7 +487,12 @@ impl Probes {
             wake_pairs: if opts.track_tasks { s.wake_pairs } else { 1 },
             ..s
         };
-        Ok(Self { ebpf, slow, attached, sizes })
+        Ok(Self {
+            ebpf,
+            slow,
+            attached,
+            sizes,
+        })
     }
 
     /// Drain pending slow events.
@@ -430,35 +521,49 @@ impl Probes {
     pub fn snapshot(&self) -> Result<RawSnapshot, ProbeError> {
         let mut snap = RawSnapshot::default();
         let hists: BpfHashMap<_, HistKey, Hist> = map_ref(&self.ebpf, "HISTS")?;
-        for item in hists.iter() {
-            // Entries are never deleted by the kernel, so an error here is transient; skip it.
-            if let Ok((k, v)) = item {
-                snap.hists.push((k, Histogram::from(&v)));
-            }
+        // Entries are never deleted by the kernel, so an error here is transient; skip it.
+        for (k, v) in hists.iter().flatten() {
+            snap.hists.push((k, Histogram::from(&v)));
         }
-        snap.map_entries.push(("HISTS", snap.hists.len(), self.sizes.hists));
+        snap.map_entries
+            .push(("HISTS", snap.hists.len(), self.sizes.hists));
         let tasks: BpfHashMap<_, u32, TaskStat> = map_ref(&self.ebpf, "TASK_STATS")?;
         snap.tasks = tasks.iter().filter_map(Result::ok).collect();
         let pairs: BpfHashMap<_, WakePair, WakeCount> = map_ref(&self.ebpf, "WAKE_PAIRS")?;
         snap.wake_pairs = pairs.iter().filter_map(Result::ok).collect();
-        let runq: BpfHashMap<_, u32, schedlat_common::RunqStart> = map_ref(&self.ebpf, "RUNQ_START")?;
-        snap.map_entries.push(("RUNQ_START", runq.keys().count(), self.sizes.runq_start));
-        let futex: BpfHashMap<_, u32, schedlat_common::FutexStart> = map_ref(&self.ebpf, "FUTEX_START")?;
-        snap.map_entries.push(("FUTEX_START", futex.keys().count(), self.sizes.futex_start));
-        snap.map_entries.push(("TASK_STATS", snap.tasks.len(), self.sizes.tasks));
-        snap.map_entries.push(("WAKE_PAIRS", snap.wake_pairs.len(), self.sizes.wake_pairs));
+        let runq: BpfHashMap<_, u32, schedlat_common::RunqStart> =
+            map_ref(&self.ebpf, "RUNQ_START")?;
+        snap.map_entries
+            .push(("RUNQ_START", runq.keys().count(), self.sizes.runq_start));
+        let futex: BpfHashMap<_, u32, schedlat_common::FutexStart> =
+            map_ref(&self.ebpf, "FUTEX_START")?;
+        snap.map_entries
+            .push(("FUTEX_START", futex.keys().count(), self.sizes.futex_start));
+        snap.map_entries
+            .push(("TASK_STATS", snap.tasks.len(), self.sizes.tasks));
+        snap.map_entries
+            .push(("WAKE_PAIRS", snap.wake_pairs.len(), self.sizes.wake_pairs));
 
         let cpu: PerCpuArray<_, CpuStat> = map_ref(&self.ebpf, "CPU_STATS")?;
-        let per_cpu = cpu.get(&0, 0).map_err(|e| ProbeError::Map { map: "CPU_STATS", detail: e.to_string() })?;
+        let per_cpu = cpu.get(&0, 0).map_err(|e| ProbeError::Map {
+            map: "CPU_STATS",
+            detail: e.to_string(),
+        })?;
         snap.cpus = per_cpu.iter().copied().collect();
         let drops: PerCpuArray<_, u64> = map_ref(&self.ebpf, "DROPS")?;
         for (i, d) in snap.drops.iter_mut().enumerate() {
-            let v = drops.get(&(i as u32), 0).map_err(|e| ProbeError::Map { map: "DROPS", detail: e.to_string() })?;
+            let v = drops.get(&(i as u32), 0).map_err(|e| ProbeError::Map {
+                map: "DROPS",
+                detail: e.to_string(),
+            })?;
             *d = v.iter().sum();
         }
         let out: PerCpuArray<_, u64> = map_ref(&self.ebpf, "FUTEX_OUT")?;
         for (i, d) in snap.futex_outcomes.iter_mut().enumerate() {
-            let v = out.get(&(i as u32), 0).map_err(|e| ProbeError::Map { map: "FUTEX_OUT", detail: e.to_string() })?;
+            let v = out.get(&(i as u32), 0).map_err(|e| ProbeError::Map {
+                map: "FUTEX_OUT",
+                detail: e.to_string(),
+            })?;
             *d = v.iter().sum();
         }
         Ok(snap)
@@ -469,14 +574,26 @@ fn map_ref<'a, V: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>>(
     ebpf: &'a Ebpf,
     name: &'static str,
 ) -> Result<V, ProbeError> {
-    let m = ebpf.map(name).ok_or(ProbeError::Map { map: name, detail: "missing from object".into() })?;
-    V::try_from(m).map_err(|e| ProbeError::Map { map: name, detail: e.to_string() })
+    let m = ebpf.map(name).ok_or(ProbeError::Map {
+        map: name,
+        detail: "missing from object".into(),
+    })?;
+    V::try_from(m).map_err(|e| ProbeError::Map {
+        map: name,
+        detail: e.to_string(),
+    })
 }
 
 fn map_mut<'a, V: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<V, ProbeError> {
-    let m = ebpf.map_mut(name).ok_or(ProbeError::Map { map: name, detail: "missing from object".into() })?;
-    V::try_from(m).map_err(|e| ProbeError::Map { map: name, detail: e.to_string() })
+    let m = ebpf.map_mut(name).ok_or(ProbeError::Map {
+        map: name,
+        detail: "missing from object".into(),
+    })?;
+    V::try_from(m).map_err(|e| ProbeError::Map {
+        map: name,
+        detail: e.to_string(),
+    })
 }

@@ -143,7 +143,11 @@ pub const FUTEX_OUTCOME_NAMES: [&str; futex_outcome::COUNT] =
     ["woken", "timeout", "interrupted", "value_changed", "error"];
 
 pub fn cause_name(cause: u32) -> &'static str {
-    if cause == kind::RUNQ_PREEMPTED { "preempted" } else { "woken" }
+    if cause == kind::RUNQ_PREEMPTED {
+        "preempted"
+    } else {
+        "woken"
+    }
 }
 
 /// Inputs besides the maps.
@@ -157,7 +161,11 @@ pub struct ReportInput<'a> {
 }
 
 /// Build the report. `cgroup_name` maps cgroup ids to paths.
-pub fn build(snap: &RawSnapshot, input: ReportInput<'_>, mut cgroup_name: impl FnMut(u64) -> String) -> CaptureReport {
+pub fn build(
+    snap: &RawSnapshot,
+    input: ReportInput<'_>,
+    mut cgroup_name: impl FnMut(u64) -> String,
+) -> CaptureReport {
     let mut woken = Histogram::default();
     let mut preempted = Histogram::default();
     let mut futex = Histogram::default();
@@ -193,7 +201,12 @@ pub fn build(snap: &RawSnapshot, input: ReportInput<'_>, mut cgroup_name: impl F
             futex_sum_ns: fs,
         })
         .collect();
-    cgroups.sort_by(|a, b| b.runqueue.sum_ns.cmp(&a.runqueue.sum_ns).then(a.cgroup.cmp(&b.cgroup)));
+    cgroups.sort_by(|a, b| {
+        b.runqueue
+            .sum_ns
+            .cmp(&a.runqueue.sum_ns)
+            .then(a.cgroup.cmp(&b.cgroup))
+    });
 
     let per_cpu = snap
         .cpus
@@ -229,7 +242,11 @@ pub fn build(snap: &RawSnapshot, input: ReportInput<'_>, mut cgroup_name: impl F
             futex_timeouts: t.futex_timeouts,
         })
         .collect();
-    tasks.sort_by(|a, b| b.runqueue_sum_ns.cmp(&a.runqueue_sum_ns).then(a.tid.cmp(&b.tid)));
+    tasks.sort_by(|a, b| {
+        b.runqueue_sum_ns
+            .cmp(&a.runqueue_sum_ns)
+            .then(a.tid.cmp(&b.tid))
+    });
 
     let mut wakeups: Vec<WakeRow> = snap
         .wake_pairs
@@ -242,7 +259,11 @@ pub fn build(snap: &RawSnapshot, input: ReportInput<'_>, mut cgroup_name: impl F
             count: v.count,
         })
         .collect();
-    wakeups.sort_by(|a, b| b.count.cmp(&a.count).then((a.waker_tid, a.wakee_tid).cmp(&(b.waker_tid, b.wakee_tid))));
+    wakeups.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then((a.waker_tid, a.wakee_tid).cmp(&(b.waker_tid, b.wakee_tid)))
+    });
 
     let slow_events = input
         .slow_events
@@ -256,12 +277,19 @@ pub fn build(snap: &RawSnapshot, input: ReportInput<'_>, mut cgroup_name: impl F
             delay_ns: e.delay_ns,
             cpu: e.cpu,
             cause: cause_name(e.cause),
-            ran_instead: RanInstead { tid: e.prev_tid, pid: e.prev_tgid, comm: comm_str(&e.prev_comm) },
+            ran_instead: RanInstead {
+                tid: e.prev_tid,
+                pid: e.prev_tgid,
+                comm: comm_str(&e.prev_comm),
+            },
         })
         .collect();
 
-    let mut dropped: BTreeMap<String, u64> =
-        drop_reason::NAMES.iter().zip(snap.drops).map(|(n, v)| (n.to_string(), v)).collect();
+    let mut dropped: BTreeMap<String, u64> = drop_reason::NAMES
+        .iter()
+        .zip(snap.drops)
+        .map(|(n, v)| (n.to_string(), v))
+        .collect();
     dropped.insert("slow_event_report_limit".into(), input.slow_dropped_user);
     let total = dropped.values().sum();
     dropped.insert("total".into(), total);
@@ -271,12 +299,22 @@ pub fn build(snap: &RawSnapshot, input: ReportInput<'_>, mut cgroup_name: impl F
         filter: input.filter,
         runqueue: RunqSection {
             all: HistSummary::from(&all),
-            by_cause: ByCause { woken: HistSummary::from(&woken), preempted: HistSummary::from(&preempted) },
+            by_cause: ByCause {
+                woken: HistSummary::from(&woken),
+                preempted: HistSummary::from(&preempted),
+            },
         },
         futex: FutexSection {
             all: HistSummary::from(&futex),
-            by_op: by_op.iter().map(|(k, h)| (k.clone(), HistSummary::from(h))).collect(),
-            outcomes: FUTEX_OUTCOME_NAMES.iter().zip(snap.futex_outcomes).map(|(n, v)| (n.to_string(), v)).collect(),
+            by_op: by_op
+                .iter()
+                .map(|(k, h)| (k.clone(), HistSummary::from(h)))
+                .collect(),
+            outcomes: FUTEX_OUTCOME_NAMES
+                .iter()
+                .zip(snap.futex_outcomes)
+                .map(|(n, v)| (n.to_string(), v))
+                .collect(),
         },
         per_cpu,
         cgroups,
@@ -341,7 +379,15 @@ pub fn render_text(r: &CaptureReport, top: usize) -> String {
         (_, cg) => {
             let mut s = Vec::new();
             if !r.filter.pids.is_empty() {
-                s.push(format!("pid {}", r.filter.pids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")));
+                s.push(format!(
+                    "pid {}",
+                    r.filter
+                        .pids
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ));
             }
             if let Some(c) = cg {
                 s.push(format!("cgroup {c}"));
@@ -357,18 +403,39 @@ pub fn render_text(r: &CaptureReport, top: usize) -> String {
     let _ = writeln!(out, "\n== Futex waits ==");
     write_hist(&mut out, "all", &r.futex.all, true);
     for (op, h) in &r.futex.by_op {
-        let _ = writeln!(out, "  {op}: count={} p50={} p99={} max={}", h.count, fmt_ns(h.p50_ns), fmt_ns(h.p99_ns), fmt_ns(h.max_ns));
+        let _ = writeln!(
+            out,
+            "  {op}: count={} p50={} p99={} max={}",
+            h.count,
+            fmt_ns(h.p50_ns),
+            fmt_ns(h.p99_ns),
+            fmt_ns(h.max_ns)
+        );
     }
-    let outcomes: Vec<String> = r.futex.outcomes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let outcomes: Vec<String> = r
+        .futex
+        .outcomes
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     let _ = writeln!(out, "  ended: {}", outcomes.join(" "));
 
     let _ = writeln!(out, "\n== Per CPU ==");
-    let _ = writeln!(out, "  {:>4} {:>9} {:>11} {:>10} {:>9} {:>9}", "CPU", "WAITS", "TOTAL", "MAX", "WOKEN", "PREEMPTED");
+    let _ = writeln!(
+        out,
+        "  {:>4} {:>9} {:>11} {:>10} {:>9} {:>9}",
+        "CPU", "WAITS", "TOTAL", "MAX", "WOKEN", "PREEMPTED"
+    );
     for c in &r.per_cpu {
         let _ = writeln!(
             out,
             "  {:>4} {:>9} {:>11} {:>10} {:>9} {:>9}",
-            c.cpu, c.count, fmt_ns(c.sum_ns), fmt_ns(c.max_ns), c.woken_count, c.preempted_count
+            c.cpu,
+            c.count,
+            fmt_ns(c.sum_ns),
+            fmt_ns(c.max_ns),
+            c.woken_count,
+            c.preempted_count
         );
     }
 
@@ -386,15 +453,30 @@ pub fn render_text(r: &CaptureReport, top: usize) -> String {
         );
     }
 
-    let _ = writeln!(out, "\n== Top tasks by run-queue delay ({} tasks seen) ==", r.tasks.len());
+    let _ = writeln!(
+        out,
+        "\n== Top tasks by run-queue delay ({} tasks seen) ==",
+        r.tasks.len()
+    );
     let _ = writeln!(
         out,
         "  {:>8} {:>8} {:<16} {:>8} {:>11} {:>10} {:>10} {:>8} {:>11}",
-        "TID", "PID", "COMM", "WAITS", "RUNQ TOTAL", "RUNQ MAX", "PREEMPTED", "FUTEX", "FUTEX TOTAL"
+        "TID",
+        "PID",
+        "COMM",
+        "WAITS",
+        "RUNQ TOTAL",
+        "RUNQ MAX",
+        "PREEMPTED",
+        "FUTEX",
+        "FUTEX TOTAL"
     );
     for t in r.tasks.iter().take(top) {
         let pre = if t.runqueue_sum_ns > 0 {
-            format!("{:.0}%", 100.0 * t.runqueue_preempted_sum_ns as f64 / t.runqueue_sum_ns as f64)
+            format!(
+                "{:.0}%",
+                100.0 * t.runqueue_preempted_sum_ns as f64 / t.runqueue_sum_ns as f64
+            )
         } else {
             "-".into()
         };
@@ -413,14 +495,20 @@ pub fn render_text(r: &CaptureReport, top: usize) -> String {
         );
     }
     let mut by_futex: Vec<&TaskRow> = r.tasks.iter().filter(|t| t.futex_count > 0).collect();
-    by_futex.sort_by(|a, b| b.futex_sum_ns.cmp(&a.futex_sum_ns));
+    by_futex.sort_by_key(|t| std::cmp::Reverse(t.futex_sum_ns));
     if !by_futex.is_empty() {
         let _ = writeln!(out, "\n== Top tasks by futex wait ==");
         for t in by_futex.iter().take(top) {
             let _ = writeln!(
                 out,
                 "  {:>8} {:>8} {:<16} waits={:<7} total={:<10} max={:<10} timeouts={}",
-                t.tid, t.pid, t.comm, t.futex_count, fmt_ns(t.futex_sum_ns), fmt_ns(t.futex_max_ns), t.futex_timeouts
+                t.tid,
+                t.pid,
+                t.comm,
+                t.futex_count,
+                fmt_ns(t.futex_sum_ns),
+                fmt_ns(t.futex_max_ns),
+                t.futex_timeouts
             );
         }
     }
@@ -441,7 +529,7 @@ pub fn render_text(r: &CaptureReport, top: usize) -> String {
         r.slow_events.len()
     );
     let mut slow: Vec<&SlowRow> = r.slow_events.iter().collect();
-    slow.sort_by(|a, b| b.delay_ns.cmp(&a.delay_ns));
+    slow.sort_by_key(|e| std::cmp::Reverse(e.delay_ns));
     for e in slow.iter().take(top) {
         let _ = writeln!(
             out,
@@ -456,12 +544,20 @@ pub fn render_text(r: &CaptureReport, top: usize) -> String {
         );
     }
 
-    let lost: Vec<String> =
-        r.dropped.iter().filter(|(k, v)| **v > 0 && k.as_str() != "total").map(|(k, v)| format!("{k}={v}")).collect();
+    let lost: Vec<String> = r
+        .dropped
+        .iter()
+        .filter(|(k, v)| **v > 0 && k.as_str() != "total")
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     let _ = writeln!(
         out,
         "\n== Dropped events: {} ==",
-        if lost.is_empty() { "none".to_string() } else { lost.join(" ") }
+        if lost.is_empty() {
+            "none".to_string()
+        } else {
+            lost.join(" ")
+        }
     );
     out
 }
@@ -490,19 +586,72 @@ mod tests {
         drops[drop_reason::RUNQ_START_FULL as usize] = 3;
         RawSnapshot {
             hists: vec![
-                (HistKey { cgroup_id: 1, kind: kind::RUNQ_WOKEN, op: 0 }, w),
-                (HistKey { cgroup_id: 7, kind: kind::RUNQ_PREEMPTED, op: 0 }, p),
-                (HistKey { cgroup_id: 7, kind: kind::FUTEX, op: futex_op::WAIT_BITSET }, f),
+                (
+                    HistKey {
+                        cgroup_id: 1,
+                        kind: kind::RUNQ_WOKEN,
+                        op: 0,
+                    },
+                    w,
+                ),
+                (
+                    HistKey {
+                        cgroup_id: 7,
+                        kind: kind::RUNQ_PREEMPTED,
+                        op: 0,
+                    },
+                    p,
+                ),
+                (
+                    HistKey {
+                        cgroup_id: 7,
+                        kind: kind::FUTEX,
+                        op: futex_op::WAIT_BITSET,
+                    },
+                    f,
+                ),
             ],
             tasks: vec![
-                (10, TaskStat { tgid: 10, runq_count: 1, runq_sum_ns: 5, comm: comm("a"), ..Default::default() }),
-                (11, TaskStat { tgid: 10, runq_count: 1, runq_sum_ns: 50, comm: comm("b"), ..Default::default() }),
+                (
+                    10,
+                    TaskStat {
+                        tgid: 10,
+                        runq_count: 1,
+                        runq_sum_ns: 5,
+                        comm: comm("a"),
+                        ..Default::default()
+                    },
+                ),
+                (
+                    11,
+                    TaskStat {
+                        tgid: 10,
+                        runq_count: 1,
+                        runq_sum_ns: 50,
+                        comm: comm("b"),
+                        ..Default::default()
+                    },
+                ),
             ],
             wake_pairs: vec![(
-                WakePair { waker_tid: 10, wakee_tid: 11 },
-                WakeCount { count: 4, waker_comm: comm("a"), wakee_comm: comm("b") },
+                WakePair {
+                    waker_tid: 10,
+                    wakee_tid: 11,
+                },
+                WakeCount {
+                    count: 4,
+                    waker_comm: comm("a"),
+                    wakee_comm: comm("b"),
+                },
             )],
-            cpus: vec![CpuStat { count: [2, 1], sum_ns: [6_000, 3_000_000], max_ns: 3_000_000 }, CpuStat::default()],
+            cpus: vec![
+                CpuStat {
+                    count: [2, 1],
+                    sum_ns: [6_000, 3_000_000],
+                    max_ns: 3_000_000,
+                },
+                CpuStat::default(),
+            ],
             drops,
             ..Default::default()
         }
@@ -513,7 +662,13 @@ mod tests {
         let snap = snapshot();
         let r = build(
             &snap,
-            ReportInput { duration_s: 1.0, filter: Filter::default(), slow_events: &[], slow_threshold_ns: 10_000_000, slow_dropped_user: 2 },
+            ReportInput {
+                duration_s: 1.0,
+                filter: Filter::default(),
+                slow_events: &[],
+                slow_threshold_ns: 10_000_000,
+                slow_dropped_user: 2,
+            },
             |id| format!("/cg{id}"),
         );
         assert_eq!(r.runqueue.all.count, 3);
@@ -532,7 +687,10 @@ mod tests {
         assert_eq!(r.dropped["slow_event_report_limit"], 2);
         assert_eq!(r.dropped["total"], 5);
         let text = render_text(&r, 10);
-        assert!(text.contains("Run-queue delay") && text.contains("a[10] -> b[11]"), "{text}");
+        assert!(
+            text.contains("Run-queue delay") && text.contains("a[10] -> b[11]"),
+            "{text}"
+        );
         assert!(text.contains("runq_start_map_full=3"), "{text}");
     }
 
@@ -540,23 +698,54 @@ mod tests {
     fn json_has_the_documented_keys() {
         let r = build(
             &snapshot(),
-            ReportInput { duration_s: 1.0, filter: Filter::default(), slow_events: &[], slow_threshold_ns: 1, slow_dropped_user: 0 },
+            ReportInput {
+                duration_s: 1.0,
+                filter: Filter::default(),
+                slow_events: &[],
+                slow_threshold_ns: 1,
+                slow_dropped_user: 0,
+            },
             |id| format!("/cg{id}"),
         );
         let v = serde_json::to_value(&r).unwrap();
-        for k in ["duration_s", "runqueue", "futex", "tasks", "wakeups", "slow_events", "dropped"] {
+        for k in [
+            "duration_s",
+            "runqueue",
+            "futex",
+            "tasks",
+            "wakeups",
+            "slow_events",
+            "dropped",
+        ] {
             assert!(v.get(k).is_some(), "missing {k}");
         }
-        for k in ["count", "sum_ns", "max_ns", "p50_ns", "p90_ns", "p99_ns", "buckets"] {
+        for k in [
+            "count", "sum_ns", "max_ns", "p50_ns", "p90_ns", "p99_ns", "buckets",
+        ] {
             assert!(v["runqueue"].get(k).is_some(), "runqueue.{k}");
             assert!(v["futex"].get(k).is_some(), "futex.{k}");
             assert!(v["runqueue"]["by_cause"]["woken"].get(k).is_some());
             assert!(v["runqueue"]["by_cause"]["preempted"].get(k).is_some());
         }
-        for k in ["tid", "pid", "comm", "runqueue_count", "runqueue_sum_ns", "runqueue_max_ns", "futex_count", "futex_sum_ns"] {
+        for k in [
+            "tid",
+            "pid",
+            "comm",
+            "runqueue_count",
+            "runqueue_sum_ns",
+            "runqueue_max_ns",
+            "futex_count",
+            "futex_sum_ns",
+        ] {
             assert!(v["tasks"][0].get(k).is_some(), "tasks[].{k}");
         }
-        for k in ["waker_tid", "waker_comm", "wakee_tid", "wakee_comm", "count"] {
+        for k in [
+            "waker_tid",
+            "waker_comm",
+            "wakee_tid",
+            "wakee_comm",
+            "count",
+        ] {
             assert!(v["wakeups"][0].get(k).is_some(), "wakeups[].{k}");
         }
         assert!(v["runqueue"]["buckets"][0].get("le_ns").is_some());

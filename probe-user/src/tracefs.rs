@@ -12,9 +12,18 @@ pub enum TracefsError {
         "this kernel lacks the tracepoint {category}:{name} ({path} is missing); schedlat needs \
          it for {needed_for}{hint}"
     )]
-    MissingTracepoint { category: String, name: String, path: String, needed_for: String, hint: String },
+    MissingTracepoint {
+        category: String,
+        name: String,
+        path: String,
+        needed_for: String,
+        hint: String,
+    },
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: no field `{field}` in the tracepoint format")]
     NoField { path: String, field: String },
 }
@@ -31,7 +40,9 @@ impl Tracefs {
         if !root.join("events").is_dir() {
             return Err(TracefsError::NotMounted(root.to_path_buf()));
         }
-        Ok(Self { root: root.to_path_buf() })
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
     }
 
     /// Default: /sys/kernel/tracing, else the old debugfs location.
@@ -48,7 +59,11 @@ impl Tracefs {
     }
 
     fn format_path(&self, category: &str, name: &str) -> PathBuf {
-        self.root.join("events").join(category).join(name).join("format")
+        self.root
+            .join("events")
+            .join(category)
+            .join(name)
+            .join("format")
     }
 
     pub fn has(&self, category: &str, name: &str) -> bool {
@@ -56,7 +71,13 @@ impl Tracefs {
     }
 
     /// Fail unless `category:name` exists, saying what needs it.
-    pub fn require(&self, category: &str, name: &str, needed_for: &str, hint: &str) -> Result<(), TracefsError> {
+    pub fn require(
+        &self,
+        category: &str,
+        name: &str,
+        needed_for: &str,
+        hint: &str,
+    ) -> Result<(), TracefsError> {
         let path = self.format_path(category, name);
         if path.exists() {
             Ok(())
@@ -72,12 +93,21 @@ impl Tracefs {
     }
 
     /// Byte offset of `field` in the tracepoint's record.
-    pub fn field_offset(&self, category: &str, name: &str, field: &str) -> Result<u32, TracefsError> {
+    pub fn field_offset(
+        &self,
+        category: &str,
+        name: &str,
+        field: &str,
+    ) -> Result<u32, TracefsError> {
         let path = self.format_path(category, name);
-        let text = std::fs::read_to_string(&path)
-            .map_err(|source| TracefsError::Read { path: path.display().to_string(), source })?;
-        parse_field_offset(&text, field)
-            .ok_or_else(|| TracefsError::NoField { path: path.display().to_string(), field: field.into() })
+        let text = std::fs::read_to_string(&path).map_err(|source| TracefsError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        parse_field_offset(&text, field).ok_or_else(|| TracefsError::NoField {
+            path: path.display().to_string(),
+            field: field.into(),
+        })
     }
 }
 
@@ -85,7 +115,9 @@ impl Tracefs {
 pub fn parse_field_offset(format: &str, field: &str) -> Option<u32> {
     for line in format.lines() {
         let line = line.trim();
-        let Some(rest) = line.strip_prefix("field:") else { continue };
+        let Some(rest) = line.strip_prefix("field:") else {
+            continue;
+        };
         let mut parts = rest.split(';');
         let decl = parts.next()?.trim();
         // The name is the last word of the declaration, minus any array suffix.
@@ -123,7 +155,9 @@ mod tests {
 
     #[test]
     fn missing_mount_says_how_to_fix() {
-        let e = Tracefs::new(Path::new("/nonexistent")).unwrap_err().to_string();
+        let e = Tracefs::new(Path::new("/nonexistent"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("mount -t tracefs"), "{e}");
     }
 }

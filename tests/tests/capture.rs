@@ -112,7 +112,15 @@ fn preemption_delay_matches_schedstat() {
 fn check_futex_waits(mode: &str) {
     let (timeouts, woken, wait_ms) = (10u64, 10u64, 5u64);
     let (result, report) = capture_workload(
-        &["futex", "--timeouts", &timeouts.to_string(), "--woken", &woken.to_string(), "--wait-ms", &wait_ms.to_string()],
+        &[
+            "futex",
+            "--timeouts",
+            &timeouts.to_string(),
+            "--woken",
+            &woken.to_string(),
+            "--wait-ms",
+            &wait_ms.to_string(),
+        ],
         &["--futex", mode],
     );
     let waiter = result["waiter_tid"].as_u64().unwrap();
@@ -120,9 +128,17 @@ fn check_futex_waits(mode: &str) {
     let row = task(&report, waiter);
     // EAGAIN calls never slept: they are not waits.
     let waits = timeouts + woken - eagain;
-    assert_eq!(row["futex_count"].as_u64().unwrap(), waits, "futex waits of tid {waiter}: {row}");
+    assert_eq!(
+        row["futex_count"].as_u64().unwrap(),
+        waits,
+        "futex waits of tid {waiter}: {row}"
+    );
     let f = &report["futex"];
-    assert_eq!(f["count"].as_u64().unwrap(), waits, "only the waiter blocks in futex: {f}");
+    assert_eq!(
+        f["count"].as_u64().unwrap(),
+        waits,
+        "only the waiter blocks in futex: {f}"
+    );
     if mode == "syscall" {
         // Only the syscall tracepoints see return codes.
         assert_eq!(row["futex_timeouts"].as_u64().unwrap(), timeouts);
@@ -135,13 +151,19 @@ fn check_futex_waits(mode: &str) {
     let mut in_bucket_of_d = 0;
     for b in f["buckets"].as_array().unwrap() {
         let (le, n) = (b["le_ns"].as_u64().unwrap(), b["count"].as_u64().unwrap());
-        assert!(le >= first_ok_le, "{n} futex waits ended before {wait_ms} ms (bucket le {le} ns): {f}");
+        assert!(
+            le >= first_ok_le,
+            "{n} futex waits ended before {wait_ms} ms (bucket le {le} ns): {f}"
+        );
         if le == first_ok_le {
             in_bucket_of_d += n;
         }
     }
     // Timed-out waits are precise (hrtimer + default 50 µs slack): they are in D's own bucket.
-    assert!(in_bucket_of_d >= timeouts, "only {in_bucket_of_d} of {timeouts} timed-out waits in the {wait_ms} ms bucket: {f}");
+    assert!(
+        in_bucket_of_d >= timeouts,
+        "only {in_bucket_of_d} of {timeouts} timed-out waits in the {wait_ms} ms bucket: {f}"
+    );
     assert!(row["futex_max_ns"].as_u64().unwrap() >= d);
 }
 

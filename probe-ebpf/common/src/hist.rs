@@ -79,5 +79,9 @@ pub const fn bucket_lower_ns(i: usize) -> u64 {
 
 /// Exclusive upper bound of bucket `i`, in ns; `u64::MAX` for the overflow bucket.
 pub const fn bucket_upper_ns(i: usize) -> u64 {
-    if i >= OVERFLOW { u64::MAX } else { bucket_lower_ns(i + 1) }
+    if i >= OVERFLOW {
+        u64::MAX
+    } else {
+        bucket_lower_ns(i + 1)
+    }
 }

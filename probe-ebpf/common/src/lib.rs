@@ -42,7 +42,10 @@ pub mod futex_op {
     /// Whether `cmd` (op with the flag bits masked off) can block the caller.
     #[inline(always)]
     pub const fn is_blocking(cmd: u32) -> bool {
-        matches!(cmd, WAIT | LOCK_PI | WAIT_BITSET | WAIT_REQUEUE_PI | LOCK_PI2)
+        matches!(
+            cmd,
+            WAIT | LOCK_PI | WAIT_BITSET | WAIT_REQUEUE_PI | LOCK_PI2
+        )
     }
 }
 
@@ -183,7 +186,11 @@ pub struct Hist {
 const _: () = assert!(core::mem::size_of::<Hist>() == NUM_BUCKETS * 8 + 16);
 
 impl Hist {
-    pub const ZERO: Self = Self { buckets: [0; NUM_BUCKETS], sum_ns: 0, max_ns: 0 };
+    pub const ZERO: Self = Self {
+        buckets: [0; NUM_BUCKETS],
+        sum_ns: 0,
+        max_ns: 0,
+    };
 }
 
 /// Value of RUNQ_START: when a task became runnable, and why.
