@@ -43,7 +43,7 @@ impl Source for Probes {
 pub struct AppState {
     source: Box<dyn Source>,
     cap: LabelCap,
-    names: Box<dyn FnMut(u64) -> String + Send>,
+    names: Box<dyn FnMut(u64) -> Option<String> + Send>,
     per_octave: u32,
     futex_outcomes: bool,
 }
@@ -56,7 +56,7 @@ impl AppState {
         max_cgroups: usize,
         per_octave: u32,
         futex_outcomes: bool,
-        names: Box<dyn FnMut(u64) -> String + Send>,
+        names: Box<dyn FnMut(u64) -> Option<String> + Send>,
     ) -> Shared {
         Arc::new(Mutex::new(Self {
             source,
@@ -162,7 +162,7 @@ async fn serve(cli: &Cli, cfg: DaemonConfig) -> anyhow::Result<()> {
         cfg.max_cgroups,
         cfg.buckets_per_octave,
         cfg.futex == FutexMode::Syscall,
-        Box::new(move |id| names.label(id)),
+        Box::new(move |id| names.name(id).map(str::to_string)),
     );
     let mut term = signal(SignalKind::terminate())?;
     let shutdown = async move {
@@ -239,7 +239,7 @@ mod tests {
             10,
             2,
             false,
-            Box::new(|_| "/".to_string()),
+            Box::new(|_| Some("/".to_string())),
         );
         let (s, body, ct) = get(router(state.clone()), "/metrics").await;
         assert_eq!(s, StatusCode::OK);

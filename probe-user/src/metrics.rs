@@ -17,6 +17,8 @@ use crate::{
 
 /// Label given to cgroups beyond the cap.
 pub const OTHER: &str = "other";
+/// Label of a cgroup id that is not (or no longer) under the cgroup2 mount.
+pub const UNKNOWN: &str = "unknown";
 
 /// Sticky cgroup label assignment with a cap: the first `max` cgroups seen keep their own
 /// label for the daemon's lifetime; later ones share `cgroup="other"` and are counted.
@@ -36,8 +38,10 @@ impl LabelCap {
         }
     }
 
-    /// Label for cgroup `id`; `name` resolves it the first time it is admitted.
-    pub fn label(&mut self, id: u64, name: impl FnOnce(u64) -> String) -> String {
+    /// Label for cgroup `id`; `name` resolves it the first time it is admitted. An id that
+    /// cannot be resolved yet (created since the last scan) is labelled `unknown` without being
+    /// admitted, so a later scrape gives it its path.
+    pub fn label(&mut self, id: u64, name: impl FnOnce(u64) -> Option<String>) -> String {
         if let Some(l) = self.admitted.get(&id) {
             return l.clone();
         }
@@ -46,7 +50,9 @@ impl LabelCap {
         }
         // Bounded: `folded` holds at most as many ids as the kernel maps have entries.
         if self.admitted.len() < self.max {
-            let l = name(id);
+            let Some(l) = name(id) else {
+                return UNKNOWN.to_string();
+            };
             self.admitted.insert(id, l.clone());
             l
         } else {
@@ -133,7 +139,7 @@ pub fn families(
     snap: &RawSnapshot,
     input: &ExpoInput<'_>,
     cap: &mut LabelCap,
-    mut cgroup_name: impl FnMut(u64) -> String,
+    mut cgroup_name: impl FnMut(u64) -> Option<String>,
 ) -> Vec<MetricFamily> {
     // Aggregate by label first: several ids can share a label ("other", or a path reused by a
     // re-created cgroup), and a label set must appear once.
@@ -380,7 +386,7 @@ pub(crate) mod tests {
                 futex_outcomes: true,
             },
             &mut cap,
-            |id| format!("/cg{id}"),
+            |id| Some(format!("/cg{id}")),
         );
         (encode(&fams).unwrap(), cap)
     }
@@ -461,6 +467,15 @@ pub(crate) mod tests {
                 .iter()
                 .all(|(_, l, _)| !l.contains_key("pid") && !l.contains_key("tid"))
         );
+    }
+
+    #[test]
+    fn unresolved_cgroup_is_unknown_until_it_resolves() {
+        let mut cap = LabelCap::new(10);
+        assert_eq!(cap.label(5, |_| None), UNKNOWN);
+        assert_eq!(cap.label(5, |_| Some("/new".into())), "/new");
+        // Sticky once admitted, even if the cgroup is gone.
+        assert_eq!(cap.label(5, |_| None), "/new");
     }
 
     #[test]

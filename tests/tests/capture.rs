@@ -238,3 +238,117 @@ fn host_wide_text_capture_shows_every_section() {
     }
     assert!(text.contains("p50=") && text.contains("p99="));
 }
+
+#[test]
+fn slow_events_name_who_ran_instead_and_none_are_lost_silently() {
+    if !privileged_or_skip("slow_events_name_who_ran_instead_and_none_are_lost_silently") {
+        return;
+    }
+    // 2^20 ns is a bucket boundary, so the histogram says exactly how many delays reached it.
+    let threshold_ns: u64 = 1 << 20;
+    let (result, report) = capture_workload(
+        &["spin", "--threads", "2", "--cpu", "0", "--secs", "1"],
+        &[
+            "--threshold",
+            &format!("{threshold_ns}ns"),
+            "--max-slow-per-sec",
+            "50",
+        ],
+    );
+    let tids: Vec<u64> = result["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["tid"].as_u64().unwrap())
+        .collect();
+    let events = report["slow_events"].as_array().unwrap();
+    assert!(!events.is_empty(), "no slow events: {}", report["runqueue"]);
+    // Two threads share CPU 0: while one waits, the other runs. Allow a few kernel threads.
+    let sibling = events
+        .iter()
+        .filter(|e| {
+            let (t, other) = (
+                e["tid"].as_u64().unwrap(),
+                e["ran_instead"]["tid"].as_u64().unwrap(),
+            );
+            tids.contains(&t) && tids.contains(&other) && t != other
+        })
+        .count();
+    assert!(
+        sibling * 10 >= events.len() * 9,
+        "only {sibling} of {} slow events name the sibling thread",
+        events.len()
+    );
+    for e in events {
+        assert!(e["delay_ns"].as_u64().unwrap() >= threshold_ns);
+        assert_eq!(e["cpu"].as_u64(), Some(0));
+    }
+    // Every delay at or over the threshold is either reported or counted as dropped.
+    let over: u64 = report["runqueue"]["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["le_ns"].as_u64().unwrap() >= threshold_ns)
+        .map(|b| b["count"].as_u64().unwrap())
+        .sum();
+    let d = &report["dropped"];
+    let accounted = events.len() as u64
+        + d["slow_event_rate_limited"].as_u64().unwrap()
+        + d["slow_event_ringbuf_full"].as_u64().unwrap()
+        + d["slow_event_report_limit"].as_u64().unwrap();
+    assert_eq!(
+        accounted,
+        over,
+        "slow events {} + dropped {d} vs {over} delays >= threshold",
+        events.len()
+    );
+    // 50/s per CPU over ~1 s of contention on one CPU: the limit must have bitten.
+    assert!(
+        d["slow_event_rate_limited"].as_u64().unwrap() > 0,
+        "rate limit never applied: {d}"
+    );
+}
+
+#[test]
+fn cgroup_filter_captures_only_that_cgroup_and_names_it() {
+    if !privileged_or_skip("cgroup_filter_captures_only_that_cgroup_and_names_it") {
+        return;
+    }
+    let cg = schedlat_tests::TestCgroup::create("capture");
+    let mut w = Workload::start(&["spin", "--threads", "2", "--cpu", "0", "--secs", "0.5"]);
+    cg.add(w.pid);
+    let cap = Schedlat::capture(&[
+        "--duration",
+        "120s",
+        "--format",
+        "json",
+        "--cgroup",
+        cg.path(),
+    ]);
+    cap.wait_ready(Duration::from_secs(60));
+    w.go();
+    let result = w.result();
+    let (status, stdout, stderr) = cap.stop();
+    assert!(status.success(), "capture failed: {status}\n{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let tasks = report["tasks"].as_array().unwrap();
+    for t in result["threads"].as_array().unwrap() {
+        let row = task(&report, t["tid"].as_u64().unwrap());
+        assert_eq!(row["cgroup"].as_str(), Some(cg.path()));
+    }
+    // Nothing from outside the cgroup (the capture itself, kernel threads, ...).
+    for t in tasks {
+        assert_eq!(
+            t["cgroup"].as_str(),
+            Some(cg.path()),
+            "task outside the cgroup: {t}"
+        );
+    }
+    let cgroups: Vec<&str> = report["cgroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["cgroup"].as_str().unwrap())
+        .collect();
+    assert_eq!(cgroups, vec![cg.path()]);
+}

@@ -130,7 +130,9 @@ fn daemon_metrics_grow_under_load_and_pass_promtool() {
     let d = Daemon::start();
     let before = get(&d.addr, "/metrics").expect("scrape 1");
     // Load: preemption on CPU 0, futex waits with timeouts, wakeups.
+    let cg = schedlat_tests::TestCgroup::create("daemon");
     let mut spin = Workload::start(&["spin", "--threads", "2", "--cpu", "0", "--secs", "1"]);
+    cg.add(spin.pid);
     let mut futex =
         Workload::start(&["futex", "--timeouts", "5", "--woken", "5", "--wait-ms", "2"]);
     spin.go();
@@ -163,6 +165,18 @@ fn daemon_metrics_grow_under_load_and_pass_promtool() {
     ] {
         assert!(after.contains(needle), "metrics lack {needle}");
     }
+    // The workload's cgroup is a label of its own, with its path.
+    let label = format!("cgroup=\"{}\"", cg.path());
+    let preempted_in_cg = after
+        .lines()
+        .find(|l| {
+            l.starts_with("schedlat_runqueue_latency_seconds_count{")
+                && l.contains(&label)
+                && l.contains("preempted")
+        })
+        .unwrap_or_else(|| panic!("no preempted series for {label}"));
+    let n: f64 = preempted_in_cg.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(n >= 100.0, "{preempted_in_cg}");
     // No pid/tid labels in daemon metrics.
     assert!(!after.contains("pid=\"") && !after.contains("tid=\""));
     let status = d.stop();
