@@ -528,6 +528,58 @@ pub fn run_schedlat_timeout(args: &[&str], timeout: Duration) -> Output {
     }
 }
 
+/// A cgroup v2 directory for one test, removed on drop (its processes must have exited).
+pub struct TestCgroup {
+    dir: PathBuf,
+    rel: String,
+}
+
+impl TestCgroup {
+    /// Create `<cgroup2 mount>/schedlat-test-<name>-<pid>`.
+    pub fn create(name: &str) -> Self {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
+        let mount = mountinfo
+            .lines()
+            .find_map(|l| {
+                let (left, right) = l.split_once(" - ")?;
+                (right.split_whitespace().next()? == "cgroup2")
+                    .then(|| left.split_whitespace().nth(4))?
+            })
+            .expect("no cgroup2 mount");
+        let rel = format!("/schedlat-test-{name}-{}", std::process::id());
+        let dir = PathBuf::from(mount).join(rel.trim_start_matches('/'));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        Self { dir, rel }
+    }
+
+    /// The path relative to the cgroup2 mount, as schedlat names it.
+    pub fn path(&self) -> &str {
+        &self.rel
+    }
+
+    /// Move process `pid` (all its threads) into this cgroup.
+    pub fn add(&self, pid: u32) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string())
+            .unwrap_or_else(|e| panic!("moving {pid} into {}: {e}", self.dir.display()));
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // rmdir fails while a process is still inside; retry briefly while it exits.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!(
+            "warning: could not remove test cgroup {}",
+            self.dir.display()
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -673,57 +725,5 @@ mod tests {
                 .unwrap_err();
         let msg = err.downcast_ref::<String>().expect("string panic");
         assert!(msg.contains("cargo xtask build"), "{msg}");
-    }
-}
-
-/// A cgroup v2 directory for one test, removed on drop (its processes must have exited).
-pub struct TestCgroup {
-    dir: PathBuf,
-    rel: String,
-}
-
-impl TestCgroup {
-    /// Create `<cgroup2 mount>/schedlat-test-<name>-<pid>`.
-    pub fn create(name: &str) -> Self {
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
-        let mount = mountinfo
-            .lines()
-            .find_map(|l| {
-                let (left, right) = l.split_once(" - ")?;
-                (right.split_whitespace().next()? == "cgroup2")
-                    .then(|| left.split_whitespace().nth(4))?
-            })
-            .expect("no cgroup2 mount");
-        let rel = format!("/schedlat-test-{name}-{}", std::process::id());
-        let dir = PathBuf::from(mount).join(rel.trim_start_matches('/'));
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-        Self { dir, rel }
-    }
-
-    /// The path relative to the cgroup2 mount, as schedlat names it.
-    pub fn path(&self) -> &str {
-        &self.rel
-    }
-
-    /// Move process `pid` (all its threads) into this cgroup.
-    pub fn add(&self, pid: u32) {
-        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string())
-            .unwrap_or_else(|e| panic!("moving {pid} into {}: {e}", self.dir.display()));
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        // rmdir fails while a process is still inside; retry briefly while it exits.
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        eprintln!(
-            "warning: could not remove test cgroup {}",
-            self.dir.display()
-        );
     }
 }

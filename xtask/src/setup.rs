@@ -40,8 +40,9 @@ pub const TEST: Group = Group {
 };
 pub const BENCH: Group = Group {
     name: "bench",
-    why: "perf bench/stat workloads, libbpf-tools runqlat as the reference tracer, stress-ng",
-    packages: &["linux-perf", "libbpf-tools", "stress-ng"],
+    why: "perf bench/stat workloads, libbpf-tools runqlat as the reference tracer, stress-ng, \
+          bpftool for the eBPF programs' run-time statistics",
+    packages: &["linux-perf", "libbpf-tools", "stress-ng", "bpftool"],
 };
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
