@@ -40,6 +40,9 @@ pub fn v2_mount() -> Result<PathBuf, CgroupError> {
     v2_mount_from_mountinfo(&mi).ok_or(CgroupError::NoV2Mount)
 }
 
+/// Most cgroup names remembered, removed ones included.
+const MAX_REMEMBERED: usize = 100_000;
+
 /// Maps cgroup ids to paths relative to the v2 mount ("/" is the root), with a cache that
 /// remembers cgroups after they are removed (their series keep their label).
 #[derive(Debug)]
@@ -87,6 +90,11 @@ impl CgroupNames {
 
     pub fn rescan(&mut self) {
         self.last_scan = Some(Instant::now());
+        // Names of removed cgroups are kept (a capture reports them at its end), but bounded:
+        // past the cap, start over from what exists now.
+        if self.names.len() > MAX_REMEMBERED {
+            self.names.clear();
+        }
         let mut stack = vec![self.mount.clone()];
         // Bounded: at most 1M directories (hosts have thousands).
         let mut budget = 1_000_000usize;
