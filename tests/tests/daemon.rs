@@ -182,3 +182,65 @@ fn daemon_metrics_grow_under_load_and_pass_promtool() {
     let status = d.stop();
     assert!(status.success(), "daemon exit after SIGTERM: {status}");
 }
+
+/// Ids of the eBPF programs process `pid` holds open (/proc/PID/fdinfo of its bpf-prog fds).
+fn programs_of(pid: u32) -> Vec<u64> {
+    let mut ids = Vec::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let is_prog = std::fs::read_link(fd.path())
+            .is_ok_and(|t| t.to_string_lossy() == "anon_inode:bpf-prog");
+        if !is_prog {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ))
+        .unwrap();
+        if let Some(id) = info.lines().find_map(|l| l.strip_prefix("prog_id:")) {
+            ids.push(id.trim().parse().unwrap());
+        }
+    }
+    ids
+}
+
+#[test]
+fn sigkill_leaves_no_programs_attached() {
+    if !privileged_or_skip("sigkill_leaves_no_programs_attached") {
+        return;
+    }
+    let mut d = Daemon::start();
+    let pid = d.child.id();
+    let ids = programs_of(pid);
+    assert!(ids.len() >= 3, "daemon {pid} owns programs {ids:?}");
+    d.child.kill().unwrap(); // SIGKILL: no chance to clean up
+    d.child.wait().unwrap();
+    // Links and programs are file-descriptor owned: the kernel frees them with the process.
+    // Freeing is asynchronous (RCU), so allow a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<u64> = ids
+            .iter()
+            .copied()
+            .filter(|id| {
+                Command::new("bpftool")
+                    .args(["prog", "show", "id", &id.to_string()])
+                    .output()
+                    .unwrap()
+                    .status
+                    .success()
+            })
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "programs {left:?} still loaded 10 s after SIGKILL of the daemon"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -35,8 +35,9 @@ pub const BUILD_EBPF: Group = Group {
 };
 pub const TEST: Group = Group {
     name: "test",
-    why: "promtool checks the /metrics exposition; util-linux (taskset) for the tests",
-    packages: &["prometheus", "util-linux"],
+    why: "promtool checks the /metrics exposition; util-linux (setpriv) and bpftool (programs \
+          left after SIGKILL) for the tests",
+    packages: &["prometheus", "util-linux", "bpftool"],
 };
 pub const BENCH: Group = Group {
     name: "bench",
