@@ -15,6 +15,10 @@ struct Daemon {
 
 impl Daemon {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Self {
         // Find a free port; the daemon binds it right after.
         let addr = TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -23,6 +27,7 @@ impl Daemon {
             .to_string();
         let child = Command::new(schedlat_bin())
             .args(["daemon", "--listen", &addr])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -243,4 +248,35 @@ fn sigkill_leaves_no_programs_attached() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+#[test]
+fn a_full_map_drops_are_counted_and_the_daemon_keeps_serving() {
+    if !privileged_or_skip("a_full_map_drops_are_counted_and_the_daemon_keeps_serving") {
+        return;
+    }
+    // 16 run-queue stamps for the whole host, then 48 threads runnable at once on one CPU.
+    let dir = std::env::temp_dir().join(format!("schedlat-mapfull-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("small.toml");
+    std::fs::write(&cfg, "[maps]\nrunq_start = 16\n").unwrap();
+    let d = Daemon::start_with(&["--config", cfg.to_str().unwrap()]);
+    let mut spin = Workload::start(&["spin", "--threads", "48", "--cpu", "0", "--secs", "1"]);
+    spin.go();
+    spin.result();
+    let m = get(&d.addr, "/metrics").expect("daemon still serves after its map filled");
+    let dropped = m
+        .lines()
+        .find(|l| l.starts_with("schedlat_events_dropped_total{reason=\"runq_start_map_full\"}"))
+        .expect("drop counter exported");
+    let n: f64 = dropped.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(
+        n > 0.0,
+        "map of 16 never overflowed under 48 runnable threads: {dropped}"
+    );
+    assert!(m.contains("schedlat_map_capacity{map=\"RUNQ_START\"} 16"));
+    // Whatever fit was still measured.
+    assert!(total(&m, "schedlat_runqueue_latency_seconds_count") > 0.0);
+    assert!(d.stop().success());
+    std::fs::remove_dir_all(&dir).unwrap();
 }
