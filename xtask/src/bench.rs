@@ -3,8 +3,13 @@
 //! Method (shared/docs/toolchain.md, "Benchmarking here"): this machine is small and noisy, so
 //! runs are interleaved (bare, schedlat, runqlat, bare, ...) and compared as medians of per-round
 //! ratios. libbpf-tools runqlat is the reference: the classic tool for the same question.
+//!
+//! Throughput ratios swing by +-15% here, so traced rounds also record a direct figure that needs
+//! no bare run: the kernel's own run-time statistics of the tracer's eBPF programs
+//! (`bpf_stats_enabled`, read with `bpftool prog show`), summed and divided by the runs of its
+//! sched_switch program.
 use std::{
-    collections::VecDeque,
+    collections::{BTreeMap, BTreeSet, VecDeque},
     env, fmt,
     fmt::Write as _,
     fs,
@@ -19,7 +24,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{Workspace, build, cmdline, is_root, probe, setup};
+use crate::{Workspace, build, capture, cmdline, is_root, probe, setup};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -121,6 +126,32 @@ struct Sample {
     throughput: f64,
     /// The tracer process's own CPU seconds during the workload (schedlat only).
     tracer_cpu: Option<f64>,
+    /// The tracer's eBPF programs over the round (traced arms only).
+    bpf: Option<BpfProgs>,
+}
+
+/// Kernel run-time statistics (bpf_stats_enabled) of one tracer's programs with one name.
+#[derive(Clone, Copy, Default, Debug, PartialEq)]
+struct ProgStats {
+    run_cnt: u64,
+    run_time_ns: u64,
+}
+
+/// A tracer's programs by name, cumulative since load (the tracer is started fresh every round).
+type BpfProgs = BTreeMap<String, ProgStats>;
+
+/// The program both tracers run on every context switch; its run count is the event count that
+/// "BPF ns per switch" divides by. schedlat's and libbpf-tools runqlat's are both named so (both
+/// tp_btf; checked with `bpftool prog show` while they ran).
+const SWITCH_PROG: &str = "sched_switch";
+
+/// All the programs' run time per run of the sched_switch program, in ns; NaN if it never ran.
+fn bpf_ns_per_switch(progs: &BpfProgs) -> f64 {
+    let total: u64 = progs.values().map(|p| p.run_time_ns).sum();
+    match progs.get(SWITCH_PROG) {
+        Some(sw) if sw.run_cnt > 0 => total as f64 / sw.run_cnt as f64,
+        _ => f64::NAN,
+    }
 }
 
 struct WorkloadResult {
@@ -161,6 +192,7 @@ pub fn bench(ws: &Workspace, args: Args) -> Result<()> {
                     Arm::Bare => Sample {
                         throughput: run_workload(w)?,
                         tracer_cpu: None,
+                        bpf: None,
                     },
                     Arm::Schedlat => with_schedlat(&bin, w)?,
                     Arm::Runqlat => with_runqlat(&runqlat, w)?,
@@ -169,8 +201,13 @@ pub fn bench(ws: &Workspace, args: Args) -> Result<()> {
                     .tracer_cpu
                     .map(|c| format!("  (daemon CPU {c:.2} s)"))
                     .unwrap_or_default();
+                let bpf = s
+                    .bpf
+                    .as_ref()
+                    .map(|p| format!("  BPF {} ns/switch", num_or_na(bpf_ns_per_switch(p))))
+                    .unwrap_or_default();
                 println!(
-                    "  round {round}/{pairs} {arm:<8} {:>12} {}{cpu}",
+                    "  round {round}/{pairs} {arm:<8} {:>12} {}{cpu}{bpf}",
                     num(s.throughput),
                     w.unit
                 );
@@ -270,6 +307,8 @@ fn with_schedlat(bin: &Path, w: &Workload) -> Result<Sample> {
         .port();
     let mut c = Command::new(bin);
     c.args(["daemon", "--listen", &format!("127.0.0.1:{port}")]);
+    // Declared before the tracer so that it is dropped (restored) after the tracer is gone.
+    let _stats = BpfStatsGuard::enable()?;
     let mut tracer = Tracer::start(
         "schedlat daemon",
         c,
@@ -279,10 +318,12 @@ fn with_schedlat(bin: &Path, w: &Workload) -> Result<Sample> {
     let before = cpu_seconds(tracer.pid())?;
     let throughput = run_workload(w)?;
     let after = cpu_seconds(tracer.pid())?;
+    let bpf = tracer.bpf_progs()?;
     tracer.stop(libc::SIGTERM, "SIGTERM")?;
     Ok(Sample {
         throughput,
         tracer_cpu: Some(after - before),
+        bpf: Some(bpf),
     })
 }
 
@@ -291,13 +332,117 @@ fn with_runqlat(runqlat: &Path, w: &Workload) -> Result<Sample> {
     // once attached) would otherwise sit in a pipe buffer until exit.
     let mut c = Command::new("stdbuf");
     c.arg("-oL").arg(runqlat);
+    let _stats = BpfStatsGuard::enable()?;
+    // stdbuf execs runqlat, so the child's pid is runqlat's.
     let mut tracer = Tracer::start("runqlat", c, "Tracing", Duration::from_secs(30))?;
     let throughput = run_workload(w)?;
+    let bpf = tracer.bpf_progs()?;
     tracer.stop(libc::SIGINT, "SIGINT")?;
     Ok(Sample {
         throughput,
         tracer_cpu: None,
+        bpf: Some(bpf),
     })
+}
+
+const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// Kernel BPF run-time statistics (run_time_ns, run_cnt per program) on while alive; dropping it
+/// restores the previous setting, also on errors. (Not on a signal that kills xtask: after a
+/// Ctrl-C, check the sysctl.) Counting costs two clock reads per program run, also in the
+/// throughput of the traced arms.
+struct BpfStatsGuard {
+    previous: String,
+}
+
+impl BpfStatsGuard {
+    fn enable() -> Result<Self> {
+        let previous = fs::read_to_string(BPF_STATS_SYSCTL)
+            .with_context(|| {
+                format!("read {BPF_STATS_SYSCTL} (the kernel needs CONFIG_BPF_SYSCALL, 5.1+)")
+            })?
+            .trim()
+            .to_owned();
+        fs::write(BPF_STATS_SYSCTL, "1")
+            .with_context(|| format!("write 1 to {BPF_STATS_SYSCTL}"))?;
+        Ok(Self { previous })
+    }
+}
+
+impl Drop for BpfStatsGuard {
+    fn drop(&mut self) {
+        if let Err(e) = fs::write(BPF_STATS_SYSCTL, &self.previous) {
+            eprintln!(
+                "warning: could not restore {BPF_STATS_SYSCTL} to {}: {e}",
+                self.previous
+            );
+        }
+    }
+}
+
+/// IDs of the BPF programs process `pid` holds, as program fds or as BPF link fds, from
+/// /proc/<pid>/fd and fdinfo. This is what `bpftool prog show` reports as "pids", which bpftool
+/// builds without skeletons (Debian 12's bpftool 7.1) leave out.
+fn prog_ids_of(pid: u32) -> Result<BTreeSet<u64>> {
+    let dir = format!("/proc/{pid}/fd");
+    let mut ids = BTreeSet::new();
+    for entry in fs::read_dir(&dir).with_context(|| format!("list {dir}"))? {
+        // An fd closed meanwhile is simply skipped.
+        let Ok(entry) = entry else { continue };
+        let Ok(target) = fs::read_link(entry.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy();
+        if target != "anon_inode:bpf-prog" && target != "anon_inode:bpf_link" {
+            continue;
+        }
+        let info = format!("/proc/{pid}/fdinfo/{}", entry.file_name().to_string_lossy());
+        let Ok(info) = fs::read_to_string(&info) else {
+            continue;
+        };
+        if let Some(id) = fdinfo_field(&info, "prog_id") {
+            ids.insert(id);
+        }
+    }
+    Ok(ids)
+}
+
+/// `prog_id:\t835` -> 835.
+fn fdinfo_field(info: &str, key: &str) -> Option<u64> {
+    info.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == key).then(|| v.trim().parse().ok())?
+    })
+}
+
+/// The programs in `bpftool -j prog show` output that belong to `pid`: listed with it in "pids",
+/// or with an id in `held` (from [`prog_ids_of`]). Programs with the same name are summed.
+fn parse_prog_show(json: &str, pid: u32, held: &BTreeSet<u64>) -> Result<BpfProgs> {
+    let progs: serde_json::Value =
+        serde_json::from_str(json).context("parsing the output of `bpftool -j prog show`")?;
+    let progs = progs
+        .as_array()
+        .context("the output of `bpftool -j prog show` is not a JSON array")?;
+    let mut out = BpfProgs::new();
+    for p in progs {
+        let id = p["id"].as_u64();
+        let by_pid = p["pids"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|o| o["pid"].as_u64() == Some(pid.into())));
+        if !by_pid && !id.is_some_and(|id| held.contains(&id)) {
+            continue;
+        }
+        let name = match p["name"].as_str() {
+            Some(n) if !n.is_empty() => n.to_owned(),
+            _ => format!("<id {}>", id.unwrap_or(0)),
+        };
+        // bpftool leaves out run_time_ns and run_cnt while run_time_ns is 0.
+        let field = |k: &str| p[k].as_u64().unwrap_or(0);
+        let e = out.entry(name).or_default();
+        e.run_cnt += field("run_cnt");
+        e.run_time_ns += field("run_time_ns");
+    }
+    Ok(out)
 }
 
 /// A tracer running in the background for one arm. Dropping it kills it, so an error mid-run
@@ -374,6 +519,22 @@ impl Tracer {
         self.child.id()
     }
 
+    /// Run-time statistics of the tracer's eBPF programs so far (needs a [`BpfStatsGuard`]).
+    fn bpf_progs(&self) -> Result<BpfProgs> {
+        let pid = self.pid();
+        let held = prog_ids_of(pid)?;
+        let json = capture(Command::new("bpftool").args(["-j", "prog", "show"]))
+            .context("is bpftool installed? (`cargo xtask bench` installs the bench packages)")?;
+        let progs = parse_prog_show(&json, pid, &held)?;
+        if progs.is_empty() {
+            bail!(
+                "`bpftool -j prog show` lists no program of {} (pid {pid}; ids held per /proc: {held:?})",
+                self.name
+            );
+        }
+        Ok(progs)
+    }
+
     fn tail(&self) -> String {
         self.tail
             .lock()
@@ -447,10 +608,14 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok((ticks(11)? + ticks(12)?) / hz)
 }
 
+/// Median of the values that are not NaN; NaN if there are none.
 fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| !x.is_nan());
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    if n % 2 == 1 {
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
         v[n / 2]
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
@@ -487,6 +652,52 @@ fn num(x: f64) -> String {
         a if a >= 1.0 => format!("{x:.2}"),
         _ => format!("{x:.3}"),
     }
+}
+
+fn num_or_na(x: f64) -> String {
+    if x.is_nan() { "n/a".into() } else { num(x) }
+}
+
+/// Median over rounds of BPF ns per switch, with min and max.
+fn bpf_switch_summary(traced: &[Sample]) -> String {
+    let v: Vec<f64> = traced
+        .iter()
+        .filter_map(|s| s.bpf.as_ref().map(bpf_ns_per_switch))
+        .filter(|x| !x.is_nan())
+        .collect();
+    if v.is_empty() {
+        return "n/a".into();
+    }
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{} ({}-{})", num(median(v)), num(min), num(max))
+}
+
+/// Per-program rows of one tracer: median ns/run and median runs per round, then the total.
+fn render_bpf_programs(s: &mut String, arm: Arm, traced: &[Sample]) {
+    let rounds: Vec<&BpfProgs> = traced.iter().filter_map(|x| x.bpf.as_ref()).collect();
+    let names: BTreeSet<&String> = rounds.iter().flat_map(|p| p.keys()).collect();
+    for name in names {
+        let per_round = || rounds.iter().filter_map(|p| p.get(name));
+        let ns_per_run = median(
+            per_round()
+                .filter(|p| p.run_cnt > 0)
+                .map(|p| p.run_time_ns as f64 / p.run_cnt as f64)
+                .collect(),
+        );
+        // Shown as a whole count (an even number of rounds can give a median ending in .5).
+        let runs = median(per_round().map(|p| p.run_cnt as f64).collect());
+        let _ = writeln!(
+            s,
+            "| {arm} | {name} | {} | {runs:.0} |",
+            num_or_na(ns_per_run)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "| {arm} | **all, per {SWITCH_PROG} run** | **{}** | |",
+        bpf_switch_summary(traced)
+    );
 }
 
 fn render(workloads: &[Workload], results: &[WorkloadResult], pairs: usize, quick: bool) -> String {
@@ -535,6 +746,7 @@ fn render(workloads: &[Workload], results: &[WorkloadResult], pairs: usize, quic
          - Extra ns/switch = (T_bare / ratio - T_bare) x busy CPUs / sched_switch per run, with\n  \
            T_bare = ops / median bare throughput; busy CPUs = 1 for the pinned pipe, all for messaging.\n"
     );
+    render_bpf(&mut s, workloads, results);
     let _ = writeln!(s, "## Raw runs\n");
     for (w, r) in workloads.iter().zip(results) {
         let _ = writeln!(
@@ -546,23 +758,72 @@ fn render(workloads: &[Workload], results: &[WorkloadResult], pairs: usize, quic
         );
         let _ = writeln!(
             s,
-            "| round | bare | schedlat | runqlat | schedlat daemon CPU s |\n|---|---|---|---|---|"
+            "| round | bare | schedlat | runqlat | schedlat daemon CPU s | schedlat BPF ns/switch | runqlat BPF ns/switch |\n\
+             |---|---|---|---|---|---|---|"
         );
         let [bare, sl, rq] = &r.samples;
+        let per_switch = |x: &Sample| num_or_na(x.bpf.as_ref().map_or(f64::NAN, bpf_ns_per_switch));
         for (i, ((b, d), q)) in bare.iter().zip(sl).zip(rq).enumerate() {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {:.3} |",
+                "| {} | {} | {} | {} | {:.3} | {} | {} |",
                 i + 1,
                 num(b.throughput),
                 num(d.throughput),
                 num(q.throughput),
-                d.tracer_cpu.unwrap_or(f64::NAN)
+                d.tracer_cpu.unwrap_or(f64::NAN),
+                per_switch(d),
+                per_switch(q),
             );
         }
         let _ = writeln!(s);
     }
     s
+}
+
+/// The second, steadier figure: the tracers' eBPF run time per sched_switch, from the kernel.
+fn render_bpf(s: &mut String, workloads: &[Workload], results: &[WorkloadResult]) {
+    let _ = writeln!(s, "## BPF run time per sched_switch (kernel bpf_stats)\n");
+    let _ = writeln!(
+        s,
+        "BPF ns/switch is the tracer's eBPF programs' own run time, as measured by the kernel with\n\
+         `kernel.bpf_stats_enabled=1` and read with `bpftool prog show` after the workload, summed over\n\
+         all its programs and divided by the runs of its `{SWITCH_PROG}` program; the tracer is started\n\
+         fresh every round, so this covers the round including its short warm-up. Unlike the ratios it\n\
+         needs no bare run to compare with, but it is wall-clock time (sched_clock), so a slow round on\n\
+         this VM (host steal, cold caches) still inflates it. It is a lower bound of the cost: it\n\
+         excludes the fixed tracepoint dispatch cost (and the stats' own clock reads) and, for syscall\n\
+         tracepoints, the syscall slow path that enabling them imposes on all tasks. Median over\n\
+         rounds (min-max in brackets).\n"
+    );
+    let _ = writeln!(
+        s,
+        "| workload | schedlat BPF ns/switch | runqlat BPF ns/switch |\n|---|---|---|"
+    );
+    for (w, r) in workloads.iter().zip(results) {
+        let [_, sl, rq] = &r.samples;
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} |",
+            w.name,
+            bpf_switch_summary(sl),
+            bpf_switch_summary(rq)
+        );
+    }
+    let _ = writeln!(s);
+    for (w, r) in workloads.iter().zip(results) {
+        let _ = writeln!(s, "{}, per program (medians over rounds):\n", w.name);
+        let _ = writeln!(
+            s,
+            "| tracer | program | ns/run | runs/round |\n|---|---|---|---|"
+        );
+        for (i, arm) in ARMS.into_iter().enumerate() {
+            if !matches!(arm, Arm::Bare) {
+                render_bpf_programs(s, arm, &r.samples[i]);
+            }
+        }
+        let _ = writeln!(s);
+    }
 }
 
 #[cfg(test)]
@@ -582,6 +843,8 @@ mod tests {
     fn median_and_overhead() {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(vec![f64::NAN, 1.0]), 1.0);
+        assert!(median(vec![]).is_nan());
         // The toolchain notes' runqlat figure: 170k ops/s pinned pipe, 2 switches per op, ratio 0.78.
         let w = &workloads(false)[0];
         let r = WorkloadResult {
@@ -591,6 +854,35 @@ mod tests {
         };
         let ns = ns_per_switch(w, &r, 170_000.0, 0.78);
         assert!((800.0..850.0).contains(&ns), "{ns}");
+    }
+
+    #[test]
+    fn parses_bpftool_prog_show() {
+        let json = r#"[{"id":821,"type":"tracing","name":"sched_switch","run_time_ns":780591,"run_cnt":338},
+            {"id":826,"type":"tracing","name":"sched_waking","run_time_ns":636322,"run_cnt":127,
+             "pids":[{"pid":42,"comm":"schedlat"}]},
+            {"id":827,"type":"tracing","name":"sched_wakeup_new"},
+            {"id":900,"type":"tracing","name":"sched_switch","run_time_ns":5,"run_cnt":5,
+             "pids":[{"pid":7,"comm":"other"}]}]"#;
+        let progs = parse_prog_show(json, 42, &BTreeSet::from([821, 827])).unwrap();
+        let names: Vec<&str> = progs.keys().map(String::as_str).collect();
+        assert_eq!(names, ["sched_switch", "sched_wakeup_new", "sched_waking"]);
+        assert_eq!(
+            progs["sched_switch"],
+            ProgStats {
+                run_cnt: 338,
+                run_time_ns: 780591
+            }
+        );
+        assert_eq!(progs["sched_wakeup_new"], ProgStats::default());
+        let ns = bpf_ns_per_switch(&progs);
+        assert!((ns - (780591.0 + 636322.0) / 338.0).abs() < 1e-9, "{ns}");
+        assert!(bpf_ns_per_switch(&BpfProgs::new()).is_nan());
+        assert_eq!(
+            fdinfo_field("prog_type:\t26\nprog_id:\t835\n", "prog_id"),
+            Some(835)
+        );
+        assert_eq!(fdinfo_field("link_id:\t1\n", "prog_id"), None);
     }
 
     #[test]
