@@ -1,6 +1,9 @@
 //! `cargo xtask test`: what CI runs (.ci/run). Unit tests need no root; the integration tests
 //! in tests/ load real eBPF programs, so they run as root and serially (shared kernel state).
-use std::process::{Command, Stdio};
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+};
 
 use anyhow::{Context, Result, bail};
 
@@ -12,6 +15,7 @@ pub fn test(ws: &Workspace, args: &[String]) -> Result<()> {
 
     // A unit test failure should not hide the integration results: note it, fail at the end.
     let mut failed = Vec::new();
+    let mut totals = Totals::default();
     header("1/3 unit tests");
     // schedlat-ebpf only builds for the bpf target (probe-user/build.rs compiles it).
     let mut unit = ws.cargo();
@@ -23,7 +27,7 @@ pub fn test(ws: &Workspace, args: &[String]) -> Result<()> {
         "--exclude",
         "schedlat-ebpf",
     ]);
-    if let Err(e) = run_cmd(&mut unit, "fix the failing unit tests above") {
+    if let Err(e) = run_tests(&mut unit, "fix the failing unit tests above", &mut totals) {
         eprintln!("error: {e:#}");
         failed.push("unit tests");
     }
@@ -62,11 +66,12 @@ pub fn test(ws: &Workspace, args: &[String]) -> Result<()> {
                 "--release",
                 "-p",
                 "schedlat-tests",
+                "--tests",
                 "--",
                 "--test-threads=1",
             ])
             .args(args);
-        run_cmd(&mut c, hint)
+        run_tests(&mut c, hint, &mut totals)
     } else {
         // Build as the user (no root-owned files in target/), run only the test binaries as root.
         println!("not root: building the integration tests, then running them through `sudo`");
@@ -78,7 +83,7 @@ pub fn test(ws: &Workspace, args: &[String]) -> Result<()> {
                 c.arg(format!("{k}={}", v.display()));
             }
             c.arg(&exe).arg("--test-threads=1").args(args);
-            if let Err(e) = run_cmd(&mut c, hint) {
+            if let Err(e) = run_tests(&mut c, hint, &mut totals) {
                 eprintln!("error: {e:#}");
                 errors.push(exe.display().to_string());
             }
@@ -94,11 +99,63 @@ pub fn test(ws: &Workspace, args: &[String]) -> Result<()> {
         failed.push("integration tests");
     }
 
+    // One plain closing line over every test binary, for people and for CI's reader.
+    println!("\n{} passed, {} failed", totals.passed, totals.failed);
     if !failed.is_empty() {
         bail!("cargo xtask test: {} failed", failed.join(" and "));
     }
-    println!("\ncargo xtask test: all steps passed");
+    if totals.passed == 0 {
+        bail!("cargo xtask test: no test ran");
+    }
+    println!("cargo xtask test: all steps passed");
     Ok(())
+}
+
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+}
+
+/// Like `run_cmd`, but passes the test output through while adding up libtest's
+/// `test result: ... N passed; M failed; ...` lines.
+fn run_tests(c: &mut Command, what_to_do: &str, totals: &mut Totals) -> Result<()> {
+    let line = cmdline(c);
+    println!("+ {line}");
+    let mut child = c
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("could not start `{line}`: {what_to_do}"))?;
+    let out = child.stdout.take().expect("piped stdout");
+    for l in BufReader::new(out).lines() {
+        let l = l.context("reading test output")?;
+        println!("{l}");
+        if let Some((p, f)) = parse_test_result(&l) {
+            totals.passed += p;
+            totals.failed += f;
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("`{line}` failed ({status}): {what_to_do}");
+    }
+    Ok(())
+}
+
+/// (passed, failed) from a libtest summary line.
+fn parse_test_result(l: &str) -> Option<(u64, u64)> {
+    let rest = l.strip_prefix("test result: ")?;
+    let num = |word: &str| -> Option<u64> {
+        rest.split(';').find_map(|part| {
+            let part = part
+                .trim()
+                .trim_start_matches("ok.")
+                .trim_start_matches("FAILED.")
+                .trim();
+            part.strip_suffix(word).and_then(|n| n.trim().parse().ok())
+        })
+    };
+    Some((num("passed")?, num("failed")?))
 }
 
 fn header(step: &str) {
@@ -138,4 +195,26 @@ fn integration_test_binaries(ws: &Workspace) -> Result<Vec<std::path::PathBuf>> 
         bail!("`{line}` built no test executables for schedlat-tests");
     }
     Ok(exes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_test_result;
+
+    #[test]
+    fn parses_libtest_summaries() {
+        assert_eq!(
+            parse_test_result(
+                "test result: ok. 26 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.49s"
+            ),
+            Some((26, 0))
+        );
+        assert_eq!(
+            parse_test_result(
+                "test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out"
+            ),
+            Some((1, 2))
+        );
+        assert_eq!(parse_test_result("running 3 tests"), None);
+    }
 }
