@@ -5,7 +5,7 @@
 //! directories maps ids to paths. Hosts may be v2-only (/sys/fs/cgroup) or hybrid
 //! (/sys/fs/cgroup/unified); the mount is found in /proc/self/mountinfo.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -49,6 +49,8 @@ const MAX_REMEMBERED: usize = 100_000;
 pub struct CgroupNames {
     mount: PathBuf,
     names: HashMap<u64, String>,
+    /// Ids present at the last scan.
+    live: HashSet<u64>,
     last_scan: Option<Instant>,
     /// Rescan at most this often when an unknown id shows up (a walk of the hierarchy: ~ms
     /// on a host with thousands of cgroups; scrapes come every 15 s or so).
@@ -60,6 +62,7 @@ impl CgroupNames {
         Self {
             mount,
             names: HashMap::new(),
+            live: HashSet::new(),
             last_scan: None,
             min_rescan: Duration::from_secs(1),
         }
@@ -95,6 +98,7 @@ impl CgroupNames {
         if self.names.len() > MAX_REMEMBERED {
             self.names.clear();
         }
+        self.live.clear();
         let mut stack = vec![self.mount.clone()];
         // Bounded: at most 1M directories (hosts have thousands).
         let mut budget = 1_000_000usize;
@@ -107,6 +111,7 @@ impl CgroupNames {
                 .map(|p| format!("/{}", p.display()))
                 .unwrap_or_default();
             self.names.insert(md.ino(), rel);
+            self.live.insert(md.ino());
             let Ok(rd) = std::fs::read_dir(&dir) else {
                 continue;
             };
@@ -120,6 +125,29 @@ impl CgroupNames {
                 }
             }
         }
+    }
+
+    /// Which of `ids` no longer exist. A known cgroup is checked with one stat of its path
+    /// (same inode = same cgroup); an id not seen at the last scan triggers a rescan, so a
+    /// cgroup created since then is not mistaken for a removed one (the ids come from a
+    /// snapshot taken before this call).
+    pub fn dead(&mut self, ids: &[u64]) -> Vec<u64> {
+        if ids.iter().any(|id| !self.live.contains(id)) {
+            self.rescan();
+        }
+        let mut dead = Vec::new();
+        for &id in ids {
+            let alive = self.live.contains(&id)
+                && self.names.get(&id).is_some_and(|rel| {
+                    let p = self.mount.join(rel.trim_start_matches('/'));
+                    std::fs::metadata(p).is_ok_and(|m| m.ino() == id)
+                });
+            if !alive {
+                self.live.remove(&id);
+                dead.push(id);
+            }
+        }
+        dead
     }
 
     /// Ids of `path` (relative to the mount, or absolute under it) and every cgroup below it.
@@ -193,8 +221,10 @@ mod tests {
         assert!(ids.contains(&b_ino));
         let e = names.subtree_ids("/nope").unwrap_err().to_string();
         assert!(e.contains("/nope"), "{e}");
+        assert_eq!(names.dead(&[b_ino, root_ino]), Vec::<u64>::new());
         std::fs::remove_dir_all(&root).unwrap();
-        // Removed cgroups keep their name.
+        // Removed cgroups keep their name, and are reported dead.
         assert_eq!(names.name(b_ino), Some("/a/b"));
+        assert_eq!(names.dead(&[b_ino, root_ino]), vec![b_ino, root_ino]);
     }
 }

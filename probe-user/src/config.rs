@@ -21,6 +21,8 @@ pub struct DaemonConfig {
     pub max_cgroups: usize,
     /// Prometheus buckets per power of two (1, 2, 4 or 8). The kernel keeps 8.
     pub buckets_per_octave: u32,
+    /// How long the final counts of a removed cgroup keep being exported under its own label.
+    pub removed_cgroup_ttl_secs: u64,
     pub maps: MapSizes,
 }
 
@@ -31,6 +33,7 @@ impl Default for DaemonConfig {
             futex: FutexMode::Sched,
             max_cgroups: 500,
             buckets_per_octave: 2,
+            removed_cgroup_ttl_secs: 600,
             maps: MapSizes::default(),
         }
     }

@@ -1,7 +1,9 @@
 //! `schedlat daemon`: attach once, serve /metrics from the in-kernel aggregates.
 use std::{
+    collections::HashSet,
     net::SocketAddr,
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -12,8 +14,9 @@ use axum::{
     response::IntoResponse,
     routing::get,
 };
+use schedlat_common::HistKey;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::{
     UsageError,
@@ -22,6 +25,7 @@ use crate::{
     config::DaemonConfig,
     metrics::{self, ExpoInput, LabelCap},
     probes::{Attached, FutexMode, ProbeOptions, Probes, RawSnapshot},
+    series::SeriesKeeper,
 };
 
 /// What a scrape needs. The kernel side is behind a trait so the HTTP layer is testable
@@ -29,6 +33,8 @@ use crate::{
 pub trait Source: Send + 'static {
     fn snapshot(&mut self) -> anyhow::Result<RawSnapshot>;
     fn attached(&self) -> &[Attached];
+    /// Delete histogram entries (of removed cgroups) from the kernel map.
+    fn remove_hists(&mut self, keys: &[HistKey]) -> anyhow::Result<()>;
 }
 
 impl Source for Probes {
@@ -38,12 +44,32 @@ impl Source for Probes {
     fn attached(&self) -> &[Attached] {
         &self.attached
     }
+    fn remove_hists(&mut self, keys: &[HistKey]) -> anyhow::Result<()> {
+        Ok(Probes::remove_hists(self, keys)?)
+    }
+}
+
+/// Cgroup names and liveness (a trait so the HTTP layer is testable without cgroupfs).
+pub trait Cgroups: Send + 'static {
+    fn name(&mut self, id: u64) -> Option<String>;
+    /// Which of `ids` no longer exist.
+    fn dead(&mut self, ids: &[u64]) -> Vec<u64>;
+}
+
+impl Cgroups for CgroupNames {
+    fn name(&mut self, id: u64) -> Option<String> {
+        CgroupNames::name(self, id).map(str::to_string)
+    }
+    fn dead(&mut self, ids: &[u64]) -> Vec<u64> {
+        CgroupNames::dead(self, ids)
+    }
 }
 
 pub struct AppState {
     source: Box<dyn Source>,
     cap: LabelCap,
-    names: Box<dyn FnMut(u64) -> Option<String> + Send>,
+    cgroups: Box<dyn Cgroups>,
+    keeper: SeriesKeeper,
     per_octave: u32,
     futex_outcomes: bool,
 }
@@ -56,26 +82,83 @@ impl AppState {
         max_cgroups: usize,
         per_octave: u32,
         futex_outcomes: bool,
-        names: Box<dyn FnMut(u64) -> Option<String> + Send>,
+        cgroups: Box<dyn Cgroups>,
+        removed_cgroup_ttl: Duration,
     ) -> Shared {
         Arc::new(Mutex::new(Self {
             source,
             cap: LabelCap::new(max_cgroups),
-            names,
+            cgroups,
+            keeper: SeriesKeeper::new(removed_cgroup_ttl),
             per_octave,
             futex_outcomes,
         }))
     }
 
     fn render(&mut self) -> anyhow::Result<String> {
-        let snap = self.source.snapshot()?;
+        let Self {
+            source,
+            cap,
+            cgroups,
+            keeper,
+            per_octave,
+            futex_outcomes,
+        } = self;
+        let mut snap = source.snapshot()?;
+        let now = Instant::now();
+
+        // Removed cgroups: take their entries out of the kernel map (bounded memory under
+        // churn) and keep exporting their final counts from userspace (monotonic counters).
+        let mut ids: Vec<u64> = snap.hists.iter().map(|(k, _)| k.cgroup_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let dead: HashSet<u64> = cgroups.dead(&ids).into_iter().collect();
+        if !dead.is_empty() {
+            let (gone, live): (Vec<_>, Vec<_>) = std::mem::take(&mut snap.hists)
+                .into_iter()
+                .partition(|(k, _)| dead.contains(&k.cgroup_id));
+            let keys: Vec<HistKey> = gone.iter().map(|(k, _)| *k).collect();
+            if let Err(e) = source.remove_hists(&keys) {
+                // Counted again next scrape; the retired copy is replaced then, not added.
+                warn!(error = %e, "removing histograms of removed cgroups");
+                snap.hists = live;
+                snap.hists.extend(gone);
+            } else {
+                // Admit the label while the name is still known (it is remembered after removal).
+                for k in &keys {
+                    cap.label(k.cgroup_id, |id| cgroups.name(id));
+                }
+                keeper.retire(gone, now);
+                snap.hists = live;
+                for (map, n, _) in &mut snap.map_entries {
+                    if *map == "HISTS" {
+                        *n = n.saturating_sub(keys.len());
+                    }
+                }
+            }
+        }
+        for id in keeper.expire(now, |id| cap.label(id, |id| cgroups.name(id))) {
+            cap.forget(id);
+        }
+        snap.hists
+            .extend(keeper.retired_hists().map(|(k, h)| (k, h.clone())));
+        let base: Vec<_> = keeper.base().map(|(k, h)| (k.clone(), h.clone())).collect();
+
         let input = ExpoInput {
-            attached: self.source.attached(),
-            per_octave: self.per_octave,
+            attached: source.attached(),
+            per_octave: *per_octave,
             version: env!("CARGO_PKG_VERSION"),
-            futex_outcomes: self.futex_outcomes,
+            futex_outcomes: *futex_outcomes,
+            base: &base,
+            retired_cgroups: keeper.retired_count(),
         };
-        let fams = metrics::families(&snap, &input, &mut self.cap, &mut self.names);
+        let fams = metrics::families(&snap, &input, cap, |id| cgroups.name(id));
+        let in_use: HashSet<String> = snap
+            .hists
+            .iter()
+            .map(|(k, _)| cap.label(k.cgroup_id, |id| cgroups.name(id)))
+            .collect();
+        keeper.prune(&in_use);
         Ok(metrics::encode(&fams)?)
     }
 }
@@ -156,13 +239,14 @@ async fn serve(cli: &Cli, cfg: DaemonConfig) -> anyhow::Result<()> {
         ..Default::default()
     };
     let probes = Probes::load(&opts).context("starting the daemon")?;
-    let mut names = CgroupNames::new(v2_mount().map_err(|e| UsageError(e.to_string()))?);
+    let names = CgroupNames::new(v2_mount().map_err(|e| UsageError(e.to_string()))?);
     let state = AppState::new(
         Box::new(probes),
         cfg.max_cgroups,
         cfg.buckets_per_octave,
         cfg.futex == FutexMode::Syscall,
-        Box::new(move |id| names.name(id).map(str::to_string)),
+        Box::new(names),
+        Duration::from_secs(cfg.removed_cgroup_ttl_secs),
     );
     let mut term = signal(SignalKind::terminate())?;
     let shutdown = async move {
@@ -193,29 +277,89 @@ mod tests {
     use super::*;
     use crate::hist::Histogram;
 
-    struct Fake(u64);
+    /// A kernel side with per-cgroup histograms that grow by one per scrape, and whose
+    /// entries can be removed (as the daemon does for removed cgroups).
+    struct Fake {
+        scrapes: u64,
+        cgroups: Vec<u64>,
+        removed: Arc<Mutex<Vec<HistKey>>>,
+    }
     impl Source for Fake {
         fn snapshot(&mut self) -> anyhow::Result<RawSnapshot> {
-            self.0 += 1;
+            self.scrapes += 1;
             let mut h = Histogram::default();
-            for _ in 0..self.0 {
+            for _ in 0..self.scrapes {
                 h.record(5_000);
             }
+            let hists = self
+                .cgroups
+                .iter()
+                .map(|&cgroup_id| {
+                    (
+                        HistKey {
+                            cgroup_id,
+                            kind: kind::RUNQ_WOKEN,
+                            op: 0,
+                        },
+                        h.clone(),
+                    )
+                })
+                .collect();
             Ok(RawSnapshot {
-                hists: vec![(
-                    HistKey {
-                        cgroup_id: 1,
-                        kind: kind::RUNQ_WOKEN,
-                        op: 0,
-                    },
-                    h,
-                )],
+                hists,
                 ..Default::default()
             })
         }
         fn attached(&self) -> &[Attached] {
             &[]
         }
+        fn remove_hists(&mut self, keys: &[HistKey]) -> anyhow::Result<()> {
+            self.cgroups
+                .retain(|id| !keys.iter().any(|k| k.cgroup_id == *id));
+            self.removed.lock().unwrap().extend_from_slice(keys);
+            Ok(())
+        }
+    }
+
+    /// Cgroup `id` is named `/cg<id>`; the ids in `dead` are removed.
+    struct FakeCgroups {
+        dead: Arc<Mutex<Vec<u64>>>,
+    }
+    impl Cgroups for FakeCgroups {
+        fn name(&mut self, id: u64) -> Option<String> {
+            Some(if id == 1 {
+                "/".into()
+            } else {
+                format!("/cg{id}")
+            })
+        }
+        fn dead(&mut self, ids: &[u64]) -> Vec<u64> {
+            let d = self.dead.lock().unwrap();
+            ids.iter().copied().filter(|i| d.contains(i)).collect()
+        }
+    }
+
+    type Shared<T = AppState> = Arc<Mutex<T>>;
+
+    fn state(
+        cgroups: Vec<u64>,
+        ttl: Duration,
+    ) -> (Shared, Shared<Vec<u64>>, Shared<Vec<HistKey>>) {
+        let dead = Arc::new(Mutex::new(Vec::new()));
+        let removed = Arc::new(Mutex::new(Vec::new()));
+        let st = AppState::new(
+            Box::new(Fake {
+                scrapes: 0,
+                cgroups,
+                removed: removed.clone(),
+            }),
+            10,
+            2,
+            false,
+            Box::new(FakeCgroups { dead: dead.clone() }),
+            ttl,
+        );
+        (st, dead, removed)
     }
 
     async fn get(app: Router, path: &str) -> (StatusCode, String, Option<String>) {
@@ -234,13 +378,7 @@ mod tests {
 
     #[tokio::test]
     async fn serves_metrics_and_health() {
-        let state = AppState::new(
-            Box::new(Fake(0)),
-            10,
-            2,
-            false,
-            Box::new(|_| Some("/".to_string())),
-        );
+        let (state, _, _) = state(vec![1], Duration::from_secs(600));
         let (s, body, ct) = get(router(state.clone()), "/metrics").await;
         assert_eq!(s, StatusCode::OK);
         assert_eq!(ct.as_deref(), Some(metrics::CONTENT_TYPE));
@@ -259,5 +397,57 @@ mod tests {
         );
         let (s, body, _) = get(router(state), "/healthz").await;
         assert_eq!((s, body.as_str()), (StatusCode::OK, "ok\n"));
+    }
+
+    fn count(body: &str, cgroup: &str) -> Option<f64> {
+        let prefix = format!(
+            "schedlat_runqueue_latency_seconds_count{{cgroup=\"{cgroup}\",cause=\"woken\"}} "
+        );
+        body.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map(|v| v.parse().unwrap())
+    }
+
+    #[tokio::test]
+    async fn removed_cgroups_leave_the_kernel_map_but_keep_their_counts_until_the_ttl() {
+        let (st, dead, removed) = state(vec![1, 2], Duration::from_secs(600));
+        let (_, body, _) = get(router(st.clone()), "/metrics").await;
+        assert_eq!(count(&body, "/cg2"), Some(1.0));
+        dead.lock().unwrap().push(2);
+        // Scrape 2 reads 2 for cgroup 2, finds it removed, deletes it from the kernel map and
+        // keeps exporting its final count.
+        let (_, body, _) = get(router(st.clone()), "/metrics").await;
+        assert_eq!(count(&body, "/cg2"), Some(2.0));
+        assert_eq!(
+            removed
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|k| k.cgroup_id)
+                .collect::<Vec<_>>(),
+            vec![2]
+        );
+        assert!(body.contains("schedlat_cgroups_retired 1"), "{body}");
+        let (_, body, _) = get(router(st.clone()), "/metrics").await;
+        assert_eq!(
+            count(&body, "/cg2"),
+            Some(2.0),
+            "frozen, not lost, not growing"
+        );
+        assert_eq!(count(&body, "/"), Some(3.0), "live cgroups unaffected");
+    }
+
+    #[tokio::test]
+    async fn removed_cgroup_series_go_after_the_ttl() {
+        let (st, dead, _) = state(vec![1, 2], Duration::ZERO);
+        get(router(st.clone()), "/metrics").await;
+        dead.lock().unwrap().push(2);
+        // Its final count is exported once more, then the series goes.
+        let (_, body, _) = get(router(st.clone()), "/metrics").await;
+        assert_eq!(count(&body, "/cg2"), Some(2.0), "{body}");
+        assert!(body.contains("schedlat_cgroups_retired 0"), "{body}");
+        let (_, body, _) = get(router(st.clone()), "/metrics").await;
+        assert_eq!(count(&body, "/cg2"), None, "{body}");
+        assert_eq!(count(&body, "/"), Some(3.0));
     }
 }

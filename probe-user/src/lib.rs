@@ -13,6 +13,7 @@ pub mod hist;
 pub mod metrics;
 pub mod probes;
 pub mod report;
+pub mod series;
 pub mod tracefs;
 
 /// An error the user must fix (bad argument, missing privilege, unsupported kernel): exit 2.

@@ -64,6 +64,12 @@ impl LabelCap {
     pub fn folded(&self) -> usize {
         self.folded.len()
     }
+
+    /// Free the slot of a cgroup whose series are gone for good.
+    pub fn forget(&mut self, id: u64) {
+        self.admitted.remove(&id);
+        self.folded.remove(&id);
+    }
 }
 
 fn label(name: &str, value: &str) -> LabelPair {
@@ -132,6 +138,10 @@ pub struct ExpoInput<'a> {
     pub version: &'a str,
     /// Futex return codes are known (futex mode "syscall").
     pub futex_outcomes: bool,
+    /// Counts of removed cgroups past their ttl, by (label, kind, op): see [`crate::series`].
+    pub base: &'a [((String, u32, u32), Histogram)],
+    /// Removed cgroups whose series are still exported.
+    pub retired_cgroups: usize,
 }
 
 /// Build all metric families. `cgroup_name` resolves ids not yet labelled.
@@ -156,6 +166,14 @@ pub fn families(
     }
     // A wakeup that makes a task runnable ends in exactly one cause=woken wait; counting it
     // there saves reading the wakee's cgroup in the (hot) wakeup handler.
+    for ((cg, k, _), h) in input.base {
+        match *k {
+            kind::RUNQ_WOKEN => runq.entry((cg.clone(), "woken")).or_default().merge(h),
+            kind::RUNQ_PREEMPTED => runq.entry((cg.clone(), "preempted")).or_default().merge(h),
+            kind::FUTEX => futex.entry(cg.clone()).or_default().merge(h),
+            _ => {}
+        }
+    }
     let mut wakeups: BTreeMap<String, u64> = BTreeMap::new();
     for ((cg, cause), h) in &runq {
         if *cause == "woken" {
@@ -237,6 +255,12 @@ pub fn families(
         "Cgroups whose series were folded into cgroup=\"other\" by the max_cgroups cap.",
         MetricType::GAUGE,
         vec![gauge(vec![], cap.folded() as f64)],
+    ));
+    out.extend(family(
+        "schedlat_cgroups_retired",
+        "Removed cgroups whose final counts are still exported (they fold into their label after removed_cgroup_ttl_secs).",
+        MetricType::GAUGE,
+        vec![gauge(vec![], input.retired_cgroups as f64)],
     ));
     out.extend(family(
         "schedlat_map_entries",
@@ -384,6 +408,8 @@ pub(crate) mod tests {
                 per_octave: 2,
                 version: "test",
                 futex_outcomes: true,
+                base: &[],
+                retired_cgroups: 0,
             },
             &mut cap,
             |id| Some(format!("/cg{id}")),

@@ -517,6 +517,23 @@ impl Probes {
         dropped
     }
 
+    /// Delete HISTS entries (of removed cgroups). Missing keys are not an error.
+    pub fn remove_hists(&mut self, keys: &[HistKey]) -> Result<(), ProbeError> {
+        let mut m: BpfHashMap<_, HistKey, Hist> = map_mut(&mut self.ebpf, "HISTS")?;
+        for k in keys {
+            match m.remove(k) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => {
+                    return Err(ProbeError::Map {
+                        map: "HISTS",
+                        detail: format!("delete: {e}"),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Read every map.
     pub fn snapshot(&self) -> Result<RawSnapshot, ProbeError> {
         let mut snap = RawSnapshot::default();

@@ -280,3 +280,46 @@ fn a_full_map_drops_are_counted_and_the_daemon_keeps_serving() {
     assert!(d.stop().success());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The value of the first sample line starting with `prefix` (name and labels).
+fn sample(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+}
+
+#[test]
+fn a_removed_cgroup_leaves_the_kernel_map_and_keeps_its_final_counts() {
+    if !privileged_or_skip("a_removed_cgroup_leaves_the_kernel_map_and_keeps_its_final_counts") {
+        return;
+    }
+    let d = Daemon::start();
+    let cg = schedlat_tests::TestCgroup::create("removed");
+    let path = cg.path().to_string();
+    let mut spin = Workload::start(&["spin", "--threads", "2", "--cpu", "0", "--secs", "0.5"]);
+    cg.add(spin.pid);
+    spin.go();
+    spin.result();
+    let series =
+        format!("schedlat_runqueue_latency_seconds_count{{cgroup=\"{path}\",cause=\"preempted\"}}");
+    let before = get(&d.addr, "/metrics").unwrap();
+    let n = sample(&before, &series).unwrap_or_else(|| panic!("no {series}"));
+    assert!(n > 10.0, "{series} {n}");
+    let hists_before = sample(&before, "schedlat_map_entries{map=\"HISTS\"}").unwrap();
+    drop(cg); // rmdir: the cgroup is gone
+    let after = get(&d.addr, "/metrics").unwrap();
+    assert_eq!(
+        sample(&after, &series),
+        Some(n),
+        "final count kept, under its own label"
+    );
+    assert!(sample(&after, "schedlat_cgroups_retired").unwrap() >= 1.0);
+    let hists_after = sample(&after, "schedlat_map_entries{map=\"HISTS\"}").unwrap();
+    assert!(
+        hists_after < hists_before,
+        "HISTS entries {hists_before} -> {hists_after}: removed cgroup not deleted"
+    );
+    promtool_check(&after);
+    assert!(d.stop().success());
+}
