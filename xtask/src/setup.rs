@@ -36,8 +36,8 @@ pub const BUILD_EBPF: Group = Group {
 pub const TEST: Group = Group {
     name: "test",
     why: "promtool checks the /metrics exposition; util-linux (setpriv) and bpftool (programs \
-          left after SIGKILL) for the tests",
-    packages: &["prometheus", "util-linux", "bpftool"],
+          left after SIGKILL) and systemd-analyze (deploy/schedlat.service) for the tests",
+    packages: &["prometheus", "util-linux", "bpftool", "systemd"],
 };
 pub const BENCH: Group = Group {
     name: "bench",
