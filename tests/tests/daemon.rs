@@ -323,3 +323,57 @@ fn a_removed_cgroup_leaves_the_kernel_map_and_keeps_its_final_counts() {
     promtool_check(&after);
     assert!(d.stop().success());
 }
+
+fn rss_kb(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn churn_of_10000_tasks_leaves_no_stale_entries_and_flat_memory() {
+    if !privileged_or_skip("churn_of_10000_tasks_leaves_no_stale_entries_and_flat_memory") {
+        return;
+    }
+    let d = Daemon::start();
+    let before = get(&d.addr, "/metrics").unwrap();
+    let rss_before = rss_kb(d.child.id());
+    let runq_before = sample(&before, "schedlat_map_entries{map=\"RUNQ_START\"}").unwrap();
+    let mut churn = Workload::start(&["churn", "--procs", "5000", "--threads", "5000"]);
+    churn.go();
+    churn.result();
+    let after = get(&d.addr, "/metrics").unwrap();
+    // Every stamp of a task that ran and exited was consumed at its switch-in.
+    let runq_after = sample(&after, "schedlat_map_entries{map=\"RUNQ_START\"}").unwrap();
+    assert!(
+        runq_after <= runq_before + 16.0,
+        "RUNQ_START {runq_before} -> {runq_after} entries after churn"
+    );
+    assert_eq!(
+        total(&after, "schedlat_events_dropped_total"),
+        0.0,
+        "drops during churn"
+    );
+    // 10,000 new tasks were each woken and run at least once.
+    let waits = total(&after, "schedlat_runqueue_latency_seconds_count")
+        - total(&before, "schedlat_runqueue_latency_seconds_count");
+    assert!(
+        waits >= 10_000.0,
+        "only {waits} run-queue waits for 10,000 new tasks"
+    );
+    for _ in 0..5 {
+        get(&d.addr, "/metrics").unwrap();
+    }
+    let rss_after = rss_kb(d.child.id());
+    assert!(
+        rss_after < rss_before + 8 * 1024,
+        "daemon RSS {rss_before} kB -> {rss_after} kB"
+    );
+    assert!(d.stop().success());
+}
