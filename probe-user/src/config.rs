@@ -23,6 +23,8 @@ pub struct DaemonConfig {
     pub buckets_per_octave: u32,
     /// How long the final counts of a removed cgroup keep being exported under its own label.
     pub removed_cgroup_ttl_secs: u64,
+    /// Drop every capability once the programs are attached (nothing after needs one).
+    pub drop_capabilities: bool,
     pub maps: MapSizes,
 }
 
@@ -34,6 +36,7 @@ impl Default for DaemonConfig {
             max_cgroups: 500,
             buckets_per_octave: 2,
             removed_cgroup_ttl_secs: 600,
+            drop_capabilities: true,
             maps: MapSizes::default(),
         }
     }

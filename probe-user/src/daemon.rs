@@ -239,6 +239,12 @@ async fn serve(cli: &Cli, cfg: DaemonConfig) -> anyhow::Result<()> {
         ..Default::default()
     };
     let probes = Probes::load(&opts).context("starting the daemon")?;
+    if cfg.drop_capabilities {
+        crate::privs::drop_all_capabilities().context(
+            "dropping capabilities after attaching (set drop_capabilities = false to keep them)",
+        )?;
+        info!("attached; dropped all capabilities");
+    }
     let names = CgroupNames::new(v2_mount().map_err(|e| UsageError(e.to_string()))?);
     let state = AppState::new(
         Box::new(probes),
@@ -341,10 +347,7 @@ mod tests {
 
     type Shared<T = AppState> = Arc<Mutex<T>>;
 
-    fn state(
-        cgroups: Vec<u64>,
-        ttl: Duration,
-    ) -> (Shared, Shared<Vec<u64>>, Shared<Vec<HistKey>>) {
+    fn state(cgroups: Vec<u64>, ttl: Duration) -> (Shared, Shared<Vec<u64>>, Shared<Vec<HistKey>>) {
         let dead = Arc::new(Mutex::new(Vec::new()));
         let removed = Arc::new(Mutex::new(Vec::new()));
         let st = AppState::new(

@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod hist;
 pub mod metrics;
+pub mod privs;
 pub mod probes;
 pub mod report;
 pub mod series;

@@ -377,3 +377,40 @@ fn churn_of_10000_tasks_leaves_no_stale_entries_and_flat_memory() {
     );
     assert!(d.stop().success());
 }
+
+#[test]
+fn daemon_drops_every_capability_after_attaching_and_keeps_working() {
+    if !privileged_or_skip("daemon_drops_every_capability_after_attaching_and_keeps_working") {
+        return;
+    }
+    let d = Daemon::start();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.child.id())).unwrap();
+    for set in ["CapEff:", "CapPrm:", "CapInh:", "CapAmb:"] {
+        let v = status
+            .lines()
+            .find_map(|l| l.strip_prefix(set))
+            .unwrap()
+            .trim();
+        assert_eq!(u64::from_str_radix(v, 16).unwrap(), 0, "{set} {v}");
+    }
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("NoNewPrivs:") && l.ends_with('1')),
+        "{status}"
+    );
+    // Reading maps still works without privileges.
+    let mut spin = Workload::start(&["spin", "--threads", "2", "--cpu", "0", "--secs", "0.3"]);
+    let before = total(
+        &get(&d.addr, "/metrics").unwrap(),
+        "schedlat_runqueue_latency_seconds_count",
+    );
+    spin.go();
+    spin.result();
+    let after = total(
+        &get(&d.addr, "/metrics").unwrap(),
+        "schedlat_runqueue_latency_seconds_count",
+    );
+    assert!(after > before + 10.0, "{before} -> {after}");
+    assert!(d.stop().success());
+}
