@@ -5,6 +5,7 @@
 //! * driving `schedlat-workload` through its ready/go/result protocol: [`Workload`];
 //! * running `schedlat capture` in the background: [`Schedlat`] / [`Running`], and one-shot
 //!   invocations: [`run_schedlat`];
+//! * `schedlat daemon` and its /metrics: [`scrape`];
 //! * reading a thread's `/proc/<pid>/task/<tid>/schedstat`: [`read_schedstat`], [`parse_schedstat`].
 //!
 //! Nothing here blocks forever: every read of a child's output has a timeout and panics with
@@ -20,6 +21,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+pub mod scrape;
 
 /// How long [`Workload`] waits for each protocol line and for the workload to exit.
 pub const WORKLOAD_TIMEOUT: Duration = Duration::from_secs(60);

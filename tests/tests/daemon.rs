@@ -1,131 +1,13 @@
 //! Privileged: `schedlat daemon` under load, scraped like Prometheus would.
 use std::{
-    io::{Read as _, Write as _},
-    net::{TcpListener, TcpStream},
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
-use schedlat_tests::{Workload, privileged_or_skip, schedlat_bin};
-
-struct Daemon {
-    child: Child,
-    addr: String,
-}
-
-impl Daemon {
-    fn start() -> Self {
-        Self::start_with(&[])
-    }
-
-    fn start_with(extra: &[&str]) -> Self {
-        // Find a free port; the daemon binds it right after.
-        let addr = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .to_string();
-        let child = Command::new(schedlat_bin())
-            .args(["daemon", "--listen", &addr])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start schedlat daemon");
-        let d = Self { child, addr };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while get(&d.addr, "/healthz").is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not serve /healthz within 60 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        d
-    }
-
-    fn stop(mut self) -> std::process::ExitStatus {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for Daemon {
-    /// A failing test must not leave a daemon (and its programs) behind.
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// A minimal HTTP/1.1 GET (no client dependency), returning the body.
-fn get(addr: &str, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).ok()?;
-    let (head, body) = resp.split_once("\r\n\r\n")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return None;
-    }
-    // axum uses Content-Length for these bodies; tolerate chunked just in case.
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        let mut out = String::new();
-        let mut rest = body;
-        while let Some((len, tail)) = rest.split_once("\r\n") {
-            let n = usize::from_str_radix(len.trim(), 16).ok()?;
-            if n == 0 {
-                break;
-            }
-            out.push_str(&tail[..n]);
-            rest = &tail[n + 2..];
-        }
-        return Some(out);
-    }
-    Some(body.to_string())
-}
-
-/// Sum of every sample of `name` (any labels).
-fn total(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.split(['{', ' ']).next() == Some(name))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum()
-}
-
-fn promtool_check(metrics: &str) {
-    let mut p = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool not found: `cargo xtask setup` installs Debian's prometheus package");
-    p.stdin
-        .take()
-        .unwrap()
-        .write_all(metrics.as_bytes())
-        .unwrap();
-    let out = p.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use schedlat_tests::{
+    Workload, privileged_or_skip,
+    scrape::{Daemon, get, promtool_check, sample, total},
+};
 
 #[test]
 fn daemon_metrics_grow_under_load_and_pass_promtool() {
@@ -279,14 +161,6 @@ fn a_full_map_drops_are_counted_and_the_daemon_keeps_serving() {
     assert!(total(&m, "schedlat_runqueue_latency_seconds_count") > 0.0);
     assert!(d.stop().success());
     std::fs::remove_dir_all(&dir).unwrap();
-}
-
-/// The value of the first sample line starting with `prefix` (name and labels).
-fn sample(metrics: &str, prefix: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(prefix))
-        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
 }
 
 #[test]

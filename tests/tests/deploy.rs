@@ -1,7 +1,7 @@
 //! deploy/: the systemd unit is valid and its capability set is enough.
 use std::{path::PathBuf, process::Command};
 
-use schedlat_tests::{privileged_or_skip, schedlat_bin};
+use schedlat_tests::{privileged_or_skip, schedlat_bin, scrape::get};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -86,7 +86,7 @@ fn daemon_works_with_only_cap_bpf_and_cap_perfmon() {
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let body = loop {
-        if let Some(b) = http_get(&addr) {
+        if let Some(b) = get(&addr, "/metrics") {
             break b;
         }
         assert!(
@@ -118,17 +118,4 @@ fn daemon_works_with_only_cap_bpf_and_cap_perfmon() {
         body.contains("schedlat_program_attached{program=\"sched_switch\""),
         "{body}"
     );
-}
-
-fn http_get(addr: &str) -> Option<String> {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut r = String::new();
-    s.read_to_string(&mut r).ok()?;
-    r.starts_with("HTTP/1.1 200").then_some(r)
 }
