@@ -24,6 +24,15 @@ pub struct CaptureReport {
     pub slow_threshold_ns: u64,
     /// Lost events by reason; `total` sums them.
     pub dropped: BTreeMap<String, u64>,
+    /// Kernel map use at the end of the capture: a full map is where drops come from, and
+    /// per-task maps (RUNQ_START, FUTEX_START) must not keep entries of exited tasks.
+    pub maps: BTreeMap<String, MapUse>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct MapUse {
+    pub entries: usize,
+    pub capacity: u32,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -323,6 +332,11 @@ pub fn build(
         slow_events,
         slow_threshold_ns: input.slow_threshold_ns,
         dropped,
+        maps: snap
+            .map_entries
+            .iter()
+            .map(|&(name, entries, capacity)| (name.to_string(), MapUse { entries, capacity }))
+            .collect(),
     }
 }
 
@@ -559,6 +573,12 @@ pub fn render_text(r: &CaptureReport, top: usize) -> String {
             lost.join(" ")
         }
     );
+    let maps: Vec<String> = r
+        .maps
+        .iter()
+        .map(|(k, m)| format!("{k} {}/{}", m.entries, m.capacity))
+        .collect();
+    let _ = writeln!(out, "maps (entries/capacity): {}", maps.join(", "));
     out
 }
 
@@ -653,6 +673,7 @@ mod tests {
                 CpuStat::default(),
             ],
             drops,
+            map_entries: vec![("RUNQ_START", 3, 65536), ("TASK_STATS", 2, 65536)],
             ..Default::default()
         }
     }
@@ -686,6 +707,14 @@ mod tests {
         assert_eq!(r.dropped["runq_start_map_full"], 3);
         assert_eq!(r.dropped["slow_event_report_limit"], 2);
         assert_eq!(r.dropped["total"], 5);
+        assert_eq!(
+            r.maps["RUNQ_START"],
+            MapUse {
+                entries: 3,
+                capacity: 65536
+            }
+        );
+        assert!(render_text(&r, 5).contains("RUNQ_START 3/65536, TASK_STATS 2/65536"));
         let text = render_text(&r, 10);
         assert!(
             text.contains("Run-queue delay") && text.contains("a[10] -> b[11]"),
@@ -716,6 +745,7 @@ mod tests {
             "wakeups",
             "slow_events",
             "dropped",
+            "maps",
         ] {
             assert!(v.get(k).is_some(), "missing {k}");
         }

@@ -357,3 +357,92 @@ fn cgroup_filter_captures_only_that_cgroup_and_names_it() {
         .collect();
     assert_eq!(cgroups, vec![cg.path()]);
 }
+
+#[test]
+fn churn_of_10000_tasks_under_capture_is_all_reported_and_leaves_no_stale_stamps() {
+    if !privileged_or_skip(
+        "churn_of_10000_tasks_under_capture_is_all_reported_and_leaves_no_stale_stamps",
+    ) {
+        return;
+    }
+    // Forked children have tgids of their own: filter by cgroup, which they inherit.
+    let cg = schedlat_tests::TestCgroup::create("churn");
+    let mut w = Workload::start(&["churn", "--procs", "5000", "--threads", "5000"]);
+    cg.add(w.pid);
+    let cap = Schedlat::capture(&[
+        "--duration",
+        "300s",
+        "--format",
+        "json",
+        "--cgroup",
+        cg.path(),
+    ]);
+    cap.wait_ready(Duration::from_secs(60));
+    w.go();
+    let result = w.result();
+    let (status, stdout, stderr) = cap.stop();
+    assert!(status.success(), "capture failed: {status}\n{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    // Every short-lived task was created runnable and switched in once at least: each one is
+    // a row of its own, with its delay.
+    let seen: std::collections::HashSet<u64> = report["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["runqueue_count"].as_u64() > Some(0))
+        .map(|t| t["tid"].as_u64().unwrap())
+        .collect();
+    let mut missing = Vec::new();
+    for key in ["child_pids", "thread_tids"] {
+        let ids = result[key].as_array().unwrap();
+        assert_eq!(ids.len(), 5000, "{key}");
+        missing.extend(
+            ids.iter()
+                .map(|v| v.as_u64().unwrap())
+                .filter(|id| !seen.contains(id)),
+        );
+    }
+    assert!(
+        missing.is_empty(),
+        "{} of 10,000 churned tasks missing from the capture, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert_eq!(report["dropped"]["total"], 0, "{}", report["dropped"]);
+    // The per-task stamps of tasks that exited are gone: only tasks runnable or in a futex at
+    // the end can hold one, a handful at most.
+    for map in ["RUNQ_START", "FUTEX_START"] {
+        let n = report["maps"][map]["entries"].as_u64().unwrap();
+        assert!(n <= 64, "{map} holds {n} entries after the churn");
+    }
+    assert!(report["maps"]["TASK_STATS"]["entries"].as_u64().unwrap() >= 10_000);
+}
+
+#[test]
+fn a_process_exiting_mid_capture_is_reported_without_errors() {
+    if !privileged_or_skip("a_process_exiting_mid_capture_is_reported_without_errors") {
+        return;
+    }
+    let mut w = Workload::start(&["spin", "--threads", "2", "--cpu", "0", "--secs", "0.5"]);
+    let pid = w.pid.to_string();
+    let cap = Schedlat::capture(&["--duration", "3s", "--format", "json", "--pid", &pid]);
+    cap.wait_ready(Duration::from_secs(60));
+    w.go();
+    let result = w.result(); // the process has exited; the capture runs on for ~2 s
+    let (status, stdout, stderr) = cap.wait();
+    assert!(status.success(), "capture failed: {status}\n{stderr}");
+    // No warning or error about the vanished process: its exit is ordinary.
+    let noisy: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("error"))
+        .collect();
+    assert!(noisy.is_empty(), "capture complained: {noisy:?}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    for t in result["threads"].as_array().unwrap() {
+        let row = task(&report, t["tid"].as_u64().unwrap());
+        assert!(row["runqueue_count"].as_u64().unwrap() > 10, "{row}");
+    }
+    assert!(report["duration_s"].as_f64().unwrap() >= 2.9);
+    assert_eq!(report["dropped"]["total"], 0);
+    assert!(report["maps"]["RUNQ_START"]["entries"].as_u64().unwrap() <= 64);
+}
