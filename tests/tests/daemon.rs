@@ -199,9 +199,14 @@ fn a_removed_cgroup_leaves_the_kernel_map_and_keeps_its_final_counts() {
 }
 
 fn rss_kb(pid: u32) -> u64 {
+    status_kb(pid, "VmRSS:")
+}
+
+/// A `kB` field of /proc/PID/status (VmRSS, VmHWM, ...).
+fn status_kb(pid: u32, field: &str) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .unwrap()
         .trim()
         .trim_end_matches(" kB")
@@ -286,5 +291,80 @@ fn daemon_drops_every_capability_after_attaching_and_keeps_working() {
         "schedlat_runqueue_latency_seconds_count",
     );
     assert!(after > before + 10.0, "{before} -> {after}");
+    assert!(d.stop().success());
+}
+
+#[test]
+fn a_wrk_flood_of_scrapes_leaves_the_daemon_serving_with_bounded_memory() {
+    if !privileged_or_skip("a_wrk_flood_of_scrapes_leaves_the_daemon_serving_with_bounded_memory") {
+        return;
+    }
+    let d = Daemon::start();
+    // Some series to render: a workload in a cgroup of its own.
+    let cg = schedlat_tests::TestCgroup::create("flood");
+    let mut spin = Workload::start(&["spin", "--threads", "2", "--cpu", "0", "--secs", "0.3"]);
+    cg.add(spin.pid);
+    spin.go();
+    spin.result();
+    let body = get(&d.addr, "/metrics").unwrap();
+    let rss_before = rss_kb(d.child.id());
+    let startup_peak = status_kb(d.child.id(), "VmHWM:");
+    // Reset the peak (proc(5) clear_refs): start-up (BTF parsing) peaks higher than serving.
+    std::fs::write(format!("/proc/{}/clear_refs", d.child.id()), "5").unwrap();
+    // 64 connections scraping as fast as they can for 5 s, on loopback.
+    let out = Command::new("wrk")
+        .args(["-t", "2", "-c", "64", "-d", "5s", "--latency"])
+        .arg(format!("http://{}/metrics", d.addr))
+        .output()
+        .expect("wrk not found: `cargo xtask setup` installs Debian's wrk package");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "wrk failed:\n{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let requests: f64 = report
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .split_once(" requests in ")
+                .map(|(n, _)| n.trim().parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no request count in wrk output:\n{report}"));
+    assert!(
+        requests >= 100.0,
+        "only {requests} scrapes in 5 s:\n{report}"
+    );
+    // Every answer was a 200 and no connection failed.
+    assert!(
+        !report.contains("Non-2xx") && !report.contains("Socket errors"),
+        "failed scrapes under flood:\n{report}"
+    );
+    // Still serving, with the same content, right after.
+    assert!(
+        get(&d.addr, "/healthz").is_some(),
+        "no /healthz after the flood"
+    );
+    let after = get(&d.addr, "/metrics").expect("no /metrics after the flood");
+    assert!(after.contains(&format!("cgroup=\"{}\"", cg.path())));
+    assert_eq!(
+        after.lines().filter(|l| l.starts_with("# TYPE")).count(),
+        body.lines().filter(|l| l.starts_with("# TYPE")).count()
+    );
+    // Renders are serialized: 64 waiting connections cost their buffers, and nothing accumulates.
+    let (rss_after, peak) = (rss_kb(d.child.id()), status_kb(d.child.id(), "VmHWM:"));
+    eprintln!(
+        "flood: {requests} scrapes; RSS {rss_before} kB -> {rss_after} kB, peak {peak} kB \
+         (start-up peak {startup_peak} kB); body {} bytes",
+        after.len()
+    );
+    assert!(
+        peak < rss_before + 64 * 1024,
+        "peak RSS {peak} kB (from {rss_before} kB)"
+    );
+    assert!(
+        rss_after < rss_before + 16 * 1024,
+        "RSS {rss_before} kB -> {rss_after} kB"
+    );
     assert!(d.stop().success());
 }

@@ -35,9 +35,10 @@ pub const BUILD_EBPF: Group = Group {
 };
 pub const TEST: Group = Group {
     name: "test",
-    why: "promtool checks the /metrics exposition; util-linux (setpriv) and bpftool (programs \
-          left after SIGKILL) and systemd-analyze (deploy/schedlat.service) for the tests",
-    packages: &["prometheus", "util-linux", "bpftool", "systemd"],
+    why: "promtool checks the /metrics exposition, prometheus scrapes a live daemon; util-linux \
+          (setpriv), bpftool (programs left after SIGKILL), systemd-analyze \
+          (deploy/schedlat.service) and wrk (a scrape flood) for the tests",
+    packages: &["prometheus", "util-linux", "bpftool", "systemd", "wrk"],
 };
 pub const BENCH: Group = Group {
     name: "bench",
