@@ -1,8 +1,12 @@
 //! `cargo xtask bench`: what does tracing cost the traced workload?
 //!
 //! Method (shared/docs/toolchain.md, "Benchmarking here"): this machine is small and noisy, so
-//! runs are interleaved (bare, schedlat, runqlat, bare, ...) and compared as medians of per-round
-//! ratios. libbpf-tools runqlat is the reference: the classic tool for the same question.
+//! runs are interleaved (bare, schedlat, runqlat, bpftrace, bare, ...) and compared as medians of
+//! per-round ratios. The anchors: libbpf-tools runqlat, the classic tool for the same question,
+//! and bpftrace's runqlat.bt script.
+//!
+//! A last section measures the daemon itself: CPU and RSS while idle with a scrape every 15 s,
+//! and scrape latency under a wrk flood of /metrics.
 //!
 //! Throughput ratios swing by +-15% here, so traced rounds also record a direct figure that needs
 //! no bare run: the kernel's own run-time statistics of the tracer's eBPF programs
@@ -28,7 +32,7 @@ use crate::{Workspace, build, capture, cmdline, is_root, probe, setup};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Interleaved rounds of (bare, schedlat, runqlat) per workload [default: 5, 2 with --quick]
+    /// Interleaved rounds of (bare, schedlat, runqlat, bpftrace) per workload [default: 5, 2 with --quick]
     #[arg(long, value_name = "N")]
     pairs: Option<usize>,
     /// Smoke test: 2 rounds and short workloads (numbers are not meaningful)
@@ -41,9 +45,10 @@ enum Arm {
     Bare,
     Schedlat,
     Runqlat,
+    Bpftrace,
 }
 
-const ARMS: [Arm; 3] = [Arm::Bare, Arm::Schedlat, Arm::Runqlat];
+const ARMS: [Arm; 4] = [Arm::Bare, Arm::Schedlat, Arm::Runqlat, Arm::Bpftrace];
 
 impl fmt::Display for Arm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -51,6 +56,7 @@ impl fmt::Display for Arm {
             Arm::Bare => "bare",
             Arm::Schedlat => "schedlat",
             Arm::Runqlat => "runqlat",
+            Arm::Bpftrace => "bpftrace",
         })
     }
 }
@@ -59,12 +65,17 @@ struct Workload {
     name: &'static str,
     argv: Vec<String>,
     unit: &'static str,
-    /// Operations per run, so that `ops / throughput` is the run's duration.
-    ops: f64,
     /// CPUs the workload keeps saturated: extra wall time x busy CPUs ~ extra CPU time.
     busy_cpus: f64,
-    /// Throughput from the workload's stdout.
-    parse: fn(&str) -> Option<f64>,
+    /// (operations done, throughput) from the workload's stdout and stderr.
+    parse: fn(&str) -> Option<Run>,
+}
+
+/// What one run of a workload reports about itself.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Run {
+    ops: f64,
+    throughput: f64,
 }
 
 impl Workload {
@@ -76,10 +87,10 @@ impl Workload {
 }
 
 fn workloads(quick: bool) -> Vec<Workload> {
-    let (pipe_loops, msg_loops) = if quick {
-        (20_000, 200)
+    let (pipe_loops, msg_loops, stress_secs) = if quick {
+        (20_000, 200, 1)
     } else {
-        (200_000, 2_000)
+        (200_000, 2_000, 5)
     };
     let cpus = thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let argv = |s: &str| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
@@ -91,40 +102,88 @@ fn workloads(quick: bool) -> Vec<Workload> {
                 "taskset -c 0 perf bench sched pipe -l {pipe_loops}"
             )),
             unit: "ops/s",
-            ops: pipe_loops as f64,
             busy_cpus: 1.0,
-            parse: parse_ops_per_sec,
+            parse: parse_perf_pipe,
         },
         // 160 processes keep every CPU busy.
         Workload {
             name: "messaging",
             argv: argv(&format!("perf bench sched messaging -g 4 -l {msg_loops}")),
             unit: "runs/s",
-            ops: 1.0,
             busy_cpus: cpus,
-            parse: parse_total_time,
+            parse: parse_perf_messaging,
+        },
+        // Two pipe ping-pong pairs: the highest context-switch rate (~760k/s here).
+        Workload {
+            name: "stress-ng switch",
+            argv: argv(&format!(
+                "stress-ng --switch 2 -t {stress_secs} --metrics-brief"
+            )),
+            unit: "bogo ops/s",
+            busy_cpus: cpus,
+            parse: parse_stress_ng,
+        },
+        // Futex wait/wake storms: what schedlat's futex tracing adds and runqlat lacks.
+        Workload {
+            name: "stress-ng futex",
+            argv: argv(&format!(
+                "stress-ng --futex 2 -t {stress_secs} --metrics-brief"
+            )),
+            unit: "bogo ops/s",
+            busy_cpus: cpus,
+            parse: parse_stress_ng,
         },
     ]
 }
 
-/// `         198801 ops/sec`
-fn parse_ops_per_sec(out: &str) -> Option<f64> {
-    out.lines()
-        .find_map(|l| l.trim().strip_suffix("ops/sec")?.trim().parse().ok())
-}
-
-/// `     Total time: 0.579 [sec]` -> 1/0.579 runs per second.
-fn parse_total_time(out: &str) -> Option<f64> {
-    let secs: f64 = out.lines().find_map(|l| {
+/// `     Total time: 0.579 [sec]`
+fn perf_total_time(out: &str) -> Option<f64> {
+    out.lines().find_map(|l| {
         let rest = l.trim().strip_prefix("Total time:")?;
         rest.split_whitespace().next()?.parse().ok()
-    })?;
-    (secs > 0.0).then(|| 1.0 / secs)
+    })
+}
+
+/// `Total time: 1.006 [sec]` and `         198801 ops/sec`.
+fn parse_perf_pipe(out: &str) -> Option<Run> {
+    let throughput: f64 = out
+        .lines()
+        .find_map(|l| l.trim().strip_suffix("ops/sec")?.trim().parse().ok())?;
+    Some(Run {
+        ops: throughput * perf_total_time(out)?,
+        throughput,
+    })
+}
+
+/// One run in `Total time` seconds.
+fn parse_perf_messaging(out: &str) -> Option<Run> {
+    let secs = perf_total_time(out)?;
+    (secs > 0.0).then(|| Run {
+        ops: 1.0,
+        throughput: 1.0 / secs,
+    })
+}
+
+/// `stress-ng: metrc: [15050] switch  1274070  2.00  0.59  3.41  636918.64  318662.81`:
+/// stressor, bogo ops, real/usr/sys time, bogo ops/s (real time), bogo ops/s (usr+sys).
+fn parse_stress_ng(out: &str) -> Option<Run> {
+    out.lines().find_map(|l| {
+        let (_, rest) = l.split_once("metrc:")?;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // [pid] name ops real usr sys ops/s-real ops/s-cpu
+        if f.len() != 8 || !f[0].starts_with('[') {
+            return None;
+        }
+        Some(Run {
+            ops: f[2].parse().ok()?,
+            throughput: f[6].parse().ok()?,
+        })
+    })
 }
 
 struct Sample {
     throughput: f64,
-    /// The tracer process's own CPU seconds during the workload (schedlat only).
+    /// The tracer process's own CPU seconds during the workload (traced arms only).
     tracer_cpu: Option<f64>,
     /// The tracer's eBPF programs over the round (traced arms only).
     bpf: Option<BpfProgs>,
@@ -140,9 +199,9 @@ struct ProgStats {
 /// A tracer's programs by name, cumulative since load (the tracer is started fresh every round).
 type BpfProgs = BTreeMap<String, ProgStats>;
 
-/// The program both tracers run on every context switch; its run count is the event count that
-/// "BPF ns per switch" divides by. schedlat's and libbpf-tools runqlat's are both named so (both
-/// tp_btf; checked with `bpftool prog show` while they ran).
+/// The program every tracer runs on every context switch; its run count is the event count that
+/// "BPF ns per switch" divides by. schedlat's and libbpf-tools runqlat's (tp_btf) and bpftrace's
+/// (classic tracepoint) are all named so (checked with `bpftool prog show` while they ran).
 const SWITCH_PROG: &str = "sched_switch";
 
 /// All the programs' run time per run of the sched_switch program, in ns; NaN if it never ran.
@@ -155,10 +214,11 @@ fn bpf_ns_per_switch(progs: &BpfProgs) -> f64 {
 }
 
 struct WorkloadResult {
-    switches_per_run: f64,
+    /// System-wide sched_switch events per workload operation.
+    switches_per_op: f64,
     switch_rate: f64,
     /// Indexed like ARMS.
-    samples: [Vec<Sample>; 3],
+    samples: [Vec<Sample>; 4],
 }
 
 pub fn bench(ws: &Workspace, args: Args) -> Result<()> {
@@ -175,31 +235,32 @@ pub fn bench(ws: &Workspace, args: Args) -> Result<()> {
     setup::ensure_packages(&[&setup::BENCH])?;
     let bin = build(ws)?;
     let runqlat = find_runqlat()?;
+    let bpftrace_script = bpftrace_runqlat(ws)?;
     let workloads = workloads(quick);
 
     let mut results = Vec::new();
     for w in &workloads {
         println!("\n==> {}: {}", w.name, w.argv.join(" "));
-        let (switches_per_run, secs) = count_switches(w)?;
-        let switch_rate = switches_per_run / secs;
+        let (switches_per_op, switch_rate) = count_switches(w)?;
         println!(
-            "sched_switch: {switches_per_run:.0} per run, {switch_rate:.0}/s (separate untimed perf stat -a run)"
+            "sched_switch: {switches_per_op:.2} per op, {switch_rate:.0}/s (separate untimed perf stat -a run)"
         );
-        let mut samples: [Vec<Sample>; 3] = Default::default();
+        let mut samples: [Vec<Sample>; 4] = Default::default();
         for round in 1..=pairs {
             for (i, arm) in ARMS.into_iter().enumerate() {
                 let s = match arm {
                     Arm::Bare => Sample {
-                        throughput: run_workload(w)?,
+                        throughput: run_workload(w)?.throughput,
                         tracer_cpu: None,
                         bpf: None,
                     },
                     Arm::Schedlat => with_schedlat(&bin, w)?,
                     Arm::Runqlat => with_runqlat(&runqlat, w)?,
+                    Arm::Bpftrace => with_bpftrace(&bpftrace_script, w)?,
                 };
                 let cpu = s
                     .tracer_cpu
-                    .map(|c| format!("  (daemon CPU {c:.2} s)"))
+                    .map(|c| format!("  (tracer CPU {c:.2} s)"))
                     .unwrap_or_default();
                 let bpf = s
                     .bpf
@@ -215,13 +276,15 @@ pub fn bench(ws: &Workspace, args: Args) -> Result<()> {
             }
         }
         results.push(WorkloadResult {
-            switches_per_run,
+            switches_per_op,
             switch_rate,
             samples,
         });
     }
+    let daemon = daemon_cost(&bin, quick)?;
 
-    let report = render(&workloads, &results, pairs, quick);
+    let mut report = render(&workloads, &results, pairs, quick);
+    render_daemon(&mut report, &daemon);
     println!("\n{report}");
     let dir = ws.target.join("bench");
     fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
@@ -249,28 +312,27 @@ fn find_runqlat() -> Result<PathBuf> {
         .context("runqlat not found on PATH, in /usr/sbin or in `dpkg -L libbpf-tools`: install libbpf-tools")
 }
 
-/// Run the workload once, untraced; returns its throughput.
-fn run_workload(w: &Workload) -> Result<f64> {
+/// Run the workload once; what it reports about the run.
+fn run_workload(w: &Workload) -> Result<Run> {
     let mut c = w.command();
     let line = cmdline(&c);
-    let out = c
-        .output()
-        .with_context(|| format!("could not start `{line}`: is linux-perf installed?"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let out = c.output().with_context(|| {
+        format!("could not start `{line}`: are linux-perf and stress-ng installed?")
+    })?;
+    // perf bench reports on stdout, stress-ng on stderr.
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     if !out.status.success() {
-        bail!(
-            "`{line}` failed ({}): {}{}",
-            out.status,
-            stdout,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("`{line}` failed ({}): {text}", out.status);
     }
-    (w.parse)(&stdout)
-        .with_context(|| format!("no throughput in the output of `{line}`:\n{stdout}"))
+    (w.parse)(&text).with_context(|| format!("no throughput in the output of `{line}`:\n{text}"))
 }
 
-/// sched_switch events per run, system-wide, and the run's wall time. perf stat itself slows
-/// the workload, so this is a separate run, not one of the timed ones.
+/// sched_switch events per workload operation, system-wide, and per second. perf stat itself
+/// slows the workload, so this is a separate run, not one of the timed ones.
 fn count_switches(w: &Workload) -> Result<(f64, f64)> {
     let mut c = Command::new("perf");
     c.args(["stat", "-e", "sched:sched_switch", "-a", "-x,", "--"])
@@ -286,6 +348,9 @@ fn count_switches(w: &Workload) -> Result<(f64, f64)> {
     if !out.status.success() {
         bail!("`{line}` failed ({}): {stderr}", out.status);
     }
+    let text = format!("{}{stderr}", String::from_utf8_lossy(&out.stdout));
+    let run = (w.parse)(&text)
+        .with_context(|| format!("no operation count in the output of `{line}`:\n{text}"))?;
     // CSV: count,unit,event,...; the count is `<not supported>` if the tracepoint is unavailable.
     let count = stderr
         .lines()
@@ -293,7 +358,8 @@ fn count_switches(w: &Workload) -> Result<(f64, f64)> {
         .find(|f| f.get(2) == Some(&"sched:sched_switch"))
         .and_then(|f| f[0].parse::<f64>().ok());
     match count {
-        Some(n) => Ok((n, secs)),
+        Some(n) if run.ops > 0.0 => Ok((n / run.ops, n / secs)),
+        Some(_) => bail!("`{line}` reported no operations:\n{text}"),
         None => bail!(
             "no sched:sched_switch count from `{line}` (is tracefs mounted? `cargo xtask setup`):\n{stderr}"
         ),
@@ -315,11 +381,21 @@ fn with_schedlat(bin: &Path, w: &Workload) -> Result<Sample> {
         "serving metrics on",
         Duration::from_secs(30),
     )?;
+    traced_run(&mut tracer, w, libc::SIGTERM, "SIGTERM")
+}
+
+/// Run the workload under a started tracer: throughput, the tracer's CPU, its programs' stats.
+fn traced_run(
+    tracer: &mut Tracer,
+    w: &Workload,
+    sig: libc::c_int,
+    sig_name: &str,
+) -> Result<Sample> {
     let before = cpu_seconds(tracer.pid())?;
-    let throughput = run_workload(w)?;
+    let throughput = run_workload(w)?.throughput;
     let after = cpu_seconds(tracer.pid())?;
     let bpf = tracer.bpf_progs()?;
-    tracer.stop(libc::SIGTERM, "SIGTERM")?;
+    tracer.stop(sig, sig_name)?;
     Ok(Sample {
         throughput,
         tracer_cpu: Some(after - before),
@@ -335,14 +411,47 @@ fn with_runqlat(runqlat: &Path, w: &Workload) -> Result<Sample> {
     let _stats = BpfStatsGuard::enable()?;
     // stdbuf execs runqlat, so the child's pid is runqlat's.
     let mut tracer = Tracer::start("runqlat", c, "Tracing", Duration::from_secs(30))?;
-    let throughput = run_workload(w)?;
-    let bpf = tracer.bpf_progs()?;
-    tracer.stop(libc::SIGINT, "SIGINT")?;
-    Ok(Sample {
-        throughput,
-        tracer_cpu: None,
-        bpf: Some(bpf),
-    })
+    traced_run(&mut tracer, w, libc::SIGINT, "SIGINT")
+}
+
+const BPFTRACE_RUNQLAT: &str = "/usr/sbin/runqlat.bt";
+
+/// bpftrace's runqlat.bt as Debian ships it, made loadable: bpftrace 0.17 cannot compile its
+/// `#include <linux/sched.h>` against Debian 12's uapi headers ("unknown type name
+/// '__aligned_u64'"), and the include is only there for TASK_RUNNING, which is 0
+/// (include/linux/sched.h). The probes and maps are unchanged.
+fn bpftrace_runqlat(ws: &Workspace) -> Result<PathBuf> {
+    let text = fs::read_to_string(BPFTRACE_RUNQLAT)
+        .with_context(|| format!("read {BPFTRACE_RUNQLAT}: is Debian's bpftrace installed?"))?;
+    let fixed: String = text
+        .lines()
+        .filter(|l| !l.starts_with("#include"))
+        .map(|l| format!("{}\n", l.replace("TASK_RUNNING", "0")))
+        .collect();
+    if !fixed.contains("tracepoint:sched:sched_switch") {
+        bail!(
+            "{BPFTRACE_RUNQLAT} no longer traces tracepoint:sched:sched_switch: check the bench's assumptions"
+        );
+    }
+    let dir = ws.target.join("bench");
+    fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let path = dir.join("runqlat.bt");
+    fs::write(&path, fixed).with_context(|| format!("write {}", path.display()))?;
+    Ok(path)
+}
+
+fn with_bpftrace(script: &Path, w: &Workload) -> Result<Sample> {
+    let mut c = Command::new("bpftrace");
+    c.arg(script);
+    let _stats = BpfStatsGuard::enable()?;
+    // bpftrace compiles the script with LLVM first: allow it time.
+    let mut tracer = Tracer::start(
+        "bpftrace runqlat.bt",
+        c,
+        "Tracing CPU scheduler",
+        Duration::from_secs(60),
+    )?;
+    traced_run(&mut tracer, w, libc::SIGINT, "SIGINT")
 }
 
 const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
@@ -587,6 +696,251 @@ impl Drop for Tracer {
     }
 }
 
+/// The daemon's own cost, without any workload.
+struct DaemonCost {
+    scrape_interval: Duration,
+    scrapes: usize,
+    idle_secs: f64,
+    idle_cpu_secs: f64,
+    idle_rss_kb: u64,
+    /// Median and max of the idle scrapes' latency, in ms.
+    scrape_ms: (f64, f64),
+    flood: Flood,
+}
+
+/// A wrk flood of /metrics.
+struct Flood {
+    argv: String,
+    requests_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: Vec<String>,
+    rss_before_kb: u64,
+    rss_peak_kb: u64,
+    rss_after_kb: u64,
+    cpu_secs: f64,
+}
+
+/// Idle CPU and RSS at Prometheus' usual 15 s scrape interval, then a wrk flood of /metrics.
+fn daemon_cost(bin: &Path, quick: bool) -> Result<DaemonCost> {
+    let (scrape_interval, scrapes, flood_secs) = if quick {
+        (Duration::from_secs(1), 3, 2)
+    } else {
+        (Duration::from_secs(15), 4, 10)
+    };
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("finding a free local port for the daemon")?
+        .to_string();
+    let mut c = Command::new(bin);
+    c.args(["daemon", "--listen", &addr]);
+    println!(
+        "\n==> daemon: idle, a scrape every {} s ({scrapes} scrapes), then a {flood_secs} s wrk flood",
+        scrape_interval.as_secs()
+    );
+    let mut tracer = Tracer::start(
+        "schedlat daemon",
+        c,
+        "serving metrics on",
+        Duration::from_secs(30),
+    )?;
+    let pid = tracer.pid();
+    // Let start-up (BTF parsing, loading) finish before counting.
+    thread::sleep(Duration::from_secs(1));
+    // Idle CPU is a few ms a minute: clock ticks (10 ms) are too coarse, schedstat has ns.
+    let cpu0 = threads_cpu_seconds(pid)?;
+    let t0 = Instant::now();
+    let mut latencies = Vec::new();
+    for _ in 0..scrapes {
+        thread::sleep(scrape_interval);
+        let start = Instant::now();
+        http_get(&addr, "/metrics")?;
+        latencies.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    let idle_secs = t0.elapsed().as_secs_f64();
+    let idle_cpu_secs = threads_cpu_seconds(pid)? - cpu0;
+    let idle_rss_kb = status_kb(pid, "VmRSS:")?;
+    let max = latencies.iter().copied().fold(0.0, f64::max);
+    let scrape_ms = (median(latencies), max);
+
+    // Reset the peak RSS (proc(5), clear_refs) so VmHWM covers the flood only.
+    fs::write(format!("/proc/{pid}/clear_refs"), "5")
+        .with_context(|| format!("reset the peak RSS of the daemon (pid {pid})"))?;
+    let mut wrk = Command::new("wrk");
+    wrk.args([
+        "-t",
+        "2",
+        "-c",
+        "32",
+        "-d",
+        &format!("{flood_secs}s"),
+        "--latency",
+    ])
+    .arg(format!("http://{addr}/metrics"));
+    let argv = cmdline(&wrk);
+    println!("+ {argv}");
+    let cpu0 = cpu_seconds(pid)?;
+    let out = capture(&mut wrk).context("is wrk installed? (`cargo xtask bench` installs it)")?;
+    let cpu_secs = cpu_seconds(pid)? - cpu0;
+    let mut flood =
+        parse_wrk(&out).with_context(|| format!("parsing the output of `{argv}`:\n{out}"))?;
+    flood.argv = argv;
+    flood.cpu_secs = cpu_secs;
+    flood.rss_before_kb = idle_rss_kb;
+    flood.rss_peak_kb = status_kb(pid, "VmHWM:")?;
+    http_get(&addr, "/healthz").context("the daemon stopped answering after the flood")?;
+    flood.rss_after_kb = status_kb(pid, "VmRSS:")?;
+    tracer.stop(libc::SIGTERM, "SIGTERM")?;
+    Ok(DaemonCost {
+        scrape_interval,
+        scrapes,
+        idle_secs,
+        idle_cpu_secs,
+        idle_rss_kb,
+        scrape_ms,
+        flood,
+    })
+}
+
+/// `Requests/sec:  9876.54`, the `--latency` distribution (`     99%   12.34ms`), error lines.
+fn parse_wrk(out: &str) -> Option<Flood> {
+    let percentile = |p: &str| {
+        out.lines().find_map(|l| {
+            let (pct, v) = l.trim().split_once(char::is_whitespace)?;
+            (pct == p).then(|| duration_ms(v.trim()))?
+        })
+    };
+    let requests_per_sec = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:")?.trim().parse().ok())?;
+    let errors = out
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("Non-2xx") || l.starts_with("Socket errors"))
+        .map(str::to_owned)
+        .collect();
+    Some(Flood {
+        argv: String::new(),
+        requests_per_sec,
+        p50_ms: percentile("50%")?,
+        p99_ms: percentile("99%")?,
+        errors,
+        rss_before_kb: 0,
+        rss_peak_kb: 0,
+        rss_after_kb: 0,
+        cpu_secs: 0.0,
+    })
+}
+
+/// wrk's durations: `812.00us`, `1.23ms`, `2.00s`, `1.5m`.
+fn duration_ms(v: &str) -> Option<f64> {
+    let split = v.find(|c: char| c.is_ascii_alphabetic())?;
+    let (n, unit) = v.split_at(split);
+    let n: f64 = n.parse().ok()?;
+    Some(match unit {
+        "us" => n / 1e3,
+        "ms" => n,
+        "s" => n * 1e3,
+        "m" => n * 60e3,
+        _ => return None,
+    })
+}
+
+/// A minimal HTTP/1.1 GET on loopback; the body of a 200 answer.
+fn http_get(addr: &str, path: &str) -> Result<String> {
+    use std::io::Write as _;
+    let mut s = std::net::TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)
+        .with_context(|| format!("read the answer to GET {path}"))?;
+    if !resp.starts_with("HTTP/1.1 200") {
+        bail!(
+            "GET http://{addr}{path}: {}",
+            resp.lines().next().unwrap_or("no answer")
+        );
+    }
+    Ok(resp)
+}
+
+/// A `kB` field of /proc/PID/status (VmRSS, VmHWM).
+fn status_kb(pid: u32, field: &str) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let s = fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+    s.lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .with_context(|| format!("no {field} in {path}"))
+}
+
+fn render_daemon(s: &mut String, d: &DaemonCost) {
+    let f = &d.flood;
+    let _ = writeln!(
+        s,
+        "## The daemon's own cost
+"
+    );
+    let _ = writeln!(
+        s,
+        "Idle host, a scrape every {} s for {:.0} s ({} scrapes): **{:.3}% of one CPU** ({:.4} s CPU), \
+         **RSS {:.1} MB**; scrape latency median {:.2} ms, max {:.2} ms.
+",
+        d.scrape_interval.as_secs(),
+        d.idle_secs,
+        d.scrapes,
+        d.idle_cpu_secs / d.idle_secs * 100.0,
+        d.idle_cpu_secs,
+        d.idle_rss_kb as f64 / 1024.0,
+        d.scrape_ms.0,
+        d.scrape_ms.1,
+    );
+    let _ = writeln!(
+        s,
+        "Scrape flood (`{}`): **{:.0} scrapes/s**, latency p50 {:.2} ms, **p99 {:.2} ms**; daemon CPU \
+         {:.2} s; RSS {:.1} MB before, peak {:.1} MB during, {:.1} MB after; errors: {}.
+",
+        f.argv,
+        f.requests_per_sec,
+        f.p50_ms,
+        f.p99_ms,
+        f.cpu_secs,
+        f.rss_before_kb as f64 / 1024.0,
+        f.rss_peak_kb as f64 / 1024.0,
+        f.rss_after_kb as f64 / 1024.0,
+        if f.errors.is_empty() { "none".to_string() } else { f.errors.join("; ") },
+    );
+}
+
+/// CPU time of the live threads of `pid` in seconds, with ns resolution: the sum of field 1
+/// (time on CPU) of /proc/PID/task/*/schedstat. Threads that exited meanwhile are not counted.
+fn threads_cpu_seconds(pid: u32) -> Result<f64> {
+    let dir = format!("/proc/{pid}/task");
+    let mut ns = 0u64;
+    for t in fs::read_dir(&dir).with_context(|| format!("list {dir}"))? {
+        let Ok(t) = t else { continue };
+        // A thread that exits between the listing and the read is skipped.
+        let Ok(stat) = fs::read_to_string(t.path().join("schedstat")) else {
+            continue;
+        };
+        ns += stat
+            .split_whitespace()
+            .next()
+            .and_then(|f| f.parse::<u64>().ok())
+            .with_context(|| format!("bad {}/schedstat: {stat:?}", t.path().display()))?;
+    }
+    Ok(ns as f64 / 1e9)
+}
+
 /// utime + stime of a whole process (all threads), in seconds, from /proc/<pid>/stat.
 fn cpu_seconds(pid: u32) -> Result<f64> {
     let path = format!("/proc/{pid}/stat");
@@ -635,15 +989,15 @@ fn ratios(bare: &[Sample], traced: &[Sample]) -> (f64, f64, f64) {
 }
 
 /// Extra CPU per sched_switch a tracer costs the traced tasks, in ns:
-///   run time      T_bare   = ops / median bare throughput
-///   traced        T_traced = T_bare / ratio          (ratio = traced/bare throughput)
-///   extra CPU     = (T_traced - T_bare) x busy CPUs  (the workload saturates those CPUs)
-///   per switch    = extra CPU / sched_switch events per run (from the perf stat run)
+///   time per op   t_bare   = 1 / median bare throughput
+///   traced        t_traced = t_bare / ratio          (ratio = traced/bare throughput)
+///   extra CPU/op  = (t_traced - t_bare) x busy CPUs  (the workload saturates those CPUs)
+///   per switch    = extra CPU per op / sched_switch events per op (from the perf stat run)
 /// It is an estimate: noise can make it negative when the ratio is close to 1.
 fn ns_per_switch(w: &Workload, r: &WorkloadResult, bare_median: f64, ratio: f64) -> f64 {
-    let t_bare = w.ops / bare_median;
+    let t_bare = 1.0 / bare_median;
     let extra_cpu = (t_bare / ratio - t_bare) * w.busy_cpus;
-    extra_cpu / r.switches_per_run * 1e9
+    extra_cpu / r.switches_per_op * 1e9
 }
 
 fn num(x: f64) -> String {
@@ -703,12 +1057,14 @@ fn render_bpf_programs(s: &mut String, arm: Arm, traced: &[Sample]) {
 fn render(workloads: &[Workload], results: &[WorkloadResult], pairs: usize, quick: bool) -> String {
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+    let traced = &ARMS[1..];
     let mut s = String::new();
     let _ = writeln!(s, "# schedlat overhead benchmark\n");
     let _ = writeln!(
         s,
-        "Kernel {}, {cpus} CPUs, {pairs} interleaved rounds (bare, schedlat, runqlat){}.\n",
+        "Kernel {}, {cpus} CPUs, {pairs} interleaved rounds ({}){}.\n",
         kernel.trim(),
+        ARMS.map(|a| a.to_string()).join(", "),
         if quick {
             ", --quick: short runs, smoke test only"
         } else {
@@ -717,64 +1073,73 @@ fn render(workloads: &[Workload], results: &[WorkloadResult], pairs: usize, quic
     );
     let _ = writeln!(
         s,
-        "| workload | bare throughput (median) | schedlat/bare | runqlat/bare | schedlat daemon CPU s/run | sched_switch/s | extra ns/switch schedlat | extra ns/switch runqlat |"
+        "| workload | bare throughput (median) | sched_switch/s | tracer | traced/bare | tracer CPU s/run | extra ns/switch | BPF ns/switch |"
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
     for (w, r) in workloads.iter().zip(results) {
-        let [bare, sl, rq] = &r.samples;
+        let bare = &r.samples[0];
         let bare_med = median(bare.iter().map(|x| x.throughput).collect());
-        let (sl_ratio, sl_min, sl_max) = ratios(bare, sl);
-        let (rq_ratio, rq_min, rq_max) = ratios(bare, rq);
-        let cpu = median(sl.iter().filter_map(|x| x.tracer_cpu).collect());
-        let _ = writeln!(
-            s,
-            "| {} | {} {} | {sl_ratio:.3} ({sl_min:.2}-{sl_max:.2}) | {rq_ratio:.3} ({rq_min:.2}-{rq_max:.2}) | {cpu:.3} | {:.0} | {:.0} | {:.0} |",
-            w.name,
-            num(bare_med),
-            w.unit,
-            r.switch_rate,
-            ns_per_switch(w, r, bare_med, sl_ratio),
-            ns_per_switch(w, r, bare_med, rq_ratio),
-        );
+        for (k, arm) in traced.iter().enumerate() {
+            let t = &r.samples[k + 1];
+            let (ratio, min, max) = ratios(bare, t);
+            let cpu = median(t.iter().filter_map(|x| x.tracer_cpu).collect());
+            let (name, thr, rate) = if k == 0 {
+                (
+                    w.name.to_string(),
+                    format!("{} {}", num(bare_med), w.unit),
+                    format!("{:.0}", r.switch_rate),
+                )
+            } else {
+                Default::default()
+            };
+            let _ = writeln!(
+                s,
+                "| {name} | {thr} | {rate} | {arm} | {ratio:.3} ({min:.2}-{max:.2}) | {cpu:.3} | {:.0} | {} |",
+                ns_per_switch(w, r, bare_med, ratio),
+                bpf_switch_summary(t),
+            );
+        }
     }
     let _ = writeln!(
         s,
-        "\n- Ratios: median of per-round traced/bare throughput (min-max in brackets); higher is better, 1 = free.\n\
-         - Daemon CPU: schedlat's own utime+stime during the workload. The probes' cost is charged to the\n  \
-           traced tasks and shows up in the ratio, not here.\n\
+        "\n- traced/bare: median of per-round throughput ratios (min-max in brackets); higher is better, 1 = free.\n\
+         - Tracer CPU: the tracer process's own utime+stime during the workload. The probes' cost is charged\n  \
+           to the traced tasks and shows up in the ratio, not here.\n\
          - sched_switch/s: system-wide, from a separate untimed `perf stat -e sched:sched_switch -a` run.\n\
-         - Extra ns/switch = (T_bare / ratio - T_bare) x busy CPUs / sched_switch per run, with\n  \
-           T_bare = ops / median bare throughput; busy CPUs = 1 for the pinned pipe, all for messaging.\n"
+         - Extra ns/switch = (t_bare / ratio - t_bare) x busy CPUs / sched_switch per op, with\n  \
+           t_bare = 1 / median bare throughput; busy CPUs = 1 for the pinned pipe, all for the others.\n\
+         - BPF ns/switch: see below.\n\
+         - bpftrace runs Debian's /usr/sbin/runqlat.bt with its `#include <linux/sched.h>` removed and\n  \
+           TASK_RUNNING written as 0 (bpftrace 0.17 cannot compile that header here); runqlat and\n  \
+           runqlat.bt trace run-queue delay only, schedlat also futex waits and wakeups.\n"
     );
     render_bpf(&mut s, workloads, results);
     let _ = writeln!(s, "## Raw runs\n");
     for (w, r) in workloads.iter().zip(results) {
         let _ = writeln!(
             s,
-            "{} (`{}`), throughput in {}:\n",
+            "{} (`{}`), throughput in {}; tracer CPU s and BPF ns/switch in brackets:\n",
             w.name,
             w.argv.join(" "),
             w.unit
         );
         let _ = writeln!(
             s,
-            "| round | bare | schedlat | runqlat | schedlat daemon CPU s | schedlat BPF ns/switch | runqlat BPF ns/switch |\n\
-             |---|---|---|---|---|---|---|"
+            "| round | {} |\n|---|{}",
+            ARMS.map(|a| a.to_string()).join(" | "),
+            "---|".repeat(ARMS.len())
         );
-        let [bare, sl, rq] = &r.samples;
-        let per_switch = |x: &Sample| num_or_na(x.bpf.as_ref().map_or(f64::NAN, bpf_ns_per_switch));
-        for (i, ((b, d), q)) in bare.iter().zip(sl).zip(rq).enumerate() {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} | {:.3} | {} | {} |",
-                i + 1,
-                num(b.throughput),
-                num(d.throughput),
-                num(q.throughput),
-                d.tracer_cpu.unwrap_or(f64::NAN),
-                per_switch(d),
-                per_switch(q),
-            );
+        let cell = |x: &Sample| match (&x.tracer_cpu, &x.bpf) {
+            (Some(cpu), Some(b)) => format!(
+                "{} ({cpu:.2} s, {} ns)",
+                num(x.throughput),
+                num_or_na(bpf_ns_per_switch(b))
+            ),
+            _ => num(x.throughput),
+        };
+        for i in 0..r.samples[0].len() {
+            let cells: Vec<String> = r.samples.iter().map(|arm| cell(&arm[i])).collect();
+            let _ = writeln!(s, "| {} | {} |", i + 1, cells.join(" | "));
         }
         let _ = writeln!(s);
     }
@@ -798,17 +1163,20 @@ fn render_bpf(s: &mut String, workloads: &[Workload], results: &[WorkloadResult]
     );
     let _ = writeln!(
         s,
-        "| workload | schedlat BPF ns/switch | runqlat BPF ns/switch |\n|---|---|---|"
+        "| workload | {} |\n|---|{}",
+        ARMS[1..]
+            .iter()
+            .map(|a| format!("{a} BPF ns/switch"))
+            .collect::<Vec<_>>()
+            .join(" | "),
+        "---|".repeat(ARMS.len() - 1)
     );
     for (w, r) in workloads.iter().zip(results) {
-        let [_, sl, rq] = &r.samples;
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} |",
-            w.name,
-            bpf_switch_summary(sl),
-            bpf_switch_summary(rq)
-        );
+        let cells: Vec<String> = r.samples[1..]
+            .iter()
+            .map(|t| bpf_switch_summary(t))
+            .collect();
+        let _ = writeln!(s, "| {} | {} |", w.name, cells.join(" | "));
     }
     let _ = writeln!(s);
     for (w, r) in workloads.iter().zip(results) {
@@ -831,12 +1199,56 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_perf_bench_output() {
+    fn parses_workload_output() {
         let pipe = "# Running 'sched/pipe' benchmark:\n\n     Total time: 0.100 [sec]\n\n       5.030150 usecs/op\n         198801 ops/sec\n";
-        assert_eq!(parse_ops_per_sec(pipe), Some(198801.0));
+        let r = parse_perf_pipe(pipe).unwrap();
+        assert_eq!(r.throughput, 198801.0);
+        assert!((r.ops - 19880.1).abs() < 1e-6);
         let msg = "# 4 groups == 160 processes run\n\n     Total time: 0.500 [sec]\n       5.4 usecs/op\n";
-        assert_eq!(parse_total_time(msg), Some(2.0));
-        assert_eq!(parse_ops_per_sec("nothing"), None);
+        assert_eq!(
+            parse_perf_messaging(msg),
+            Some(Run {
+                ops: 1.0,
+                throughput: 2.0
+            })
+        );
+        assert_eq!(parse_perf_pipe("nothing"), None);
+        // stress-ng 0.15 --metrics-brief, on stderr; the header lines must not match.
+        let sng = "stress-ng: metrc: [15050] stressor       bogo ops real time  usr time  sys time   bogo ops/s     bogo ops/s\n\
+                   stress-ng: metrc: [15050]                           (secs)    (secs)    (secs)   (real time) (usr+sys time)\n\
+                   stress-ng: metrc: [15050] switch          1274070      2.00      0.59      3.41    636918.64      318662.81\n\
+                   stress-ng: metrc: [15050] miscellaneous metrics:\n";
+        assert_eq!(
+            parse_stress_ng(sng),
+            Some(Run {
+                ops: 1274070.0,
+                throughput: 636918.64
+            })
+        );
+        assert_eq!(
+            parse_stress_ng("stress-ng: info: [1] dispatching hogs"),
+            None
+        );
+    }
+
+    #[test]
+    fn parses_wrk_output() {
+        let out = "Running 2s test @ http://127.0.0.1:1/metrics\n  2 threads and 32 connections\n\
+            \x20 Latency Distribution\n     50%    2.51ms\n     75%    3.10ms\n     90%  812.00us\n     99%    1.20s\n\
+            \x20 20000 requests in 2.00s, 600.00MB read\nRequests/sec:  9999.50\nTransfer/sec:    300.00MB\n";
+        let f = parse_wrk(out).unwrap();
+        assert_eq!(f.requests_per_sec, 9999.5);
+        assert_eq!(f.p50_ms, 2.51);
+        assert_eq!(f.p99_ms, 1200.0);
+        assert!(f.errors.is_empty());
+        let bad = format!("{out}  Non-2xx or 3xx responses: 5\n");
+        assert_eq!(
+            parse_wrk(&bad).unwrap().errors,
+            ["Non-2xx or 3xx responses: 5"]
+        );
+        assert_eq!(duration_ms("812.00us"), Some(0.812));
+        assert_eq!(duration_ms("1.5m"), Some(90_000.0));
+        assert_eq!(duration_ms("12"), None);
     }
 
     #[test]
@@ -848,7 +1260,7 @@ mod tests {
         // The toolchain notes' runqlat figure: 170k ops/s pinned pipe, 2 switches per op, ratio 0.78.
         let w = &workloads(false)[0];
         let r = WorkloadResult {
-            switches_per_run: 400_000.0,
+            switches_per_op: 2.0,
             switch_rate: 0.0,
             samples: Default::default(),
         };
@@ -888,5 +1300,7 @@ mod tests {
     #[test]
     fn reads_own_cpu_time() {
         assert!(cpu_seconds(std::process::id()).unwrap() >= 0.0);
+        // This test has run for some µs at least.
+        assert!(threads_cpu_seconds(std::process::id()).unwrap() > 0.0);
     }
 }

@@ -42,9 +42,17 @@ pub const TEST: Group = Group {
 };
 pub const BENCH: Group = Group {
     name: "bench",
-    why: "perf bench/stat workloads, libbpf-tools runqlat as the reference tracer, stress-ng, \
-          bpftool for the eBPF programs' run-time statistics",
-    packages: &["linux-perf", "libbpf-tools", "stress-ng", "bpftool"],
+    why: "perf bench/stat and stress-ng workloads, libbpf-tools runqlat and bpftrace's runqlat.bt \
+          as the reference tracers, bpftool for the eBPF programs' run-time statistics, wrk for \
+          a scrape flood",
+    packages: &[
+        "linux-perf",
+        "libbpf-tools",
+        "bpftrace",
+        "stress-ng",
+        "bpftool",
+        "wrk",
+    ],
 };
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
