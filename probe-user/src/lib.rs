@@ -8,6 +8,7 @@ pub mod capture;
 pub mod cgroup;
 pub mod cli;
 pub mod config;
+pub mod cpulimit;
 pub mod daemon;
 pub mod hist;
 pub mod metrics;
