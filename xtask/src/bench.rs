@@ -391,9 +391,10 @@ fn traced_run(
     sig: libc::c_int,
     sig_name: &str,
 ) -> Result<Sample> {
-    let before = cpu_seconds(tracer.pid())?;
+    // ns resolution: a tracer's CPU during one run is often below one clock tick.
+    let before = threads_cpu_seconds(tracer.pid())?;
     let throughput = run_workload(w)?.throughput;
-    let after = cpu_seconds(tracer.pid())?;
+    let after = threads_cpu_seconds(tracer.pid())?;
     let bpf = tracer.bpf_progs()?;
     tracer.stop(sig, sig_name)?;
     Ok(Sample {
