@@ -2,7 +2,7 @@
 //! Idempotent: each step checks first, says what is missing and why, then installs.
 use std::{
     env,
-    path::Path,
+    path::{Path, PathBuf},
     process::Command,
     sync::atomic::{AtomicBool, Ordering},
 };
@@ -36,8 +36,15 @@ pub const BUILD_EBPF: Group = Group {
 pub const TEST: Group = Group {
     name: "test",
     why: "promtool checks the /metrics exposition; util-linux (setpriv) and bpftool (programs \
-          left after SIGKILL) and systemd-analyze (deploy/schedlat.service) for the tests",
-    packages: &["prometheus", "util-linux", "bpftool", "systemd"],
+          left after SIGKILL) and systemd-analyze (deploy/schedlat.service) for the tests; \
+          python3-venv for the project's Python tools (deploy/kubernetes validation)",
+    packages: &[
+        "prometheus",
+        "util-linux",
+        "bpftool",
+        "systemd",
+        "python3-venv",
+    ],
 };
 pub const BENCH: Group = Group {
     name: "bench",
@@ -51,6 +58,8 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const BPF_LINKER_LLVM: u32 = 22;
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const TRACEFS: &str = "/sys/kernel/tracing";
+/// Validates deploy/kubernetes against the Kubernetes API schemas it bundles (offline).
+const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
 
 /// The full setup: build and test packages, bpf-linker, the LLVM rule, tracefs.
 pub fn setup(ws: &Workspace) -> Result<()> {
@@ -58,6 +67,7 @@ pub fn setup(ws: &Workspace) -> Result<()> {
     let linker_llvm = ensure_bpf_linker(ws)?;
     check_llvm_rule(linker_llvm)?;
     ensure_tracefs()?;
+    ensure_pytools(ws)?;
     println!("setup: ok");
     Ok(())
 }
@@ -250,6 +260,60 @@ fn ensure_tracefs() -> Result<()> {
         Command::new("mount").args(["-t", "tracefs", "nodev", TRACEFS]),
         "the kernel needs CONFIG_TRACING; mount tracefs by hand and re-run `cargo xtask setup`",
     )
+}
+
+/// The project's own Python venv (`target/pytools/venv`): tools from PyPI that the tests run,
+/// pinned, never installed into the system Python.
+pub fn pytools_venv(ws: &Workspace) -> PathBuf {
+    ws.target.join("pytools").join("venv")
+}
+
+/// kubernetes-validate in the project venv: the deploy tests validate deploy/kubernetes with it
+/// (and read its YAML with the PyYAML it brings).
+fn ensure_pytools(ws: &Workspace) -> Result<()> {
+    let venv = pytools_venv(ws);
+    let tool = venv.join("bin").join("kubernetes-validate");
+    let version = probe(Command::new(&tool).arg("--version"))
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    if version.as_deref() == Some(KUBERNETES_VALIDATE_VERSION) {
+        println!(
+            "setup: kubernetes-validate {KUBERNETES_VALIDATE_VERSION} ok ({})",
+            venv.display()
+        );
+        return Ok(());
+    }
+    println!(
+        "setup: kubernetes-validate {KUBERNETES_VALIDATE_VERSION} missing from {} ({}): the \
+         deploy tests validate deploy/kubernetes against the Kubernetes API schemas with it",
+        venv.display(),
+        version.map_or_else(|| "not installed".to_string(), |v| format!("found {v}"))
+    );
+    let hint = "check that python3-venv is installed and PyPI is reachable, then re-run \
+                `cargo xtask setup`";
+    if !venv.join("bin").join("pip").exists() {
+        run_cmd(
+            Command::new("python3").arg("-m").arg("venv").arg(&venv),
+            hint,
+        )?;
+    }
+    run_cmd(
+        Command::new(venv.join("bin").join("pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(format!(
+                "kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"
+            )),
+        hint,
+    )?;
+    let out = capture(Command::new(&tool).arg("--version"))?;
+    if out.trim() != KUBERNETES_VALIDATE_VERSION {
+        bail!(
+            "installed kubernetes-validate {KUBERNETES_VALIDATE_VERSION} but {} reports {:?}",
+            tool.display(),
+            out.trim()
+        );
+    }
+    Ok(())
 }
 
 fn require_root(what: &str) -> Result<()> {
