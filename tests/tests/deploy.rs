@@ -1,7 +1,10 @@
-//! deploy/: the systemd unit is valid and its capability set is enough.
-use std::{path::PathBuf, process::Command};
+//! deploy/: the systemd unit is valid and its capability set is enough; the Kubernetes
+//! manifests validate against the API schemas, fit together, and run the daemon with a config
+//! it accepts.
+use std::{collections::BTreeSet, path::PathBuf, process::Command};
 
-use schedlat_tests::{privileged_or_skip, schedlat_bin, scrape::get};
+use schedlat_tests::{privileged_or_skip, pytools_bin, schedlat_bin, scrape::get, yaml_documents};
+use serde_json::Value;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -118,4 +121,296 @@ fn daemon_works_with_only_cap_bpf_and_cap_perfmon() {
         body.contains("schedlat_program_attached{program=\"sched_switch\""),
         "{body}"
     );
+}
+
+// ------------------------------------------------------------------------- deploy/kubernetes
+
+fn k8s_dir() -> PathBuf {
+    repo().join("deploy/kubernetes")
+}
+
+/// The manifests kustomization.yaml lists, after checking it lists every manifest in the
+/// directory (a file left out would never be applied, nor validated here).
+fn k8s_manifests() -> Vec<PathBuf> {
+    let kust = yaml_documents(&[k8s_dir().join("kustomization.yaml")]);
+    let listed: BTreeSet<String> = kust[0]["resources"]
+        .as_array()
+        .expect("kustomization.yaml has resources")
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect();
+    let present: BTreeSet<String> = std::fs::read_dir(k8s_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".yaml") && n != "kustomization.yaml")
+        .collect();
+    assert_eq!(listed, present, "kustomization.yaml resources vs files");
+    listed.iter().map(|n| k8s_dir().join(n)).collect()
+}
+
+/// `kubernetes-validate --strict <files>`: (success, stdout+stderr).
+fn kubernetes_validate(files: &[PathBuf]) -> (bool, String) {
+    let out = Command::new(pytools_bin("kubernetes-validate"))
+        .arg("--strict")
+        .args(files)
+        .output()
+        .expect("running kubernetes-validate");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn kubernetes_manifests_validate_against_the_api_schemas() {
+    let files = k8s_manifests();
+    let (ok, out) = kubernetes_validate(&files);
+    assert!(ok, "kubernetes-validate --strict:\n{out}");
+    // Every core resource was checked against its schema (strict: unknown fields rejected).
+    // kubernetes-validate has no schema for CRDs: for the ServiceMonitor it only warns, so
+    // kubernetes_manifests_fit_together checks it structurally.
+    for doc in yaml_documents(&files) {
+        let kind = doc["kind"].as_str().unwrap();
+        let name = doc["metadata"]["name"].as_str().unwrap();
+        if kind == "ServiceMonitor" {
+            assert!(
+                out.contains("Couldn't find schema for kind ServiceMonitor"),
+                "kubernetes-validate now knows ServiceMonitor? check its result:\n{out}"
+            );
+            continue;
+        }
+        let passed = format!("passed for resource {}/{name}", kind.to_lowercase());
+        assert!(out.contains(&passed), "no {passed:?} in:\n{out}");
+    }
+    // The validator rejects what the API server would: a misspelt field and a wrong type.
+    let dir = std::env::temp_dir().join(format!("schedlat-k8s-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ds = std::fs::read_to_string(k8s_dir().join("daemonset.yaml")).unwrap();
+    for (from, to, expect) in [
+        ("hostPID: true", "hostPId: true", "'hostPId' was unexpected"),
+        (
+            "containerPort: 9725",
+            "containerPort: \"9725\"",
+            "is not of type 'integer'",
+        ),
+    ] {
+        assert!(ds.contains(from), "daemonset.yaml lost {from:?}");
+        let bad = dir.join("daemonset.yaml");
+        std::fs::write(&bad, ds.replace(from, to)).unwrap();
+        let (ok, out) = kubernetes_validate(&[bad]);
+        assert!(!ok && out.contains(expect), "{to:?} accepted:\n{out}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The one document of `kind` among `docs`.
+fn one<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    let mut it = docs.iter().filter(|d| d["kind"] == kind);
+    let d = it
+        .next()
+        .unwrap_or_else(|| panic!("no {kind} in deploy/kubernetes"));
+    assert!(it.next().is_none(), "more than one {kind}");
+    d
+}
+
+/// `sub`'s key/value pairs all appear in `labels` (a label selector matching).
+fn selects(sub: &Value, labels: &Value) -> bool {
+    let sub = sub.as_object().expect("selector is a map");
+    !sub.is_empty() && sub.iter().all(|(k, v)| labels[k] == *v)
+}
+
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .map(|a| a.iter().map(|s| s.as_str().unwrap()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn kubernetes_manifests_fit_together() {
+    let docs = yaml_documents(&k8s_manifests());
+    let ns = one(&docs, "Namespace")["metadata"]["name"]
+        .as_str()
+        .unwrap();
+    for d in docs.iter().filter(|d| d["kind"] != "Namespace") {
+        assert_eq!(
+            d["metadata"]["namespace"], ns,
+            "{} {} not in namespace {ns}",
+            d["kind"], d["metadata"]["name"]
+        );
+    }
+    let ds = one(&docs, "DaemonSet");
+    let pod = &ds["spec"]["template"];
+    let spec = &pod["spec"];
+    assert!(selects(
+        &ds["spec"]["selector"]["matchLabels"],
+        &pod["metadata"]["labels"]
+    ));
+    assert_eq!(spec["hostPID"], true);
+    assert_eq!(
+        spec["serviceAccountName"],
+        one(&docs, "ServiceAccount")["metadata"]["name"]
+    );
+    let containers = spec["containers"].as_array().unwrap();
+    assert_eq!(containers.len(), 1);
+    let c = &containers[0];
+
+    // Least privilege: not privileged, every capability dropped but BPF and PERFMON.
+    let sc = &c["securityContext"];
+    assert_ne!(sc["privileged"], true, "privileged container");
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"]);
+    let mut add = strings(&sc["capabilities"]["add"]);
+    add.sort();
+    assert_eq!(add, ["BPF", "PERFMON"], "capabilities beyond eBPF tracing");
+
+    // Host paths the daemon reads, mounted read-only at the same place.
+    let volumes = spec["volumes"].as_array().unwrap();
+    let mount_of = |path: &str| {
+        c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["mountPath"] == path)
+            .unwrap_or_else(|| panic!("no volumeMount at {path}"))
+    };
+    for path in ["/sys/kernel/btf", "/sys/kernel/tracing", "/sys/fs/cgroup"] {
+        let m = mount_of(path);
+        assert_eq!(m["readOnly"], true, "{path} mounted writable");
+        let v = volumes
+            .iter()
+            .find(|v| v["name"] == m["name"])
+            .unwrap_or_else(|| panic!("no volume {} for {path}", m["name"]));
+        assert_eq!(v["hostPath"]["path"], path, "volume for {path}");
+    }
+
+    // Requests and limits for CPU and memory.
+    for kind in ["requests", "limits"] {
+        for res in ["cpu", "memory"] {
+            assert!(
+                c["resources"][kind][res].is_string(),
+                "resources.{kind}.{res} unset"
+            );
+        }
+    }
+
+    // Probes hit /healthz on the named metrics port.
+    let ports = c["ports"].as_array().unwrap();
+    let metrics = ports
+        .iter()
+        .find(|p| p["name"] == "metrics")
+        .expect("a container port named metrics");
+    let container_port = metrics["containerPort"].as_u64().unwrap();
+    for probe in ["livenessProbe", "readinessProbe"] {
+        let get = &c[probe]["httpGet"];
+        assert_eq!(get["path"], "/healthz", "{probe}");
+        assert!(
+            get["port"] == "metrics" || get["port"] == container_port,
+            "{probe} port {}",
+            get["port"]
+        );
+    }
+
+    // The config file the args name is the ConfigMap's key, mounted where the args look.
+    let cm = one(&docs, "ConfigMap");
+    let args = strings(&c["args"]);
+    let config_path = args[args.iter().position(|a| *a == "--config").unwrap() + 1];
+    let (dir, key) = config_path.rsplit_once('/').unwrap();
+    let m = mount_of(dir);
+    let v = volumes.iter().find(|v| v["name"] == m["name"]).unwrap();
+    assert_eq!(v["configMap"]["name"], cm["metadata"]["name"]);
+    assert!(cm["data"][key].is_string(), "ConfigMap has no {key}");
+
+    // The Service selects the daemon's pods and exposes the container's metrics port.
+    let svc = one(&docs, "Service");
+    assert!(selects(
+        &svc["spec"]["selector"],
+        &pod["metadata"]["labels"]
+    ));
+    let svc_ports = svc["spec"]["ports"].as_array().unwrap();
+    let sp = svc_ports
+        .iter()
+        .find(|p| p["name"] == "metrics")
+        .expect("a Service port named metrics");
+    assert!(sp["targetPort"] == "metrics" || sp["targetPort"] == container_port);
+    let ann = &svc["metadata"]["annotations"];
+    assert_eq!(ann["prometheus.io/scrape"], "true");
+    assert_eq!(
+        ann["prometheus.io/port"],
+        sp["port"].as_u64().unwrap().to_string()
+    );
+    assert_eq!(ann["prometheus.io/path"], "/metrics");
+
+    // The ServiceMonitor (a CRD, not schema-checked) selects that Service by its labels and
+    // scrapes a port the Service has, by name.
+    let sm = one(&docs, "ServiceMonitor");
+    assert_eq!(sm["apiVersion"], "monitoring.coreos.com/v1");
+    assert!(selects(
+        &sm["spec"]["selector"]["matchLabels"],
+        &svc["metadata"]["labels"]
+    ));
+    assert!(strings(&sm["spec"]["namespaceSelector"]["matchNames"]).contains(&ns));
+    let endpoints = sm["spec"]["endpoints"].as_array().unwrap();
+    assert!(!endpoints.is_empty());
+    for e in endpoints {
+        let port = e["port"].as_str().expect("endpoint port by name");
+        assert!(
+            svc_ports.iter().any(|p| p["name"] == port),
+            "ServiceMonitor port {port} not on the Service"
+        );
+        assert_eq!(e["path"], "/metrics");
+    }
+}
+
+#[test]
+fn kubernetes_container_args_and_config_are_accepted_by_the_daemon() {
+    let docs = yaml_documents(&k8s_manifests());
+    let c = &one(&docs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0];
+    let cfg = one(&docs, "ConfigMap")["data"]["schedlat.toml"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let port = c["ports"][0]["containerPort"].as_u64().unwrap();
+    // Reachable from other pods, on the port the pod declares.
+    let listen = format!("listen = \"0.0.0.0:{port}\"");
+    assert!(cfg.contains(&listen), "ConfigMap lacks {listen}");
+    assert_eq!(
+        c["command"][0].as_str().unwrap().rsplit('/').next(),
+        Some("schedlat")
+    );
+
+    // Run the real binary with the container's args, the config path pointing at the
+    // ConfigMap's text. Its port is held here, so a config and args the daemon accepts get
+    // exactly as far as binding (before loading any program: no root needed).
+    let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let held = taken.local_addr().unwrap().port();
+    let dir = std::env::temp_dir().join(format!("schedlat-k8scfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("schedlat.toml");
+    std::fs::write(
+        &path,
+        cfg.replace(&format!("0.0.0.0:{port}"), &format!("0.0.0.0:{held}")),
+    )
+    .unwrap();
+    let args: Vec<String> = strings(&c["args"])
+        .into_iter()
+        .map(|a| {
+            if a.ends_with("/schedlat.toml") {
+                path.to_str().unwrap().to_string()
+            } else {
+                a.to_string()
+            }
+        })
+        .collect();
+    assert!(args.iter().any(|a| a == path.to_str().unwrap()), "{args:?}");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = schedlat_tests::run_schedlat(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("0.0.0.0:{held} is already in use")),
+        "container args {args:?} or ConfigMap config rejected before binding:\n{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
