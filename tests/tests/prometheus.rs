@@ -1,5 +1,6 @@
 //! deploy/prometheus: the example scrape config and rules are valid, and a real Prometheus
 //! scraping a real daemon computes run-queue quantiles per cgroup from them.
+//! deploy/grafana: every dashboard query runs on that Prometheus and finds the daemon's series.
 use std::{
     net::TcpListener,
     path::PathBuf,
@@ -7,7 +8,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use schedlat_tests::{TestCgroup, Workload, privileged_or_skip, scrape::Daemon, scrape::get};
+use schedlat_tests::{
+    TestCgroup, Workload, privileged_or_skip, scrape::Daemon, scrape::get, scrape::get_response,
+};
 use serde_json::Value;
 
 fn deploy() -> PathBuf {
@@ -118,9 +121,12 @@ impl Prometheus {
 
     /// `GET /api/v1/<path>`, the `data` of a successful answer.
     fn api(&self, path: &str) -> Value {
-        let body = get(&self.addr, &format!("/api/v1/{path}"))
-            .unwrap_or_else(|| panic!("GET /api/v1/{path} failed:\n{}", self.log()));
-        let v: Value = serde_json::from_str(&body).unwrap();
+        // A bad query is a 400 whose JSON body says why: show that, not just the log.
+        let (status, body) = get_response(&self.addr, &format!("/api/v1/{path}"))
+            .unwrap_or_else(|| panic!("GET /api/v1/{path}: no answer:\n{}", self.log()));
+        let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| {
+            panic!("GET /api/v1/{path}: HTTP {status}, not JSON ({e}): {body}")
+        });
         assert_eq!(v["status"], "success", "{body}");
         v["data"].clone()
     }
@@ -251,6 +257,185 @@ fn a_real_prometheus_computes_runqueue_p99_per_cgroup() {
     assert!(rules.len() >= 11, "{groups}");
     for r in rules {
         assert_eq!(r["health"], "ok", "rule {}", r["name"]);
+    }
+    spin.result();
+    assert!(d.stop().success());
+}
+
+// ------------------------------------------------------------------------- deploy/grafana
+
+/// Every metric a Go-runtime exporter will add (names fixed ahead of it): the dashboard's Go
+/// panels may only use these.
+const GO_METRICS: &[&str] = &[
+    "schedlat_go_sched_latency_seconds_bucket",
+    "schedlat_go_sched_latency_seconds_count",
+    "schedlat_go_sched_latency_seconds_sum",
+    "schedlat_go_stw_pause_seconds_bucket",
+    "schedlat_go_stw_pause_seconds_count",
+    "schedlat_go_stw_pause_seconds_sum",
+    "schedlat_go_gomaxprocs",
+    "schedlat_go_goroutines",
+];
+
+/// The `schedlat_*` metric names in a PromQL expression (recording rules excepted: they
+/// have colons).
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("schedlat_") {
+        let before = rest[..i].chars().last();
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+            .unwrap_or(tail.len());
+        if !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+            out.push(tail[..end].to_string());
+        }
+        rest = &tail[end..];
+    }
+    out
+}
+
+/// The dashboard's template variables as a real Grafana would fill them for "All" (the
+/// variables' `allValue`) and a 5 s rate window; panics on a variable it does not know.
+fn substitute(expr: &str) -> String {
+    let s = expr
+        .replace("$__rate_interval", "5s")
+        .replace("$instance", ".+")
+        .replace("$cgroup", ".+");
+    assert!(!s.contains('$'), "unknown template variable in {expr}");
+    s
+}
+
+#[test]
+fn grafana_dashboard_queries_run_on_a_real_prometheus() {
+    if !privileged_or_skip("grafana_dashboard_queries_run_on_a_real_prometheus") {
+        return;
+    }
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/schedlat-dashboard.json");
+    let dash: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+    assert!(
+        dash["schemaVersion"].as_u64().unwrap() >= 36,
+        "schemaVersion"
+    );
+
+    // Template variables: a datasource variable that every panel and query uses, and
+    // instance/cgroup from label_values().
+    let vars = dash["templating"]["list"].as_array().unwrap();
+    let var = |name: &str| {
+        vars.iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no template variable {name}"))
+    };
+    assert_eq!(var("DS_PROMETHEUS")["type"], "datasource");
+    assert_eq!(var("DS_PROMETHEUS")["query"], "prometheus");
+    let ds_ok = |ds: &Value| ds["type"] == "prometheus" && ds["uid"] == "${DS_PROMETHEUS}";
+
+    // Each panel query: (panel title, expr, is a Go panel).
+    let mut queries = Vec::new();
+    let mut heatmaps = 0;
+    for p in dash["panels"].as_array().unwrap() {
+        if p["type"] == "row" {
+            continue;
+        }
+        let title = p["title"].as_str().unwrap();
+        assert!(ds_ok(&p["datasource"]), "panel {title}: datasource");
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "panel {title} has no query");
+        for t in targets {
+            assert!(ds_ok(&t["datasource"]), "panel {title}: target datasource");
+            let expr = t["expr"].as_str().unwrap().to_string();
+            let names = metric_names(&expr);
+            assert!(
+                !names.is_empty(),
+                "panel {title}: no schedlat metric in {expr}"
+            );
+            let go = names.iter().any(|n| n.starts_with("schedlat_go_"));
+            if go {
+                for n in &names {
+                    assert!(GO_METRICS.contains(&n.as_str()), "panel {title}: {n}");
+                }
+            }
+            if p["type"] == "heatmap" {
+                heatmaps += 1;
+                assert_eq!(t["format"], "heatmap", "panel {title}");
+                assert!(
+                    expr.contains("sum by (le)") && expr.contains("_bucket"),
+                    "heatmap {title} from buckets: {expr}"
+                );
+            }
+            queries.push((title.to_string(), expr, go, names));
+        }
+    }
+    assert!(heatmaps >= 1, "no heatmap panel");
+    assert!(queries.iter().any(|q| q.2), "no Go panel");
+
+    let d = Daemon::start();
+    let prom = Prometheus::start(&d.addr);
+    // CPU contention in a cgroup of its own, so preempted and woken delay both show up.
+    let cg = TestCgroup::create("grafana");
+    let mut spin = Workload::start(&["spin", "--threads", "2", "--cpu", "0", "--secs", "12"]);
+    cg.add(spin.pid);
+    spin.go();
+    let wait = Duration::from_secs(30);
+    assert_eq!(prom.finite("up{job=\"schedlat\"}", wait), 1.0, "target up");
+
+    // Every non-Go metric a panel names is one the daemon exports.
+    let exposed = get(&d.addr, "/metrics").unwrap();
+    for (title, _, go, names) in &queries {
+        for n in names.iter().filter(|_| !go) {
+            assert!(
+                exposed.contains(&format!("\n{n}{{")) || exposed.contains(&format!("\n{n} ")),
+                "panel {title}: {n} is not exported by the daemon"
+            );
+        }
+    }
+
+    // Variables: label_values(m, l) is the set of l over the series of m.
+    for (name, want) in [
+        ("instance", d.addr.clone()),
+        ("cgroup", cg.path().to_string()),
+    ] {
+        let q = var(name)["query"]["query"].as_str().unwrap();
+        let inner = q
+            .strip_prefix("label_values(")
+            .and_then(|r| r.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("variable {name}: {q}"));
+        let (metric, label) = inner.rsplit_once(',').unwrap();
+        let promql = format!("count by ({}) ({})", label.trim(), substitute(metric));
+        let deadline = Instant::now() + wait;
+        loop {
+            let r = prom.query(&promql);
+            if r.iter().any(|(m, _)| m[label.trim()] == want.as_str()) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "variable {name} ({q}) never offered {want}: {r:?}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    // Every query parses and runs (Prometheus answers status success, else `query` panics
+    // with its error); the non-Go ones return series once the daemon has been scraped.
+    for (title, expr, go, _) in &queries {
+        let promql = substitute(expr);
+        let deadline = Instant::now() + wait;
+        loop {
+            let r = prom.query(&promql);
+            if *go || !r.is_empty() {
+                eprintln!("dashboard: {title}: {} series", r.len());
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "panel {title}: {promql} returned nothing in {wait:?}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
     spin.result();
     assert!(d.stop().success());
