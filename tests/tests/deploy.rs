@@ -414,3 +414,103 @@ fn kubernetes_container_args_and_config_are_accepted_by_the_daemon() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A mount and cgroup namespace laid out as the DaemonSet's container sees it: the runtime's
+/// namespaced cgroup2 at /sys/fs/cgroup with the host's hierarchy bind-mounted read-only over
+/// it, tracefs and BTF read-only, only CAP_BPF + CAP_PERFMON, the ConfigMap's config. The
+/// daemon must attach there and label a host cgroup by its host path.
+#[test]
+fn daemon_runs_in_the_daemonset_container_layout() {
+    if !privileged_or_skip("daemon_runs_in_the_daemonset_container_layout") {
+        return;
+    }
+    let docs = yaml_documents(&k8s_manifests());
+    let cfg = one(&docs, "ConfigMap")["data"]["schedlat.toml"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let port = std::net::TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = std::env::temp_dir().join(format!("schedlat-k8sns-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("host-cgroup")).unwrap();
+    let cfg_path = dir.join("schedlat.toml");
+    std::fs::write(
+        &cfg_path,
+        cfg.replace("0.0.0.0:9725", &format!("0.0.0.0:{port}")),
+    )
+    .unwrap();
+    // The runtime's own (namespaced) cgroup2 goes first; the hostPath volume is a recursive
+    // bind (as CRI runtimes mount them), so on a hybrid v1/v2 host it brings the v2 hierarchy
+    // at /sys/fs/cgroup/unified along. Private propagation: nothing reaches the host.
+    let script = r#"
+        mount --rbind /sys/fs/cgroup "$1"
+        mount -t cgroup2 cgroup2 /sys/fs/cgroup
+        mount --rbind "$1" /sys/fs/cgroup
+        for p in /sys/fs/cgroup /sys/fs/cgroup/unified; do
+            if mountpoint -q "$p"; then mount -o remount,bind,ro "$p"; fi
+        done
+        for p in /sys/kernel/tracing /sys/kernel/btf; do
+            mount --bind "$p" "$p"
+            mount -o remount,bind,ro "$p"
+        done
+        exec setpriv --inh-caps=-all,+bpf,+perfmon --ambient-caps=+bpf,+perfmon \
+            --bounding-set=-all,+bpf,+perfmon -- "$2" daemon --config "$3"
+    "#;
+    let mut child = Command::new("unshare")
+        .args(["--mount", "--cgroup", "--propagation", "private", "--"])
+        .args(["sh", "-ec", script, "sh"])
+        .arg(dir.join("host-cgroup"))
+        .arg(schedlat_bin())
+        .arg(&cfg_path)
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let cg = schedlat_tests::TestCgroup::create("k8sns");
+    let mut spin =
+        schedlat_tests::Workload::start(&["spin", "--threads", "2", "--cpu", "0", "--secs", "3"]);
+    cg.add(spin.pid);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while get(&addr, "/healthz").is_none() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "daemon exited in the container layout"
+        );
+        assert!(std::time::Instant::now() < deadline, "no /healthz in 30 s");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // It really is in a cgroup namespace of its own, so its own view of /sys/fs/cgroup would
+    // not show the workload's cgroup: only the host hierarchy mounted over it does.
+    let ns = |pid: String| std::fs::read_link(format!("/proc/{pid}/ns/cgroup")).unwrap();
+    assert_ne!(ns(child.id().to_string()), ns("self".into()));
+    spin.go();
+    spin.result();
+    let series = format!(
+        "schedlat_runqueue_latency_seconds_count{{cgroup=\"{}\",cause=\"preempted\"}} ",
+        cg.path()
+    );
+    let body = get(&addr, "/metrics").unwrap();
+    let count = body
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map(|v| v.parse::<f64>().unwrap());
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        count.is_some_and(|c| c > 10.0),
+        "host cgroup {} not labelled by its host path: {count:?}\n{}",
+        cg.path(),
+        body.lines()
+            .filter(|l| l.starts_with("schedlat_runqueue_latency_seconds_count"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        status.lines().any(|l| l == "CapEff:\t0000000000000000"),
+        "capabilities kept after attaching:\n{status}"
+    );
+}
