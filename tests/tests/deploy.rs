@@ -163,6 +163,47 @@ fn kubernetes_validate(files: &[PathBuf]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// Checks every ServiceMonitor in `files` against prometheus-operator's CRD schema (the
+/// models of cloudcoil-models-prometheus-operator, generated from the CRDs): types and
+/// patterns by validation, unknown fields by comparing the document with the model's dump.
+/// (success, output).
+fn servicemonitor_validate(files: &[PathBuf]) -> (bool, String) {
+    let script = r#"
+import sys, yaml
+from cloudcoil.models.prometheus_operator import v1
+failed = False
+for f in sys.argv[1:]:
+    for d in yaml.safe_load_all(open(f)):
+        if not d or d.get("kind") != "ServiceMonitor":
+            continue
+        try:
+            m = v1.ServiceMonitor.model_validate(d)
+        except Exception as e:
+            print(f"{f}: {e}")
+            failed = True
+            continue
+        back = m.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        if back != d:
+            print(f"{f}: fields the schema does not know:\n  given  {d}\n  schema {back}")
+            failed = True
+        else:
+            print(f"{f}: ServiceMonitor {m.metadata.name} valid")
+sys.exit(1 if failed else 0)
+"#;
+    let out = Command::new(pytools_bin("python"))
+        .arg("-c")
+        .arg(script)
+        .args(files)
+        .output()
+        .expect("running the venv's python");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 #[test]
 fn kubernetes_manifests_validate_against_the_api_schemas() {
     let files = k8s_manifests();
@@ -170,7 +211,8 @@ fn kubernetes_manifests_validate_against_the_api_schemas() {
     assert!(ok, "kubernetes-validate --strict:\n{out}");
     // Every core resource was checked against its schema (strict: unknown fields rejected).
     // kubernetes-validate has no schema for CRDs: for the ServiceMonitor it only warns, so
-    // kubernetes_manifests_fit_together checks it structurally.
+    // servicemonitor_validate checks it against the CRD's, and
+    // kubernetes_manifests_fit_together checks it selects the Service.
     for doc in yaml_documents(&files) {
         let kind = doc["kind"].as_str().unwrap();
         let name = doc["metadata"]["name"].as_str().unwrap();
@@ -200,6 +242,26 @@ fn kubernetes_manifests_validate_against_the_api_schemas() {
         let bad = dir.join("daemonset.yaml");
         std::fs::write(&bad, ds.replace(from, to)).unwrap();
         let (ok, out) = kubernetes_validate(&[bad]);
+        assert!(!ok && out.contains(expect), "{to:?} accepted:\n{out}");
+    }
+    let (ok, out) = servicemonitor_validate(&files);
+    assert!(
+        ok && out.contains("ServiceMonitor schedlat valid"),
+        "ServiceMonitor against the prometheus-operator CRD:\n{out}"
+    );
+    let sm = std::fs::read_to_string(k8s_dir().join("servicemonitor.yaml")).unwrap();
+    for (from, to, expect) in [
+        (
+            "targetLabel:",
+            "targetLabell:",
+            "fields the schema does not know",
+        ),
+        ("interval: 15s", "interval: fifteen", "should match pattern"),
+    ] {
+        assert!(sm.contains(from), "servicemonitor.yaml lost {from:?}");
+        let bad = dir.join("servicemonitor.yaml");
+        std::fs::write(&bad, sm.replace(from, to)).unwrap();
+        let (ok, out) = servicemonitor_validate(&[bad]);
         assert!(!ok && out.contains(expect), "{to:?} accepted:\n{out}");
     }
     std::fs::remove_dir_all(&dir).unwrap();

@@ -58,8 +58,20 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const BPF_LINKER_LLVM: u32 = 22;
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const TRACEFS: &str = "/sys/kernel/tracing";
-/// Validates deploy/kubernetes against the Kubernetes API schemas it bundles (offline).
-const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+/// PyPI packages in the project venv: (name, pinned version, why).
+const PYTOOLS: &[(&str, &str, &str)] = &[
+    (
+        "kubernetes-validate",
+        "1.37.0",
+        "validates deploy/kubernetes against the Kubernetes API schemas it bundles, offline",
+    ),
+    (
+        "cloudcoil-models-prometheus-operator",
+        // The last release for Python < 3.14 (Debian 12 has 3.11).
+        "0.80.1.0",
+        "prometheus-operator's CRD schemas as models: validates deploy/kubernetes/servicemonitor.yaml",
+    ),
+];
 
 /// The full setup: build and test packages, bpf-linker, the LLVM rule, tracefs.
 pub fn setup(ws: &Workspace) -> Result<()> {
@@ -268,27 +280,38 @@ pub fn pytools_venv(ws: &Workspace) -> PathBuf {
     ws.target.join("pytools").join("venv")
 }
 
-/// kubernetes-validate in the project venv: the deploy tests validate deploy/kubernetes with it
-/// (and read its YAML with the PyYAML it brings).
+/// The PYTOOLS in the project venv, each at its pinned version.
 fn ensure_pytools(ws: &Workspace) -> Result<()> {
     let venv = pytools_venv(ws);
-    let tool = venv.join("bin").join("kubernetes-validate");
-    let version = probe(Command::new(&tool).arg("--version"))
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
-    if version.as_deref() == Some(KUBERNETES_VALIDATE_VERSION) {
-        println!(
-            "setup: kubernetes-validate {KUBERNETES_VALIDATE_VERSION} ok ({})",
-            venv.display()
-        );
+    let python = venv.join("bin").join("python");
+    let installed = |name: &str| -> Option<String> {
+        let out = probe(Command::new(&python).args([
+            "-c",
+            "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))",
+            name,
+        ]))?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let mut missing = Vec::new();
+    for &(name, version, why) in PYTOOLS {
+        match installed(name) {
+            Some(v) if v == version => {}
+            found => {
+                println!(
+                    "setup: Python package {name} {version} missing from {} ({}): {why}",
+                    venv.display(),
+                    found.map_or_else(|| "not installed".to_string(), |v| format!("found {v}"))
+                );
+                missing.push(format!("{name}=={version}"));
+            }
+        }
+    }
+    if missing.is_empty() {
+        println!("setup: Python tools ok ({})", venv.display());
         return Ok(());
     }
-    println!(
-        "setup: kubernetes-validate {KUBERNETES_VALIDATE_VERSION} missing from {} ({}): the \
-         deploy tests validate deploy/kubernetes against the Kubernetes API schemas with it",
-        venv.display(),
-        version.map_or_else(|| "not installed".to_string(), |v| format!("found {v}"))
-    );
     let hint = "check that python3-venv is installed and PyPI is reachable, then re-run \
                 `cargo xtask setup`";
     if !venv.join("bin").join("pip").exists() {
@@ -300,18 +323,17 @@ fn ensure_pytools(ws: &Workspace) -> Result<()> {
     run_cmd(
         Command::new(venv.join("bin").join("pip"))
             .args(["install", "--quiet", "--disable-pip-version-check"])
-            .arg(format!(
-                "kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"
-            )),
+            .args(&missing),
         hint,
     )?;
-    let out = capture(Command::new(&tool).arg("--version"))?;
-    if out.trim() != KUBERNETES_VALIDATE_VERSION {
-        bail!(
-            "installed kubernetes-validate {KUBERNETES_VALIDATE_VERSION} but {} reports {:?}",
-            tool.display(),
-            out.trim()
-        );
+    for &(name, version, _) in PYTOOLS {
+        let found = installed(name);
+        if found.as_deref() != Some(version) {
+            bail!(
+                "pip installed {name}=={version} but {} reports {found:?}",
+                python.display()
+            );
+        }
     }
     Ok(())
 }
