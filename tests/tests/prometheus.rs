@@ -2,6 +2,7 @@
 //! scraping a real daemon computes run-queue quantiles per cgroup from them.
 //! deploy/grafana: every dashboard query runs on that Prometheus and finds the daemon's series.
 use std::{
+    io::{Read as _, Write as _},
     net::TcpListener,
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -63,6 +64,11 @@ struct Prometheus {
 impl Prometheus {
     /// The example config, pointed at `target`, scraping and evaluating rules every second.
     fn start(target: &str) -> Self {
+        Self::start_with_targets(&[target])
+    }
+
+    /// Like [`start`](Self::start), scraping several targets in the `schedlat` job.
+    fn start_with_targets(targets: &[&str]) -> Self {
         let dir = std::env::temp_dir().join(format!("schedlat-prom-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -76,7 +82,7 @@ impl Prometheus {
         }
         let rules = deploy().join("schedlat-rules.yml");
         let cfg = example
-            .replace("127.0.0.1:9725", target)
+            .replace("127.0.0.1:9725", &targets.join("\", \""))
             .replace("scrape_interval: 15s", "scrape_interval: 1s")
             .replace("evaluation_interval: 15s", "evaluation_interval: 1s")
             .replace("- schedlat-rules.yml", &format!("- {}", rules.display()));
@@ -307,6 +313,74 @@ fn substitute(expr: &str) -> String {
     s
 }
 
+/// Exposition of the Go-runtime metrics, with their fixed names and labels, for the Go panels
+/// until the daemon exports them: one process of /srv/api; counts grow with `n` (the scrape
+/// number) so rates are not zero.
+fn go_exposition(n: u64) -> String {
+    let l = r#"binary="/srv/api",cgroup="/kubepods/api""#;
+    let mut out = String::new();
+    let mut histogram = |name: &str, labels: &str, buckets: &[(&str, u64)]| {
+        out.push_str(&format!("# TYPE {name} histogram\n"));
+        for (le, per) in buckets {
+            out.push_str(&format!(
+                "{name}_bucket{{{labels},le=\"{le}\"}} {}\n",
+                per * n
+            ));
+        }
+        let total = buckets.last().unwrap().1 * n;
+        out.push_str(&format!("{name}_sum{{{labels}}} {}\n", total as f64 * 1e-4));
+        out.push_str(&format!("{name}_count{{{labels}}} {total}\n"));
+    };
+    let b = [("0.0001", 90), ("0.01", 100), ("+Inf", 100)];
+    histogram("schedlat_go_sched_latency_seconds", l, &b);
+    let stw = "schedlat_go_stw_pause_seconds";
+    out.push_str(&format!("# TYPE {stw} histogram\n"));
+    for phase in ["stopping", "total"] {
+        let labels = format!("{l},phase=\"{phase}\"");
+        for (le, per) in [("0.0001", 3), ("0.001", 4), ("+Inf", 4)] {
+            out.push_str(&format!(
+                "{stw}_bucket{{{labels},le=\"{le}\"}} {}\n",
+                per * n
+            ));
+        }
+        out.push_str(&format!("{stw}_sum{{{labels}}} {}\n", n as f64 * 1e-3));
+        out.push_str(&format!("{stw}_count{{{labels}}} {}\n", 4 * n));
+    }
+    out.push_str(&format!(
+        "# TYPE schedlat_go_gomaxprocs gauge\nschedlat_go_gomaxprocs{{{l}}} 2\n\
+         # TYPE schedlat_go_goroutines gauge\nschedlat_go_goroutines{{{l}}} {}\n",
+        40 + n % 7
+    ));
+    out
+}
+
+/// Serves [`go_exposition`] on a loopback port (for as long as the test runs); its address.
+fn serve_go_metrics() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for (n, conn) in (1u64..).zip(listener.incoming()) {
+            let Ok(mut conn) = conn else { continue };
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => req.extend_from_slice(&buf[..k]),
+                }
+            }
+            let body = go_exposition(n);
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
 #[test]
 fn grafana_dashboard_queries_run_on_a_real_prometheus() {
     if !privileged_or_skip("grafana_dashboard_queries_run_on_a_real_prometheus") {
@@ -373,14 +447,18 @@ fn grafana_dashboard_queries_run_on_a_real_prometheus() {
     assert!(queries.iter().any(|q| q.2), "no Go panel");
 
     let d = Daemon::start();
-    let prom = Prometheus::start(&d.addr);
+    let go_addr = serve_go_metrics();
+    let prom = Prometheus::start_with_targets(&[&d.addr, &go_addr]);
     // CPU contention in a cgroup of its own, so preempted and woken delay both show up.
     let cg = TestCgroup::create("grafana");
     let mut spin = Workload::start(&["spin", "--threads", "2", "--cpu", "0", "--secs", "12"]);
     cg.add(spin.pid);
     spin.go();
     let wait = Duration::from_secs(30);
-    assert_eq!(prom.finite("up{job=\"schedlat\"}", wait), 1.0, "target up");
+    for target in [&d.addr, &go_addr] {
+        let up = format!("up{{job=\"schedlat\",instance=\"{target}\"}}");
+        assert_eq!(prom.finite(&up, wait), 1.0, "{target} up");
+    }
 
     // Every non-Go metric a panel names is one the daemon exports.
     let exposed = get(&d.addr, "/metrics").unwrap();
@@ -420,13 +498,14 @@ fn grafana_dashboard_queries_run_on_a_real_prometheus() {
     }
 
     // Every query parses and runs (Prometheus answers status success, else `query` panics
-    // with its error); the non-Go ones return series once the daemon has been scraped.
-    for (title, expr, go, _) in &queries {
+    // with its error) and returns series: the daemon's, and for the Go panels those of the
+    // Go metrics' fixed names and labels (binary, cgroup, phase) served above.
+    for (title, expr, _, _) in &queries {
         let promql = substitute(expr);
         let deadline = Instant::now() + wait;
         loop {
             let r = prom.query(&promql);
-            if *go || !r.is_empty() {
+            if !r.is_empty() {
                 eprintln!("dashboard: {title}: {} series", r.len());
                 break;
             }
