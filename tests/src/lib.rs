@@ -6,6 +6,7 @@
 //! * running `schedlat capture` in the background: [`Schedlat`] / [`Running`], and one-shot
 //!   invocations: [`run_schedlat`];
 //! * `schedlat daemon` and its /metrics: [`scrape`];
+//! * the project's Python tools and YAML reading: [`pytools_bin`], [`yaml_documents`];
 //! * reading a thread's `/proc/<pid>/task/<tid>/schedstat`: [`read_schedstat`], [`parse_schedstat`].
 //!
 //! Nothing here blocks forever: every read of a child's output has a timeout and panics with
@@ -61,6 +62,55 @@ pub fn schedlat_bin() -> PathBuf {
 /// Panics with a build hint if it does not exist.
 pub fn workload_bin() -> PathBuf {
     locate("SCHEDLAT_WORKLOAD", "schedlat-workload")
+}
+
+/// A program from the project's Python venv (`$SCHEDLAT_PYTOOLS/bin/<name>`, else
+/// `<workspace>/target/pytools/venv/bin/<name>`), where `cargo xtask setup` installs
+/// kubernetes-validate (and with it PyYAML). Panics with a setup hint if it is missing.
+pub fn pytools_bin(name: &str) -> PathBuf {
+    let venv = match std::env::var_os("SCHEDLAT_PYTOOLS") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => workspace_dir().join("target").join("pytools").join("venv"),
+    };
+    let path = venv.join("bin").join(name);
+    if !path.is_file() {
+        panic!(
+            "{} not found: `cargo xtask setup` installs the project's Python tools there \
+             (set SCHEDLAT_PYTOOLS to another venv)",
+            path.display()
+        );
+    }
+    path
+}
+
+/// Every YAML document of `files`, as JSON, read by PyYAML from the project venv (the same
+/// parser kubernetes-validate uses). Each document gets `"__file"`: the file it came from.
+pub fn yaml_documents(files: &[PathBuf]) -> Vec<Value> {
+    let script = r#"
+import json, sys, yaml
+docs = []
+for f in sys.argv[1:]:
+    for d in yaml.safe_load_all(open(f)):
+        if d is not None:
+            d["__file"] = f
+            docs.append(d)
+json.dump(docs, sys.stdout)
+"#;
+    let out = Command::new(pytools_bin("python"))
+        .arg("-c")
+        .arg(script)
+        .args(files)
+        .output()
+        .expect("running the venv's python");
+    assert!(
+        out.status.success(),
+        "parsing YAML {files:?}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match serde_json::from_slice(&out.stdout).expect("python printed JSON") {
+        Value::Array(docs) => docs,
+        other => panic!("expected a list of documents, got {other}"),
+    }
 }
 
 /// True when running as root (the capture tests need CAP_BPF + CAP_PERFMON). Otherwise panics

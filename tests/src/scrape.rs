@@ -61,8 +61,16 @@ impl Drop for Daemon {
     }
 }
 
-/// A minimal HTTP/1.1 GET (no client dependency), returning the body.
+/// A minimal HTTP/1.1 GET (no client dependency), returning the body of a 200 answer.
 pub fn get(addr: &str, path: &str) -> Option<String> {
+    match get_response(addr, path)? {
+        (200, body) => Some(body),
+        _ => None,
+    }
+}
+
+/// A minimal HTTP/1.1 GET: the status code and body of any answer (None if there was none).
+pub fn get_response(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
     write!(
@@ -73,9 +81,12 @@ pub fn get(addr: &str, path: &str) -> Option<String> {
     let mut resp = String::new();
     s.read_to_string(&mut resp).ok()?;
     let (head, body) = resp.split_once("\r\n\r\n")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return None;
-    }
+    let status = head
+        .strip_prefix("HTTP/1.1 ")?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
     // axum uses Content-Length for these bodies; tolerate chunked just in case.
     if head
         .to_ascii_lowercase()
@@ -91,9 +102,9 @@ pub fn get(addr: &str, path: &str) -> Option<String> {
             out.push_str(&tail[..n]);
             rest = &tail[n + 2..];
         }
-        return Some(out);
+        return Some((status, out));
     }
-    Some(body.to_string())
+    Some((status, body.to_string()))
 }
 
 /// Sum of every sample of `name` (any labels).

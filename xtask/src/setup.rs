@@ -2,7 +2,7 @@
 //! Idempotent: each step checks first, says what is missing and why, then installs.
 use std::{
     env,
-    path::Path,
+    path::{Path, PathBuf},
     process::Command,
     sync::atomic::{AtomicBool, Ordering},
 };
@@ -37,8 +37,16 @@ pub const TEST: Group = Group {
     name: "test",
     why: "promtool checks the /metrics exposition, prometheus scrapes a live daemon; util-linux \
           (setpriv), bpftool (programs left after SIGKILL), systemd-analyze \
-          (deploy/schedlat.service) and wrk (a scrape flood) for the tests",
-    packages: &["prometheus", "util-linux", "bpftool", "systemd", "wrk"],
+          (deploy/schedlat.service) and wrk (a scrape flood) for the tests; python3-venv for the \
+          project's Python tools (deploy/kubernetes validation)",
+    packages: &[
+        "prometheus",
+        "util-linux",
+        "bpftool",
+        "systemd",
+        "wrk",
+        "python3-venv",
+    ],
 };
 pub const BENCH: Group = Group {
     name: "bench",
@@ -60,6 +68,20 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const BPF_LINKER_LLVM: u32 = 22;
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const TRACEFS: &str = "/sys/kernel/tracing";
+/// PyPI packages in the project venv: (name, pinned version, why).
+const PYTOOLS: &[(&str, &str, &str)] = &[
+    (
+        "kubernetes-validate",
+        "1.37.0",
+        "validates deploy/kubernetes against the Kubernetes API schemas it bundles, offline",
+    ),
+    (
+        "cloudcoil-models-prometheus-operator",
+        // The last release for Python < 3.14 (Debian 12 has 3.11).
+        "0.80.1.0",
+        "prometheus-operator's CRD schemas as models: validates deploy/kubernetes/servicemonitor.yaml",
+    ),
+];
 
 /// The full setup: build and test packages, bpf-linker, the LLVM rule, tracefs.
 pub fn setup(ws: &Workspace) -> Result<()> {
@@ -67,6 +89,7 @@ pub fn setup(ws: &Workspace) -> Result<()> {
     let linker_llvm = ensure_bpf_linker(ws)?;
     check_llvm_rule(linker_llvm)?;
     ensure_tracefs()?;
+    ensure_pytools(ws)?;
     println!("setup: ok");
     Ok(())
 }
@@ -259,6 +282,70 @@ fn ensure_tracefs() -> Result<()> {
         Command::new("mount").args(["-t", "tracefs", "nodev", TRACEFS]),
         "the kernel needs CONFIG_TRACING; mount tracefs by hand and re-run `cargo xtask setup`",
     )
+}
+
+/// The project's own Python venv (`target/pytools/venv`): tools from PyPI that the tests run,
+/// pinned, never installed into the system Python.
+pub fn pytools_venv(ws: &Workspace) -> PathBuf {
+    ws.target.join("pytools").join("venv")
+}
+
+/// The PYTOOLS in the project venv, each at its pinned version.
+fn ensure_pytools(ws: &Workspace) -> Result<()> {
+    let venv = pytools_venv(ws);
+    let python = venv.join("bin").join("python");
+    let installed = |name: &str| -> Option<String> {
+        let out = probe(Command::new(&python).args([
+            "-c",
+            "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))",
+            name,
+        ]))?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let mut missing = Vec::new();
+    for &(name, version, why) in PYTOOLS {
+        match installed(name) {
+            Some(v) if v == version => {}
+            found => {
+                println!(
+                    "setup: Python package {name} {version} missing from {} ({}): {why}",
+                    venv.display(),
+                    found.map_or_else(|| "not installed".to_string(), |v| format!("found {v}"))
+                );
+                missing.push(format!("{name}=={version}"));
+            }
+        }
+    }
+    if missing.is_empty() {
+        println!("setup: Python tools ok ({})", venv.display());
+        return Ok(());
+    }
+    let hint = "check that python3-venv is installed and PyPI is reachable, then re-run \
+                `cargo xtask setup`";
+    if !venv.join("bin").join("pip").exists() {
+        run_cmd(
+            Command::new("python3").arg("-m").arg("venv").arg(&venv),
+            hint,
+        )?;
+    }
+    run_cmd(
+        Command::new(venv.join("bin").join("pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(&missing),
+        hint,
+    )?;
+    for &(name, version, _) in PYTOOLS {
+        let found = installed(name);
+        if found.as_deref() != Some(version) {
+            bail!(
+                "pip installed {name}=={version} but {} reports {found:?}",
+                python.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn require_root(what: &str) -> Result<()> {

@@ -56,7 +56,12 @@ pub fn test(ws: &Workspace, args: &[String]) -> Result<()> {
     }
 
     header("3/3 integration tests (root, --test-threads=1)");
-    let envs = [("SCHEDLAT_BIN", &bin), ("SCHEDLAT_WORKLOAD", &workload)];
+    let pytools = setup::pytools_venv(ws);
+    let envs = [
+        ("SCHEDLAT_BIN", &bin),
+        ("SCHEDLAT_WORKLOAD", &workload),
+        ("SCHEDLAT_PYTOOLS", &pytools),
+    ];
     let hint = "see the failing integration tests above";
     let result = if is_root() {
         let mut c = ws.cargo();
