@@ -36,8 +36,18 @@ pub const BUILD_EBPF: Group = Group {
 pub const TEST: Group = Group {
     name: "test",
     why: "promtool checks the /metrics exposition; util-linux (setpriv) and bpftool (programs \
-          left after SIGKILL) and systemd-analyze (deploy/schedlat.service) for the tests",
-    packages: &["prometheus", "util-linux", "bpftool", "systemd"],
+          left after SIGKILL) and systemd-analyze (deploy/schedlat.service) for the tests; \
+          openssl (test certificates), curl (HTTPS scrapes) and apache2-utils (htpasswd: bcrypt \
+          hashes) for the TLS and basic-auth tests",
+    packages: &[
+        "prometheus",
+        "util-linux",
+        "bpftool",
+        "systemd",
+        "openssl",
+        "curl",
+        "apache2-utils",
+    ],
 };
 pub const BENCH: Group = Group {
     name: "bench",
