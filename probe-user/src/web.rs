@@ -650,6 +650,20 @@ mod tests {
     }
 
     #[test]
+    fn deploy_example_is_valid() {
+        let c = WebConfig::parse(
+            include_str!("../../deploy/web.yml"),
+            "deploy/web.yml",
+            Path::new("/etc/schedlat"),
+        )
+        .unwrap();
+        let t = c.tls.unwrap();
+        assert_eq!(t.cert_file, Path::new("/etc/schedlat/tls/server.crt"));
+        assert_eq!(t.client_auth, ClientAuth::NoClientCert);
+        assert!(c.users.contains_key("prometheus"));
+    }
+
+    #[test]
     fn missing_cert_names_the_file() {
         let c = parse("tls_server_config:\n  cert_file: /no/such.crt\n  key_file: /no/such.key\n")
             .unwrap();

@@ -59,6 +59,40 @@ fn example_config_is_valid_for_the_daemon() {
         stderr.contains("already in use"),
         "config rejected before binding:\n{stderr}"
     );
+    // The commented-out examples are valid too: `user` resolves and still gets as far as
+    // binding; `web_config` pointing at deploy/web.yml parses it and goes on to read its
+    // (absent) certificate, named with its path.
+    let cfg = cfg.replace("127.0.0.1:9725", &addr);
+    assert!(
+        cfg.contains("\n# user = \"nobody\"\n"),
+        "user example documented"
+    );
+    std::fs::write(&path, cfg.replace("\n# user = ", "\nuser = ")).unwrap();
+    let out = schedlat_tests::run_schedlat(&["daemon", "--config", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("already in use"),
+        "user example rejected:\n{stderr}"
+    );
+    let example = "\n# web_config = \"/etc/schedlat/web.yml\"\n";
+    assert!(cfg.contains(example), "web_config example documented");
+    let web = repo().join("deploy/web.yml");
+    std::fs::write(
+        &path,
+        cfg.replace(
+            example,
+            &format!("\nweb_config = {:?}\n", web.to_str().unwrap()),
+        ),
+    )
+    .unwrap();
+    let out = schedlat_tests::run_schedlat(&["daemon", "--config", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let cert = repo().join("deploy/tls/server.crt");
+    assert!(
+        out.status.code() == Some(2) && stderr.contains(cert.to_str().unwrap()),
+        "deploy/web.yml: want exit 2 naming {}:\n{stderr}",
+        cert.display()
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
