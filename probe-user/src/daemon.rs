@@ -25,7 +25,7 @@ use crate::{
     cli::{Cli, DaemonArgs},
     config::DaemonConfig,
     metrics::{self, ExpoInput, LabelCap},
-    privs::{lookup_user, switch_user},
+    privs::{check_can_switch, lookup_user, switch_user},
     probes::{Attached, FutexMode, ProbeOptions, Probes, RawSnapshot},
     series::SeriesKeeper,
     web::{BasicAuth, TlsListener, WebConfig},
@@ -235,6 +235,9 @@ pub fn run(cli: &Cli, a: &DaemonArgs) -> anyhow::Result<()> {
         None => (None, None),
     };
     let account = cfg.user.as_deref().map(lookup_user).transpose()?;
+    if let Some(a) = &account {
+        check_can_switch(a)?;
+    }
 
     // Bind first: a taken port is the most common start-up failure and needs no root.
     let listener = std::net::TcpListener::bind(cfg.listen).map_err(|e| {

@@ -41,6 +41,30 @@ pub fn drop_all_capabilities() -> std::io::Result<()> {
     Ok(())
 }
 
+const CAP_SETGID: u32 = 6;
+const CAP_SETUID: u32 = 7;
+
+/// Whether this thread's effective set holds `cap` (bit number, include/uapi/linux/capability.h).
+fn has_effective(cap: u32) -> std::io::Result<bool> {
+    let header = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: capget(2) writes two data structs (version 3) into `data`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &header as *const CapHeader,
+            data.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(data[(cap / 32) as usize].effective & (1 << (cap % 32)) != 0)
+}
+
 /// A user to run as once attached, from the passwd database.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Account {
@@ -62,7 +86,7 @@ pub enum UserError {
         source: std::io::Error,
     },
     #[error(
-        "switching to user {name} (uid {uid}, gid {gid}) failed at {step}: {source}; this needs CAP_SETUID and CAP_SETGID (run as root, or drop `user` and let the service manager pick the user)"
+        "switching to user {name} (uid {uid}, gid {gid}) failed at {step}: {source}; this needs CAP_SETUID and CAP_SETGID (run as root with both in the bounding set, e.g. add them to the unit's CapabilityBoundingSet, or remove `user` and let the service manager pick the user)"
     )]
     Switch {
         name: String,
@@ -124,6 +148,23 @@ pub fn lookup_user(spec: &str) -> Result<Account, UserError> {
             gid: pwd.pw_gid,
         });
     }
+}
+
+/// Fail before anything is attached if [`switch_user`] is bound to fail for lack of
+/// CAP_SETUID/CAP_SETGID (e.g. under a unit whose bounding set lacks them).
+pub fn check_can_switch(a: &Account) -> Result<(), UserError> {
+    for (cap, step) in [(CAP_SETGID, "CAP_SETGID"), (CAP_SETUID, "CAP_SETUID")] {
+        if !has_effective(cap).unwrap_or(false) {
+            return Err(UserError::Switch {
+                name: a.name.clone(),
+                uid: a.uid,
+                gid: a.gid,
+                step,
+                source: std::io::Error::from_raw_os_error(libc::EPERM),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Become `a`: supplementary groups first (to just its primary group: root's go), then the

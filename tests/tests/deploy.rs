@@ -153,3 +153,40 @@ fn daemon_works_with_only_cap_bpf_and_cap_perfmon() {
         "{body}"
     );
 }
+
+#[test]
+fn user_switch_under_the_units_capabilities_fails_early_and_says_what_to_add() {
+    if !privileged_or_skip(
+        "user_switch_under_the_units_capabilities_fails_early_and_says_what_to_add",
+    ) {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("schedlat-unituser-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("c.toml");
+    std::fs::write(&cfg, "user = \"nobody\"\n").unwrap();
+    // Root with the unit's bounding set: CAP_SETUID/CAP_SETGID are out of reach.
+    let out = Command::new("setpriv")
+        .args(["--bounding-set=-all,+bpf,+perfmon", "--"])
+        .arg(schedlat_bin())
+        .args([
+            "daemon",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            cfg.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("nobody")
+            && stderr.contains("CAP_SETUID and CAP_SETGID")
+            && stderr.contains("CapabilityBoundingSet"),
+        "{stderr}"
+    );
+    // Refused before attaching: nothing was loaded.
+    assert!(!stderr.contains("attached"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
