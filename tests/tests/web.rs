@@ -242,3 +242,134 @@ fn min_version_tls13_refuses_tls12_clients() {
     );
     assert!(d.stop().success());
 }
+
+/// A CA and a client certificate it signs, named `<name>-ca.crt`, `<name>.crt`, `<name>.key`.
+fn client_pki(dir: &TempDir, name: &str) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let (ca_crt, ca_key) = (
+        dir.path(&format!("{name}-ca.crt")),
+        dir.path(&format!("{name}-ca.key")),
+    );
+    let mut args = vec!["req", "-x509", "-days", "1", "-subj", "/CN=test-clients-ca"];
+    args.extend(ec);
+    args.extend(["-keyout", &ca_key, "-out", &ca_crt]);
+    ok("openssl", &args);
+    let (csr, key, crt) = (
+        dir.path(&format!("{name}.csr")),
+        dir.path(&format!("{name}.key")),
+        dir.path(&format!("{name}.crt")),
+    );
+    let mut args = vec!["req", "-new", "-subj", "/CN=prometheus"];
+    args.extend(ec);
+    args.extend(["-keyout", &key, "-out", &csr]);
+    ok("openssl", &args);
+    let ext = dir.path("client-ext.cnf");
+    std::fs::write(
+        &ext,
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    ok(
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-days",
+            "1",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_crt,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-extfile",
+            &ext,
+            "-out",
+            &crt,
+        ],
+    );
+}
+
+/// curl with a client certificate (`name` as made by [`client_pki`]) or none.
+fn curl_cert(dir: &TempDir, url: &str, name: Option<&str>) -> (i32, String) {
+    let ca = dir.path("server.crt");
+    let mut args = vec![
+        "-sS".to_string(),
+        "--max-time".into(),
+        "30".into(),
+        "-o".into(),
+        "/dev/null".into(),
+        "-w".into(),
+        "%{http_code}".into(),
+        "--cacert".into(),
+        ca,
+    ];
+    if let Some(n) = name {
+        args.extend([
+            "--cert".into(),
+            dir.path(&format!("{n}.crt")),
+            "--key".into(),
+            dir.path(&format!("{n}.key")),
+        ]);
+    }
+    args.push(url.into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run("curl", &args);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn client_certificates_are_verified_against_client_ca_file() {
+    if !privileged_or_skip("client_certificates_are_verified_against_client_ca_file") {
+        return;
+    }
+    let dir = TempDir::new("mtls");
+    self_signed(&dir);
+    client_pki(&dir, "good");
+    client_pki(&dir, "rogue"); // same subject, a CA the daemon does not trust
+    for (mode, anonymous_ok) in [
+        ("RequireAndVerifyClientCert", false),
+        ("VerifyClientCertIfGiven", true),
+    ] {
+        let web = dir.path("web.yml");
+        std::fs::write(
+            &web,
+            format!(
+                "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  \
+                 client_auth_type: {mode}\n  client_ca_file: good-ca.crt\n"
+            ),
+        )
+        .unwrap();
+        let d = Daemon::start_until(&["--web.config.file", &web], |addr| {
+            curl_cert(&dir, &format!("https://{addr}/healthz"), Some("good")).1 == "200"
+        });
+        let url = format!("https://{}/metrics", d.addr);
+        assert_eq!(
+            curl_cert(&dir, &url, Some("good")),
+            (0, "200".into()),
+            "{mode}"
+        );
+        let (rc, code) = curl_cert(&dir, &url, Some("rogue"));
+        assert!(
+            rc != 0 && code != "200",
+            "{mode}: rogue cert: rc {rc} {code}"
+        );
+        let (rc, code) = curl_cert(&dir, &url, None);
+        if anonymous_ok {
+            assert_eq!((rc, code.as_str()), (0, "200"), "{mode}: no cert");
+        } else {
+            assert!(rc != 0 && code != "200", "{mode}: no cert: rc {rc} {code}");
+        }
+        assert!(d.stop().success());
+    }
+}
