@@ -270,7 +270,16 @@ impl WebConfig {
             message,
         };
         let read = |key, file: &Path| {
-            std::fs::read(file).map_err(|e| file_err(key, file, format!("cannot read it: {e}")))
+            std::fs::read(file).map_err(|e| {
+                file_err(
+                    key,
+                    file,
+                    format!(
+                        "cannot read it: {e}; fix the path (relative paths are relative to the \
+                         web config's directory) or the file's permissions"
+                    ),
+                )
+            })
         };
         let pem_certs = |key, file: &Path| -> Result<Vec<CertificateDer<'static>>, _> {
             let pem = read(key, file)?;
