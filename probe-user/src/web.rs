@@ -481,6 +481,8 @@ pub async fn require_auth(
 
 /// How long a client gets to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TLS handshakes in progress at once, at most.
+const MAX_HANDSHAKES: usize = 256;
 
 /// An `axum::serve` listener that hands over connections once their TLS handshake is done.
 /// Handshakes run in their own tasks, so a slow or silent client holds up no one else.
@@ -498,6 +500,7 @@ impl TlsListener {
         let local = listener.local_addr()?;
         let acceptor = TlsAcceptor::from(config);
         let (tx, ready) = mpsc::channel(64);
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         tokio::spawn(async move {
             loop {
                 let (tcp, peer) = match listener.accept().await {
@@ -509,8 +512,13 @@ impl TlsListener {
                         continue;
                     }
                 };
+                // Bounded: a connection flood waits in the kernel's backlog, not in our memory.
+                let Ok(permit) = handshakes.clone().acquire_owned().await else {
+                    return;
+                };
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
+                    let _permit = permit;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;
