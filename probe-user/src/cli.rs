@@ -82,6 +82,10 @@ pub struct DaemonArgs {
     /// Listen address for /metrics and /healthz [default: 127.0.0.1:9725, or the config's].
     #[arg(long)]
     pub listen: Option<String>,
+    /// Web config (YAML, as Prometheus exporters use) for TLS and basic auth on /metrics
+    /// [default: the config's `web_config`, else plain HTTP without auth].
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    pub web_config: Option<PathBuf>,
 }
 
 /// Durations like `10s`, `250ms`, `1m30s`; a bare number is seconds.

@@ -1,5 +1,8 @@
 //! Daemon configuration (TOML). Unknown keys are errors that name the key.
-use std::{net::SocketAddr, path::Path};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use serde::Deserialize;
 
@@ -25,6 +28,10 @@ pub struct DaemonConfig {
     pub removed_cgroup_ttl_secs: u64,
     /// Drop every capability once the programs are attached (nothing after needs one).
     pub drop_capabilities: bool,
+    /// Switch to this user (name or uid; group from its passwd entry) once attached.
+    pub user: Option<String>,
+    /// Web config (YAML, the Prometheus exporters' format): TLS and basic auth for /metrics.
+    pub web_config: Option<PathBuf>,
     pub maps: MapSizes,
 }
 
@@ -37,6 +44,8 @@ impl Default for DaemonConfig {
             buckets_per_octave: 2,
             removed_cgroup_ttl_secs: 600,
             drop_capabilities: true,
+            user: None,
+            web_config: None,
             maps: MapSizes::default(),
         }
     }
@@ -78,7 +87,11 @@ impl DaemonConfig {
                 Some(span) => {
                     let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
                     let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
-                    format!("line {line_no}: `{line}`: {}", e.message().trim())
+                    let hint = key_of_line(text, line_no)
+                        .and_then(|k| hint_for(&k))
+                        .map(|h| format!("; {h}"))
+                        .unwrap_or_default();
+                    format!("line {line_no}: `{line}`: {}{hint}", e.message().trim())
                 }
                 None => e.message().trim().to_string(),
             },
@@ -86,6 +99,33 @@ impl DaemonConfig {
         cfg.validate(origin)?;
         Ok(cfg)
     }
+
+    /// Every key, dotted, with what a valid value looks like.
+    pub const KEYS: &'static [(&'static str, &'static str)] = &[
+        ("listen", "use HOST:PORT, e.g. \"127.0.0.1:9725\""),
+        ("futex", "use \"sched\", \"syscall\" or \"off\""),
+        ("max_cgroups", "use an integer 1..=100000"),
+        ("buckets_per_octave", "use 1, 2, 4 or 8"),
+        (
+            "removed_cgroup_ttl_secs",
+            "use a whole number of seconds, e.g. 600",
+        ),
+        ("drop_capabilities", "use true or false"),
+        (
+            "user",
+            "use a user name or uid as a string, e.g. \"nobody\"",
+        ),
+        (
+            "web_config",
+            "use the path of a YAML web config, e.g. \"/etc/schedlat/web.yml\"",
+        ),
+        ("maps", "[maps] is a table of map sizes"),
+        ("maps.runq_start", MAP_FIX),
+        ("maps.futex_start", MAP_FIX),
+        ("maps.hists", MAP_FIX),
+        ("maps.tasks", MAP_FIX),
+        ("maps.wake_pairs", MAP_FIX),
+    ];
 
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {
         let err = |key, value: String, fix| ConfigError::Value {
@@ -108,6 +148,24 @@ impl DaemonConfig {
                 "use 1..=100000",
             ));
         }
+        if self.user.as_deref().is_some_and(|u| u.trim().is_empty()) {
+            return Err(err(
+                "user",
+                "\"\"".into(),
+                "use a user name or uid, e.g. \"nobody\", or remove the key to stay root",
+            ));
+        }
+        if self
+            .web_config
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(err(
+                "web_config",
+                "\"\"".into(),
+                "use the path of a YAML web config, or remove the key for plain HTTP",
+            ));
+        }
         let m = &self.maps;
         for (key, v) in [
             ("maps.runq_start", m.runq_start),
@@ -117,15 +175,38 @@ impl DaemonConfig {
             ("maps.wake_pairs", m.wake_pairs),
         ] {
             if !(16..=4_194_304).contains(&v) {
-                return Err(err(
-                    key,
-                    v.to_string(),
-                    "map sizes must be 16..=4194304 entries",
-                ));
+                return Err(err(key, v.to_string(), MAP_FIX));
             }
         }
         Ok(())
     }
+}
+
+const MAP_FIX: &str = "map sizes must be 16..=4194304 entries";
+
+/// The dotted key set on line `line_no` (1-based), e.g. `maps.hists` under `[maps]`.
+fn key_of_line(text: &str, line_no: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let line = lines.get(line_no.checked_sub(1)?)?.trim();
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim().trim_matches(['"', '\'']);
+    let table = lines[..line_no - 1].iter().rev().find_map(|l| {
+        let l = l.trim();
+        l.strip_prefix('[')
+            .and_then(|l| l.split(']').next())
+            .map(|t| t.trim().to_string())
+    });
+    Some(match table {
+        Some(t) => format!("{t}.{key}"),
+        None => key.to_string(),
+    })
+}
+
+fn hint_for(key: &str) -> Option<&'static str> {
+    DaemonConfig::KEYS
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, h)| *h)
 }
 
 #[cfg(test)]
@@ -199,5 +280,226 @@ mod tests {
             e.contains("fast") && e.contains("sched") && e.contains("syscall"),
             "{e}"
         );
+    }
+
+    /// Every key with bad values: the error names the key and says what to use.
+    #[test]
+    fn each_keys_bad_values_name_the_key_and_the_fix() {
+        for (text, key, fix) in [
+            ("listen = \"nope\"", "listen", "HOST:PORT"),
+            ("listen = 9725", "listen", "HOST:PORT"),
+            ("listen = \"127.0.0.1\"", "listen", "HOST:PORT"),
+            (
+                "futex = \"fast\"",
+                "futex",
+                "\"sched\", \"syscall\" or \"off\"",
+            ),
+            ("futex = 1", "futex", "\"sched\""),
+            ("max_cgroups = 0", "max_cgroups", "1..=100000"),
+            ("max_cgroups = 100001", "max_cgroups", "1..=100000"),
+            ("max_cgroups = -1", "max_cgroups", "1..=100000"),
+            ("max_cgroups = \"5\"", "max_cgroups", "1..=100000"),
+            (
+                "buckets_per_octave = 3",
+                "buckets_per_octave",
+                "1, 2, 4 or 8",
+            ),
+            (
+                "buckets_per_octave = 1.5",
+                "buckets_per_octave",
+                "1, 2, 4 or 8",
+            ),
+            (
+                "removed_cgroup_ttl_secs = -5",
+                "removed_cgroup_ttl_secs",
+                "seconds",
+            ),
+            (
+                "removed_cgroup_ttl_secs = \"10m\"",
+                "removed_cgroup_ttl_secs",
+                "seconds",
+            ),
+            (
+                "drop_capabilities = \"yes\"",
+                "drop_capabilities",
+                "true or false",
+            ),
+            ("user = \"\"", "user", "\"nobody\""),
+            ("user = 65534", "user", "as a string"),
+            ("web_config = \"\"", "web_config", "YAML"),
+            ("web_config = true", "web_config", "YAML"),
+            ("maps = 5", "maps", "table"),
+            ("[maps]\nrunq_start = 15", "maps.runq_start", "16..=4194304"),
+            (
+                "[maps]\nfutex_start = 4194305",
+                "maps.futex_start",
+                "16..=4194304",
+            ),
+            ("[maps]\nhists = 0", "maps.hists", "16..=4194304"),
+            ("[maps]\ntasks = \"big\"", "maps.tasks", "16..=4194304"),
+            ("[maps]\nwake_pairs = -1", "maps.wake_pairs", "16..=4194304"),
+        ] {
+            let e = DaemonConfig::parse(text, "t.toml")
+                .expect_err(text)
+                .to_string();
+            let key_shown = e.contains(&format!("{key} ="))
+                || e.contains(&format!("`{}", key.rsplit('.').next().unwrap()));
+            assert!(key_shown, "{text:?}: error does not name {key}: {e}");
+            assert!(
+                e.contains(fix),
+                "{text:?}: error lacks the fix {fix:?}: {e}"
+            );
+            assert!(e.contains("t.toml"), "{e}");
+        }
+        let c = DaemonConfig::parse(
+            "user = \"nobody\"\nweb_config = \"/etc/schedlat/web.yml\"",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.user.as_deref(), Some("nobody"));
+        assert_eq!(
+            c.web_config.as_deref(),
+            Some(Path::new("/etc/schedlat/web.yml"))
+        );
+    }
+
+    mod prop {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        /// Values of every TOML type, good and bad for any key.
+        fn value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<i64>().prop_map(|v| v.to_string()),
+                (0u64..5_000_000).prop_map(|v| v.to_string()),
+                prop::sample::select(vec![1u32, 2, 3, 4, 8, 16]).prop_map(|v| v.to_string()),
+                any::<f64>().prop_map(|v| format!("{v:?}")),
+                any::<bool>().prop_map(|v| v.to_string()),
+                "[a-z0-9.:/ ]{0,12}".prop_map(|v| format!("{v:?}")),
+                prop::sample::select(vec![
+                    "\"127.0.0.1:0\"",
+                    "\"sched\"",
+                    "\"off\"",
+                    "\"nobody\"",
+                    "[1, 2]",
+                    "{ a = 1 }",
+                    "\"\"",
+                ])
+                .prop_map(str::to_string),
+            ]
+        }
+
+        fn key() -> impl Strategy<Value = String> {
+            prop_oneof![
+                prop::sample::select(
+                    DaemonConfig::KEYS
+                        .iter()
+                        .map(|(k, _)| k.to_string())
+                        .collect::<Vec<_>>()
+                ),
+                "[a-z_]{1,10}",
+            ]
+        }
+
+        /// A config line by line: `key = value` at top level or under [maps].
+        fn document() -> impl Strategy<Value = String> {
+            (
+                prop::collection::vec((key(), value()), 0..6),
+                prop::collection::vec(("[a-z_]{1,10}", value()), 0..3),
+                any::<bool>(),
+            )
+                .prop_map(|(top, maps, with_maps)| {
+                    let mut s = String::new();
+                    for (k, v) in top {
+                        // Dotted keys only make sense as [maps] entries here.
+                        let k = k.replace("maps.", "");
+                        s.push_str(&format!("{k} = {v}\n"));
+                    }
+                    if with_maps {
+                        s.push_str("[maps]\n");
+                        for (k, v) in maps {
+                            s.push_str(&format!("{k} = {v}\n"));
+                        }
+                    }
+                    s
+                })
+        }
+
+        /// Random byte-level damage to a valid file: deletions, insertions, replacements.
+        fn mutated() -> impl Strategy<Value = String> {
+            let base = include_str!("../../deploy/schedlat.toml");
+            prop::collection::vec(
+                (
+                    any::<prop::sample::Index>(),
+                    0u8..3,
+                    "[\\[\\]=\"'#a-z0-9 .\n-]{0,4}",
+                ),
+                1..6,
+            )
+            .prop_map(move |edits| {
+                let mut s: Vec<char> = base.chars().collect();
+                for (at, kind, ins) in edits {
+                    let i = at.index(s.len() + 1);
+                    match kind {
+                        0 => {
+                            let end = (i + ins.len().max(1)).min(s.len());
+                            s.drain(i..end);
+                        }
+                        1 => {
+                            s.splice(i..i, ins.chars());
+                        }
+                        _ => {
+                            let end = (i + ins.chars().count()).min(s.len());
+                            s.splice(i..end, ins.chars());
+                        }
+                    }
+                }
+                s.into_iter().collect()
+            })
+        }
+
+        /// An error names the offending key (value errors) or the line (everything the TOML
+        /// layer rejects), and always the file.
+        fn check(text: &str) -> Result<(), TestCaseError> {
+            match DaemonConfig::parse(text, "f.toml") {
+                Ok(_) => {}
+                Err(e @ ConfigError::Value { key, .. }) => {
+                    prop_assert!(DaemonConfig::KEYS.iter().any(|(k, _)| *k == key));
+                    let msg = e.to_string();
+                    prop_assert!(msg.contains(key) && msg.contains("f.toml"), "{}", msg);
+                }
+                Err(e @ ConfigError::Parse { .. }) => {
+                    let msg = e.to_string();
+                    prop_assert!(
+                        msg.starts_with("invalid config f.toml: line "),
+                        "no line in {:?} for {:?}",
+                        msg,
+                        text
+                    );
+                }
+                Err(e @ ConfigError::Read { .. }) => prop_assert!(false, "read error {}", e),
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
+                check(&text)?;
+            }
+
+            #[test]
+            fn arbitrary_documents_are_accepted_or_name_key_or_line(text in document()) {
+                check(&text)?;
+            }
+
+            #[test]
+            fn mutated_example_config_is_accepted_or_names_key_or_line(text in mutated()) {
+                check(&text)?;
+            }
+        }
     }
 }

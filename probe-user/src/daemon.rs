@@ -11,6 +11,7 @@ use axum::{
     Router,
     extract::State,
     http::{StatusCode, header},
+    middleware,
     response::IntoResponse,
     routing::get,
 };
@@ -24,8 +25,10 @@ use crate::{
     cli::{Cli, DaemonArgs},
     config::DaemonConfig,
     metrics::{self, ExpoInput, LabelCap},
+    privs::{check_can_switch, lookup_user, switch_user},
     probes::{Attached, FutexMode, ProbeOptions, Probes, RawSnapshot},
     series::SeriesKeeper,
+    web::{BasicAuth, TlsListener, WebConfig},
 };
 
 /// What a scrape needs. The kernel side is behind a trait so the HTTP layer is testable
@@ -163,11 +166,15 @@ impl AppState {
     }
 }
 
-/// The HTTP app: GET /metrics and /healthz.
-pub fn router(state: Shared) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(|| async { "ok\n" }))
+/// The HTTP app: GET /metrics (behind basic auth when `auth` is set) and /healthz (never:
+/// liveness probes carry no credentials, and it reveals nothing).
+pub fn router(state: Shared, auth: Option<Arc<BasicAuth>>) -> Router {
+    let app = Router::new().route("/metrics", get(metrics_handler));
+    let app = match auth {
+        Some(a) => app.route_layer(middleware::from_fn_with_state(a, crate::web::require_auth)),
+        None => app,
+    };
+    app.route("/healthz", get(|| async { "ok\n" }))
         .with_state(state)
 }
 
@@ -210,19 +217,30 @@ pub fn run(cli: &Cli, a: &DaemonArgs) -> anyhow::Result<()> {
             ))
         })?;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        // Renders are serialized by the state mutex: more blocking threads would only wait on
-        // it, each with its stack and malloc arena (a scrape flood grew RSS by ~30 MB).
-        .max_blocking_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(serve(cli, cfg))
-}
+    if let Some(w) = &a.web_config {
+        cfg.web_config = Some(w.clone());
+    }
+    // Everything the user can get wrong is checked before anything is attached, and files
+    // (the TLS key may be root-only) are read before switching user.
+    let (tls, auth) = match &cfg.web_config {
+        Some(path) => {
+            let web = WebConfig::from_file(path)?;
+            let origin = path.display().to_string();
+            let tls = web.tls_config(&origin)?;
+            if tls.is_none() && !web.users.is_empty() {
+                warn!(web_config = %origin, "basic auth without TLS sends passwords in the clear");
+            }
+            (tls, BasicAuth::new(&web.users))
+        }
+        None => (None, None),
+    };
+    let account = cfg.user.as_deref().map(lookup_user).transpose()?;
+    if let Some(a) = &account {
+        check_can_switch(a)?;
+    }
 
-async fn serve(cli: &Cli, cfg: DaemonConfig) -> anyhow::Result<()> {
     // Bind first: a taken port is the most common start-up failure and needs no root.
-    let listener = tokio::net::TcpListener::bind(cfg.listen).await.map_err(|e| {
+    let listener = std::net::TcpListener::bind(cfg.listen).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
             UsageError(format!(
                 "listen address {} is already in use: stop the other process or pick another with --listen",
@@ -232,7 +250,7 @@ async fn serve(cli: &Cli, cfg: DaemonConfig) -> anyhow::Result<()> {
             UsageError(format!("cannot listen on {}: {e}", cfg.listen))
         }
     })?;
-    let local = listener.local_addr()?;
+    listener.set_nonblocking(true)?;
     let opts = ProbeOptions {
         track_tasks: false,
         futex: cfg.futex,
@@ -242,13 +260,19 @@ async fn serve(cli: &Cli, cfg: DaemonConfig) -> anyhow::Result<()> {
         ..Default::default()
     };
     let probes = Probes::load(&opts).context("starting the daemon")?;
+    let names = CgroupNames::new(v2_mount().map_err(|e| UsageError(e.to_string()))?);
+    // Still single-threaded here (no runtime yet): capset(2) and no_new_privs are per thread,
+    // so dropping before the runtime spawns its workers leaves no thread privileged.
+    if let Some(acct) = &account {
+        switch_user(acct)?;
+        info!(user = %acct.name, uid = acct.uid, gid = acct.gid, "attached; switched user");
+    }
     if cfg.drop_capabilities {
         crate::privs::drop_all_capabilities().context(
             "dropping capabilities after attaching (set drop_capabilities = false to keep them)",
         )?;
         info!("attached; dropped all capabilities");
     }
-    let names = CgroupNames::new(v2_mount().map_err(|e| UsageError(e.to_string()))?);
     let state = AppState::new(
         Box::new(probes),
         cfg.max_cgroups,
@@ -257,6 +281,26 @@ async fn serve(cli: &Cli, cfg: DaemonConfig) -> anyhow::Result<()> {
         Box::new(names),
         Duration::from_secs(cfg.removed_cgroup_ttl_secs),
     );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        // Renders are serialized by the state mutex: more blocking threads would only wait on
+        // it, each with its stack and malloc arena (a scrape flood grew RSS by ~30 MB). Also
+        // bounds the CPU that bcrypt checks of wrong passwords can take.
+        .max_blocking_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(serve(listener, tls, auth, state, &cfg))
+}
+
+async fn serve(
+    listener: std::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    auth: Option<Arc<BasicAuth>>,
+    state: Shared,
+    cfg: &DaemonConfig,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let local = listener.local_addr()?;
     let mut term = signal(SignalKind::terminate())?;
     let shutdown = async move {
         tokio::select! {
@@ -264,12 +308,30 @@ async fn serve(cli: &Cli, cfg: DaemonConfig) -> anyhow::Result<()> {
             _ = term.recv() => info!("SIGTERM: shutting down"),
         }
     };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     // Tests, scripts and the bench wait for this line.
-    eprintln!("schedlat: serving metrics on http://{local}/metrics");
-    info!(listen = %local, futex = %cfg.futex, max_cgroups = cfg.max_cgroups, "daemon ready");
-    axum::serve(listener, router(state.clone()))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    eprintln!("schedlat: serving metrics on {scheme}://{local}/metrics");
+    info!(
+        listen = %local,
+        tls = tls.is_some(),
+        basic_auth = auth.is_some(),
+        futex = %cfg.futex,
+        max_cgroups = cfg.max_cgroups,
+        "daemon ready"
+    );
+    let app = router(state.clone(), auth);
+    match tls {
+        Some(tls) => {
+            axum::serve(TlsListener::new(listener, tls)?, app)
+                .with_graceful_shutdown(shutdown)
+                .await?
+        }
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await?
+        }
+    }
     // Dropping the state drops the programs and links: everything is detached.
     drop(state);
     info!("detached; bye");
@@ -385,7 +447,7 @@ mod tests {
     #[tokio::test]
     async fn serves_metrics_and_health() {
         let (state, _, _) = state(vec![1], Duration::from_secs(600));
-        let (s, body, ct) = get(router(state.clone()), "/metrics").await;
+        let (s, body, ct) = get(router(state.clone(), None), "/metrics").await;
         assert_eq!(s, StatusCode::OK);
         assert_eq!(ct.as_deref(), Some(metrics::CONTENT_TYPE));
         assert!(
@@ -394,15 +456,55 @@ mod tests {
             ),
             "{body}"
         );
-        let (_, body2, _) = get(router(state.clone()), "/metrics").await;
+        let (_, body2, _) = get(router(state.clone(), None), "/metrics").await;
         assert!(
             body2.contains(
                 "schedlat_runqueue_latency_seconds_count{cgroup=\"/\",cause=\"woken\"} 2"
             ),
             "{body2}"
         );
-        let (s, body, _) = get(router(state), "/healthz").await;
+        let (s, body, _) = get(router(state, None), "/healthz").await;
         assert_eq!((s, body.as_str()), (StatusCode::OK, "ok\n"));
+    }
+
+    #[tokio::test]
+    async fn basic_auth_guards_metrics_but_not_healthz() {
+        let (state, _, _) = state(vec![1], Duration::from_secs(600));
+        let users = std::collections::BTreeMap::from([(
+            "prom".to_string(),
+            bcrypt::hash("s3cret", 4).unwrap(),
+        )]);
+        let auth = BasicAuth::new(&users);
+        let req = |authz: Option<&str>, path: &str| {
+            let mut r = axum::http::Request::get(path);
+            if let Some(a) = authz {
+                r = r.header(header::AUTHORIZATION, a);
+            }
+            router(state.clone(), auth.clone()).oneshot(r.body(Body::empty()).unwrap())
+        };
+        let resp = req(None, "/metrics").await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            resp.headers().get(header::WWW_AUTHENTICATE).unwrap(),
+            "Basic realm=\"schedlat\""
+        );
+        // prom:wrong, nobody:s3cret
+        for bad in ["Basic cHJvbTp3cm9uZw==", "Basic bm9ib2R5OnMzY3JldA=="] {
+            let resp = req(Some(bad), "/metrics").await.unwrap();
+            assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{bad}");
+        }
+        // prom:s3cret
+        let resp = req(Some("Basic cHJvbTpzM2NyZXQ="), "/metrics")
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(
+            String::from_utf8_lossy(&body).contains("schedlat_runqueue_latency_seconds_count"),
+            "authorized scrape gets metrics"
+        );
+        let resp = req(None, "/healthz").await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
     }
 
     fn count(body: &str, cgroup: &str) -> Option<f64> {
@@ -417,12 +519,12 @@ mod tests {
     #[tokio::test]
     async fn removed_cgroups_leave_the_kernel_map_but_keep_their_counts_until_the_ttl() {
         let (st, dead, removed) = state(vec![1, 2], Duration::from_secs(600));
-        let (_, body, _) = get(router(st.clone()), "/metrics").await;
+        let (_, body, _) = get(router(st.clone(), None), "/metrics").await;
         assert_eq!(count(&body, "/cg2"), Some(1.0));
         dead.lock().unwrap().push(2);
         // Scrape 2 reads 2 for cgroup 2, finds it removed, deletes it from the kernel map and
         // keeps exporting its final count.
-        let (_, body, _) = get(router(st.clone()), "/metrics").await;
+        let (_, body, _) = get(router(st.clone(), None), "/metrics").await;
         assert_eq!(count(&body, "/cg2"), Some(2.0));
         assert_eq!(
             removed
@@ -434,7 +536,7 @@ mod tests {
             vec![2]
         );
         assert!(body.contains("schedlat_cgroups_retired 1"), "{body}");
-        let (_, body, _) = get(router(st.clone()), "/metrics").await;
+        let (_, body, _) = get(router(st.clone(), None), "/metrics").await;
         assert_eq!(
             count(&body, "/cg2"),
             Some(2.0),
@@ -446,13 +548,13 @@ mod tests {
     #[tokio::test]
     async fn removed_cgroup_series_go_after_the_ttl() {
         let (st, dead, _) = state(vec![1, 2], Duration::ZERO);
-        get(router(st.clone()), "/metrics").await;
+        get(router(st.clone(), None), "/metrics").await;
         dead.lock().unwrap().push(2);
         // Its final count is exported once more, then the series goes.
-        let (_, body, _) = get(router(st.clone()), "/metrics").await;
+        let (_, body, _) = get(router(st.clone(), None), "/metrics").await;
         assert_eq!(count(&body, "/cg2"), Some(2.0), "{body}");
         assert!(body.contains("schedlat_cgroups_retired 0"), "{body}");
-        let (_, body, _) = get(router(st.clone()), "/metrics").await;
+        let (_, body, _) = get(router(st.clone(), None), "/metrics").await;
         assert_eq!(count(&body, "/cg2"), None, "{body}");
         assert_eq!(count(&body, "/"), Some(3.0));
     }

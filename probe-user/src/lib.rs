@@ -1,8 +1,8 @@
 //! schedlat: where time goes between "ready to run" and "running".
 //!
 //! Modules with no aya types (`hist`, `report`, `metrics`, `config`, `cgroup`, `tracefs`,
-//! `btf`) hold the pure logic and are unit tested without root; `probes` is the only one that
-//! talks to the kernel.
+//! `btf`, `web`) hold the pure logic and are unit tested without root; `probes` is the only
+//! one that talks to the kernel.
 pub mod btf;
 pub mod capture;
 pub mod cgroup;
@@ -17,6 +17,7 @@ pub mod probes;
 pub mod report;
 pub mod series;
 pub mod tracefs;
+pub mod web;
 
 /// An error the user must fix (bad argument, missing privilege, unsupported kernel): exit 2.
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +27,11 @@ pub struct UsageError(pub String);
 /// Exit code for an error chain: 2 for the user's problems, 1 for runtime failures.
 pub fn exit_code_for(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
-        if cause.is::<UsageError>() || cause.is::<config::ConfigError>() {
+        if cause.is::<UsageError>()
+            || cause.is::<config::ConfigError>()
+            || cause.is::<web::WebConfigError>()
+            || cause.is::<privs::UserError>()
+        {
             return 2;
         }
         if let Some(p) = cause.downcast_ref::<probes::ProbeError>() {

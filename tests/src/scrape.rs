@@ -20,6 +20,12 @@ impl Daemon {
     }
 
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_until(extra, |addr| get(addr, "/healthz").is_some())
+    }
+
+    /// Starts the daemon and waits (up to 60 s) until `ready(addr)` holds, e.g. an HTTPS
+    /// /healthz for a daemon with TLS. Panics if the daemon exits first.
+    pub fn start_until(extra: &[&str], ready: impl Fn(&str) -> bool) -> Self {
         // Find a free port; the daemon binds it right after.
         let addr = TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -33,12 +39,15 @@ impl Daemon {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start schedlat daemon");
-        let d = Self { child, addr };
+        let mut d = Self { child, addr };
         let deadline = Instant::now() + Duration::from_secs(60);
-        while get(&d.addr, "/healthz").is_none() {
+        while !ready(&d.addr) {
+            if let Ok(Some(st)) = d.child.try_wait() {
+                panic!("daemon {extra:?} exited before it was ready: {st}");
+            }
             assert!(
                 Instant::now() < deadline,
-                "daemon did not serve /healthz within 60 s"
+                "daemon did not become ready within 60 s"
             );
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -257,27 +257,51 @@ fn churn_of_10000_tasks_leaves_no_stale_entries_and_flat_memory() {
     assert!(d.stop().success());
 }
 
+/// /proc/PID/task/*/status of every thread of `pid`.
+fn thread_statuses(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .map(|t| std::fs::read_to_string(t.path().join("status")).unwrap())
+        .collect()
+}
+
+fn status_field<'a>(status: &'a str, field: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .unwrap_or_else(|| panic!("no {field} in {status}"))
+        .trim()
+}
+
+fn assert_unprivileged(status: &str) {
+    for set in ["CapEff:", "CapPrm:", "CapInh:", "CapAmb:"] {
+        let v = status_field(status, set);
+        assert_eq!(
+            u64::from_str_radix(v, 16).unwrap(),
+            0,
+            "{set} {v}\n{status}"
+        );
+    }
+    assert_eq!(status_field(status, "NoNewPrivs:"), "1", "{status}");
+}
+
 #[test]
 fn daemon_drops_every_capability_after_attaching_and_keeps_working() {
     if !privileged_or_skip("daemon_drops_every_capability_after_attaching_and_keeps_working") {
         return;
     }
     let d = Daemon::start();
-    let status = std::fs::read_to_string(format!("/proc/{}/status", d.child.id())).unwrap();
-    for set in ["CapEff:", "CapPrm:", "CapInh:", "CapAmb:"] {
-        let v = status
-            .lines()
-            .find_map(|l| l.strip_prefix(set))
-            .unwrap()
-            .trim();
-        assert_eq!(u64::from_str_radix(v, 16).unwrap(), 0, "{set} {v}");
-    }
+    // Every thread: capabilities and no_new_privs are per thread.
+    let threads = thread_statuses(d.child.id());
     assert!(
-        status
-            .lines()
-            .any(|l| l.starts_with("NoNewPrivs:") && l.ends_with('1')),
-        "{status}"
+        threads.len() >= 3,
+        "runtime workers exist: {}",
+        threads.len()
     );
+    for status in &threads {
+        assert_unprivileged(status);
+    }
     // Reading maps still works without privileges.
     let mut spin = Workload::start(&["spin", "--threads", "2", "--cpu", "0", "--secs", "0.3"]);
     let before = total(
@@ -367,4 +391,59 @@ fn a_wrk_flood_of_scrapes_leaves_the_daemon_serving_with_bounded_memory() {
         "RSS {rss_before} kB -> {rss_after} kB"
     );
     assert!(d.stop().success());
+}
+
+#[test]
+fn daemon_switches_to_an_unprivileged_user_after_attaching_and_keeps_working() {
+    if !privileged_or_skip(
+        "daemon_switches_to_an_unprivileged_user_after_attaching_and_keeps_working",
+    ) {
+        return;
+    }
+    let ids = |flag: &str| -> String {
+        let out = Command::new("id").args([flag, "nobody"]).output().unwrap();
+        assert!(out.status.success(), "id {flag} nobody");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let (uid, gid) = (ids("-u"), ids("-g"));
+    assert_ne!(uid, "0");
+    let dir = std::env::temp_dir().join(format!("schedlat-user-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("user.toml");
+    std::fs::write(&cfg, "user = \"nobody\"\n").unwrap();
+    let d = Daemon::start_with(&["--config", cfg.to_str().unwrap()]);
+    for status in thread_statuses(d.child.id()) {
+        // real, effective, saved, filesystem ids; root's supplementary groups are gone.
+        assert_eq!(
+            status_field(&status, "Uid:")
+                .split_whitespace()
+                .collect::<Vec<_>>(),
+            [uid.as_str(); 4],
+            "{status}"
+        );
+        assert_eq!(
+            status_field(&status, "Gid:")
+                .split_whitespace()
+                .collect::<Vec<_>>(),
+            [gid.as_str(); 4],
+            "{status}"
+        );
+        assert_eq!(status_field(&status, "Groups:"), gid, "{status}");
+        assert_unprivileged(&status);
+    }
+    // Maps are read through the fds opened as root: metrics still grow.
+    let mut spin = Workload::start(&["spin", "--threads", "2", "--cpu", "0", "--secs", "0.3"]);
+    let before = total(
+        &get(&d.addr, "/metrics").unwrap(),
+        "schedlat_runqueue_latency_seconds_count",
+    );
+    spin.go();
+    spin.result();
+    let after = total(
+        &get(&d.addr, "/metrics").unwrap(),
+        "schedlat_runqueue_latency_seconds_count",
+    );
+    assert!(after > before + 10.0, "{before} -> {after}");
+    assert!(d.stop().success());
+    std::fs::remove_dir_all(&dir).unwrap();
 }

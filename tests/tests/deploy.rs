@@ -62,6 +62,40 @@ fn example_config_is_valid_for_the_daemon() {
         stderr.contains("already in use"),
         "config rejected before binding:\n{stderr}"
     );
+    // The commented-out examples are valid too: `user` resolves and still gets as far as
+    // binding; `web_config` pointing at deploy/web.yml parses it and goes on to read its
+    // (absent) certificate, named with its path.
+    let cfg = cfg.replace("127.0.0.1:9725", &addr);
+    assert!(
+        cfg.contains("\n# user = \"nobody\"\n"),
+        "user example documented"
+    );
+    std::fs::write(&path, cfg.replace("\n# user = ", "\nuser = ")).unwrap();
+    let out = schedlat_tests::run_schedlat(&["daemon", "--config", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("already in use"),
+        "user example rejected:\n{stderr}"
+    );
+    let example = "\n# web_config = \"/etc/schedlat/web.yml\"\n";
+    assert!(cfg.contains(example), "web_config example documented");
+    let web = repo().join("deploy/web.yml");
+    std::fs::write(
+        &path,
+        cfg.replace(
+            example,
+            &format!("\nweb_config = {:?}\n", web.to_str().unwrap()),
+        ),
+    )
+    .unwrap();
+    let out = schedlat_tests::run_schedlat(&["daemon", "--config", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let cert = repo().join("deploy/tls/server.crt");
+    assert!(
+        out.status.code() == Some(2) && stderr.contains(cert.to_str().unwrap()),
+        "deploy/web.yml: want exit 2 naming {}:\n{stderr}",
+        cert.display()
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -575,4 +609,41 @@ fn daemon_runs_in_the_daemonset_container_layout() {
         status.lines().any(|l| l == "CapEff:\t0000000000000000"),
         "capabilities kept after attaching:\n{status}"
     );
+}
+
+#[test]
+fn user_switch_under_the_units_capabilities_fails_early_and_says_what_to_add() {
+    if !privileged_or_skip(
+        "user_switch_under_the_units_capabilities_fails_early_and_says_what_to_add",
+    ) {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("schedlat-unituser-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("c.toml");
+    std::fs::write(&cfg, "user = \"nobody\"\n").unwrap();
+    // Root with the unit's bounding set: CAP_SETUID/CAP_SETGID are out of reach.
+    let out = Command::new("setpriv")
+        .args(["--bounding-set=-all,+bpf,+perfmon", "--"])
+        .arg(schedlat_bin())
+        .args([
+            "daemon",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            cfg.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("nobody")
+            && stderr.contains("CAP_SETUID and CAP_SETGID")
+            && stderr.contains("CapabilityBoundingSet"),
+        "{stderr}"
+    );
+    // Refused before attaching: nothing was loaded.
+    assert!(!stderr.contains("attached"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

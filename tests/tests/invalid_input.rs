@@ -78,6 +78,57 @@ fn unknown_config_key() {
 }
 
 #[test]
+fn bad_web_config_and_unknown_user() {
+    // All checked before binding or attaching, so no root needed.
+    let dir = std::env::temp_dir().join(format!("schedlat-webcfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let web = dir.join("web.yml");
+    let web_s = web.to_str().unwrap();
+    std::fs::write(
+        &web,
+        "tls_server_config:\n  cert_file: a.crt\n  key_file: a.key\n  ciphers: [x]\n",
+    )
+    .unwrap();
+    assert_usage_error(
+        &run_schedlat(&["daemon", "--web.config.file", web_s]),
+        &["ciphers", "web.yml"],
+    );
+    // Missing certificate: named with its resolved path.
+    std::fs::write(
+        &web,
+        "tls_server_config:\n  cert_file: missing.crt\n  key_file: missing.key\n",
+    )
+    .unwrap();
+    let missing = dir.join("missing.crt");
+    assert_usage_error(
+        &run_schedlat(&["daemon", "--web.config.file", web_s]),
+        &[missing.to_str().unwrap(), "cert_file", "cannot read"],
+    );
+    // A file that is not a certificate.
+    std::fs::write(&missing, "hello\n").unwrap();
+    assert_usage_error(
+        &run_schedlat(&["daemon", "--web.config.file", web_s]),
+        &[missing.to_str().unwrap(), "no PEM certificate"],
+    );
+    std::fs::write(&web, "basic_auth_users:\n  prom: hunter2\n").unwrap();
+    assert_usage_error(
+        &run_schedlat(&["daemon", "--web.config.file", web_s]),
+        &["basic_auth_users.prom", "htpasswd"],
+    );
+    assert_usage_error(
+        &run_schedlat(&["daemon", "--web.config.file", "/no/such/web.yml"]),
+        &["/no/such/web.yml", "web config"],
+    );
+    let cfg = dir.join("user.toml");
+    std::fs::write(&cfg, "user = \"no-such-user-schedlat\"\n").unwrap();
+    assert_usage_error(
+        &run_schedlat(&["daemon", "--config", cfg.to_str().unwrap()]),
+        &["no-such-user-schedlat", "no such user"],
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn listen_address_in_use() {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap().to_string();

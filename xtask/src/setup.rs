@@ -38,7 +38,9 @@ pub const TEST: Group = Group {
     why: "promtool checks the /metrics exposition, prometheus scrapes a live daemon; util-linux \
           (setpriv), bpftool (programs left after SIGKILL), systemd-analyze \
           (deploy/schedlat.service) and wrk (a scrape flood) for the tests; python3-venv for the \
-          project's Python tools (deploy/kubernetes validation)",
+          project's Python tools (deploy/kubernetes validation); openssl (test certificates), \
+          curl (HTTPS scrapes) and apache2-utils (htpasswd: bcrypt hashes) for the TLS and \
+          basic-auth tests",
     packages: &[
         "prometheus",
         "util-linux",
@@ -46,6 +48,9 @@ pub const TEST: Group = Group {
         "systemd",
         "wrk",
         "python3-venv",
+        "openssl",
+        "curl",
+        "apache2-utils",
     ],
 };
 pub const BENCH: Group = Group {

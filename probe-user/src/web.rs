@@ -1,0 +1,730 @@
+//! Optional TLS and basic auth for the daemon's HTTP endpoint, configured by a YAML file in
+//! the format of the Prometheus exporters' web config (exporter-toolkit's `web-config.yml`):
+//!
+//! ```yaml
+//! tls_server_config:
+//!   cert_file: server.crt        # relative paths are relative to this file's directory
+//!   key_file: server.key
+//!   client_auth_type: RequireAndVerifyClientCert   # optional
+//!   client_ca_file: clients-ca.crt                 # required when verifying clients
+//!   min_version: TLS12                             # optional: TLS12 (default) or TLS13
+//!   max_version: TLS13                             # optional
+//! basic_auth_users:
+//!   prometheus: $2y$10$...                         # bcrypt hash (htpasswd -nBC 10 USER)
+//! ```
+//!
+//! Basic auth protects /metrics only; /healthz stays open (it says "ok" and nothing else) so
+//! liveness probes need no credentials. TLS, and client certificates when required, cover
+//! the whole port, /healthz included.
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    extract::{Request, State},
+    http::{HeaderValue, StatusCode, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use base64::Engine as _;
+use rustls::{
+    RootCertStore, ServerConfig,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    server::WebPkiClientVerifier,
+};
+use serde::Deserialize;
+use tokio::{net::TcpStream, sync::mpsc};
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
+use tracing::{debug, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebConfigError {
+    #[error("cannot read web config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid web config {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid web config {path}: {key}: {value}: {fix}")]
+    Value {
+        path: String,
+        key: String,
+        value: String,
+        fix: String,
+    },
+    #[error("web config {path}: {key} {file}: {message}")]
+    File {
+        path: String,
+        key: &'static str,
+        file: String,
+        message: String,
+    },
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct RawWebConfig {
+    tls_server_config: Option<RawTlsConfig>,
+    #[serde(default)]
+    basic_auth_users: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct RawTlsConfig {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    #[serde(default)]
+    client_auth_type: ClientAuth,
+    client_ca_file: Option<PathBuf>,
+    min_version: Option<TlsVersion>,
+    max_version: Option<TlsVersion>,
+}
+
+/// exporter-toolkit's names (Go's tls.ClientAuthType).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+pub enum ClientAuth {
+    #[default]
+    NoClientCert,
+    RequestClientCert,
+    RequireAnyClientCert,
+    VerifyClientCertIfGiven,
+    RequireAndVerifyClientCert,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    TLS10,
+    TLS11,
+    TLS12,
+    TLS13,
+}
+
+/// A parsed, validated web config (paths resolved; files not read yet).
+#[derive(Clone, Debug, PartialEq)]
+pub struct WebConfig {
+    pub tls: Option<TlsSettings>,
+    /// user -> bcrypt hash
+    pub users: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TlsSettings {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub client_auth: ClientAuth,
+    pub client_ca_file: Option<PathBuf>,
+    /// Versions offered, oldest first (non-empty).
+    pub versions: Vec<TlsVersion>,
+}
+
+impl WebConfig {
+    pub fn from_file(path: &Path) -> Result<Self, WebConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| WebConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(
+            &text,
+            &path.display().to_string(),
+            path.parent().unwrap_or(Path::new(".")),
+        )
+    }
+
+    /// Parse and validate; relative file paths are taken relative to `base` (the config's
+    /// directory, as exporter-toolkit does).
+    pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Self, WebConfigError> {
+        // An empty file is a valid, empty config (plain HTTP, no auth).
+        let raw: RawWebConfig = if text.trim().is_empty() {
+            RawWebConfig::default()
+        } else {
+            // The YAML error names unknown keys and has the line and column.
+            serde_yaml_ng::from_str(text).map_err(|e| WebConfigError::Parse {
+                path: origin.to_string(),
+                message: e.to_string(),
+            })?
+        };
+        let value = |key: &str, value: String, fix: &str| WebConfigError::Value {
+            path: origin.to_string(),
+            key: key.to_string(),
+            value,
+            fix: fix.to_string(),
+        };
+        let tls = match raw.tls_server_config {
+            None => None,
+            Some(t) => {
+                let RawTlsConfig {
+                    cert_file,
+                    key_file,
+                    client_auth_type,
+                    client_ca_file,
+                    min_version,
+                    max_version,
+                } = t;
+                for (key, p) in [
+                    ("tls_server_config.cert_file", &cert_file),
+                    ("tls_server_config.key_file", &key_file),
+                ] {
+                    if p.as_os_str().is_empty() {
+                        return Err(value(key, "\"\"".into(), "set the path of a PEM file"));
+                    }
+                }
+                match client_auth_type {
+                    ClientAuth::RequestClientCert | ClientAuth::RequireAnyClientCert => {
+                        return Err(value(
+                            "tls_server_config.client_auth_type",
+                            format!("{client_auth_type:?}"),
+                            "client certificates that are not verified are not supported: use \
+                             VerifyClientCertIfGiven or RequireAndVerifyClientCert with client_ca_file",
+                        ));
+                    }
+                    ClientAuth::VerifyClientCertIfGiven
+                    | ClientAuth::RequireAndVerifyClientCert
+                        if client_ca_file.is_none() =>
+                    {
+                        return Err(value(
+                            "tls_server_config.client_ca_file",
+                            "(missing)".into(),
+                            "set client_ca_file to the CA that signs client certificates",
+                        ));
+                    }
+                    ClientAuth::NoClientCert if client_ca_file.is_some() => {
+                        return Err(value(
+                            "tls_server_config.client_auth_type",
+                            "NoClientCert".into(),
+                            "client_ca_file is set but unused: set client_auth_type to \
+                             RequireAndVerifyClientCert (or VerifyClientCertIfGiven), or remove client_ca_file",
+                        ));
+                    }
+                    _ => {}
+                }
+                for (key, v) in [
+                    ("tls_server_config.min_version", min_version),
+                    ("tls_server_config.max_version", max_version),
+                ] {
+                    if matches!(v, Some(TlsVersion::TLS10 | TlsVersion::TLS11)) {
+                        return Err(value(
+                            key,
+                            format!("{:?}", v.expect("matched")),
+                            "TLS 1.0 and 1.1 are not supported: use TLS12 or TLS13",
+                        ));
+                    }
+                }
+                let min = min_version.unwrap_or(TlsVersion::TLS12);
+                let max = max_version.unwrap_or(TlsVersion::TLS13);
+                if min > max {
+                    return Err(value(
+                        "tls_server_config.min_version",
+                        format!("{min:?} (max_version {max:?})"),
+                        "min_version must not be above max_version",
+                    ));
+                }
+                let versions = [TlsVersion::TLS12, TlsVersion::TLS13]
+                    .into_iter()
+                    .filter(|v| (min..=max).contains(v))
+                    .collect();
+                Some(TlsSettings {
+                    cert_file: base.join(cert_file),
+                    key_file: base.join(key_file),
+                    client_auth: client_auth_type,
+                    client_ca_file: client_ca_file.map(|p| base.join(p)),
+                    versions,
+                })
+            }
+        };
+        for (user, hash) in &raw.basic_auth_users {
+            if user.is_empty() || user.contains(':') {
+                return Err(value(
+                    "basic_auth_users",
+                    format!("{user:?}"),
+                    "user names must be non-empty and contain no ':'",
+                ));
+            }
+            if hash.parse::<bcrypt::HashParts>().is_err() {
+                return Err(value(
+                    &format!("basic_auth_users.{user}"),
+                    "(not shown)".into(),
+                    "not a bcrypt hash: make one with `htpasswd -nBC 10 USER` (the part after ':')",
+                ));
+            }
+        }
+        Ok(Self {
+            tls,
+            users: raw.basic_auth_users,
+        })
+    }
+
+    /// The rustls server config, reading the certificate and key files (exit 2 naming the
+    /// file when one is missing or not PEM).
+    pub fn tls_config(&self, origin: &str) -> Result<Option<Arc<ServerConfig>>, WebConfigError> {
+        let Some(t) = &self.tls else { return Ok(None) };
+        let file_err = |key, file: &Path, message: String| WebConfigError::File {
+            path: origin.to_string(),
+            key,
+            file: file.display().to_string(),
+            message,
+        };
+        let read = |key, file: &Path| {
+            std::fs::read(file).map_err(|e| {
+                file_err(
+                    key,
+                    file,
+                    format!(
+                        "cannot read it: {e}; fix the path (relative paths are relative to the \
+                         web config's directory) or the file's permissions"
+                    ),
+                )
+            })
+        };
+        let pem_certs = |key, file: &Path| -> Result<Vec<CertificateDer<'static>>, _> {
+            let pem = read(key, file)?;
+            let certs = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| file_err(key, file, format!("not a PEM certificate file: {e}")))?;
+            if certs.is_empty() {
+                return Err(file_err(
+                    key,
+                    file,
+                    "holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
+                ));
+            }
+            Ok(certs)
+        };
+        let certs = pem_certs("tls_server_config.cert_file", &t.cert_file)?;
+        let key_pem = read("tls_server_config.key_file", &t.key_file)?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+            file_err(
+                "tls_server_config.key_file",
+                &t.key_file,
+                format!("holds no PEM private key ({e})"),
+            )
+        })?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let versions: Vec<&'static rustls::SupportedProtocolVersion> = t
+            .versions
+            .iter()
+            .map(|v| match v {
+                TlsVersion::TLS13 => &rustls::version::TLS13,
+                _ => &rustls::version::TLS12,
+            })
+            .collect();
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&versions)
+            .map_err(|e| file_err("tls_server_config", Path::new(""), e.to_string()))?;
+        let builder =
+            match (&t.client_ca_file, t.client_auth) {
+                (Some(ca), auth) => {
+                    let mut roots = RootCertStore::empty();
+                    for c in pem_certs("tls_server_config.client_ca_file", ca)? {
+                        roots.add(c).map_err(|e| {
+                            file_err("tls_server_config.client_ca_file", ca, e.to_string())
+                        })?;
+                    }
+                    let v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+                    let v = if auth == ClientAuth::VerifyClientCertIfGiven {
+                        v.allow_unauthenticated()
+                    } else {
+                        v
+                    };
+                    builder.with_client_cert_verifier(v.build().map_err(|e| {
+                        file_err("tls_server_config.client_ca_file", ca, e.to_string())
+                    })?)
+                }
+                (None, _) => builder.with_no_client_auth(),
+            };
+        let mut cfg = builder.with_single_cert(certs, key).map_err(|e| {
+            file_err(
+                "tls_server_config.key_file",
+                &t.key_file,
+                format!("does not go with cert_file {}: {e}", t.cert_file.display()),
+            )
+        })?;
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Some(Arc::new(cfg)))
+    }
+}
+
+// ------------------------------------------------------------------------- basic auth
+
+/// Successful verifications remembered, at most (bcrypt costs ~50-250 ms per check by design;
+/// a scraper sends the same credentials every time).
+const AUTH_CACHE_MAX: usize = 256;
+
+pub struct BasicAuth {
+    users: HashMap<String, String>,
+    /// SHA-256 of (user, password) pairs that verified: the plaintext is never kept.
+    cache: Mutex<HashSet<[u8; 32]>>,
+    /// Checked for unknown users, so their answer takes as long as a wrong password.
+    dummy_hash: String,
+}
+
+impl BasicAuth {
+    /// None when there are no users (auth off).
+    pub fn new(users: &BTreeMap<String, String>) -> Option<Arc<Self>> {
+        if users.is_empty() {
+            return None;
+        }
+        let cost = users
+            .values()
+            .filter_map(|h| h.parse::<bcrypt::HashParts>().ok())
+            .map(|p| p.get_cost())
+            .max()
+            .unwrap_or(bcrypt::DEFAULT_COST);
+        let dummy_hash = bcrypt::hash("schedlat-no-such-user", cost).expect("valid bcrypt cost");
+        Some(Arc::new(Self {
+            users: users.clone().into_iter().collect(),
+            cache: Mutex::new(HashSet::new()),
+            dummy_hash,
+        }))
+    }
+
+    fn cache_key(user: &str, password: &str) -> [u8; 32] {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(user.as_bytes());
+        ctx.update(&[0]);
+        ctx.update(password.as_bytes());
+        ctx.finish()
+            .as_ref()
+            .try_into()
+            .expect("SHA-256 is 32 bytes")
+    }
+
+    /// bcrypt::verify compares in constant time. Only successes are cached, so every wrong
+    /// guess pays the full bcrypt cost.
+    pub fn verify(&self, user: &str, password: &str) -> bool {
+        let key = Self::cache_key(user, password);
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.contains(&key) {
+            return true;
+        }
+        drop(cache);
+        let (hash, known) = match self.users.get(user) {
+            Some(h) => (h.as_str(), true),
+            None => (self.dummy_hash.as_str(), false),
+        };
+        let ok = bcrypt::verify(password, hash).unwrap_or(false) && known;
+        if ok {
+            remember(
+                &mut self.cache.lock().unwrap_or_else(|e| e.into_inner()),
+                key,
+            );
+        }
+        ok
+    }
+
+    #[cfg(test)]
+    fn cached(&self) -> usize {
+        self.cache.lock().unwrap().len()
+    }
+}
+
+/// Bounded: when full, forget an arbitrary entry (it is re-verified on its next use).
+fn remember(cache: &mut HashSet<[u8; 32]>, key: [u8; 32]) {
+    if cache.len() >= AUTH_CACHE_MAX && !cache.contains(&key) {
+        if let Some(k) = cache.iter().next().copied() {
+            cache.remove(&k);
+        }
+    }
+    cache.insert(key);
+}
+
+/// `Authorization: Basic base64(user:password)` -> (user, password).
+pub fn parse_basic(v: &HeaderValue) -> Option<(String, String)> {
+    let v = v.to_str().ok()?;
+    let (scheme, b64) = v.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
+    let (u, p) = std::str::from_utf8(&raw).ok()?.split_once(':')?;
+    Some((u.to_string(), p.to_string()))
+}
+
+/// Middleware: 401 with a Basic challenge unless the request carries valid credentials.
+pub async fn require_auth(
+    State(auth): State<Arc<BasicAuth>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let creds = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(parse_basic);
+    let user = creds.as_ref().map(|(u, _)| u.clone());
+    let ok = match creds {
+        // bcrypt is slow on purpose: keep it off the async workers.
+        Some((u, p)) => tokio::task::spawn_blocking(move || auth.verify(&u, &p))
+            .await
+            .unwrap_or(false),
+        None => false,
+    };
+    if ok {
+        return next.run(req).await;
+    }
+    debug!(user = user.as_deref().unwrap_or(""), "unauthorized request");
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Basic realm=\"schedlat\"")],
+        "Unauthorized\n",
+    )
+        .into_response()
+}
+
+// ------------------------------------------------------------------------- TLS listener
+
+/// How long a client gets to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TLS handshakes in progress at once, at most.
+const MAX_HANDSHAKES: usize = 256;
+
+/// An `axum::serve` listener that hands over connections once their TLS handshake is done.
+/// Handshakes run in their own tasks, so a slow or silent client holds up no one else.
+pub struct TlsListener {
+    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl TlsListener {
+    /// Must be called inside the tokio runtime.
+    pub fn new(
+        listener: tokio::net::TcpListener,
+        config: Arc<ServerConfig>,
+    ) -> std::io::Result<Self> {
+        let local = listener.local_addr()?;
+        let acceptor = TlsAcceptor::from(config);
+        let (tx, ready) = mpsc::channel(64);
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+        tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = match listener.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // E.g. out of file descriptors: back off instead of spinning.
+                        warn!(error = %e, "accepting a connection");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                // Bounded: a connection flood waits in the kernel's backlog, not in our memory.
+                let Ok(permit) = handshakes.clone().acquire_owned().await else {
+                    return;
+                };
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send((tls, peer)).await;
+                        }
+                        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Ok(Self { ready, local })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(c) => c,
+            // The accept task never ends while the runtime lives.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<WebConfig, String> {
+        WebConfig::parse(text, "/etc/schedlat/web.yml", Path::new("/etc/schedlat"))
+            .map_err(|e| e.to_string())
+    }
+
+    // bcrypt("secret", cost 4), made with the bcrypt crate; cost 4 keeps the tests fast.
+    fn hash_of(pw: &str) -> String {
+        bcrypt::hash(pw, 4).unwrap()
+    }
+
+    #[test]
+    fn empty_file_is_plain_http_without_auth() {
+        for t in ["", "\n# nothing\n", "{}"] {
+            let c = parse(t).unwrap();
+            assert_eq!((c.tls, c.users.len()), (None, 0), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn full_config_resolves_relative_paths() {
+        let h = hash_of("secret");
+        let c = parse(&format!(
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: /abs/server.key\n  \
+             client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n  \
+             min_version: TLS13\nbasic_auth_users:\n  prom: '{h}'\n"
+        ))
+        .unwrap();
+        let t = c.tls.unwrap();
+        assert_eq!(t.cert_file, Path::new("/etc/schedlat/server.crt"));
+        assert_eq!(t.key_file, Path::new("/abs/server.key"));
+        assert_eq!(t.client_ca_file.unwrap(), Path::new("/etc/schedlat/ca.crt"));
+        assert_eq!(t.client_auth, ClientAuth::RequireAndVerifyClientCert);
+        assert_eq!(t.versions, vec![TlsVersion::TLS13]);
+        assert_eq!(c.users["prom"], h);
+        let c = parse("tls_server_config:\n  cert_file: a\n  key_file: b\n").unwrap();
+        assert_eq!(
+            c.tls.unwrap().versions,
+            vec![TlsVersion::TLS12, TlsVersion::TLS13]
+        );
+    }
+
+    #[test]
+    fn bad_configs_name_the_key_and_the_fix() {
+        for (text, needles) in [
+            (
+                "tls_server_conifg: {}\n",
+                &["tls_server_conifg", "tls_server_config"][..],
+            ),
+            (
+                "tls_server_config:\n  cert_file: a\n  key_file: b\n  cipher_suites: [x]\n",
+                &["cipher_suites", "line 4"],
+            ),
+            ("tls_server_config:\n  key_file: b\n", &["cert_file"]),
+            ("tls_server_config:\n  cert_file: a\n", &["key_file"]),
+            (
+                "tls_server_config:\n  cert_file: ''\n  key_file: b\n",
+                &["tls_server_config.cert_file", "PEM"],
+            ),
+            (
+                "tls_server_config:\n  cert_file: a\n  key_file: b\n  client_auth_type: Maybe\n",
+                &["Maybe", "RequireAndVerifyClientCert"],
+            ),
+            (
+                "tls_server_config:\n  cert_file: a\n  key_file: b\n  client_auth_type: RequireAnyClientCert\n",
+                &["client_auth_type", "RequireAndVerifyClientCert"],
+            ),
+            (
+                "tls_server_config:\n  cert_file: a\n  key_file: b\n  client_auth_type: RequireAndVerifyClientCert\n",
+                &["client_ca_file", "set client_ca_file"],
+            ),
+            (
+                "tls_server_config:\n  cert_file: a\n  key_file: b\n  client_ca_file: c\n",
+                &["client_auth_type", "NoClientCert"],
+            ),
+            (
+                "tls_server_config:\n  cert_file: a\n  key_file: b\n  min_version: TLS11\n",
+                &["min_version", "TLS12 or TLS13"],
+            ),
+            (
+                "tls_server_config:\n  cert_file: a\n  key_file: b\n  min_version: TLS13\n  max_version: TLS12\n",
+                &["min_version", "max_version"],
+            ),
+            (
+                "tls_server_config:\n  cert_file: a\n  key_file: b\n  min_version: SSL3\n",
+                &["SSL3", "TLS13"],
+            ),
+            (
+                "basic_auth_users:\n  prom: plaintext\n",
+                &["basic_auth_users.prom", "htpasswd"],
+            ),
+            (
+                "basic_auth_users:\n  'a:b': x\n",
+                &["basic_auth_users", "':'"],
+            ),
+            (
+                "basic_auth_users: [a, b]\n",
+                &["basic_auth_users", "line 1"],
+            ),
+            ("- just\n- a list\n", &["web.yml"]),
+            (
+                "tls_server_config: {cert_file: [1], key_file: b}\n",
+                &["line 1"],
+            ),
+        ] {
+            let e = parse(text).expect_err(text);
+            assert!(e.contains("/etc/schedlat/web.yml"), "{e}");
+            for n in needles {
+                assert!(e.contains(n), "{text:?}: error lacks {n:?}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn deploy_example_is_valid() {
+        let c = WebConfig::parse(
+            include_str!("../../deploy/web.yml"),
+            "deploy/web.yml",
+            Path::new("/etc/schedlat"),
+        )
+        .unwrap();
+        let t = c.tls.unwrap();
+        assert_eq!(t.cert_file, Path::new("/etc/schedlat/tls/server.crt"));
+        assert_eq!(t.client_auth, ClientAuth::NoClientCert);
+        assert!(c.users.contains_key("prometheus"));
+    }
+
+    #[test]
+    fn missing_cert_names_the_file() {
+        let c = parse("tls_server_config:\n  cert_file: /no/such.crt\n  key_file: /no/such.key\n")
+            .unwrap();
+        let e = c.tls_config("web.yml").unwrap_err().to_string();
+        assert!(e.contains("/no/such.crt") && e.contains("cert_file"), "{e}");
+    }
+
+    #[test]
+    fn basic_auth_verifies_caches_and_bounds_the_cache() {
+        let users = BTreeMap::from([("prom".to_string(), hash_of("secret"))]);
+        let a = BasicAuth::new(&users).unwrap();
+        assert!(!a.verify("prom", "wrong"));
+        assert!(!a.verify("nobody", "secret"));
+        assert!(!a.verify("prom", ""));
+        assert_eq!(a.cached(), 0, "failures are not cached");
+        assert!(a.verify("prom", "secret"));
+        assert!(a.verify("prom", "secret"));
+        assert_eq!(a.cached(), 1);
+        // A password that only differs after the cached one is still checked.
+        assert!(!a.verify("prom", "secret2"));
+        // Many other verified pairs: the cache stays bounded, and a pair it forgot still
+        // verifies (the slow way).
+        for i in 0..AUTH_CACHE_MAX * 2 {
+            remember(
+                &mut a.cache.lock().unwrap(),
+                BasicAuth::cache_key("x", &i.to_string()),
+            );
+            assert!(a.cached() <= AUTH_CACHE_MAX);
+        }
+        assert!(a.verify("prom", "secret"));
+        assert_eq!(a.cached(), AUTH_CACHE_MAX);
+        assert!(BasicAuth::new(&BTreeMap::new()).is_none());
+    }
+
+    #[test]
+    fn basic_header_parsing() {
+        let h = |s: &str| parse_basic(&HeaderValue::from_str(s).unwrap());
+        assert_eq!(
+            h("Basic cHJvbTpzZTpjcmV0"),
+            Some(("prom".into(), "se:cret".into()))
+        );
+        assert_eq!(h("basic cHJvbTo="), Some(("prom".into(), String::new())));
+        assert_eq!(h("Bearer cHJvbTpzZWNyZXQ="), None);
+        assert_eq!(h("Basic !!!"), None);
+        assert_eq!(h("Basic cHJvbQ=="), None, "no colon");
+    }
+}
