@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{Workspace, capture, cmdline, is_root, probe, run_cmd};
+use crate::{Workspace, capture, cmdline, gofix, is_root, probe, run_cmd};
 
 /// Debian packages needed for one purpose.
 pub struct Group {
@@ -52,12 +52,14 @@ const BPF_LINKER_LLVM: u32 = 22;
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const TRACEFS: &str = "/sys/kernel/tracing";
 
-/// The full setup: build and test packages, bpf-linker, the LLVM rule, tracefs.
+/// The full setup: build and test packages, bpf-linker, the LLVM rule, tracefs, Go toolchains
+/// and the Go fixtures (built from tests/go, so they follow source changes).
 pub fn setup(ws: &Workspace) -> Result<()> {
     ensure_packages(&[&BUILD_LINKER, &BUILD_EBPF, &TEST])?;
     let linker_llvm = ensure_bpf_linker(ws)?;
     check_llvm_rule(linker_llvm)?;
     ensure_tracefs()?;
+    gofix::build_fixtures(ws)?;
     println!("setup: ok");
     Ok(())
 }
