@@ -9,6 +9,8 @@ pub mod cgroup;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod go_stats;
+pub mod goruntime;
 pub mod hist;
 pub mod metrics;
 pub mod privs;
@@ -27,6 +29,9 @@ pub fn exit_code_for(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
         if cause.is::<UsageError>() || cause.is::<config::ConfigError>() {
             return 2;
+        }
+        if let Some(g) = cause.downcast_ref::<goruntime::GoError>() {
+            return if g.is_usage() { 2 } else { 1 };
         }
         if let Some(p) = cause.downcast_ref::<probes::ProbeError>() {
             return if p.is_usage() { 2 } else { 1 };

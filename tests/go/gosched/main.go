@@ -7,10 +7,12 @@
 //	<- go
 //	   load phase: CPU-bound goroutines > GOMAXPROCS, plus goroutines sleeping and waking
 //	-> {"gomaxprocs":N,"goroutines":N,"sched_latencies":{"buckets":[...],"counts":[...]},...}
+//	<- metrics      (any number of times: read and print runtime/metrics again)
+//	-> {...}
 //	<- exit
 //
-// After printing its metrics the program only blocks reading stdin, so its memory can be read
-// from outside while nothing changes the counts.
+// Between commands the program only blocks reading stdin, so a reader outside sees the
+// counts change only through the runtime's own background goroutines (scavenger, GC).
 package main
 
 import (
@@ -41,7 +43,19 @@ func main() {
 	expect(in, "go")
 	load()
 	emit(readMetrics())
-	expect(in, "exit")
+	for in.Scan() {
+		switch in.Text() {
+		case "metrics":
+			emit(readMetrics())
+		case "exit":
+			return
+		default:
+			fmt.Fprintf(os.Stderr, "gosched: unknown command %q\n", in.Text())
+			os.Exit(1)
+		}
+	}
+	fmt.Fprintln(os.Stderr, "gosched: stdin closed before exit:", in.Err())
+	os.Exit(1)
 }
 
 func emit(v any) {
