@@ -136,3 +136,33 @@ fn malformed_never_panics() {
         assert!(analyse(&garbage).is_err());
     }
 }
+
+/// Go < 1.18 wrote the version through pointers (flags bit 1 clear). Rewrite a real binary's
+/// .go.buildinfo into that format, keeping everything inside the section's loaded segment.
+#[test]
+fn old_pointer_buildinfo() {
+    let Some(dirs) = fixture_versions() else {
+        return;
+    };
+    let mut data = read(&dirs[0].join("gosched"));
+    let want = GoVersion::parse(&go_version(&data).unwrap()).unwrap().raw;
+    let (off, addr) = {
+        let file = object::File::parse(&*data).unwrap();
+        let s = object::Object::section_by_name(&file, ".go.buildinfo").unwrap();
+        let (off, _) = object::ObjectSection::file_range(&s).unwrap();
+        (off as usize, object::ObjectSection::address(&s))
+    };
+    let b = &mut data[off..off + 64 + want.len()];
+    b[14] = 8; // pointer size
+    b[15] = 0; // little-endian, pointer format
+    b[16..24].copy_from_slice(&(addr + 32).to_le_bytes()); // -> string header at +32
+    b[32..40].copy_from_slice(&(addr + 64).to_le_bytes()); // string data at +64
+    b[40..48].copy_from_slice(&(want.len() as u64).to_le_bytes());
+    b[64..].copy_from_slice(want.as_bytes());
+    assert_eq!(go_version(&data).unwrap(), want);
+    // A length past the cap, and a pointer outside every segment: errors, no panic.
+    data[off + 40..off + 48].copy_from_slice(&u64::MAX.to_le_bytes());
+    assert!(matches!(go_version(&data), Err(GoError::Malformed { .. })));
+    data[off + 16..off + 24].copy_from_slice(&u64::MAX.to_le_bytes());
+    assert!(matches!(go_version(&data), Err(GoError::Malformed { .. })));
+}
