@@ -26,6 +26,40 @@ pub struct DaemonConfig {
     /// Drop every capability once the programs are attached (nothing after needs one).
     pub drop_capabilities: bool,
     pub maps: MapSizes,
+    /// Go programs' own scheduler statistics, read from their memory at scrape time.
+    pub go: GoConfig,
+}
+
+/// `[go]`: which Go processes to read (see crate::gowatch). A process is selected when it is a
+/// Go program (has .go.buildinfo) and, if any selector list is non-empty, matches one entry of
+/// any list.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GoConfig {
+    pub enabled: bool,
+    /// Executable paths as /proc/PID/exe shows them (in the process's mount namespace).
+    pub binaries: Vec<String>,
+    /// Process names (/proc/PID/comm, 15 characters at most).
+    pub comms: Vec<String>,
+    /// cgroup v2 paths: processes in this cgroup or below it.
+    pub cgroups: Vec<String>,
+    /// Most processes read per scrape (lowest pids first); the rest are counted, not read.
+    pub max_processes: usize,
+    /// Most distinct (binary, cgroup) label sets; more are folded into binary="other".
+    pub max_series: usize,
+}
+
+impl Default for GoConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            binaries: Vec::new(),
+            comms: Vec::new(),
+            cgroups: Vec::new(),
+            max_processes: 256,
+            max_series: 200,
+        }
+    }
 }
 
 impl Default for DaemonConfig {
@@ -38,6 +72,7 @@ impl Default for DaemonConfig {
             removed_cgroup_ttl_secs: 600,
             drop_capabilities: true,
             maps: MapSizes::default(),
+            go: GoConfig::default(),
         }
     }
 }
@@ -108,6 +143,21 @@ impl DaemonConfig {
                 "use 1..=100000",
             ));
         }
+        let g = &self.go;
+        if g.max_processes == 0 || g.max_processes > 100_000 {
+            return Err(err(
+                "go.max_processes",
+                g.max_processes.to_string(),
+                "use 1..=100000",
+            ));
+        }
+        if g.max_series == 0 || g.max_series > 100_000 {
+            return Err(err(
+                "go.max_series",
+                g.max_series.to_string(),
+                "use 1..=100000",
+            ));
+        }
         let m = &self.maps;
         for (key, v) in [
             ("maps.runq_start", m.runq_start),
@@ -154,6 +204,17 @@ mod tests {
         );
         assert_eq!(c.maps.runq_start, 1024);
         assert_eq!(c.maps.hists, MapSizes::default().hists);
+        let c = DaemonConfig::parse("[go]\nenabled = true\ncomms = [\"api\"]\n", "t").unwrap();
+        assert!(c.go.enabled);
+        assert_eq!(c.go.comms, vec!["api".to_string()]);
+        let e = DaemonConfig::parse("[go]\ncomm = []\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("comm"), "{e}");
+        let e = DaemonConfig::parse("[go]\nmax_processes = 0\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("go.max_processes"), "{e}");
     }
 
     #[test]

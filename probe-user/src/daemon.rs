@@ -72,6 +72,8 @@ pub struct AppState {
     keeper: SeriesKeeper,
     per_octave: u32,
     futex_outcomes: bool,
+    /// Go programs read at scrape time (config [go]).
+    pub go: Option<crate::gowatch::GoWatcher>,
 }
 
 pub type Shared = Arc<Mutex<AppState>>;
@@ -92,6 +94,7 @@ impl AppState {
             keeper: SeriesKeeper::new(removed_cgroup_ttl),
             per_octave,
             futex_outcomes,
+            go: None,
         }))
     }
 
@@ -103,6 +106,7 @@ impl AppState {
             keeper,
             per_octave,
             futex_outcomes,
+            go,
         } = self;
         let mut snap = source.snapshot()?;
         let now = Instant::now();
@@ -152,7 +156,11 @@ impl AppState {
             base: &base,
             retired_cgroups: keeper.retired_count(),
         };
-        let fams = metrics::families(&snap, &input, cap, |id| cgroups.name(id));
+        let mut fams = metrics::families(&snap, &input, cap, |id| cgroups.name(id));
+        if let Some(go) = go {
+            go.scrape();
+            fams.extend(go.families());
+        }
         let in_use: HashSet<String> = snap
             .hists
             .iter()
@@ -240,10 +248,27 @@ async fn serve(cli: &Cli, cfg: DaemonConfig) -> anyhow::Result<()> {
     };
     let probes = Probes::load(&opts).context("starting the daemon")?;
     if cfg.drop_capabilities {
-        crate::privs::drop_all_capabilities().context(
-            "dropping capabilities after attaching (set drop_capabilities = false to keep them)",
-        )?;
-        info!("attached; dropped all capabilities");
+        if cfg.go.enabled {
+            // Go statistics are read at scrape time from /proc/PID/exe and /proc/PID/mem, which
+            // needs ptrace access (PTRACE_MODE_ATTACH) to processes of other users: keep
+            // CAP_SYS_PTRACE, if held, and only it.
+            let kept = crate::privs::drop_capabilities_except(&[crate::privs::CAP_SYS_PTRACE])
+                .context(
+                    "dropping capabilities after attaching (set drop_capabilities = false to keep them)",
+                )?;
+            if kept.is_empty() {
+                warn!(
+                    "[go] enabled without CAP_SYS_PTRACE: only Go processes of the daemon's own \
+                     user can be read; grant CAP_SYS_PTRACE to read all"
+                );
+            }
+            info!("attached; dropped all capabilities except CAP_SYS_PTRACE for [go]");
+        } else {
+            crate::privs::drop_all_capabilities().context(
+                "dropping capabilities after attaching (set drop_capabilities = false to keep them)",
+            )?;
+            info!("attached; dropped all capabilities");
+        }
     }
     let names = CgroupNames::new(v2_mount().map_err(|e| UsageError(e.to_string()))?);
     let state = AppState::new(
@@ -254,6 +279,13 @@ async fn serve(cli: &Cli, cfg: DaemonConfig) -> anyhow::Result<()> {
         Box::new(names),
         Duration::from_secs(cfg.removed_cgroup_ttl_secs),
     );
+    if cfg.go.enabled {
+        let w = crate::gowatch::GoWatcher::new(cfg.go.clone(), cfg.buckets_per_octave);
+        state
+            .lock()
+            .map_err(|_| anyhow::anyhow!("state poisoned"))?
+            .go = Some(w);
+    }
     let mut term = signal(SignalKind::terminate())?;
     let shutdown = async move {
         tokio::select! {

@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod go_stats;
 pub mod goruntime;
+pub mod gowatch;
 pub mod hist;
 pub mod metrics;
 pub mod privs;
