@@ -237,12 +237,6 @@ impl GoWatcher {
             let Ok(meta) = std::fs::metadata(format!("/proc/{pid}/exe")) else {
                 continue;
             };
-            let key = (meta.dev(), meta.ino());
-            let layout = match self.classify(pid, key) {
-                None | Some(Class::NotGo) => continue,
-                Some(Class::Go(l)) => Some(l.clone()),
-                Some(Class::Unreadable(_)) => None,
-            };
             let exe_path = std::fs::read_link(format!("/proc/{pid}/exe"))
                 .map(|p| {
                     p.to_string_lossy()
@@ -260,6 +254,13 @@ impl GoWatcher {
             if !self.selected(pid, &exe_path, &cgroup) {
                 continue;
             }
+            // Only selected processes' executables are classified (and read, if Go).
+            let key = (meta.dev(), meta.ino());
+            let layout = match self.classify(pid, key) {
+                None | Some(Class::NotGo) => continue,
+                Some(Class::Go(l)) => Some(l.clone()),
+                Some(Class::Unreadable(_)) => None,
+            };
             match layout {
                 Some(l) => {
                     let binary = exe_path.rsplit('/').next().unwrap_or("").to_owned();

@@ -5,8 +5,10 @@
 use std::process::Command;
 
 use schedlat_tests::{
+    TestCgroup,
     gofixture::{GoFixture, go_fixture_versions},
-    run_schedlat,
+    privileged_or_skip, run_schedlat,
+    scrape::{Daemon, get, promtool_check, sample},
 };
 use serde_json::Value;
 
@@ -183,4 +185,162 @@ fn go_stats_exited_pid() {
     c.wait().unwrap();
     let out = run_schedlat(&["go-stats", "--pid", &pid.to_string()]);
     assert_exit2(&out, &[&format!("no process with pid {pid}")]);
+}
+
+// ------------------------------------------------------------------------------- daemon
+
+/// Lines of the `schedlat_go_*` series, for comparing two scrapes.
+fn go_lines(metrics: &str) -> Vec<String> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("schedlat_go_sched_latency"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Expected cumulative count at each `le` (seconds) of the daemon's histogram, from the
+/// programs' own runtime/metrics histograms: every Go bucket whose upper bound is <= le + 1 ns.
+fn expected_cumulative(ms: &[&Value], le: f64) -> u64 {
+    let limit_ns = (le * 1e9).round() + 1.0;
+    let mut n = 0;
+    for m in ms {
+        let h = &m["sched_latencies"];
+        let bounds = h["buckets"].as_array().unwrap();
+        for (i, c) in counts(&h["counts"]).iter().enumerate() {
+            let upper: f64 = bounds[i + 1].as_str().unwrap().parse().unwrap();
+            if (upper * 1e9).round() <= limit_ns {
+                n += c;
+            }
+        }
+    }
+    n
+}
+
+/// Scrape, ask every program for runtime/metrics, scrape again, until the two scrapes agree
+/// (nothing recorded in between); returns that scrape and the programs' metrics.
+fn quiescent(d: &Daemon, fxs: &mut [&mut GoFixture]) -> (String, Vec<Value>) {
+    for _ in 0..20 {
+        let a = get(&d.addr, "/metrics").expect("scrape");
+        let ms: Vec<Value> = fxs.iter_mut().map(|f| f.metrics()).collect();
+        let b = get(&d.addr, "/metrics").expect("scrape");
+        if go_lines(&a) == go_lines(&b) {
+            return (b, ms);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    panic!("Go programs never quiescent between two scrapes");
+}
+
+fn check_hist(metrics: &str, series: &str, ms: &[&Value]) {
+    let total: u64 = ms
+        .iter()
+        .map(|m| counts(&m["sched_latencies"]["counts"]).iter().sum::<u64>())
+        .sum();
+    let count = sample(
+        metrics,
+        &format!("schedlat_go_sched_latency_seconds_count{{{series}}}"),
+    )
+    .unwrap_or_else(|| panic!("no count for {series}:\n{}", go_lines(metrics).join("\n")));
+    assert_eq!(count as u64, total, "{series}: count vs runtime/metrics");
+    let prefix = format!("schedlat_go_sched_latency_seconds_bucket{{{series},le=\"");
+    let mut n = 0;
+    for l in metrics.lines().filter(|l| l.starts_with(&prefix)) {
+        let le = &l[prefix.len()..l[prefix.len()..].find('"').unwrap() + prefix.len()];
+        let v: f64 = l.rsplit(' ').next().unwrap().parse().unwrap();
+        let want = if le == "+Inf" {
+            total
+        } else {
+            expected_cumulative(ms, le.parse().unwrap())
+        };
+        assert_eq!(v as u64, want, "{series} le={le}");
+        n += 1;
+    }
+    assert!(n > 10, "{series}: only {n} buckets");
+}
+
+#[test]
+fn daemon_exports_go_runtime_metrics() {
+    if !privileged_or_skip("daemon_exports_go_runtime_metrics") {
+        return;
+    }
+    let versions = go_fixture_versions();
+    let cg = TestCgroup::create("go");
+    let dir = std::env::temp_dir().join(format!("schedlat-go-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("go.toml");
+    std::fs::write(
+        &cfg,
+        format!("[go]\nenabled = true\ncgroups = [\"{}\"]\n", cg.path()),
+    )
+    .unwrap();
+    let d = Daemon::start_with(&["--config", cfg.to_str().unwrap()]);
+    let series = format!("binary=\"gosched\",cgroup=\"{}\"", cg.path());
+
+    // One program (the newest Go), started after the daemon: picked up without restart.
+    let (_, new_dir) = versions.last().unwrap();
+    let mut a = GoFixture::start(&new_dir.join("gosched"));
+    cg.add(a.pid);
+    a.go();
+    let (m, ms) = quiescent(&d, &mut [&mut a]);
+    promtool_check(&m);
+    check_hist(&m, &series, &[&ms[0]]);
+    assert_eq!(
+        sample(&m, &format!("schedlat_go_gomaxprocs{{{series}}}")),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(&m, &format!("schedlat_go_processes{{{series}}}")),
+        Some(1.0)
+    );
+    let goroutines = sample(&m, &format!("schedlat_go_goroutines{{{series}}}")).unwrap();
+    assert!(
+        goroutines >= ms[0]["goroutines"].as_f64().unwrap(),
+        "goroutines {goroutines} vs runtime/metrics {}",
+        ms[0]["goroutines"]
+    );
+
+    // A second program with the other layout (Go 1.19) under the same binary name: one series,
+    // both histograms merged onto the same buckets.
+    let (_, old_dir) = versions.first().unwrap();
+    let mut b = GoFixture::start(&old_dir.join("gosched"));
+    cg.add(b.pid);
+    b.go();
+    let (m, ms) = quiescent(&d, &mut [&mut a, &mut b]);
+    check_hist(&m, &series, &[&ms[0], &ms[1]]);
+    assert_eq!(
+        sample(&m, &format!("schedlat_go_gomaxprocs{{{series}}}")),
+        Some(6.0)
+    );
+    assert_eq!(
+        sample(&m, &format!("schedlat_go_processes{{{series}}}")),
+        Some(2.0)
+    );
+
+    // The first exits: its final counts stay in the series (a counter never goes back).
+    let last_a = a.metrics();
+    a.exit();
+    let (m, ms) = quiescent(&d, &mut [&mut b]);
+    check_hist(&m, &series, &[&last_a, &ms[0]]);
+    assert_eq!(
+        sample(&m, &format!("schedlat_go_processes{{{series}}}")),
+        Some(1.0)
+    );
+
+    // A stripped program in the cgroup: counted as an error, not read.
+    let s = GoFixture::start(&new_dir.join("gosched-stripped"));
+    cg.add(s.pid);
+    let m = get(&d.addr, "/metrics").unwrap();
+    assert_eq!(
+        sample(&m, "schedlat_go_read_errors_total{reason=\"stripped\"}"),
+        Some(1.0),
+        "{}",
+        m.lines()
+            .filter(|l| l.contains("schedlat_go_"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    drop(s);
+    b.exit();
+    d.stop();
+    std::fs::remove_dir_all(&dir).unwrap();
 }
