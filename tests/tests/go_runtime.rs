@@ -179,6 +179,13 @@ fn go_stats_not_go() {
 }
 
 #[test]
+fn go_stats_kernel_thread() {
+    // pid 2 is kthreadd: a process without an executable.
+    let out = run_schedlat(&["go-stats", "--pid", "2"]);
+    assert_exit2(&out, &["not a Go program", "no executable"]);
+}
+
+#[test]
 fn go_stats_exited_pid() {
     let mut c = Command::new("true").spawn().unwrap();
     let pid = c.id();

@@ -52,7 +52,15 @@ pub struct Stats {
 /// The executable's bytes, through /proc/PID/exe.
 pub fn read_exe(pid: u32) -> Result<(Vec<u8>, std::fs::Metadata), GoError> {
     let path = format!("/proc/{pid}/exe");
-    let f = File::open(&path).map_err(|e| gone_or(pid, e, format!("opening {path}")))?;
+    let f = File::open(&path).map_err(|e| {
+        // /proc/PID exists but has no exe: a kernel thread (or a zombie).
+        if e.kind() == std::io::ErrorKind::NotFound && Path::new(&format!("/proc/{pid}")).exists() {
+            return GoError::NotGo {
+                why: "the process has no executable (a kernel thread, or exiting)",
+            };
+        }
+        gone_or(pid, e, format!("opening {path}"))
+    })?;
     let meta = f
         .metadata()
         .map_err(|e| gone_or(pid, e, format!("stat {path}")))?;

@@ -56,6 +56,10 @@ fn fixtures_resolve() {
             assert!(l.sched != 0 && l.gomaxprocs != 0 && l.allglen != 0);
             assert!(l.gcount.is_some(), "{name} {}: gcount fields", l.version);
             assert_eq!(l.hist.offset % 8, 0, "proc.go requires 8-byte alignment");
+            eprintln!(
+                "{name} {}: schedt.timeToRun @{} size {} ({:?}), gcount {:?}",
+                l.version, l.hist.offset, l.hist.size, l.hist.scheme, l.gcount
+            );
         }
         let stripped = read(&dir.join("gosched-stripped"));
         assert_eq!(go_version(&stripped).unwrap(), dir_version);
