@@ -218,16 +218,11 @@ pub fn run(cli: &Cli, a: &DaemonArgs) -> anyhow::Result<()> {
             ))
         })?;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(serve(cli, cfg))
-}
-
-async fn serve(cli: &Cli, cfg: DaemonConfig) -> anyhow::Result<()> {
+    // Everything privileged happens here, before the async runtime exists: capabilities are
+    // per thread, and a thread copies its creator's. Dropping them after tokio has started its
+    // workers would leave those workers (where scrapes run) with the full set.
     // Bind first: a taken port is the most common start-up failure and needs no root.
-    let listener = tokio::net::TcpListener::bind(cfg.listen).await.map_err(|e| {
+    let listener = std::net::TcpListener::bind(cfg.listen).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
             UsageError(format!(
                 "listen address {} is already in use: stop the other process or pick another with --listen",
@@ -237,7 +232,7 @@ async fn serve(cli: &Cli, cfg: DaemonConfig) -> anyhow::Result<()> {
             UsageError(format!("cannot listen on {}: {e}", cfg.listen))
         }
     })?;
-    let local = listener.local_addr()?;
+    listener.set_nonblocking(true)?;
     let opts = ProbeOptions {
         track_tasks: false,
         futex: cfg.futex,
@@ -270,6 +265,20 @@ async fn serve(cli: &Cli, cfg: DaemonConfig) -> anyhow::Result<()> {
             info!("attached; dropped all capabilities");
         }
     }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(serve(cfg, listener, probes))
+}
+
+async fn serve(
+    cfg: DaemonConfig,
+    listener: std::net::TcpListener,
+    probes: Probes,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let local = listener.local_addr()?;
     let names = CgroupNames::new(v2_mount().map_err(|e| UsageError(e.to_string()))?);
     let state = AppState::new(
         Box::new(probes),

@@ -184,6 +184,13 @@ impl GoWatcher {
                 match goruntime::live::read_exe(pid).and_then(|(d, _)| goruntime::analyse(&d)) {
                     Ok(l) => Class::Go(Arc::new(l)),
                     Err(GoError::ProcessGone { .. }) => return None,
+                    // Permission and I/O failures belong to this process, not its executable:
+                    // counted now, not cached.
+                    Err(e @ GoError::Io { .. }) => {
+                        warn!(pid, error = %e, "reading a Go process's executable");
+                        self.count_error(reason(&e));
+                        return None;
+                    }
                     Err(e) => {
                         warn!(pid, error = %e, "Go process not readable; counted in schedlat_go_read_errors_total");
                         Class::Unreadable(reason(&e))

@@ -53,12 +53,18 @@ pub struct GoFixture {
 impl GoFixture {
     /// Starts `path` and waits for its ready line.
     pub fn start(path: &std::path::Path) -> GoFixture {
-        let mut child = Command::new(path)
+        GoFixture::start_command(Command::new(path))
+    }
+
+    /// Starts a command that execs a fixture (e.g. through `setpriv`), keeping its pid.
+    pub fn start_command(mut cmd: Command) -> GoFixture {
+        let what = format!("{cmd:?}");
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .unwrap_or_else(|e| panic!("spawning {}: {e}", path.display()));
+            .unwrap_or_else(|e| panic!("spawning {what}: {e}"));
         let pid = child.id();
         let stdin = child.stdin.take().expect("piped stdin");
         let lines = line_reader(
@@ -71,7 +77,7 @@ impl GoFixture {
             ready: Value::Null,
             stdin,
             lines,
-            what: path.display().to_string(),
+            what,
         };
         let ready = f.next_json("ready line");
         assert_eq!(ready["ready"], Value::Bool(true), "{}: {ready}", f.what);

@@ -258,21 +258,35 @@ fn daemon_drops_every_capability_after_attaching_and_keeps_working() {
         return;
     }
     let d = Daemon::start();
-    let status = std::fs::read_to_string(format!("/proc/{}/status", d.child.id())).unwrap();
-    for set in ["CapEff:", "CapPrm:", "CapInh:", "CapAmb:"] {
-        let v = status
-            .lines()
-            .find_map(|l| l.strip_prefix(set))
-            .unwrap()
-            .trim();
-        assert_eq!(u64::from_str_radix(v, 16).unwrap(), 0, "{set} {v}");
+    // Capabilities are per thread: every thread (tokio workers, scrape threads) must have none.
+    get(&d.addr, "/metrics").unwrap();
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", d.child.id())).unwrap();
+    let mut threads = 0;
+    for t in tasks {
+        let t = t.unwrap().path();
+        let status = std::fs::read_to_string(t.join("status")).unwrap();
+        for set in ["CapEff:", "CapPrm:", "CapInh:", "CapAmb:"] {
+            let v = status
+                .lines()
+                .find_map(|l| l.strip_prefix(set))
+                .unwrap()
+                .trim();
+            assert_eq!(
+                u64::from_str_radix(v, 16).unwrap(),
+                0,
+                "{} {set} {v}",
+                t.display()
+            );
+        }
+        assert!(
+            status
+                .lines()
+                .any(|l| l.starts_with("NoNewPrivs:") && l.ends_with('1')),
+            "{status}"
+        );
+        threads += 1;
     }
-    assert!(
-        status
-            .lines()
-            .any(|l| l.starts_with("NoNewPrivs:") && l.ends_with('1')),
-        "{status}"
-    );
+    assert!(threads > 1, "expected the runtime's worker threads too");
     // Reading maps still works without privileges.
     let mut spin = Workload::start(&["spin", "--threads", "2", "--cpu", "0", "--secs", "0.3"]);
     let before = total(

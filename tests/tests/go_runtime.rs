@@ -351,3 +351,61 @@ fn daemon_exports_go_runtime_metrics() {
     d.stop();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The daemon drops its capabilities after attaching but keeps CAP_SYS_PTRACE for [go]:
+/// without it, /proc/PID/mem of another user's process is refused.
+#[test]
+fn daemon_reads_other_users_go_processes() {
+    if !privileged_or_skip("daemon_reads_other_users_go_processes") {
+        return;
+    }
+    let (_, new_dir) = go_fixture_versions().pop().unwrap();
+    let cg = TestCgroup::create("go-user");
+    let dir = std::env::temp_dir().join(format!("schedlat-gouser-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("go.toml");
+    std::fs::write(
+        &cfg,
+        format!("[go]\nenabled = true\ncgroups = [\"{}\"]\n", cg.path()),
+    )
+    .unwrap();
+    let d = Daemon::start_with(&["--config", cfg.to_str().unwrap()]);
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(new_dir.join("gosched"));
+    let mut fx = GoFixture::start_command(cmd);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", fx.pid)).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.contains("65534")),
+        "fixture not running as nobody:\n{status}"
+    );
+    cg.add(fx.pid);
+    fx.go();
+    let (m, ms) = quiescent(&d, &mut [&mut fx]);
+    let series = format!("binary=\"gosched\",cgroup=\"{}\"", cg.path());
+    check_hist(&m, &series, &[&ms[0]]);
+    assert_eq!(
+        sample(&m, "schedlat_go_read_errors_total{reason=\"permission\"}"),
+        None,
+        "permission errors reading a nobody-owned process"
+    );
+    // Every thread kept CAP_SYS_PTRACE (bit 19) and nothing else.
+    for t in std::fs::read_dir(format!("/proc/{}/task", d.child.id())).unwrap() {
+        let status = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap();
+        let eff = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .unwrap()
+            .trim();
+        assert_eq!(
+            u64::from_str_radix(eff, 16).unwrap(),
+            1 << 19,
+            "CapEff {eff}"
+        );
+    }
+    fx.exit();
+    d.stop();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,14 +1,11 @@
-//! Reading a running Go process's scheduler statistics through /proc/PID/{exe,maps,mem}.
+//! Reading a running Go process's scheduler statistics: its executable through /proc/PID/exe,
+//! its memory with process_vm_readv(2).
 //!
 //! /proc/PID/exe opens the very file the process runs, even from another mount namespace (a
-//! container). Reading /proc/PID/mem of another user's process needs CAP_SYS_PTRACE (ptrace
+//! container). process_vm_readv, unlike opening /proc/PID/mem (mode 0600, owned by the target),
+//! needs no file permission, only ptrace access: of another user's process that is CAP_SYS_PTRACE (ptrace
 //! access mode PTRACE_MODE_ATTACH_FSCREDS).
-use std::{
-    fs::File,
-    io::Read,
-    os::unix::fs::{FileExt, MetadataExt},
-    path::Path,
-};
+use std::{fs::File, io::Read, os::unix::fs::MetadataExt, path::Path};
 
 use serde::Serialize;
 
@@ -94,8 +91,8 @@ pub fn read_with(pid: u32, layout: &Layout, exe: &std::fs::Metadata) -> Result<S
     } else {
         0
     };
-    let path = format!("/proc/{pid}/mem");
-    let mem = File::open(&path).map_err(|e| gone_or(pid, e, format!("opening {path}")))?;
+    let mem = Mem(pid);
+    let path = "process memory";
     let at = |addr: u64| addr.wrapping_add(bias);
     let read = |addr: u64, buf: &mut [u8], what: &str| -> Result<(), GoError> {
         mem.read_exact_at(buf, addr).map_err(|e| {
@@ -175,7 +172,7 @@ pub fn read_with(pid: u32, layout: &Layout, exe: &std::fs::Metadata) -> Result<S
             }
             let mut ptrs = vec![0u8; 8 * len as usize];
             // allp's backing array is heap memory: absolute address, no bias.
-            read_abs(&mem, data, &mut ptrs, pid, &path)?;
+            read_abs(&mem, data, &mut ptrs, pid, path)?;
             for p in ptrs.chunks_exact(8) {
                 let p = u(p);
                 if p == 0 {
@@ -184,7 +181,7 @@ pub fn read_with(pid: u32, layout: &Layout, exe: &std::fs::Metadata) -> Result<S
                 let mut b = [0u8; 8];
                 let f = g.p_free;
                 let b = &mut b[..f.size as usize];
-                read_abs(&mem, p.wrapping_add(f.offset), b, pid, &path)?;
+                read_abs(&mem, p.wrapping_add(f.offset), b, pid, path)?;
                 let v = i64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]]));
                 free = free.saturating_add(v);
             }
@@ -205,7 +202,7 @@ pub fn read_with(pid: u32, layout: &Layout, exe: &std::fs::Metadata) -> Result<S
     })
 }
 
-fn read_abs(mem: &File, addr: u64, buf: &mut [u8], pid: u32, path: &str) -> Result<(), GoError> {
+fn read_abs(mem: &Mem, addr: u64, buf: &mut [u8], pid: u32, path: &str) -> Result<(), GoError> {
     mem.read_exact_at(buf, addr).map_err(|e| {
         gone_or(
             pid,
@@ -213,6 +210,40 @@ fn read_abs(mem: &File, addr: u64, buf: &mut [u8], pid: u32, path: &str) -> Resu
             format!("reading {} bytes at {addr:#x} from {path}", buf.len()),
         )
     })
+}
+
+/// Another process's memory, read with process_vm_readv(2).
+struct Mem(u32);
+
+impl Mem {
+    fn read_exact_at(&self, buf: &mut [u8], addr: u64) -> std::io::Result<()> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let local = libc::iovec {
+                iov_base: buf[done..].as_mut_ptr().cast(),
+                iov_len: buf.len() - done,
+            };
+            let remote = libc::iovec {
+                iov_base: (addr.wrapping_add(done as u64)) as usize as *mut libc::c_void,
+                iov_len: buf.len() - done,
+            };
+            // SAFETY: `local` covers the unread tail of `buf`, which we exclusively borrow; the
+            // kernel checks the remote range and fails with EFAULT rather than touching ours.
+            let n =
+                unsafe { libc::process_vm_readv(self.0 as libc::pid_t, &local, 1, &remote, 1, 0) };
+            match n {
+                n if n < 0 => return Err(std::io::Error::last_os_error()),
+                0 => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "address not mapped in the process",
+                    ));
+                }
+                n => done += n as usize,
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Where the executable's file offset 0 is mapped, minus its link-time address.
