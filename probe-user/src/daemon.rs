@@ -244,7 +244,7 @@ pub fn run(cli: &Cli, a: &DaemonArgs) -> anyhow::Result<()> {
     let probes = Probes::load(&opts).context("starting the daemon")?;
     if cfg.drop_capabilities {
         if cfg.go.enabled {
-            // Go statistics are read at scrape time from /proc/PID/exe and /proc/PID/mem, which
+            // Go statistics are read at scrape time from /proc/PID/exe and process_vm_readv, which
             // needs ptrace access (PTRACE_MODE_ATTACH) to processes of other users: keep
             // CAP_SYS_PTRACE, if held, and only it.
             let kept = crate::privs::drop_capabilities_except(&[crate::privs::CAP_SYS_PTRACE])

@@ -2,7 +2,7 @@
 //! histogram (`runtime.sched.timeToRun`, the data behind runtime/metrics'
 //! /sched/latencies:seconds), `runtime.gomaxprocs` and the goroutine bookkeeping in ordinary
 //! globals. This module finds them in the ELF file (symbols from .symtab, layouts from DWARF;
-//! pure, no root) and `live` reads them from /proc/PID/mem.
+//! pure, no root) and `live` reads them with process_vm_readv.
 //!
 //! The binaries parsed here may be planted by anyone while we run as root: nothing in this
 //! module panics or allocates without a cap on malformed input.
