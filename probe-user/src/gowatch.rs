@@ -181,7 +181,7 @@ impl GoWatcher {
             let class = if !has_buildinfo_section(&f) {
                 Class::NotGo
             } else {
-                match goruntime::live::read_exe(pid).and_then(|(d, _)| goruntime::analyse(&d)) {
+                match goruntime::live::analyse_exe(pid).map(|(l, _)| l) {
                     Ok(l) => Class::Go(Arc::new(l)),
                     Err(GoError::ProcessGone { .. }) => return None,
                     // Permission and I/O failures belong to this process, not its executable:

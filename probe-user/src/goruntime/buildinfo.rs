@@ -1,6 +1,6 @@
 //! The Go version recorded in a binary's `.go.buildinfo` section (Go's debug/buildinfo format,
 //! src/debug/buildinfo/buildinfo.go; written by cmd/link/internal/ld/data.go).
-use object::{Object, ObjectSection, ObjectSegment};
+use object::{Object, ObjectSection, ObjectSegment, ReadRef};
 
 use super::GoError;
 
@@ -56,7 +56,7 @@ impl std::fmt::Display for GoVersion {
 }
 
 /// The version string of a Go binary; `GoError::NotGo` if it has no Go build info.
-pub fn version(file: &object::File<'_>) -> Result<String, GoError> {
+pub fn version<'d, R: ReadRef<'d>>(file: &object::File<'d, R>) -> Result<String, GoError> {
     let section = file
         .section_by_name(".go.buildinfo")
         .ok_or(GoError::NotGo {
@@ -120,7 +120,11 @@ pub fn version(file: &object::File<'_>) -> Result<String, GoError> {
 }
 
 /// `len` bytes at virtual address `addr`, from whichever loadable segment holds them.
-fn read_at<'d>(file: &object::File<'d>, addr: u64, len: u64) -> Option<&'d [u8]> {
+fn read_at<'d, R: ReadRef<'d>>(
+    file: &object::File<'d, R>,
+    addr: u64,
+    len: u64,
+) -> Option<&'d [u8]> {
     file.segments()
         .find_map(|seg| seg.data_range(addr, len).ok().flatten())
 }

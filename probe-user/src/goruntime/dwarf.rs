@@ -6,7 +6,7 @@
 use std::{borrow::Cow, collections::HashMap};
 
 use gimli::{AttributeValue, DebugInfoOffset, EndianSlice, LittleEndian, UnitSectionOffset};
-use object::{CompressionFormat, Object, ObjectSection};
+use object::{CompressionFormat, Object, ObjectSection, ReadRef};
 
 use super::GoError;
 
@@ -53,7 +53,10 @@ pub struct Types {
 }
 
 /// Load the DWARF sections needed (`None` if the binary has no .debug_info: stripped).
-fn load_section<'d>(file: &object::File<'d>, name: &str) -> Result<Cow<'d, [u8]>, GoError> {
+fn load_section<'d, R: ReadRef<'d>>(
+    file: &object::File<'d, R>,
+    name: &str,
+) -> Result<Cow<'d, [u8]>, GoError> {
     let Some(section) = file.section_by_name(name) else {
         return Ok(Cow::Borrowed(&[]));
     };
@@ -79,13 +82,13 @@ fn load_section<'d>(file: &object::File<'d>, name: &str) -> Result<Cow<'d, [u8]>
         .map_err(|e| bad(format!("cannot decompress ({e})")))
 }
 
-pub fn has_debug_info(file: &object::File<'_>) -> bool {
+pub fn has_debug_info<'d, R: ReadRef<'d>>(file: &object::File<'d, R>) -> bool {
     file.section_by_name(".debug_info").is_some()
 }
 
 impl Types {
     /// Index every type DIE of interest in the binary's .debug_info.
-    pub fn load(file: &object::File<'_>) -> Result<Types, GoError> {
+    pub fn load<'d, R: ReadRef<'d>>(file: &object::File<'d, R>) -> Result<Types, GoError> {
         let info = load_section(file, ".debug_info")?;
         let abbrev = load_section(file, ".debug_abbrev")?;
         let str_ = load_section(file, ".debug_str")?;

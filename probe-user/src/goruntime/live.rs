@@ -5,7 +5,7 @@
 //! container). process_vm_readv, unlike opening /proc/PID/mem (mode 0600, owned by the target),
 //! needs no file permission, only ptrace access: of another user's process that is CAP_SYS_PTRACE (ptrace
 //! access mode PTRACE_MODE_ATTACH_FSCREDS).
-use std::{fs::File, io::Read, os::unix::fs::MetadataExt, path::Path};
+use std::{fs::File, os::unix::fs::MetadataExt, path::Path};
 
 use serde::Serialize;
 
@@ -46,8 +46,8 @@ pub struct Stats {
     pub sched_latencies: LatencyHist,
 }
 
-/// The executable's bytes, through /proc/PID/exe.
-pub fn read_exe(pid: u32) -> Result<(Vec<u8>, std::fs::Metadata), GoError> {
+/// The executable, opened through /proc/PID/exe.
+pub fn open_exe(pid: u32) -> Result<(File, std::fs::Metadata), GoError> {
     let path = format!("/proc/{pid}/exe");
     let f = File::open(&path).map_err(|e| {
         // /proc/PID exists but has no exe: a kernel thread (or a zombie).
@@ -69,18 +69,21 @@ pub fn read_exe(pid: u32) -> Result<(Vec<u8>, std::fs::Metadata), GoError> {
             ),
         });
     }
-    let mut data = Vec::new();
-    f.take(MAX_BINARY)
-        .read_to_end(&mut data)
-        .map_err(|e| gone_or(pid, e, format!("reading {path}")))?;
-    Ok((data, meta))
+    Ok((f, meta))
+}
+
+/// Analyse the process's executable, reading only the parts parsed (ELF headers, .symtab,
+/// .go.buildinfo, DWARF): Go binaries run to hundreds of MiB, the daemon's memory is capped.
+pub fn analyse_exe(pid: u32) -> Result<(Layout, std::fs::Metadata), GoError> {
+    let (f, meta) = open_exe(pid)?;
+    let cache = object::ReadCache::new(f);
+    let layout = super::analyse(&cache)?;
+    Ok((layout, meta))
 }
 
 /// Analyse the process's executable and read its statistics.
 pub fn read(pid: u32) -> Result<Stats, GoError> {
-    let (data, meta) = read_exe(pid)?;
-    let layout = super::analyse(&data)?;
-    drop(data);
+    let (layout, meta) = analyse_exe(pid)?;
     read_with(pid, &layout, &meta)
 }
 

@@ -11,7 +11,7 @@ pub mod dwarf;
 pub mod hist;
 pub mod live;
 
-use object::{Object, ObjectSegment, ObjectSymbol};
+use object::{Object, ObjectSegment, ObjectSymbol, ReadRef};
 
 pub use self::{buildinfo::GoVersion, hist::Scheme};
 
@@ -121,12 +121,12 @@ pub struct Layout {
 }
 
 /// Whether `data` is a Go program, and its version.
-pub fn go_version(data: &[u8]) -> Result<String, GoError> {
+pub fn go_version<'d, R: ReadRef<'d>>(data: R) -> Result<String, GoError> {
     let file = parse_elf(data)?;
     buildinfo::version(&file)
 }
 
-fn parse_elf(data: &[u8]) -> Result<object::File<'_>, GoError> {
+fn parse_elf<'d, R: ReadRef<'d>>(data: R) -> Result<object::File<'d, R>, GoError> {
     let file = object::File::parse(data).map_err(|_| GoError::NotGo {
         why: "not an ELF file",
     })?;
@@ -143,8 +143,9 @@ fn parse_elf(data: &[u8]) -> Result<object::File<'_>, GoError> {
     Ok(file)
 }
 
-/// Analyse a Go executable's bytes.
-pub fn analyse(data: &[u8]) -> Result<Layout, GoError> {
+/// Analyse a Go executable: its bytes (`&[u8]`), or a `&object::ReadCache<File>` that reads
+/// only the parts parsed (headers, symbols, the DWARF sections), not the whole file.
+pub fn analyse<'d, R: ReadRef<'d>>(data: R) -> Result<Layout, GoError> {
     let file = parse_elf(data)?;
     let version = buildinfo::version(&file)?;
     if !dwarf::has_debug_info(&file) {

@@ -41,7 +41,7 @@ fn fixtures_resolve() {
     for dir in dirs {
         let dir_version = dir.file_name().unwrap().to_string_lossy().into_owned();
         for (name, pie) in [("gosched", false), ("gosched-pie", true)] {
-            let l = analyse(&read(&dir.join(name)))
+            let l = analyse(&read(&dir.join(name))[..])
                 .unwrap_or_else(|e| panic!("{}/{name}: {e}", dir.display()));
             // The directory is named by `go env GOVERSION` of the toolchain that built it.
             assert_eq!(l.version, dir_version);
@@ -56,14 +56,17 @@ fn fixtures_resolve() {
             assert!(l.sched != 0 && l.gomaxprocs != 0 && l.allglen != 0);
             assert!(l.gcount.is_some(), "{name} {}: gcount fields", l.version);
             assert_eq!(l.hist.offset % 8, 0, "proc.go requires 8-byte alignment");
+            // Reading parts on demand (as the daemon does) gives the same layout.
+            let cache = object::ReadCache::new(std::fs::File::open(dir.join(name)).unwrap());
+            assert_eq!(analyse(&cache).unwrap(), l, "{name}: ReadCache");
             eprintln!(
                 "{name} {}: schedt.timeToRun @{} size {} ({:?}), gcount {:?}",
                 l.version, l.hist.offset, l.hist.size, l.hist.scheme, l.gcount
             );
         }
         let stripped = read(&dir.join("gosched-stripped"));
-        assert_eq!(go_version(&stripped).unwrap(), dir_version);
-        let e = analyse(&stripped).unwrap_err();
+        assert_eq!(go_version(&stripped[..]).unwrap(), dir_version);
+        let e = analyse(&stripped[..]).unwrap_err();
         assert!(matches!(e, GoError::Stripped { .. }), "{e}");
         assert!(e.to_string().contains("-s -w"), "{e}");
     }
@@ -72,7 +75,7 @@ fn fixtures_resolve() {
 #[test]
 fn not_go() {
     let me = read(&std::env::current_exe().unwrap());
-    let e = analyse(&me).unwrap_err();
+    let e = analyse(&me[..]).unwrap_err();
     assert!(matches!(e, GoError::NotGo { .. }), "{e}");
     for junk in [&b""[..], b"\x7fELF", b"#!/bin/sh\necho hi\n"] {
         assert!(matches!(analyse(junk), Err(GoError::NotGo { .. })));
@@ -134,10 +137,14 @@ fn malformed_never_panics() {
                     buf[i] = rnd() as u8;
                 }
             }
-            let _ = analyse(&buf);
+            let _ = analyse(&buf[..]);
+            // The daemon's path: parts read on demand.
+            if round % 4 == 0 {
+                let _ = analyse(&object::ReadCache::new(std::io::Cursor::new(&buf[..])));
+            }
         }
         let garbage: Vec<u8> = (0..100_000).map(|_| rnd() as u8).collect();
-        assert!(analyse(&garbage).is_err());
+        assert!(analyse(&garbage[..]).is_err());
     }
 }
 
@@ -149,7 +156,9 @@ fn old_pointer_buildinfo() {
         return;
     };
     let mut data = read(&dirs[0].join("gosched"));
-    let want = GoVersion::parse(&go_version(&data).unwrap()).unwrap().raw;
+    let want = GoVersion::parse(&go_version(&data[..]).unwrap())
+        .unwrap()
+        .raw;
     let (off, addr) = {
         let file = object::File::parse(&*data).unwrap();
         let s = object::Object::section_by_name(&file, ".go.buildinfo").unwrap();
@@ -163,10 +172,16 @@ fn old_pointer_buildinfo() {
     b[32..40].copy_from_slice(&(addr + 64).to_le_bytes()); // string data at +64
     b[40..48].copy_from_slice(&(want.len() as u64).to_le_bytes());
     b[64..].copy_from_slice(want.as_bytes());
-    assert_eq!(go_version(&data).unwrap(), want);
+    assert_eq!(go_version(&data[..]).unwrap(), want);
     // A length past the cap, and a pointer outside every segment: errors, no panic.
     data[off + 40..off + 48].copy_from_slice(&u64::MAX.to_le_bytes());
-    assert!(matches!(go_version(&data), Err(GoError::Malformed { .. })));
+    assert!(matches!(
+        go_version(&data[..]),
+        Err(GoError::Malformed { .. })
+    ));
     data[off + 16..off + 24].copy_from_slice(&u64::MAX.to_le_bytes());
-    assert!(matches!(go_version(&data), Err(GoError::Malformed { .. })));
+    assert!(matches!(
+        go_version(&data[..]),
+        Err(GoError::Malformed { .. })
+    ));
 }
