@@ -31,6 +31,9 @@ pub enum Command {
     Capture(CaptureArgs),
     /// Serve Prometheus metrics (GET /metrics, /healthz) until SIGINT/SIGTERM.
     Daemon(DaemonArgs),
+    /// A Go program's own scheduler statistics read from its memory (GOMAXPROCS, goroutines,
+    /// the runtime's scheduling-latency histogram); no eBPF, needs ptrace access to PID.
+    GoStats(GoStatsArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -88,6 +91,15 @@ pub struct DaemonArgs {
     pub web_config: Option<PathBuf>,
 }
 
+#[derive(Debug, Args)]
+pub struct GoStatsArgs {
+    /// Process id of a running Go program (built without -ldflags='-s -w').
+    #[arg(long)]
+    pub pid: u32,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
 /// Durations like `10s`, `250ms`, `1m30s`; a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
@@ -114,6 +126,7 @@ pub fn run() -> anyhow::Result<()> {
     match &cli.command {
         Command::Capture(a) => crate::capture::run(&cli, a),
         Command::Daemon(a) => crate::daemon::run(&cli, a),
+        Command::GoStats(a) => crate::go_stats::run(a),
     }
 }
 
@@ -158,7 +171,7 @@ mod tests {
                 assert_eq!(a.duration, Duration::from_secs(10));
                 assert_eq!(a.threshold, Duration::from_millis(10));
             }
-            Command::Daemon(_) => panic!("wrong subcommand"),
+            _ => panic!("wrong subcommand"),
         }
         assert!(Cli::try_parse_from(["schedlat", "capture", "--duration", "soon"]).is_err());
     }

@@ -33,6 +33,40 @@ pub struct DaemonConfig {
     /// Web config (YAML, the Prometheus exporters' format): TLS and basic auth for /metrics.
     pub web_config: Option<PathBuf>,
     pub maps: MapSizes,
+    /// Go programs' own scheduler statistics, read from their memory at scrape time.
+    pub go: GoConfig,
+}
+
+/// `[go]`: which Go processes to read (see crate::gowatch). A process is selected when it is a
+/// Go program (has .go.buildinfo) and, if any selector list is non-empty, matches one entry of
+/// any list.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GoConfig {
+    pub enabled: bool,
+    /// Executable paths as /proc/PID/exe shows them (in the process's mount namespace).
+    pub binaries: Vec<String>,
+    /// Process names (/proc/PID/comm, 15 characters at most).
+    pub comms: Vec<String>,
+    /// cgroup v2 paths: processes in this cgroup or below it.
+    pub cgroups: Vec<String>,
+    /// Most processes read per scrape (lowest pids first); the rest are counted, not read.
+    pub max_processes: usize,
+    /// Most distinct (binary, cgroup) label sets; more are folded into binary="other".
+    pub max_series: usize,
+}
+
+impl Default for GoConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            binaries: Vec::new(),
+            comms: Vec::new(),
+            cgroups: Vec::new(),
+            max_processes: 256,
+            max_series: 200,
+        }
+    }
 }
 
 impl Default for DaemonConfig {
@@ -47,6 +81,7 @@ impl Default for DaemonConfig {
             user: None,
             web_config: None,
             maps: MapSizes::default(),
+            go: GoConfig::default(),
         }
     }
 }
@@ -125,6 +160,22 @@ impl DaemonConfig {
         ("maps.hists", MAP_FIX),
         ("maps.tasks", MAP_FIX),
         ("maps.wake_pairs", MAP_FIX),
+        (
+            "go",
+            "[go] is a table: enabled, binaries, comms, cgroups, max_processes, max_series",
+        ),
+        ("go.enabled", "use true or false"),
+        (
+            "go.binaries",
+            "use a list of executable paths, e.g. [\"/usr/local/bin/api\"]",
+        ),
+        ("go.comms", "use a list of process names, e.g. [\"api\"]"),
+        (
+            "go.cgroups",
+            "use a list of cgroup v2 paths, e.g. [\"/kubepods.slice\"]",
+        ),
+        ("go.max_processes", "use an integer 1..=100000"),
+        ("go.max_series", "use an integer 1..=100000"),
     ];
 
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {
@@ -164,6 +215,21 @@ impl DaemonConfig {
                 "web_config",
                 "\"\"".into(),
                 "use the path of a YAML web config, or remove the key for plain HTTP",
+            ));
+        }
+        let g = &self.go;
+        if g.max_processes == 0 || g.max_processes > 100_000 {
+            return Err(err(
+                "go.max_processes",
+                g.max_processes.to_string(),
+                "use 1..=100000",
+            ));
+        }
+        if g.max_series == 0 || g.max_series > 100_000 {
+            return Err(err(
+                "go.max_series",
+                g.max_series.to_string(),
+                "use 1..=100000",
             ));
         }
         let m = &self.maps;
@@ -235,6 +301,17 @@ mod tests {
         );
         assert_eq!(c.maps.runq_start, 1024);
         assert_eq!(c.maps.hists, MapSizes::default().hists);
+        let c = DaemonConfig::parse("[go]\nenabled = true\ncomms = [\"api\"]\n", "t").unwrap();
+        assert!(c.go.enabled);
+        assert_eq!(c.go.comms, vec!["api".to_string()]);
+        let e = DaemonConfig::parse("[go]\ncomm = []\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("comm"), "{e}");
+        let e = DaemonConfig::parse("[go]\nmax_processes = 0\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("go.max_processes"), "{e}");
     }
 
     #[test]

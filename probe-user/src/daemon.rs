@@ -75,6 +75,8 @@ pub struct AppState {
     keeper: SeriesKeeper,
     per_octave: u32,
     futex_outcomes: bool,
+    /// Go programs read at scrape time (config [go]).
+    pub go: Option<crate::gowatch::GoWatcher>,
 }
 
 pub type Shared = Arc<Mutex<AppState>>;
@@ -95,6 +97,7 @@ impl AppState {
             keeper: SeriesKeeper::new(removed_cgroup_ttl),
             per_octave,
             futex_outcomes,
+            go: None,
         }))
     }
 
@@ -106,6 +109,7 @@ impl AppState {
             keeper,
             per_octave,
             futex_outcomes,
+            go,
         } = self;
         let mut snap = source.snapshot()?;
         let now = Instant::now();
@@ -155,7 +159,11 @@ impl AppState {
             base: &base,
             retired_cgroups: keeper.retired_count(),
         };
-        let fams = metrics::families(&snap, &input, cap, |id| cgroups.name(id));
+        let mut fams = metrics::families(&snap, &input, cap, |id| cgroups.name(id));
+        if let Some(go) = go {
+            go.scrape();
+            fams.extend(go.families());
+        }
         let in_use: HashSet<String> = snap
             .hists
             .iter()
@@ -239,6 +247,9 @@ pub fn run(cli: &Cli, a: &DaemonArgs) -> anyhow::Result<()> {
         check_can_switch(a)?;
     }
 
+    // Everything privileged happens here, before the async runtime exists: capabilities are
+    // per thread, and a thread copies its creator's. Dropping them after tokio has started its
+    // workers would leave those workers (where scrapes run) with the full set.
     // Bind first: a taken port is the most common start-up failure and needs no root.
     let listener = std::net::TcpListener::bind(cfg.listen).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
@@ -268,10 +279,27 @@ pub fn run(cli: &Cli, a: &DaemonArgs) -> anyhow::Result<()> {
         info!(user = %acct.name, uid = acct.uid, gid = acct.gid, "attached; switched user");
     }
     if cfg.drop_capabilities {
-        crate::privs::drop_all_capabilities().context(
-            "dropping capabilities after attaching (set drop_capabilities = false to keep them)",
-        )?;
-        info!("attached; dropped all capabilities");
+        if cfg.go.enabled {
+            // Go statistics are read at scrape time from /proc/PID/exe and process_vm_readv, which
+            // needs ptrace access (PTRACE_MODE_ATTACH) to processes of other users: keep
+            // CAP_SYS_PTRACE, if held, and only it.
+            let kept = crate::privs::drop_capabilities_except(&[crate::privs::CAP_SYS_PTRACE])
+                .context(
+                    "dropping capabilities after attaching (set drop_capabilities = false to keep them)",
+                )?;
+            if kept.is_empty() {
+                warn!(
+                    "[go] enabled without CAP_SYS_PTRACE: only Go processes of the daemon's own \
+                     user can be read; grant CAP_SYS_PTRACE to read all"
+                );
+            }
+            info!("attached; dropped all capabilities except CAP_SYS_PTRACE for [go]");
+        } else {
+            crate::privs::drop_all_capabilities().context(
+                "dropping capabilities after attaching (set drop_capabilities = false to keep them)",
+            )?;
+            info!("attached; dropped all capabilities");
+        }
     }
     let state = AppState::new(
         Box::new(probes),
@@ -281,6 +309,13 @@ pub fn run(cli: &Cli, a: &DaemonArgs) -> anyhow::Result<()> {
         Box::new(names),
         Duration::from_secs(cfg.removed_cgroup_ttl_secs),
     );
+    if cfg.go.enabled {
+        let w = crate::gowatch::GoWatcher::new(cfg.go.clone(), cfg.buckets_per_octave);
+        state
+            .lock()
+            .map_err(|_| anyhow::anyhow!("state poisoned"))?
+            .go = Some(w);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         // Renders are serialized by the state mutex: more blocking threads would only wait on

@@ -10,6 +10,9 @@ pub mod cli;
 pub mod config;
 pub mod cpulimit;
 pub mod daemon;
+pub mod go_stats;
+pub mod goruntime;
+pub mod gowatch;
 pub mod hist;
 pub mod metrics;
 pub mod privs;
@@ -33,6 +36,9 @@ pub fn exit_code_for(e: &anyhow::Error) -> u8 {
             || cause.is::<privs::UserError>()
         {
             return 2;
+        }
+        if let Some(g) = cause.downcast_ref::<goruntime::GoError>() {
+            return if g.is_usage() { 2 } else { 1 };
         }
         if let Some(p) = cause.downcast_ref::<probes::ProbeError>() {
             return if p.is_usage() { 2 } else { 1 };

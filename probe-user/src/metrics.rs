@@ -72,14 +72,19 @@ impl LabelCap {
     }
 }
 
-fn label(name: &str, value: &str) -> LabelPair {
+pub(crate) fn label(name: &str, value: &str) -> LabelPair {
     let mut l = LabelPair::default();
     l.set_name(name.to_string());
     l.set_value(value.to_string());
     l
 }
 
-fn family(name: &str, help: &str, t: MetricType, metrics: Vec<Metric>) -> Option<MetricFamily> {
+pub(crate) fn family(
+    name: &str,
+    help: &str,
+    t: MetricType,
+    metrics: Vec<Metric>,
+) -> Option<MetricFamily> {
     // The text encoder rejects empty families; an absent family is the right exposition.
     if metrics.is_empty() {
         return None;
@@ -92,7 +97,7 @@ fn family(name: &str, help: &str, t: MetricType, metrics: Vec<Metric>) -> Option
     Some(f)
 }
 
-fn counter(labels: Vec<LabelPair>, v: f64) -> Metric {
+pub(crate) fn counter(labels: Vec<LabelPair>, v: f64) -> Metric {
     let mut c = Counter::default();
     c.set_value(v);
     let mut m = Metric::default();
@@ -101,7 +106,7 @@ fn counter(labels: Vec<LabelPair>, v: f64) -> Metric {
     m
 }
 
-fn gauge(labels: Vec<LabelPair>, v: f64) -> Metric {
+pub(crate) fn gauge(labels: Vec<LabelPair>, v: f64) -> Metric {
     let mut g = Gauge::default();
     g.set_value(v);
     let mut m = Metric::default();

@@ -21,6 +21,51 @@ struct CapData {
     inheritable: u32,
 }
 
+/// CAP_SYS_PTRACE (include/uapi/linux/capability.h).
+pub const CAP_SYS_PTRACE: u32 = 19;
+
+/// Like [`drop_all_capabilities`], but keep those of `keep` that are currently permitted.
+/// Returns the kept ones.
+pub fn drop_capabilities_except(keep: &[u32]) -> std::io::Result<Vec<u32>> {
+    let header = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    let mut cur = [CapData::default(); 2];
+    // SAFETY: capget(2) writes two data structs (version 3) into `cur`, which outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &header as *const CapHeader,
+            cur.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let kept: Vec<u32> = keep
+        .iter()
+        .copied()
+        .filter(|&c| c < 64 && cur[(c / 32) as usize].permitted & (1 << (c % 32)) != 0)
+        .collect();
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut data = [CapData::default(); 2];
+    for &c in &kept {
+        let bit = 1 << (c % 32);
+        data[(c / 32) as usize].permitted |= bit;
+        data[(c / 32) as usize].effective |= bit;
+    }
+    // SAFETY: as in drop_all_capabilities.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(kept)
+}
+
 /// Clear this process's effective, permitted and inheritable capability sets (which clears
 /// the ambient set too) and set no_new_privs, so nothing can be regained, even through exec.
 pub fn drop_all_capabilities() -> std::io::Result<()> {

@@ -292,7 +292,9 @@ fn daemon_drops_every_capability_after_attaching_and_keeps_working() {
         return;
     }
     let d = Daemon::start();
-    // Every thread: capabilities and no_new_privs are per thread.
+    // Every thread, after a scrape (blocking threads exist then): capabilities and
+    // no_new_privs are per thread.
+    get(&d.addr, "/metrics").unwrap();
     let threads = thread_statuses(d.child.id());
     assert!(
         threads.len() >= 3,

@@ -4,6 +4,7 @@
 //! so CI and new contributors run the same commands. See shared/docs/toolchain.md for why the
 //! toolchain is pinned the way it is.
 mod bench;
+mod gofix;
 mod setup;
 mod test;
 

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{Workspace, capture, cmdline, is_root, probe, run_cmd};
+use crate::{Workspace, capture, cmdline, gofix, is_root, probe, run_cmd};
 
 /// Debian packages needed for one purpose.
 pub struct Group {
@@ -88,13 +88,15 @@ const PYTOOLS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// The full setup: build and test packages, bpf-linker, the LLVM rule, tracefs.
+/// The full setup: build and test packages, bpf-linker, the LLVM rule, tracefs, Go toolchains
+/// and the Go fixtures (built from tests/go, so they follow source changes).
 pub fn setup(ws: &Workspace) -> Result<()> {
     ensure_packages(&[&BUILD_LINKER, &BUILD_EBPF, &TEST])?;
     let linker_llvm = ensure_bpf_linker(ws)?;
     check_llvm_rule(linker_llvm)?;
     ensure_tracefs()?;
     ensure_pytools(ws)?;
+    gofix::build_fixtures(ws)?;
     println!("setup: ok");
     Ok(())
 }

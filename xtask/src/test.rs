@@ -7,11 +7,13 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{Workspace, cmdline, is_root, run_cmd, setup};
+use crate::{Workspace, cmdline, gofix, is_root, run_cmd, setup};
 
 pub fn test(ws: &Workspace, args: &[String]) -> Result<()> {
     header("setup");
+    // setup also builds the Go fixtures (tests/go) that unit and integration tests read.
     setup::setup(ws)?;
+    let go_fixtures = gofix::fixtures_dir(ws);
 
     // A unit test failure should not hide the integration results: note it, fail at the end.
     let mut failed = Vec::new();
@@ -27,6 +29,7 @@ pub fn test(ws: &Workspace, args: &[String]) -> Result<()> {
         "--exclude",
         "schedlat-ebpf",
     ]);
+    unit.env(gofix::FIXTURES_ENV, &go_fixtures);
     if let Err(e) = run_tests(&mut unit, "fix the failing unit tests above", &mut totals) {
         eprintln!("error: {e:#}");
         failed.push("unit tests");
@@ -61,6 +64,7 @@ pub fn test(ws: &Workspace, args: &[String]) -> Result<()> {
         ("SCHEDLAT_BIN", &bin),
         ("SCHEDLAT_WORKLOAD", &workload),
         ("SCHEDLAT_PYTOOLS", &pytools),
+        (gofix::FIXTURES_ENV, &go_fixtures),
     ];
     let hint = "see the failing integration tests above";
     let result = if is_root() {

@@ -1,0 +1,252 @@
+//! Just enough DWARF to find runtime struct layouts in a Go binary: struct members (name,
+//! offset, type), array lengths and type sizes, indexed by global .debug_info offset.
+//!
+//! Go's linker emits zlib-compressed DWARF (.zdebug_* before Go 1.21?, SHF_COMPRESSED later);
+//! `object` decompresses both. Everything read from the file is capped.
+use std::{borrow::Cow, collections::HashMap};
+
+use gimli::{AttributeValue, DebugInfoOffset, EndianSlice, LittleEndian, UnitSectionOffset};
+use object::{CompressionFormat, Object, ObjectSection, ReadRef};
+
+use super::GoError;
+
+/// Largest DWARF section we decompress: Go's runtime+stdlib DWARF is tens of MiB.
+const MAX_SECTION: u64 = 512 << 20;
+/// Most type DIEs we index; a real Go binary has well under a million.
+const MAX_TYPES: usize = 4_000_000;
+/// Longest member path followed through typedefs/anonymous structs.
+const MAX_HOPS: usize = 16;
+
+#[derive(Debug, Default)]
+pub struct TypeDie {
+    pub tag: u16,
+    pub name: Option<String>,
+    pub byte_size: Option<u64>,
+    pub type_ref: Option<u64>,
+    /// DW_TAG_array_type: DW_AT_count (or upper_bound + 1) of its subrange.
+    pub count: Option<u64>,
+    pub members: Vec<Member>,
+}
+
+#[derive(Debug)]
+pub struct Member {
+    pub name: String,
+    pub offset: u64,
+    pub type_ref: Option<u64>,
+}
+
+enum IndexError {
+    Gimli(gimli::Error),
+    TooMany,
+}
+
+impl From<gimli::Error> for IndexError {
+    fn from(e: gimli::Error) -> Self {
+        IndexError::Gimli(e)
+    }
+}
+
+/// Type DIEs by global .debug_info offset, and named structs by name.
+pub struct Types {
+    by_offset: HashMap<u64, TypeDie>,
+    struct_by_name: HashMap<String, u64>,
+}
+
+/// Load the DWARF sections needed (`None` if the binary has no .debug_info: stripped).
+fn load_section<'d, R: ReadRef<'d>>(
+    file: &object::File<'d, R>,
+    name: &str,
+) -> Result<Cow<'d, [u8]>, GoError> {
+    let Some(section) = file.section_by_name(name) else {
+        return Ok(Cow::Borrowed(&[]));
+    };
+    let bad = |what: String| GoError::Malformed {
+        what: format!("DWARF section {name}: {what}"),
+    };
+    let compressed = section
+        .compressed_data()
+        .map_err(|e| bad(format!("unreadable compression header ({e})")))?;
+    match compressed.format {
+        CompressionFormat::None | CompressionFormat::Zlib => {}
+        // Go writes zlib; zstd would decompress without a size bound in `object`.
+        other => return Err(bad(format!("unsupported compression {other:?}"))),
+    }
+    if compressed.uncompressed_size > MAX_SECTION {
+        return Err(bad(format!(
+            "claims {} bytes uncompressed, over the {MAX_SECTION}-byte cap",
+            compressed.uncompressed_size
+        )));
+    }
+    compressed
+        .decompress()
+        .map_err(|e| bad(format!("cannot decompress ({e})")))
+}
+
+pub fn has_debug_info<'d, R: ReadRef<'d>>(file: &object::File<'d, R>) -> bool {
+    file.section_by_name(".debug_info").is_some()
+}
+
+impl Types {
+    /// Index every type DIE of interest in the binary's .debug_info.
+    pub fn load<'d, R: ReadRef<'d>>(file: &object::File<'d, R>) -> Result<Types, GoError> {
+        let info = load_section(file, ".debug_info")?;
+        let abbrev = load_section(file, ".debug_abbrev")?;
+        let str_ = load_section(file, ".debug_str")?;
+        let dwarf = gimli::Dwarf {
+            debug_info: gimli::DebugInfo::new(&info, LittleEndian),
+            debug_abbrev: gimli::DebugAbbrev::new(&abbrev, LittleEndian),
+            debug_str: gimli::DebugStr::new(&str_, LittleEndian),
+            ..Default::default()
+        };
+        Self::index(&dwarf).map_err(|e| GoError::Malformed {
+            what: match e {
+                IndexError::Gimli(e) => format!("DWARF .debug_info: {e}"),
+                IndexError::TooMany => format!("DWARF .debug_info has over {MAX_TYPES} types"),
+            },
+        })
+    }
+
+    fn index(dwarf: &gimli::Dwarf<EndianSlice<'_, LittleEndian>>) -> Result<Types, IndexError> {
+        let mut by_offset = HashMap::new();
+        let mut struct_by_name = HashMap::new();
+        let mut units = dwarf.units();
+        while let Some(header) = units.next()? {
+            // Not `dwarf.unit()`: that also parses the line program, which we do not need.
+            let abbrevs = dwarf.abbreviations(&header)?;
+            let base = match header.offset() {
+                UnitSectionOffset::DebugInfoOffset(o) => o.0 as u64,
+                _ => continue,
+            };
+            let mut entries = header.entries(&abbrevs);
+            // The struct or array whose children (members, subranges) we are reading.
+            let mut parent: Option<(isize, u64)> = None;
+            let mut depth: isize = 0;
+            while let Some((delta, entry)) = entries.next_dfs()? {
+                depth += delta;
+                if parent.is_some_and(|(d, _)| depth <= d) {
+                    parent = None;
+                }
+                let off = base + entry.offset().0 as u64;
+                let tag = entry.tag();
+                let name = || -> gimli::Result<Option<String>> {
+                    Ok(match entry.attr_value(gimli::DW_AT_name)? {
+                        // Go writes names inline (DW_FORM_string); accept .debug_str too.
+                        Some(AttributeValue::String(s)) => Some(s.to_string_lossy().into_owned()),
+                        Some(AttributeValue::DebugStrRef(o)) => {
+                            Some(dwarf.debug_str.get_str(o)?.to_string_lossy().into_owned())
+                        }
+                        _ => None,
+                    })
+                };
+                let type_ref =
+                    |entry: &gimli::DebuggingInformationEntry<_>| -> gimli::Result<Option<u64>> {
+                        Ok(match entry.attr_value(gimli::DW_AT_type)? {
+                            Some(AttributeValue::UnitRef(r)) => Some(base + r.0 as u64),
+                            Some(AttributeValue::DebugInfoRef(DebugInfoOffset(r))) => {
+                                Some(r as u64)
+                            }
+                            _ => None,
+                        })
+                    };
+                let udata = |at| -> gimli::Result<Option<u64>> {
+                    Ok(entry.attr_value(at)?.and_then(|v| v.udata_value()))
+                };
+                match tag {
+                    gimli::DW_TAG_structure_type
+                    | gimli::DW_TAG_array_type
+                    | gimli::DW_TAG_typedef
+                    | gimli::DW_TAG_base_type
+                    | gimli::DW_TAG_pointer_type => {
+                        if by_offset.len() >= MAX_TYPES {
+                            return Err(IndexError::TooMany);
+                        }
+                        let name = name()?;
+                        if tag == gimli::DW_TAG_structure_type {
+                            if let Some(n) = &name {
+                                struct_by_name.entry(n.clone()).or_insert(off);
+                            }
+                        }
+                        by_offset.insert(
+                            off,
+                            TypeDie {
+                                tag: tag.0,
+                                name,
+                                byte_size: udata(gimli::DW_AT_byte_size)?,
+                                type_ref: type_ref(entry)?,
+                                ..Default::default()
+                            },
+                        );
+                        if matches!(tag, gimli::DW_TAG_structure_type | gimli::DW_TAG_array_type)
+                            && entry.has_children()
+                        {
+                            parent = Some((depth, off));
+                        }
+                    }
+                    gimli::DW_TAG_member => {
+                        if let (Some((_, p)), Some(n)) = (parent, name()?) {
+                            let offset = udata(gimli::DW_AT_data_member_location)?;
+                            let t = type_ref(entry)?;
+                            if let (Some(die), Some(offset)) = (by_offset.get_mut(&p), offset) {
+                                die.members.push(Member {
+                                    name: n,
+                                    offset,
+                                    type_ref: t,
+                                });
+                            }
+                        }
+                    }
+                    gimli::DW_TAG_subrange_type => {
+                        if let Some((_, p)) = parent {
+                            let count = match udata(gimli::DW_AT_count)? {
+                                Some(c) => Some(c),
+                                None => {
+                                    udata(gimli::DW_AT_upper_bound)?.and_then(|u| u.checked_add(1))
+                                }
+                            };
+                            if let Some(die) = by_offset.get_mut(&p) {
+                                die.count = count;
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(Types {
+            by_offset,
+            struct_by_name,
+        })
+    }
+
+    pub fn struct_named(&self, name: &str) -> Option<&TypeDie> {
+        self.by_offset.get(self.struct_by_name.get(name)?)
+    }
+
+    /// Follow typedefs to the underlying type.
+    pub fn resolve(&self, mut off: u64) -> Option<&TypeDie> {
+        for _ in 0..MAX_HOPS {
+            let t = self.by_offset.get(&off)?;
+            if t.tag != gimli::DW_TAG_typedef.0 {
+                return Some(t);
+            }
+            off = t.type_ref?;
+        }
+        None
+    }
+
+    /// Offset from the start of struct `root` of the member at `path` (e.g. ["gFree", "n"]),
+    /// and that member's type.
+    pub fn member_path(&self, root: &str, path: &[&str]) -> Option<(u64, &TypeDie)> {
+        let mut t = self.struct_named(root)?;
+        let mut offset = 0u64;
+        for (hop, name) in path.iter().enumerate() {
+            if hop >= MAX_HOPS {
+                return None;
+            }
+            let m = t.members.iter().find(|m| m.name == *name)?;
+            offset = offset.checked_add(m.offset)?;
+            t = self.resolve(m.type_ref?)?;
+        }
+        Some((offset, t))
+    }
+}

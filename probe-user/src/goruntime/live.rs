@@ -1,0 +1,311 @@
+//! Reading a running Go process's scheduler statistics: its executable through /proc/PID/exe,
+//! its memory with process_vm_readv(2).
+//!
+//! /proc/PID/exe opens the very file the process runs, even from another mount namespace (a
+//! container). process_vm_readv, unlike opening /proc/PID/mem (mode 0600, owned by the target),
+//! needs no file permission, only ptrace access: of another user's process that is CAP_SYS_PTRACE (ptrace
+//! access mode PTRACE_MODE_ATTACH_FSCREDS).
+use std::{fs::File, os::unix::fs::MetadataExt, path::Path};
+
+use serde::Serialize;
+
+use super::{GoError, Layout, MAX_BINARY, Scheme};
+
+/// Most Ps (GOMAXPROCS) we walk in runtime.allp; the runtime caps GOMAXPROCS at 1<<8 ... 1<<16
+/// depending on version (runtime/proc.go _MaxGomaxprocs).
+const MAX_PROCS: u64 = 1 << 16;
+
+/// Goroutine counts as runtime.gcount computes them (proc.go): all g's ever allocated
+/// (allglen) minus those on the global and per-P free lists. `live` includes system goroutines
+/// (GC workers, finalizer, ...); `system` is sched.ngsys.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Goroutines {
+    pub allglen: u64,
+    pub live: i64,
+    pub system: i64,
+}
+
+/// The sched-latency histogram in runtime/metrics form: `boundaries` (seconds, from -Inf to
+/// +Inf) has one more element than `counts` (underflow first, overflow last when present).
+#[derive(Clone, Debug, Serialize)]
+pub struct LatencyHist {
+    #[serde(skip)]
+    pub scheme: Scheme,
+    pub boundaries: Vec<f64>,
+    pub counts: Vec<u64>,
+    pub total: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Stats {
+    pub pid: u32,
+    pub go_version: String,
+    pub pie: bool,
+    pub gomaxprocs: i32,
+    pub goroutines: Option<Goroutines>,
+    pub sched_latencies: LatencyHist,
+}
+
+/// The executable, opened through /proc/PID/exe.
+pub fn open_exe(pid: u32) -> Result<(File, std::fs::Metadata), GoError> {
+    let path = format!("/proc/{pid}/exe");
+    let f = File::open(&path).map_err(|e| {
+        // /proc/PID exists but has no exe: a kernel thread (or a zombie).
+        if e.kind() == std::io::ErrorKind::NotFound && Path::new(&format!("/proc/{pid}")).exists() {
+            return GoError::NotGo {
+                why: "the process has no executable (a kernel thread, or exiting)",
+            };
+        }
+        gone_or(pid, e, format!("opening {path}"))
+    })?;
+    let meta = f
+        .metadata()
+        .map_err(|e| gone_or(pid, e, format!("stat {path}")))?;
+    if meta.len() > MAX_BINARY {
+        return Err(GoError::Unsupported {
+            what: format!(
+                "{path} is {} bytes, over the {MAX_BINARY}-byte cap",
+                meta.len()
+            ),
+        });
+    }
+    Ok((f, meta))
+}
+
+/// Analyse the process's executable, reading only the parts parsed (ELF headers, .symtab,
+/// .go.buildinfo, DWARF): Go binaries run to hundreds of MiB, the daemon's memory is capped.
+pub fn analyse_exe(pid: u32) -> Result<(Layout, std::fs::Metadata), GoError> {
+    let (f, meta) = open_exe(pid)?;
+    let cache = object::ReadCache::new(f);
+    let layout = super::analyse(&cache)?;
+    Ok((layout, meta))
+}
+
+/// Analyse the process's executable and read its statistics.
+pub fn read(pid: u32) -> Result<Stats, GoError> {
+    let (layout, meta) = analyse_exe(pid)?;
+    read_with(pid, &layout, &meta)
+}
+
+/// Read statistics with an already-analysed layout (`exe` = metadata of /proc/PID/exe).
+pub fn read_with(pid: u32, layout: &Layout, exe: &std::fs::Metadata) -> Result<Stats, GoError> {
+    let bias = if layout.pie {
+        load_bias(pid, layout, exe)?
+    } else {
+        0
+    };
+    let mem = Mem(pid);
+    let path = "process memory";
+    let at = |addr: u64| addr.wrapping_add(bias);
+    let read = |addr: u64, buf: &mut [u8], what: &str| -> Result<(), GoError> {
+        mem.read_exact_at(buf, addr).map_err(|e| {
+            gone_or(
+                pid,
+                e,
+                format!(
+                    "reading {what} ({} bytes at {addr:#x}) from {path}",
+                    buf.len()
+                ),
+            )
+        })
+    };
+    let u = |b: &[u8]| -> u64 {
+        let mut w = [0u8; 8];
+        w[..b.len().min(8)].copy_from_slice(&b[..b.len().min(8)]);
+        u64::from_le_bytes(w)
+    };
+
+    let mut b4 = [0u8; 4];
+    read(at(layout.gomaxprocs), &mut b4, "runtime.gomaxprocs")?;
+    let gomaxprocs = i32::from_le_bytes(b4);
+
+    // The whole histogram in one read; the runtime adds to it atomically meanwhile, so each
+    // counter is a consistent 8-byte value (aligned: proc.go checks timeToRun's alignment).
+    let h = &layout.hist;
+    let mut buf = vec![0u8; h.size as usize];
+    read(
+        at(layout.sched.wrapping_add(h.offset)),
+        &mut buf,
+        "runtime.sched.timeToRun",
+    )?;
+    let word = |off: u64| u(&buf[off as usize..off as usize + 8]);
+    let n = h.scheme.counts_len();
+    let counts: Vec<u64> = (0..n as u64).map(|i| word(h.counts + 8 * i)).collect();
+    let underflow = word(h.underflow);
+    let overflow = h.overflow.map_or(0, word);
+    let counts = h.scheme.metrics_counts(&counts, underflow, overflow);
+    let total = counts.iter().fold(0u64, |a, c| a.saturating_add(*c));
+    let sched_latencies = LatencyHist {
+        scheme: h.scheme,
+        boundaries: h.scheme.metrics_boundaries(),
+        counts,
+        total,
+    };
+
+    let mut b8 = [0u8; 8];
+    read(at(layout.allglen), &mut b8, "runtime.allglen")?;
+    let allglen = u64::from_le_bytes(b8);
+    let goroutines = match &layout.gcount {
+        None => None,
+        Some(g) => {
+            let field = |addr: u64, f: super::Field, what: &str| -> Result<i64, GoError> {
+                let mut b = [0u8; 8];
+                let b = &mut b[..f.size as usize];
+                read(at(addr.wrapping_add(f.offset)), b, what)?;
+                // int32 fields: sign-extend.
+                Ok(if f.size == 4 {
+                    i64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                } else {
+                    u(b) as i64
+                })
+            };
+            let mut free = 0i64;
+            for f in &g.sched_free {
+                free = free.saturating_add(field(layout.sched, *f, "runtime.sched.gFree")?);
+            }
+            let system = field(layout.sched, g.ngsys, "runtime.sched.ngsys")?;
+            // allp is a []*p: {data, len, cap} (runtime2.go).
+            let mut slice = [0u8; 16];
+            read(at(g.allp), &mut slice, "runtime.allp")?;
+            let (data, len) = (u(&slice[..8]), u(&slice[8..]));
+            if len > MAX_PROCS {
+                return Err(GoError::Malformed {
+                    what: format!("runtime.allp has {len} entries (over {MAX_PROCS})"),
+                });
+            }
+            let mut ptrs = vec![0u8; 8 * len as usize];
+            // allp's backing array is heap memory: absolute address, no bias.
+            read_abs(&mem, data, &mut ptrs, pid, path)?;
+            for p in ptrs.chunks_exact(8) {
+                let p = u(p);
+                if p == 0 {
+                    continue;
+                }
+                let mut b = [0u8; 8];
+                let f = g.p_free;
+                let b = &mut b[..f.size as usize];
+                read_abs(&mem, p.wrapping_add(f.offset), b, pid, path)?;
+                let v = i64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                free = free.saturating_add(v);
+            }
+            Some(super::live::Goroutines {
+                allglen,
+                live: (allglen as i64).saturating_sub(free),
+                system,
+            })
+        }
+    };
+    Ok(Stats {
+        pid,
+        go_version: layout.version.clone(),
+        pie: layout.pie,
+        gomaxprocs,
+        goroutines,
+        sched_latencies,
+    })
+}
+
+fn read_abs(mem: &Mem, addr: u64, buf: &mut [u8], pid: u32, path: &str) -> Result<(), GoError> {
+    mem.read_exact_at(buf, addr).map_err(|e| {
+        gone_or(
+            pid,
+            e,
+            format!("reading {} bytes at {addr:#x} from {path}", buf.len()),
+        )
+    })
+}
+
+/// Another process's memory, read with process_vm_readv(2).
+struct Mem(u32);
+
+impl Mem {
+    fn read_exact_at(&self, buf: &mut [u8], addr: u64) -> std::io::Result<()> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let local = libc::iovec {
+                iov_base: buf[done..].as_mut_ptr().cast(),
+                iov_len: buf.len() - done,
+            };
+            let remote = libc::iovec {
+                iov_base: (addr.wrapping_add(done as u64)) as usize as *mut libc::c_void,
+                iov_len: buf.len() - done,
+            };
+            // SAFETY: `local` covers the unread tail of `buf`, which we exclusively borrow; the
+            // kernel checks the remote range and fails with EFAULT rather than touching ours.
+            let n =
+                unsafe { libc::process_vm_readv(self.0 as libc::pid_t, &local, 1, &remote, 1, 0) };
+            match n {
+                n if n < 0 => return Err(std::io::Error::last_os_error()),
+                0 => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "address not mapped in the process",
+                    ));
+                }
+                n => done += n as usize,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where the executable's file offset 0 is mapped, minus its link-time address.
+fn load_bias(pid: u32, layout: &Layout, exe: &std::fs::Metadata) -> Result<u64, GoError> {
+    let path = format!("/proc/{pid}/maps");
+    let maps =
+        std::fs::read_to_string(&path).map_err(|e| gone_or(pid, e, format!("reading {path}")))?;
+    let start = exe_mapping(
+        &maps,
+        exe.ino(),
+        libc::major(exe.dev()),
+        libc::minor(exe.dev()),
+    )
+    .ok_or_else(|| GoError::Malformed {
+        what: format!("{path} has no mapping of the executable at file offset 0"),
+    })?;
+    Ok(start.wrapping_sub(layout.base_vaddr))
+}
+
+/// Start of the mapping of (dev major:minor, inode) at file offset 0 in a maps file.
+pub fn exe_mapping(maps: &str, ino: u64, major: u32, minor: u32) -> Option<u64> {
+    maps.lines().find_map(|l| {
+        let mut f = l.split_ascii_whitespace();
+        let range = f.next()?;
+        let _perms = f.next()?;
+        let offset = u64::from_str_radix(f.next()?, 16).ok()?;
+        let (ma, mi) = f.next()?.split_once(':')?;
+        let inode: u64 = f.next()?.parse().ok()?;
+        let ok = offset == 0
+            && inode == ino
+            && u32::from_str_radix(ma, 16).ok()? == major
+            && u32::from_str_radix(mi, 16).ok()? == minor;
+        ok.then(|| u64::from_str_radix(range.split_once('-')?.0, 16).ok())
+            .flatten()
+    })
+}
+
+/// An I/O error on /proc/PID/...: "process exited" if /proc/PID is gone, else the error.
+fn gone_or(pid: u32, e: std::io::Error, what: String) -> GoError {
+    if !Path::new(&format!("/proc/{pid}")).exists() || e.raw_os_error() == Some(libc::ESRCH) {
+        return GoError::ProcessGone { pid };
+    }
+    GoError::Io { what, source: e }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exe_mapping;
+
+    #[test]
+    fn finds_exe_mapping() {
+        let maps = "\
+55d0c0000000-55d0c0100000 r--p 00000000 08:01 1234 /usr/bin/other
+55d0c1000000-55d0c1100000 r--p 00001000 fd:00 777 /app/gosched-pie
+55d0c2000000-55d0c2100000 r--p 00000000 fd:00 777 /app/gosched-pie
+7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]
+";
+        assert_eq!(exe_mapping(maps, 777, 0xfd, 0), Some(0x55d0c2000000));
+        assert_eq!(exe_mapping(maps, 777, 8, 1), None);
+        assert_eq!(exe_mapping("garbage\n- - - -", 777, 0xfd, 0), None);
+    }
+}

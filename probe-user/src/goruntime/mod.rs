@@ -1,0 +1,296 @@
+//! Go programs read from outside, with no probe: the runtime keeps its own scheduling-latency
+//! histogram (`runtime.sched.timeToRun`, the data behind runtime/metrics'
+//! /sched/latencies:seconds), `runtime.gomaxprocs` and the goroutine bookkeeping in ordinary
+//! globals. This module finds them in the ELF file (symbols from .symtab, layouts from DWARF;
+//! pure, no root) and `live` reads them with process_vm_readv.
+//!
+//! The binaries parsed here may be planted by anyone while we run as root: nothing in this
+//! module panics or allocates without a cap on malformed input.
+pub mod buildinfo;
+pub mod dwarf;
+pub mod hist;
+pub mod live;
+
+use object::{Object, ObjectSegment, ObjectSymbol, ReadRef};
+
+pub use self::{buildinfo::GoVersion, hist::Scheme};
+
+/// Largest executable we parse (read fully into memory).
+pub const MAX_BINARY: u64 = 2 << 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GoError {
+    #[error("not a Go program: {why}")]
+    NotGo { why: &'static str },
+    #[error(
+        "Go binary ({version}) is stripped (-s -w): no DWARF, so the layout of runtime.schedt is \
+         unknown; rebuild it without -ldflags='-s -w' to read its scheduler statistics"
+    )]
+    Stripped { version: String },
+    #[error(
+        "Go binary ({version}) has no .symtab entry for {symbol}: it was linked with -s; rebuild \
+         without -ldflags=-s"
+    )]
+    MissingSymbol {
+        version: String,
+        symbol: &'static str,
+    },
+    #[error("Go binary ({version}): {what} not found in its DWARF (Go version not supported?)")]
+    MissingDwarf { version: String, what: String },
+    #[error(
+        "Go binary ({version}): unknown runtime.timeHistogram layout (counts[{len}], overflow field: \
+         {has_overflow}); schedlat knows Go 1.17-1.19 (counts[720]) and 1.20+ (counts[160] + overflow)"
+    )]
+    UnknownHistogram {
+        version: String,
+        len: u64,
+        has_overflow: bool,
+    },
+    #[error("malformed binary: {what}")]
+    Malformed { what: String },
+    #[error("unsupported binary: {what}")]
+    Unsupported { what: String },
+    #[error("no process with pid {pid} (it exited, or never existed)")]
+    ProcessGone { pid: u32 },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl GoError {
+    /// Errors about the target the user chose (exit code 2), not failures of schedlat.
+    pub fn is_usage(&self) -> bool {
+        !matches!(self, GoError::Io { .. })
+    }
+}
+
+/// A field to read: offset and size (4 or 8 bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Field {
+    pub offset: u64,
+    pub size: u64,
+}
+
+/// Where `sched.timeToRun` is and how it is laid out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistLayout {
+    /// Offset of `timeToRun` in `runtime.schedt` (runtime/runtime2.go).
+    pub offset: u64,
+    /// sizeof(runtime.timeHistogram).
+    pub size: u64,
+    /// Offsets inside the histogram.
+    pub counts: u64,
+    pub underflow: u64,
+    pub overflow: Option<u64>,
+    pub scheme: Scheme,
+}
+
+/// What runtime.gcount (proc.go) subtracts from allglen: free g's on the global and per-P free
+/// lists, and (depending on the caller) system goroutines.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GCountLayout {
+    /// Free-list sizes inside runtime.schedt: 1.19 `gFree.n`; 1.27 `gFree.stack.size` and
+    /// `gFree.noStack.size`.
+    pub sched_free: Vec<Field>,
+    /// `runtime.schedt.ngsys`.
+    pub ngsys: Field,
+    /// Free-list size inside runtime.p: 1.19 `gFree.n`; 1.27 `gFree.size`.
+    pub p_free: Field,
+    /// Address of `runtime.allp` ([]*p).
+    pub allp: u64,
+}
+
+/// Everything needed to read a Go process's scheduler statistics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub version: String,
+    /// True for position-independent executables (ELF ET_DYN): symbol addresses need the load
+    /// bias of the running process.
+    pub pie: bool,
+    /// Page-aligned virtual address of the PT_LOAD segment at file offset 0.
+    pub base_vaddr: u64,
+    pub sched: u64,
+    pub gomaxprocs: u64,
+    pub allglen: u64,
+    pub hist: HistLayout,
+    /// None if this Go version's free-list fields are not recognised.
+    pub gcount: Option<GCountLayout>,
+}
+
+/// Whether `data` is a Go program, and its version.
+pub fn go_version<'d, R: ReadRef<'d>>(data: R) -> Result<String, GoError> {
+    let file = parse_elf(data)?;
+    buildinfo::version(&file)
+}
+
+fn parse_elf<'d, R: ReadRef<'d>>(data: R) -> Result<object::File<'d, R>, GoError> {
+    let file = object::File::parse(data).map_err(|_| GoError::NotGo {
+        why: "not an ELF file",
+    })?;
+    if file.format() != object::BinaryFormat::Elf {
+        return Err(GoError::NotGo {
+            why: "not an ELF file",
+        });
+    }
+    if !file.is_64() || !file.is_little_endian() {
+        return Err(GoError::Unsupported {
+            what: "only 64-bit little-endian Go binaries are supported".into(),
+        });
+    }
+    Ok(file)
+}
+
+/// Analyse a Go executable: its bytes (`&[u8]`), or a `&object::ReadCache<File>` that reads
+/// only the parts parsed (headers, symbols, the DWARF sections), not the whole file.
+pub fn analyse<'d, R: ReadRef<'d>>(data: R) -> Result<Layout, GoError> {
+    let file = parse_elf(data)?;
+    let version = buildinfo::version(&file)?;
+    if !dwarf::has_debug_info(&file) {
+        return Err(GoError::Stripped { version });
+    }
+    let parsed = GoVersion::parse(&version);
+
+    let mut want: [(&'static str, Option<u64>); 4] = [
+        ("runtime.sched", None),
+        ("runtime.gomaxprocs", None),
+        ("runtime.allglen", None),
+        ("runtime.allp", None),
+    ];
+    for sym in file.symbols() {
+        let Ok(name) = sym.name_bytes() else { continue };
+        if let Some(w) = want.iter_mut().find(|w| w.0.as_bytes() == name) {
+            w.1.get_or_insert(sym.address());
+        }
+    }
+    let sym = |i: usize| {
+        want[i].1.ok_or(GoError::MissingSymbol {
+            version: version.clone(),
+            symbol: want[i].0,
+        })
+    };
+    let (sched, gomaxprocs, allglen) = (sym(0)?, sym(1)?, sym(2)?);
+
+    let types = dwarf::Types::load(&file)?;
+    let missing = |what: &str| GoError::MissingDwarf {
+        version: version.clone(),
+        what: what.to_owned(),
+    };
+    let (offset, th) = types
+        .member_path("runtime.schedt", &["timeToRun"])
+        .ok_or_else(|| missing("runtime.schedt.timeToRun"))?;
+    let member = |name: &str| th.members.iter().find(|m| m.name == name);
+    let counts = member("counts").ok_or_else(|| missing("runtime.timeHistogram.counts"))?;
+    let underflow =
+        member("underflow").ok_or_else(|| missing("runtime.timeHistogram.underflow"))?;
+    let overflow = member("overflow").map(|m| m.offset);
+    let arr = counts
+        .type_ref
+        .and_then(|t| types.resolve(t))
+        .filter(|a| a.tag == gimli::DW_TAG_array_type.0)
+        .ok_or_else(|| missing("the array type of runtime.timeHistogram.counts"))?;
+    let len = arr.count.unwrap_or(0);
+    let scheme = Scheme::from_shape(len, overflow.is_some()).ok_or(GoError::UnknownHistogram {
+        version: version.clone(),
+        len,
+        has_overflow: overflow.is_some(),
+    })?;
+    // Both schemes count in 8-byte words (uint64 / atomic.Uint64): check rather than assume.
+    if arr.byte_size != Some(len * 8) {
+        return Err(missing(&format!(
+            "8-byte elements in runtime.timeHistogram.counts (array of {len} is {:?} bytes)",
+            arr.byte_size
+        )));
+    }
+    // The version, where known, must agree with the layout (the shape changed in Go 1.20).
+    if let Some(v) = &parsed {
+        let new = v.at_least(1, 20);
+        if new != (scheme == Scheme::MinMaxBits) || !v.at_least(1, 17) {
+            return Err(GoError::UnknownHistogram {
+                version: version.clone(),
+                len,
+                has_overflow: overflow.is_some(),
+            });
+        }
+    }
+    let size = th
+        .byte_size
+        // A real timeHistogram is under 6 KiB; the cap keeps a forged size from sizing a buffer.
+        .filter(|s| *s <= 1 << 16)
+        .filter(|s| {
+            let end = |o: u64| o.checked_add(8).is_some_and(|e| e <= *s);
+            counts.offset.checked_add(len * 8).is_some_and(|e| e <= *s)
+                && end(underflow.offset)
+                && overflow.is_none_or(end)
+        })
+        .ok_or_else(|| missing("a consistent size of runtime.timeHistogram"))?;
+    let hist = HistLayout {
+        offset,
+        size,
+        counts: counts.offset,
+        underflow: underflow.offset,
+        overflow,
+        scheme,
+    };
+
+    let gcount = want[3].1.and_then(|allp| gcount_layout(&types, allp));
+
+    // The load bias is computed against the segment mapped from file offset 0.
+    let base_vaddr = file
+        .segments()
+        .find(|s| s.file_range().0 == 0)
+        .map(|s| s.address() & !0xfff)
+        .ok_or_else(|| GoError::Malformed {
+            what: "no loadable segment at file offset 0".into(),
+        })?;
+    Ok(Layout {
+        version,
+        pie: file.kind() == object::ObjectKind::Dynamic,
+        base_vaddr,
+        sched,
+        gomaxprocs,
+        allglen,
+        hist,
+        gcount,
+    })
+}
+
+/// The fields runtime.gcount reads, for the Go versions whose names we know.
+fn gcount_layout(types: &dwarf::Types, allp: u64) -> Option<GCountLayout> {
+    let field = |root: &str, path: &[&str]| {
+        let (offset, t) = types.member_path(root, path)?;
+        let size = t.byte_size.filter(|s| *s == 4 || *s == 8)?;
+        Some(Field { offset, size })
+    };
+    // atomic.Int32 is a struct { noCopy; value int32 } (internal/runtime/atomic/types.go).
+    let ngsys = field("runtime.schedt", &["ngsys"])
+        .filter(|f| f.size == 4)
+        .or_else(|| field("runtime.schedt", &["ngsys", "value"]))?;
+    // Go 1.19 (runtime2.go): gFree struct { ...; n int32 } in both schedt and p.
+    if let (Some(s), Some(p)) = (
+        field("runtime.schedt", &["gFree", "n"]),
+        field("runtime.p", &["gFree", "n"]),
+    ) {
+        return Some(GCountLayout {
+            sched_free: vec![s],
+            ngsys,
+            p_free: p,
+            allp,
+        });
+    }
+    // Go 1.27 (runtime2.go, proc.go): gList/gQueue carry `size int32`.
+    let s1 = field("runtime.schedt", &["gFree", "stack", "size"])?;
+    let s2 = field("runtime.schedt", &["gFree", "noStack", "size"])?;
+    let p = field("runtime.p", &["gFree", "size"])?;
+    Some(GCountLayout {
+        sched_free: vec![s1, s2],
+        ngsys,
+        p_free: p,
+        allp,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,187 @@
+//! Tests on the Go fixtures built by `cargo xtask setup` (target/go-fixtures, found through
+//! SCHEDLAT_GO_FIXTURES) and on malformed input derived from them.
+use std::path::PathBuf;
+
+use super::*;
+
+/// Every `<dir>/<go version>/` under the fixture root; None (skip) outside CI when unset.
+fn fixture_versions() -> Option<Vec<PathBuf>> {
+    let Some(root) = std::env::var_os("SCHEDLAT_GO_FIXTURES") else {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("SCHEDLAT_GO_FIXTURES is unset under CI: run the tests via `cargo xtask test`");
+        }
+        eprintln!(
+            "\n*** SKIPPED Go fixture tests: SCHEDLAT_GO_FIXTURES is unset (run `cargo xtask \
+             setup`, then SCHEDLAT_GO_FIXTURES=target/go-fixtures cargo test) ***\n"
+        );
+        return None;
+    };
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("SCHEDLAT_GO_FIXTURES={}: {e}", root.to_string_lossy()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    assert!(
+        dirs.len() >= 2,
+        "expected fixtures of two Go versions in {dirs:?}: run `cargo xtask setup`"
+    );
+    Some(dirs)
+}
+
+fn read(p: &std::path::Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn fixtures_resolve() {
+    let Some(dirs) = fixture_versions() else {
+        return;
+    };
+    for dir in dirs {
+        let dir_version = dir.file_name().unwrap().to_string_lossy().into_owned();
+        for (name, pie) in [("gosched", false), ("gosched-pie", true)] {
+            let l = analyse(&read(&dir.join(name))[..])
+                .unwrap_or_else(|e| panic!("{}/{name}: {e}", dir.display()));
+            // The directory is named by `go env GOVERSION` of the toolchain that built it.
+            assert_eq!(l.version, dir_version);
+            assert_eq!(l.pie, pie, "{name}");
+            let v = GoVersion::parse(&l.version).unwrap();
+            let want = if v.at_least(1, 20) {
+                Scheme::MinMaxBits
+            } else {
+                Scheme::SuperSub
+            };
+            assert_eq!(l.hist.scheme, want, "{name} {}", l.version);
+            assert!(l.sched != 0 && l.gomaxprocs != 0 && l.allglen != 0);
+            assert!(l.gcount.is_some(), "{name} {}: gcount fields", l.version);
+            assert_eq!(l.hist.offset % 8, 0, "proc.go requires 8-byte alignment");
+            // Reading parts on demand (as the daemon does) gives the same layout.
+            let cache = object::ReadCache::new(std::fs::File::open(dir.join(name)).unwrap());
+            assert_eq!(analyse(&cache).unwrap(), l, "{name}: ReadCache");
+            eprintln!(
+                "{name} {}: schedt.timeToRun @{} size {} ({:?}), gcount {:?}",
+                l.version, l.hist.offset, l.hist.size, l.hist.scheme, l.gcount
+            );
+        }
+        let stripped = read(&dir.join("gosched-stripped"));
+        assert_eq!(go_version(&stripped[..]).unwrap(), dir_version);
+        let e = analyse(&stripped[..]).unwrap_err();
+        assert!(matches!(e, GoError::Stripped { .. }), "{e}");
+        assert!(e.to_string().contains("-s -w"), "{e}");
+    }
+}
+
+#[test]
+fn not_go() {
+    let me = read(&std::env::current_exe().unwrap());
+    let e = analyse(&me[..]).unwrap_err();
+    assert!(matches!(e, GoError::NotGo { .. }), "{e}");
+    for junk in [&b""[..], b"\x7fELF", b"#!/bin/sh\necho hi\n"] {
+        assert!(matches!(analyse(junk), Err(GoError::NotGo { .. })));
+    }
+}
+
+/// Truncations, garbage and random byte mutations of real Go binaries: errors, never panics.
+#[test]
+fn malformed_never_panics() {
+    let Some(dirs) = fixture_versions() else {
+        return;
+    };
+    // xorshift: deterministic, so a failure reproduces.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for dir in dirs {
+        let orig = read(&dir.join("gosched"));
+        for cut in [
+            0,
+            16,
+            64,
+            4096,
+            orig.len() / 3,
+            orig.len() / 2,
+            orig.len() - 1,
+        ] {
+            let _ = analyse(&orig[..cut]);
+        }
+        // Mutate where the parser looks: ELF/section headers, buildinfo and DWARF sections.
+        let file = object::File::parse(&*orig).unwrap();
+        let mut hot: Vec<(usize, usize)> = vec![(0, 64)];
+        for s in object::Object::sections(&file) {
+            let name = object::ObjectSection::name(&s).unwrap_or("");
+            if name.contains("debug_info")
+                || name.contains("debug_abbrev")
+                || name == ".go.buildinfo"
+                || name == ".symtab"
+            {
+                if let Some((o, l)) = object::ObjectSection::file_range(&s) {
+                    hot.push((o as usize, (l as usize).min(1 << 20)));
+                }
+            }
+        }
+        // Section header table.
+        let shoff = u64::from_le_bytes(orig[0x28..0x30].try_into().unwrap()) as usize;
+        hot.push((shoff, orig.len() - shoff));
+        let mut buf = orig.clone();
+        for round in 0..60 {
+            buf.copy_from_slice(&orig);
+            let (o, l) = hot[round % hot.len()];
+            for _ in 0..(1 + rnd() % 16) {
+                let i = o + (rnd() as usize % l.max(1));
+                if i < buf.len() {
+                    buf[i] = rnd() as u8;
+                }
+            }
+            let _ = analyse(&buf[..]);
+            // The daemon's path: parts read on demand.
+            if round % 4 == 0 {
+                let _ = analyse(&object::ReadCache::new(std::io::Cursor::new(&buf[..])));
+            }
+        }
+        let garbage: Vec<u8> = (0..100_000).map(|_| rnd() as u8).collect();
+        assert!(analyse(&garbage[..]).is_err());
+    }
+}
+
+/// Go < 1.18 wrote the version through pointers (flags bit 1 clear). Rewrite a real binary's
+/// .go.buildinfo into that format, keeping everything inside the section's loaded segment.
+#[test]
+fn old_pointer_buildinfo() {
+    let Some(dirs) = fixture_versions() else {
+        return;
+    };
+    let mut data = read(&dirs[0].join("gosched"));
+    let want = GoVersion::parse(&go_version(&data[..]).unwrap())
+        .unwrap()
+        .raw;
+    let (off, addr) = {
+        let file = object::File::parse(&*data).unwrap();
+        let s = object::Object::section_by_name(&file, ".go.buildinfo").unwrap();
+        let (off, _) = object::ObjectSection::file_range(&s).unwrap();
+        (off as usize, object::ObjectSection::address(&s))
+    };
+    let b = &mut data[off..off + 64 + want.len()];
+    b[14] = 8; // pointer size
+    b[15] = 0; // little-endian, pointer format
+    b[16..24].copy_from_slice(&(addr + 32).to_le_bytes()); // -> string header at +32
+    b[32..40].copy_from_slice(&(addr + 64).to_le_bytes()); // string data at +64
+    b[40..48].copy_from_slice(&(want.len() as u64).to_le_bytes());
+    b[64..].copy_from_slice(want.as_bytes());
+    assert_eq!(go_version(&data[..]).unwrap(), want);
+    // A length past the cap, and a pointer outside every segment: errors, no panic.
+    data[off + 40..off + 48].copy_from_slice(&u64::MAX.to_le_bytes());
+    assert!(matches!(
+        go_version(&data[..]),
+        Err(GoError::Malformed { .. })
+    ));
+    data[off + 16..off + 24].copy_from_slice(&u64::MAX.to_le_bytes());
+    assert!(matches!(
+        go_version(&data[..]),
+        Err(GoError::Malformed { .. })
+    ));
+}

@@ -1,0 +1,491 @@
+//! The daemon's Go programs: at each scrape, find the selected Go processes (new ones are
+//! picked up, exited ones dropped, no restart), read their runtime's own scheduler statistics
+//! from memory (crate::goruntime::live) and export them by (binary, cgroup), no pid label.
+//!
+//! Cost: a stat of /proc/PID/exe per process per scrape; each distinct executable is
+//! classified (Go or not, layout) once and cached by device and inode; then a few preads per
+//! Go process. Nothing runs in the target processes.
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    fs::File,
+    os::unix::fs::{FileExt, MetadataExt},
+    sync::Arc,
+};
+
+use prometheus::proto::{Bucket, Histogram as PromHist, Metric, MetricFamily, MetricType};
+use tracing::warn;
+
+use crate::{
+    config::GoConfig,
+    goruntime::{self, GoError, Layout, Scheme},
+    metrics::{counter, family, gauge, label},
+};
+
+/// Cached classifications of executables; cleared when full (re-classified on demand).
+const MAX_CACHE: usize = 4096;
+/// Prometheus buckets: powers of two from 2^9 ns (512 ns) to 2^47 ns (~39 h). Both known Go
+/// layouts have a boundary at each of these, so no Go bucket straddles one (runtime/histogram.go).
+const FIRST_BIT: u32 = 9;
+const LAST_BIT: u32 = 47;
+
+/// Upper bounds (exclusive, ns) of the Prometheus buckets for `per_octave` (1, 2 or 4; the
+/// finest both Go layouts support is 4 per power of two).
+pub fn prom_bounds_ns(per_octave: u32) -> Vec<u64> {
+    let per = per_octave.clamp(1, 4);
+    let mut v = Vec::new();
+    for bit in FIRST_BIT..LAST_BIT {
+        for j in 0..per {
+            v.push((1u64 << bit) + (u64::from(j) << bit) / u64::from(per));
+        }
+    }
+    v.push(1u64 << LAST_BIT);
+    v
+}
+
+/// Go counts (runtime/metrics order: underflow, counts..., [overflow]) to non-cumulative
+/// counts per Prometheus bucket (`bounds.len() + 1`, last = +Inf), and a lower-bound estimate
+/// of the sum in ns (the runtime keeps no sum; each sample counted at its bucket's lower
+/// bound, as Prometheus' Go client does for runtime/metrics histograms).
+pub fn to_prom(scheme: Scheme, metrics_counts: &[u64], bounds: &[u64]) -> (Vec<u64>, f64) {
+    let mut out = vec![0u64; bounds.len() + 1];
+    let mut sum = 0f64;
+    let n = scheme.counts_len();
+    for (idx, &c) in metrics_counts.iter().enumerate() {
+        if c == 0 {
+            continue;
+        }
+        let (slot, lower) = match idx {
+            // Underflow (negative durations: a clock step) goes to the first bucket.
+            0 => (0, 0),
+            i if i <= n => {
+                let k = i - 1;
+                let slot = match scheme.upper_ns(k) {
+                    Some(hi) => bounds.partition_point(|&b| b < hi),
+                    None => bounds.len(),
+                };
+                (slot, scheme.lower_ns(k))
+            }
+            // Overflow: >= 2^47 ns.
+            _ => (bounds.len(), 1u64 << LAST_BIT),
+        };
+        out[slot] = out[slot].saturating_add(c);
+        sum += c as f64 * lower as f64;
+    }
+    (out, sum)
+}
+
+enum Class {
+    NotGo,
+    Go(Arc<Layout>),
+    /// A Go program we cannot read (stripped, unknown layout): the reason label.
+    Unreadable(&'static str),
+}
+
+#[derive(Default)]
+struct Series {
+    /// Counts of processes gone since the daemon started (so the series never goes back).
+    base: Vec<u64>,
+    base_sum: f64,
+    /// The last reading of each live pid.
+    live: HashMap<u32, (Vec<u64>, f64)>,
+    seen: HashSet<u32>,
+    gomaxprocs: i64,
+    goroutines: i64,
+    processes: u64,
+}
+
+pub struct GoWatcher {
+    cfg: GoConfig,
+    bounds: Vec<u64>,
+    self_pid: u32,
+    cache: HashMap<(u64, u64), Class>,
+    series: BTreeMap<(String, String), Series>,
+    errors: BTreeMap<&'static str, u64>,
+    skipped: usize,
+    warned: HashSet<(u64, u64)>,
+}
+
+fn reason(e: &GoError) -> &'static str {
+    match e {
+        GoError::Stripped { .. } | GoError::MissingSymbol { .. } => "stripped",
+        GoError::MissingDwarf { .. } | GoError::UnknownHistogram { .. } => "unsupported_version",
+        GoError::Unsupported { .. } | GoError::Malformed { .. } => "unsupported_binary",
+        GoError::ProcessGone { .. } => "exited",
+        GoError::NotGo { .. } => "not_go",
+        GoError::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
+            "permission"
+        }
+        GoError::Io { .. } => "read_failed",
+    }
+}
+
+/// Cheap Go check with a few preads (no full read): does the ELF have a .go.buildinfo section?
+fn has_buildinfo_section(f: &File) -> bool {
+    let mut eh = [0u8; 64];
+    if f.read_exact_at(&mut eh, 0).is_err() || &eh[..4] != b"\x7fELF" || eh[4] != 2 || eh[5] != 1 {
+        return false;
+    }
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as u64;
+    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
+    let (shoff, shentsize, shnum, shstrndx) = (
+        u64_at(&eh, 0x28),
+        u16_at(&eh, 0x3a),
+        u16_at(&eh, 0x3c),
+        u16_at(&eh, 0x3e),
+    );
+    if shentsize != 64 || shnum == 0 || shstrndx >= shnum {
+        return false;
+    }
+    let mut sh = vec![0u8; (shnum * 64) as usize]; // <= 64 Ki * 64 B = 4 MiB
+    if f.read_exact_at(&mut sh, shoff).is_err() {
+        return false;
+    }
+    let str_hdr = &sh[(shstrndx * 64) as usize..][..64];
+    let (str_off, str_size) = (u64_at(str_hdr, 0x18), u64_at(str_hdr, 0x20));
+    if str_size > 1 << 20 {
+        return false;
+    }
+    let mut names = vec![0u8; str_size as usize];
+    if f.read_exact_at(&mut names, str_off).is_err() {
+        return false;
+    }
+    sh.chunks_exact(64).any(|h| {
+        let name = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        names
+            .get(name..)
+            .is_some_and(|n| n.starts_with(b".go.buildinfo\0"))
+    })
+}
+
+impl GoWatcher {
+    pub fn new(cfg: GoConfig, per_octave: u32) -> Self {
+        Self {
+            cfg,
+            bounds: prom_bounds_ns(per_octave),
+            self_pid: std::process::id(),
+            cache: HashMap::new(),
+            series: BTreeMap::new(),
+            errors: BTreeMap::new(),
+            skipped: 0,
+            warned: HashSet::new(),
+        }
+    }
+
+    fn count_error(&mut self, r: &'static str) {
+        *self.errors.entry(r).or_default() += 1;
+    }
+
+    fn classify(&mut self, pid: u32, key: (u64, u64)) -> Option<&Class> {
+        if !self.cache.contains_key(&key) {
+            let f = File::open(format!("/proc/{pid}/exe")).ok()?;
+            let class = if !has_buildinfo_section(&f) {
+                Class::NotGo
+            } else {
+                match goruntime::live::analyse_exe(pid).map(|(l, _)| l) {
+                    Ok(l) => Class::Go(Arc::new(l)),
+                    Err(GoError::ProcessGone { .. }) => return None,
+                    // Permission and I/O failures belong to this process, not its executable:
+                    // counted now, not cached.
+                    Err(e @ GoError::Io { .. }) => {
+                        warn!(pid, error = %e, "reading a Go process's executable");
+                        self.count_error(reason(&e));
+                        return None;
+                    }
+                    Err(e) => {
+                        warn!(pid, error = %e, "Go process not readable; counted in schedlat_go_read_errors_total");
+                        Class::Unreadable(reason(&e))
+                    }
+                }
+            };
+            if self.cache.len() >= MAX_CACHE {
+                self.cache.clear();
+            }
+            self.cache.insert(key, class);
+        }
+        self.cache.get(&key)
+    }
+
+    /// Whether `pid` passes the configured selectors (all pass when none is set).
+    fn selected(&self, pid: u32, exe_path: &str, cgroup: &str) -> bool {
+        let c = &self.cfg;
+        if c.binaries.is_empty() && c.comms.is_empty() && c.cgroups.is_empty() {
+            return true;
+        }
+        if c.binaries.iter().any(|b| b == exe_path) {
+            return true;
+        }
+        if !c.comms.is_empty() {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if c.comms.iter().any(|x| x == comm.trim_end_matches('\n')) {
+                return true;
+            }
+        }
+        c.cgroups.iter().any(|p| {
+            let p = p.trim_end_matches('/');
+            cgroup == p || p.is_empty() || cgroup.starts_with(&format!("{p}/"))
+        })
+    }
+
+    /// Scan /proc and read every selected Go process.
+    pub fn scrape(&mut self) {
+        let mut found: Vec<(u32, Arc<Layout>, std::fs::Metadata, String, String)> = Vec::new();
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            self.count_error("proc_unreadable");
+            return;
+        };
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if pid == self.self_pid {
+                continue;
+            }
+            // Kernel threads and processes that just exited have no exe: not ours.
+            let Ok(meta) = std::fs::metadata(format!("/proc/{pid}/exe")) else {
+                continue;
+            };
+            let exe_path = std::fs::read_link(format!("/proc/{pid}/exe"))
+                .map(|p| {
+                    p.to_string_lossy()
+                        .trim_end_matches(" (deleted)")
+                        .to_owned()
+                })
+                .unwrap_or_default();
+            let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+                })
+                .unwrap_or_else(|| crate::metrics::UNKNOWN.to_owned());
+            if !self.selected(pid, &exe_path, &cgroup) {
+                continue;
+            }
+            // Only selected processes' executables are classified (and read, if Go).
+            let key = (meta.dev(), meta.ino());
+            let layout = match self.classify(pid, key) {
+                None | Some(Class::NotGo) => continue,
+                Some(Class::Go(l)) => Some(l.clone()),
+                Some(Class::Unreadable(_)) => None,
+            };
+            match layout {
+                Some(l) => {
+                    let binary = exe_path.rsplit('/').next().unwrap_or("").to_owned();
+                    found.push((pid, l, meta, binary, cgroup));
+                }
+                None => {
+                    // Selected but unreadable: counted once per executable, not per scrape.
+                    if self.warned.insert(key) {
+                        if let Some(Class::Unreadable(r)) = self.cache.get(&key) {
+                            let r = *r;
+                            self.count_error(r);
+                        }
+                    }
+                }
+            }
+        }
+        found.sort_by_key(|f| f.0);
+        self.skipped = found.len().saturating_sub(self.cfg.max_processes);
+        found.truncate(self.cfg.max_processes);
+
+        for s in self.series.values_mut() {
+            s.seen.clear();
+            s.gomaxprocs = 0;
+            s.goroutines = 0;
+            s.processes = 0;
+        }
+        for (pid, layout, meta, binary, cgroup) in found {
+            let stats = match goruntime::live::read_with(pid, &layout, &meta) {
+                Ok(s) => s,
+                Err(e) => {
+                    let r = reason(&e);
+                    if r != "exited" {
+                        warn!(pid, error = %e, "reading Go runtime statistics");
+                    }
+                    self.count_error(r);
+                    continue;
+                }
+            };
+            let mut key = (binary, cgroup);
+            if !self.series.contains_key(&key) && self.series.len() >= self.cfg.max_series {
+                key = ("other".into(), "other".into());
+            }
+            let h = &stats.sched_latencies;
+            let (counts, sum) = to_prom(h.scheme, &h.counts, &self.bounds);
+            let s = self.series.entry(key).or_default();
+            if s.base.is_empty() {
+                s.base = vec![0; self.bounds.len() + 1];
+            }
+            let total: u64 = counts.iter().sum();
+            // A smaller total under the same pid is a new process that reused it: bank the old one.
+            if let Some((old, old_sum)) = s.live.get(&pid) {
+                if old.iter().sum::<u64>() > total {
+                    for (b, o) in s.base.iter_mut().zip(old) {
+                        *b = b.saturating_add(*o);
+                    }
+                    s.base_sum += old_sum;
+                }
+            }
+            s.live.insert(pid, (counts, sum));
+            s.seen.insert(pid);
+            s.gomaxprocs += i64::from(stats.gomaxprocs);
+            s.goroutines += stats.goroutines.as_ref().map_or(0, |g| g.live);
+            s.processes += 1;
+        }
+        // Processes gone (or not readable this time): their last counts join the base.
+        for s in self.series.values_mut() {
+            let Series {
+                base,
+                base_sum,
+                live,
+                seen,
+                ..
+            } = s;
+            live.retain(|pid, (c, sum)| {
+                if seen.contains(pid) {
+                    return true;
+                }
+                for (b, o) in base.iter_mut().zip(c.iter()) {
+                    *b = b.saturating_add(*o);
+                }
+                *base_sum += *sum;
+                false
+            });
+        }
+    }
+
+    pub fn families(&self) -> Vec<MetricFamily> {
+        let mut hists = Vec::new();
+        let (mut maxprocs, mut gors, mut procs) = (Vec::new(), Vec::new(), Vec::new());
+        for ((binary, cgroup), s) in &self.series {
+            let labels = || vec![label("binary", binary), label("cgroup", cgroup)];
+            let mut counts = s.base.clone();
+            let mut sum = s.base_sum;
+            for (c, su) in s.live.values() {
+                for (a, b) in counts.iter_mut().zip(c) {
+                    *a = a.saturating_add(*b);
+                }
+                sum += su;
+            }
+            let mut p = PromHist::default();
+            let mut cum = 0u64;
+            let mut buckets = Vec::new();
+            for (i, &le) in self.bounds.iter().enumerate() {
+                cum = cum.saturating_add(counts[i]);
+                let mut b = Bucket::default();
+                // Largest whole ns the bucket holds: Go buckets are [lo, hi) in ns.
+                b.set_upper_bound((le - 1) as f64 / 1e9);
+                b.set_cumulative_count(cum);
+                buckets.push(b);
+            }
+            cum = cum.saturating_add(counts[self.bounds.len()]);
+            p.set_bucket(buckets);
+            p.set_sample_count(cum);
+            p.set_sample_sum(sum / 1e9);
+            let mut m = Metric::default();
+            m.set_label(labels());
+            m.set_histogram(p);
+            hists.push(m);
+            if s.processes > 0 {
+                maxprocs.push(gauge(labels(), s.gomaxprocs as f64));
+                gors.push(gauge(labels(), s.goroutines as f64));
+                procs.push(gauge(labels(), s.processes as f64));
+            }
+        }
+        let mut out = Vec::new();
+        out.extend(family(
+            "schedlat_go_sched_latency_seconds",
+            "Go runtime's own goroutine scheduling latency (runnable to running; the runtime samples 1 transition in 8), read from sched.timeToRun of the selected Go processes, summed by binary and cgroup. _sum is a lower-bound estimate (bucket lower bounds).",
+            MetricType::HISTOGRAM,
+            hists,
+        ));
+        out.extend(family(
+            "schedlat_go_gomaxprocs",
+            "GOMAXPROCS, summed over the live processes of the binary in the cgroup.",
+            MetricType::GAUGE,
+            maxprocs,
+        ));
+        out.extend(family(
+            "schedlat_go_goroutines",
+            "Goroutines (allglen minus free g's, system goroutines included), summed over the live processes of the binary in the cgroup.",
+            MetricType::GAUGE,
+            gors,
+        ));
+        out.extend(family(
+            "schedlat_go_processes",
+            "Go processes read at this scrape.",
+            MetricType::GAUGE,
+            procs,
+        ));
+        out.extend(family(
+            "schedlat_go_processes_skipped",
+            "Selected Go processes not read at this scrape because of go.max_processes.",
+            MetricType::GAUGE,
+            vec![gauge(vec![], self.skipped as f64)],
+        ));
+        out.extend(family(
+            "schedlat_go_read_errors_total",
+            "Go processes that could not be read, by reason (stripped and unsupported counted once per executable).",
+            MetricType::COUNTER,
+            self.errors
+                .iter()
+                .map(|(r, n)| counter(vec![label("reason", r)], *n as f64))
+                .collect(),
+        ));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every Go bucket lands whole in one Prometheus bucket: its [lo, hi) lies within
+    /// (previous bound, bound], for both layouts and every supported resolution.
+    #[test]
+    fn go_buckets_never_straddle() {
+        for scheme in [Scheme::SuperSub, Scheme::MinMaxBits] {
+            for per in [1, 2, 4, 8] {
+                let bounds = prom_bounds_ns(per);
+                assert!(bounds.windows(2).all(|w| w[0] < w[1]));
+                for k in 0..scheme.counts_len() {
+                    let mut c = vec![0u64; scheme.counts_len() + 2];
+                    c[k + 1] = 1;
+                    let (out, sum) = to_prom(scheme, &c, &bounds);
+                    let slot = out.iter().position(|&x| x == 1).unwrap();
+                    let lo = scheme.lower_ns(k);
+                    assert_eq!(sum, lo as f64);
+                    if slot > 0 {
+                        assert!(lo >= bounds[slot - 1], "{scheme:?} {per} k={k}");
+                    }
+                    if let (Some(hi), Some(b)) = (scheme.upper_ns(k), bounds.get(slot)) {
+                        assert!(hi <= *b, "{scheme:?} {per} k={k}");
+                    }
+                }
+                // Underflow to the first bucket, overflow to +Inf.
+                let c = scheme.metrics_counts(&vec![0; scheme.counts_len()], 3, 5);
+                let (out, _) = to_prom(scheme, &c, &bounds);
+                assert_eq!(out[0], 3);
+                assert_eq!(
+                    out[bounds.len()],
+                    if scheme == Scheme::MinMaxBits { 5 } else { 0 }
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn cheap_go_check() {
+        let me = File::open(std::env::current_exe().unwrap()).unwrap();
+        assert!(!has_buildinfo_section(&me));
+        if let Some(root) = std::env::var_os("SCHEDLAT_GO_FIXTURES") {
+            for d in std::fs::read_dir(root).unwrap() {
+                let d = d.unwrap().path();
+                for n in ["gosched", "gosched-pie", "gosched-stripped"] {
+                    let f = File::open(d.join(n)).unwrap();
+                    assert!(has_buildinfo_section(&f), "{}/{n}", d.display());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,3 @@
+module schedlat.test/gofixtures
+
+go 1.19

@@ -1,0 +1,163 @@
+// gosched: goroutine scheduling contention under a GOMAXPROCS limit, then the runtime's own
+// view of it from runtime/metrics, the oracle for `schedlat go-stats`.
+//
+// Protocol (stdout is one JSON object per line):
+//
+//	-> {"ready":true,"pid":P,"go_version":"go1.x.y"}
+//	<- go
+//	   load phase: CPU-bound goroutines > GOMAXPROCS, plus goroutines sleeping and waking
+//	-> {"gomaxprocs":N,"goroutines":N,"sched_latencies":{"buckets":[...],"counts":[...]},...}
+//	<- metrics      (any number of times: read and print runtime/metrics again)
+//	-> {...}
+//	<- exit
+//
+// Between commands the program only blocks reading stdin, so a reader outside sees the
+// counts change only through the runtime's own background goroutines (scavenger, GC).
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"runtime"
+	"runtime/metrics"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// Not the machine's CPU count, so a reader that guesses from the host cannot match by luck.
+const maxProcs = 3
+
+type hist struct {
+	// Bucket boundaries as strings: -Inf/+Inf are not valid JSON numbers.
+	Buckets []string `json:"buckets"`
+	Counts  []uint64 `json:"counts"`
+}
+
+func main() {
+	runtime.GOMAXPROCS(maxProcs)
+	in := bufio.NewScanner(os.Stdin)
+	emit(map[string]any{"ready": true, "pid": os.Getpid(), "go_version": runtime.Version()})
+	expect(in, "go")
+	load()
+	emit(readMetrics())
+	for in.Scan() {
+		switch in.Text() {
+		case "metrics":
+			emit(readMetrics())
+		case "exit":
+			return
+		default:
+			fmt.Fprintf(os.Stderr, "gosched: unknown command %q\n", in.Text())
+			os.Exit(1)
+		}
+	}
+	fmt.Fprintln(os.Stderr, "gosched: stdin closed before exit:", in.Err())
+	os.Exit(1)
+}
+
+func emit(v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "gosched: encoding JSON:", err)
+		os.Exit(1)
+	}
+	os.Stdout.Write(append(b, '\n'))
+}
+
+func expect(in *bufio.Scanner, word string) {
+	if !in.Scan() || in.Text() != word {
+		fmt.Fprintf(os.Stderr, "gosched: expected %q on stdin, got %q (err %v)\n", word, in.Text(), in.Err())
+		os.Exit(1)
+	}
+}
+
+// load: 4*GOMAXPROCS spinning goroutines that yield, and 16 that sleep 1 ms and wake 40 times.
+func load() {
+	var wg sync.WaitGroup
+	deadline := time.Now().Add(300 * time.Millisecond)
+	for i := 0; i < 4*maxProcs; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			x := uint64(1)
+			for time.Now().Before(deadline) {
+				for j := 0; j < 20000; j++ {
+					x = x*6364136223846793005 + 1442695040888963407
+				}
+				runtime.Gosched()
+			}
+			sink(x)
+		}()
+	}
+	for i := 0; i < 16; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := 0; j < 40; j++ {
+				time.Sleep(time.Millisecond)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+var sinkMu sync.Mutex
+var sinkV uint64
+
+func sink(x uint64) {
+	sinkMu.Lock()
+	sinkV += x
+	sinkMu.Unlock()
+}
+
+func readMetrics() map[string]any {
+	supported := map[string]bool{}
+	for _, d := range metrics.All() {
+		supported[d.Name] = true
+	}
+	names := []string{
+		"/sched/latencies:seconds",
+		"/sched/gomaxprocs:threads",
+		"/sched/goroutines:goroutines",
+		// Go >= 1.22 only.
+		"/sched/pauses/total/gc:seconds",
+	}
+	var samples []metrics.Sample
+	for _, n := range names {
+		if supported[n] {
+			samples = append(samples, metrics.Sample{Name: n})
+		}
+	}
+	metrics.Read(samples)
+	out := map[string]any{"go_version": runtime.Version()}
+	for _, s := range samples {
+		var v any
+		switch s.Value.Kind() {
+		case metrics.KindUint64:
+			v = s.Value.Uint64()
+		case metrics.KindFloat64Histogram:
+			h := s.Value.Float64Histogram()
+			bs := make([]string, len(h.Buckets))
+			for i, b := range h.Buckets {
+				bs[i] = strconv.FormatFloat(b, 'g', -1, 64)
+			}
+			v = hist{Buckets: bs, Counts: h.Counts}
+		default:
+			continue
+		}
+		switch s.Name {
+		case "/sched/latencies:seconds":
+			out["sched_latencies"] = v
+		case "/sched/gomaxprocs:threads":
+			out["gomaxprocs"] = v
+		case "/sched/goroutines:goroutines":
+			out["goroutines"] = v
+		case "/sched/pauses/total/gc:seconds":
+			out["pauses_total_gc"] = v
+		}
+	}
+	return out
+}

@@ -1,0 +1,411 @@
+//! `schedlat go-stats` against the Go runtime's own runtime/metrics, on Go 1.19 and a current
+//! Go, plain and PIE. Both read the same memory: /sched/latencies:seconds is
+//! `sched.timeToRun` (runtime/metrics.go of 1.19.8 copies underflow + counts; 1.27.3 calls
+//! timeHistogram.write: underflow, counts, overflow), so the counts must match exactly.
+use std::process::Command;
+
+use schedlat_tests::{
+    TestCgroup,
+    gofixture::{GoFixture, go_fixture_versions},
+    privileged_or_skip, run_schedlat,
+    scrape::{Daemon, get, promtool_check, sample},
+};
+use serde_json::Value;
+
+fn go_stats(pid: u32) -> Value {
+    let out = run_schedlat(&["go-stats", "--pid", &pid.to_string(), "--format", "json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "go-stats --pid {pid}: {:?}\n{stderr}",
+        out.status
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("go-stats output is not JSON ({e}): {stderr}"))
+}
+
+fn counts(v: &Value) -> Vec<u64> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|c| c.as_u64().unwrap())
+        .collect()
+}
+
+/// The goroutine count runtime/metrics reports, from go-stats' live and system counts.
+/// Go 1.19.8 metrics.go: gcount(), which excludes system goroutines (sched.ngsys);
+/// Go 1.27.3 metrics.go: schedStats.gTotal = gcount(true), which includes them.
+fn metrics_goroutines(version: &str, stats: &Value) -> i64 {
+    let g = &stats["goroutines"];
+    let (live, sys) = (g["live"].as_i64().unwrap(), g["system"].as_i64().unwrap());
+    let v = if version.starts_with("go1.19.") {
+        live - sys
+    } else if version.starts_with("go1.27.") {
+        live
+    } else {
+        panic!("{version}: check which gcount runtime/metrics.go uses, then add it here")
+    };
+    v.max(1) // gcount clamps to 1
+}
+
+#[test]
+fn go_stats_match_runtime_metrics() {
+    for (version, dir) in go_fixture_versions() {
+        for name in ["gosched", "gosched-pie"] {
+            let what = format!("{version}/{name}");
+            let mut fx = GoFixture::start(&dir.join(name));
+            let after_load = fx.go();
+            let samples: u64 = counts(&after_load["sched_latencies"]["counts"])
+                .iter()
+                .sum();
+            assert!(
+                samples > 100,
+                "{what}: the load phase left only {samples} samples"
+            );
+            // Counters only grow. Read from outside (A), ask the program (M), read again (B):
+            // A <= M <= B bucket by bucket, and when nothing ran in between (A == B), M == A.
+            let mut exact = false;
+            for round in 0..20 {
+                let a = go_stats(fx.pid);
+                let m = fx.metrics();
+                let b = go_stats(fx.pid);
+                assert_eq!(a["go_version"], Value::String(version.clone()), "{what}");
+                assert_eq!(a["pie"], Value::Bool(name.ends_with("-pie")), "{what}");
+                assert_eq!(a["gomaxprocs"], m["gomaxprocs"], "{what}: gomaxprocs");
+                let bounds: Vec<f64> = m["sched_latencies"]["buckets"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s.as_str().unwrap().parse::<f64>().unwrap())
+                    .collect();
+                let ours: Vec<f64> = a["sched_latencies"]["boundaries"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| match v {
+                        // serde_json writes infinities as null.
+                        Value::Null => f64::NAN,
+                        v => v.as_f64().unwrap(),
+                    })
+                    .collect();
+                assert_eq!(ours.len(), bounds.len(), "{what}: number of boundaries");
+                for (i, (o, g)) in ours.iter().zip(&bounds).enumerate() {
+                    assert!(
+                        o == g || (o.is_nan() && g.is_infinite()),
+                        "{what}: boundary {i}: ours {o}, runtime/metrics {g}"
+                    );
+                }
+                let (ca, cm, cb) = (
+                    counts(&a["sched_latencies"]["counts"]),
+                    counts(&m["sched_latencies"]["counts"]),
+                    counts(&b["sched_latencies"]["counts"]),
+                );
+                assert_eq!(ca.len(), cm.len(), "{what}: number of buckets");
+                for i in 0..ca.len() {
+                    assert!(
+                        ca[i] <= cm[i] && cm[i] <= cb[i],
+                        "{what}: bucket {i} (from {}): before {} runtime/metrics {} after {}",
+                        bounds[i],
+                        ca[i],
+                        cm[i],
+                        cb[i]
+                    );
+                }
+                let total: u64 = cm.iter().sum();
+                assert!(
+                    total > 100,
+                    "{what}: the load phase left only {total} samples"
+                );
+                if ca == cb && a["goroutines"] == b["goroutines"] {
+                    assert_eq!(ca, cm, "{what}: quiescent, so counts must be equal");
+                    assert_eq!(
+                        metrics_goroutines(&version, &a),
+                        m["goroutines"].as_i64().unwrap(),
+                        "{what}: goroutines, go-stats {} vs runtime/metrics {}",
+                        a["goroutines"],
+                        m["goroutines"]
+                    );
+                    eprintln!(
+                        "{what}: equal in round {round}: {total} samples in {} buckets, \
+                         gomaxprocs {}, goroutines {}",
+                        cm.len(),
+                        m["gomaxprocs"],
+                        m["goroutines"]
+                    );
+                    exact = true;
+                    break;
+                }
+                eprintln!("{what}: round {round}: the runtime recorded samples meanwhile, again");
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            assert!(exact, "{what}: never quiescent over 20 rounds");
+            fx.exit();
+        }
+    }
+}
+
+fn assert_exit2(out: &std::process::Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "want exit 2: {:?}\n{stderr}",
+        out.status
+    );
+    for n in needles {
+        assert!(stderr.contains(n), "stderr lacks {n:?}:\n{stderr}");
+    }
+}
+
+#[test]
+fn go_stats_stripped_binary() {
+    for (version, dir) in go_fixture_versions() {
+        let fx = GoFixture::start(&dir.join("gosched-stripped"));
+        let out = run_schedlat(&["go-stats", "--pid", &fx.pid.to_string()]);
+        assert_exit2(
+            &out,
+            &[&version, "stripped (-s -w)", "no DWARF", "runtime.schedt"],
+        );
+    }
+}
+
+#[test]
+fn go_stats_not_go() {
+    let mut sleep = Command::new("sleep").arg("30").spawn().unwrap();
+    let out = run_schedlat(&["go-stats", "--pid", &sleep.id().to_string()]);
+    let _ = sleep.kill();
+    let _ = sleep.wait();
+    assert_exit2(&out, &["not a Go program", ".go.buildinfo"]);
+}
+
+#[test]
+fn go_stats_kernel_thread() {
+    // pid 2 is kthreadd: a process without an executable.
+    let out = run_schedlat(&["go-stats", "--pid", "2"]);
+    assert_exit2(&out, &["not a Go program", "no executable"]);
+}
+
+#[test]
+fn go_stats_exited_pid() {
+    let mut c = Command::new("true").spawn().unwrap();
+    let pid = c.id();
+    c.wait().unwrap();
+    let out = run_schedlat(&["go-stats", "--pid", &pid.to_string()]);
+    assert_exit2(&out, &[&format!("no process with pid {pid}")]);
+}
+
+// ------------------------------------------------------------------------------- daemon
+
+/// Lines of the `schedlat_go_*` series, for comparing two scrapes.
+fn go_lines(metrics: &str) -> Vec<String> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("schedlat_go_sched_latency"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Expected cumulative count at each `le` (seconds) of the daemon's histogram, from the
+/// programs' own runtime/metrics histograms: every Go bucket whose upper bound is <= le + 1 ns.
+fn expected_cumulative(ms: &[&Value], le: f64) -> u64 {
+    let limit_ns = (le * 1e9).round() + 1.0;
+    let mut n = 0;
+    for m in ms {
+        let h = &m["sched_latencies"];
+        let bounds = h["buckets"].as_array().unwrap();
+        for (i, c) in counts(&h["counts"]).iter().enumerate() {
+            let upper: f64 = bounds[i + 1].as_str().unwrap().parse().unwrap();
+            if (upper * 1e9).round() <= limit_ns {
+                n += c;
+            }
+        }
+    }
+    n
+}
+
+/// Scrape, ask every program for runtime/metrics, scrape again, until the two scrapes agree
+/// (nothing recorded in between); returns that scrape and the programs' metrics.
+fn quiescent(d: &Daemon, fxs: &mut [&mut GoFixture]) -> (String, Vec<Value>) {
+    for _ in 0..20 {
+        let a = get(&d.addr, "/metrics").expect("scrape");
+        let ms: Vec<Value> = fxs.iter_mut().map(|f| f.metrics()).collect();
+        let b = get(&d.addr, "/metrics").expect("scrape");
+        if go_lines(&a) == go_lines(&b) {
+            return (b, ms);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    panic!("Go programs never quiescent between two scrapes");
+}
+
+fn check_hist(metrics: &str, series: &str, ms: &[&Value]) {
+    let total: u64 = ms
+        .iter()
+        .map(|m| counts(&m["sched_latencies"]["counts"]).iter().sum::<u64>())
+        .sum();
+    let count = sample(
+        metrics,
+        &format!("schedlat_go_sched_latency_seconds_count{{{series}}}"),
+    )
+    .unwrap_or_else(|| panic!("no count for {series}:\n{}", go_lines(metrics).join("\n")));
+    assert_eq!(count as u64, total, "{series}: count vs runtime/metrics");
+    let prefix = format!("schedlat_go_sched_latency_seconds_bucket{{{series},le=\"");
+    let mut n = 0;
+    for l in metrics.lines().filter(|l| l.starts_with(&prefix)) {
+        let le = &l[prefix.len()..l[prefix.len()..].find('"').unwrap() + prefix.len()];
+        let v: f64 = l.rsplit(' ').next().unwrap().parse().unwrap();
+        let want = if le == "+Inf" {
+            total
+        } else {
+            expected_cumulative(ms, le.parse().unwrap())
+        };
+        assert_eq!(v as u64, want, "{series} le={le}");
+        n += 1;
+    }
+    assert!(n > 10, "{series}: only {n} buckets");
+}
+
+#[test]
+fn daemon_exports_go_runtime_metrics() {
+    if !privileged_or_skip("daemon_exports_go_runtime_metrics") {
+        return;
+    }
+    let versions = go_fixture_versions();
+    let cg = TestCgroup::create("go");
+    let dir = std::env::temp_dir().join(format!("schedlat-go-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("go.toml");
+    std::fs::write(
+        &cfg,
+        format!("[go]\nenabled = true\ncgroups = [\"{}\"]\n", cg.path()),
+    )
+    .unwrap();
+    let d = Daemon::start_with(&["--config", cfg.to_str().unwrap()]);
+    let series = format!("binary=\"gosched\",cgroup=\"{}\"", cg.path());
+
+    // One program (the newest Go), started after the daemon: picked up without restart.
+    let (_, new_dir) = versions.last().unwrap();
+    let mut a = GoFixture::start(&new_dir.join("gosched"));
+    cg.add(a.pid);
+    a.go();
+    let (m, ms) = quiescent(&d, &mut [&mut a]);
+    promtool_check(&m);
+    check_hist(&m, &series, &[&ms[0]]);
+    assert_eq!(
+        sample(&m, &format!("schedlat_go_gomaxprocs{{{series}}}")),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(&m, &format!("schedlat_go_processes{{{series}}}")),
+        Some(1.0)
+    );
+    let goroutines = sample(&m, &format!("schedlat_go_goroutines{{{series}}}")).unwrap();
+    assert!(
+        goroutines >= ms[0]["goroutines"].as_f64().unwrap(),
+        "goroutines {goroutines} vs runtime/metrics {}",
+        ms[0]["goroutines"]
+    );
+
+    // A second program with the other layout (Go 1.19) under the same binary name: one series,
+    // both histograms merged onto the same buckets.
+    let (_, old_dir) = versions.first().unwrap();
+    let mut b = GoFixture::start(&old_dir.join("gosched"));
+    cg.add(b.pid);
+    b.go();
+    let (m, ms) = quiescent(&d, &mut [&mut a, &mut b]);
+    check_hist(&m, &series, &[&ms[0], &ms[1]]);
+    assert_eq!(
+        sample(&m, &format!("schedlat_go_gomaxprocs{{{series}}}")),
+        Some(6.0)
+    );
+    assert_eq!(
+        sample(&m, &format!("schedlat_go_processes{{{series}}}")),
+        Some(2.0)
+    );
+
+    // The first exits: its final counts stay in the series (a counter never goes back).
+    let last_a = a.metrics();
+    a.exit();
+    let (m, ms) = quiescent(&d, &mut [&mut b]);
+    check_hist(&m, &series, &[&last_a, &ms[0]]);
+    assert_eq!(
+        sample(&m, &format!("schedlat_go_processes{{{series}}}")),
+        Some(1.0)
+    );
+
+    // A stripped program in the cgroup: counted as an error, not read.
+    let s = GoFixture::start(&new_dir.join("gosched-stripped"));
+    cg.add(s.pid);
+    let m = get(&d.addr, "/metrics").unwrap();
+    assert_eq!(
+        sample(&m, "schedlat_go_read_errors_total{reason=\"stripped\"}"),
+        Some(1.0),
+        "{}",
+        m.lines()
+            .filter(|l| l.contains("schedlat_go_"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    drop(s);
+    b.exit();
+    d.stop();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The daemon drops its capabilities after attaching but keeps CAP_SYS_PTRACE for [go]:
+/// without it, /proc/PID/mem of another user's process is refused.
+#[test]
+fn daemon_reads_other_users_go_processes() {
+    if !privileged_or_skip("daemon_reads_other_users_go_processes") {
+        return;
+    }
+    let (_, new_dir) = go_fixture_versions().pop().unwrap();
+    let cg = TestCgroup::create("go-user");
+    let dir = std::env::temp_dir().join(format!("schedlat-gouser-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("go.toml");
+    std::fs::write(
+        &cfg,
+        format!("[go]\nenabled = true\ncgroups = [\"{}\"]\n", cg.path()),
+    )
+    .unwrap();
+    let d = Daemon::start_with(&["--config", cfg.to_str().unwrap()]);
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(new_dir.join("gosched"));
+    let mut fx = GoFixture::start_command(cmd);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", fx.pid)).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.contains("65534")),
+        "fixture not running as nobody:\n{status}"
+    );
+    cg.add(fx.pid);
+    fx.go();
+    let (m, ms) = quiescent(&d, &mut [&mut fx]);
+    let series = format!("binary=\"gosched\",cgroup=\"{}\"", cg.path());
+    check_hist(&m, &series, &[&ms[0]]);
+    assert_eq!(
+        sample(&m, "schedlat_go_read_errors_total{reason=\"permission\"}"),
+        None,
+        "permission errors reading a nobody-owned process"
+    );
+    // Every thread kept CAP_SYS_PTRACE (bit 19) and nothing else.
+    for t in std::fs::read_dir(format!("/proc/{}/task", d.child.id())).unwrap() {
+        let status = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap();
+        let eff = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .unwrap()
+            .trim();
+        assert_eq!(
+            u64::from_str_radix(eff, 16).unwrap(),
+            1 << 19,
+            "CapEff {eff}"
+        );
+    }
+    fx.exit();
+    d.stop();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
