@@ -54,6 +54,9 @@ pub struct GoConfig {
     pub max_processes: usize,
     /// Most distinct (binary, cgroup) label sets; more are folded into binary="other".
     pub max_series: usize,
+    /// How long a (binary, cgroup) series whose processes all exited keeps being exported
+    /// with its final counts; then it is dropped (and restarts from 0 if the binary returns).
+    pub exited_series_ttl_secs: u64,
 }
 
 impl Default for GoConfig {
@@ -65,6 +68,7 @@ impl Default for GoConfig {
             cgroups: Vec::new(),
             max_processes: 256,
             max_series: 200,
+            exited_series_ttl_secs: 600,
         }
     }
 }
@@ -176,6 +180,10 @@ impl DaemonConfig {
         ),
         ("go.max_processes", "use an integer 1..=100000"),
         ("go.max_series", "use an integer 1..=100000"),
+        (
+            "go.exited_series_ttl_secs",
+            "use a whole number of seconds, e.g. 600 (0 drops a series at its first scrape without processes)",
+        ),
     ];
 
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {

@@ -92,6 +92,8 @@ struct Series {
     gomaxprocs: i64,
     goroutines: i64,
     processes: u64,
+    /// When the last process of the series was gone; None while one is live.
+    idle_since: Option<std::time::Instant>,
 }
 
 pub struct GoWatcher {
@@ -332,6 +334,18 @@ impl GoWatcher {
             s.goroutines += stats.goroutines.as_ref().map_or(0, |g| g.live);
             s.processes += 1;
         }
+        // A series whose processes all exited keeps its final counts for exited_series_ttl_secs
+        // (a last scrape sees them), then goes: exited programs must not pile up.
+        let ttl = std::time::Duration::from_secs(self.cfg.exited_series_ttl_secs);
+        let now = std::time::Instant::now();
+        self.series.retain(|_, s| {
+            if s.processes > 0 {
+                s.idle_since = None;
+                return true;
+            }
+            let since = *s.idle_since.get_or_insert(now);
+            now.duration_since(since) < ttl
+        });
         // Processes gone (or not readable this time): their last counts join the base.
         for s in self.series.values_mut() {
             let Series {

@@ -352,6 +352,79 @@ fn daemon_exports_go_runtime_metrics() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+#[test]
+fn daemon_drops_an_exited_go_programs_series_after_its_ttl() {
+    if !privileged_or_skip("daemon_drops_an_exited_go_programs_series_after_its_ttl") {
+        return;
+    }
+    let versions = go_fixture_versions();
+    let cg = TestCgroup::create("goexit");
+    let dir = std::env::temp_dir().join(format!("schedlat-goexit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("go.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[go]\nenabled = true\ncgroups = [\"{}\"]\nexited_series_ttl_secs = 2\n",
+            cg.path()
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start_with(&["--config", cfg.to_str().unwrap()]);
+    let series = format!("binary=\"gosched\",cgroup=\"{}\"", cg.path());
+    let count = |m: &str| {
+        sample(
+            m,
+            &format!("schedlat_go_sched_latency_seconds_count{{{series}}}"),
+        )
+    };
+
+    // Started after the daemon: appears.
+    let (_, new_dir) = versions.last().unwrap();
+    let mut fx = GoFixture::start(&new_dir.join("gosched"));
+    cg.add(fx.pid);
+    fx.go();
+    let m = get(&d.addr, "/metrics").unwrap();
+    let live = count(&m).unwrap_or_else(|| panic!("no series {series} while the program runs"));
+    assert!(live > 0.0);
+    assert_eq!(
+        sample(&m, &format!("schedlat_go_processes{{{series}}}")),
+        Some(1.0)
+    );
+
+    // Exits: the counts of its last reading stay for the TTL, the gauges go at once.
+    fx.exit();
+    let m = get(&d.addr, "/metrics").unwrap();
+    assert_eq!(count(&m), Some(live), "last reading kept after exit");
+    assert_eq!(
+        sample(&m, &format!("schedlat_go_processes{{{series}}}")),
+        None
+    );
+    assert_eq!(
+        sample(&m, &format!("schedlat_go_gomaxprocs{{{series}}}")),
+        None
+    );
+
+    // After the TTL: gone, and its exit was no error.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let m = get(&d.addr, "/metrics").unwrap();
+    assert!(
+        !m.contains(&series),
+        "series still exported after its TTL:\n{}",
+        m.lines()
+            .filter(|l| l.contains(&series))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let errors: Vec<&str> = m
+        .lines()
+        .filter(|l| l.starts_with("schedlat_go_read_errors_total{") && !l.ends_with(" 0"))
+        .collect();
+    assert!(errors.is_empty(), "read errors: {errors:?}");
+    assert!(d.stop().success());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// The daemon drops its capabilities after attaching but keeps CAP_SYS_PTRACE for [go]:
 /// without it, /proc/PID/mem of another user's process is refused.
 #[test]
