@@ -1,6 +1,7 @@
 //! `schedlat go-stats`: a Go process's own scheduler statistics, read from its memory (no
 //! probe, no cost to the target): GOMAXPROCS, goroutines, and the runtime's scheduling-latency
-//! histogram (the data behind runtime/metrics' /sched/latencies:seconds).
+//! histogram (the data behind runtime/metrics' /sched/latencies:seconds) and, on Go >= 1.22,
+//! its stop-the-world pause histograms (/sched/pauses/*).
 use std::fmt::Write as _;
 
 use crate::{
@@ -34,12 +35,42 @@ fn text(s: &Stats) -> String {
             g.live, g.system, g.allglen
         );
     }
-    let h = &s.sched_latencies;
-    let _ = writeln!(
-        o,
-        "scheduling latency (runtime-sampled, 1 in 8 transitions): {} samples",
-        h.total
+    hist(
+        &mut o,
+        "scheduling latency (runtime-sampled, 1 in 8 transitions)",
+        &s.sched_latencies,
     );
+    match &s.stw_pauses {
+        Some(p) => {
+            hist(
+                &mut o,
+                "stop-the-world pauses, GC: stopping",
+                &p.stopping_gc,
+            );
+            hist(&mut o, "stop-the-world pauses, GC: total", &p.total_gc);
+            hist(
+                &mut o,
+                "stop-the-world pauses, other: stopping",
+                &p.stopping_other,
+            );
+            hist(
+                &mut o,
+                "stop-the-world pauses, other: total",
+                &p.total_other,
+            );
+        }
+        None => {
+            let _ = writeln!(
+                o,
+                "stop-the-world pauses: not kept by this Go version (histograms since Go 1.22)"
+            );
+        }
+    }
+    o
+}
+
+fn hist(o: &mut String, title: &str, h: &live::LatencyHist) {
+    let _ = writeln!(o, "{title}: {} samples", h.total);
     for (i, c) in h.counts.iter().enumerate().filter(|(_, c)| **c > 0) {
         let _ = writeln!(
             o,
@@ -48,7 +79,6 @@ fn text(s: &Stats) -> String {
             secs(h.boundaries[i + 1])
         );
     }
-    o
 }
 
 fn secs(v: f64) -> String {

@@ -81,13 +81,38 @@ enum Class {
     Unreadable(&'static str),
 }
 
+/// The histograms read from each process, in Prometheus buckets with a sum estimate:
+/// scheduling latency, then the stop-the-world pauses in STW_SERIES order (empty before Go
+/// 1.22, which keeps no pause histograms).
+const NHIST: usize = 5;
+type Reading = [(Vec<u64>, f64); NHIST];
+/// (phase, kind) labels of readings 1..5.
+const STW_SERIES: [(&str, &str); 4] = [
+    ("stopping", "gc"),
+    ("stopping", "other"),
+    ("total", "gc"),
+    ("total", "other"),
+];
+
+/// Add `r` into `acc` (either may have empty vectors: a histogram nobody kept).
+fn add_reading(acc: &mut Reading, r: &Reading) {
+    for ((a, asum), (c, csum)) in acc.iter_mut().zip(r) {
+        if a.len() < c.len() {
+            a.resize(c.len(), 0);
+        }
+        for (x, y) in a.iter_mut().zip(c) {
+            *x = x.saturating_add(*y);
+        }
+        *asum += csum;
+    }
+}
+
 #[derive(Default)]
 struct Series {
     /// Counts of processes gone since the daemon started (so the series never goes back).
-    base: Vec<u64>,
-    base_sum: f64,
+    base: Reading,
     /// The last reading of each live pid.
-    live: HashMap<u32, (Vec<u64>, f64)>,
+    live: HashMap<u32, Reading>,
     seen: HashSet<u32>,
     gomaxprocs: i64,
     goroutines: i64,
@@ -312,23 +337,33 @@ impl GoWatcher {
             if !self.series.contains_key(&key) && self.series.len() >= self.cfg.max_series {
                 key = ("other".into(), "other".into());
             }
-            let h = &stats.sched_latencies;
-            let (counts, sum) = to_prom(h.scheme, &h.counts, &self.bounds);
-            let s = self.series.entry(key).or_default();
-            if s.base.is_empty() {
-                s.base = vec![0; self.bounds.len() + 1];
-            }
-            let total: u64 = counts.iter().sum();
-            // A smaller total under the same pid is a new process that reused it: bank the old one.
-            if let Some((old, old_sum)) = s.live.get(&pid) {
-                if old.iter().sum::<u64>() > total {
-                    for (b, o) in s.base.iter_mut().zip(old) {
-                        *b = b.saturating_add(*o);
-                    }
-                    s.base_sum += old_sum;
+            let bounds = &self.bounds;
+            let prom = |h: &goruntime::live::LatencyHist| to_prom(h.scheme, &h.counts, bounds);
+            let mut reading: Reading = Default::default();
+            reading[0] = prom(&stats.sched_latencies);
+            if let Some(p) = &stats.stw_pauses {
+                for (i, h) in [
+                    &p.stopping_gc,
+                    &p.stopping_other,
+                    &p.total_gc,
+                    &p.total_other,
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    reading[i + 1] = prom(h);
                 }
             }
-            s.live.insert(pid, (counts, sum));
+            let s = self.series.entry(key).or_default();
+            let total: u64 = reading[0].0.iter().sum();
+            // A smaller total under the same pid is a new process that reused it: bank the old one.
+            if let Some(old) = s.live.get(&pid) {
+                if old[0].0.iter().sum::<u64>() > total {
+                    let old = old.clone();
+                    add_reading(&mut s.base, &old);
+                }
+            }
+            s.live.insert(pid, reading);
             s.seen.insert(pid);
             s.gomaxprocs += i64::from(stats.gomaxprocs);
             s.goroutines += stats.goroutines.as_ref().map_or(0, |g| g.live);
@@ -349,57 +384,66 @@ impl GoWatcher {
         // Processes gone (or not readable this time): their last counts join the base.
         for s in self.series.values_mut() {
             let Series {
-                base,
-                base_sum,
-                live,
-                seen,
-                ..
+                base, live, seen, ..
             } = s;
-            live.retain(|pid, (c, sum)| {
+            live.retain(|pid, r| {
                 if seen.contains(pid) {
                     return true;
                 }
-                for (b, o) in base.iter_mut().zip(c.iter()) {
-                    *b = b.saturating_add(*o);
-                }
-                *base_sum += *sum;
+                add_reading(base, r);
                 false
             });
         }
     }
 
+    /// A Prometheus histogram from counts per bucket (`bounds.len() + 1`, or empty: all 0).
+    fn prom_hist(
+        &self,
+        labels: Vec<prometheus::proto::LabelPair>,
+        (counts, sum): &(Vec<u64>, f64),
+    ) -> Metric {
+        let at = |i: usize| counts.get(i).copied().unwrap_or(0);
+        let mut p = PromHist::default();
+        let mut cum = 0u64;
+        let mut buckets = Vec::new();
+        for (i, &le) in self.bounds.iter().enumerate() {
+            cum = cum.saturating_add(at(i));
+            let mut b = Bucket::default();
+            // Largest whole ns the bucket holds: Go buckets are [lo, hi) in ns.
+            b.set_upper_bound((le - 1) as f64 / 1e9);
+            b.set_cumulative_count(cum);
+            buckets.push(b);
+        }
+        cum = cum.saturating_add(at(self.bounds.len()));
+        p.set_bucket(buckets);
+        p.set_sample_count(cum);
+        p.set_sample_sum(sum / 1e9);
+        let mut m = Metric::default();
+        m.set_label(labels);
+        m.set_histogram(p);
+        m
+    }
+
     pub fn families(&self) -> Vec<MetricFamily> {
         let mut hists = Vec::new();
+        let mut stw = Vec::new();
         let (mut maxprocs, mut gors, mut procs) = (Vec::new(), Vec::new(), Vec::new());
         for ((binary, cgroup), s) in &self.series {
             let labels = || vec![label("binary", binary), label("cgroup", cgroup)];
-            let mut counts = s.base.clone();
-            let mut sum = s.base_sum;
-            for (c, su) in s.live.values() {
-                for (a, b) in counts.iter_mut().zip(c) {
-                    *a = a.saturating_add(*b);
+            let mut all = s.base.clone();
+            for r in s.live.values() {
+                add_reading(&mut all, r);
+            }
+            hists.push(self.prom_hist(labels(), &all[0]));
+            // Pause histograms only where some process keeps them (Go >= 1.22).
+            for (k, (phase, kind)) in STW_SERIES.iter().enumerate() {
+                if !all[k + 1].0.is_empty() {
+                    let mut l = labels();
+                    l.push(label("phase", phase));
+                    l.push(label("kind", kind));
+                    stw.push(self.prom_hist(l, &all[k + 1]));
                 }
-                sum += su;
             }
-            let mut p = PromHist::default();
-            let mut cum = 0u64;
-            let mut buckets = Vec::new();
-            for (i, &le) in self.bounds.iter().enumerate() {
-                cum = cum.saturating_add(counts[i]);
-                let mut b = Bucket::default();
-                // Largest whole ns the bucket holds: Go buckets are [lo, hi) in ns.
-                b.set_upper_bound((le - 1) as f64 / 1e9);
-                b.set_cumulative_count(cum);
-                buckets.push(b);
-            }
-            cum = cum.saturating_add(counts[self.bounds.len()]);
-            p.set_bucket(buckets);
-            p.set_sample_count(cum);
-            p.set_sample_sum(sum / 1e9);
-            let mut m = Metric::default();
-            m.set_label(labels());
-            m.set_histogram(p);
-            hists.push(m);
             if s.processes > 0 {
                 maxprocs.push(gauge(labels(), s.gomaxprocs as f64));
                 gors.push(gauge(labels(), s.goroutines as f64));
@@ -412,6 +456,12 @@ impl GoWatcher {
             "Go runtime's own goroutine scheduling latency (runnable to running; the runtime samples 1 transition in 8), read from sched.timeToRun of the selected Go processes, summed by binary and cgroup. _sum is a lower-bound estimate (bucket lower bounds).",
             MetricType::HISTOGRAM,
             hists,
+        ));
+        out.extend(family(
+            "schedlat_go_stw_pause_seconds",
+            "Go runtime's own stop-the-world pauses (Go >= 1.22: sched.stwStoppingTime*/stwTotalTime*, the data behind /sched/pauses/*), by phase (stopping: until every P stopped; total: the whole pause) and kind (gc, other), summed by binary and cgroup. _sum is a lower-bound estimate.",
+            MetricType::HISTOGRAM,
+            stw,
         ));
         out.extend(family(
             "schedlat_go_gomaxprocs",

@@ -116,8 +116,12 @@ fn go_stats_match_runtime_metrics() {
                     total > 100,
                     "{what}: the load phase left only {total} samples"
                 );
-                if ca == cb && a["goroutines"] == b["goroutines"] {
+                if ca == cb
+                    && a["goroutines"] == b["goroutines"]
+                    && a["stw_pauses"] == b["stw_pauses"]
+                {
                     assert_eq!(ca, cm, "{what}: quiescent, so counts must be equal");
+                    check_stw(&what, &a, &m);
                     assert_eq!(
                         metrics_goroutines(&version, &a),
                         m["goroutines"].as_i64().unwrap(),
@@ -142,6 +146,39 @@ fn go_stats_match_runtime_metrics() {
             fx.exit();
         }
     }
+}
+
+/// Stop-the-world pause histograms: equal to runtime/metrics' /sched/pauses/* on Go >= 1.22
+/// (same memory), absent before; the fixture's 3 runtime.GC() calls stop the world 6 times.
+fn check_stw(what: &str, ours: &Value, m: &Value) {
+    if m.get("pauses_total_gc").is_none() {
+        assert_eq!(
+            ours["stw_pauses"],
+            Value::Null,
+            "{what}: no STW histograms before Go 1.22"
+        );
+        return;
+    }
+    for (key, theirs) in [
+        ("stopping_gc", "pauses_stopping_gc"),
+        ("total_gc", "pauses_total_gc"),
+        ("stopping_other", "pauses_stopping_other"),
+        ("total_other", "pauses_total_other"),
+    ] {
+        let (o, t) = (
+            counts(&ours["stw_pauses"][key]["counts"]),
+            counts(&m[theirs]["counts"]),
+        );
+        assert_eq!(o, t, "{what}: {key} vs runtime/metrics {theirs}");
+    }
+    let gc: u64 = counts(&ours["stw_pauses"]["total_gc"]["counts"])
+        .iter()
+        .sum();
+    assert!(
+        gc >= 6,
+        "{what}: {gc} GC stop-the-world pauses after 3 runtime.GC() calls"
+    );
+    eprintln!("{what}: {gc} GC stop-the-world pauses, equal to runtime/metrics");
 }
 
 fn assert_exit2(out: &std::process::Output, needles: &[&str]) {
@@ -291,6 +328,38 @@ fn daemon_exports_go_runtime_metrics() {
     let (m, ms) = quiescent(&d, &mut [&mut a]);
     promtool_check(&m);
     check_hist(&m, &series, &[&ms[0]]);
+    // Its stop-the-world pauses (Go >= 1.22 keeps them), each phase and kind: the count is
+    // runtime/metrics' /sched/pauses/<phase>/<kind>:seconds total.
+    if ms[0].get("pauses_total_gc").is_some() {
+        for (phase, kind) in [
+            ("stopping", "gc"),
+            ("total", "gc"),
+            ("stopping", "other"),
+            ("total", "other"),
+        ] {
+            let want: u64 = counts(&ms[0][format!("pauses_{phase}_{kind}")]["counts"])
+                .iter()
+                .sum();
+            let got = sample(
+                &m,
+                &format!(
+                    "schedlat_go_stw_pause_seconds_count{{{series},phase=\"{phase}\",kind=\"{kind}\"}}"
+                ),
+            );
+            assert_eq!(got, Some(want as f64), "STW {phase}/{kind}");
+        }
+        assert!(
+            sample(
+                &m,
+                &format!(
+                    "schedlat_go_stw_pause_seconds_count{{{series},phase=\"total\",kind=\"gc\"}}"
+                )
+            )
+            .unwrap()
+                >= 6.0,
+            "3 runtime.GC() calls stop the world 6 times"
+        );
+    }
     assert_eq!(
         sample(&m, &format!("schedlat_go_gomaxprocs{{{series}}}")),
         Some(3.0)

@@ -988,8 +988,16 @@ fn go_server_cost(ws: &Workspace, bin: &Path, pairs: usize, quick: bool) -> Resu
     )
     .with_context(|| format!("write {}", go_cfg.display()))?;
     let mut wrk = Command::new("wrk");
-    wrk.args(["-t", "1", "-c", "16", "-d", &format!("{secs}s"), "--latency"])
-        .arg(format!("http://{addr}/"));
+    wrk.args([
+        "-t",
+        "1",
+        "-c",
+        "16",
+        "-d",
+        &format!("{secs}s"),
+        "--latency",
+    ])
+    .arg(format!("http://{addr}/"));
     let wrk_line = cmdline(&wrk);
     let mut rps: [Vec<f64>; 3] = Default::default();
     let mut scrapes: [Vec<f64>; 2] = Default::default();

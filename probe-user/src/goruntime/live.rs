@@ -44,6 +44,17 @@ pub struct Stats {
     pub gomaxprocs: i32,
     pub goroutines: Option<Goroutines>,
     pub sched_latencies: LatencyHist,
+    /// Stop-the-world pauses (Go >= 1.22; null before), runtime/metrics form.
+    pub stw_pauses: Option<StwPauses>,
+}
+
+/// /sched/pauses/{stopping,total}/{gc,other}:seconds.
+#[derive(Clone, Debug, Serialize)]
+pub struct StwPauses {
+    pub stopping_gc: LatencyHist,
+    pub stopping_other: LatencyHist,
+    pub total_gc: LatencyHist,
+    pub total_other: LatencyHist,
 }
 
 /// The executable, opened through /proc/PID/exe.
@@ -119,27 +130,34 @@ pub fn read_with(pid: u32, layout: &Layout, exe: &std::fs::Metadata) -> Result<S
     read(at(layout.gomaxprocs), &mut b4, "runtime.gomaxprocs")?;
     let gomaxprocs = i32::from_le_bytes(b4);
 
-    // The whole histogram in one read; the runtime adds to it atomically meanwhile, so each
+    // Each histogram in one read; the runtime adds to it atomically meanwhile, so each
     // counter is a consistent 8-byte value (aligned: proc.go checks timeToRun's alignment).
-    let h = &layout.hist;
-    let mut buf = vec![0u8; h.size as usize];
-    read(
-        at(layout.sched.wrapping_add(h.offset)),
-        &mut buf,
-        "runtime.sched.timeToRun",
-    )?;
-    let word = |off: u64| u(&buf[off as usize..off as usize + 8]);
-    let n = h.scheme.counts_len();
-    let counts: Vec<u64> = (0..n as u64).map(|i| word(h.counts + 8 * i)).collect();
-    let underflow = word(h.underflow);
-    let overflow = h.overflow.map_or(0, word);
-    let counts = h.scheme.metrics_counts(&counts, underflow, overflow);
-    let total = counts.iter().fold(0u64, |a, c| a.saturating_add(*c));
-    let sched_latencies = LatencyHist {
-        scheme: h.scheme,
-        boundaries: h.scheme.metrics_boundaries(),
-        counts,
-        total,
+    let hist = |h: &super::HistLayout, what: &str| -> Result<LatencyHist, GoError> {
+        let mut buf = vec![0u8; h.size as usize];
+        read(at(layout.sched.wrapping_add(h.offset)), &mut buf, what)?;
+        let word = |off: u64| u(&buf[off as usize..off as usize + 8]);
+        let n = h.scheme.counts_len();
+        let counts: Vec<u64> = (0..n as u64).map(|i| word(h.counts + 8 * i)).collect();
+        let underflow = word(h.underflow);
+        let overflow = h.overflow.map_or(0, word);
+        let counts = h.scheme.metrics_counts(&counts, underflow, overflow);
+        let total = counts.iter().fold(0u64, |a, c| a.saturating_add(*c));
+        Ok(LatencyHist {
+            scheme: h.scheme,
+            boundaries: h.scheme.metrics_boundaries(),
+            counts,
+            total,
+        })
+    };
+    let sched_latencies = hist(&layout.hist, "runtime.sched.timeToRun")?;
+    let stw_pauses = match &layout.stw {
+        None => None,
+        Some(l) => Some(StwPauses {
+            stopping_gc: hist(&l.stopping_gc, "runtime.sched.stwStoppingTimeGC")?,
+            stopping_other: hist(&l.stopping_other, "runtime.sched.stwStoppingTimeOther")?,
+            total_gc: hist(&l.total_gc, "runtime.sched.stwTotalTimeGC")?,
+            total_other: hist(&l.total_other, "runtime.sched.stwTotalTimeOther")?,
+        }),
     };
 
     let mut b8 = [0u8; 8];
@@ -202,6 +220,7 @@ pub fn read_with(pid: u32, layout: &Layout, exe: &std::fs::Metadata) -> Result<S
         gomaxprocs,
         goroutines,
         sched_latencies,
+        stw_pauses,
     })
 }
 

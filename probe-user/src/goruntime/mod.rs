@@ -88,6 +88,16 @@ pub struct HistLayout {
     pub scheme: Scheme,
 }
 
+/// runtime.schedt's stop-the-world histograms (runtime2.go, Go >= 1.22): time to stop every P,
+/// and the whole pause, for GC and for other reasons (ReadMemStats, GOMAXPROCS, ...).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StwLayout {
+    pub stopping_gc: HistLayout,
+    pub stopping_other: HistLayout,
+    pub total_gc: HistLayout,
+    pub total_other: HistLayout,
+}
+
 /// What runtime.gcount (proc.go) subtracts from allglen: free g's on the global and per-P free
 /// lists, and (depending on the caller) system goroutines.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,6 +126,8 @@ pub struct Layout {
     pub gomaxprocs: u64,
     pub allglen: u64,
     pub hist: HistLayout,
+    /// Stop-the-world pause histograms (Go >= 1.22); None before.
+    pub stw: Option<StwLayout>,
     /// None if this Go version's free-list fields are not recognised.
     pub gcount: Option<GCountLayout>,
 }
@@ -178,61 +190,25 @@ pub fn analyse<'d, R: ReadRef<'d>>(data: R) -> Result<Layout, GoError> {
         version: version.clone(),
         what: what.to_owned(),
     };
-    let (offset, th) = types
-        .member_path("runtime.schedt", &["timeToRun"])
+    let hist = hist_layout(&types, "timeToRun", &version, parsed.as_ref())?
         .ok_or_else(|| missing("runtime.schedt.timeToRun"))?;
-    let member = |name: &str| th.members.iter().find(|m| m.name == name);
-    let counts = member("counts").ok_or_else(|| missing("runtime.timeHistogram.counts"))?;
-    let underflow =
-        member("underflow").ok_or_else(|| missing("runtime.timeHistogram.underflow"))?;
-    let overflow = member("overflow").map(|m| m.offset);
-    let arr = counts
-        .type_ref
-        .and_then(|t| types.resolve(t))
-        .filter(|a| a.tag == gimli::DW_TAG_array_type.0)
-        .ok_or_else(|| missing("the array type of runtime.timeHistogram.counts"))?;
-    let len = arr.count.unwrap_or(0);
-    let scheme = Scheme::from_shape(len, overflow.is_some()).ok_or(GoError::UnknownHistogram {
-        version: version.clone(),
-        len,
-        has_overflow: overflow.is_some(),
-    })?;
-    // Both schemes count in 8-byte words (uint64 / atomic.Uint64): check rather than assume.
-    if arr.byte_size != Some(len * 8) {
-        return Err(missing(&format!(
-            "8-byte elements in runtime.timeHistogram.counts (array of {len} is {:?} bytes)",
-            arr.byte_size
-        )));
-    }
-    // The version, where known, must agree with the layout (the shape changed in Go 1.20).
-    if let Some(v) = &parsed {
-        let new = v.at_least(1, 20);
-        if new != (scheme == Scheme::MinMaxBits) || !v.at_least(1, 17) {
-            return Err(GoError::UnknownHistogram {
-                version: version.clone(),
-                len,
-                has_overflow: overflow.is_some(),
-            });
+    // Go >= 1.22 (runtime2.go): stop-the-world pause histograms next to timeToRun, the data
+    // behind /sched/pauses/{stopping,total}/{gc,other}:seconds. All four or none.
+    let stw = match (
+        hist_layout(&types, "stwStoppingTimeGC", &version, parsed.as_ref())?,
+        hist_layout(&types, "stwStoppingTimeOther", &version, parsed.as_ref())?,
+        hist_layout(&types, "stwTotalTimeGC", &version, parsed.as_ref())?,
+        hist_layout(&types, "stwTotalTimeOther", &version, parsed.as_ref())?,
+    ) {
+        (Some(stopping_gc), Some(stopping_other), Some(total_gc), Some(total_other)) => {
+            Some(StwLayout {
+                stopping_gc,
+                stopping_other,
+                total_gc,
+                total_other,
+            })
         }
-    }
-    let size = th
-        .byte_size
-        // A real timeHistogram is under 6 KiB; the cap keeps a forged size from sizing a buffer.
-        .filter(|s| *s <= 1 << 16)
-        .filter(|s| {
-            let end = |o: u64| o.checked_add(8).is_some_and(|e| e <= *s);
-            counts.offset.checked_add(len * 8).is_some_and(|e| e <= *s)
-                && end(underflow.offset)
-                && overflow.is_none_or(end)
-        })
-        .ok_or_else(|| missing("a consistent size of runtime.timeHistogram"))?;
-    let hist = HistLayout {
-        offset,
-        size,
-        counts: counts.offset,
-        underflow: underflow.offset,
-        overflow,
-        scheme,
+        _ => None,
     };
 
     let gcount = want[3].1.and_then(|allp| gcount_layout(&types, allp));
@@ -253,8 +229,79 @@ pub fn analyse<'d, R: ReadRef<'d>>(data: R) -> Result<Layout, GoError> {
         gomaxprocs,
         allglen,
         hist,
+        stw,
         gcount,
     })
+}
+
+/// The layout of the runtime.timeHistogram field `field` of runtime.schedt; None if the
+/// field does not exist in this Go version.
+fn hist_layout(
+    types: &dwarf::Types,
+    field: &str,
+    version: &str,
+    parsed: Option<&GoVersion>,
+) -> Result<Option<HistLayout>, GoError> {
+    let missing = |what: &str| GoError::MissingDwarf {
+        version: version.to_owned(),
+        what: what.to_owned(),
+    };
+    let Some((offset, th)) = types.member_path("runtime.schedt", &[field]) else {
+        return Ok(None);
+    };
+    let member = |name: &str| th.members.iter().find(|m| m.name == name);
+    let counts = member("counts").ok_or_else(|| missing("runtime.timeHistogram.counts"))?;
+    let underflow =
+        member("underflow").ok_or_else(|| missing("runtime.timeHistogram.underflow"))?;
+    let overflow = member("overflow").map(|m| m.offset);
+    let arr = counts
+        .type_ref
+        .and_then(|t| types.resolve(t))
+        .filter(|a| a.tag == gimli::DW_TAG_array_type.0)
+        .ok_or_else(|| missing("the array type of runtime.timeHistogram.counts"))?;
+    let len = arr.count.unwrap_or(0);
+    let scheme = Scheme::from_shape(len, overflow.is_some()).ok_or(GoError::UnknownHistogram {
+        version: version.to_owned(),
+        len,
+        has_overflow: overflow.is_some(),
+    })?;
+    // Both schemes count in 8-byte words (uint64 / atomic.Uint64): check rather than assume.
+    if arr.byte_size != Some(len * 8) {
+        return Err(missing(&format!(
+            "8-byte elements in runtime.timeHistogram.counts (array of {len} is {:?} bytes)",
+            arr.byte_size
+        )));
+    }
+    // The version, where known, must agree with the layout (the shape changed in Go 1.20).
+    if let Some(v) = parsed {
+        let new = v.at_least(1, 20);
+        if new != (scheme == Scheme::MinMaxBits) || !v.at_least(1, 17) {
+            return Err(GoError::UnknownHistogram {
+                version: version.to_owned(),
+                len,
+                has_overflow: overflow.is_some(),
+            });
+        }
+    }
+    let size = th
+        .byte_size
+        // A real timeHistogram is under 6 KiB; the cap keeps a forged size from sizing a buffer.
+        .filter(|s| *s <= 1 << 16)
+        .filter(|s| {
+            let end = |o: u64| o.checked_add(8).is_some_and(|e| e <= *s);
+            counts.offset.checked_add(len * 8).is_some_and(|e| e <= *s)
+                && end(underflow.offset)
+                && overflow.is_none_or(end)
+        })
+        .ok_or_else(|| missing("a consistent size of runtime.timeHistogram"))?;
+    Ok(Some(HistLayout {
+        offset,
+        size,
+        counts: counts.offset,
+        underflow: underflow.offset,
+        overflow,
+        scheme,
+    }))
 }
 
 /// The fields runtime.gcount reads, for the Go versions whose names we know.

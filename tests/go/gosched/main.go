@@ -102,6 +102,11 @@ func load() {
 		}()
 	}
 	wg.Wait()
+	// Stop-the-world pauses: each GC cycle stops the world twice (sweep termination, mark
+	// termination).
+	for i := 0; i < 3; i++ {
+		runtime.GC()
+	}
 }
 
 var sinkMu sync.Mutex
@@ -124,6 +129,9 @@ func readMetrics() map[string]any {
 		"/sched/goroutines:goroutines",
 		// Go >= 1.22 only.
 		"/sched/pauses/total/gc:seconds",
+		"/sched/pauses/stopping/gc:seconds",
+		"/sched/pauses/total/other:seconds",
+		"/sched/pauses/stopping/other:seconds",
 	}
 	var samples []metrics.Sample
 	for _, n := range names {
@@ -157,6 +165,12 @@ func readMetrics() map[string]any {
 			out["goroutines"] = v
 		case "/sched/pauses/total/gc:seconds":
 			out["pauses_total_gc"] = v
+		case "/sched/pauses/stopping/gc:seconds":
+			out["pauses_stopping_gc"] = v
+		case "/sched/pauses/total/other:seconds":
+			out["pauses_total_other"] = v
+		case "/sched/pauses/stopping/other:seconds":
+			out["pauses_stopping_other"] = v
 		}
 	}
 	return out
