@@ -230,8 +230,10 @@ fn churn_of_10000_tasks_leaves_no_stale_entries_and_flat_memory() {
     let after = get(&d.addr, "/metrics").unwrap();
     // Every stamp of a task that ran and exited was consumed at its switch-in.
     let runq_after = sample(&after, "schedlat_map_entries{map=\"RUNQ_START\"}").unwrap();
+    // A leak would be thousands of entries; tasks runnable at the moment of the scrape hold a
+    // stamp legitimately, a few dozen on a loaded 2-CPU host.
     assert!(
-        runq_after <= runq_before + 16.0,
+        runq_after <= runq_before + 64.0,
         "RUNQ_START {runq_before} -> {runq_after} entries after churn"
     );
     assert_eq!(
