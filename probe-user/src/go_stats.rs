@@ -4,21 +4,52 @@
 //! its stop-the-world pause histograms (/sched/pauses/*).
 use std::fmt::Write as _;
 
+use serde::Serialize;
+
 use crate::{
+    cgroup::v2_mount,
     cli::{Format, GoStatsArgs},
+    cpulimit::{self, CpuBudget},
     goruntime::live::{self, Stats},
 };
 
+/// The JSON output: the runtime's statistics, and the CPU the process may really use.
+#[derive(Serialize)]
+struct Report {
+    #[serde(flatten)]
+    stats: Stats,
+    /// cgroup v2 quota, affinity, throttling counters; null if there is no cgroup v2 mount or
+    /// the process is gone.
+    cpu_budget: Option<CpuBudget>,
+    /// Plain-words warnings (GOMAXPROCS above the usable CPU).
+    warnings: Vec<String>,
+}
+
 pub fn run(a: &GoStatsArgs) -> anyhow::Result<()> {
     let stats = live::read(a.pid)?;
+    // Best effort: the Go statistics stand without it (e.g. a cgroup v1-only host).
+    let cpu_budget = v2_mount()
+        .ok()
+        .and_then(|m| cpulimit::budget(a.pid, &m).ok());
+    let warnings = cpu_budget
+        .as_ref()
+        .and_then(|b| cpulimit::gomaxprocs_warning(stats.gomaxprocs.max(0) as u32, b))
+        .into_iter()
+        .collect();
+    let r = Report {
+        stats,
+        cpu_budget,
+        warnings,
+    };
     match a.format {
-        Format::Json => println!("{}", serde_json::to_string(&stats)?),
-        Format::Text => print!("{}", text(&stats)),
+        Format::Json => println!("{}", serde_json::to_string(&r)?),
+        Format::Text => print!("{}", text(&r)),
     }
     Ok(())
 }
 
-fn text(s: &Stats) -> String {
+fn text(r: &Report) -> String {
+    let s = &r.stats;
     let mut o = String::new();
     let _ = writeln!(
         o,
@@ -34,6 +65,29 @@ fn text(s: &Stats) -> String {
             "goroutines: {} live ({} system), {} ever allocated (allglen)",
             g.live, g.system, g.allglen
         );
+    }
+    if let Some(b) = &r.cpu_budget {
+        let quota = match (&b.quota_cpus, &b.quota_cgroup) {
+            (Some(q), Some(cg)) => format!("quota {q:.2} CPUs (cpu.max of {cg})"),
+            _ => "no CPU quota".into(),
+        };
+        let _ = writeln!(
+            o,
+            "CPU it may use: {:.2} ({quota}, affinity {} CPUs; cgroup {})",
+            b.usable_cpus, b.affinity_cpus, b.cgroup
+        );
+        if let Some(t) = &b.throttling {
+            let _ = writeln!(
+                o,
+                "throttling (since the cgroup was created): {} of {} periods throttled, {:.3} s",
+                t.nr_throttled,
+                t.nr_periods,
+                t.throttled_usec as f64 / 1e6
+            );
+        }
+    }
+    for w in &r.warnings {
+        let _ = writeln!(o, "warning: {w}");
     }
     hist(
         &mut o,

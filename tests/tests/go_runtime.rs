@@ -551,3 +551,44 @@ fn daemon_reads_other_users_go_processes() {
     d.stop();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn go_stats_warns_when_gomaxprocs_exceeds_the_cpu_it_may_use() {
+    let versions = go_fixture_versions();
+    let (_, dir) = versions.last().unwrap();
+    // GOMAXPROCS 3 (the fixture's), pinned to one CPU: Ps outnumber the CPU by three.
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", "0"]).arg(dir.join("gosched"));
+    let mut fx = GoFixture::start_command(cmd);
+    fx.go();
+    let v = go_stats(fx.pid);
+    let b = &v["cpu_budget"];
+    assert_eq!(b["affinity_cpus"], 1, "{b}");
+    assert!(b["usable_cpus"].as_f64().unwrap() <= 1.0, "{b}");
+    let warnings: Vec<&str> = v["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    // Whichever limit is tighter is named: the affinity here, unless the test runs in a cgroup
+    // with a quota below one CPU.
+    let by_quota = b["quota_cpus"].as_f64().is_some_and(|q| q < 1.0);
+    let why = if by_quota {
+        "CPU quota of cgroup"
+    } else {
+        "affinity allows 1 CPUs"
+    };
+    assert!(
+        warnings[0].contains("GOMAXPROCS=3") && warnings[0].contains(why),
+        "{}",
+        warnings[0]
+    );
+    // The text form says it too.
+    let out = run_schedlat(&["go-stats", "--pid", &fx.pid.to_string()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("warning: GOMAXPROCS=3"), "{text}");
+    assert!(text.contains("CPU it may use:"), "{text}");
+    fx.exit();
+}
