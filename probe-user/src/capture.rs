@@ -9,6 +9,8 @@ use crate::{
     UsageError,
     cgroup::{CgroupNames, v2_mount},
     cli::{CaptureArgs, Cli, Format},
+    gocapture,
+    goruntime::GoError,
     probes::{FutexMode, ProbeOptions, Probes},
     report::{self, Filter, ReportInput},
 };
@@ -62,6 +64,25 @@ pub fn run(cli: &Cli, a: &CaptureArgs) -> anyhow::Result<()> {
         btf: cli.btf.clone(),
         ..Default::default()
     };
+    // Go programs among the targets: their runtime's own statistics at the window's start.
+    let mount = v2_mount().ok();
+    let mut go = Vec::new();
+    for &pid in &pids {
+        match gocapture::start(pid, mount.as_deref()) {
+            Ok(g) => go.push(g),
+            Err(e) if a.go => {
+                return Err(UsageError(format!(
+                    "--go: cannot read the Go runtime of pid {pid}: {e}"
+                ))
+                .into());
+            }
+            Err(GoError::NotGo { .. }) => {}
+            Err(e) => warn!(pid, error = %e, "Go program not readable; no Go section for it"),
+        }
+    }
+    if a.go && pids.is_empty() {
+        return Err(UsageError("--go needs --pid PID (the Go program to read)".into()).into());
+    }
     let mut probes = Probes::load(&opts).context("starting the capture")?;
     let scope = if pids.is_empty() && a.cgroup.is_none() {
         "host-wide".to_string()
@@ -96,11 +117,21 @@ pub fn run(cli: &Cli, a: &CaptureArgs) -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     let elapsed = started.elapsed();
+    // The Go end readings first, so they and the kernel maps cover the same window.
+    let mut go_sections = Vec::new();
+    for g in go {
+        let pid = g.pid;
+        match g.finish(mount.as_deref()) {
+            Ok(sec) => go_sections.push(sec),
+            // Exited during the window: its start reading alone says nothing of the window.
+            Err(e) => warn!(pid, error = %e, "Go program not readable at the end of the capture"),
+        }
+    }
     slow_dropped += probes.drain_slow_events(&mut slow, a.max_slow_events);
     let snap = probes.snapshot().context("reading the capture maps")?;
     drop(probes); // detach before the (possibly slow) output
 
-    let r = report::build(
+    let mut r = report::build(
         &snap,
         ReportInput {
             duration_s: elapsed.as_secs_f64(),
@@ -114,9 +145,20 @@ pub fn run(cli: &Cli, a: &CaptureArgs) -> anyhow::Result<()> {
         },
         |id| names.label(id),
     );
+    for mut sec in go_sections {
+        for t in r.tasks.iter().filter(|t| t.pid == sec.pid) {
+            sec.threads_runqueue_delay_ns += t.runqueue_sum_ns;
+            sec.threads_runqueue_waits += t.runqueue_count;
+        }
+        r.go.push(sec);
+    }
     match a.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&r)?),
-        Format::Text => print!("{}", report::render_text(&r, a.top)),
+        Format::Text => print!(
+            "{}{}",
+            report::render_text(&r, a.top),
+            gocapture::render_text(&r.go)
+        ),
     }
     Ok(())
 }

@@ -75,6 +75,10 @@ pub struct CaptureArgs {
     /// Most slow events kept in the report (the rest are counted as dropped).
     #[arg(long, default_value_t = 10_000)]
     pub max_slow_events: usize,
+    /// Require the Go section for every --pid (an error if one is not a Go program readable
+    /// here); without it, Go programs among the --pid processes get one automatically
+    #[arg(long)]
+    pub go: bool,
 }
 
 #[derive(Debug, Args)]

@@ -11,6 +11,7 @@ pub mod config;
 pub mod cpulimit;
 pub mod daemon;
 pub mod go_stats;
+pub mod gocapture;
 pub mod goruntime;
 pub mod gowatch;
 pub mod hist;

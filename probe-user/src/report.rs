@@ -27,6 +27,8 @@ pub struct CaptureReport {
     /// Kernel map use at the end of the capture: a full map is where drops come from, and
     /// per-task maps (RUNQ_START, FUTEX_START) must not keep entries of exited tasks.
     pub maps: BTreeMap<String, MapUse>,
+    /// Go programs among the --pid processes (crate::gocapture); filled in by the capture.
+    pub go: Vec<crate::gocapture::GoSection>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -337,6 +339,7 @@ pub fn build(
             .iter()
             .map(|&(name, entries, capacity)| (name.to_string(), MapUse { entries, capacity }))
             .collect(),
+        go: Vec::new(),
     }
 }
 

@@ -592,3 +592,97 @@ fn go_stats_warns_when_gomaxprocs_exceeds_the_cpu_it_may_use() {
     assert!(text.contains("CPU it may use:"), "{text}");
     fx.exit();
 }
+
+fn total_of(m: &Value, key: &str) -> u64 {
+    counts(&m[key]["counts"]).iter().sum()
+}
+
+#[test]
+fn capture_of_a_go_program_has_a_go_section_that_agrees_with_runtime_metrics() {
+    if !privileged_or_skip(
+        "capture_of_a_go_program_has_a_go_section_that_agrees_with_runtime_metrics",
+    ) {
+        return;
+    }
+    for (version, dir) in go_fixture_versions() {
+        let mut fx = GoFixture::start(&dir.join("gosched"));
+        // Before the capture, from outside (go-stats equals runtime/metrics, tested above):
+        // the fixture answers `metrics` only after its load phase.
+        let s0 = go_stats(fx.pid);
+        let (sched0, gc0) = (
+            total_of(&s0, "sched_latencies"),
+            s0["stw_pauses"]
+                .get("total_gc")
+                .map_or(0, |h| counts(&h["counts"]).iter().sum()),
+        );
+        let pid = fx.pid.to_string();
+        let cap = schedlat_tests::Schedlat::capture(&[
+            "--duration",
+            "120s",
+            "--format",
+            "json",
+            "--pid",
+            &pid,
+        ]);
+        cap.wait_ready(std::time::Duration::from_secs(60));
+        fx.go();
+        let m1 = fx.metrics();
+        let (status, stdout, stderr) = cap.stop();
+        assert!(
+            status.success(),
+            "{version}: capture failed: {status}\n{stderr}"
+        );
+        let m2 = fx.metrics();
+        let report: Value = serde_json::from_str(&stdout).unwrap();
+        let go = &report["go"][0];
+        assert_eq!(go["pid"], fx.pid, "{version}: {}", report["go"]);
+        assert_eq!(go["go_version"], Value::String(version.clone()));
+        assert_eq!(go["gomaxprocs"], 3);
+        // The window lies between the reading before the capture and the program's own m2
+        // (after it), and covers the whole load phase, which ended before m1.
+        let n = go["sched_latency"]["count"].as_u64().unwrap();
+        let key = "sched_latencies";
+        let (lo, hi) = (total_of(&m1, key) - sched0, total_of(&m2, key) - sched0);
+        assert!(
+            n <= hi && n * 10 >= lo * 9,
+            "{version}: {n} samples in the window; runtime/metrics grew by {lo} (load) .. {hi}"
+        );
+        assert!(n > 100, "{version}: {n}");
+        assert!(go["sched_latency"]["p99_ns"].as_u64().is_some());
+        // The program's threads waited on the kernel run queue too (3 Ps, 2 CPUs).
+        assert!(go["threads_runqueue_waits"].as_u64().unwrap() > 0, "{go}");
+        if m1.get("pauses_total_gc").is_some() {
+            let stw = go["stw_pauses"]["total_gc"]["count"].as_u64().unwrap();
+            let hi = total_of(&m2, "pauses_total_gc") - gc0;
+            assert!(
+                (6..=hi).contains(&stw),
+                "{version}: {stw} GC pauses (runtime: <= {hi})"
+            );
+        } else {
+            assert_eq!(go["stw_pauses"], Value::Null);
+        }
+        // GOMAXPROCS 3 on this 2-CPU kind of machine: more Ps than CPUs, said plainly.
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        if cpus < 3 {
+            let w = go["warnings"].to_string();
+            assert!(w.contains("GOMAXPROCS=3"), "{version}: {w}");
+        }
+        fx.exit();
+    }
+}
+
+#[test]
+fn capture_go_flag_on_a_non_go_process_is_a_usage_error() {
+    let mut sleep = Command::new("sleep").arg("30").spawn().unwrap();
+    let out = run_schedlat(&[
+        "capture",
+        "--duration",
+        "1s",
+        "--go",
+        "--pid",
+        &sleep.id().to_string(),
+    ]);
+    let _ = sleep.kill();
+    let _ = sleep.wait();
+    assert_exit2(&out, &["--go", "not a Go program"]);
+}
