@@ -38,6 +38,32 @@ fn capture_workload(workload: &[&str], extra: &[&str]) -> (Value, Value) {
     (result, report)
 }
 
+/// Run `workload` in a cgroup of its own under `schedlat capture --cgroup <it> --format json`;
+/// returns the cgroup (removed on drop), the workload's result and the report.
+fn capture_cgroup_workload(
+    name: &str,
+    workload: &[&str],
+) -> (schedlat_tests::TestCgroup, Value, Value) {
+    let cg = schedlat_tests::TestCgroup::create(name);
+    let mut w = Workload::start(workload);
+    cg.add(w.pid);
+    let cap = Schedlat::capture(&[
+        "--duration",
+        "300s",
+        "--format",
+        "json",
+        "--cgroup",
+        cg.path(),
+    ]);
+    cap.wait_ready(Duration::from_secs(60));
+    w.go();
+    let result = w.result();
+    let (status, stdout, stderr) = cap.stop();
+    assert!(status.success(), "capture failed: {status}\n{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    (cg, result, report)
+}
+
 #[test]
 fn preemption_delay_matches_schedstat() {
     if !privileged_or_skip("preemption_delay_matches_schedstat") {
@@ -319,23 +345,10 @@ fn cgroup_filter_captures_only_that_cgroup_and_names_it() {
     if !privileged_or_skip("cgroup_filter_captures_only_that_cgroup_and_names_it") {
         return;
     }
-    let cg = schedlat_tests::TestCgroup::create("capture");
-    let mut w = Workload::start(&["spin", "--threads", "2", "--cpu", "0", "--secs", "0.5"]);
-    cg.add(w.pid);
-    let cap = Schedlat::capture(&[
-        "--duration",
-        "120s",
-        "--format",
-        "json",
-        "--cgroup",
-        cg.path(),
-    ]);
-    cap.wait_ready(Duration::from_secs(60));
-    w.go();
-    let result = w.result();
-    let (status, stdout, stderr) = cap.stop();
-    assert!(status.success(), "capture failed: {status}\n{stderr}");
-    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let (cg, result, report) = capture_cgroup_workload(
+        "capture",
+        &["spin", "--threads", "2", "--cpu", "0", "--secs", "0.5"],
+    );
     let tasks = report["tasks"].as_array().unwrap();
     for t in result["threads"].as_array().unwrap() {
         let row = task(&report, t["tid"].as_u64().unwrap());
@@ -366,23 +379,8 @@ fn churn_of_10000_tasks_under_capture_is_all_reported_and_leaves_no_stale_stamps
         return;
     }
     // Forked children have tgids of their own: filter by cgroup, which they inherit.
-    let cg = schedlat_tests::TestCgroup::create("churn");
-    let mut w = Workload::start(&["churn", "--procs", "5000", "--threads", "5000"]);
-    cg.add(w.pid);
-    let cap = Schedlat::capture(&[
-        "--duration",
-        "300s",
-        "--format",
-        "json",
-        "--cgroup",
-        cg.path(),
-    ]);
-    cap.wait_ready(Duration::from_secs(60));
-    w.go();
-    let result = w.result();
-    let (status, stdout, stderr) = cap.stop();
-    assert!(status.success(), "capture failed: {status}\n{stderr}");
-    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let (_cg, result, report) =
+        capture_cgroup_workload("churn", &["churn", "--procs", "5000", "--threads", "5000"]);
     // Every short-lived task was created runnable and switched in once at least: each one is
     // a row of its own, with its delay.
     let seen: std::collections::HashSet<u64> = report["tasks"]

@@ -276,6 +276,22 @@ fn status_field<'a>(status: &'a str, field: &str) -> &'a str {
         .trim()
 }
 
+/// Two spinners sharing CPU 0 for 0.3 s add run-queue waits to the daemon's /metrics.
+fn assert_metrics_grow_under_load(d: &Daemon) {
+    let mut spin = Workload::start(&["spin", "--threads", "2", "--cpu", "0", "--secs", "0.3"]);
+    let before = total(
+        &get(&d.addr, "/metrics").unwrap(),
+        "schedlat_runqueue_latency_seconds_count",
+    );
+    spin.go();
+    spin.result();
+    let after = total(
+        &get(&d.addr, "/metrics").unwrap(),
+        "schedlat_runqueue_latency_seconds_count",
+    );
+    assert!(after > before + 10.0, "{before} -> {after}");
+}
+
 fn assert_unprivileged(status: &str) {
     for set in ["CapEff:", "CapPrm:", "CapInh:", "CapAmb:"] {
         let v = status_field(status, set);
@@ -307,18 +323,7 @@ fn daemon_drops_every_capability_after_attaching_and_keeps_working() {
         assert_unprivileged(status);
     }
     // Reading maps still works without privileges.
-    let mut spin = Workload::start(&["spin", "--threads", "2", "--cpu", "0", "--secs", "0.3"]);
-    let before = total(
-        &get(&d.addr, "/metrics").unwrap(),
-        "schedlat_runqueue_latency_seconds_count",
-    );
-    spin.go();
-    spin.result();
-    let after = total(
-        &get(&d.addr, "/metrics").unwrap(),
-        "schedlat_runqueue_latency_seconds_count",
-    );
-    assert!(after > before + 10.0, "{before} -> {after}");
+    assert_metrics_grow_under_load(&d);
     assert!(d.stop().success());
 }
 
@@ -436,18 +441,7 @@ fn daemon_switches_to_an_unprivileged_user_after_attaching_and_keeps_working() {
         assert_unprivileged(&status);
     }
     // Maps are read through the fds opened as root: metrics still grow.
-    let mut spin = Workload::start(&["spin", "--threads", "2", "--cpu", "0", "--secs", "0.3"]);
-    let before = total(
-        &get(&d.addr, "/metrics").unwrap(),
-        "schedlat_runqueue_latency_seconds_count",
-    );
-    spin.go();
-    spin.result();
-    let after = total(
-        &get(&d.addr, "/metrics").unwrap(),
-        "schedlat_runqueue_latency_seconds_count",
-    );
-    assert!(after > before + 10.0, "{before} -> {after}");
+    assert_metrics_grow_under_load(&d);
     assert!(d.stop().success());
     std::fs::remove_dir_all(&dir).unwrap();
 }

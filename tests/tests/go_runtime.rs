@@ -234,6 +234,26 @@ fn go_stats_exited_pid() {
 // ------------------------------------------------------------------------------- daemon
 
 /// Lines of the `schedlat_go_*` series, for comparing two scrapes.
+/// `schedlat daemon` reading the Go programs in `cg` (`[go]` plus `extra` lines), with its
+/// config in a directory of its own, returned for removal.
+fn go_daemon(name: &str, cg: &TestCgroup, extra: &str) -> (Daemon, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("go.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[go]\nenabled = true\ncgroups = [\"{}\"]\n{extra}",
+            cg.path()
+        ),
+    )
+    .unwrap();
+    (
+        Daemon::start_with(&["--config", cfg.to_str().unwrap()]),
+        dir,
+    )
+}
+
 fn go_lines(metrics: &str) -> Vec<String> {
     metrics
         .lines()
@@ -309,15 +329,7 @@ fn daemon_exports_go_runtime_metrics() {
     }
     let versions = go_fixture_versions();
     let cg = TestCgroup::create("go");
-    let dir = std::env::temp_dir().join(format!("schedlat-go-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("go.toml");
-    std::fs::write(
-        &cfg,
-        format!("[go]\nenabled = true\ncgroups = [\"{}\"]\n", cg.path()),
-    )
-    .unwrap();
-    let d = Daemon::start_with(&["--config", cfg.to_str().unwrap()]);
+    let (d, dir) = go_daemon("schedlat-go", &cg, "");
     let series = format!("binary=\"gosched\",cgroup=\"{}\"", cg.path());
 
     // One program (the newest Go), started after the daemon: picked up without restart.
@@ -428,18 +440,7 @@ fn daemon_drops_an_exited_go_programs_series_after_its_ttl() {
     }
     let versions = go_fixture_versions();
     let cg = TestCgroup::create("goexit");
-    let dir = std::env::temp_dir().join(format!("schedlat-goexit-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("go.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[go]\nenabled = true\ncgroups = [\"{}\"]\nexited_series_ttl_secs = 2\n",
-            cg.path()
-        ),
-    )
-    .unwrap();
-    let d = Daemon::start_with(&["--config", cfg.to_str().unwrap()]);
+    let (d, dir) = go_daemon("schedlat-goexit", &cg, "exited_series_ttl_secs = 2\n");
     let series = format!("binary=\"gosched\",cgroup=\"{}\"", cg.path());
     let count = |m: &str| {
         sample(
@@ -503,15 +504,7 @@ fn daemon_reads_other_users_go_processes() {
     }
     let (_, new_dir) = go_fixture_versions().pop().unwrap();
     let cg = TestCgroup::create("go-user");
-    let dir = std::env::temp_dir().join(format!("schedlat-gouser-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("go.toml");
-    std::fs::write(
-        &cfg,
-        format!("[go]\nenabled = true\ncgroups = [\"{}\"]\n", cg.path()),
-    )
-    .unwrap();
-    let d = Daemon::start_with(&["--config", cfg.to_str().unwrap()]);
+    let (d, dir) = go_daemon("schedlat-gouser", &cg, "");
     let mut cmd = Command::new("setpriv");
     cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(new_dir.join("gosched"));
