@@ -84,6 +84,16 @@ pub fn pytools_bin(name: &str) -> PathBuf {
     path
 }
 
+/// Run `script` (Python source) with the project venv's python, `files` as its arguments.
+pub fn pytools_python(script: &str, files: &[PathBuf]) -> Output {
+    Command::new(pytools_bin("python"))
+        .arg("-c")
+        .arg(script)
+        .args(files)
+        .output()
+        .expect("running the venv's python")
+}
+
 /// Every YAML document of `files`, as JSON, read by PyYAML from the project venv (the same
 /// parser kubernetes-validate uses). Each document gets `"__file"`: the file it came from.
 pub fn yaml_documents(files: &[PathBuf]) -> Vec<Value> {
@@ -97,12 +107,7 @@ for f in sys.argv[1:]:
             docs.append(d)
 json.dump(docs, sys.stdout)
 "#;
-    let out = Command::new(pytools_bin("python"))
-        .arg("-c")
-        .arg(script)
-        .args(files)
-        .output()
-        .expect("running the venv's python");
+    let out = pytools_python(script, files);
     assert!(
         out.status.success(),
         "parsing YAML {files:?}:\n{}",

@@ -3,7 +3,9 @@
 //! it accepts.
 use std::{collections::BTreeSet, path::PathBuf, process::Command};
 
-use schedlat_tests::{privileged_or_skip, pytools_bin, schedlat_bin, scrape::get, yaml_documents};
+use schedlat_tests::{
+    privileged_or_skip, pytools_bin, pytools_python, schedlat_bin, scrape::get, yaml_documents,
+};
 use serde_json::Value;
 
 fn repo() -> PathBuf {
@@ -224,12 +226,7 @@ for f in sys.argv[1:]:
             print(f"{f}: ServiceMonitor {m.metadata.name} valid")
 sys.exit(1 if failed else 0)
 "#;
-    let out = Command::new(pytools_bin("python"))
-        .arg("-c")
-        .arg(script)
-        .args(files)
-        .output()
-        .expect("running the venv's python");
+    let out = pytools_python(script, files);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
