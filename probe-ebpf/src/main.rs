@@ -17,15 +17,17 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_task_pt_regs,
+        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_task_pt_regs,
     },
-    macros::{btf_tracepoint, map, tracepoint},
+    macros::{btf_tracepoint, map, tracepoint, uprobe},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
-    programs::{BtfTracePointContext, TracePointContext},
+    programs::{BtfTracePointContext, ProbeContext, TracePointContext},
 };
 use schedlat_common::{
-    COMM_LEN, Config, CpuStat, FutexStart, Hist, HistKey, RateWindow, RunqStart, SlowEvent,
-    TaskStat, WakeCount, WakePair, bucket_index, drop_reason, flags, futex_op, futex_outcome, kind,
+    COMM_LEN, Config, CpuStat, FutexStart, GoConfig, GoGState, GoRunqRing, Hist, HistKey,
+    RateWindow, RunqStart, SlowEvent, TaskStat, WakeCount, WakePair, bucket_index, drop_reason,
+    flags, futex_op, futex_outcome, go, kind,
 };
 
 /// Set by the loader before load (read-only data: the verifier sees the values as constants).
@@ -92,6 +94,31 @@ static SLOW_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 static FILTER_TGID: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 #[map]
 static FILTER_CG: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
+
+/// Go capture target (see schedlat_common::GoConfig); all zero unless a Go capture runs.
+#[unsafe(no_mangle)]
+static GO_CONFIG: GoConfig = GoConfig {
+    tgid: 0,
+    g_waitreason: 0,
+    st_idle: u32::MAX,
+    st_runnable: u32::MAX,
+    st_running: u32::MAX,
+    st_syscall: u32::MAX,
+    st_waiting: u32::MAX,
+    st_dead: u32::MAX,
+};
+/// g address -> since when it is runnable or waiting (Go captures).
+#[map]
+static GO_G: HashMap<u64, GoGState> = HashMap::with_max_entries(65536, 0);
+/// Go histograms, indexed by schedlat_common::go::hist.
+#[map]
+static GO_HISTS: Array<Hist> = Array::with_max_entries(go::hist::COUNT, 0);
+/// Go counters, indexed by schedlat_common::go::counter.
+#[map]
+static GO_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(go::counter::COUNT as u32, 0);
+/// tid of a Go target thread -> its recent kernel run-queue waits.
+#[map]
+static GO_RUNQ: HashMap<u32, GoRunqRing> = HashMap::with_max_entries(4096, 0);
 
 #[inline(always)]
 fn cfg() -> &'static Config {
@@ -192,6 +219,11 @@ fn hist_add(key: &HistKey, ns: u64) {
             }
         }
     };
+    hist_bump(h, ns);
+}
+
+#[inline(always)]
+fn hist_bump(h: *mut Hist, ns: u64) {
     let idx = bucket_index(ns);
     unsafe {
         if idx < (*h).buckets.len() {
@@ -382,6 +414,10 @@ fn on_switch(preempt: bool, prev: *const u8, next: *const u8, prev_state: u64) -
     } else {
         kind::RUNQ_WOKEN
     };
+    let go_tgid = unsafe { read_volatile(addr_of!(GO_CONFIG.tgid)) };
+    if go_tgid != 0 && task_tgid(next)? == go_tgid {
+        go_runq_interval(tid, ts, now);
+    }
     let cgroup_id = task_cgroup_id(next)?;
     hist_add(
         &HistKey {
@@ -716,6 +752,149 @@ pub fn sys_exit_futex_waitv(ctx: TracePointContext) -> u32 {
 pub fn sys_exit_futex_wait(ctx: TracePointContext) -> u32 {
     futex_exit(&ctx);
     0
+}
+
+// ---- Go captures: one uprobe on runtime.casgstatus(gp *g, oldval, newval uint32) ----
+//
+// Every goroutine status change but a few CAS shortcuts goes through casgstatus
+// (runtime/proc.go): newproc1 (_Gdead -> _Grunnable), execute (_Grunnable -> _Grunning), park_m
+// (_Grunning -> _Gwaiting, after gopark stored g.waitreason), ready (_Gwaiting -> _Grunnable),
+// goschedImpl and preemption (_Grunning -> _Grunnable), goexit0 (-> _Gdead). Userspace places
+// the probe on an instruction the kernel emulates, before which no argument register is written.
+
+#[inline(always)]
+fn go_count(i: u32) {
+    if let Some(p) = GO_COUNTS.get_ptr_mut(i) {
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+fn go_hist(i: u32, ns: u64) {
+    if let Some(h) = GO_HISTS.get_ptr_mut(i) {
+        hist_bump(h, ns);
+    }
+}
+
+/// Remember a kernel run-queue wait [start, end) of a Go target thread.
+#[inline(always)]
+fn go_runq_interval(tid: u32, start: u64, end: u64) {
+    let r = match GO_RUNQ.get_ptr_mut(&tid) {
+        Some(r) => r,
+        None => {
+            let v = GoRunqRing::default();
+            if GO_RUNQ.insert(&tid, &v, BPF_NOEXIST as u64).is_err() {
+                go_count(go::counter::RUNQ_MAP_FULL);
+                return;
+            }
+            match GO_RUNQ.get_ptr_mut(&tid) {
+                Some(r) => r,
+                None => return,
+            }
+        }
+    };
+    // Only this thread's own switch-in writes its ring: no concurrent writer.
+    unsafe {
+        let i = ((*r).next as usize) % go::RING;
+        (*r).start[i] = start;
+        (*r).end[i] = end;
+        (*r).next += 1;
+    }
+}
+
+/// How much of [from, to) thread `tid` spent on the kernel run queue, from its ring.
+#[inline(always)]
+fn go_runq_overlap(tid: u32, from: u64, to: u64) -> u64 {
+    let Some(r) = (unsafe { GO_RUNQ.get(&tid) }) else {
+        return 0;
+    };
+    let mut sum = 0u64;
+    let mut oldest_end = u64::MAX;
+    for i in 0..go::RING {
+        let (s, e) = (r.start[i], r.end[i]);
+        if e == 0 {
+            continue;
+        }
+        if e < oldest_end {
+            oldest_end = e;
+        }
+        let lo = if s > from { s } else { from };
+        let hi = if e < to { e } else { to };
+        if hi > lo {
+            sum += hi - lo;
+        }
+    }
+    // The ring is full and its oldest wait ended inside the window: older waits that might
+    // also overlap were overwritten.
+    if r.next as usize > go::RING && oldest_end > from {
+        go_count(go::counter::RING_OVERRUN);
+    }
+    sum
+}
+
+#[uprobe]
+pub fn go_casgstatus(ctx: ProbeContext) -> u32 {
+    let c = unsafe { &*read_volatile(&addr_of!(GO_CONFIG)) };
+    // Go's register ABI (ABIInternal, amd64): arguments in RAX, RBX, RCX.
+    let (gp, old, new) = unsafe {
+        let r = &*ctx.regs;
+        (r.rax, r.rbx as u32, r.rcx as u32)
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    go_count(go::counter::HITS);
+
+    // Leaving a state we timed: close the interval.
+    if old == c.st_waiting || old == c.st_runnable {
+        if let Some(st) = unsafe { GO_G.get(&gp) } {
+            let (ts, state, reason) = (st.ts_ns, st.state, st.reason);
+            let d = now.saturating_sub(ts);
+            if old == c.st_waiting && state == go::SINCE_WAITING {
+                go_hist(go::hist::BLOCKED + (reason & 0xff), d);
+            } else if old == c.st_runnable && state == go::SINCE_RUNNABLE && new == c.st_running {
+                go_hist(go::hist::SCHED_LATENCY, d);
+                let tid = bpf_get_current_pid_tgid() as u32;
+                let m = go_runq_overlap(tid, ts, now);
+                let m = if m > d { d } else { m };
+                go_hist(go::hist::WAIT_M_RUNQ, m);
+                go_hist(go::hist::WAIT_P, d - m);
+            }
+            let _ = GO_G.remove(&gp);
+        }
+    }
+
+    if new == c.st_runnable {
+        if old == c.st_dead || old == c.st_idle {
+            go_count(go::counter::CREATED);
+        }
+        go_stamp(gp, now, go::SINCE_RUNNABLE, 0);
+    } else if new == c.st_waiting {
+        // gopark stored the reason before mcall(park_m) (runtime/proc.go).
+        let p = (gp + c.g_waitreason as u64) as *const u8;
+        let reason = match unsafe { bpf_probe_read_user(p) } {
+            Ok(r) => r as u32,
+            Err(_) => {
+                go_count(go::counter::REASON_READ_FAILED);
+                255
+            }
+        };
+        go_stamp(gp, now, go::SINCE_WAITING, reason);
+    } else if new == c.st_dead {
+        go_count(go::counter::EXITED);
+        let _ = GO_G.remove(&gp);
+    }
+    0
+}
+
+#[inline(always)]
+fn go_stamp(gp: u64, now: u64, state: u32, reason: u32) {
+    let v = GoGState {
+        ts_ns: now,
+        state,
+        reason,
+    };
+    if GO_G.insert(&gp, &v, 0).is_err() {
+        go_count(go::counter::G_MAP_FULL);
+    }
 }
 
 #[cfg(not(test))]

@@ -297,6 +297,89 @@ pub struct SlowEvent {
 }
 const _: () = assert!(core::mem::size_of::<SlowEvent>() == 80);
 
+/// Go per-event capture: a uprobe on `runtime.casgstatus` in one target process (captures
+/// only; the daemon reads the runtime's own statistics instead and attaches no uprobe).
+pub mod go {
+    /// Histograms in GO_HISTS, by index.
+    pub mod hist {
+        /// Runnable -> running, per transition (not sampled).
+        pub const SCHED_LATENCY: u32 = 0;
+        /// The part of SCHED_LATENCY its M (thread) did not spend on the kernel run queue:
+        /// waiting for a P / for the scheduler to pick it.
+        pub const WAIT_P: u32 = 1;
+        /// The part of SCHED_LATENCY its M spent runnable on the kernel run queue.
+        pub const WAIT_M_RUNQ: u32 = 2;
+        /// Blocked (waiting) time by wait reason: `BLOCKED + reason` (runtime.waitReason, u8).
+        pub const BLOCKED: u32 = 16;
+        pub const COUNT: u32 = BLOCKED + 256;
+    }
+    /// Counters in GO_COUNTS (per CPU), by index.
+    pub mod counter {
+        /// Uprobe hits (every casgstatus call of the target).
+        pub const HITS: u32 = 0;
+        /// _Gdead -> _Grunnable: goroutines started (runtime.newproc1).
+        pub const CREATED: u32 = 1;
+        /// -> _Gdead: goroutines that ended (runtime.goexit0).
+        pub const EXITED: u32 = 2;
+        /// GO_G was full: a transition's start was not kept, one interval lost.
+        pub const G_MAP_FULL: u32 = 3;
+        /// Reading g.waitreason from the target failed; recorded under reason 255.
+        pub const REASON_READ_FAILED: u32 = 4;
+        /// GO_RUNQ was full: a thread's run-queue intervals not kept (split less exact).
+        pub const RUNQ_MAP_FULL: u32 = 5;
+        /// Runnable -> running with more run-queue intervals of its M in the window than the
+        /// ring keeps: the M-run-queue part is a lower bound for these.
+        pub const RING_OVERRUN: u32 = 6;
+        pub const COUNT: usize = 7;
+    }
+    /// Run-queue intervals kept per thread of the target ([`super::GoRunqRing`]).
+    pub const RING: usize = 8;
+    /// GoGState::state values.
+    pub const SINCE_RUNNABLE: u32 = 1;
+    pub const SINCE_WAITING: u32 = 2;
+}
+
+/// Load-time configuration of the Go uprobe (`GO_CONFIG`). Goroutine status values and the
+/// offset of runtime.g.waitreason come from the target's DWARF (runtime2.go constants).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoConfig {
+    /// The traced process; 0 = no Go capture (the run-queue ring is not kept).
+    pub tgid: u32,
+    /// Offset of runtime.g.waitreason (uint8).
+    pub g_waitreason: u32,
+    pub st_idle: u32,
+    pub st_runnable: u32,
+    pub st_running: u32,
+    pub st_syscall: u32,
+    pub st_waiting: u32,
+    pub st_dead: u32,
+}
+const _: () = assert!(core::mem::size_of::<GoConfig>() == 32);
+
+/// Value of GO_G, keyed by the g's address: since when it has been runnable or waiting.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoGState {
+    pub ts_ns: u64,
+    /// go::SINCE_RUNNABLE or go::SINCE_WAITING
+    pub state: u32,
+    /// runtime.waitReason when waiting.
+    pub reason: u32,
+}
+const _: () = assert!(core::mem::size_of::<GoGState>() == 16);
+
+/// Value of GO_RUNQ, keyed by tid: the last [`go::RING`] kernel run-queue waits of a target
+/// thread, [start, end) in bpf_ktime_get_ns time; `next` counts every interval ever written.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoRunqRing {
+    pub next: u64,
+    pub start: [u64; go::RING],
+    pub end: [u64; go::RING],
+}
+const _: () = assert!(core::mem::size_of::<GoRunqRing>() == 8 + 16 * go::RING);
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -312,4 +395,7 @@ mod pod {
     unsafe impl aya::Pod for WakeCount {}
     unsafe impl aya::Pod for CpuStat {}
     unsafe impl aya::Pod for SlowEvent {}
+    unsafe impl aya::Pod for GoConfig {}
+    unsafe impl aya::Pod for GoGState {}
+    unsafe impl aya::Pod for GoRunqRing {}
 }

@@ -50,6 +50,8 @@ impl From<gimli::Error> for IndexError {
 pub struct Types {
     by_offset: HashMap<u64, TypeDie>,
     struct_by_name: HashMap<String, u64>,
+    /// The runtime package's named constants (DW_TAG_constant, e.g. runtime._Grunning).
+    consts: HashMap<String, i64>,
 }
 
 /// Load the DWARF sections needed (`None` if the binary has no .debug_info: stripped).
@@ -109,6 +111,7 @@ impl Types {
     fn index(dwarf: &gimli::Dwarf<EndianSlice<'_, LittleEndian>>) -> Result<Types, IndexError> {
         let mut by_offset = HashMap::new();
         let mut struct_by_name = HashMap::new();
+        let mut consts = HashMap::new();
         let mut units = dwarf.units();
         while let Some(header) = units.next()? {
             // Not `dwarf.unit()`: that also parses the line program, which we do not need.
@@ -195,6 +198,17 @@ impl Types {
                             }
                         }
                     }
+                    gimli::DW_TAG_constant => {
+                        if let Some(n) = name()?.filter(|n| n.starts_with("runtime.")) {
+                            if by_offset.len() + consts.len() >= MAX_TYPES {
+                                return Err(IndexError::TooMany);
+                            }
+                            let v = entry.attr_value(gimli::DW_AT_const_value)?;
+                            if let Some(v) = v.and_then(|v| v.sdata_value().or(v.udata_value().map(|u| u as i64))) {
+                                consts.entry(n).or_insert(v);
+                            }
+                        }
+                    }
                     gimli::DW_TAG_subrange_type => {
                         if let Some((_, p)) = parent {
                             let count = match udata(gimli::DW_AT_count)? {
@@ -215,7 +229,13 @@ impl Types {
         Ok(Types {
             by_offset,
             struct_by_name,
+            consts,
         })
+    }
+
+    /// A runtime constant, e.g. "runtime._Gwaiting".
+    pub fn constant(&self, name: &str) -> Option<i64> {
+        self.consts.get(name).copied()
     }
 
     pub fn struct_named(&self, name: &str) -> Option<&TypeDie> {

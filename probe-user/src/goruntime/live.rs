@@ -101,7 +101,7 @@ pub fn read(pid: u32) -> Result<Stats, GoError> {
 /// Read statistics with an already-analysed layout (`exe` = metadata of /proc/PID/exe).
 pub fn read_with(pid: u32, layout: &Layout, exe: &std::fs::Metadata) -> Result<Stats, GoError> {
     let bias = if layout.pie {
-        load_bias(pid, layout, exe)?
+        load_bias(pid, layout.base_vaddr, exe)?
     } else {
         0
     };
@@ -224,6 +224,37 @@ pub fn read_with(pid: u32, layout: &Layout, exe: &std::fs::Metadata) -> Result<S
     })
 }
 
+/// The names of the runtime's wait reasons (runtime.waitReasonStrings, runtime2.go), read from
+/// the process's memory: [N]string headers pointing into .rodata (relocated in a PIE). Index =
+/// runtime.waitReason value; names longer than 64 bytes are cut.
+pub fn wait_reason_names(
+    pid: u32,
+    plan: &super::events::EventPlan,
+    exe: &std::fs::Metadata,
+) -> Result<Vec<String>, GoError> {
+    let bias = if plan.pie {
+        load_bias(pid, plan.base_vaddr, exe)?
+    } else {
+        0
+    };
+    let mem = Mem(pid);
+    let path = "process memory (runtime.waitReasonStrings)";
+    let n = plan.wait_reasons_len.min(super::events::MAX_WAIT_REASONS) as usize;
+    let mut headers = vec![0u8; n * 16];
+    read_abs(&mem, plan.wait_reasons_vaddr.wrapping_add(bias), &mut headers, pid, path)?;
+    let mut names = Vec::with_capacity(n);
+    for h in headers.chunks_exact(16) {
+        let ptr = u64::from_le_bytes(h[..8].try_into().expect("8 bytes"));
+        let len = u64::from_le_bytes(h[8..].try_into().expect("8 bytes")).min(64) as usize;
+        let mut b = vec![0u8; len];
+        if len > 0 {
+            read_abs(&mem, ptr, &mut b, pid, path)?;
+        }
+        names.push(String::from_utf8_lossy(&b).into_owned());
+    }
+    Ok(names)
+}
+
 fn read_abs(mem: &Mem, addr: u64, buf: &mut [u8], pid: u32, path: &str) -> Result<(), GoError> {
     mem.read_exact_at(buf, addr).map_err(|e| {
         gone_or(
@@ -269,7 +300,7 @@ impl Mem {
 }
 
 /// Where the executable's file offset 0 is mapped, minus its link-time address.
-fn load_bias(pid: u32, layout: &Layout, exe: &std::fs::Metadata) -> Result<u64, GoError> {
+fn load_bias(pid: u32, base_vaddr: u64, exe: &std::fs::Metadata) -> Result<u64, GoError> {
     let path = format!("/proc/{pid}/maps");
     let maps =
         std::fs::read_to_string(&path).map_err(|e| gone_or(pid, e, format!("reading {path}")))?;
@@ -282,7 +313,7 @@ fn load_bias(pid: u32, layout: &Layout, exe: &std::fs::Metadata) -> Result<u64, 
     .ok_or_else(|| GoError::Malformed {
         what: format!("{path} has no mapping of the executable at file offset 0"),
     })?;
-    Ok(start.wrapping_sub(layout.base_vaddr))
+    Ok(start.wrapping_sub(base_vaddr))
 }
 
 /// Start of the mapping of (dev major:minor, inode) at file offset 0 in a maps file.

@@ -8,8 +8,10 @@
 //! module panics or allocates without a cap on malformed input.
 pub mod buildinfo;
 pub mod dwarf;
+pub mod events;
 pub mod hist;
 pub mod live;
+pub mod probesite;
 
 use object::{Object, ObjectSegment, ObjectSymbol, ReadRef};
 

@@ -185,3 +185,40 @@ fn old_pointer_buildinfo() {
         Err(GoError::Malformed { .. })
     ));
 }
+
+#[test]
+fn event_plans_of_fixtures() {
+    let Some(dirs) = fixture_versions() else {
+        return;
+    };
+    for dir in dirs {
+        for name in ["gosched", "gosched-pie", "httpserver"] {
+            let bytes = read(&dir.join(name));
+            let p = events::plan(&bytes[..])
+                .unwrap_or_else(|e| panic!("{}/{name}: {e}", dir.display()));
+            // runtime2.go has had these values since Go 1.0 (they are part of the traceback
+            // format); the binary's DWARF must say the same.
+            let s = p.statuses;
+            assert_eq!(
+                (s.idle, s.runnable, s.running, s.syscall, s.waiting, s.dead),
+                (0, 1, 2, 3, 4, 6),
+                "{name} {}",
+                p.version
+            );
+            // The bytes at the chosen file offset are an instruction the kernel emulates.
+            let at = p.probe_file_offset() as usize;
+            assert!(
+                probesite::kernel_emulates(&bytes[at..at + 6]),
+                "{name} {}: {:?}",
+                p.version,
+                p.site
+            );
+            assert!(p.site.offset < 64, "{:?}", p.site);
+            assert!(p.wait_reasons_len >= 20 && p.wait_reasons_len <= 256);
+            assert!(p.g_waitreason > 0);
+        }
+        // Stripped: a clear error, no plan.
+        let bytes = read(&dir.join("gosched-stripped"));
+        assert!(matches!(events::plan(&bytes[..]), Err(GoError::Stripped { .. })));
+    }
+}

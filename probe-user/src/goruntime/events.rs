@@ -1,0 +1,162 @@
+//! What a per-event Go capture needs from the binary: where runtime.casgstatus is and where in
+//! it the uprobe goes (probesite), the goroutine status values and runtime.g.waitreason's
+//! offset from DWARF, and where runtime.waitReasonStrings (the wait reasons' names) lives.
+//! Pure: parses bytes, needs no root.
+use iced_x86::Register;
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, ReadRef};
+
+use super::{
+    GoError, GoVersion, buildinfo, dwarf,
+    probesite::{self, ProbeSite},
+};
+
+/// The probed function: every goroutine status change goes through it (runtime/proc.go).
+pub const FUNCTION: &str = "runtime.casgstatus";
+const WAIT_REASONS: &str = "runtime.waitReasonStrings";
+/// waitReason is a uint8 (runtime/runtime2.go): at most 256 names.
+pub const MAX_WAIT_REASONS: u64 = 256;
+
+/// Goroutine status values (runtime2.go `_Gidle` ... `_Gdead`), as this binary defines them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Statuses {
+    pub idle: u32,
+    pub runnable: u32,
+    pub running: u32,
+    pub syscall: u32,
+    pub waiting: u32,
+    pub dead: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventPlan {
+    pub version: String,
+    pub pie: bool,
+    /// Page-aligned virtual address of the segment at file offset 0 (load bias, as Layout).
+    pub base_vaddr: u64,
+    /// Link-time address of runtime.casgstatus and its offset in the file.
+    pub function_vaddr: u64,
+    pub function_file_offset: u64,
+    pub site: ProbeSite,
+    pub g_waitreason: u64,
+    pub statuses: Statuses,
+    /// runtime.waitReasonStrings: [N]string at this link-time address.
+    pub wait_reasons_vaddr: u64,
+    pub wait_reasons_len: u64,
+}
+
+impl EventPlan {
+    /// File offset of the probed instruction (what the kernel's uprobe takes).
+    pub fn probe_file_offset(&self) -> u64 {
+        self.function_file_offset + self.site.offset
+    }
+}
+
+/// Plan the probe for the Go executable `data`.
+pub fn plan<'d, R: ReadRef<'d>>(data: R) -> Result<EventPlan, GoError> {
+    let file = super::parse_elf(data)?;
+    let version = buildinfo::version(&file)?;
+    let unsupported = |what: String| GoError::Unsupported { what };
+    if file.architecture() != object::Architecture::X86_64 {
+        return Err(unsupported(format!(
+            "per-event Go probes read arguments from amd64 registers; this binary is {:?}",
+            file.architecture()
+        )));
+    }
+    // The register ABI (ABIInternal) arrived on amd64 in Go 1.17 (cmd/compile/abi-internal.md).
+    if GoVersion::parse(&version).is_some_and(|v| !v.at_least(1, 17)) {
+        return Err(unsupported(format!(
+            "{version} passes arguments on the stack; per-event probes need Go >= 1.17"
+        )));
+    }
+    if !dwarf::has_debug_info(&file) {
+        return Err(GoError::Stripped { version });
+    }
+    let (mut func, mut reasons) = (None, None);
+    for sym in file.symbols() {
+        match sym.name_bytes() {
+            Ok(n) if n == FUNCTION.as_bytes() => {
+                func.get_or_insert((sym.address(), sym.size()));
+            }
+            Ok(n) if n == WAIT_REASONS.as_bytes() => {
+                reasons.get_or_insert((sym.address(), sym.size()));
+            }
+            _ => {}
+        }
+    }
+    let missing_sym = |symbol| GoError::MissingSymbol {
+        version: version.clone(),
+        symbol,
+    };
+    let (fvaddr, fsize) = func.ok_or_else(|| missing_sym(FUNCTION))?;
+    let (rvaddr, rsize) = reasons.ok_or_else(|| missing_sym(WAIT_REASONS))?;
+    let malformed = |what: String| GoError::Malformed { what };
+    if fsize == 0 || fsize > probesite::MAX_FUNCTION as u64 {
+        return Err(malformed(format!("{FUNCTION} has size {fsize}")));
+    }
+    // A Go string header is 16 bytes on 64-bit.
+    let reasons_len = rsize / 16;
+    if rsize % 16 != 0 || reasons_len == 0 || reasons_len > MAX_WAIT_REASONS {
+        return Err(malformed(format!("{WAIT_REASONS} has size {rsize}")));
+    }
+
+    let code = file
+        .sections()
+        .find(|s| s.address() <= fvaddr && fvaddr.saturating_add(fsize) <= s.address() + s.size())
+        .and_then(|s| s.data_range(fvaddr, fsize).ok().flatten())
+        .ok_or_else(|| malformed(format!("{FUNCTION} is not inside a section with data")))?;
+    // gp, oldval, newval: RAX, RBX, RCX under ABIInternal.
+    let site = probesite::choose(code, fvaddr, &[Register::RAX, Register::RBX, Register::RCX])
+        .map_err(|e| unsupported(format!("no uprobe site in {FUNCTION} that avoids single-stepping: {e}")))?;
+    let function_file_offset = file
+        .segments()
+        .find_map(|s| {
+            let (off, len) = s.file_range();
+            let rel = fvaddr.checked_sub(s.address())?;
+            (rel.checked_add(fsize)? <= len).then(|| off + rel)
+        })
+        .ok_or_else(|| malformed(format!("{FUNCTION} is not inside a loaded segment")))?;
+
+    let types = dwarf::Types::load(&file)?;
+    let missing = |what: &str| GoError::MissingDwarf {
+        version: version.clone(),
+        what: what.to_owned(),
+    };
+    let status = |name: &str| -> Result<u32, GoError> {
+        let full = format!("runtime.{name}");
+        types
+            .constant(&full)
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or_else(|| missing(&format!("the constant {full}")))
+    };
+    let statuses = Statuses {
+        idle: status("_Gidle")?,
+        runnable: status("_Grunnable")?,
+        running: status("_Grunning")?,
+        syscall: status("_Gsyscall")?,
+        waiting: status("_Gwaiting")?,
+        dead: status("_Gdead")?,
+    };
+    let (g_waitreason, t) = types
+        .member_path("runtime.g", &["waitreason"])
+        .ok_or_else(|| missing("runtime.g.waitreason"))?;
+    if t.byte_size != Some(1) {
+        return Err(missing("runtime.g.waitreason as a 1-byte type"));
+    }
+    let base_vaddr = file
+        .segments()
+        .find(|s| s.file_range().0 == 0)
+        .map(|s| s.address() & !0xfff)
+        .ok_or_else(|| malformed("no loadable segment at file offset 0".into()))?;
+    Ok(EventPlan {
+        version,
+        pie: file.kind() == object::ObjectKind::Dynamic,
+        base_vaddr,
+        function_vaddr: fvaddr,
+        function_file_offset,
+        site,
+        g_waitreason,
+        statuses,
+        wait_reasons_vaddr: rvaddr,
+        wait_reasons_len: reasons_len,
+    })
+}
