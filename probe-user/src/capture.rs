@@ -3,12 +3,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::{
     UsageError,
     cgroup::{CgroupNames, v2_mount},
-    cli::{CaptureArgs, Cli, Format},
+    cli::{CaptureArgs, Cli, Format, OnOff},
     gocapture,
     goruntime::GoError,
     probes::{FutexMode, ProbeOptions, Probes},
@@ -53,7 +53,7 @@ pub fn run(cli: &Cli, a: &CaptureArgs) -> anyhow::Result<()> {
             .map_err(|e| UsageError(e.to_string()))?,
         None => Vec::new(),
     };
-    let opts = ProbeOptions {
+    let mut opts = ProbeOptions {
         track_tasks: true,
         futex: if a.no_futex { FutexMode::Off } else { a.futex },
         slow_threshold: Some(a.threshold),
@@ -68,7 +68,9 @@ pub fn run(cli: &Cli, a: &CaptureArgs) -> anyhow::Result<()> {
     let mount = v2_mount().ok();
     let mut go = Vec::new();
     for &pid in &pids {
-        match gocapture::start(pid, mount.as_deref()) {
+        // One GO_CONFIG per load: per-event probes for the first Go program only.
+        let probes = a.go_probes == OnOff::On && go.is_empty();
+        match gocapture::start(pid, mount.as_deref(), probes) {
             Ok(g) => go.push(g),
             Err(e) if a.go => {
                 return Err(UsageError(format!(
@@ -83,7 +85,11 @@ pub fn run(cli: &Cli, a: &CaptureArgs) -> anyhow::Result<()> {
     if a.go && pids.is_empty() {
         return Err(UsageError("--go needs --pid PID (the Go program to read)".into()).into());
     }
+    opts.go_events = go.iter().find_map(|g| g.probe_target());
     let mut probes = Probes::load(&opts).context("starting the capture")?;
+    if let Some(t) = &opts.go_events {
+        info!(pid = t.pid, site = %t.site, file_offset = t.file_offset, "Go uprobe attached");
+    }
     let scope = if pids.is_empty() && a.cgroup.is_none() {
         "host-wide".to_string()
     } else {
@@ -117,19 +123,23 @@ pub fn run(cli: &Cli, a: &CaptureArgs) -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     let elapsed = started.elapsed();
-    // The Go end readings first, so they and the kernel maps cover the same window.
+    slow_dropped += probes.drain_slow_events(&mut slow, a.max_slow_events);
+    let snap = probes.snapshot().context("reading the capture maps")?;
+    drop(probes); // detach before the (possibly slow) output
+    // The Go end readings right after the maps, so both cover the same window.
     let mut go_sections = Vec::new();
     for g in go {
         let pid = g.pid;
-        match g.finish(mount.as_deref()) {
+        let raw = snap
+            .go
+            .as_ref()
+            .filter(|_| opts.go_events.as_ref().is_some_and(|t| t.pid == pid));
+        match g.finish(mount.as_deref(), raw) {
             Ok(sec) => go_sections.push(sec),
             // Exited during the window: its start reading alone says nothing of the window.
             Err(e) => warn!(pid, error = %e, "Go program not readable at the end of the capture"),
         }
     }
-    slow_dropped += probes.drain_slow_events(&mut slow, a.max_slow_events);
-    let snap = probes.snapshot().context("reading the capture maps")?;
-    drop(probes); // detach before the (possibly slow) output
 
     let mut r = report::build(
         &snap,

@@ -79,6 +79,19 @@ pub struct CaptureArgs {
     /// here); without it, Go programs among the --pid processes get one automatically
     #[arg(long)]
     pub go: bool,
+    /// Per-event Go probes (a uprobe on runtime.casgstatus of one --pid Go program, for the
+    /// capture only): every goroutine's scheduling latency split into P wait and thread
+    /// run-queue wait, blocking by wait reason, goroutines created. Costs the target about
+    /// 1 µs of CPU per goroutine status change while the capture runs; `off` keeps the Go
+    /// section to the runtime's own statistics, which cost it nothing
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    pub go_probes: OnOff,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Debug, Args)]

@@ -5,12 +5,17 @@
 //! stop-the-world pauses; cgroup counters give the window's throttling.
 use serde::Serialize;
 
+use schedlat_common::{GoConfig, go};
+
 use crate::{
     cpulimit::{self, CpuBudget, Throttling},
     goruntime::{
         GoError,
+        events::{self, EventPlan},
         live::{self, LatencyHist, Stats},
     },
+    hist::HistSummary,
+    probes::{GoEventTarget, GoRaw},
 };
 
 /// Summary of a runtime histogram's growth over the window.
@@ -111,7 +116,117 @@ pub struct GoSection {
     /// time Ms waited for a CPU, next to the goroutines' runnable time above.
     pub threads_runqueue_delay_ns: u64,
     pub threads_runqueue_waits: u64,
+    /// From the per-event uprobe (`--go-probes on`, one Go program per capture); null when
+    /// not attached (the reason is among the warnings).
+    pub events: Option<GoEvents>,
     pub warnings: Vec<String>,
+}
+
+/// What the per-event uprobe on runtime.casgstatus saw in the window.
+#[derive(Clone, Debug, Serialize)]
+pub struct GoEvents {
+    pub probe: ProbeInfo,
+    /// Every runnable -> running transition (not sampled): the time a goroutine was runnable
+    /// before it ran.
+    pub sched_latency: HistSummary,
+    /// The same transitions split in two: the time the thread (M) that then ran the goroutine
+    /// was itself waiting on the kernel run queue (CPU contention: quota, other processes),
+    /// and the rest (waiting for a P, i.e. for the Go scheduler: GOMAXPROCS contention).
+    pub wait_m_runqueue: HistSummary,
+    pub wait_p: HistSummary,
+    /// wait_m_runqueue.sum_ns / sched_latency.sum_ns (0 when nothing ran).
+    pub m_runqueue_share: f64,
+    /// Time goroutines spent blocked, by the runtime's wait reason (names read from the
+    /// binary's runtime.waitReasonStrings), largest total first.
+    pub blocked: Vec<BlockedRow>,
+    /// Goroutines started (_Gdead -> _Grunnable) and ended (-> _Gdead) in the window.
+    pub goroutines_created: u64,
+    pub goroutines_exited: u64,
+    /// Lost or approximate: by reason (see schedlat_common::go::counter).
+    pub dropped: GoEventDrops,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ProbeInfo {
+    pub function: String,
+    /// Offset of the probed instruction in the function, and the instruction: one the kernel
+    /// emulates, so a hit is never single-stepped.
+    pub offset: u64,
+    pub instruction: String,
+    pub skipped_instructions: usize,
+    /// Probe hits in the window (each costs the target roughly a microsecond of CPU).
+    pub hits: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BlockedRow {
+    pub reason: String,
+    /// runtime.waitReason value.
+    pub reason_id: u32,
+    #[serde(flatten)]
+    pub time: HistSummary,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GoEventDrops {
+    /// Goroutine transitions whose start could not be kept (GO_G full).
+    pub g_map_full: u64,
+    /// Blocks whose wait reason could not be read (reported as "unknown").
+    pub reason_read_failed: u64,
+    /// Threads whose run-queue waits could not be kept (their M share reads 0).
+    pub runq_map_full: u64,
+    /// Transitions whose M had more run-queue waits in the window than kept: M share is a
+    /// lower bound for these.
+    pub ring_overrun: u64,
+}
+
+/// Build the events section from the Go maps and the wait reasons' names.
+pub fn events_section(raw: &GoRaw, plan: &EventPlan, reasons: &[String]) -> GoEvents {
+    use go::{counter as c, hist as h};
+    let summary = |i: u32| HistSummary::from(&raw.hists[i as usize]);
+    let latency = summary(h::SCHED_LATENCY);
+    let m = summary(h::WAIT_M_RUNQ);
+    let mut blocked: Vec<BlockedRow> = (0..256u32)
+        .filter_map(|r| {
+            let s = summary(h::BLOCKED + r);
+            (s.count > 0).then(|| BlockedRow {
+                reason: reasons
+                    .get(r as usize)
+                    .filter(|n| !n.is_empty())
+                    .cloned()
+                    .unwrap_or_else(|| format!("unknown ({r})")),
+                reason_id: r,
+                time: s,
+            })
+        })
+        .collect();
+    blocked.sort_by(|a, b| b.time.sum_ns.cmp(&a.time.sum_ns).then(a.reason_id.cmp(&b.reason_id)));
+    GoEvents {
+        probe: ProbeInfo {
+            function: events::FUNCTION.to_string(),
+            offset: plan.site.offset,
+            instruction: plan.site.instruction.clone(),
+            skipped_instructions: plan.site.skipped,
+            hits: raw.counts[c::HITS as usize],
+        },
+        m_runqueue_share: if latency.sum_ns == 0 {
+            0.0
+        } else {
+            m.sum_ns as f64 / latency.sum_ns as f64
+        },
+        sched_latency: latency,
+        wait_m_runqueue: m,
+        wait_p: summary(h::WAIT_P),
+        blocked,
+        goroutines_created: raw.counts[c::CREATED as usize],
+        goroutines_exited: raw.counts[c::EXITED as usize],
+        dropped: GoEventDrops {
+            g_map_full: raw.counts[c::G_MAP_FULL as usize],
+            reason_read_failed: raw.counts[c::REASON_READ_FAILED as usize],
+            runq_map_full: raw.counts[c::RUNQ_MAP_FULL as usize],
+            ring_overrun: raw.counts[c::RING_OVERRUN as usize],
+        },
+    }
 }
 
 /// State taken at the start of the window.
@@ -121,27 +236,97 @@ pub struct GoStart {
     exe: std::fs::Metadata,
     before: Stats,
     budget_before: Option<CpuBudget>,
+    /// The per-event probe's plan and the wait reasons' names, when requested and possible.
+    pub events: Option<(EventPlan, Vec<String>)>,
+    /// Why per-event probes were requested but are not possible.
+    pub events_unavailable: Option<String>,
 }
 
-/// Read the process at the start of the window. `Err(NotGo)` for non-Go processes.
-pub fn start(pid: u32, cgroup_mount: Option<&std::path::Path>) -> Result<GoStart, GoError> {
+/// Plan the per-event probe for `pid` (an error says why it cannot be placed).
+fn plan_events(pid: u32) -> Result<(EventPlan, Vec<String>), GoError> {
+    let (f, meta) = live::open_exe(pid)?;
+    let cache = object::ReadCache::new(f);
+    let plan = events::plan(&cache)?;
+    let names = live::wait_reason_names(pid, &plan, &meta)?;
+    Ok((plan, names))
+}
+
+/// Read the process at the start of the window (and plan the per-event probe if `probes`).
+/// `Err(NotGo)` for non-Go processes.
+pub fn start(
+    pid: u32,
+    cgroup_mount: Option<&std::path::Path>,
+    probes: bool,
+) -> Result<GoStart, GoError> {
     let (layout, exe) = live::analyse_exe(pid)?;
     let before = live::read_with(pid, &layout, &exe)?;
     let budget_before = cgroup_mount.and_then(|m| cpulimit::budget(pid, m).ok());
+    let (events, events_unavailable) = if probes {
+        match plan_events(pid) {
+            Ok(e) => {
+                tracing::debug!(
+                    pid,
+                    function = events::FUNCTION,
+                    offset = e.0.site.offset,
+                    instruction = %e.0.site.instruction,
+                    skipped = e.0.site.skipped,
+                    file_offset = e.0.probe_file_offset(),
+                    "Go probe site: an instruction the kernel emulates"
+                );
+                (Some(e), None)
+            }
+            Err(e) => (None, Some(format!("per-event Go probes not possible: {e}"))),
+        }
+    } else {
+        (None, None)
+    };
     Ok(GoStart {
         pid,
         layout,
         exe,
         before,
         budget_before,
+        events,
+        events_unavailable,
     })
 }
 
 impl GoStart {
+    /// The uprobe to attach for this process, if planned.
+    pub fn probe_target(&self) -> Option<GoEventTarget> {
+        let (p, _) = self.events.as_ref()?;
+        let s = p.statuses;
+        Some(GoEventTarget {
+            pid: self.pid,
+            file_offset: p.probe_file_offset(),
+            site: format!(
+                "{}+{:#x} ({})",
+                events::FUNCTION,
+                p.site.offset,
+                p.site.instruction
+            ),
+            config: GoConfig {
+                tgid: self.pid,
+                g_waitreason: p.g_waitreason as u32,
+                st_idle: s.idle,
+                st_runnable: s.runnable,
+                st_running: s.running,
+                st_syscall: s.syscall,
+                st_waiting: s.waiting,
+                st_dead: s.dead,
+            },
+        })
+    }
+
     /// Read again at the end of the window (before the kernel maps are read, so both cover
     /// the same time) and build the section; the threads' run-queue delay is filled in from
     /// the capture report afterwards ([`GoSection::threads_runqueue_delay_ns`]).
-    pub fn finish(self, cgroup_mount: Option<&std::path::Path>) -> Result<GoSection, GoError> {
+    /// `raw`: the Go maps, when this process's uprobe was attached.
+    pub fn finish(
+        self,
+        cgroup_mount: Option<&std::path::Path>,
+        raw: Option<&GoRaw>,
+    ) -> Result<GoSection, GoError> {
         let after = live::read_with(self.pid, &self.layout, &self.exe)?;
         let budget = cgroup_mount.and_then(|m| cpulimit::budget(self.pid, m).ok());
         let throttling = match (&budget, &self.budget_before) {
@@ -174,6 +359,13 @@ impl GoStart {
             }),
             _ => None,
         };
+        if let Some(why) = &self.events_unavailable {
+            warnings.push(why.clone());
+        }
+        let events = match (&self.events, raw) {
+            (Some((plan, names)), Some(raw)) => Some(events_section(raw, plan, names)),
+            _ => None,
+        };
         Ok(GoSection {
             pid: self.pid,
             go_version: after.go_version.clone(),
@@ -186,6 +378,7 @@ impl GoStart {
             throttling,
             threads_runqueue_delay_ns: 0,
             threads_runqueue_waits: 0,
+            events,
             warnings,
         })
     }
@@ -230,6 +423,9 @@ pub fn render_text(sections: &[GoSection]) -> String {
             fmt_ns(g.threads_runqueue_delay_ns),
             g.threads_runqueue_waits
         );
+        if let Some(e) = &g.events {
+            render_events(&mut o, e);
+        }
         match &g.stw_pauses {
             Some(p) => {
                 let _ = writeln!(
@@ -272,6 +468,60 @@ pub fn render_text(sections: &[GoSection]) -> String {
         }
     }
     o
+}
+
+fn render_events(o: &mut String, e: &GoEvents) {
+    use crate::report::fmt_ns;
+    use std::fmt::Write as _;
+    let line = |h: &HistSummary| {
+        format!(
+            "{} (p50 {} p90 {} p99 {} max {}, total {})",
+            h.count,
+            fmt_ns(h.p50_ns),
+            fmt_ns(h.p90_ns),
+            fmt_ns(h.p99_ns),
+            fmt_ns(h.max_ns),
+            fmt_ns(h.sum_ns)
+        )
+    };
+    let _ = writeln!(
+        o,
+        "per event (uprobe at {}+{:#x} `{}`, {} hits):",
+        e.probe.function, e.probe.offset, e.probe.instruction, e.probe.hits
+    );
+    let _ = writeln!(o, "  runnable -> running: {}", line(&e.sched_latency));
+    let _ = writeln!(
+        o,
+        "    of which its thread waited on the kernel run queue: {} of the time ({}), waiting \
+         for a P / the Go scheduler: {}",
+        fmt_pct(e.m_runqueue_share),
+        fmt_ns(e.wait_m_runqueue.sum_ns),
+        fmt_ns(e.wait_p.sum_ns)
+    );
+    let _ = writeln!(
+        o,
+        "  goroutines created {}, ended {}",
+        e.goroutines_created, e.goroutines_exited
+    );
+    if !e.blocked.is_empty() {
+        let _ = writeln!(o, "  blocked, by wait reason:");
+        for b in &e.blocked {
+            let _ = writeln!(o, "    {:<28} {}", b.reason, line(&b.time));
+        }
+    }
+    let d = &e.dropped;
+    if d.g_map_full + d.reason_read_failed + d.runq_map_full + d.ring_overrun > 0 {
+        let _ = writeln!(
+            o,
+            "  lost: {} transitions (map full), {} unreadable wait reasons, {} threads' run-queue \
+             waits (map full); {} latencies with the thread share a lower bound",
+            d.g_map_full, d.reason_read_failed, d.runq_map_full, d.ring_overrun
+        );
+    }
+}
+
+fn fmt_pct(x: f64) -> String {
+    format!("{:.1}%", x * 100.0)
 }
 
 #[cfg(test)]

@@ -6,12 +6,12 @@ use std::{path::PathBuf, time::Duration};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, TracePoint},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, TracePoint, UProbe, uprobe::UProbeAttachLocation, uprobe::UProbeScope},
 };
 use schedlat_common::{
-    Config, CpuStat, Hist, HistKey, SlowEvent, TaskStat, WakeCount, WakePair, drop_reason, flags,
-    futex_outcome,
+    Config, CpuStat, GoConfig, Hist, HistKey, SlowEvent, TaskStat, WakeCount, WakePair,
+    drop_reason, flags, futex_outcome, go,
 };
 use tracing::{debug, info, warn};
 
@@ -152,6 +152,30 @@ pub struct ProbeOptions {
     pub map_sizes: MapSizes,
     pub tracefs: Option<PathBuf>,
     pub btf: PathBuf,
+    /// A Go process to trace per event (captures): a uprobe on its runtime.casgstatus.
+    pub go_events: Option<GoEventTarget>,
+}
+
+/// Where the Go uprobe goes and what it needs to know (crate::goruntime::events::EventPlan).
+#[derive(Clone, Debug)]
+pub struct GoEventTarget {
+    pub pid: u32,
+    /// Probed instruction's offset in the executable file.
+    pub file_offset: u64,
+    /// Shown in errors and `attached`, e.g. "runtime.casgstatus+0x20 (jb)".
+    pub site: String,
+    pub config: GoConfig,
+}
+
+/// The Go maps at one instant (captures with [`ProbeOptions::go_events`]).
+#[derive(Clone, Debug)]
+pub struct GoRaw {
+    /// Indexed by schedlat_common::go::hist.
+    pub hists: Vec<Histogram>,
+    /// Indexed by schedlat_common::go::counter.
+    pub counts: [u64; go::counter::COUNT],
+    pub g_entries: usize,
+    pub g_capacity: u32,
 }
 
 impl Default for ProbeOptions {
@@ -166,6 +190,7 @@ impl Default for ProbeOptions {
             map_sizes: MapSizes::default(),
             tracefs: None,
             btf: PathBuf::from("/sys/kernel/btf/vmlinux"),
+            go_events: None,
         }
     }
 }
@@ -192,6 +217,7 @@ pub struct RawSnapshot {
     pub futex_outcomes: [u64; futex_outcome::COUNT],
     /// Current entry counts, for self-metrics.
     pub map_entries: Vec<(&'static str, usize, u32)>,
+    pub go: Option<GoRaw>,
 }
 
 pub struct Probes {
@@ -199,6 +225,8 @@ pub struct Probes {
     slow: Option<RingBuf<MapData>>,
     pub attached: Vec<Attached>,
     pub sizes: MapSizes,
+    /// A Go uprobe is attached (GO_* maps in use).
+    go: bool,
 }
 
 /// Effective capability bits of this process (/proc/self/status CapEff).
@@ -366,6 +394,28 @@ impl Probes {
             )
             .map_max_entries("FILTER_TGID", filter_tgid)
             .map_max_entries("FILTER_CG", filter_cg);
+        let go_cfg = opts.go_events.as_ref().map_or(
+            GoConfig {
+                st_idle: u32::MAX,
+                st_runnable: u32::MAX,
+                st_running: u32::MAX,
+                st_syscall: u32::MAX,
+                st_waiting: u32::MAX,
+                st_dead: u32::MAX,
+                ..Default::default()
+            },
+            |g| g.config,
+        );
+        loader.override_global("GO_CONFIG", &go_cfg, true);
+        if opts.go_events.is_none() {
+            // Not a Go capture: no ~450 KiB of Go histograms in the daemon.
+            loader
+                .map_max_entries("GO_G", 1)
+                .map_max_entries("GO_HISTS", 1)
+                .map_max_entries("GO_RUNQ", 1);
+        } else {
+            loader.map_max_entries("GO_G", GO_G_ENTRIES);
+        }
         let mut ebpf = loader
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
@@ -462,6 +512,9 @@ impl Probes {
                 });
             }
         }
+        if let Some(g) = &opts.go_events {
+            attached.push(attach_go(&mut ebpf, g)?);
+        }
         for a in &attached {
             if a.attached {
                 info!(program = %a.program, target = %a.target, "attached");
@@ -492,6 +545,7 @@ impl Probes {
             slow,
             attached,
             sizes,
+            go: opts.go_events.is_some(),
         })
     }
 
@@ -583,8 +637,76 @@ impl Probes {
             })?;
             *d = v.iter().sum();
         }
+        if self.go {
+            snap.go = Some(self.go_snapshot()?);
+        }
         Ok(snap)
     }
+
+    fn go_snapshot(&self) -> Result<GoRaw, ProbeError> {
+        let err = |map: &'static str| move |e: aya::maps::MapError| ProbeError::Map {
+            map,
+            detail: e.to_string(),
+        };
+        let hists: Array<_, Hist> = map_ref(&self.ebpf, "GO_HISTS")?;
+        let mut out = Vec::with_capacity(go::hist::COUNT as usize);
+        for i in 0..go::hist::COUNT {
+            out.push(Histogram::from(&hists.get(&i, 0).map_err(err("GO_HISTS"))?));
+        }
+        let counts: PerCpuArray<_, u64> = map_ref(&self.ebpf, "GO_COUNTS")?;
+        let mut c = [0u64; go::counter::COUNT];
+        for (i, d) in c.iter_mut().enumerate() {
+            *d = counts.get(&(i as u32), 0).map_err(err("GO_COUNTS"))?.iter().sum();
+        }
+        let g: BpfHashMap<_, u64, schedlat_common::GoGState> = map_ref(&self.ebpf, "GO_G")?;
+        Ok(GoRaw {
+            hists: out,
+            counts: c,
+            g_entries: g.keys().count(),
+            g_capacity: GO_G_ENTRIES,
+        })
+    }
+}
+
+/// Capacity of GO_G (goroutines runnable or waiting at once that a Go capture can time).
+const GO_G_ENTRIES: u32 = 65536;
+
+/// Attach the Go uprobe to one process, at the planned instruction.
+fn attach_go(ebpf: &mut Ebpf, g: &GoEventTarget) -> Result<Attached, ProbeError> {
+    let name = "go_casgstatus";
+    let exe = format!("/proc/{}/exe", g.pid);
+    let target = format!("uprobe:{exe}:{} (file offset {:#x})", g.site, g.file_offset);
+    let p: &mut UProbe = ebpf
+        .program_mut(name)
+        .ok_or_else(|| ProbeError::Map {
+            map: "programs",
+            detail: format!("{name} missing from object"),
+        })?
+        .try_into()
+        .map_err(prog_err(name))?;
+    p.load().map_err(prog_err(name))?;
+    let pid = std::num::NonZeroU32::new(g.pid).ok_or_else(|| ProbeError::Map {
+        map: "programs",
+        detail: "Go target pid 0".into(),
+    })?;
+    // /proc/PID/exe: the kernel resolves the magic link to the process's own binary, also
+    // when it lives in another mount namespace (a container).
+    p.attach(
+        UProbeAttachLocation::AbsoluteOffset(g.file_offset),
+        &exe,
+        UProbeScope::OneProcess(pid),
+    )
+    .map_err(|source| ProbeError::Attach {
+        program: name.into(),
+        target: target.clone(),
+        source: Box::new(source),
+    })?;
+    Ok(Attached {
+        program: name.into(),
+        target,
+        attached: true,
+        note: None,
+    })
 }
 
 fn map_ref<'a, V: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>>(

