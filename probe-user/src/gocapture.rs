@@ -200,7 +200,12 @@ pub fn events_section(raw: &GoRaw, plan: &EventPlan, reasons: &[String]) -> GoEv
             })
         })
         .collect();
-    blocked.sort_by(|a, b| b.time.sum_ns.cmp(&a.time.sum_ns).then(a.reason_id.cmp(&b.reason_id)));
+    blocked.sort_by(|a, b| {
+        b.time
+            .sum_ns
+            .cmp(&a.time.sum_ns)
+            .then(a.reason_id.cmp(&b.reason_id))
+    });
     GoEvents {
         probe: ProbeInfo {
             function: events::FUNCTION.to_string(),

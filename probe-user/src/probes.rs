@@ -7,7 +7,9 @@ use std::{path::PathBuf, time::Duration};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, TracePoint, UProbe, uprobe::UProbeAttachLocation, uprobe::UProbeScope},
+    programs::{
+        BtfTracePoint, TracePoint, UProbe, uprobe::UProbeAttachLocation, uprobe::UProbeScope,
+    },
 };
 use schedlat_common::{
     Config, CpuStat, GoConfig, Hist, HistKey, SlowEvent, TaskStat, WakeCount, WakePair,
@@ -644,9 +646,11 @@ impl Probes {
     }
 
     fn go_snapshot(&self) -> Result<GoRaw, ProbeError> {
-        let err = |map: &'static str| move |e: aya::maps::MapError| ProbeError::Map {
-            map,
-            detail: e.to_string(),
+        let err = |map: &'static str| {
+            move |e: aya::maps::MapError| ProbeError::Map {
+                map,
+                detail: e.to_string(),
+            }
         };
         let hists: Array<_, Hist> = map_ref(&self.ebpf, "GO_HISTS")?;
         let mut out = Vec::with_capacity(go::hist::COUNT as usize);
@@ -656,7 +660,11 @@ impl Probes {
         let counts: PerCpuArray<_, u64> = map_ref(&self.ebpf, "GO_COUNTS")?;
         let mut c = [0u64; go::counter::COUNT];
         for (i, d) in c.iter_mut().enumerate() {
-            *d = counts.get(&(i as u32), 0).map_err(err("GO_COUNTS"))?.iter().sum();
+            *d = counts
+                .get(&(i as u32), 0)
+                .map_err(err("GO_COUNTS"))?
+                .iter()
+                .sum();
         }
         let g: BpfHashMap<_, u64, schedlat_common::GoGState> = map_ref(&self.ebpf, "GO_G")?;
         Ok(GoRaw {

@@ -687,7 +687,12 @@ fn buckets(h: &Value) -> Vec<(u64, u64)> {
         .as_array()
         .unwrap_or_else(|| panic!("no buckets in {h}"))
         .iter()
-        .map(|b| (b["le_ns"].as_u64().unwrap_or(u64::MAX), b["count"].as_u64().unwrap()))
+        .map(|b| {
+            (
+                b["le_ns"].as_u64().unwrap_or(u64::MAX),
+                b["count"].as_u64().unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -729,7 +734,10 @@ fn capture_goevents(mut cmd: Command, what: &str) -> (Value, Value) {
     cap.wait_ready(std::time::Duration::from_secs(60));
     let done = fx.go();
     let (status, stdout, stderr) = cap.stop();
-    assert!(status.success(), "{what}: capture failed: {status}\n{stderr}");
+    assert!(
+        status.success(),
+        "{what}: capture failed: {status}\n{stderr}"
+    );
     fx.exit();
     let report: Value = serde_json::from_str(&stdout).unwrap();
     let go = report["go"][0].clone();
@@ -852,8 +860,15 @@ fn capture_go_probes_agree_with_the_runtime_and_see_known_blocking() {
             }
             // The split adds up, transition by transition.
             let sum = |k: &str| ev[k]["sum_ns"].as_u64().unwrap();
-            assert_eq!(sum("wait_p") + sum("wait_m_runqueue"), sum("sched_latency"), "{what}");
-            assert_eq!(ev["wait_p"]["count"], ev["sched_latency"]["count"], "{what}");
+            assert_eq!(
+                sum("wait_p") + sum("wait_m_runqueue"),
+                sum("sched_latency"),
+                "{what}"
+            );
+            assert_eq!(
+                ev["wait_p"]["count"], ev["sched_latency"]["count"],
+                "{what}"
+            );
         }
     }
 }
@@ -908,7 +923,11 @@ fn capture_go_probes_split_p_wait_from_cpu_contention() {
     let (_, cpu_bound) = capture_goevents(cmd, "CPU-bound");
     let (a, b) = (share(&p_bound), share(&cpu_bound));
     println!("thread run-queue share of goroutine latency: P-bound {a:.3}, CPU-bound {b:.3}");
-    assert!(b > 0.7, "CPU-bound: thread run-queue share {b:.3}: {}", cpu_bound["events"]);
+    assert!(
+        b > 0.7,
+        "CPU-bound: thread run-queue share {b:.3}: {}",
+        cpu_bound["events"]
+    );
     assert!(
         a < b - 0.25,
         "P-bound share {a:.3} not clearly below CPU-bound {b:.3}: {}",

@@ -204,7 +204,9 @@ impl Types {
                                 return Err(IndexError::TooMany);
                             }
                             let v = entry.attr_value(gimli::DW_AT_const_value)?;
-                            if let Some(v) = v.and_then(|v| v.sdata_value().or(v.udata_value().map(|u| u as i64))) {
+                            if let Some(v) = v
+                                .and_then(|v| v.sdata_value().or(v.udata_value().map(|u| u as i64)))
+                            {
                                 consts.entry(n).or_insert(v);
                             }
                         }

@@ -106,7 +106,11 @@ pub fn plan<'d, R: ReadRef<'d>>(data: R) -> Result<EventPlan, GoError> {
         .ok_or_else(|| malformed(format!("{FUNCTION} is not inside a section with data")))?;
     // gp, oldval, newval: RAX, RBX, RCX under ABIInternal.
     let site = probesite::choose(code, fvaddr, &[Register::RAX, Register::RBX, Register::RCX])
-        .map_err(|e| unsupported(format!("no uprobe site in {FUNCTION} that avoids single-stepping: {e}")))?;
+        .map_err(|e| {
+            unsupported(format!(
+                "no uprobe site in {FUNCTION} that avoids single-stepping: {e}"
+            ))
+        })?;
     let function_file_offset = file
         .segments()
         .find_map(|s| {

@@ -241,7 +241,13 @@ pub fn wait_reason_names(
     let path = "process memory (runtime.waitReasonStrings)";
     let n = plan.wait_reasons_len.min(super::events::MAX_WAIT_REASONS) as usize;
     let mut headers = vec![0u8; n * 16];
-    read_abs(&mem, plan.wait_reasons_vaddr.wrapping_add(bias), &mut headers, pid, path)?;
+    read_abs(
+        &mem,
+        plan.wait_reasons_vaddr.wrapping_add(bias),
+        &mut headers,
+        pid,
+        path,
+    )?;
     let mut names = Vec::with_capacity(n);
     for h in headers.chunks_exact(16) {
         let ptr = u64::from_le_bytes(h[..8].try_into().expect("8 bytes"));

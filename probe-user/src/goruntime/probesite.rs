@@ -43,7 +43,9 @@ pub enum SiteError {
     TooLong(usize),
     #[error("undecodable instruction at +{0:#x}")]
     Invalid(u64),
-    #[error("`{insn}` at +{offset:#x} writes {reg:?}, which the probe reads, before any emulated instruction")]
+    #[error(
+        "`{insn}` at +{offset:#x} writes {reg:?}, which the probe reads, before any emulated instruction"
+    )]
     Clobbers {
         offset: u64,
         insn: String,
@@ -60,11 +62,10 @@ pub enum SiteError {
 /// Whether the kernel emulates `bytes`' instruction on x86-64: jmp rel8/rel32, call rel32,
 /// jcc rel8/rel32, with no prefix (branch_setup_xol_ops' opcode switch).
 pub fn kernel_emulates(bytes: &[u8]) -> bool {
-    match bytes {
-        [0x70..=0x7f | 0xe8 | 0xe9 | 0xeb, ..] => true,
-        [0x0f, 0x80..=0x8f, ..] => true,
-        _ => false,
-    }
+    matches!(
+        bytes,
+        [0x70..=0x7f | 0xe8 | 0xe9 | 0xeb, ..] | [0x0f, 0x80..=0x8f, ..]
+    )
 }
 
 /// Choose the probe site in `code`, the bytes of a function linked at `addr`, such that the
@@ -128,7 +129,10 @@ pub fn choose(code: &[u8], addr: u64, keep: &[Register]) -> Result<ProbeSite, Si
         for r in info.info(i).used_registers() {
             let written = matches!(
                 r.access(),
-                OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite
+                OpAccess::Write
+                    | OpAccess::CondWrite
+                    | OpAccess::ReadWrite
+                    | OpAccess::ReadCondWrite
             );
             if written && keep.contains(&r.register().full_register()) {
                 return Err(SiteError::Clobbers {
@@ -229,7 +233,10 @@ mod tests {
     #[test]
     fn garbage_and_caps() {
         assert_eq!(choose(&[], 0, ARGS), Err(SiteError::NotFound));
-        assert!(matches!(choose(&[0x06], 0, ARGS), Err(SiteError::Invalid(0))));
+        assert!(matches!(
+            choose(&[0x06], 0, ARGS),
+            Err(SiteError::Invalid(0))
+        ));
         assert!(matches!(
             choose(&vec![0x90; MAX_FUNCTION + 1], 0, ARGS),
             Err(SiteError::TooLong(_))

@@ -219,6 +219,9 @@ fn event_plans_of_fixtures() {
         }
         // Stripped: a clear error, no plan.
         let bytes = read(&dir.join("gosched-stripped"));
-        assert!(matches!(events::plan(&bytes[..]), Err(GoError::Stripped { .. })));
+        assert!(matches!(
+            events::plan(&bytes[..]),
+            Err(GoError::Stripped { .. })
+        ));
     }
 }
