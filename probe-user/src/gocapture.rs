@@ -578,6 +578,91 @@ mod tests {
         );
     }
 
+    fn plan() -> EventPlan {
+        EventPlan {
+            version: "go1.27.3".into(),
+            pie: false,
+            base_vaddr: 0x400000,
+            function_vaddr: 0x44fd80,
+            function_file_offset: 0x4fd80,
+            site: crate::goruntime::probesite::ProbeSite {
+                offset: 0x19,
+                instruction: "jb 0x44fda6".into(),
+                skipped: 7,
+            },
+            g_waitreason: 0xb0,
+            statuses: crate::goruntime::events::Statuses {
+                idle: 0,
+                runnable: 1,
+                running: 2,
+                syscall: 3,
+                waiting: 4,
+                dead: 6,
+            },
+            wait_reasons_vaddr: 0x686f00,
+            wait_reasons_len: 3,
+        }
+    }
+
+    #[test]
+    fn events_section_names_reasons_and_splits_latency() {
+        use crate::hist::Histogram;
+        let mut hists = vec![Histogram::default(); go::hist::COUNT as usize];
+        let mut rec = |i: u32, v: &[u64]| {
+            for &ns in v {
+                hists[i as usize].record(ns);
+            }
+        };
+        rec(go::hist::SCHED_LATENCY, &[1_000, 3_000, 100_000]);
+        rec(go::hist::WAIT_M_RUNQ, &[0, 1_000, 60_000]);
+        rec(go::hist::WAIT_P, &[1_000, 2_000, 40_000]);
+        rec(go::hist::BLOCKED + 1, &[5_000_000]); // a name from the binary
+        rec(go::hist::BLOCKED + 2, &[50_000_000, 50_000_000]);
+        rec(go::hist::BLOCKED + 7, &[1_000]); // beyond the binary's table
+        let mut counts = [0u64; go::counter::COUNT];
+        counts[go::counter::HITS as usize] = 42;
+        counts[go::counter::CREATED as usize] = 3;
+        counts[go::counter::RING_OVERRUN as usize] = 1;
+        let raw = GoRaw {
+            hists,
+            counts,
+            g_entries: 0,
+            g_capacity: 1,
+        };
+        let names = ["".to_string(), "sleep".into(), "chan receive".into()];
+        let e = events_section(&raw, &plan(), &names);
+        assert_eq!(e.probe.hits, 42);
+        assert_eq!(e.probe.offset, 0x19);
+        assert_eq!(e.goroutines_created, 3);
+        assert_eq!(e.dropped.ring_overrun, 1);
+        assert_eq!(e.sched_latency.count, 3);
+        assert!((e.m_runqueue_share - 61_000.0 / 104_000.0).abs() < 1e-9);
+        // Largest total first; a reason past the binary's table is named by number.
+        let rows: Vec<(&str, u64)> = e
+            .blocked
+            .iter()
+            .map(|b| (b.reason.as_str(), b.time.count))
+            .collect();
+        assert_eq!(
+            rows,
+            [("chan receive", 2), ("sleep", 1), ("unknown (7)", 1)]
+        );
+        let text = {
+            let mut o = String::new();
+            render_events(&mut o, &e);
+            o
+        };
+        assert!(
+            text.contains("runtime.casgstatus+0x19 `jb 0x44fda6`, 42 hits"),
+            "{text}"
+        );
+        assert!(text.contains("58.7% of the time"), "{text}");
+        assert!(
+            text.contains("1 latencies with the thread share a lower bound"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn empty_and_reset_windows() {
         let b = [f64::NEG_INFINITY, 1e-6, f64::INFINITY];
