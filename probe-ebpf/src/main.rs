@@ -843,30 +843,30 @@ pub fn go_casgstatus(ctx: ProbeContext) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     go_count(go::counter::HITS);
 
-    // Leaving a state we timed: close the interval.
-    if old == c.st_waiting || old == c.st_runnable {
-        if let Some(st) = unsafe { GO_G.get(&gp) } {
-            let (ts, state, reason) = (st.ts_ns, st.state, st.reason);
-            let d = now.saturating_sub(ts);
-            if old == c.st_waiting && state == go::SINCE_WAITING {
-                go_hist(go::hist::BLOCKED + (reason & 0xff), d);
-            } else if old == c.st_runnable && state == go::SINCE_RUNNABLE && new == c.st_running {
-                go_hist(go::hist::SCHED_LATENCY, d);
-                let tid = bpf_get_current_pid_tgid() as u32;
-                let m = go_runq_overlap(tid, ts, now);
-                let m = if m > d { d } else { m };
-                go_hist(go::hist::WAIT_M_RUNQ, m);
-                go_hist(go::hist::WAIT_P, d - m);
-            }
-            let _ = GO_G.remove(&gp);
+    // One hash lookup per hit in the steady state: a g's entry is updated in place and only
+    // deleted when the goroutine ends. Transitions of one g are serialised by the status CAS
+    // (casgstatus spins until it owns the change), so no other CPU writes this entry meanwhile.
+    let entry = GO_G.get_ptr_mut(&gp);
+    if let Some(st) = entry {
+        let (ts, state, reason) = unsafe { ((*st).ts_ns, (*st).state, (*st).reason) };
+        let d = now.saturating_sub(ts);
+        if old == c.st_waiting && state == go::SINCE_WAITING {
+            go_hist(go::hist::BLOCKED + (reason & 0xff), d);
+        } else if old == c.st_runnable && state == go::SINCE_RUNNABLE && new == c.st_running {
+            go_hist(go::hist::SCHED_LATENCY, d);
+            let tid = bpf_get_current_pid_tgid() as u32;
+            let m = go_runq_overlap(tid, ts, now);
+            let m = if m > d { d } else { m };
+            go_hist(go::hist::WAIT_M_RUNQ, m);
+            go_hist(go::hist::WAIT_P, d - m);
         }
     }
 
-    if new == c.st_runnable {
+    let (state, reason) = if new == c.st_runnable {
         if old == c.st_dead || old == c.st_idle {
             go_count(go::counter::CREATED);
         }
-        go_stamp(gp, now, go::SINCE_RUNNABLE, 0);
+        (go::SINCE_RUNNABLE, 0)
     } else if new == c.st_waiting {
         // gopark stored the reason before mcall(park_m) (runtime/proc.go).
         let p = (gp + c.g_waitreason as u64) as *const u8;
@@ -877,24 +877,41 @@ pub fn go_casgstatus(ctx: ProbeContext) -> u32 {
                 255
             }
         };
-        go_stamp(gp, now, go::SINCE_WAITING, reason);
+        (go::SINCE_WAITING, reason)
     } else if new == c.st_dead {
         go_count(go::counter::EXITED);
-        let _ = GO_G.remove(&gp);
+        if entry.is_some() {
+            let _ = GO_G.remove(&gp);
+        }
+        return 0;
+    } else {
+        if old == c.st_syscall && new == c.st_running {
+            go_count(go::counter::SYSCALL_FAST_RETURNS);
+        }
+        // Running, syscall, ...: nothing to time from here; mark the entry stale.
+        if let Some(st) = entry {
+            unsafe { (*st).state = 0 };
+        }
+        return 0;
+    };
+    match entry {
+        Some(st) => unsafe {
+            (*st).ts_ns = now;
+            (*st).state = state;
+            (*st).reason = reason;
+        },
+        None => {
+            let v = GoGState {
+                ts_ns: now,
+                state,
+                reason,
+            };
+            if GO_G.insert(&gp, &v, 0).is_err() {
+                go_count(go::counter::G_MAP_FULL);
+            }
+        }
     }
     0
-}
-
-#[inline(always)]
-fn go_stamp(gp: u64, now: u64, state: u32, reason: u32) {
-    let v = GoGState {
-        ts_ns: now,
-        state,
-        reason,
-    };
-    if GO_G.insert(&gp, &v, 0).is_err() {
-        go_count(go::counter::G_MAP_FULL);
-    }
 }
 
 #[cfg(not(test))]

@@ -142,6 +142,9 @@ pub struct GoEvents {
     /// Goroutines started (_Gdead -> _Grunnable) and ended (-> _Gdead) in the window.
     pub goroutines_created: u64,
     pub goroutines_exited: u64,
+    /// Syscall returns that kept their P (_Gsyscall -> _Grunning): no scheduling latency, but
+    /// runtime/metrics' /sched/latencies counts each as a 0 s sample.
+    pub syscall_fast_returns: u64,
     /// Lost or approximate: by reason (see schedlat_common::go::counter).
     pub dropped: GoEventDrops,
 }
@@ -225,6 +228,7 @@ pub fn events_section(raw: &GoRaw, plan: &EventPlan, reasons: &[String]) -> GoEv
         blocked,
         goroutines_created: raw.counts[c::CREATED as usize],
         goroutines_exited: raw.counts[c::EXITED as usize],
+        syscall_fast_returns: raw.counts[c::SYSCALL_FAST_RETURNS as usize],
         dropped: GoEventDrops {
             g_map_full: raw.counts[c::G_MAP_FULL as usize],
             reason_read_failed: raw.counts[c::REASON_READ_FAILED as usize],
@@ -505,8 +509,8 @@ fn render_events(o: &mut String, e: &GoEvents) {
     );
     let _ = writeln!(
         o,
-        "  goroutines created {}, ended {}",
-        e.goroutines_created, e.goroutines_exited
+        "  goroutines created {}, ended {}; syscall returns without a wait {}",
+        e.goroutines_created, e.goroutines_exited, e.syscall_fast_returns
     );
     if !e.blocked.is_empty() {
         let _ = writeln!(o, "  blocked, by wait reason:");

@@ -242,8 +242,10 @@ pub fn bench(ws: &Workspace, args: Args) -> Result<()> {
     setup::ensure_packages(&[&setup::BENCH])?;
     let bin = build(ws)?;
     if go_only {
+        let pp = go_pingpong_cost(ws, &bin, pairs, quick)?;
         let go = go_server_cost(ws, &bin, pairs, quick)?;
         let mut report = String::new();
+        render_pingpong(&mut report, &pp);
         render_go(&mut report, &go);
         println!("\n{report}");
         return Ok(());
@@ -296,10 +298,12 @@ pub fn bench(ws: &Workspace, args: Args) -> Result<()> {
         });
     }
     let daemon = daemon_cost(&bin, quick)?;
+    let pp = go_pingpong_cost(ws, &bin, pairs, quick)?;
     let go = go_server_cost(ws, &bin, pairs, quick)?;
 
     let mut report = render(&workloads, &results, pairs, quick);
     render_daemon(&mut report, &daemon);
+    render_pingpong(&mut report, &pp);
     render_go(&mut report, &go);
     println!("\n{report}");
     let dir = ws.target.join("bench");
@@ -576,7 +580,7 @@ fn parse_prog_show(json: &str, pid: u32, held: &BTreeSet<u64>) -> Result<BpfProg
 struct Tracer {
     name: &'static str,
     child: Child,
-    /// Last lines of its stdout and stderr, for error messages.
+    /// Last 200 lines of its stdout and stderr (errors; the end of a capture report).
     tail: Arc<Mutex<VecDeque<String>>>,
 }
 
@@ -607,13 +611,17 @@ impl Tracer {
             let (tx, tail) = (tx.clone(), Arc::clone(&tail));
             thread::spawn(move || {
                 for l in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if l.contains(ready) {
-                        let _ = tx.send(());
+                    // Into the tail before signalling: callers read the ready line from it.
+                    let is_ready = l.contains(ready);
+                    {
+                        let mut t = tail.lock().unwrap();
+                        t.push_back(l);
+                        if t.len() > 200 {
+                            t.pop_front();
+                        }
                     }
-                    let mut t = tail.lock().unwrap();
-                    t.push_back(l);
-                    if t.len() > 20 {
-                        t.pop_front();
+                    if is_ready {
+                        let _ = tx.send(());
                     }
                 }
             });
@@ -964,14 +972,16 @@ struct GoServerCost {
     wrk: String,
     scrape_interval: Duration,
     /// Requests/s per round, indexed like GO_ARMS.
-    rps: [Vec<f64>; 3],
+    rps: [Vec<f64>; 4],
+    /// Probe hits per request in the capture arm (median over rounds).
+    hits_per_request: f64,
     /// Median scrape latency (ms) per daemon arm over all rounds.
     scrape_ms: [f64; 2],
     /// The daemon's own CPU per scrape (ms; it does nothing else while idle), per daemon arm.
     cpu_per_scrape_ms: [f64; 2],
 }
 
-const GO_ARMS: [&str; 3] = ["bare", "daemon", "daemon + [go]"];
+const GO_ARMS: [&str; 4] = ["bare", "daemon", "daemon + [go]", "capture + Go probes"];
 
 fn go_server_cost(ws: &Workspace, bin: &Path, pairs: usize, quick: bool) -> Result<GoServerCost> {
     let fixtures = gofix::build_fixtures(ws)?;
@@ -1015,13 +1025,20 @@ fn go_server_cost(ws: &Workspace, bin: &Path, pairs: usize, quick: bool) -> Resu
     ])
     .arg(format!("http://{addr}/"));
     let wrk_line = cmdline(&wrk);
-    let mut rps: [Vec<f64>; 3] = Default::default();
+    let mut rps: [Vec<f64>; 4] = Default::default();
+    let mut hits_per_request = Vec::new();
     let mut scrapes: [Vec<f64>; 2] = Default::default();
     let mut cpu_per_scrape: [Vec<f64>; 2] = Default::default();
     for round in 1..=pairs {
         for (i, arm) in GO_ARMS.iter().enumerate() {
             let mut daemon = None;
-            if i > 0 {
+            // A capture of the server with per-event Go probes, for the whole wrk run.
+            let probe_capture = if i == 3 {
+                Some(start_go_capture(bin, srv.pid(), true)?)
+            } else {
+                None
+            };
+            if i == 1 || i == 2 {
                 let daemon_addr = TcpListener::bind("127.0.0.1:0")
                     .and_then(|l| l.local_addr())
                     .context("finding a free local port for the daemon")?
@@ -1067,6 +1084,10 @@ fn go_server_cost(ws: &Workspace, bin: &Path, pairs: usize, quick: bool) -> Resu
                 None => 0.0,
             };
             let r = parse_wrk(&out).with_context(|| format!("parsing `{wrk_line}`:\n{out}"))?;
+            if let Some(c) = probe_capture {
+                let hits = stop_go_capture(c)?;
+                hits_per_request.push(hits as f64 / (r.requests_per_sec * secs as f64));
+            }
             if !r.errors.is_empty() {
                 bail!(
                     "`{wrk_line}` had errors against the Go server: {:?}",
@@ -1104,12 +1125,151 @@ fn go_server_cost(ws: &Workspace, bin: &Path, pairs: usize, quick: bool) -> Resu
     let [a, b] = scrapes;
     let [ca, cb] = cpu_per_scrape;
     Ok(GoServerCost {
+        hits_per_request: median(hits_per_request),
         cpu_per_scrape_ms: [median(ca), median(cb)],
         wrk: wrk_line,
         scrape_interval,
         rps,
         scrape_ms: [median(a), median(b)],
     })
+}
+
+/// `schedlat capture --pid` of a Go program, text output, with or without per-event probes;
+/// returned once attached.
+fn start_go_capture(bin: &Path, pid: u32, probes: bool) -> Result<Tracer> {
+    let mut c = Command::new(bin);
+    c.args(["capture", "--duration", "1h", "--pid", &pid.to_string()]);
+    c.args(["--go-probes", if probes { "on" } else { "off" }]);
+    c.env("RUST_LOG", "warn");
+    Tracer::start("schedlat capture", c, "capturing", Duration::from_secs(60))
+}
+
+/// Stop a capture (Ctrl-C: it prints its report) and return its Go probe hits (0 without
+/// probes).
+fn stop_go_capture(mut c: Tracer) -> Result<u64> {
+    c.stop(libc::SIGINT, "SIGINT")?;
+    // The report is on stdout; the Go section is its end, in the tail's last 20 lines.
+    let tail = c.tail.lock().unwrap().iter().cloned().collect::<Vec<_>>();
+    let hits = tail.iter().find_map(|l| {
+        let l = l.trim_end();
+        let rest = l.strip_suffix(" hits):")?;
+        rest.rsplit(' ').next()?.parse::<u64>().ok()
+    });
+    Ok(hits.unwrap_or(0))
+}
+
+/// Channel ping-pong (tests/go/goevents pingpong): bare, under a capture without Go probes,
+/// and under one with them. The difference between the last two is the probes' cost.
+struct PingPongCost {
+    rounds: u64,
+    /// ns per round trip, per round, indexed like PINGPONG_ARMS.
+    ns_per_rt: [Vec<f64>; 3],
+    /// Probe hits per round trip (median).
+    hits_per_rt: f64,
+    /// Extra ns per probe hit: (probes - no probes) / hits, per round.
+    ns_per_hit: Vec<f64>,
+}
+
+const PINGPONG_ARMS: [&str; 3] = ["bare", "capture, probes off", "capture + Go probes"];
+
+fn go_pingpong_cost(ws: &Workspace, bin: &Path, pairs: usize, quick: bool) -> Result<PingPongCost> {
+    let fixtures = gofix::build_fixtures(ws)?;
+    let fixture = fixtures.join(gofix::GO_BIN_VERSION).join("goevents");
+    let rounds: u64 = if quick { 50_000 } else { 300_000 };
+    println!(
+        "\n==> Go channel ping-pong ({}), {rounds} round trips per run",
+        fixture.display()
+    );
+    let mut ns: [Vec<f64>; 3] = Default::default();
+    let (mut hits_per_rt, mut ns_per_hit) = (Vec::new(), Vec::new());
+    for round in 1..=pairs {
+        let mut no_probe_ns = f64::NAN;
+        for (i, arm) in PINGPONG_ARMS.iter().enumerate() {
+            let mut child = Command::new(&fixture)
+                .args(["pingpong", &rounds.to_string()])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .with_context(|| format!("starting {}", fixture.display()))?;
+            let mut stdin = child.stdin.take().expect("piped");
+            let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+            let mut next = || -> Result<serde_json::Value> {
+                let l = lines.next().context("goevents closed stdout")??;
+                serde_json::from_str(&l).with_context(|| format!("goevents printed {l:?}"))
+            };
+            next()?; // ready
+            let cap = if i > 0 {
+                Some(start_go_capture(bin, child.id(), i == 2)?)
+            } else {
+                None
+            };
+            std::io::Write::write_all(&mut stdin, b"go\n").context("writing `go` to goevents")?;
+            let out = next()?;
+            let hits = match cap {
+                Some(c) => stop_go_capture(c)?,
+                None => 0,
+            };
+            std::io::Write::write_all(&mut stdin, b"exit\n")
+                .context("writing `exit` to goevents")?;
+            let _ = child.wait();
+            let t = out["ns"].as_f64().context("no ns in goevents' result")? / rounds as f64;
+            println!("  round {round}/{pairs} {arm:<20} {t:>9.1} ns/round trip, {hits} probe hits");
+            match i {
+                1 => no_probe_ns = t,
+                2 => {
+                    if hits == 0 {
+                        bail!("the capture with Go probes reported no probe hits");
+                    }
+                    let per_rt = hits as f64 / rounds as f64;
+                    hits_per_rt.push(per_rt);
+                    ns_per_hit.push((t - no_probe_ns) / per_rt);
+                }
+                _ => {}
+            }
+            ns[i].push(t);
+        }
+    }
+    Ok(PingPongCost {
+        rounds,
+        ns_per_rt: ns,
+        hits_per_rt: median(hits_per_rt),
+        ns_per_hit,
+    })
+}
+
+fn render_pingpong(s: &mut String, p: &PingPongCost) {
+    let _ = writeln!(s, "## Go channel ping-pong under a capture\n");
+    let _ = writeln!(
+        s,
+        "`tests/go/goevents pingpong {}` ({}): two goroutines trading a token over unbuffered \
+         channels, the worst case for per-event probes (every handoff is a few goroutine status \
+         changes and nothing else). Arms interleaved per round: {}.\n",
+        p.rounds,
+        gofix::GO_BIN_VERSION,
+        PINGPONG_ARMS.join(", ")
+    );
+    let _ = writeln!(
+        s,
+        "| arm | ns per round trip (median) | slowdown vs bare |\n|---|---|---|"
+    );
+    let bare = median(p.ns_per_rt[0].clone());
+    for (i, arm) in PINGPONG_ARMS.iter().enumerate() {
+        let m = median(p.ns_per_rt[i].clone());
+        let _ = writeln!(s, "| {arm} | {m:.1} | {:.2}x |", m / bare);
+    }
+    let min = p.ns_per_hit.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = p
+        .ns_per_hit
+        .iter()
+        .copied()
+        .fold(f64::NEG_INFINITY, f64::max);
+    let _ = writeln!(
+        s,
+        "\n{:.1} probe hits per round trip; each hit costs the program **{:.0} ns** (median; \
+         {min:.0}-{max:.0}), measured as (probes - no probes) / hits.\n",
+        p.hits_per_rt,
+        median(p.ns_per_hit.clone()),
+    );
 }
 
 fn render_go(s: &mut String, g: &GoServerCost) {
@@ -1141,6 +1301,7 @@ fn render_go(s: &mut String, g: &GoServerCost) {
             2,
             1,
         ),
+        ("capture with per-event Go probes / bare", 3, 0),
     ] {
         let (m, lo, hi) = ratio(&g.rps[n], &g.rps[d]);
         let _ = writeln!(s, "| {label} | {m:.4} ({lo:.3}-{hi:.3}) |");
@@ -1159,15 +1320,25 @@ fn render_go(s: &mut String, g: &GoServerCost) {
         g.cpu_per_scrape_ms[1],
         (g.cpu_per_scrape_ms[1] - g.cpu_per_scrape_ms[0]).max(0.0) / 15_000.0 * 100.0,
     );
-    let _ = writeln!(s, "| round | {} |\n|---|---|---|---|", GO_ARMS.join(" | "));
+    let _ = writeln!(
+        s,
+        "The capture's uprobe fired {:.1} times per request (median).\n",
+        g.hits_per_request
+    );
+    let _ = writeln!(
+        s,
+        "| round | {} |\n|---|---|---|---|---|",
+        GO_ARMS.join(" | ")
+    );
     for i in 0..g.rps[0].len() {
         let _ = writeln!(
             s,
-            "| {} | {:.0} | {:.0} | {:.0} |",
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} |",
             i + 1,
             g.rps[0][i],
             g.rps[1][i],
-            g.rps[2][i]
+            g.rps[2][i],
+            g.rps[3][i]
         );
     }
     let _ = writeln!(s);

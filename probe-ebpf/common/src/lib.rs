@@ -330,7 +330,10 @@ pub mod go {
         /// Runnable -> running with more run-queue intervals of its M in the window than the
         /// ring keeps: the M-run-queue part is a lower bound for these.
         pub const RING_OVERRUN: u32 = 6;
-        pub const COUNT: usize = 7;
+        /// _Gsyscall -> _Grunning: a syscall return that kept its P (exitsyscall's fast
+        /// path). Not a scheduling latency, but runtime/metrics counts these as 0 s samples.
+        pub const SYSCALL_FAST_RETURNS: u32 = 7;
+        pub const COUNT: usize = 8;
     }
     /// Run-queue intervals kept per thread of the target ([`super::GoRunqRing`]).
     pub const RING: usize = 8;

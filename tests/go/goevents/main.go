@@ -4,8 +4,9 @@
 // Modes:
 //
 //	goevents            protocol below
-//	goevents pingpong N two goroutines hand a token over unbuffered channels N round trips;
-//	                    prints {"rounds":N,"ns":T} (the benchmark's workload)
+//	goevents pingpong N prints the ready line, waits for `go`, then two goroutines hand a
+//	                    token over unbuffered channels N round trips; prints
+//	                    {"rounds":N,"ns":T} and waits for `exit` (the benchmark's workload)
 //
 // Protocol (stdout is one JSON object per line):
 //
@@ -40,7 +41,13 @@ func main() {
 			fmt.Fprintln(os.Stderr, "goevents: pingpong needs a positive round count")
 			os.Exit(2)
 		}
+		// Wait for `go`, so a tracer can attach first.
+		in := bufio.NewScanner(os.Stdin)
+		emit(map[string]any{"ready": true, "pid": os.Getpid(), "go_version": runtime.Version()})
+		expect(in, "go")
 		emit(map[string]any{"rounds": n, "ns": pingpong(n).Nanoseconds()})
+		// Stay alive until told, so a capture can read the runtime at its end.
+		expect(in, "exit")
 		return
 	}
 	in := bufio.NewScanner(os.Stdin)
