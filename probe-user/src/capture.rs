@@ -135,7 +135,16 @@ pub fn run(cli: &Cli, a: &CaptureArgs) -> anyhow::Result<()> {
             .as_ref()
             .filter(|_| opts.go_events.as_ref().is_some_and(|t| t.pid == pid));
         match g.finish(mount.as_deref(), raw) {
-            Ok(sec) => go_sections.push(sec),
+            Ok(mut sec) => {
+                if let Some(t) = opts.go_events.as_ref().filter(|t| t.pid != pid) {
+                    sec.warnings.push(format!(
+                        "no per-event Go probes for this program: one Go program per capture \
+                         gets them (pid {}); capture it on its own for its events",
+                        t.pid
+                    ));
+                }
+                go_sections.push(sec)
+            }
             // Exited during the window: its start reading alone says nothing of the window.
             Err(e) => warn!(pid, error = %e, "Go program not readable at the end of the capture"),
         }

@@ -336,7 +336,22 @@ impl GoStart {
         cgroup_mount: Option<&std::path::Path>,
         raw: Option<&GoRaw>,
     ) -> Result<GoSection, GoError> {
-        let after = live::read_with(self.pid, &self.layout, &self.exe)?;
+        let mut exited = None;
+        let after = match live::read_with(self.pid, &self.layout, &self.exe) {
+            Ok(a) => a,
+            // Exited during the window: the per-event data still covers it until then; the
+            // runtime's own statistics have no end reading (an empty window, said so).
+            Err(GoError::ProcessGone { .. }) if raw.is_some() && self.events.is_some() => {
+                exited = Some(
+                    "the program exited during the capture: the runtime's own statistics have \
+                     no end reading (empty window; GOMAXPROCS and goroutines are from the start); \
+                     the per-event data covers it until it exited"
+                        .to_string(),
+                );
+                self.before.clone()
+            }
+            Err(e) => return Err(e),
+        };
         let budget = cgroup_mount.and_then(|m| cpulimit::budget(self.pid, m).ok());
         let throttling = match (&budget, &self.budget_before) {
             (Some(a), Some(b)) => match (&a.throttling, &b.throttling) {
@@ -371,6 +386,7 @@ impl GoStart {
         if let Some(why) = &self.events_unavailable {
             warnings.push(why.clone());
         }
+        warnings.extend(exited);
         let events = match (&self.events, raw) {
             (Some((plan, names)), Some(raw)) => Some(events_section(raw, plan, names)),
             _ => None,

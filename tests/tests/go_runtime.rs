@@ -938,3 +938,72 @@ fn capture_go_probes_split_p_wait_from_cpu_contention() {
         p_bound["events"]
     );
 }
+
+#[test]
+fn capture_go_probes_off_and_a_program_exiting_mid_capture() {
+    if !privileged_or_skip("capture_go_probes_off_and_a_program_exiting_mid_capture") {
+        return;
+    }
+    let (_, dir) = go_fixture_versions().pop().unwrap();
+    for probes in ["off", "on"] {
+        let mut cmd = Command::new(dir.join("goevents"));
+        cmd.args(["pingpong", "20000"]);
+        let mut fx = GoFixture::start_command(cmd);
+        let pid = fx.pid.to_string();
+        let cap = schedlat_tests::Schedlat::capture(&[
+            "--duration",
+            "120s",
+            "--format",
+            "json",
+            "--go-probes",
+            probes,
+            "--pid",
+            &pid,
+        ]);
+        cap.wait_ready(std::time::Duration::from_secs(60));
+        let out = fx.go();
+        assert_eq!(out["rounds"], 20000, "{out}");
+        // With probes, the program ends before the capture does; without, it outlives it.
+        let (status, stdout, stderr) = if probes == "on" {
+            fx.exit();
+            cap.stop()
+        } else {
+            let r = cap.stop();
+            fx.exit();
+            r
+        };
+        assert!(status.success(), "probes {probes}: {status}\n{stderr}");
+        let report: Value = serde_json::from_str(&stdout).unwrap();
+        let go = &report["go"][0];
+        if probes == "off" {
+            // The runtime's own statistics only; the ping-pong is in them.
+            assert!(go["events"].is_null(), "{go}");
+            assert!(
+                go["sched_latency"]["count"].as_u64().unwrap() > 1000,
+                "{go}"
+            );
+            assert_eq!(go["warnings"], serde_json::json!([]), "{go}");
+        } else {
+            let ev = &go["events"];
+            // 20,000 round trips: each a handful of status changes on both goroutines.
+            let hits = ev["probe"]["hits"].as_u64().unwrap();
+            assert!(hits >= 80_000, "{hits} hits: {ev}");
+            let chan: u64 = ev["blocked"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|r| r["reason"] == "chan receive" || r["reason"] == "chan send")
+                .map(|r| r["count"].as_u64().unwrap())
+                .sum();
+            assert!(chan >= 20_000, "{chan} channel blocks: {}", ev["blocked"]);
+            assert!(
+                go["warnings"]
+                    .to_string()
+                    .contains("exited during the capture"),
+                "{}",
+                go["warnings"]
+            );
+            assert_eq!(go["sched_latency"]["count"], 0, "{go}");
+        }
+    }
+}
