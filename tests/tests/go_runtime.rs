@@ -1007,3 +1007,53 @@ fn capture_go_probes_off_and_a_program_exiting_mid_capture() {
         }
     }
 }
+
+#[test]
+fn capture_go_probes_reach_a_program_in_another_mount_namespace() {
+    if !privileged_or_skip("capture_go_probes_reach_a_program_in_another_mount_namespace") {
+        return;
+    }
+    let (_, dir) = go_fixture_versions().pop().unwrap();
+    // As in a container: the executable's path exists only in the program's mount namespace
+    // (a private tmpfs over a directory that is empty here).
+    let here = tempfile_dir("schedlat-mntns");
+    let script = format!(
+        "mount -t tmpfs none {d} && cp {exe} {d}/goevents && exec {d}/goevents pingpong 20000",
+        d = here.display(),
+        exe = dir.join("goevents").display()
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-m", "--propagation", "private", "sh", "-c", &script]);
+    let mut fx = GoFixture::start_command(cmd);
+    assert!(
+        !here.join("goevents").exists(),
+        "the executable must not be visible from the capture's namespace"
+    );
+    let pid = fx.pid.to_string();
+    let cap = schedlat_tests::Schedlat::capture(&[
+        "--duration",
+        "120s",
+        "--format",
+        "json",
+        "--go",
+        "--pid",
+        &pid,
+    ]);
+    cap.wait_ready(std::time::Duration::from_secs(60));
+    fx.go();
+    let (status, stdout, stderr) = cap.stop();
+    fx.exit();
+    assert!(status.success(), "{status}\n{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let hits = report["go"][0]["events"]["probe"]["hits"].as_u64();
+    assert!(hits.is_some_and(|h| h >= 80_000), "{}", report["go"]);
+    let _ = std::fs::remove_dir(&here);
+}
+
+/// A fresh empty directory under the system temp dir.
+fn tempfile_dir(prefix: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
