@@ -52,7 +52,7 @@ fn example_scrape_config_and_rules_pass_promtool() {
         dir.join("schedlat-rules.yml").to_str().unwrap(),
     ]);
     // The rules' unit tests: each alert fires on synthetic series of what it describes (Go
-    // metrics included, which no daemon here exports) and not on the healthy neighbour.
+    // metrics included) and not on the healthy neighbour.
     promtool(&[
         "test",
         "rules",
