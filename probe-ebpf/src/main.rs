@@ -352,6 +352,9 @@ fn on_wake(p: *const u8, count_waker: bool) -> Result<(), i32> {
 
 /// TASK_RUNNING (include/linux/sched.h).
 const TASK_RUNNING: u64 = 0;
+/// TASK_DEAD (include/linux/sched.h, 0x80 since 4.14): the state of a task's last switch-out
+/// (do_task_dead, kernel/sched/core.c).
+const TASK_DEAD: u64 = 0x80;
 
 /// Shared body of sched_switch. Runs on the CPU doing the switch, in prev's context.
 #[inline(always)]
@@ -370,7 +373,14 @@ fn on_switch(preempt: bool, prev: *const u8, next: *const u8, prev_state: u64) -
     };
     let prev_tid = task_pid(prev)?;
     let runnable = preempt || prev_state == TASK_RUNNING;
-    if prev_tid != 0 && (runnable || f & flags::FUTEX_SCHED != 0) {
+    if prev_tid != 0 && !runnable && prev_state & TASK_DEAD != 0 {
+        // prev never switches in again, so nothing else would delete its stamps: one left by
+        // a wakeup that raced its exit, and the futex stamp its saved registers would earn a
+        // thread killed while blocked in futex (they still show that syscall). Two deletes
+        // per task exit, whatever the filter.
+        let _ = RUNQ_START.remove(&prev_tid);
+        let _ = FUTEX_START.remove(&prev_tid);
+    } else if prev_tid != 0 && (runnable || f & flags::FUTEX_SCHED != 0) {
         let wanted_prev = if f & (flags::FILTER_TGID | flags::FILTER_CGROUP) != 0 {
             let tgid = task_tgid(prev)?;
             // prev is current here: its cgroup id is one helper call away.

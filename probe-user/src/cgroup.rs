@@ -24,20 +24,40 @@ pub enum CgroupError {
 }
 
 /// The cgroup2 mount point from a mountinfo text (fields per proc(5): the 5th is the mount
-/// point; the filesystem type follows the " - " separator).
-pub fn v2_mount_from_mountinfo(mountinfo: &str) -> Option<PathBuf> {
+/// point; the filesystem type follows the " - " separator): the first cgroup2 mount whose
+/// mount point `visible` says is still cgroup2. In a container on a hybrid host the runtime's
+/// own (namespaced) cgroup2 at /sys/fs/cgroup comes first but is covered by the host's
+/// hierarchy mounted over it (a tmpfs, with the host's cgroup2 at /sys/fs/cgroup/unified):
+/// walking the covered path would label cgroups "/unified/...".
+pub fn v2_mount_from_mountinfo(
+    mountinfo: &str,
+    visible: impl Fn(&Path) -> bool,
+) -> Option<PathBuf> {
     mountinfo.lines().find_map(|l| {
         let (left, right) = l.split_once(" - ")?;
         if right.split_whitespace().next()? != "cgroup2" {
             return None;
         }
-        left.split_whitespace().nth(4).map(PathBuf::from)
+        let p = PathBuf::from(left.split_whitespace().nth(4)?);
+        visible(&p).then_some(p)
     })
+}
+
+/// Whether the filesystem at `p` now is cgroup2 (statfs(2) f_type).
+fn is_cgroup2(p: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into the zeroed struct; `c` is NUL-terminated.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type == libc::CGROUP2_SUPER_MAGIC
+    }
 }
 
 pub fn v2_mount() -> Result<PathBuf, CgroupError> {
     let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    v2_mount_from_mountinfo(&mi).ok_or(CgroupError::NoV2Mount)
+    v2_mount_from_mountinfo(&mi, is_cgroup2).ok_or(CgroupError::NoV2Mount)
 }
 
 /// Most cgroup names remembered, removed ones included.
@@ -188,22 +208,40 @@ mod tests {
 
     #[test]
     fn finds_cgroup2_in_hybrid_and_v2_only_mountinfo() {
+        let all = |_: &Path| true;
         let hybrid = "35 25 0:30 / /sys/fs/cgroup rw,nosuid - tmpfs tmpfs ro,mode=755\n\
                       36 35 0:31 / /sys/fs/cgroup/unified rw,nosuid,nodev - cgroup2 cgroup2 rw\n\
                       37 35 0:32 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
         assert_eq!(
-            v2_mount_from_mountinfo(hybrid),
+            v2_mount_from_mountinfo(hybrid, all),
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
         let v2 = "30 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
         assert_eq!(
-            v2_mount_from_mountinfo(v2),
+            v2_mount_from_mountinfo(v2, all),
             Some(PathBuf::from("/sys/fs/cgroup"))
         );
         assert_eq!(
-            v2_mount_from_mountinfo("1 2 0:1 / / rw - ext4 /dev/vda rw\n"),
+            v2_mount_from_mountinfo("1 2 0:1 / / rw - ext4 /dev/vda rw\n", all),
             None
         );
+        // A container on a hybrid host: the runtime's namespaced cgroup2, then the host's
+        // hierarchy (a tmpfs) bound over it, with the host's cgroup2 below.
+        let container = "600 500 0:40 / /sys/fs/cgroup ro - cgroup2 cgroup2 rw\n\
+                         601 600 0:30 / /sys/fs/cgroup ro - tmpfs tmpfs ro,mode=755\n\
+                         602 601 0:31 / /sys/fs/cgroup/unified ro - cgroup2 cgroup2 rw\n";
+        let covered = |p: &Path| p != Path::new("/sys/fs/cgroup");
+        assert_eq!(
+            v2_mount_from_mountinfo(container, covered),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+    }
+
+    #[test]
+    fn this_hosts_cgroup2_mount_is_cgroup2() {
+        let m = v2_mount().expect("a cgroup2 mount");
+        assert!(is_cgroup2(&m), "{}", m.display());
+        assert!(!is_cgroup2(Path::new("/proc")));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use axum::{
     middleware,
     response::IntoResponse,
     routing::get,
+    serve::ListenerExt as _,
 };
 use schedlat_common::HistKey;
 use tokio::signal::unix::{SignalKind, signal};
@@ -28,7 +29,7 @@ use crate::{
     privs::{check_can_switch, lookup_user, switch_user},
     probes::{Attached, FutexMode, ProbeOptions, Probes, RawSnapshot},
     series::SeriesKeeper,
-    web::{BasicAuth, TlsListener, WebConfig},
+    web::{BasicAuth, TlsListener, TlsReloader, WebConfig, WebStats},
 };
 
 /// What a scrape needs. The kernel side is behind a trait so the HTTP layer is testable
@@ -77,6 +78,8 @@ pub struct AppState {
     futex_outcomes: bool,
     /// Go programs read at scrape time (config [go]).
     pub go: Option<crate::gowatch::GoWatcher>,
+    /// TLS reloads and refused logins (with a web config).
+    pub web: Option<Arc<WebStats>>,
 }
 
 pub type Shared = Arc<Mutex<AppState>>;
@@ -98,6 +101,7 @@ impl AppState {
             per_octave,
             futex_outcomes,
             go: None,
+            web: None,
         }))
     }
 
@@ -110,6 +114,7 @@ impl AppState {
             per_octave,
             futex_outcomes,
             go,
+            web,
         } = self;
         let mut snap = source.snapshot()?;
         let now = Instant::now();
@@ -163,6 +168,9 @@ impl AppState {
         if let Some(go) = go {
             go.scrape();
             fams.extend(go.families());
+        }
+        if let Some(web) = web {
+            fams.extend(web.families());
         }
         let in_use: HashSet<String> = snap
             .hists
@@ -230,17 +238,23 @@ pub fn run(cli: &Cli, a: &DaemonArgs) -> anyhow::Result<()> {
     }
     // Everything the user can get wrong is checked before anything is attached, and files
     // (the TLS key may be root-only) are read before switching user.
-    let (tls, auth) = match &cfg.web_config {
+    let (tls, auth, web_stats) = match &cfg.web_config {
         Some(path) => {
             let web = WebConfig::from_file(path)?;
             let origin = path.display().to_string();
-            let tls = web.tls_config(&origin)?;
+            let stats = WebStats::new(!web.users.is_empty(), web.tls.is_some());
+            let tls = web
+                .tls
+                .clone()
+                .map(|t| TlsReloader::new(t, origin.clone(), stats.clone()))
+                .transpose()?
+                .map(Arc::new);
             if tls.is_none() && !web.users.is_empty() {
                 warn!(web_config = %origin, "basic auth without TLS sends passwords in the clear");
             }
-            (tls, BasicAuth::new(&web.users))
+            (tls, BasicAuth::new(&web.users, stats.clone()), Some(stats))
         }
-        None => (None, None),
+        None => (None, None, None),
     };
     let account = cfg.user.as_deref().map(lookup_user).transpose()?;
     if let Some(a) = &account {
@@ -309,12 +323,17 @@ pub fn run(cli: &Cli, a: &DaemonArgs) -> anyhow::Result<()> {
         Box::new(names),
         Duration::from_secs(cfg.removed_cgroup_ttl_secs),
     );
-    if cfg.go.enabled {
-        let w = crate::gowatch::GoWatcher::new(cfg.go.clone(), cfg.buckets_per_octave);
-        state
+    {
+        let mut st = state
             .lock()
-            .map_err(|_| anyhow::anyhow!("state poisoned"))?
-            .go = Some(w);
+            .map_err(|_| anyhow::anyhow!("state poisoned"))?;
+        if cfg.go.enabled {
+            st.go = Some(crate::gowatch::GoWatcher::new(
+                cfg.go.clone(),
+                cfg.buckets_per_octave,
+            ));
+        }
+        st.web = web_stats;
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -329,7 +348,7 @@ pub fn run(cli: &Cli, a: &DaemonArgs) -> anyhow::Result<()> {
 
 async fn serve(
     listener: std::net::TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<Arc<TlsReloader>>,
     auth: Option<Arc<BasicAuth>>,
     state: Shared,
     cfg: &DaemonConfig,
@@ -354,10 +373,12 @@ async fn serve(
         max_cgroups = cfg.max_cgroups,
         "daemon ready"
     );
-    let app = router(state.clone(), auth);
+    // The peer address reaches the basic-auth middleware, which limits failed logins by it.
+    let app = router(state.clone(), auth).into_make_service_with_connect_info::<SocketAddr>();
     match tls {
         Some(tls) => {
-            axum::serve(TlsListener::new(listener, tls)?, app)
+            // tap_io: axum hands a custom listener's peer address to ConnectInfo through it.
+            axum::serve(TlsListener::new(listener, tls)?.tap_io(|_| {}), app)
                 .with_graceful_shutdown(shutdown)
                 .await?
         }
@@ -509,7 +530,7 @@ mod tests {
             "prom".to_string(),
             bcrypt::hash("s3cret", 4).unwrap(),
         )]);
-        let auth = BasicAuth::new(&users);
+        let auth = BasicAuth::new(&users, WebStats::new(true, false));
         let req = |authz: Option<&str>, path: &str| {
             let mut r = axum::http::Request::get(path);
             if let Some(a) = authz {
@@ -540,6 +561,68 @@ mod tests {
         );
         let resp = req(None, "/healthz").await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn failed_logins_are_limited_and_counted_while_known_credentials_still_work() {
+        let (state, _, _) = state(vec![1], Duration::from_secs(600));
+        let stats = WebStats::new(true, false);
+        state.lock().unwrap().web = Some(stats.clone());
+        let users = std::collections::BTreeMap::from([(
+            "prom".to_string(),
+            bcrypt::hash("s3cret", 4).unwrap(),
+        )]);
+        let auth = BasicAuth::new(&users, stats.clone());
+        let req = |authz: Option<&str>| {
+            let mut r = axum::http::Request::get("/metrics");
+            if let Some(a) = authz {
+                r = r.header(header::AUTHORIZATION, a);
+            }
+            router(state.clone(), auth.clone()).oneshot(r.body(Body::empty()).unwrap())
+        };
+        let good = "Basic cHJvbTpzM2NyZXQ="; // prom:s3cret
+        let wrong = "Basic cHJvbTp3cm9uZw=="; // prom:wrong
+        assert_eq!(req(Some(good)).await.unwrap().status(), StatusCode::OK);
+        // Back to back: the first five wrong passwords are checked (401), then refused
+        // unchecked (429 with Retry-After) until the budget refills.
+        let mut statuses = Vec::new();
+        for _ in 0..12 {
+            let resp = req(Some(wrong)).await.unwrap();
+            if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+                let secs: u64 = resp.headers()[header::RETRY_AFTER]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert_eq!(
+                    secs, 1,
+                    "Retry-After: the client budget refills 2 per second"
+                );
+            }
+            statuses.push(resp.status().as_u16());
+        }
+        let n401 = statuses.iter().filter(|&&s| s == 401).count();
+        let n429 = statuses.iter().filter(|&&s| s == 429).count();
+        assert!((5..=6).contains(&n401) && n401 + n429 == 12, "{statuses:?}");
+        // A scraper whose credentials verified before is not locked out.
+        let resp = req(Some(good)).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(req(None).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        // Counted as of that scrape (the request without credentials came after it).
+        for line in [
+            format!("schedlat_web_auth_failures_total{{reason=\"wrong_credentials\"}} {n401}"),
+            format!("schedlat_web_auth_failures_total{{reason=\"rate_limited\"}} {n429}"),
+            "schedlat_web_auth_failures_total{reason=\"no_credentials\"} 0".to_string(),
+        ] {
+            assert!(body.contains(&line), "{line}:\n{body}");
+        }
+        assert!(!body.contains("schedlat_web_tls"), "no TLS configured");
+        assert_eq!(
+            stats.auth_failures(crate::web::AuthFailure::NoCredentials),
+            1
+        );
     }
 
     fn count(body: &str, cgroup: &str) -> Option<f64> {

@@ -16,21 +16,30 @@
 //! Basic auth protects /metrics only; /healthz stays open (it says "ok" and nothing else) so
 //! liveness probes need no credentials. TLS, and client certificates when required, cover
 //! the whole port, /healthz included.
+//!
+//! Certificate, key and client CA are re-read when they change ([`TlsReloader`]), so renewed
+//! certificates need no restart. Failed password checks are rate limited per client address
+//! and in total ([`FailureLimiter`]): each costs a bcrypt computation.
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    net::SocketAddr,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
-    time::Duration,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use axum::{
-    extract::{Request, State},
+    extract::{ConnectInfo, Request, State},
     http::{HeaderValue, StatusCode, header},
     middleware::Next,
     response::{IntoResponse, Response},
 };
 use base64::Engine as _;
+use prometheus::proto::{MetricFamily, MetricType};
 use rustls::{
     RootCertStore, ServerConfig,
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
@@ -39,7 +48,9 @@ use rustls::{
 use serde::Deserialize;
 use tokio::{net::TcpStream, sync::mpsc};
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
+
+use crate::metrics::{counter, family, gauge, label};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebConfigError {
@@ -262,7 +273,25 @@ impl WebConfig {
     /// The rustls server config, reading the certificate and key files (exit 2 naming the
     /// file when one is missing or not PEM).
     pub fn tls_config(&self, origin: &str) -> Result<Option<Arc<ServerConfig>>, WebConfigError> {
-        let Some(t) = &self.tls else { return Ok(None) };
+        self.tls
+            .as_ref()
+            .map(|t| t.server_config(origin))
+            .transpose()
+    }
+}
+
+impl TlsSettings {
+    /// The files the server config is built from (certificate, key, client CA).
+    fn files(&self) -> Vec<&Path> {
+        let mut v = vec![self.cert_file.as_path(), self.key_file.as_path()];
+        v.extend(self.client_ca_file.as_deref());
+        v
+    }
+
+    /// Reads the certificate, key and client CA files and builds the rustls server config;
+    /// errors name the key, the file and the fix.
+    pub fn server_config(&self, origin: &str) -> Result<Arc<ServerConfig>, WebConfigError> {
+        let t = self;
         let file_err = |key, file: &Path, message: String| WebConfigError::File {
             path: origin.to_string(),
             key,
@@ -345,7 +374,226 @@ impl WebConfig {
             )
         })?;
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Some(Arc::new(cfg)))
+        Ok(Arc::new(cfg))
+    }
+}
+
+// ------------------------------------------------------------------------- web metrics
+
+/// Why a request to /metrics was refused (`reason` label of schedlat_web_auth_failures_total).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No `Authorization: Basic` header (or a malformed one): 401, no password check.
+    NoCredentials,
+    /// A password check (bcrypt) that failed: 401.
+    WrongCredentials,
+    /// Too many failed checks from the client's address or in total: 429, no password check.
+    RateLimited,
+}
+
+impl AuthFailure {
+    const ALL: [Self; 3] = [
+        Self::NoCredentials,
+        Self::WrongCredentials,
+        Self::RateLimited,
+    ];
+    fn name(self) -> &'static str {
+        match self {
+            Self::NoCredentials => "no_credentials",
+            Self::WrongCredentials => "wrong_credentials",
+            Self::RateLimited => "rate_limited",
+        }
+    }
+}
+
+/// Counters of the web layer, exported with the daemon's metrics.
+#[derive(Debug, Default)]
+pub struct WebStats {
+    basic_auth: bool,
+    tls: bool,
+    auth_failures: [AtomicU64; 3],
+    tls_reloads_ok: AtomicU64,
+    tls_reloads_failed: AtomicU64,
+    /// The files on disk changed and could not be loaded: the previous certificate is served.
+    tls_stale: AtomicBool,
+}
+
+impl WebStats {
+    pub fn new(basic_auth: bool, tls: bool) -> Arc<Self> {
+        Arc::new(Self {
+            basic_auth,
+            tls,
+            ..Self::default()
+        })
+    }
+
+    pub fn count_auth_failure(&self, why: AuthFailure) {
+        self.auth_failures[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn auth_failures(&self, why: AuthFailure) -> u64 {
+        self.auth_failures[why as usize].load(Ordering::Relaxed)
+    }
+
+    /// Only the families of what is configured, each with every label value from the start
+    /// (so rate() sees the first failure).
+    pub fn families(&self) -> Vec<MetricFamily> {
+        let mut out = Vec::new();
+        if self.basic_auth {
+            out.extend(family(
+                "schedlat_web_auth_failures_total",
+                "Requests to /metrics refused: no_credentials and wrong_credentials got 401, \
+                 rate_limited got 429 without a password check (too many failed checks).",
+                MetricType::COUNTER,
+                AuthFailure::ALL
+                    .iter()
+                    .map(|&r| {
+                        counter(
+                            vec![label("reason", r.name())],
+                            self.auth_failures(r) as f64,
+                        )
+                    })
+                    .collect(),
+            ));
+        }
+        if self.tls {
+            out.extend(family(
+                "schedlat_web_tls_reloads_total",
+                "Reloads of the TLS certificate, key and client CA after their files changed, by result.",
+                MetricType::COUNTER,
+                vec![
+                    counter(
+                        vec![label("result", "success")],
+                        self.tls_reloads_ok.load(Ordering::Relaxed) as f64,
+                    ),
+                    counter(
+                        vec![label("result", "error")],
+                        self.tls_reloads_failed.load(Ordering::Relaxed) as f64,
+                    ),
+                ],
+            ));
+            out.extend(family(
+                "schedlat_web_tls_reload_failing",
+                "1 while the TLS files on disk cannot be loaded and the previous certificate is still served.",
+                MetricType::GAUGE,
+                vec![gauge(
+                    vec![],
+                    f64::from(u8::from(self.tls_stale.load(Ordering::Relaxed))),
+                )],
+            ));
+        }
+        out
+    }
+}
+
+// ------------------------------------------------------------------------- TLS reload
+
+/// The TLS files are checked for changes at most this often, when a connection arrives.
+const TLS_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A file's version without reading it: a rename over it (new inode), a rewrite in place
+/// (mtime, ctime, size) and a Kubernetes secret update (the symlink resolves to another file)
+/// all change it. None: it cannot be stat'ed now (e.g. in the middle of a rotation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+fn stamp(p: &Path) -> Option<FileStamp> {
+    let m = std::fs::metadata(p).ok()?;
+    Some(FileStamp {
+        dev: m.dev(),
+        ino: m.ino(),
+        size: m.size(),
+        mtime: (m.mtime(), m.mtime_nsec()),
+        ctime: (m.ctime(), m.ctime_nsec()),
+    })
+}
+
+/// The TLS server config, rebuilt when its files change, so a renewed certificate is served
+/// without a restart (exporter-toolkit re-reads them per handshake; this stats them at most
+/// once per second and reads them only when they changed). New files that do not load
+/// (half-written, key not matching, unreadable) are logged and counted, and the previous
+/// certificate stays in use until the files change again.
+pub struct TlsReloader {
+    settings: TlsSettings,
+    origin: String,
+    stats: Arc<WebStats>,
+    state: Mutex<ReloadState>,
+}
+
+struct ReloadState {
+    config: Arc<ServerConfig>,
+    /// Stamps of the files at the last load attempt, good or bad: a bad set is retried only
+    /// once it changes, not every second.
+    stamps: Vec<Option<FileStamp>>,
+    next_check: Instant,
+}
+
+impl TlsReloader {
+    /// Loads the files now: at start a bad file is an error (exit 2).
+    pub fn new(
+        settings: TlsSettings,
+        origin: String,
+        stats: Arc<WebStats>,
+    ) -> Result<Self, WebConfigError> {
+        // Stamps before reading: a change during the read is seen at the next check.
+        let stamps = settings.files().into_iter().map(stamp).collect();
+        let config = settings.server_config(&origin)?;
+        Ok(Self {
+            settings,
+            origin,
+            stats,
+            state: Mutex::new(ReloadState {
+                config,
+                stamps,
+                next_check: Instant::now() + TLS_CHECK_INTERVAL,
+            }),
+        })
+    }
+
+    /// The config for a new connection (reloaded first if the files changed).
+    pub fn current(&self) -> Arc<ServerConfig> {
+        self.current_at(Instant::now())
+    }
+
+    fn current_at(&self, now: Instant) -> Arc<ServerConfig> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if now >= st.next_check {
+            st.next_check = now + TLS_CHECK_INTERVAL;
+            let stamps: Vec<_> = self.settings.files().into_iter().map(stamp).collect();
+            if stamps != st.stamps {
+                st.stamps = stamps;
+                self.reload(&mut st);
+            }
+        }
+        st.config.clone()
+    }
+
+    fn reload(&self, st: &mut ReloadState) {
+        match self.settings.server_config(&self.origin) {
+            Ok(c) => {
+                st.config = c;
+                self.stats.tls_reloads_ok.fetch_add(1, Ordering::Relaxed);
+                self.stats.tls_stale.store(false, Ordering::Relaxed);
+                info!(cert_file = %self.settings.cert_file.display(), "TLS files changed: reloaded");
+            }
+            Err(e) => {
+                self.stats
+                    .tls_reloads_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                self.stats.tls_stale.store(true, Ordering::Relaxed);
+                warn!(
+                    error = %e,
+                    "TLS files changed but do not load: still serving the previous certificate; \
+                     fix the files (they are tried again when they change)"
+                );
+            }
+        }
     }
 }
 
@@ -361,11 +609,13 @@ pub struct BasicAuth {
     cache: Mutex<HashSet<[u8; 32]>>,
     /// Checked for unknown users, so their answer takes as long as a wrong password.
     dummy_hash: String,
+    limiter: FailureLimiter,
+    stats: Arc<WebStats>,
 }
 
 impl BasicAuth {
     /// None when there are no users (auth off).
-    pub fn new(users: &BTreeMap<String, String>) -> Option<Arc<Self>> {
+    pub fn new(users: &BTreeMap<String, String>, stats: Arc<WebStats>) -> Option<Arc<Self>> {
         if users.is_empty() {
             return None;
         }
@@ -380,6 +630,8 @@ impl BasicAuth {
             users: users.clone().into_iter().collect(),
             cache: Mutex::new(HashSet::new()),
             dummy_hash,
+            limiter: FailureLimiter::new(),
+            stats,
         }))
     }
 
@@ -394,15 +646,18 @@ impl BasicAuth {
             .expect("SHA-256 is 32 bytes")
     }
 
-    /// bcrypt::verify compares in constant time. Only successes are cached, so every wrong
-    /// guess pays the full bcrypt cost.
-    pub fn verify(&self, user: &str, password: &str) -> bool {
+    /// Verified before (cheap: one SHA-256).
+    fn is_cached(&self, user: &str, password: &str) -> bool {
         let key = Self::cache_key(user, password);
-        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.contains(&key) {
-            return true;
-        }
-        drop(cache);
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&key)
+    }
+
+    /// The bcrypt check (constant-time compare); successes are cached, so every wrong guess
+    /// pays the full cost.
+    fn check(&self, user: &str, password: &str) -> bool {
         let (hash, known) = match self.users.get(user) {
             Some(h) => (h.as_str(), true),
             None => (self.dummy_hash.as_str(), false),
@@ -411,10 +666,14 @@ impl BasicAuth {
         if ok {
             remember(
                 &mut self.cache.lock().unwrap_or_else(|e| e.into_inner()),
-                key,
+                Self::cache_key(user, password),
             );
         }
         ok
+    }
+
+    pub fn verify(&self, user: &str, password: &str) -> bool {
+        self.is_cached(user, password) || self.check(user, password)
     }
 
     #[cfg(test)]
@@ -433,6 +692,116 @@ fn remember(cache: &mut HashSet<[u8; 32]>, key: [u8; 32]) {
     cache.insert(key);
 }
 
+/// Failed password checks allowed per client address: a burst of 5, then 2 per second.
+const PER_CLIENT_BURST: f64 = 5.0;
+const PER_CLIENT_RATE: f64 = 2.0;
+/// And from all addresses together (an attacker may have many, e.g. an IPv6 range): at
+/// bcrypt cost 10 each check is ~50-100 ms of CPU, so this caps wrong guesses at about one CPU.
+const GLOBAL_BURST: f64 = 10.0;
+const GLOBAL_RATE: f64 = 10.0;
+/// Client addresses tracked at most. Full buckets are forgotten first (they hold nothing);
+/// an address that finds no room is limited by the global budget alone.
+const MAX_CLIENTS: usize = 4096;
+
+/// A token bucket: one token per failed check, refilled at `rate` per second up to `burst`.
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn full(burst: f64, now: Instant) -> Self {
+        Self {
+            tokens: burst,
+            at: now,
+        }
+    }
+    fn refill(&mut self, now: Instant, burst: f64, rate: f64) {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + dt * rate).min(burst);
+        self.at = now;
+    }
+    /// Time until a token is there.
+    fn wait(&self, rate: f64) -> Duration {
+        Duration::from_secs_f64(((1.0 - self.tokens) / rate).max(0.0))
+    }
+}
+
+/// Bounds what failed logins cost: each password check is reserved here first, and given
+/// back if it succeeds, so only failures count against a client and the total. Credentials
+/// that verified before (cached) never reach it: a scraper with the right password keeps
+/// working while someone else's guesses are refused.
+pub struct FailureLimiter {
+    state: Mutex<LimiterState>,
+}
+
+struct LimiterState {
+    global: Bucket,
+    clients: HashMap<IpAddr, Bucket>,
+}
+
+impl FailureLimiter {
+    fn new() -> Self {
+        Self {
+            state: Mutex::new(LimiterState {
+                global: Bucket::full(GLOBAL_BURST, Instant::now()),
+                clients: HashMap::new(),
+            }),
+        }
+    }
+
+    /// Takes a token from the client's and the global budget for one password check, or
+    /// says how long until one is there.
+    fn reserve(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let LimiterState { global, clients } = &mut *st;
+        global.refill(now, GLOBAL_BURST, GLOBAL_RATE);
+        if !clients.contains_key(&ip) && clients.len() >= MAX_CLIENTS {
+            clients.retain(|_, b| {
+                b.refill(now, PER_CLIENT_BURST, PER_CLIENT_RATE);
+                b.tokens < PER_CLIENT_BURST
+            });
+        }
+        let client = if clients.len() < MAX_CLIENTS || clients.contains_key(&ip) {
+            let b = clients
+                .entry(ip)
+                .or_insert_with(|| Bucket::full(PER_CLIENT_BURST, now));
+            b.refill(now, PER_CLIENT_BURST, PER_CLIENT_RATE);
+            Some(b)
+        } else {
+            None
+        };
+        let client_wait = client
+            .as_ref()
+            .filter(|b| b.tokens < 1.0)
+            .map(|b| b.wait(PER_CLIENT_RATE));
+        let global_wait = (global.tokens < 1.0).then(|| global.wait(GLOBAL_RATE));
+        if let Some(w) = client_wait.into_iter().chain(global_wait).max() {
+            return Err(w);
+        }
+        if let Some(b) = client {
+            b.tokens -= 1.0;
+        }
+        global.tokens -= 1.0;
+        Ok(())
+    }
+
+    /// The check succeeded: it was no failure.
+    fn refund(&self, ip: IpAddr) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.global.tokens = (st.global.tokens + 1.0).min(GLOBAL_BURST);
+        if let Some(b) = st.clients.get_mut(&ip) {
+            b.tokens = (b.tokens + 1.0).min(PER_CLIENT_BURST);
+        }
+    }
+
+    #[cfg(test)]
+    fn clients(&self) -> usize {
+        self.state.lock().unwrap().clients.len()
+    }
+}
+
 /// `Authorization: Basic base64(user:password)` -> (user, password).
 pub fn parse_basic(v: &HeaderValue) -> Option<(String, String)> {
     let v = v.to_str().ok()?;
@@ -447,34 +816,65 @@ pub fn parse_basic(v: &HeaderValue) -> Option<(String, String)> {
     Some((u.to_string(), p.to_string()))
 }
 
-/// Middleware: 401 with a Basic challenge unless the request carries valid credentials.
-pub async fn require_auth(
-    State(auth): State<Arc<BasicAuth>>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let creds = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(parse_basic);
-    let user = creds.as_ref().map(|(u, _)| u.clone());
-    let ok = match creds {
-        // bcrypt is slow on purpose: keep it off the async workers.
-        Some((u, p)) => tokio::task::spawn_blocking(move || auth.verify(&u, &p))
-            .await
-            .unwrap_or(false),
-        None => false,
-    };
-    if ok {
-        return next.run(req).await;
-    }
-    debug!(user = user.as_deref().unwrap_or(""), "unauthorized request");
+fn unauthorized() -> Response {
     (
         StatusCode::UNAUTHORIZED,
         [(header::WWW_AUTHENTICATE, "Basic realm=\"schedlat\"")],
         "Unauthorized\n",
     )
         .into_response()
+}
+
+/// Middleware: 401 with a Basic challenge unless the request carries valid credentials; 429
+/// without checking them when its address (or everyone) failed too often lately.
+pub async fn require_auth(
+    State(auth): State<Arc<BasicAuth>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some((user, password)) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(parse_basic)
+    else {
+        auth.stats.count_auth_failure(AuthFailure::NoCredentials);
+        debug!("request without credentials");
+        return unauthorized();
+    };
+    if auth.is_cached(&user, &password) {
+        return next.run(req).await;
+    }
+    // Requests served without a socket (unit tests) share the unspecified address.
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| {
+            c.0.ip().to_canonical()
+        });
+    if let Err(wait) = auth.limiter.reserve(ip, Instant::now()) {
+        auth.stats.count_auth_failure(AuthFailure::RateLimited);
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        debug!(%ip, user, "too many failed logins: 429");
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, secs.to_string())],
+            format!("Too many failed logins: retry in {secs} s\n"),
+        )
+            .into_response();
+    }
+    let checker = auth.clone();
+    let u = user.clone();
+    // bcrypt is slow on purpose: keep it off the async workers.
+    let ok = tokio::task::spawn_blocking(move || checker.check(&u, &password))
+        .await
+        .unwrap_or(false);
+    if ok {
+        auth.limiter.refund(ip);
+        return next.run(req).await;
+    }
+    auth.stats.count_auth_failure(AuthFailure::WrongCredentials);
+    debug!(%ip, user, "wrong credentials");
+    unauthorized()
 }
 
 // ------------------------------------------------------------------------- TLS listener
@@ -493,12 +893,8 @@ pub struct TlsListener {
 
 impl TlsListener {
     /// Must be called inside the tokio runtime.
-    pub fn new(
-        listener: tokio::net::TcpListener,
-        config: Arc<ServerConfig>,
-    ) -> std::io::Result<Self> {
+    pub fn new(listener: tokio::net::TcpListener, tls: Arc<TlsReloader>) -> std::io::Result<Self> {
         let local = listener.local_addr()?;
-        let acceptor = TlsAcceptor::from(config);
         let (tx, ready) = mpsc::channel(64);
         let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         tokio::spawn(async move {
@@ -516,7 +912,9 @@ impl TlsListener {
                 let Ok(permit) = handshakes.clone().acquire_owned().await else {
                     return;
                 };
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                // A few stats at most once per second; files are read only when they changed.
+                let acceptor = TlsAcceptor::from(tls.current());
+                let tx = tx.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -691,7 +1089,7 @@ mod tests {
     #[test]
     fn basic_auth_verifies_caches_and_bounds_the_cache() {
         let users = BTreeMap::from([("prom".to_string(), hash_of("secret"))]);
-        let a = BasicAuth::new(&users).unwrap();
+        let a = BasicAuth::new(&users, WebStats::new(true, false)).unwrap();
         assert!(!a.verify("prom", "wrong"));
         assert!(!a.verify("nobody", "secret"));
         assert!(!a.verify("prom", ""));
@@ -712,7 +1110,7 @@ mod tests {
         }
         assert!(a.verify("prom", "secret"));
         assert_eq!(a.cached(), AUTH_CACHE_MAX);
-        assert!(BasicAuth::new(&BTreeMap::new()).is_none());
+        assert!(BasicAuth::new(&BTreeMap::new(), WebStats::new(false, false)).is_none());
     }
 
     #[test]
@@ -726,5 +1124,198 @@ mod tests {
         assert_eq!(h("Bearer cHJvbTpzZWNyZXQ="), None);
         assert_eq!(h("Basic !!!"), None);
         assert_eq!(h("Basic cHJvbQ=="), None, "no colon");
+    }
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
+    }
+
+    #[test]
+    fn failed_checks_are_limited_per_client_then_refill() {
+        let l = FailureLimiter::new();
+        let t0 = Instant::now();
+        for i in 0..PER_CLIENT_BURST as usize {
+            assert_eq!(l.reserve(ip(1), t0), Ok(()), "failure {i} of the burst");
+        }
+        let wait = l.reserve(ip(1), t0).unwrap_err();
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs_f64(1.0 / PER_CLIENT_RATE),
+            "{wait:?}"
+        );
+        // Another client is not affected.
+        assert_eq!(l.reserve(ip(2), t0), Ok(()));
+        // Refilled at PER_CLIENT_RATE per second: one more check after 1/rate s, not two.
+        let t1 = t0 + Duration::from_secs_f64(1.0 / PER_CLIENT_RATE);
+        assert_eq!(l.reserve(ip(1), t1), Ok(()));
+        assert!(l.reserve(ip(1), t1).is_err());
+        // A successful check gives its token back: it was no failure.
+        l.refund(ip(1));
+        assert_eq!(l.reserve(ip(1), t1), Ok(()));
+    }
+
+    #[test]
+    fn failed_checks_are_limited_in_total_across_clients() {
+        let l = FailureLimiter::new();
+        let t0 = Instant::now();
+        let mut allowed = 0;
+        for i in 0..100u8 {
+            if l.reserve(ip(i), t0).is_ok() {
+                allowed += 1;
+            }
+        }
+        assert_eq!(
+            allowed, GLOBAL_BURST as usize,
+            "one check each from 100 addresses"
+        );
+        // A second later GLOBAL_RATE more, whoever asks.
+        let t1 = t0 + Duration::from_secs(1);
+        let allowed = (100..200u8)
+            .filter(|&i| l.reserve(ip(i), t1).is_ok())
+            .count();
+        assert_eq!(allowed, GLOBAL_RATE as usize);
+    }
+
+    #[test]
+    fn tracked_clients_are_bounded() {
+        let l = FailureLimiter::new();
+        let t0 = Instant::now();
+        // Far more addresses than tracked, over time (the global budget refilled for each).
+        for i in 0..(MAX_CLIENTS as u32 * 3) {
+            let a = IpAddr::V6(std::net::Ipv6Addr::from(u128::from(i)));
+            let now = t0 + Duration::from_secs(u64::from(i));
+            assert_eq!(l.reserve(a, now), Ok(()), "{i}");
+            assert!(l.clients() <= MAX_CLIENTS);
+        }
+    }
+
+    fn testdata(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/testdata")
+            .join(name)
+    }
+
+    /// A directory with cert/key `which` ("a" or "b") as server.crt / server.key.
+    fn tls_dir(tag: &str) -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("schedlat-unit-tls-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// Replace `to` atomically (write a temporary file, rename it over).
+    fn install(from: &Path, to: &Path) {
+        let tmp = to.with_extension("new");
+        std::fs::copy(from, &tmp).unwrap();
+        std::fs::rename(&tmp, to).unwrap();
+    }
+
+    #[test]
+    fn tls_files_are_reloaded_when_they_change_and_bad_ones_keep_the_old_config() {
+        let d = tls_dir("reload");
+        let (crt, key) = (d.join("server.crt"), d.join("server.key"));
+        install(&testdata("unit-a.crt"), &crt);
+        install(&testdata("unit-a.key"), &key);
+        let cfg = parse(&format!(
+            "tls_server_config:\n  cert_file: {}\n  key_file: {}\n",
+            crt.display(),
+            key.display()
+        ))
+        .unwrap();
+        let stats = WebStats::new(false, true);
+        let r = TlsReloader::new(cfg.tls.unwrap(), "web.yml".into(), stats.clone()).unwrap();
+        let t0 = Instant::now();
+        let first = r.current_at(t0);
+        // Unchanged files: the same config, whenever asked.
+        assert!(Arc::ptr_eq(
+            &first,
+            &r.current_at(t0 + Duration::from_secs(5))
+        ));
+
+        // Renewed: picked up at the next check, not before the interval is over.
+        install(&testdata("unit-b.crt"), &crt);
+        install(&testdata("unit-b.key"), &key);
+        let t = t0 + Duration::from_secs(5) + TLS_CHECK_INTERVAL / 2;
+        assert!(
+            Arc::ptr_eq(&first, &r.current_at(t)),
+            "checked twice within the interval"
+        );
+        let t = t0 + Duration::from_secs(7);
+        let second = r.current_at(t);
+        assert!(!Arc::ptr_eq(&first, &second), "renewed files not reloaded");
+        assert_eq!(stats.tls_reloads_ok.load(Ordering::Relaxed), 1);
+
+        // A key that does not go with the certificate, then garbage: counted, logged, and
+        // the renewed config stays in use; no retry until the files change again.
+        install(&testdata("unit-a.key"), &key);
+        let t = t + Duration::from_secs(2);
+        assert!(Arc::ptr_eq(&second, &r.current_at(t)));
+        assert_eq!(stats.tls_reloads_failed.load(Ordering::Relaxed), 1);
+        assert!(stats.tls_stale.load(Ordering::Relaxed));
+        let t = t + Duration::from_secs(2);
+        assert!(Arc::ptr_eq(&second, &r.current_at(t)));
+        assert_eq!(
+            stats.tls_reloads_failed.load(Ordering::Relaxed),
+            1,
+            "retried unchanged files"
+        );
+        std::fs::write(&crt, "not a certificate").unwrap();
+        let t = t + Duration::from_secs(2);
+        assert!(Arc::ptr_eq(&second, &r.current_at(t)));
+        assert_eq!(stats.tls_reloads_failed.load(Ordering::Relaxed), 2);
+        std::fs::remove_file(&crt).unwrap();
+        let t = t + Duration::from_secs(2);
+        assert!(
+            Arc::ptr_eq(&second, &r.current_at(t)),
+            "file missing mid-rotation"
+        );
+        assert_eq!(stats.tls_reloads_failed.load(Ordering::Relaxed), 3);
+
+        // Fixed: loaded, and the failing gauge clears.
+        install(&testdata("unit-a.crt"), &crt);
+        let t = t + Duration::from_secs(2);
+        assert!(!Arc::ptr_eq(&second, &r.current_at(t)));
+        assert_eq!(stats.tls_reloads_ok.load(Ordering::Relaxed), 2);
+        assert!(!stats.tls_stale.load(Ordering::Relaxed));
+        let text = crate::metrics::encode(&stats.families()).unwrap();
+        for line in [
+            "schedlat_web_tls_reloads_total{result=\"success\"} 2",
+            "schedlat_web_tls_reloads_total{result=\"error\"} 3",
+            "schedlat_web_tls_reload_failing 0",
+        ] {
+            assert!(text.contains(line), "{line}:\n{text}");
+        }
+        assert!(
+            !text.contains("auth_failures"),
+            "no basic auth configured:\n{text}"
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_bad_tls_file_at_start_is_an_error_naming_it() {
+        let d = tls_dir("bad");
+        let (crt, key) = (d.join("server.crt"), d.join("server.key"));
+        install(&testdata("unit-a.crt"), &crt);
+        install(&testdata("unit-b.key"), &key);
+        let cfg = parse(&format!(
+            "tls_server_config:\n  cert_file: {}\n  key_file: {}\n",
+            crt.display(),
+            key.display()
+        ))
+        .unwrap();
+        let e = TlsReloader::new(
+            cfg.tls.unwrap(),
+            "web.yml".into(),
+            WebStats::new(false, true),
+        )
+        .err()
+        .expect("mismatched key accepted")
+        .to_string();
+        assert!(
+            e.contains("key_file") && e.contains("does not go with cert_file"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -142,3 +142,52 @@ impl Drop for GoFixture {
         let _ = self.child.wait();
     }
 }
+
+/// The `httpserver` fixture (tests/go/httpserver) on a free loopback port, killed on drop.
+pub struct GoHttpServer {
+    child: Child,
+    pub pid: u32,
+    /// host:port it accepts connections on.
+    pub addr: String,
+}
+
+impl GoHttpServer {
+    /// Starts `path` on 127.0.0.1:0 and waits for its `listening ADDR` line.
+    pub fn start(path: &std::path::Path) -> GoHttpServer {
+        let mut child = Command::new(path)
+            .arg("127.0.0.1:0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", path.display()));
+        let pid = child.id();
+        let lines = line_reader(
+            child.stdout.take().expect("piped stdout"),
+            format!("go-{pid}-stdout"),
+        );
+        let line = match lines.recv_timeout(WORKLOAD_TIMEOUT) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = child.kill();
+                let st = wait_with_timeout(&mut child, Duration::from_secs(5));
+                panic!(
+                    "{}: no `listening` line ({e:?}); exit {st:?}",
+                    path.display()
+                )
+            }
+        };
+        let addr = line
+            .strip_prefix("listening ")
+            .unwrap_or_else(|| panic!("{}: unexpected first line {line:?}", path.display()))
+            .to_string();
+        GoHttpServer { child, pid, addr }
+    }
+}
+
+impl Drop for GoHttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

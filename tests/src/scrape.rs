@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::schedlat_bin;
+use crate::{TestCgroup, schedlat_bin};
 
 /// A `schedlat daemon` on a free loopback port, killed on drop.
 pub struct Daemon {
@@ -68,6 +68,26 @@ impl Drop for Daemon {
             let _ = self.child.wait();
         }
     }
+}
+
+/// `schedlat daemon` reading the Go programs in `cg` (`[go]` plus `extra` lines), with its
+/// config in a directory of its own, returned for removal.
+pub fn go_daemon(name: &str, cg: &TestCgroup, extra: &str) -> (Daemon, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("go.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[go]\nenabled = true\ncgroups = [\"{}\"]\n{extra}",
+            cg.path()
+        ),
+    )
+    .unwrap();
+    (
+        Daemon::start_with(&["--config", cfg.to_str().unwrap()]),
+        dir,
+    )
 }
 
 /// A minimal HTTP/1.1 GET (no client dependency), returning the body of a 200 answer.

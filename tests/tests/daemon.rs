@@ -215,48 +215,270 @@ fn status_kb(pid: u32, field: &str) -> u64 {
         .unwrap()
 }
 
+/// One churn round in `cg`: 5,000 short-lived processes, 5,000 short-lived threads, then 64
+/// threads killed while blocked in futex as the process exits; meanwhile a thread scrapes the
+/// daemon back to back (every scrape must succeed). Returns the scrapes made and the tids of
+/// every task the round created (all gone by now).
+fn churn_round(d: &Daemon, cg: &schedlat_tests::TestCgroup) -> (u64, Vec<u32>) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scraper = {
+        let (stop, addr) = (stop.clone(), d.addr.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                get(&addr, "/metrics").expect("scrape during churn");
+                n += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            n
+        })
+    };
+    let mut churn = Workload::start(&[
+        "churn",
+        "--procs",
+        "5000",
+        "--threads",
+        "5000",
+        "--parked",
+        "64",
+    ]);
+    cg.add(churn.pid);
+    churn.go();
+    let result = churn.result();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut tids = Vec::new();
+    for (key, n) in [
+        ("child_pids", 5000),
+        ("thread_tids", 5000),
+        ("parked_tids", 64),
+    ] {
+        let ids = result[key].as_array().unwrap();
+        assert_eq!(ids.len(), n, "{key}");
+        tids.extend(ids.iter().map(|v| v.as_u64().unwrap() as u32));
+    }
+    (scraper.join().unwrap(), tids)
+}
+
+/// The keys (tids) of the daemon's kernel map `name`, dumped with bpftool (map ids from
+/// /proc/PID/fdinfo: the daemon's own maps, whatever else is loaded).
+fn map_tids(pid: u32, name: &str) -> Vec<u32> {
+    let bpftool = |args: &[&str]| -> serde_json::Value {
+        let out = Command::new("bpftool")
+            .args(args)
+            .output()
+            .expect("bpftool not found: `cargo xtask setup` installs it");
+        assert!(
+            out.status.success(),
+            "bpftool {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let mut ids: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let info = std::fs::read_to_string(e.path()).ok()?;
+            info.lines()
+                .find_map(|l| l.strip_prefix("map_id:"))
+                .map(|id| id.trim().to_string())
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    let id = ids
+        .iter()
+        .find(|id| bpftool(&["map", "show", "id", id, "-j"])["name"] == name)
+        .unwrap_or_else(|| panic!("daemon {pid} holds no map {name} (ids {ids:?})"));
+    let entries = bpftool(&["map", "dump", "id", id, "-j"]);
+    entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| match e["formatted"]["key"].as_u64() {
+            Some(k) => k as u32,
+            // Without BTF for the map: little-endian bytes as "0x.." strings.
+            None => {
+                let b: Vec<u8> = e["key"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| {
+                        u8::from_str_radix(x.as_str().unwrap().trim_start_matches("0x"), 16)
+                            .unwrap()
+                    })
+                    .collect();
+                u32::from_le_bytes(b[..4].try_into().unwrap())
+            }
+        })
+        .collect()
+}
+
+/// Per-task stamps the daemon holds for tasks that no longer exist: any of `ours` (tasks the
+/// test made, all gone) in the last dump, and any other in two dumps a second apart (a task in
+/// its last microseconds is gone from /proc just before its final switch-out).
+fn stale_stamps(pid: u32, ours: &[u32]) -> Vec<(&'static str, u32)> {
+    let ours: std::collections::HashSet<u32> = ours.iter().copied().collect();
+    let mut stale = Vec::new();
+    for map in ["RUNQ_START", "FUTEX_START"] {
+        let first: std::collections::HashSet<u32> = map_tids(pid, map).into_iter().collect();
+        std::thread::sleep(Duration::from_secs(1));
+        for tid in map_tids(pid, map) {
+            // A number of ours still in /proc was reused by a new task: not stale.
+            let gone = !std::path::Path::new(&format!("/proc/{tid}")).exists();
+            if gone && (ours.contains(&tid) || first.contains(&tid)) {
+                stale.push((map, tid));
+            }
+        }
+    }
+    stale
+}
+
+/// Blocking futex commands (probe-ebpf/common futex_op: WAIT, LOCK_PI, WAIT_BITSET,
+/// WAIT_REQUEUE_PI, LOCK_PI2, futex_waitv, futex2 wait): a cgroup's futex series sums one HISTS
+/// entry per command it used.
+const FUTEX_OPS: f64 = 7.0;
+
+/// Most HISTS entries the histogram series in `after` but not in `before` can hold: one per
+/// run-queue series (cgroup, cause), [`FUTEX_OPS`] per futex series (cgroup); and those series.
+fn new_hist_series(before: &str, after: &str) -> (f64, std::collections::BTreeSet<String>) {
+    let series = |m: &str| -> std::collections::BTreeSet<String> {
+        m.lines()
+            .filter(|l| {
+                l.starts_with("schedlat_runqueue_latency_seconds_count{")
+                    || l.starts_with("schedlat_futex_wait_seconds_count{")
+            })
+            .filter_map(|l| l.rsplit_once(' ').map(|(s, _)| s.to_owned()))
+            .collect()
+    };
+    let b = series(before);
+    let new: std::collections::BTreeSet<String> = series(after)
+        .into_iter()
+        .filter(|c| !b.contains(c))
+        .collect();
+    let entries = new
+        .iter()
+        .map(|s| {
+            if s.starts_with("schedlat_futex") {
+                FUTEX_OPS
+            } else {
+                1.0
+            }
+        })
+        .sum();
+    (entries, new)
+}
+
+/// Entries of each kernel map in a scrape.
+fn map_entries(m: &str, map: &str) -> f64 {
+    sample(m, &format!("schedlat_map_entries{{map=\"{map}\"}}"))
+        .unwrap_or_else(|| panic!("no schedlat_map_entries for {map}"))
+}
+
 #[test]
 fn churn_of_10000_tasks_leaves_no_stale_entries_and_flat_memory() {
     if !privileged_or_skip("churn_of_10000_tasks_leaves_no_stale_entries_and_flat_memory") {
         return;
     }
-    let d = Daemon::start();
+    // [go] on for the churn's cgroup: every short-lived process is also a candidate of the
+    // Go scan that runs at each scrape (classified by executable, never read: not Go).
+    let cg = schedlat_tests::TestCgroup::create("churn");
+    let (d, dir) = schedlat_tests::scrape::go_daemon("schedlat-churn", &cg, "");
     let before = get(&d.addr, "/metrics").unwrap();
     let rss_before = rss_kb(d.child.id());
-    let runq_before = sample(&before, "schedlat_map_entries{map=\"RUNQ_START\"}").unwrap();
-    let mut churn = Workload::start(&["churn", "--procs", "5000", "--threads", "5000"]);
-    churn.go();
-    churn.result();
+
+    let (scrapes, tids) = churn_round(&d, &cg);
     let after = get(&d.addr, "/metrics").unwrap();
-    // Every stamp of a task that ran and exited was consumed at its switch-in.
-    let runq_after = sample(&after, "schedlat_map_entries{map=\"RUNQ_START\"}").unwrap();
-    // A leak would be thousands of entries; tasks runnable at the moment of the scrape hold a
-    // stamp legitimately, a few dozen on a loaded 2-CPU host.
+    // Per-task state: every run-queue stamp of a task that ran and exited was consumed at its
+    // switch-in, every futex stamp at its wakeup, and the stamps of the threads killed while
+    // blocked in futex at their final switch-out. No stamp of the 10,064 tasks is left, nor of
+    // any other task gone from the host.
+    let stale = stale_stamps(d.child.id(), &tids);
+    assert!(stale.is_empty(), "stamps of exited tasks: {stale:?}");
+    // The daemon keeps no per-task statistics at all (captures do).
+    for map in ["TASK_STATS", "WAKE_PAIRS"] {
+        assert_eq!(map_entries(&after, map), 0.0, "{map} filled by the daemon");
+    }
+    // Histograms are per cgroup and kind (woken, preempted, futex by command), not per task:
+    // HISTS grows by the new series only (the churn's cgroup's, and those of any cgroup that
+    // became busy on the host meanwhile).
+    let (most, new) = new_hist_series(&before, &after);
+    assert!(new.iter().any(|s| s.contains(cg.path())), "{new:?}");
+    let hists = map_entries(&after, "HISTS") - map_entries(&before, "HISTS");
     assert!(
-        runq_after <= runq_before + 64.0,
-        "RUNQ_START {runq_before} -> {runq_after} entries after churn"
+        hists <= most,
+        "HISTS grew by {hists} entries for new series {new:?}"
     );
     assert_eq!(
         total(&after, "schedlat_events_dropped_total"),
         0.0,
         "drops during churn"
     );
-    // 10,000 new tasks were each woken and run at least once.
-    let waits = total(&after, "schedlat_runqueue_latency_seconds_count")
-        - total(&before, "schedlat_runqueue_latency_seconds_count");
+    assert_eq!(
+        total(&after, "schedlat_go_read_errors_total"),
+        0.0,
+        "Go scan errors from processes exiting under it"
+    );
+    // 10,000 new tasks were each woken and run at least once, in the churn's cgroup.
+    let series = |cause: &str| {
+        format!(
+            "schedlat_runqueue_latency_seconds_count{{cgroup=\"{}\",cause=\"{cause}\"}}",
+            cg.path()
+        )
+    };
+    let waits = sample(&after, &series("woken")).unwrap_or(0.0)
+        + sample(&after, &series("preempted")).unwrap_or(0.0);
     assert!(
         waits >= 10_000.0,
-        "only {waits} run-queue waits for 10,000 new tasks"
+        "only {waits} run-queue waits in {} for 10,000 new tasks",
+        cg.path()
     );
     for _ in 0..5 {
         get(&d.addr, "/metrics").unwrap();
     }
-    let rss_after = rss_kb(d.child.id());
+    let rss_1 = rss_kb(d.child.id());
+
+    // Memory is flat: a second round of 10,000 tasks costs the daemon nothing more.
+    let (scrapes_2, tids_2) = churn_round(&d, &cg);
+    let after_2 = get(&d.addr, "/metrics").unwrap();
+    let stale = stale_stamps(d.child.id(), &tids_2);
     assert!(
-        rss_after < rss_before + 8 * 1024,
-        "daemon RSS {rss_before} kB -> {rss_after} kB"
+        stale.is_empty(),
+        "stamps of exited tasks after the second churn: {stale:?}"
+    );
+    let (most, new) = new_hist_series(&after, &after_2);
+    let hists = map_entries(&after_2, "HISTS") - map_entries(&after, "HISTS");
+    assert!(
+        hists <= most,
+        "HISTS grew by {hists} entries in the same cgroup (new series: {new:?})"
+    );
+    for _ in 0..5 {
+        get(&d.addr, "/metrics").unwrap();
+    }
+    let rss_2 = rss_kb(d.child.id());
+    eprintln!(
+        "churn: daemon RSS {rss_before} kB -> {rss_1} kB after 10,000 tasks ({scrapes} scrapes \
+         during) -> {rss_2} kB after 10,000 more ({scrapes_2} scrapes); RUNQ_START {} -> {} -> {}, \
+         FUTEX_START {} -> {} -> {}, HISTS {} -> {}",
+        map_entries(&before, "RUNQ_START"),
+        map_entries(&after, "RUNQ_START"),
+        map_entries(&after_2, "RUNQ_START"),
+        map_entries(&before, "FUTEX_START"),
+        map_entries(&after, "FUTEX_START"),
+        map_entries(&after_2, "FUTEX_START"),
+        map_entries(&before, "HISTS"),
+        map_entries(&after_2, "HISTS"),
+    );
+    assert!(
+        rss_1 < rss_before + 8 * 1024,
+        "daemon RSS {rss_before} kB -> {rss_1} kB"
+    );
+    assert!(
+        rss_2 <= rss_1 + 1024,
+        "daemon RSS grew again with the second churn: {rss_1} kB -> {rss_2} kB"
     );
     assert!(d.stop().success());
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// /proc/PID/task/*/status of every thread of `pid`.

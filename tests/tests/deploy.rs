@@ -1,6 +1,7 @@
 //! deploy/: the systemd unit is valid and its capability set is enough; the Kubernetes
 //! manifests validate against the API schemas, fit together, and run the daemon with a config
-//! it accepts.
+//! it accepts; the container image `cargo xtask image` builds runs the daemon as the DaemonSet
+//! does.
 use std::{collections::BTreeSet, path::PathBuf, process::Command};
 
 use schedlat_tests::{
@@ -642,5 +643,543 @@ fn user_switch_under_the_units_capabilities_fails_early_and_says_what_to_add() {
     );
     // Refused before attaching: nothing was loaded.
     assert!(!stderr.contains("attached"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// ------------------------------------------------------------------------- container image
+
+/// `$SCHEDLAT_IMAGE`, else target/image/schedlat: the OCI image layout `cargo xtask image`
+/// writes.
+fn image_layout() -> PathBuf {
+    let p = match std::env::var_os("SCHEDLAT_IMAGE") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => repo().join("target/image/schedlat"),
+    };
+    assert!(
+        p.join("index.json").is_file(),
+        "no OCI image layout at {}: build it with `cargo xtask image` (set SCHEDLAT_IMAGE to use another)",
+        p.display()
+    );
+    p
+}
+
+/// `cmd args`, which must succeed; its stdout.
+fn must(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e} (`cargo xtask setup` installs it)"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Regular files (and symlinks, marked "-> target") under `root`, relative, sorted.
+fn files_under(root: &std::path::Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let t = e.file_type().unwrap();
+            let rel = e
+                .path()
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_symlink() {
+                out.insert(format!(
+                    "{rel} -> {}",
+                    std::fs::read_link(e.path()).unwrap().display()
+                ));
+            } else {
+                out.insert(rel);
+            }
+        }
+    }
+    out
+}
+
+/// A mount the container runtime or a volume makes in the container's root.
+struct Mount {
+    src: std::ffi::CString,
+    /// Absolute, inside the unpacked rootfs.
+    dst: std::ffi::CString,
+    fstype: Option<std::ffi::CString>,
+    flags: libc::c_ulong,
+    /// Make the mount read-only once made: the top mount, or (true) every submount too.
+    read_only: Option<bool>,
+}
+
+/// Linux capability numbers (include/uapi/linux/capability.h) of the names Kubernetes takes.
+fn cap_number(name: &str) -> u32 {
+    match name {
+        "SYS_PTRACE" => 19,
+        "SYS_ADMIN" => 21,
+        "PERFMON" => 38,
+        "BPF" => 39,
+        other => panic!("capability {other}: add its number to cap_number"),
+    }
+}
+
+/// In the child, before exec: what a container runtime does for the DaemonSet's container.
+/// A new mount and cgroup namespace (private propagation: nothing reaches the host); `rootfs`
+/// bind-mounted on itself; the mounts in order; the root made read-only; chroot; the bounding
+/// set cut to `keep` (uid 0 then gets exactly those at exec); no_new_privs. Only syscalls:
+/// this runs between fork and exec. On failure, says which step on stderr.
+fn enter_container(
+    rootfs: &std::ffi::CStr,
+    mounts: &[Mount],
+    keep: u64,
+    last_cap: u32,
+    no_new_privs: bool,
+) -> std::io::Result<()> {
+    use std::ptr::null;
+    let fail = |what: &[u8], path: &std::ffi::CStr| {
+        let e = std::io::Error::last_os_error();
+        // SAFETY: write(2) of valid buffers to stderr.
+        unsafe {
+            libc::write(2, b"container setup failed: ".as_ptr().cast(), 24);
+            libc::write(2, what.as_ptr().cast(), what.len());
+            libc::write(2, b" ".as_ptr().cast(), 1);
+            let p = path.to_bytes();
+            libc::write(2, p.as_ptr().cast(), p.len());
+            libc::write(2, b"\n".as_ptr().cast(), 1);
+        }
+        Err(e)
+    };
+    let check = |r: libc::c_long, what: &[u8], path: &std::ffi::CStr| {
+        if r < 0 { fail(what, path) } else { Ok(()) }
+    };
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    const MOUNT_ATTR_RDONLY: u64 = 1;
+    const AT_RECURSIVE: libc::c_int = 0x8000;
+    let root = c"/";
+    // SAFETY: plain syscalls on NUL-terminated paths that outlive them.
+    unsafe {
+        check(
+            libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWCGROUP).into(),
+            b"unshare",
+            root,
+        )?;
+        check(
+            libc::mount(
+                null(),
+                root.as_ptr(),
+                null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                null(),
+            )
+            .into(),
+            b"make / private",
+            root,
+        )?;
+        check(
+            libc::mount(
+                rootfs.as_ptr(),
+                rootfs.as_ptr(),
+                null(),
+                libc::MS_BIND | libc::MS_REC,
+                null(),
+            )
+            .into(),
+            b"bind",
+            rootfs,
+        )?;
+        for m in mounts {
+            let fstype = m.fstype.as_ref().map_or(null(), |f| f.as_ptr());
+            check(
+                libc::mount(m.src.as_ptr(), m.dst.as_ptr(), fstype, m.flags, null()).into(),
+                b"mount",
+                &m.dst,
+            )?;
+            match m.read_only {
+                None => {}
+                Some(false) => check(
+                    libc::mount(
+                        null(),
+                        m.dst.as_ptr(),
+                        null(),
+                        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
+                        null(),
+                    )
+                    .into(),
+                    b"remount read-only",
+                    &m.dst,
+                )?,
+                Some(true) => {
+                    let attr = MountAttr {
+                        attr_set: MOUNT_ATTR_RDONLY,
+                        attr_clr: 0,
+                        propagation: 0,
+                        userns_fd: 0,
+                    };
+                    check(
+                        libc::syscall(
+                            libc::SYS_mount_setattr,
+                            libc::AT_FDCWD,
+                            m.dst.as_ptr(),
+                            AT_RECURSIVE,
+                            &attr as *const MountAttr,
+                            std::mem::size_of::<MountAttr>(),
+                        ),
+                        b"make read-only recursively",
+                        &m.dst,
+                    )?
+                }
+            }
+        }
+        check(
+            libc::mount(
+                null(),
+                rootfs.as_ptr(),
+                null(),
+                libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
+                null(),
+            )
+            .into(),
+            b"read-only root",
+            rootfs,
+        )?;
+        check(libc::chroot(rootfs.as_ptr()).into(), b"chroot", rootfs)?;
+        check(libc::chdir(root.as_ptr()).into(), b"chdir", root)?;
+        for cap in 0..=last_cap {
+            if keep & (1 << cap) == 0 {
+                check(
+                    libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0).into(),
+                    b"drop from the bounding set",
+                    root,
+                )?;
+            }
+        }
+        if no_new_privs {
+            check(
+                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0).into(),
+                b"no_new_privs",
+                root,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// `cargo xtask image`'s OCI layout, unpacked by umoci, runs `schedlat daemon` the way the
+/// DaemonSet does: its command, args and env, the ConfigMap's config, its volume mounts
+/// (hostPath binds, read-only, recursively where it says so) over what a runtime provides
+/// (/proc of the host pid namespace, sysfs read-only, a tmpfs /dev, a namespaced cgroup2), a
+/// read-only root, uid 0 with only the capabilities it adds, no_new_privs. The daemon must
+/// attach, drop them, and serve the host cgroup of a workload by its host path; everything it
+/// maps comes from the image, which holds the binary and exactly the libraries ldd lists.
+/// (Not reproduced: the seccomp profile and the pod network namespace.)
+#[test]
+fn the_container_image_runs_the_daemon_with_the_daemonsets_mounts() {
+    if !privileged_or_skip("the_container_image_runs_the_daemon_with_the_daemonsets_mounts") {
+        return;
+    }
+    let layout = image_layout();
+    let index: Value =
+        serde_json::from_str(&std::fs::read_to_string(layout.join("index.json")).unwrap()).unwrap();
+    let manifest = &index["manifests"][0];
+    let tag = manifest["annotations"]["org.opencontainers.image.ref.name"]
+        .as_str()
+        .expect("index.json names its tag")
+        .to_string();
+    assert_eq!(
+        tag,
+        env!("CARGO_PKG_VERSION"),
+        "image tag is the crate version"
+    );
+
+    // The manifests deploy this image.
+    let docs = yaml_documents(&k8s_manifests());
+    let pod = &one(&docs, "DaemonSet")["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    assert_eq!(c["image"], format!("schedlat:{tag}").as_str());
+    let kust = yaml_documents(&[k8s_dir().join("kustomization.yaml")]);
+    let images = kust[0]["images"].as_array().expect("kustomization images");
+    assert!(
+        images
+            .iter()
+            .any(|i| i["name"] == "schedlat" && i["newTag"] == tag.as_str()),
+        "kustomization images {images:?}"
+    );
+
+    let dir = std::env::temp_dir().join(format!("schedlat-image-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let reference = format!("oci:{}:{tag}", layout.display());
+    // skopeo reads it the way the README pushes it: platform, digest, and a conversion to a
+    // docker-archive (what `docker load` / `kind load image-archive` take).
+    let inspect: Value = serde_json::from_str(&must(
+        "skopeo",
+        &["--insecure-policy", "inspect", &reference],
+    ))
+    .unwrap();
+    assert_eq!(inspect["Digest"], manifest["digest"]);
+    assert_eq!(
+        (inspect["Os"].as_str(), inspect["Architecture"].as_str()),
+        (Some("linux"), Some("amd64"))
+    );
+    let archive = dir.join("schedlat.tar");
+    must(
+        "skopeo",
+        &[
+            "--insecure-policy",
+            "copy",
+            "-q",
+            &reference,
+            &format!("docker-archive:{}:schedlat:{tag}", archive.display()),
+        ],
+    );
+    assert!(
+        std::fs::metadata(&archive).unwrap().len() > 1 << 20,
+        "docker-archive written"
+    );
+
+    // Unpacked by an independent implementation (umoci checks every digest on the way).
+    let bundle = dir.join("bundle");
+    must(
+        "umoci",
+        &[
+            "unpack",
+            "--image",
+            &format!("{}:{tag}", layout.display()),
+            bundle.to_str().unwrap(),
+        ],
+    );
+    let rootfs = bundle.join("rootfs");
+    let ldd = must("ldd", &[schedlat_bin().to_str().unwrap()]);
+    let mut want: BTreeSet<String> = ldd
+        .lines()
+        .filter_map(|l| {
+            let p = l.split("=>").last()?.trim().split(" (").next()?.trim();
+            p.starts_with('/')
+                .then(|| p.trim_start_matches('/').to_string())
+        })
+        .collect();
+    assert!(want.iter().any(|l| l.contains("libc.so")), "{ldd}");
+    want.extend(["usr/local/bin/schedlat", "etc/passwd", "etc/group"].map(String::from));
+    assert_eq!(
+        files_under(&rootfs),
+        want,
+        "the image's files vs the binary and `ldd` of it"
+    );
+    assert!(
+        std::fs::read(rootfs.join("usr/local/bin/schedlat")).unwrap()
+            == std::fs::read(schedlat_bin()).unwrap(),
+        "the image holds another schedlat than {}: rebuild it with `cargo xtask image`",
+        schedlat_bin().display()
+    );
+
+    // The ConfigMap's config, on a free port (the host network: no pod network here).
+    let port = std::net::TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg_dir = dir.join("config");
+    std::fs::create_dir_all(&cfg_dir).unwrap();
+    let cfg = one(&docs, "ConfigMap")["data"]["schedlat.toml"]
+        .as_str()
+        .unwrap();
+    assert!(cfg.contains("0.0.0.0:9725"), "{cfg}");
+    std::fs::write(
+        cfg_dir.join("schedlat.toml"),
+        cfg.replace("0.0.0.0:9725", &format!("0.0.0.0:{port}")),
+    )
+    .unwrap();
+
+    let cstr =
+        |p: &std::path::Path| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let inside = |p: &str| cstr(&rootfs.join(p.trim_start_matches('/')));
+    // What the runtime provides, then the volumes in the order the container lists them.
+    let (nosuid, nodev, noexec) = (libc::MS_NOSUID, libc::MS_NODEV, libc::MS_NOEXEC);
+    let mut mounts = vec![
+        Mount {
+            src: c"proc".into(),
+            dst: inside("/proc"),
+            fstype: Some(c"proc".into()),
+            flags: nosuid | nodev | noexec,
+            read_only: None,
+        },
+        Mount {
+            src: c"tmpfs".into(),
+            dst: inside("/dev"),
+            fstype: Some(c"tmpfs".into()),
+            flags: nosuid,
+            read_only: None,
+        },
+        Mount {
+            src: c"sysfs".into(),
+            dst: inside("/sys"),
+            fstype: Some(c"sysfs".into()),
+            flags: nosuid | nodev | noexec | libc::MS_RDONLY,
+            read_only: None,
+        },
+        Mount {
+            src: c"cgroup2".into(),
+            dst: inside("/sys/fs/cgroup"),
+            fstype: Some(c"cgroup2".into()),
+            flags: nosuid | nodev | noexec | libc::MS_RDONLY,
+            read_only: None,
+        },
+    ];
+    let volumes = pod["volumes"].as_array().unwrap();
+    for vm in c["volumeMounts"].as_array().unwrap() {
+        let v = volumes.iter().find(|v| v["name"] == vm["name"]).unwrap();
+        let src = if v["configMap"].is_object() {
+            cfg_dir.clone()
+        } else {
+            PathBuf::from(
+                v["hostPath"]["path"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("volume {v}")),
+            )
+        };
+        let read_only = (vm["readOnly"] == true).then(|| {
+            matches!(
+                vm["recursiveReadOnly"].as_str(),
+                Some("IfPossible" | "Enabled")
+            )
+        });
+        mounts.push(Mount {
+            src: cstr(&src),
+            dst: inside(vm["mountPath"].as_str().unwrap()),
+            fstype: None,
+            // CRI runtimes bind volumes recursively.
+            flags: libc::MS_BIND | libc::MS_REC,
+            read_only,
+        });
+    }
+    let sc = &c["securityContext"];
+    assert_eq!(sc["runAsUser"], 0);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["capabilities"]["drop"][0], "ALL");
+    let keep = sc["capabilities"]["add"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .fold(0u64, |k, n| k | 1 << cap_number(n.as_str().unwrap()));
+    let no_new_privs = sc["allowPrivilegeEscalation"] == false;
+    let last_cap: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let root_c = cstr(&rootfs);
+
+    let mut cmd = Command::new(c["command"][0].as_str().unwrap());
+    cmd.args(strings(&c["args"])).env_clear();
+    for e in c["env"].as_array().into_iter().flatten() {
+        cmd.env(e["name"].as_str().unwrap(), e["value"].as_str().unwrap());
+    }
+    let log = dir.join("daemon.log");
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    // SAFETY: the closure only makes syscalls (enter_container), as required after fork.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            enter_container(&root_c, &mounts, keep, last_cap, no_new_privs)
+        });
+    }
+    let mut child = cmd.spawn().unwrap_or_else(|e| {
+        panic!(
+            "starting the image's daemon: {e}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+    let pid = child.id();
+    let addr = format!("127.0.0.1:{port}");
+    let cg = schedlat_tests::TestCgroup::create("image");
+    let mut spin =
+        schedlat_tests::Workload::start(&["spin", "--threads", "2", "--cpu", "0", "--secs", "1"]);
+    cg.add(spin.pid);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while get(&addr, "/healthz").is_none() {
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!(
+                "the image's daemon exited ({st}):\n{}",
+                std::fs::read_to_string(&log).unwrap()
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no /healthz in 30 s:\n{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    spin.go();
+    spin.result();
+    let body = get(&addr, "/metrics").unwrap();
+
+    // It runs from the image: its root is the unpacked rootfs and every file it maps is there.
+    let proc_root = std::fs::read_link(format!("/proc/{pid}/root")).unwrap();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let exit = child.wait().unwrap();
+    let daemon_log = std::fs::read_to_string(&log).unwrap();
+    assert!(exit.success(), "exit {exit}:\n{daemon_log}");
+    assert_eq!(proc_root, rootfs);
+    let mapped: BTreeSet<&str> = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|p| p.starts_with('/'))
+        .collect();
+    assert!(mapped.len() >= 3, "{maps}");
+    for p in &mapped {
+        assert!(
+            p.starts_with(rootfs.to_str().unwrap()),
+            "{p} mapped from outside the image:\n{maps}"
+        );
+    }
+    // Bounding set: exactly what the DaemonSet adds; attached, then dropped all.
+    let field = |f: &str| {
+        let v = status
+            .lines()
+            .find_map(|l| l.strip_prefix(f))
+            .unwrap()
+            .trim();
+        u64::from_str_radix(v, 16).unwrap()
+    };
+    assert_eq!(field("CapBnd:"), keep, "{status}");
+    assert_eq!(field("CapEff:"), 0, "{status}");
+    assert!(status.lines().any(|l| l == "NoNewPrivs:\t1"), "{status}");
+    assert!(
+        body.contains(
+            "schedlat_program_attached{program=\"sched_switch\",target=\"tp_btf/sched_switch\"} 1"
+        ),
+        "{body}"
+    );
+    let series = format!(
+        "schedlat_runqueue_latency_seconds_count{{cgroup=\"{}\",cause=\"preempted\"}} ",
+        cg.path()
+    );
+    let n: f64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .unwrap_or_else(|| panic!("no {series}in the image's daemon's metrics:\n{body}"))
+        .parse()
+        .unwrap();
+    assert!(n > 10.0, "{series}{n}");
+    eprintln!(
+        "image {tag} ({}): {} files, daemon mapped {mapped:?}; {series}{n}",
+        manifest["digest"],
+        want.len()
+    );
+    drop(cg);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -8,7 +8,7 @@ use schedlat_tests::{
     TestCgroup,
     gofixture::{GoFixture, go_fixture_versions},
     privileged_or_skip, run_schedlat,
-    scrape::{Daemon, get, promtool_check, sample},
+    scrape::{Daemon, get, go_daemon, promtool_check, sample},
 };
 use serde_json::Value;
 
@@ -234,26 +234,6 @@ fn go_stats_exited_pid() {
 // ------------------------------------------------------------------------------- daemon
 
 /// Lines of the `schedlat_go_*` series, for comparing two scrapes.
-/// `schedlat daemon` reading the Go programs in `cg` (`[go]` plus `extra` lines), with its
-/// config in a directory of its own, returned for removal.
-fn go_daemon(name: &str, cg: &TestCgroup, extra: &str) -> (Daemon, std::path::PathBuf) {
-    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("go.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[go]\nenabled = true\ncgroups = [\"{}\"]\n{extra}",
-            cg.path()
-        ),
-    )
-    .unwrap();
-    (
-        Daemon::start_with(&["--config", cfg.to_str().unwrap()]),
-        dir,
-    )
-}
-
 fn go_lines(metrics: &str) -> Vec<String> {
     metrics
         .lines()

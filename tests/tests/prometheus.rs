@@ -2,15 +2,21 @@
 //! scraping a real daemon computes run-queue quantiles per cgroup from them.
 //! deploy/grafana: every dashboard query runs on that Prometheus and finds the daemon's series.
 use std::{
-    io::{Read as _, Write as _},
     net::TcpListener,
     path::PathBuf,
     process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use schedlat_tests::{
-    TestCgroup, Workload, privileged_or_skip, scrape::Daemon, scrape::get, scrape::get_response,
+    TestCgroup, Workload,
+    gofixture::{GoHttpServer, go_fixture_versions},
+    privileged_or_skip,
+    scrape::{Daemon, get, get_response, go_daemon},
 };
 use serde_json::Value;
 
@@ -46,7 +52,7 @@ fn example_scrape_config_and_rules_pass_promtool() {
         dir.join("schedlat-rules.yml").to_str().unwrap(),
     ]);
     // The rules' unit tests: each alert fires on synthetic series of what it describes (Go
-    // metrics included, which no daemon here exports) and not on the healthy neighbour.
+    // metrics included) and not on the healthy neighbour.
     promtool(&[
         "test",
         "rules",
@@ -64,11 +70,6 @@ struct Prometheus {
 impl Prometheus {
     /// The example config, pointed at `target`, scraping and evaluating rules every second.
     fn start(target: &str) -> Self {
-        Self::start_with_targets(&[target])
-    }
-
-    /// Like [`start`](Self::start), scraping several targets in the `schedlat` job.
-    fn start_with_targets(targets: &[&str]) -> Self {
         let dir = std::env::temp_dir().join(format!("schedlat-prom-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -82,7 +83,7 @@ impl Prometheus {
         }
         let rules = deploy().join("schedlat-rules.yml");
         let cfg = example
-            .replace("127.0.0.1:9725", &targets.join("\", \""))
+            .replace("127.0.0.1:9725", target)
             .replace("scrape_interval: 15s", "scrape_interval: 1s")
             .replace("evaluation_interval: 15s", "evaluation_interval: 1s")
             .replace("- schedlat-rules.yml", &format!("- {}", rules.display()));
@@ -270,19 +271,6 @@ fn a_real_prometheus_computes_runqueue_p99_per_cgroup() {
 
 // ------------------------------------------------------------------------- deploy/grafana
 
-/// Every metric a Go-runtime exporter will add (names fixed ahead of it): the dashboard's Go
-/// panels may only use these.
-const GO_METRICS: &[&str] = &[
-    "schedlat_go_sched_latency_seconds_bucket",
-    "schedlat_go_sched_latency_seconds_count",
-    "schedlat_go_sched_latency_seconds_sum",
-    "schedlat_go_stw_pause_seconds_bucket",
-    "schedlat_go_stw_pause_seconds_count",
-    "schedlat_go_stw_pause_seconds_sum",
-    "schedlat_go_gomaxprocs",
-    "schedlat_go_goroutines",
-];
-
 /// The `schedlat_*` metric names in a PromQL expression (recording rules excepted: they
 /// have colons).
 fn metric_names(expr: &str) -> Vec<String> {
@@ -311,74 +299,6 @@ fn substitute(expr: &str) -> String {
         .replace("$cgroup", ".+");
     assert!(!s.contains('$'), "unknown template variable in {expr}");
     s
-}
-
-/// Exposition of the Go-runtime metrics, with their fixed names and labels, for the Go panels
-/// until the daemon exports them: one process of /srv/api; counts grow with `n` (the scrape
-/// number) so rates are not zero.
-fn go_exposition(n: u64) -> String {
-    let l = r#"binary="/srv/api",cgroup="/kubepods/api""#;
-    let mut out = String::new();
-    let mut histogram = |name: &str, labels: &str, buckets: &[(&str, u64)]| {
-        out.push_str(&format!("# TYPE {name} histogram\n"));
-        for (le, per) in buckets {
-            out.push_str(&format!(
-                "{name}_bucket{{{labels},le=\"{le}\"}} {}\n",
-                per * n
-            ));
-        }
-        let total = buckets.last().unwrap().1 * n;
-        out.push_str(&format!("{name}_sum{{{labels}}} {}\n", total as f64 * 1e-4));
-        out.push_str(&format!("{name}_count{{{labels}}} {total}\n"));
-    };
-    let b = [("0.0001", 90), ("0.01", 100), ("+Inf", 100)];
-    histogram("schedlat_go_sched_latency_seconds", l, &b);
-    let stw = "schedlat_go_stw_pause_seconds";
-    out.push_str(&format!("# TYPE {stw} histogram\n"));
-    for phase in ["stopping", "total"] {
-        let labels = format!("{l},phase=\"{phase}\"");
-        for (le, per) in [("0.0001", 3), ("0.001", 4), ("+Inf", 4)] {
-            out.push_str(&format!(
-                "{stw}_bucket{{{labels},le=\"{le}\"}} {}\n",
-                per * n
-            ));
-        }
-        out.push_str(&format!("{stw}_sum{{{labels}}} {}\n", n as f64 * 1e-3));
-        out.push_str(&format!("{stw}_count{{{labels}}} {}\n", 4 * n));
-    }
-    out.push_str(&format!(
-        "# TYPE schedlat_go_gomaxprocs gauge\nschedlat_go_gomaxprocs{{{l}}} 2\n\
-         # TYPE schedlat_go_goroutines gauge\nschedlat_go_goroutines{{{l}}} {}\n",
-        40 + n % 7
-    ));
-    out
-}
-
-/// Serves [`go_exposition`] on a loopback port (for as long as the test runs); its address.
-fn serve_go_metrics() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        for (n, conn) in (1u64..).zip(listener.incoming()) {
-            let Ok(mut conn) = conn else { continue };
-            let mut req = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                match conn.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(k) => req.extend_from_slice(&buf[..k]),
-                }
-            }
-            let body = go_exposition(n);
-            let _ = write!(
-                conn,
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n\
-                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    addr
 }
 
 #[test]
@@ -427,11 +347,6 @@ fn grafana_dashboard_queries_run_on_a_real_prometheus() {
                 "panel {title}: no schedlat metric in {expr}"
             );
             let go = names.iter().any(|n| n.starts_with("schedlat_go_"));
-            if go {
-                for n in &names {
-                    assert!(GO_METRICS.contains(&n.as_str()), "panel {title}: {n}");
-                }
-            }
             if p["type"] == "heatmap" {
                 heatmaps += 1;
                 assert_eq!(t["format"], "heatmap", "panel {title}");
@@ -446,24 +361,40 @@ fn grafana_dashboard_queries_run_on_a_real_prometheus() {
     assert!(heatmaps >= 1, "no heatmap panel");
     assert!(queries.iter().any(|q| q.2), "no Go panel");
 
-    let d = Daemon::start();
-    let go_addr = serve_go_metrics();
-    let prom = Prometheus::start_with_targets(&[&d.addr, &go_addr]);
+    // A real Go service (the newest Go: it keeps stop-the-world pause histograms) in a cgroup
+    // of its own, read by a real daemon with [go] for that cgroup, under steady requests so
+    // its scheduling latency and GC pauses keep growing between scrapes.
+    let (_, go_dir) = go_fixture_versions().pop().unwrap();
+    let go_cg = TestCgroup::create("grafana-go");
+    let server = GoHttpServer::start(&go_dir.join("httpserver"));
+    go_cg.add(server.pid);
+    let (d, cfg_dir) = go_daemon("schedlat-grafana", &go_cg, "");
+    let stop = Arc::new(AtomicBool::new(false));
+    let requests = Arc::new(AtomicU64::new(0));
+    let load = {
+        let (stop, requests, addr) = (stop.clone(), requests.clone(), server.addr.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                get(&addr, "/").expect("the Go server answers");
+                requests.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    let prom = Prometheus::start(&d.addr);
     // CPU contention in a cgroup of its own, so preempted and woken delay both show up.
     let cg = TestCgroup::create("grafana");
     let mut spin = Workload::start(&["spin", "--threads", "2", "--cpu", "0", "--secs", "12"]);
     cg.add(spin.pid);
     spin.go();
     let wait = Duration::from_secs(30);
-    for target in [&d.addr, &go_addr] {
-        let up = format!("up{{job=\"schedlat\",instance=\"{target}\"}}");
-        assert_eq!(prom.finite(&up, wait), 1.0, "{target} up");
-    }
+    let up = format!("up{{job=\"schedlat\",instance=\"{}\"}}", d.addr);
+    assert_eq!(prom.finite(&up, wait), 1.0, "daemon up");
 
-    // Every non-Go metric a panel names is one the daemon exports.
+    // Every metric a panel names is one the daemon exports, the Go ones included.
     let exposed = get(&d.addr, "/metrics").unwrap();
-    for (title, _, go, names) in &queries {
-        for n in names.iter().filter(|_| !go) {
+    for (title, _, _, names) in &queries {
+        for n in names {
             assert!(
                 exposed.contains(&format!("\n{n}{{")) || exposed.contains(&format!("\n{n} ")),
                 "panel {title}: {n} is not exported by the daemon"
@@ -498,24 +429,56 @@ fn grafana_dashboard_queries_run_on_a_real_prometheus() {
     }
 
     // Every query parses and runs (Prometheus answers status success, else `query` panics
-    // with its error) and returns series: the daemon's, and for the Go panels those of the
-    // Go metrics' fixed names and labels (binary, cgroup, phase) served above.
-    for (title, expr, _, _) in &queries {
+    // with its error) and returns a series with a finite value: quantiles of histograms that
+    // grew in the window, not NaN from idle ones. The Go panels' series are the Go server's.
+    let cpus = std::thread::available_parallelism().unwrap().get() as f64;
+    for (title, expr, go, _) in &queries {
         let promql = substitute(expr);
         let deadline = Instant::now() + wait;
-        loop {
+        let finite = loop {
             let r = prom.query(&promql);
-            if !r.is_empty() {
-                eprintln!("dashboard: {title}: {} series", r.len());
-                break;
+            let finite: Vec<_> = r.iter().filter(|(_, v)| v.is_finite()).cloned().collect();
+            if !finite.is_empty() {
+                break finite;
             }
             assert!(
                 Instant::now() < deadline,
-                "panel {title}: {promql} returned nothing in {wait:?}"
+                "panel {title}: {promql} returned no finite value in {wait:?}: {r:?}"
             );
             std::thread::sleep(Duration::from_millis(500));
+        };
+        eprintln!("dashboard: {title}: {finite:?}");
+        if !go {
+            continue;
+        }
+        for (labels, v) in &finite {
+            assert_eq!(labels["binary"], "httpserver", "panel {title}: {labels}");
+            if !labels["cgroup"].is_null() {
+                assert_eq!(labels["cgroup"], go_cg.path(), "panel {title}: {labels}");
+            }
+            assert!(*v >= 0.0, "panel {title}: {labels} {v}");
+        }
+        // What each Go panel shows, against what the program is known to be.
+        let v = finite[0].1;
+        if expr.contains("schedlat_go_gomaxprocs") {
+            assert_eq!(v, cpus, "panel {title}: GOMAXPROCS is the CPUs Go sees");
+        } else if expr.contains("schedlat_go_goroutines") {
+            assert!((2.0..1000.0).contains(&v), "panel {title}: goroutines {v}");
+        } else if expr.contains("histogram_quantile") {
+            // Runnable goroutines wait microseconds to milliseconds; STW pauses likewise.
+            assert!(v > 0.0 && v < 1.0, "panel {title}: quantile {v} s");
+        } else {
+            assert!(v > 0.0, "panel {title}: GC pauses per second {v}");
         }
     }
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    eprintln!(
+        "dashboard: {} requests to the Go server",
+        requests.load(Ordering::Relaxed)
+    );
     spin.result();
     assert!(d.stop().success());
+    drop(server);
+    std::fs::remove_dir_all(&cfg_dir).unwrap();
 }

@@ -373,3 +373,295 @@ fn client_certificates_are_verified_against_client_ca_file() {
         assert!(d.stop().success());
     }
 }
+
+/// A self-signed certificate for 127.0.0.1 with subject CN=`cn` and serial `serial` (hex), as
+/// `<dir>/server.crt` and `<dir>/server.key`.
+fn cert_into(dir: &std::path::Path, cn: &str, serial: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    ok(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            &format!("/CN={cn}"),
+            "-set_serial",
+            &format!("0x{serial}"),
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            dir.join("server.key").to_str().unwrap(),
+            "-out",
+            dir.join("server.crt").to_str().unwrap(),
+        ],
+    );
+}
+
+/// The certificate curl is served, trusting only `ca`: Ok((subject, serial)) from curl's
+/// `%{certs}`, or Err(curl's exit code) when the handshake or verification failed.
+fn served_cert(ca: &str, addr: &str) -> Result<(String, String), i32> {
+    let out = run(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "30",
+            "--cacert",
+            ca,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{certs}",
+            &format!("https://{addr}/healthz"),
+        ],
+    );
+    if !out.status.success() {
+        return Err(out.status.code().unwrap_or(-1));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in curl's %{{certs}}:\n{text}"))
+            .trim()
+            .to_string()
+    };
+    Ok((field("Subject:"), field("Serial Number:")))
+}
+
+/// Polls (up to 15 s, a connection every 200 ms: each may trigger the daemon's check) until
+/// curl trusting only `ca` is served the certificate with `serial`.
+fn wait_for_cert(ca: &str, addr: &str, serial: &str) -> (String, String) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let got = served_cert(ca, addr);
+        if let Ok((subject, s)) = &got {
+            if s.eq_ignore_ascii_case(serial) {
+                return (subject.clone(), s.clone());
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "certificate {serial} not served within 15 s: last {got:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// The value of a sample line of the daemon's metrics, scraped over TLS trusting `ca`.
+fn web_metric(ca: &str, addr: &str, series: &str) -> Option<f64> {
+    let (rc, status, body) = curl(ca, &format!("https://{addr}/metrics"), None);
+    assert_eq!((rc, status), (0, 200), "{body}");
+    schedlat_tests::scrape::sample(&body, &format!("{series} "))
+}
+
+#[test]
+fn a_renewed_certificate_is_served_without_restart_and_bad_files_keep_the_old_one() {
+    if !privileged_or_skip(
+        "a_renewed_certificate_is_served_without_restart_and_bad_files_keep_the_old_one",
+    ) {
+        return;
+    }
+    let dir = TempDir::new("rotate");
+    // As a Kubernetes secret volume lays them out: `tls` is a symlink to the current version's
+    // directory, and an update swaps the symlink atomically.
+    let swap_to = |version: &str| {
+        let link = dir.0.join("tls.new");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(version, &link).unwrap();
+        std::fs::rename(&link, dir.0.join("tls")).unwrap();
+    };
+    cert_into(&dir.0.join("v1"), "schedlat-a", "5A1001");
+    swap_to("v1");
+    let web = dir.path("web.yml");
+    std::fs::write(
+        &web,
+        "tls_server_config:\n  cert_file: tls/server.crt\n  key_file: tls/server.key\n",
+    )
+    .unwrap();
+    let ca_a = dir.path("v1/server.crt");
+    let d = Daemon::start_until(&["--web.config.file", &web], |addr| {
+        served_cert(&ca_a, addr).is_ok()
+    });
+    assert_eq!(
+        served_cert(&ca_a, &d.addr),
+        Ok(("CN = schedlat-a".into(), "5a1001".into()))
+    );
+
+    // Renewed: a new certificate and key, swapped in at once.
+    cert_into(&dir.0.join("v2"), "schedlat-b", "5B1002");
+    swap_to("v2");
+    let ca_b = dir.path("v2/server.crt");
+    let (subject, serial) = wait_for_cert(&ca_b, &d.addr, "5b1002");
+    eprintln!("after the swap curl sees {subject}, serial {serial}");
+    assert_eq!(subject, "CN = schedlat-b");
+    // The old certificate is gone: a client trusting only it now fails verification (60).
+    assert_eq!(served_cert(&ca_a, &d.addr), Err(60));
+    let reloads = "schedlat_web_tls_reloads_total{result=\"success\"}";
+    let errors = "schedlat_web_tls_reloads_total{result=\"error\"}";
+    let failing = "schedlat_web_tls_reload_failing";
+    assert_eq!(web_metric(&ca_b, &d.addr, reloads), Some(1.0));
+    assert_eq!(web_metric(&ca_b, &d.addr, errors), Some(0.0));
+
+    // A bad update: a certificate whose key is another one's, then a certificate file that is
+    // not PEM. Each is counted, and the renewed certificate keeps being served.
+    cert_into(&dir.0.join("v3"), "schedlat-c", "5C1003");
+    cert_into(&dir.0.join("other"), "schedlat-x", "5F1009");
+    std::fs::copy(dir.0.join("other/server.key"), dir.0.join("v3/server.key")).unwrap();
+    swap_to("v3");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while web_metric(&ca_b, &d.addr, errors) != Some(1.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mismatched key not counted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(web_metric(&ca_b, &d.addr, failing), Some(1.0));
+    std::fs::write(
+        dir.0.join("v3/server.crt"),
+        "-----BEGIN CERTIFICATE-----\ngarbage\n",
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while web_metric(&ca_b, &d.addr, errors) != Some(2.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "garbage certificate not counted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(
+        served_cert(&ca_b, &d.addr),
+        Ok(("CN = schedlat-b".into(), "5b1002".into())),
+        "bad files replaced the working certificate"
+    );
+    // HTTPS scrapes with the renewed certificate go on working meanwhile.
+    let (rc, status, _) = curl(&ca_b, &format!("https://{}/metrics", d.addr), None);
+    assert_eq!((rc, status), (0, 200));
+
+    // Fixed in place (same files rewritten: mtime and size change, not the inode).
+    cert_into(&dir.0.join("v3"), "schedlat-d", "5D1004");
+    let ca_d = dir.path("v3/server.crt");
+    let (subject, _) = wait_for_cert(&ca_d, &d.addr, "5d1004");
+    assert_eq!(subject, "CN = schedlat-d");
+    assert_eq!(web_metric(&ca_d, &d.addr, failing), Some(0.0));
+    // A rewrite of two files can be seen half done (new certificate, old key): that is one
+    // more counted error at most, then the complete pair loads.
+    let (ok_n, err_n) = (
+        web_metric(&ca_d, &d.addr, reloads).unwrap(),
+        web_metric(&ca_d, &d.addr, errors).unwrap(),
+    );
+    assert!(
+        ok_n >= 2.0 && (2.0..=3.0).contains(&err_n),
+        "reloads {ok_n} ok, {err_n} failed"
+    );
+    assert!(d.stop().success());
+}
+
+#[test]
+fn failed_logins_get_429_after_a_burst_and_are_counted() {
+    if !privileged_or_skip("failed_logins_get_429_after_a_burst_and_are_counted") {
+        return;
+    }
+    let dir = TempDir::new("authlimit");
+    self_signed(&dir);
+    let hash = htpasswd("prom", "s3cret");
+    let web = dir.path("web.yml");
+    std::fs::write(
+        &web,
+        format!(
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n\
+             basic_auth_users:\n  prom: '{hash}'\n"
+        ),
+    )
+    .unwrap();
+    let ca = dir.path("server.crt");
+    let d = Daemon::start_until(&["--web.config.file", &web], |addr| {
+        curl(&ca, &format!("https://{addr}/healthz"), None).1 == 200
+    });
+    let url = format!("https://{}/metrics", d.addr);
+    // The scraper's credentials verify once (and are remembered).
+    assert_eq!(curl(&ca, &url, Some("prom:s3cret")).1, 200);
+
+    // 20 wrong passwords back to back from 127.0.0.1, one curl, one connection.
+    let codes = |from: &str, creds: &str, n: usize| -> (Vec<u16>, f64) {
+        let mut args = vec![
+            "-sS".to_string(),
+            "--cacert".into(),
+            ca.clone(),
+            "--interface".into(),
+            from.into(),
+            "-u".into(),
+            creds.into(),
+            "-w".into(),
+            "%{http_code} %header{retry-after}\n".into(),
+        ];
+        for _ in 0..n {
+            args.extend(["-o".into(), "/dev/null".into(), url.clone()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let t = std::time::Instant::now();
+        let out = ok("curl", &args);
+        let secs = t.elapsed().as_secs_f64();
+        let mut v = Vec::new();
+        for l in out.lines() {
+            let (code, retry) = l.split_once(' ').unwrap();
+            let code: u16 = code.parse().unwrap();
+            if code == 429 {
+                assert_eq!(retry, "1", "429 says when to retry: {l}");
+            }
+            v.push(code);
+        }
+        assert_eq!(v.len(), n, "{out}");
+        (v, secs)
+    };
+    let (first, secs) = codes("127.0.0.1", "prom:wrong", 20);
+    let n401 = first.iter().filter(|&&c| c == 401).count();
+    let n429 = first.iter().filter(|&&c| c == 429).count();
+    eprintln!(
+        "20 wrong passwords in {secs:.2} s: {n401} checked (401), {n429} refused unchecked (429): {first:?}"
+    );
+    assert_eq!(&first[..5], &[401; 5], "the burst is checked: {first:?}");
+    assert_eq!(n401 + n429, 20, "{first:?}");
+    // A burst of 5, refilled at 2 per second while curl ran.
+    let allowed = 5.0 + 2.0 * secs + 1.0;
+    assert!(
+        (n401 as f64) <= allowed && n429 >= 10,
+        "{n401} checks in {secs:.2} s (at most {allowed:.1}): {first:?}"
+    );
+    // Meanwhile: the scraper with the right credentials gets its metrics, and another
+    // address has a budget of its own.
+    assert_eq!(curl(&ca, &url, Some("prom:s3cret")).1, 200);
+    let (other, _) = codes("127.0.0.2", "prom:wrong", 1);
+    assert_eq!(other, [401], "127.0.0.2 limited by 127.0.0.1's failures");
+    // Refilled after a pause: checked again.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let (later, _) = codes("127.0.0.1", "prom:wrong", 1);
+    assert_eq!(later, [401]);
+
+    // Every refusal counted, by reason, exactly as curl saw them.
+    let (rc, status, body) = curl(&ca, &url, Some("prom:s3cret"));
+    assert_eq!((rc, status), (0, 200));
+    let sample = |reason: &str| {
+        schedlat_tests::scrape::sample(
+            &body,
+            &format!("schedlat_web_auth_failures_total{{reason=\"{reason}\"}} "),
+        )
+    };
+    assert_eq!(
+        sample("wrong_credentials"),
+        Some((n401 + 2) as f64),
+        "{body}"
+    );
+    assert_eq!(sample("rate_limited"), Some(n429 as f64));
+    assert_eq!(sample("no_credentials"), Some(0.0));
+    assert!(d.stop().success());
+}

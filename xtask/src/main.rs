@@ -5,6 +5,7 @@
 //! toolchain is pinned the way it is.
 mod bench;
 mod gofix;
+mod image;
 mod setup;
 mod test;
 
@@ -60,6 +61,9 @@ enum Task {
     },
     /// Overhead benchmark: interleaved bare / schedlat / runqlat runs of scheduler-heavy workloads.
     Bench(bench::Args),
+    /// Build, then an OCI image layout of the release binary and the shared libraries it needs
+    /// at target/image/schedlat (tag: the crate version), for deploy/kubernetes.
+    Image,
 }
 
 fn main() -> ExitCode {
@@ -86,6 +90,7 @@ fn run() -> Result<()> {
         Task::Run { args } => run_schedlat(&ws, args),
         Task::Test { args } => test::test(&ws, &args),
         Task::Bench(args) => bench::bench(&ws, args),
+        Task::Image => image::image(&ws).map(drop),
     }
 }
 

@@ -40,7 +40,8 @@ pub const TEST: Group = Group {
           (deploy/schedlat.service) and wrk (a scrape flood) for the tests; python3-venv for the \
           project's Python tools (deploy/kubernetes validation); openssl (test certificates), \
           curl (HTTPS scrapes) and apache2-utils (htpasswd: bcrypt hashes) for the TLS and \
-          basic-auth tests",
+          basic-auth tests; umoci unpacks and skopeo inspects and converts the OCI image of \
+          `cargo xtask image` (the container image test)",
     packages: &[
         "prometheus",
         "util-linux",
@@ -51,6 +52,8 @@ pub const TEST: Group = Group {
         "openssl",
         "curl",
         "apache2-utils",
+        "umoci",
+        "skopeo",
     ],
 };
 pub const BENCH: Group = Group {

@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{Workspace, cmdline, gofix, is_root, run_cmd, setup};
+use crate::{Workspace, cmdline, gofix, image, is_root, run_cmd, setup};
 
 pub fn test(ws: &Workspace, args: &[String]) -> Result<()> {
     header("setup");
@@ -35,7 +35,7 @@ pub fn test(ws: &Workspace, args: &[String]) -> Result<()> {
         failed.push("unit tests");
     }
 
-    header("2/3 release build");
+    header("2/3 release build and container image");
     run_cmd(
         ws.cargo().args([
             "build",
@@ -58,6 +58,9 @@ pub fn test(ws: &Workspace, args: &[String]) -> Result<()> {
         }
     }
 
+    // The container image test runs this very binary from the image.
+    let image = image::from_binary(ws, &bin)?;
+
     header("3/3 integration tests (root, --test-threads=1)");
     let pytools = setup::pytools_venv(ws);
     let envs = [
@@ -65,6 +68,7 @@ pub fn test(ws: &Workspace, args: &[String]) -> Result<()> {
         ("SCHEDLAT_WORKLOAD", &workload),
         ("SCHEDLAT_PYTOOLS", &pytools),
         (gofix::FIXTURES_ENV, &go_fixtures),
+        ("SCHEDLAT_IMAGE", &image),
     ];
     let hint = "see the failing integration tests above";
     let result = if is_root() {

@@ -78,12 +78,15 @@ mod linux {
             #[arg(long, default_value_t = 100)]
             count: u32,
         },
-        /// Fork PROCS children that exit at once and spawn+join THREADS short-lived threads.
+        /// Fork PROCS children that exit at once and spawn+join THREADS short-lived threads;
+        /// then leave PARKED threads blocked in futex (thread::park), killed as the process exits.
         Churn {
             #[arg(long, default_value_t = 20)]
             procs: u32,
             #[arg(long, default_value_t = 20)]
             threads: u32,
+            #[arg(long, default_value_t = 0)]
+            parked: u32,
         },
     }
 
@@ -97,7 +100,11 @@ mod linux {
                 wait_ms,
             } => futex(timeouts, woken, wait_ms),
             Cmd::Wake { count } => wake(count),
-            Cmd::Churn { procs, threads } => churn(procs, threads),
+            Cmd::Churn {
+                procs,
+                threads,
+                parked,
+            } => churn(procs, threads, parked),
         };
         match res {
             Ok(result) => {
@@ -599,7 +606,7 @@ mod linux {
 
     // ---------------------------------------------------------------- churn
 
-    fn churn(procs: u32, threads: u32) -> Result<Value> {
+    fn churn(procs: u32, threads: u32, parked: u32) -> Result<Value> {
         ready_then_wait(json!({}))?;
         let mut child_pids = Vec::with_capacity(procs as usize);
         for _ in 0..procs {
@@ -634,8 +641,49 @@ mod linux {
                     .map_err(|_| anyhow::anyhow!("churn thread panicked"))?,
             );
         }
-        Ok(
-            json!({ "procs": procs, "threads": threads, "child_pids": child_pids, "thread_tids": thread_tids }),
-        )
+        let parked_tids = park_threads(parked)?;
+        Ok(json!({
+            "procs": procs,
+            "threads": threads,
+            "child_pids": child_pids,
+            "thread_tids": thread_tids,
+            "parked_tids": parked_tids,
+        }))
+    }
+
+    /// `n` threads blocked in futex (thread::park) until the process exits and kills them;
+    /// returns once each is asleep, with their tids.
+    fn park_threads(n: u32) -> Result<Vec<u32>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for _ in 0..n {
+            let tx = tx.clone();
+            thread::Builder::new()
+                .spawn(move || {
+                    let _ = tx.send(gettid());
+                    loop {
+                        thread::park();
+                    }
+                })
+                .context("spawning a parked thread")?;
+        }
+        let tids: Vec<u32> = rx.iter().take(n as usize).collect();
+        // Asleep (state S in /proc/self/task/TID/stat) means inside the futex wait.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        for &tid in &tids {
+            loop {
+                let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat"))
+                    .with_context(|| format!("reading thread {tid}'s stat"))?;
+                let state = stat.rsplit_once(") ").map(|(_, r)| &r[..1]);
+                if state == Some("S") {
+                    break;
+                }
+                ensure!(
+                    std::time::Instant::now() < deadline,
+                    "parked thread {tid} not asleep after 10 s: {stat}"
+                );
+                thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        Ok(tids)
     }
 }
