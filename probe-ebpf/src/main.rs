@@ -380,6 +380,10 @@ fn on_switch(preempt: bool, prev: *const u8, next: *const u8, prev_state: u64) -
         // per task exit, whatever the filter.
         let _ = RUNQ_START.remove(&prev_tid);
         let _ = FUTEX_START.remove(&prev_tid);
+        // A Go capture's thread ring too (a reused tid must not inherit old waits).
+        if unsafe { read_volatile(addr_of!(GO_CONFIG.tgid)) } != 0 {
+            let _ = GO_RUNQ.remove(&prev_tid);
+        }
     } else if prev_tid != 0 && (runnable || f & flags::FUTEX_SCHED != 0) {
         let wanted_prev = if f & (flags::FILTER_TGID | flags::FILTER_CGROUP) != 0 {
             let tgid = task_tgid(prev)?;
