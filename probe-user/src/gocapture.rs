@@ -643,12 +643,7 @@ mod tests {
         counts[go::counter::HITS as usize] = 42;
         counts[go::counter::CREATED as usize] = 3;
         counts[go::counter::RING_OVERRUN as usize] = 1;
-        let raw = GoRaw {
-            hists,
-            counts,
-            g_entries: 0,
-            g_capacity: 1,
-        };
+        let raw = GoRaw { hists, counts };
         let names = ["".to_string(), "sleep".into(), "chan receive".into()];
         let e = events_section(&raw, &plan(), &names);
         assert_eq!(e.probe.hits, 42);

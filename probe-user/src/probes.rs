@@ -176,8 +176,6 @@ pub struct GoRaw {
     pub hists: Vec<Histogram>,
     /// Indexed by schedlat_common::go::counter.
     pub counts: [u64; go::counter::COUNT],
-    pub g_entries: usize,
-    pub g_capacity: u32,
 }
 
 impl Default for ProbeOptions {
@@ -416,7 +414,9 @@ impl Probes {
                 .map_max_entries("GO_HISTS", 1)
                 .map_max_entries("GO_RUNQ", 1);
         } else {
-            loader.map_max_entries("GO_G", GO_G_ENTRIES);
+            loader
+                .map_max_entries("GO_G", GO_G_ENTRIES)
+                .map_max_entries("GO_RUNQ", GO_RUNQ_ENTRIES);
         }
         let mut ebpf = loader
             .load(OBJECT)
@@ -641,6 +641,13 @@ impl Probes {
         }
         if self.go {
             snap.go = Some(self.go_snapshot()?);
+            let g: BpfHashMap<_, u64, schedlat_common::GoGState> = map_ref(&self.ebpf, "GO_G")?;
+            snap.map_entries
+                .push(("GO_G", g.keys().count(), GO_G_ENTRIES));
+            let r: BpfHashMap<_, u32, schedlat_common::GoRunqRing> =
+                map_ref(&self.ebpf, "GO_RUNQ")?;
+            snap.map_entries
+                .push(("GO_RUNQ", r.keys().count(), GO_RUNQ_ENTRIES));
         }
         Ok(snap)
     }
@@ -666,18 +673,17 @@ impl Probes {
                 .iter()
                 .sum();
         }
-        let g: BpfHashMap<_, u64, schedlat_common::GoGState> = map_ref(&self.ebpf, "GO_G")?;
         Ok(GoRaw {
             hists: out,
             counts: c,
-            g_entries: g.keys().count(),
-            g_capacity: GO_G_ENTRIES,
         })
     }
 }
 
 /// Capacity of GO_G (goroutines runnable or waiting at once that a Go capture can time).
 const GO_G_ENTRIES: u32 = 65536;
+/// Capacity of GO_RUNQ (threads of the Go target whose run-queue waits are kept).
+const GO_RUNQ_ENTRIES: u32 = 4096;
 
 /// Attach the Go uprobe to one process, at the planned instruction.
 fn attach_go(ebpf: &mut Ebpf, g: &GoEventTarget) -> Result<Attached, ProbeError> {
