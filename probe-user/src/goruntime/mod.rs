@@ -1,8 +1,10 @@
 //! Go programs read from outside, with no probe: the runtime keeps its own scheduling-latency
 //! histogram (`runtime.sched.timeToRun`, the data behind runtime/metrics'
 //! /sched/latencies:seconds), `runtime.gomaxprocs` and the goroutine bookkeeping in ordinary
-//! globals. This module finds them in the ELF file (symbols from .symtab, layouts from DWARF;
-//! pure, no root) and `live` reads them with process_vm_readv.
+//! globals (Go >= 1.22 adds stop-the-world pause histograms; older runtimes keep a ring of
+//! the last 256 GC pauses in runtime.memstats). This module finds them in the ELF file
+//! (symbols from .symtab, layouts from DWARF; pure, no root) and `live` reads them with
+//! process_vm_readv.
 //!
 //! The binaries parsed here may be planted by anyone while we run as root: nothing in this
 //! module panics or allocates without a cap on malformed input.
@@ -50,6 +52,11 @@ pub enum GoError {
     Malformed { what: String },
     #[error("unsupported binary: {what}")]
     Unsupported { what: String },
+    #[error(
+        "{what}: the program kept writing it while we read; try again (if this persists, this \
+         Go version records GC pauses differently from runtime/mgc.go of Go 1.19-1.27)"
+    )]
+    Inconsistent { what: String },
     #[error("no process with pid {pid} (it exited, or never existed)")]
     ProcessGone { pid: u32 },
     #[error("{what}: {source}")]
@@ -63,7 +70,7 @@ pub enum GoError {
 impl GoError {
     /// Errors about the target the user chose (exit code 2), not failures of schedlat.
     pub fn is_usage(&self) -> bool {
-        !matches!(self, GoError::Io { .. })
+        !matches!(self, GoError::Io { .. } | GoError::Inconsistent { .. })
     }
 }
 
@@ -98,6 +105,23 @@ pub struct StwLayout {
     pub total_other: HistLayout,
 }
 
+/// runtime.memstats' ring of recent GC pauses (runtime/mstats.go): `pause_ns[256]` holds the
+/// stop-the-world time of each GC cycle (both pauses of the cycle summed, mgc.go work.pauseNS),
+/// written at index `numgc % 256` just before `numgc++`, so the latest is at `(numgc-1) % 256`.
+/// Read on Go < 1.22, which keeps no stop-the-world histograms.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GcRingLayout {
+    /// Address of `runtime.memstats`.
+    pub memstats: u64,
+    /// Offsets inside runtime.mstats.
+    pub last_gc_unix: u64,
+    pub pause_ns: u64,
+    pub pause_end: u64,
+    pub numgc: u64,
+    /// Entries of `pause_ns` and `pause_end` (256 in every Go release).
+    pub len: u64,
+}
+
 /// What runtime.gcount (proc.go) subtracts from allglen: free g's on the global and per-P free
 /// lists, and (depending on the caller) system goroutines.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -128,6 +152,9 @@ pub struct Layout {
     pub hist: HistLayout,
     /// Stop-the-world pause histograms (Go >= 1.22); None before.
     pub stw: Option<StwLayout>,
+    /// The GC pause ring, resolved only where `stw` is None (older runtimes); None if its
+    /// fields are not found.
+    pub gc_ring: Option<GcRingLayout>,
     /// None if this Go version's free-list fields are not recognised.
     pub gcount: Option<GCountLayout>,
 }
@@ -163,13 +190,12 @@ pub fn analyse<'d, R: ReadRef<'d>>(data: R) -> Result<Layout, GoError> {
     if !dwarf::has_debug_info(&file) {
         return Err(GoError::Stripped { version });
     }
-    let parsed = GoVersion::parse(&version);
-
-    let mut want: [(&'static str, Option<u64>); 4] = [
+    let mut want: [(&'static str, Option<u64>); 5] = [
         ("runtime.sched", None),
         ("runtime.gomaxprocs", None),
         ("runtime.allglen", None),
         ("runtime.allp", None),
+        ("runtime.memstats", None),
     ];
     for sym in file.symbols() {
         let Ok(name) = sym.name_bytes() else { continue };
@@ -186,32 +212,12 @@ pub fn analyse<'d, R: ReadRef<'d>>(data: R) -> Result<Layout, GoError> {
     let (sched, gomaxprocs, allglen) = (sym(0)?, sym(1)?, sym(2)?);
 
     let types = dwarf::Types::load(&file)?;
-    let missing = |what: &str| GoError::MissingDwarf {
-        version: version.clone(),
-        what: what.to_owned(),
-    };
-    let hist = hist_layout(&types, "timeToRun", &version, parsed.as_ref())?
-        .ok_or_else(|| missing("runtime.schedt.timeToRun"))?;
-    // Go >= 1.22 (runtime2.go): stop-the-world pause histograms next to timeToRun, the data
-    // behind /sched/pauses/{stopping,total}/{gc,other}:seconds. All four or none.
-    let stw = match (
-        hist_layout(&types, "stwStoppingTimeGC", &version, parsed.as_ref())?,
-        hist_layout(&types, "stwStoppingTimeOther", &version, parsed.as_ref())?,
-        hist_layout(&types, "stwTotalTimeGC", &version, parsed.as_ref())?,
-        hist_layout(&types, "stwTotalTimeOther", &version, parsed.as_ref())?,
-    ) {
-        (Some(stopping_gc), Some(stopping_other), Some(total_gc), Some(total_other)) => {
-            Some(StwLayout {
-                stopping_gc,
-                stopping_other,
-                total_gc,
-                total_other,
-            })
-        }
-        _ => None,
-    };
-
-    let gcount = want[3].1.and_then(|allp| gcount_layout(&types, allp));
+    let DwarfLayouts {
+        hist,
+        stw,
+        gc_ring,
+        gcount,
+    } = dwarf_layouts(&types, &version, want[3].1, want[4].1)?;
 
     // The load bias is computed against the segment mapped from file offset 0.
     let base_vaddr = file
@@ -230,6 +236,92 @@ pub fn analyse<'d, R: ReadRef<'d>>(data: R) -> Result<Layout, GoError> {
         allglen,
         hist,
         stw,
+        gc_ring,
+        gcount,
+    })
+}
+
+/// Most entries we accept in the pause ring (Go's is 256; the cap bounds the read buffer).
+const MAX_GC_RING: u64 = 1 << 12;
+
+/// runtime.mstats' pause ring fields (mstats.go: last_gc_unix, pause_ns, pause_end, numgc);
+/// None unless every one has the expected shape.
+fn gc_ring_layout(types: &dwarf::Types, memstats: u64) -> Option<GcRingLayout> {
+    let sized = |name: &str, size: u64| {
+        let (offset, t) = types.member_path("runtime.mstats", &[name])?;
+        (t.byte_size == Some(size)).then_some(offset)
+    };
+    let ring = |name: &str| {
+        let (offset, t) = types.member_path("runtime.mstats", &[name])?;
+        let len = t
+            .count
+            .filter(|n| (1..=MAX_GC_RING).contains(n) && t.tag == gimli::DW_TAG_array_type.0)?;
+        (t.byte_size == Some(len * 8)).then_some((offset, len))
+    };
+    let (pause_ns, len) = ring("pause_ns")?;
+    let (pause_end, end_len) = ring("pause_end")?;
+    (len == end_len).then_some(GcRingLayout {
+        memstats,
+        last_gc_unix: sized("last_gc_unix", 8)?,
+        pause_ns,
+        pause_end,
+        numgc: sized("numgc", 4)?,
+        len,
+    })
+}
+
+/// What analyse() reads from DWARF.
+#[derive(Debug)]
+pub struct DwarfLayouts {
+    pub hist: HistLayout,
+    pub stw: Option<StwLayout>,
+    pub gc_ring: Option<GcRingLayout>,
+    pub gcount: Option<GCountLayout>,
+}
+
+/// The runtime layouts in indexed DWARF; `allp` and `memstats` are the symbols' addresses
+/// (their layouts are skipped without them).
+fn dwarf_layouts(
+    types: &dwarf::Types,
+    version: &str,
+    allp: Option<u64>,
+    memstats: Option<u64>,
+) -> Result<DwarfLayouts, GoError> {
+    let parsed = GoVersion::parse(version);
+    let hist = hist_layout(types, "timeToRun", version, parsed.as_ref())?.ok_or_else(|| {
+        GoError::MissingDwarf {
+            version: version.to_owned(),
+            what: "runtime.schedt.timeToRun".into(),
+        }
+    })?;
+    // Go >= 1.22 (runtime2.go): stop-the-world pause histograms next to timeToRun, the data
+    // behind /sched/pauses/{stopping,total}/{gc,other}:seconds. All four or none.
+    let stw = match (
+        hist_layout(types, "stwStoppingTimeGC", version, parsed.as_ref())?,
+        hist_layout(types, "stwStoppingTimeOther", version, parsed.as_ref())?,
+        hist_layout(types, "stwTotalTimeGC", version, parsed.as_ref())?,
+        hist_layout(types, "stwTotalTimeOther", version, parsed.as_ref())?,
+    ) {
+        (Some(stopping_gc), Some(stopping_other), Some(total_gc), Some(total_other)) => {
+            Some(StwLayout {
+                stopping_gc,
+                stopping_other,
+                total_gc,
+                total_other,
+            })
+        }
+        _ => None,
+    };
+    // Older runtimes keep only the ring of per-cycle GC pauses (mstats.go).
+    let gc_ring = match (&stw, memstats) {
+        (None, Some(m)) => gc_ring_layout(types, m),
+        _ => None,
+    };
+    let gcount = allp.and_then(|allp| gcount_layout(types, allp));
+    Ok(DwarfLayouts {
+        hist,
+        stw,
+        gc_ring,
         gcount,
     })
 }

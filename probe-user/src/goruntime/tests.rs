@@ -56,6 +56,23 @@ fn fixtures_resolve() {
             assert!(l.sched != 0 && l.gomaxprocs != 0 && l.allglen != 0);
             assert!(l.gcount.is_some(), "{name} {}: gcount fields", l.version);
             assert_eq!(l.hist.offset % 8, 0, "proc.go requires 8-byte alignment");
+            // Pause histograms from Go 1.22 on; before, the memstats pause ring instead.
+            assert_eq!(l.stw.is_some(), v.at_least(1, 22), "{name} {}", l.version);
+            match &l.gc_ring {
+                Some(r) => {
+                    assert!(
+                        !v.at_least(1, 22),
+                        "{name}: ring read although histograms exist"
+                    );
+                    assert_eq!(r.len, 256, "{name}: mstats.go pause_ns [256]uint64");
+                    // mstats.go: pause_ns, pause_end, numgc follow each other.
+                    assert_eq!(r.pause_end, r.pause_ns + 256 * 8, "{name}");
+                    assert_eq!(r.numgc, r.pause_end + 256 * 8, "{name}");
+                    assert!(r.memstats != 0, "{name}: runtime.memstats symbol");
+                    eprintln!("{name} {}: memstats pause ring {r:?}", l.version);
+                }
+                None => assert!(v.at_least(1, 22), "{name} {}: no pause ring", l.version),
+            }
             // Reading parts on demand (as the daemon does) gives the same layout.
             let cache = object::ReadCache::new(std::fs::File::open(dir.join(name)).unwrap());
             assert_eq!(analyse(&cache).unwrap(), l, "{name}: ReadCache");
