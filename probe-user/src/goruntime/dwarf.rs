@@ -12,6 +12,10 @@ use super::GoError;
 
 /// Largest DWARF section we decompress: Go's runtime+stdlib DWARF is tens of MiB.
 const MAX_SECTION: u64 = 512 << 20;
+/// Deflate expands at most ~1032:1 (a 258-byte match per 2-bit code, RFC 1951); `object`
+/// reserves the claimed uncompressed size up front, so a larger claim (a forged header) is
+/// refused before it allocates.
+const MAX_ZLIB_RATIO: u64 = 1032;
 /// Most type DIEs we index; a real Go binary has well under a million.
 const MAX_TYPES: usize = 4_000_000;
 /// Longest member path followed through typedefs/anonymous structs.
@@ -77,6 +81,16 @@ fn load_section<'d, R: ReadRef<'d>>(
             compressed.uncompressed_size
         )));
     }
+    let most = (compressed.data.len() as u64)
+        .saturating_mul(MAX_ZLIB_RATIO)
+        .saturating_add(64);
+    if compressed.format == CompressionFormat::Zlib && compressed.uncompressed_size > most {
+        return Err(bad(format!(
+            "claims {} bytes uncompressed from {} compressed, more than zlib can expand to",
+            compressed.uncompressed_size,
+            compressed.data.len()
+        )));
+    }
     compressed
         .decompress()
         .map_err(|e| bad(format!("cannot decompress ({e})")))
@@ -92,10 +106,15 @@ impl Types {
         let info = load_section(file, ".debug_info")?;
         let abbrev = load_section(file, ".debug_abbrev")?;
         let str_ = load_section(file, ".debug_str")?;
+        Self::from_sections(&info, &abbrev, &str_)
+    }
+
+    /// Index uncompressed .debug_info / .debug_abbrev / .debug_str contents.
+    pub fn from_sections(info: &[u8], abbrev: &[u8], str_: &[u8]) -> Result<Types, GoError> {
         let dwarf = gimli::Dwarf {
-            debug_info: gimli::DebugInfo::new(&info, LittleEndian),
-            debug_abbrev: gimli::DebugAbbrev::new(&abbrev, LittleEndian),
-            debug_str: gimli::DebugStr::new(&str_, LittleEndian),
+            debug_info: gimli::DebugInfo::new(info, LittleEndian),
+            debug_abbrev: gimli::DebugAbbrev::new(abbrev, LittleEndian),
+            debug_str: gimli::DebugStr::new(str_, LittleEndian),
             ..Default::default()
         };
         Self::index(&dwarf).map_err(|e| GoError::Malformed {

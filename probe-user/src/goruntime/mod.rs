@@ -326,6 +326,18 @@ fn dwarf_layouts(
     })
 }
 
+/// [`dwarf_layouts`] on raw, uncompressed .debug_info and .debug_abbrev contents (Go writes
+/// names inline, so no .debug_str): the same code analyse() runs after decompressing, exposed
+/// for the fuzz target `go_dwarf` (probe-user/fuzz).
+pub fn layouts_from_dwarf(
+    info: &[u8],
+    abbrev: &[u8],
+    version: &str,
+) -> Result<DwarfLayouts, GoError> {
+    let types = dwarf::Types::from_sections(info, abbrev, &[])?;
+    dwarf_layouts(&types, version, Some(0), Some(0))
+}
+
 /// The layout of the runtime.timeHistogram field `field` of runtime.schedt; None if the
 /// field does not exist in this Go version.
 fn hist_layout(

@@ -165,6 +165,88 @@ fn malformed_never_panics() {
     }
 }
 
+/// A compressed DWARF section whose header claims far more than its bytes can expand to is
+/// refused before `object` reserves the claimed size (it allocates up front).
+#[test]
+fn forged_uncompressed_size_is_refused_before_allocating() {
+    let Some(dirs) = fixture_versions() else {
+        return;
+    };
+    for dir in dirs {
+        let mut data = read(&dir.join("gosched"));
+        let (size_at, big_endian, compressed) = {
+            let file = object::File::parse(&*data).unwrap();
+            let s = object::Object::sections(&file)
+                .find(|s| {
+                    matches!(
+                        object::ObjectSection::name(s),
+                        Ok(".debug_info" | ".zdebug_info")
+                    )
+                })
+                .unwrap();
+            let (off, len) = object::ObjectSection::file_range(&s).unwrap();
+            let off = off as usize;
+            // Go 1.19: .zdebug_info, "ZLIB" + big-endian u64 size; later: SHF_COMPRESSED,
+            // Elf64_Chdr { ch_type u32, ch_reserved u32, ch_size u64, ch_addralign u64 }.
+            if data[off..].starts_with(b"ZLIB") {
+                (off + 4, true, len)
+            } else {
+                (off + 8, false, len)
+            }
+        };
+        // Under the 512 MiB cap, but more than these compressed bytes can inflate to.
+        let claim: u64 = 500 << 20;
+        assert!(
+            compressed * 1032 < claim,
+            "{}: {compressed} bytes",
+            dir.display()
+        );
+        let bytes = if big_endian {
+            claim.to_be_bytes()
+        } else {
+            claim.to_le_bytes()
+        };
+        data[size_at..size_at + 8].copy_from_slice(&bytes);
+        let e = analyse(&data[..]).unwrap_err();
+        assert!(
+            matches!(&e, GoError::Malformed { what } if what.contains("more than zlib can expand")),
+            "{}: {e}",
+            dir.display()
+        );
+    }
+}
+
+/// The DWARF-only entry point of the fuzz target `go_dwarf` finds what analyse() finds.
+#[test]
+fn layouts_from_raw_dwarf_sections() {
+    let Some(dirs) = fixture_versions() else {
+        return;
+    };
+    for dir in dirs {
+        let data = read(&dir.join("gosched"));
+        let full = analyse(&data[..]).unwrap();
+        let file = object::File::parse(&*data).unwrap();
+        let section = |name: &str| {
+            let s = object::Object::section_by_name(&file, name).unwrap();
+            object::ObjectSection::uncompressed_data(&s)
+                .unwrap()
+                .into_owned()
+        };
+        let (info, abbrev) = (section(".debug_info"), section(".debug_abbrev"));
+        let d = layouts_from_dwarf(&info, &abbrev, &full.version).unwrap();
+        assert_eq!(d.hist, full.hist);
+        assert_eq!(d.stw, full.stw);
+        assert_eq!(
+            d.gc_ring.map(|r| r.pause_ns),
+            full.gc_ring.map(|r| r.pause_ns)
+        );
+        // Truncated DWARF: an error, no panic.
+        for cut in [0, 11, info.len() / 2] {
+            let _ = layouts_from_dwarf(&info[..cut], &abbrev, &full.version);
+        }
+    }
+}
+
 /// Go < 1.18 wrote the version through pointers (flags bit 1 clear). Rewrite a real binary's
 /// .go.buildinfo into that format, keeping everything inside the section's loaded segment.
 #[test]
