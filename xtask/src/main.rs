@@ -4,6 +4,7 @@
 //! so CI and new contributors run the same commands. See shared/docs/toolchain.md for why the
 //! toolchain is pinned the way it is.
 mod bench;
+mod fuzz;
 mod gofix;
 mod setup;
 mod test;
@@ -48,7 +49,8 @@ enum Task {
         )]
         args: Vec<OsString>,
     },
-    /// Setup, unit tests, release build, then the privileged integration tests (serially).
+    /// Setup, unit tests, release build, the privileged integration tests (serially), then each
+    /// fuzz target for a short bounded time.
     Test {
         /// Passed to the integration test harness, e.g. a test name filter.
         #[arg(
@@ -60,6 +62,9 @@ enum Task {
     },
     /// Overhead benchmark: interleaved bare / schedlat / runqlat runs of scheduler-heavy workloads.
     Bench(bench::Args),
+    /// Setup, then run the cargo-fuzz targets (probe-user/fuzz) for a bounded time each, seeded
+    /// from the Go fixtures and deploy/; installs cargo-fuzz and uses the pinned nightly.
+    Fuzz(fuzz::Args),
 }
 
 fn main() -> ExitCode {
@@ -86,6 +91,7 @@ fn run() -> Result<()> {
         Task::Run { args } => run_schedlat(&ws, args),
         Task::Test { args } => test::test(&ws, &args),
         Task::Bench(args) => bench::bench(&ws, args),
+        Task::Fuzz(args) => fuzz::fuzz(&ws, args),
     }
 }
 
