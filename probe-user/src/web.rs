@@ -639,8 +639,15 @@ mod tests {
         let t = std::time::Instant::now();
         let deep = format!("basic_auth_users: {}\n", "[".repeat(64_000));
         let e = parse(&deep).unwrap_err();
-        assert!(e.contains("nested 64000 deep") && e.contains("plain YAML mapping"), "{e}");
-        assert!(t.elapsed() < std::time::Duration::from_secs(1), "{:?}", t.elapsed());
+        assert!(
+            e.contains("nested 64000 deep") && e.contains("plain YAML mapping"),
+            "{e}"
+        );
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(1),
+            "{:?}",
+            t.elapsed()
+        );
         // Brackets in quoted scalars and comments do not count; flat flow style is fine.
         let quoted = format!(
             "# {}\nbasic_auth_users: {{\"a[{}\": '{}'}}\n",
@@ -653,10 +660,7 @@ mod tests {
         assert!(e.contains("not a bcrypt hash"), "{e}");
         let flat = format!("basic_auth_users: [{}]\n", "[],".repeat(10_000));
         assert_eq!(flow_depth_over(&flat, MAX_FLOW_DEPTH), None);
-        assert_eq!(
-            flow_depth_over(&"[".repeat(65), MAX_FLOW_DEPTH),
-            Some(65)
-        );
+        assert_eq!(flow_depth_over(&"[".repeat(65), MAX_FLOW_DEPTH), Some(65));
     }
 
     #[test]
