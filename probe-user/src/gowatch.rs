@@ -174,8 +174,14 @@ fn reason(e: &GoError) -> &'static str {
 
 /// Cheap Go check with a few preads (no full read): does the ELF have a .go.buildinfo section?
 fn has_buildinfo_section(f: &File) -> bool {
+    has_buildinfo_section_at(|buf, off| f.read_exact_at(buf, off))
+}
+
+/// [`has_buildinfo_section`] over any positioned reader: the daemon's first look at every
+/// selected executable, so the go_elf fuzz target runs it too.
+pub fn has_buildinfo_section_at(read_at: impl Fn(&mut [u8], u64) -> std::io::Result<()>) -> bool {
     let mut eh = [0u8; 64];
-    if f.read_exact_at(&mut eh, 0).is_err() || &eh[..4] != b"\x7fELF" || eh[4] != 2 || eh[5] != 1 {
+    if read_at(&mut eh, 0).is_err() || &eh[..4] != b"\x7fELF" || eh[4] != 2 || eh[5] != 1 {
         return false;
     }
     let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as u64;
@@ -190,7 +196,7 @@ fn has_buildinfo_section(f: &File) -> bool {
         return false;
     }
     let mut sh = vec![0u8; (shnum * 64) as usize]; // <= 64 Ki * 64 B = 4 MiB
-    if f.read_exact_at(&mut sh, shoff).is_err() {
+    if read_at(&mut sh, shoff).is_err() {
         return false;
     }
     let str_hdr = &sh[(shstrndx * 64) as usize..][..64];
@@ -199,7 +205,7 @@ fn has_buildinfo_section(f: &File) -> bool {
         return false;
     }
     let mut names = vec![0u8; str_size as usize];
-    if f.read_exact_at(&mut names, str_off).is_err() {
+    if read_at(&mut names, str_off).is_err() {
         return false;
     }
     sh.chunks_exact(64).any(|h| {
