@@ -6,7 +6,7 @@
 use std::{borrow::Cow, collections::HashMap};
 
 use gimli::{AttributeValue, DebugInfoOffset, EndianSlice, LittleEndian, UnitSectionOffset};
-use object::{CompressionFormat, Object, ObjectSection, ReadRef};
+use object::{CompressionFormat, ObjectSection, ReadRef};
 
 use super::GoError;
 
@@ -61,7 +61,7 @@ fn load_section<'d, R: ReadRef<'d>>(
     file: &object::File<'d, R>,
     name: &str,
 ) -> Result<Cow<'d, [u8]>, GoError> {
-    let Some(section) = file.section_by_name(name) else {
+    let Some(section) = super::section_by_name(file, name) else {
         return Ok(Cow::Borrowed(&[]));
     };
     let bad = |what: String| GoError::Malformed {
@@ -97,7 +97,7 @@ fn load_section<'d, R: ReadRef<'d>>(
 }
 
 pub fn has_debug_info<'d, R: ReadRef<'d>>(file: &object::File<'d, R>) -> bool {
-    file.section_by_name(".debug_info").is_some()
+    super::section_by_name(file, ".debug_info").is_some()
 }
 
 impl Types {

@@ -426,3 +426,52 @@ fn symbol_names_cost_no_more_than_the_file_through_readcache() {
         elf.len()
     );
 }
+
+/// Section names have the same trap as symbol names: `section_by_name` reads each name
+/// through ReadCache separately. 65,000 sections with distinct names in one NUL-less string
+/// (a 4 MB file) would hold ~260 MB; names are compared in one read of .shstrtab instead.
+#[test]
+fn section_names_cost_no_more_than_the_file_through_readcache() {
+    const N: usize = 65_000;
+    let names = vec![b'a'; N + 8];
+    // N unnamed sections; their sh_name offsets are rewritten below.
+    let sections: Vec<(String, u32, u32, u64, &[u8])> =
+        (0..N).map(|_| (String::new(), 1, 0, 0, &[][..])).collect();
+    let borrowed: Vec<(&str, u32, u32, u64, &[u8])> = sections
+        .iter()
+        .map(|(n, t, l, e, d)| (n.as_str(), *t, *l, *e, *d))
+        .collect();
+    let mut elf = elf_with_sections(&borrowed);
+    // Point section i's name at offset i of a NUL-less run appended to the file, and make
+    // that run the section-name string table.
+    let shoff = u64::from_le_bytes(elf[0x28..0x30].try_into().unwrap()) as usize;
+    let run_off = elf.len() as u64;
+    elf.extend_from_slice(&names);
+    for i in 1..=N {
+        let h = shoff + 64 * i;
+        elf[h..h + 4].copy_from_slice(&(i as u32).to_le_bytes());
+    }
+    let shstr = shoff + 64 * (N + 1);
+    elf[shstr + 0x18..shstr + 0x20].copy_from_slice(&run_off.to_le_bytes());
+    elf[shstr + 0x20..shstr + 0x28].copy_from_slice(&(names.len() as u64).to_le_bytes());
+
+    assert!(matches!(analyse(&elf[..]), Err(GoError::NotGo { .. })));
+    let read = std::rc::Rc::new(std::cell::Cell::new(0));
+    let cache = object::ReadCache::new(Counting {
+        inner: std::io::Cursor::new(elf.clone()),
+        read: read.clone(),
+    });
+    let e = analyse(&cache).unwrap_err();
+    assert!(matches!(e, GoError::NotGo { .. }), "{e}");
+    eprintln!(
+        "{N} sections: {} bytes read through ReadCache for a {}-byte file",
+        read.get(),
+        elf.len()
+    );
+    assert!(
+        read.get() < 3 * elf.len() as u64,
+        "{} bytes read for a {}-byte file",
+        read.get(),
+        elf.len()
+    );
+}
