@@ -5,7 +5,9 @@
 //! `object` decompresses both. Everything read from the file is capped.
 use std::{borrow::Cow, collections::HashMap};
 
-use gimli::{AttributeValue, DebugInfoOffset, EndianSlice, LittleEndian, UnitSectionOffset};
+use gimli::{
+    AttributeValue, DebugInfoOffset, EndianSlice, LittleEndian, Section as _, UnitSectionOffset,
+};
 use object::{CompressionFormat, ObjectSection, ReadRef};
 
 use super::GoError;
@@ -42,12 +44,64 @@ pub struct Member {
 enum IndexError {
     Gimli(gimli::Error),
     TooMany,
+    /// Abbreviation tables overlapping beyond the work budget.
+    AbbrevWork(u64),
 }
 
 impl From<gimli::Error> for IndexError {
     fn from(e: gimli::Error) -> Self {
         IndexError::Gimli(e)
     }
+}
+
+/// Bytes of the abbreviation table at `offset` (entries up to and including the null code,
+/// DWARF 5 section 7.5.3), scanning at most `limit` bytes; None past `limit`. A table cut
+/// short by the section's end counts to the end (gimli then reports the error).
+fn abbrev_table_len(section: &[u8], offset: u64, limit: u64) -> Option<u64> {
+    let start = usize::try_from(offset).unwrap_or(usize::MAX);
+    let end = section
+        .len()
+        .min(start.saturating_add(usize::try_from(limit).unwrap_or(usize::MAX)));
+    // Scanning stops at `end`, so the scan itself stays within the budget.
+    let window = &section[..end];
+    let mut pos = start;
+    let uleb = |pos: &mut usize| -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..70).step_by(7) {
+            let b = *window.get(*pos)?;
+            *pos += 1;
+            if shift < 64 {
+                v |= u64::from(b & 0x7f) << shift;
+            }
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        Some(v)
+    };
+    let run = |pos: &mut usize| -> Option<()> {
+        loop {
+            if uleb(pos)? == 0 {
+                return Some(()); // null code: end of the table
+            }
+            uleb(pos)?; // tag
+            *pos += 1; // DW_CHILDREN_*
+            loop {
+                let (name, form) = (uleb(pos)?, uleb(pos)?);
+                if form == u64::from(gimli::DW_FORM_implicit_const.0) {
+                    uleb(pos)?; // its (signed) LEB128 value: same length rules
+                }
+                if name == 0 && form == 0 {
+                    break;
+                }
+            }
+        }
+    };
+    let done = run(&mut pos).is_some();
+    if !done && end < section.len() {
+        return None;
+    }
+    Some(pos.min(end).saturating_sub(start) as u64)
 }
 
 /// Type DIEs by global .debug_info offset, and named structs by name.
@@ -121,6 +175,10 @@ impl Types {
             what: match e {
                 IndexError::Gimli(e) => format!("DWARF .debug_info: {e}"),
                 IndexError::TooMany => format!("DWARF .debug_info has over {MAX_TYPES} types"),
+                IndexError::AbbrevWork(budget) => format!(
+                    "DWARF units' abbreviation tables overlap: parsing them would read over \
+                     {budget} bytes of .debug_abbrev (twice its size plus 64 KiB)"
+                ),
             },
         })
     }
@@ -128,10 +186,32 @@ impl Types {
     fn index(dwarf: &gimli::Dwarf<EndianSlice<'_, LittleEndian>>) -> Result<Types, IndexError> {
         let mut by_offset = HashMap::new();
         let mut struct_by_name = HashMap::new();
+        // Each unit names the offset of its abbreviation table, which runs to a null entry.
+        // Parsed once per offset; and since tables of a real binary do not overlap (Go writes
+        // one for all units), the bytes they span add up to at most the section: a budget of
+        // twice that stops forged units pointing into one long table at every offset, which
+        // made the work quadratic (20,000 units over 120 KB: 40 s).
+        let abbrev_section = dwarf.debug_abbrev.reader().slice();
+        let budget = (abbrev_section.len() as u64)
+            .saturating_mul(2)
+            .saturating_add(64 << 10);
+        let mut spent = 0u64;
+        let mut tables: HashMap<u64, std::sync::Arc<gimli::Abbreviations>> = HashMap::new();
         let mut units = dwarf.units();
         while let Some(header) = units.next()? {
             // Not `dwarf.unit()`: that also parses the line program, which we do not need.
-            let abbrevs = dwarf.abbreviations(&header)?;
+            let at = header.debug_abbrev_offset().0 as u64;
+            let abbrevs = match tables.get(&at) {
+                Some(a) => a.clone(),
+                None => {
+                    let left = budget.saturating_sub(spent);
+                    spent += abbrev_table_len(abbrev_section, at, left)
+                        .ok_or(IndexError::AbbrevWork(budget))?;
+                    let a = dwarf.abbreviations(&header)?;
+                    tables.insert(at, a.clone());
+                    a
+                }
+            };
             let base = match header.offset() {
                 UnitSectionOffset::DebugInfoOffset(o) => o.0 as u64,
                 _ => continue,
