@@ -604,6 +604,17 @@ mod tests {
         }
     }
 
+    /// Pause ring durations land in the bucket whose exclusive upper bound is above them
+    /// (the exposition's `le` is that bound minus 1 ns), and the sum is exact.
+    #[test]
+    fn exact_pauses_in_prometheus_buckets() {
+        let bounds = [512, 1024];
+        let mut acc = (Vec::new(), 0.0);
+        add_pauses(&mut acc, &[0, 511, 512, 1023], &bounds);
+        add_pauses(&mut acc, &[1024, 5000], &bounds);
+        assert_eq!(acc, (vec![2, 2, 2], 8070.0));
+    }
+
     #[test]
     fn cheap_go_check() {
         let me = File::open(std::env::current_exe().unwrap()).unwrap();
