@@ -1,7 +1,8 @@
 //! `schedlat go-stats`: a Go process's own scheduler statistics, read from its memory (no
 //! probe, no cost to the target): GOMAXPROCS, goroutines, and the runtime's scheduling-latency
 //! histogram (the data behind runtime/metrics' /sched/latencies:seconds) and, on Go >= 1.22,
-//! its stop-the-world pause histograms (/sched/pauses/*).
+//! its stop-the-world pause histograms (/sched/pauses/*); before 1.22, the GC cycle count and
+//! the pauses of the last 256 cycles (runtime.memstats' ring, MemStats.NumGC/PauseNs).
 use std::fmt::Write as _;
 
 use serde::Serialize;
@@ -113,12 +114,38 @@ fn text(r: &Report) -> String {
                 &p.total_other,
             );
         }
-        None => {
-            let _ = writeln!(
-                o,
-                "stop-the-world pauses: not kept by this Go version (histograms since Go 1.22)"
-            );
-        }
+        None => match &s.gc_pauses {
+            Some(g) => {
+                let _ = writeln!(
+                    o,
+                    "GC cycles: {} (Go < 1.22 keeps no stop-the-world histograms; \
+                     memstats.pause_ns holds the pause of the last {}, each cycle's two \
+                     stop-the-world pauses summed)",
+                    g.num_gc,
+                    g.recent_ns.len()
+                );
+                if let (Some(last), Some(max)) = (g.recent_ns.last(), g.recent_ns.iter().max()) {
+                    let _ = writeln!(
+                        o,
+                        "  latest {}, longest of those {}",
+                        crate::report::fmt_ns(*last),
+                        crate::report::fmt_ns(*max)
+                    );
+                }
+                hist(
+                    &mut o,
+                    &format!("GC pauses, the {} most recent cycles", g.recent_ns.len()),
+                    &g.recent,
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    o,
+                    "stop-the-world pauses: not found in this binary (neither \
+                     sched.stwTotalTime* of Go >= 1.22 nor memstats.pause_ns)"
+                );
+            }
+        },
     }
     o
 }

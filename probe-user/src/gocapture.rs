@@ -12,7 +12,7 @@ use crate::{
     goruntime::{
         GoError,
         events::{self, EventPlan},
-        live::{self, LatencyHist, Stats},
+        live::{self, GcPauses, LatencyHist, Stats},
     },
     hist::HistSummary,
     probes::{GoEventTarget, GoRaw},
@@ -96,6 +96,36 @@ pub struct StwWindow {
     pub stopping_other: WindowHist,
 }
 
+/// GC cycles in the window on Go < 1.22 (runtime.memstats' pause ring): one pause per cycle,
+/// the cycle's two stop-the-world pauses summed (mgc.go work.pauseNS).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GcWindow {
+    /// GC cycles completed in the window (memstats.numgc difference).
+    pub count: u64,
+    /// Each new cycle's pause (ns), oldest first; the ring keeps only the last 256, so with
+    /// more cycles in the window these are the last 256.
+    pub pauses_ns: Vec<u64>,
+    /// Cycles whose pause the ring had already overwritten at the end of the window.
+    pub lost: u64,
+    pub total_ns: u64,
+    pub max_ns: Option<u64>,
+}
+
+/// The cycles recorded between two reads of the ring. A smaller `num_gc` after (another
+/// process reusing the pid) reads as no cycle.
+pub fn gc_window(before: &GcPauses, after: &GcPauses) -> GcWindow {
+    let count = u64::from(after.num_gc.saturating_sub(before.num_gc));
+    let have = (after.recent_ns.len() as u64).min(count);
+    let pauses_ns = after.recent_ns[after.recent_ns.len() - have as usize..].to_vec();
+    GcWindow {
+        count,
+        lost: count - have,
+        total_ns: pauses_ns.iter().fold(0u64, |a, p| a.saturating_add(*p)),
+        max_ns: pauses_ns.iter().copied().max(),
+        pauses_ns,
+    }
+}
+
 /// The `go` section of a capture for one process.
 #[derive(Clone, Debug, Serialize)]
 pub struct GoSection {
@@ -109,6 +139,8 @@ pub struct GoSection {
     pub sched_latency: WindowHist,
     /// Stop-the-world pauses in the window (Go >= 1.22; null before).
     pub stw_pauses: Option<StwWindow>,
+    /// GC pauses in the window from the runtime's pause ring (Go < 1.22; null otherwise).
+    pub gc_pauses: Option<GcWindow>,
     pub cpu_budget: Option<CpuBudget>,
     /// The cgroup's throttling during the window (quota set only).
     pub throttling: Option<Throttling>,
@@ -383,6 +415,20 @@ impl GoStart {
             }),
             _ => None,
         };
+        let gc_pauses = match (&self.before.gc_pauses, &after.gc_pauses) {
+            (Some(b), Some(a)) => Some(gc_window(b, a)),
+            _ => None,
+        };
+        if let Some(g) = gc_pauses.as_ref().filter(|g| g.lost > 0) {
+            warnings.push(format!(
+                "{} GC cycles in the window, more than the runtime's ring of {} pauses holds: \
+                 the durations of the first {} were overwritten before the end of the capture \
+                 (counted, not measured); capture a shorter window to see every pause",
+                g.count,
+                g.pauses_ns.len(),
+                g.lost
+            ));
+        }
         if let Some(why) = &self.events_unavailable {
             warnings.push(why.clone());
         }
@@ -399,6 +445,7 @@ impl GoStart {
             goroutines_ever_allocated: after.goroutines.as_ref().map_or(0, |g| g.allglen),
             sched_latency: window(&self.before.sched_latencies, &after.sched_latencies),
             stw_pauses,
+            gc_pauses,
             cpu_budget: budget,
             throttling,
             threads_runqueue_delay_ns: 0,
@@ -462,12 +509,37 @@ pub fn render_text(sections: &[GoSection]) -> String {
                     summary(&p.total_other)
                 );
             }
-            None => {
-                let _ = writeln!(
-                    o,
-                    "stop-the-world pauses: not kept by this Go version (Go >= 1.22)"
-                );
-            }
+            None => match &g.gc_pauses {
+                Some(p) => {
+                    let list: Vec<String> = p.pauses_ns.iter().map(|n| fmt_ns(*n)).collect();
+                    let _ = writeln!(
+                        o,
+                        "GC pauses (memstats.pause_ns: one per GC cycle, its stop-the-world \
+                         pauses summed): {} cycles, total {}{}{}{}",
+                        p.count,
+                        fmt_ns(p.total_ns),
+                        p.max_ns
+                            .map_or_else(String::new, |m| format!(", max {}", fmt_ns(m))),
+                        if p.lost > 0 {
+                            format!(" ({} overwritten before the end: not measured)", p.lost)
+                        } else {
+                            String::new()
+                        },
+                        if list.is_empty() {
+                            String::new()
+                        } else {
+                            format!("\n  each: {}", list.join(" "))
+                        }
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        o,
+                        "stop-the-world pauses: not found in this binary (neither \
+                         sched.stwTotalTime* of Go >= 1.22 nor memstats.pause_ns)"
+                    );
+                }
+            },
         }
         if let Some(b) = &g.cpu_budget {
             let _ = writeln!(
@@ -624,6 +696,14 @@ mod tests {
         }
     }
 
+    fn ring(num_gc: u32, recent_ns: &[u64]) -> GcPauses {
+        GcPauses {
+            num_gc,
+            recent_ns: recent_ns.to_vec(),
+            recent: live::pause_hist(Scheme::SuperSub, recent_ns),
+        }
+    }
+
     #[test]
     fn events_section_names_reasons_and_splits_latency() {
         use crate::hist::Histogram;
@@ -676,6 +756,35 @@ mod tests {
             text.contains("1 latencies with the thread share a lower bound"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn gc_window_takes_the_new_cycles_and_counts_the_overwritten() {
+        // 3 cycles before, 5 after: the last two pauses are the window's.
+        let w = gc_window(&ring(3, &[10, 20, 30]), &ring(5, &[10, 20, 30, 40, 55]));
+        assert_eq!(
+            w,
+            GcWindow {
+                count: 2,
+                pauses_ns: vec![40, 55],
+                lost: 0,
+                total_ns: 95,
+                max_ns: Some(55),
+            }
+        );
+        // 300 cycles in the window, the ring holds the last 256: 44 counted, not measured.
+        let full: Vec<u64> = (1000..1256).collect();
+        let w = gc_window(&ring(8, &[1; 8]), &ring(308, &full));
+        assert_eq!((w.count, w.lost, w.pauses_ns.len()), (300, 44, 256));
+        assert_eq!(w.pauses_ns, full);
+        // Exactly 256: every one measured.
+        let w = gc_window(&ring(52, &full), &ring(308, &full));
+        assert_eq!((w.count, w.lost), (256, 0));
+        // No cycle, and a num_gc that went down (pid reuse): nothing.
+        let w = gc_window(&ring(5, &[1, 2, 3, 4, 5]), &ring(5, &[1, 2, 3, 4, 5]));
+        assert_eq!((w.count, w.lost, w.max_ns), (0, 0, None));
+        let w = gc_window(&ring(9, &[1; 9]), &ring(2, &[7, 8]));
+        assert_eq!((w.count, w.pauses_ns.len()), (0, 0));
     }
 
     #[test]

@@ -94,6 +94,29 @@ const STW_SERIES: [(&str, &str); 4] = [
     ("total", "other"),
 ];
 
+/// Index in a Reading of the (total, gc) pause histogram, the one Go < 1.22 can fill.
+const GC_TOTAL: usize = 3;
+
+/// Add exact durations (ns) to non-cumulative counts per Prometheus bucket (`bounds` are
+/// exclusive upper bounds; last slot +Inf) and to the sum.
+fn add_pauses(acc: &mut (Vec<u64>, f64), durations_ns: &[u64], bounds: &[u64]) {
+    if acc.0.len() < bounds.len() + 1 {
+        acc.0.resize(bounds.len() + 1, 0);
+    }
+    for &d in durations_ns {
+        let slot = bounds.partition_point(|&b| b <= d);
+        acc.0[slot] = acc.0[slot].saturating_add(1);
+        acc.1 += d as f64;
+    }
+}
+
+/// The last reading of a live process.
+struct Proc {
+    reading: Reading,
+    /// memstats.numgc at that reading (Go < 1.22): the cycles already in reading[GC_TOTAL].
+    num_gc: Option<u32>,
+}
+
 /// Add `r` into `acc` (either may have empty vectors: a histogram nobody kept).
 fn add_reading(acc: &mut Reading, r: &Reading) {
     for ((a, asum), (c, csum)) in acc.iter_mut().zip(r) {
@@ -112,7 +135,9 @@ struct Series {
     /// Counts of processes gone since the daemon started (so the series never goes back).
     base: Reading,
     /// The last reading of each live pid.
-    live: HashMap<u32, Reading>,
+    live: HashMap<u32, Proc>,
+    /// GC pauses of Go < 1.22 processes the ring had overwritten before we read them.
+    gc_lost: u64,
     seen: HashSet<u32>,
     gomaxprocs: i64,
     goroutines: i64,
@@ -143,13 +168,20 @@ fn reason(e: &GoError) -> &'static str {
             "permission"
         }
         GoError::Io { .. } => "read_failed",
+        GoError::Inconsistent { .. } => "inconsistent",
     }
 }
 
 /// Cheap Go check with a few preads (no full read): does the ELF have a .go.buildinfo section?
 fn has_buildinfo_section(f: &File) -> bool {
+    has_buildinfo_section_at(|buf, off| f.read_exact_at(buf, off))
+}
+
+/// [`has_buildinfo_section`] over any positioned reader: the daemon's first look at every
+/// selected executable, so the go_elf fuzz target runs it too.
+pub fn has_buildinfo_section_at(read_at: impl Fn(&mut [u8], u64) -> std::io::Result<()>) -> bool {
     let mut eh = [0u8; 64];
-    if f.read_exact_at(&mut eh, 0).is_err() || &eh[..4] != b"\x7fELF" || eh[4] != 2 || eh[5] != 1 {
+    if read_at(&mut eh, 0).is_err() || &eh[..4] != b"\x7fELF" || eh[4] != 2 || eh[5] != 1 {
         return false;
     }
     let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as u64;
@@ -164,7 +196,7 @@ fn has_buildinfo_section(f: &File) -> bool {
         return false;
     }
     let mut sh = vec![0u8; (shnum * 64) as usize]; // <= 64 Ki * 64 B = 4 MiB
-    if f.read_exact_at(&mut sh, shoff).is_err() {
+    if read_at(&mut sh, shoff).is_err() {
         return false;
     }
     let str_hdr = &sh[(shstrndx * 64) as usize..][..64];
@@ -173,7 +205,7 @@ fn has_buildinfo_section(f: &File) -> bool {
         return false;
     }
     let mut names = vec![0u8; str_size as usize];
-    if f.read_exact_at(&mut names, str_off).is_err() {
+    if read_at(&mut names, str_off).is_err() {
         return false;
     }
     sh.chunks_exact(64).any(|h| {
@@ -356,14 +388,38 @@ impl GoWatcher {
             }
             let s = self.series.entry(key).or_default();
             let total: u64 = reading[0].0.iter().sum();
-            // A smaller total under the same pid is a new process that reused it: bank the old one.
-            if let Some(old) = s.live.get(&pid) {
-                if old[0].0.iter().sum::<u64>() > total {
-                    let old = old.clone();
-                    add_reading(&mut s.base, &old);
+            let mut prev = s.live.remove(&pid);
+            // A smaller total (or GC count) under the same pid is a new process that reused
+            // it: bank the old one.
+            let reused = prev.as_ref().is_some_and(|p| {
+                p.reading[0].0.iter().sum::<u64>() > total
+                    || matches!((p.num_gc, &stats.gc_pauses), (Some(n), Some(g)) if n > g.num_gc)
+            });
+            if reused {
+                if let Some(p) = prev.take() {
+                    add_reading(&mut s.base, &p.reading);
                 }
             }
-            s.live.insert(pid, reading);
+            // Go < 1.22: no pause histogram in the runtime, so build one from the pause ring,
+            // adding the cycles recorded since this process's previous reading.
+            let mut num_gc = None;
+            if let Some(g) = &stats.gc_pauses {
+                let (seen, mut acc) = match &prev {
+                    Some(Proc {
+                        num_gc: Some(n),
+                        reading,
+                    }) => (*n, reading[GC_TOTAL].clone()),
+                    _ => (0, Default::default()),
+                };
+                let new = g.num_gc.saturating_sub(seen) as usize;
+                let have = new.min(g.recent_ns.len());
+                let fresh = &g.recent_ns[g.recent_ns.len() - have..];
+                add_pauses(&mut acc, fresh, &self.bounds);
+                reading[GC_TOTAL] = acc;
+                s.gc_lost = s.gc_lost.saturating_add((new - have) as u64);
+                num_gc = Some(g.num_gc);
+            }
+            s.live.insert(pid, Proc { reading, num_gc });
             s.seen.insert(pid);
             s.gomaxprocs += i64::from(stats.gomaxprocs);
             s.goroutines += stats.goroutines.as_ref().map_or(0, |g| g.live);
@@ -386,11 +442,11 @@ impl GoWatcher {
             let Series {
                 base, live, seen, ..
             } = s;
-            live.retain(|pid, r| {
+            live.retain(|pid, p| {
                 if seen.contains(pid) {
                     return true;
                 }
-                add_reading(base, r);
+                add_reading(base, &p.reading);
                 false
             });
         }
@@ -428,11 +484,15 @@ impl GoWatcher {
         let mut hists = Vec::new();
         let mut stw = Vec::new();
         let (mut maxprocs, mut gors, mut procs) = (Vec::new(), Vec::new(), Vec::new());
+        let mut lost = Vec::new();
         for ((binary, cgroup), s) in &self.series {
             let labels = || vec![label("binary", binary), label("cgroup", cgroup)];
             let mut all = s.base.clone();
-            for r in s.live.values() {
-                add_reading(&mut all, r);
+            for p in s.live.values() {
+                add_reading(&mut all, &p.reading);
+            }
+            if s.gc_lost > 0 {
+                lost.push(counter(labels(), s.gc_lost as f64));
             }
             hists.push(self.prom_hist(labels(), &all[0]));
             // Pause histograms only where some process keeps them (Go >= 1.22).
@@ -459,9 +519,15 @@ impl GoWatcher {
         ));
         out.extend(family(
             "schedlat_go_stw_pause_seconds",
-            "Go runtime's own stop-the-world pauses (Go >= 1.22: sched.stwStoppingTime*/stwTotalTime*, the data behind /sched/pauses/*), by phase (stopping: until every P stopped; total: the whole pause) and kind (gc, other), summed by binary and cgroup. _sum is a lower-bound estimate.",
+            "Go runtime's own stop-the-world pauses (Go >= 1.22: sched.stwStoppingTime*/stwTotalTime*, the data behind /sched/pauses/*), by phase (stopping: until every P stopped; total: the whole pause) and kind (gc, other), summed by binary and cgroup; _sum is a lower-bound estimate. Go < 1.22 has only phase=total kind=gc: one sample per GC cycle (its stop-the-world pauses summed), from runtime.memstats.pause_ns, with an exact _sum.",
             MetricType::HISTOGRAM,
             stw,
+        ));
+        out.extend(family(
+            "schedlat_go_gc_pauses_lost_total",
+            "GC cycles of Go < 1.22 programs whose pause is missing from schedlat_go_stw_pause_seconds: more than 256 cycles between two reads, so runtime.memstats' ring had overwritten them.",
+            MetricType::COUNTER,
+            lost,
         ));
         out.extend(family(
             "schedlat_go_gomaxprocs",
@@ -536,6 +602,17 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Pause ring durations land in the bucket whose exclusive upper bound is above them
+    /// (the exposition's `le` is that bound minus 1 ns), and the sum is exact.
+    #[test]
+    fn exact_pauses_in_prometheus_buckets() {
+        let bounds = [512, 1024];
+        let mut acc = (Vec::new(), 0.0);
+        add_pauses(&mut acc, &[0, 511, 512, 1023], &bounds);
+        add_pauses(&mut acc, &[1024, 5000], &bounds);
+        assert_eq!(acc, (vec![2, 2, 2], 8070.0));
     }
 
     #[test]

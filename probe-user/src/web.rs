@@ -77,6 +77,58 @@ pub enum WebConfigError {
     },
 }
 
+/// Deepest flow nesting accepted. The YAML scanner (unsafe-libyaml, a port of libyaml) takes
+/// time quadratic in the open flow collections: 64,000 unclosed `[` took 10 s here.
+const MAX_FLOW_DEPTH: usize = 64;
+
+/// The flow nesting depth of `text` if it exceeds `max` ([ and { outside quoted scalars and
+/// comments; a rough YAML lexer, enough to bound the real parser's work).
+fn flow_depth_over(text: &str, max: usize) -> Option<usize> {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut chars = text.chars().peekable();
+    let mut prev = '\n';
+    while let Some(c) = chars.next() {
+        match c {
+            '#' if prev.is_whitespace() => {
+                for c in chars.by_ref() {
+                    if c == '\n' {
+                        break;
+                    }
+                }
+                prev = '\n';
+                continue;
+            }
+            '\'' => {
+                // '' is an escaped quote inside single quotes.
+                while let Some(c) = chars.next() {
+                    if c == '\'' && chars.next_if_eq(&'\'').is_none() {
+                        break;
+                    }
+                }
+            }
+            '"' => {
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' => break,
+                        _ => {}
+                    }
+                }
+            }
+            '[' | '{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        prev = c;
+    }
+    (deepest > max).then_some(deepest)
+}
+
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 struct RawWebConfig {
@@ -153,6 +205,14 @@ impl WebConfig {
         // An empty file is a valid, empty config (plain HTTP, no auth).
         let raw: RawWebConfig = if text.trim().is_empty() {
             RawWebConfig::default()
+        } else if let Some(depth) = flow_depth_over(text, MAX_FLOW_DEPTH) {
+            return Err(WebConfigError::Parse {
+                path: origin.to_string(),
+                message: format!(
+                    "flow collections ([ ], {{ }}) nested {depth} deep, over {MAX_FLOW_DEPTH}: \
+                     the web config needs none, write its keys as a plain YAML mapping"
+                ),
+            });
         } else {
             // The YAML error names unknown keys and has the line and column.
             serde_yaml_ng::from_str(text).map_err(|e| WebConfigError::Parse {
@@ -968,6 +1028,37 @@ mod tests {
             let c = parse(t).unwrap();
             assert_eq!((c.tls, c.users.len()), (None, 0), "{t:?}");
         }
+    }
+
+    /// Found probing the web_config fuzz target with deep inputs: 64,000 unclosed `[` kept
+    /// the YAML scanner busy 10 s (quadratic). Refused up front now, and quickly.
+    #[test]
+    fn deep_flow_nesting_is_refused_before_the_yaml_parser() {
+        let t = std::time::Instant::now();
+        let deep = format!("basic_auth_users: {}\n", "[".repeat(64_000));
+        let e = parse(&deep).unwrap_err();
+        assert!(
+            e.contains("nested 64000 deep") && e.contains("plain YAML mapping"),
+            "{e}"
+        );
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(1),
+            "{:?}",
+            t.elapsed()
+        );
+        // Brackets in quoted scalars and comments do not count; flat flow style is fine.
+        let quoted = format!(
+            "# {}\nbasic_auth_users: {{\"a[{}\": '{}'}}\n",
+            "[".repeat(100),
+            "[".repeat(100),
+            "{''".repeat(100)
+        );
+        assert_eq!(flow_depth_over(&quoted, MAX_FLOW_DEPTH), None);
+        let e = parse(&quoted).unwrap_err();
+        assert!(e.contains("not a bcrypt hash"), "{e}");
+        let flat = format!("basic_auth_users: [{}]\n", "[],".repeat(10_000));
+        assert_eq!(flow_depth_over(&flat, MAX_FLOW_DEPTH), None);
+        assert_eq!(flow_depth_over(&"[".repeat(65), MAX_FLOW_DEPTH), Some(65));
     }
 
     #[test]

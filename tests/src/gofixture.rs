@@ -1,6 +1,6 @@
 //! The Go fixtures (tests/go/<name>, built by `cargo xtask setup` into target/go-fixtures/<go
 //! version>/) and their stdin/stdout protocol: ready line, `go`, metrics line, then `metrics`
-//! (print runtime/metrics again) any number of times, `exit`.
+//! (print runtime/metrics again), `memstats`, `gc N` any number of times, `exit`.
 use std::{
     io::Write,
     path::PathBuf,
@@ -122,6 +122,19 @@ impl GoFixture {
     pub fn metrics(&mut self) -> Value {
         self.send("metrics");
         self.next_json("metrics line")
+    }
+
+    /// The program's runtime.ReadMemStats: `{"num_gc": N, "pause_ns": [oldest .. latest]}`
+    /// (the pauses still in MemStats.PauseNs, at most 256).
+    pub fn memstats(&mut self) -> Value {
+        self.send("memstats");
+        self.next_json("memstats line")
+    }
+
+    /// Runs runtime.GC() `n` times in the program; returns its memstats afterwards.
+    pub fn gc(&mut self, n: u32) -> Value {
+        self.send(&format!("gc {n}"));
+        self.next_json("memstats line after gc")
     }
 
     /// Sends `exit` and waits for a clean exit.

@@ -312,7 +312,11 @@ fn slow_events_name_who_ran_instead_and_none_are_lost_silently() {
             "a task cannot run instead of itself: {e}"
         );
         assert!(e["delay_ns"].as_u64().unwrap() >= threshold_ns);
-        assert_eq!(e["cpu"].as_u64(), Some(0));
+        // Only the spinning threads are pinned to CPU 0; the workload's main thread (waiting
+        // for `go`, then joining) may wait its turn on another CPU.
+        if tids.contains(&e["tid"].as_u64().unwrap()) {
+            assert_eq!(e["cpu"].as_u64(), Some(0), "{e}");
+        }
     }
     // Every delay at or over the threshold is either reported or counted as dropped.
     let over: u64 = report["runqueue"]["buckets"]

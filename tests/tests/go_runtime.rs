@@ -1037,3 +1037,318 @@ fn tempfile_dir(prefix: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+// ------------------------------------------- GC pauses of Go < 1.22 (runtime.memstats ring)
+
+/// Go minor version from "go1.19.8".
+fn go_minor(version: &str) -> u32 {
+    version
+        .strip_prefix("go1.")
+        .and_then(|r| r.split(['.', 'r', 'b']).next())
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected Go version {version:?}"))
+}
+
+/// The Go < 1.22 fixtures (the pause ring path); the suite must have at least one.
+fn old_go_fixtures() -> Vec<(String, std::path::PathBuf)> {
+    let old: Vec<_> = go_fixture_versions()
+        .into_iter()
+        .filter(|(v, _)| go_minor(v) < 22)
+        .collect();
+    assert!(
+        !old.is_empty(),
+        "no Go < 1.22 fixture: `cargo xtask setup` builds one with golang-1.19-go"
+    );
+    old
+}
+
+fn u64s(v: &Value) -> Vec<u64> {
+    counts(v)
+}
+
+/// go-stats and the program's own runtime.ReadMemStats at a moment when no GC ran in between
+/// (go-stats before and after agree on num_gc).
+fn gc_quiescent(fx: &mut GoFixture) -> (Value, Value) {
+    for _ in 0..20 {
+        let a = go_stats(fx.pid);
+        let m = fx.memstats();
+        let b = go_stats(fx.pid);
+        if a["gc_pauses"]["num_gc"] == b["gc_pauses"]["num_gc"] {
+            return (a, m);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    panic!("the program never stopped collecting between two reads");
+}
+
+#[test]
+fn go_stats_gc_pauses_equal_memstats_before_go_1_22() {
+    for (version, dir) in go_fixture_versions() {
+        for name in ["gosched", "gosched-pie"] {
+            let what = format!("{version}/{name}");
+            let mut fx = GoFixture::start(&dir.join(name));
+            fx.go();
+            if go_minor(&version) >= 22 {
+                // The histogram path stays: no ring read where the runtime keeps histograms.
+                let s = go_stats(fx.pid);
+                assert_eq!(s["gc_pauses"], Value::Null, "{what}");
+                assert!(s["stw_pauses"].is_object(), "{what}");
+                fx.exit();
+                continue;
+            }
+            let mut expected_gc = fx.memstats()["num_gc"].as_u64().unwrap();
+            // 5 cycles fit the ring of 256; after 300 more it holds only the latest 256.
+            for n in [5u32, 300] {
+                let printed = fx.gc(n);
+                let (s, m) = gc_quiescent(&mut fx);
+                assert_eq!(s["stw_pauses"], Value::Null, "{what}");
+                let g = &s["gc_pauses"];
+                assert_eq!(g["num_gc"], m["num_gc"], "{what}: num_gc vs MemStats.NumGC");
+                let ours = u64s(&g["recent_ns"]);
+                assert_eq!(
+                    ours,
+                    u64s(&m["pause_ns"]),
+                    "{what}: pauses vs MemStats.PauseNs"
+                );
+                // Each runtime.GC() is exactly one cycle (no background GC in this idle program).
+                let num_gc = m["num_gc"].as_u64().unwrap();
+                assert_eq!(num_gc, expected_gc + u64::from(n), "{what}: after gc {n}");
+                assert_eq!(printed["num_gc"], m["num_gc"], "{what}");
+                expected_gc = num_gc;
+                assert_eq!(ours.len() as u64, num_gc.min(256), "{what}");
+                assert!(ours.iter().all(|&p| p > 0), "{what}: {ours:?}");
+                // The histogram holds exactly those pauses, each in the bucket holding it.
+                let h = &g["recent"];
+                let hc = u64s(&h["counts"]);
+                assert_eq!(hc.iter().sum::<u64>(), ours.len() as u64, "{what}");
+                assert_eq!(h["total"], ours.len() as u64, "{what}");
+                let bounds: Vec<f64> = h["boundaries"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|b| b.as_f64().unwrap_or(f64::INFINITY))
+                    .collect();
+                let mut want = vec![0u64; hc.len()];
+                for &p in &ours {
+                    let s = p as f64 / 1e9;
+                    let i = (1..hc.len())
+                        .find(|&i| bounds[i] <= s && s < bounds[i + 1])
+                        .unwrap_or_else(|| panic!("{what}: no bucket for {p} ns"));
+                    want[i] += 1;
+                }
+                assert_eq!(hc, want, "{what}: histogram of the recent pauses");
+                eprintln!(
+                    "{what}: gc {n}: num_gc {num_gc}, {} pauses equal to MemStats.PauseNs, \
+                     latest {} ns, max {} ns",
+                    ours.len(),
+                    ours.last().unwrap(),
+                    ours.iter().max().unwrap()
+                );
+            }
+            let out = run_schedlat(&["go-stats", "--pid", &fx.pid.to_string()]);
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                text.contains(&format!("GC cycles: {expected_gc}"))
+                    && text.contains("GC pauses, the 256 most recent cycles: 256 samples"),
+                "{what}: {text}"
+            );
+            fx.exit();
+        }
+    }
+}
+
+#[test]
+fn capture_reports_each_gc_pause_of_the_window_before_go_1_22() {
+    if !privileged_or_skip("capture_reports_each_gc_pause_of_the_window_before_go_1_22") {
+        return;
+    }
+    for (version, dir) in old_go_fixtures() {
+        let mut fx = GoFixture::start(&dir.join("gosched"));
+        fx.go();
+        let pid = fx.pid.to_string();
+        // 5 cycles: every pause; 300: the ring's last 256, and 44 counted as overwritten.
+        for n in [5u64, 300] {
+            let m0 = fx.memstats();
+            let cap = schedlat_tests::Schedlat::capture(&[
+                "--duration",
+                "120s",
+                "--format",
+                "json",
+                "--futex",
+                "off",
+                "--pid",
+                &pid,
+            ]);
+            cap.wait_ready(std::time::Duration::from_secs(60));
+            let m1 = fx.gc(n as u32);
+            let (status, stdout, stderr) = cap.stop();
+            assert!(
+                status.success(),
+                "{version}: capture failed: {status}\n{stderr}"
+            );
+            let report: Value = serde_json::from_str(&stdout).unwrap();
+            let go = &report["go"][0];
+            assert_eq!(go["stw_pauses"], Value::Null, "{version}");
+            let g = &go["gc_pauses"];
+            let delta = m1["num_gc"].as_u64().unwrap() - m0["num_gc"].as_u64().unwrap();
+            assert_eq!(
+                delta, n,
+                "{version}: the program's own NumGC grew by {delta}"
+            );
+            assert_eq!(g["count"], n, "{version}: {g}");
+            let printed = u64s(&m1["pause_ns"]);
+            let new = &printed[printed.len() - n.min(256) as usize..];
+            assert_eq!(
+                u64s(&g["pauses_ns"]),
+                new,
+                "{version}: pauses vs MemStats.PauseNs"
+            );
+            assert_eq!(g["lost"], n.saturating_sub(256), "{version}");
+            assert_eq!(g["total_ns"], new.iter().sum::<u64>(), "{version}");
+            assert_eq!(g["max_ns"], *new.iter().max().unwrap(), "{version}");
+            let warnings = go["warnings"].to_string();
+            assert_eq!(
+                warnings.contains("overwritten"),
+                n > 256,
+                "{version}: {warnings}"
+            );
+            eprintln!(
+                "{version}: capture of gc {n}: count {}, {} pauses equal to MemStats.PauseNs \
+                 (total {} ns), lost {}",
+                g["count"],
+                new.len(),
+                g["total_ns"],
+                g["lost"]
+            );
+        }
+        fx.exit();
+    }
+}
+
+/// Lines of the daemon's Go pause series, for comparing two scrapes.
+fn stw_lines(metrics: &str) -> Vec<String> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("schedlat_go_stw_pause") || l.starts_with("schedlat_go_gc_"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A scrape and the program's memstats with no GC cycle in between.
+fn gc_quiescent_scrape(d: &Daemon, fx: &mut GoFixture) -> (String, Value) {
+    for _ in 0..20 {
+        let a = get(&d.addr, "/metrics").expect("scrape");
+        let m = fx.memstats();
+        let b = get(&d.addr, "/metrics").expect("scrape");
+        if stw_lines(&a) == stw_lines(&b) {
+            return (b, m);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    panic!("the program never stopped collecting between two scrapes");
+}
+
+/// The daemon's (total, gc) pause histogram of `series` holds exactly `pauses` (ns).
+fn check_pause_hist(metrics: &str, series: &str, pauses: &[u64]) {
+    let s = format!("{series},phase=\"total\",kind=\"gc\"");
+    let count = sample(
+        metrics,
+        &format!("schedlat_go_stw_pause_seconds_count{{{s}}}"),
+    );
+    assert_eq!(count, Some(pauses.len() as f64), "{s}: count");
+    let sum = sample(
+        metrics,
+        &format!("schedlat_go_stw_pause_seconds_sum{{{s}}}"),
+    )
+    .unwrap();
+    let want: u64 = pauses.iter().sum();
+    assert!(
+        (sum * 1e9 - want as f64).abs() <= 1e-6 * want as f64 + 1.0,
+        "{s}: _sum {sum} s, the pauses add up to {want} ns"
+    );
+    let prefix = format!("schedlat_go_stw_pause_seconds_bucket{{{s},le=\"");
+    let mut n = 0;
+    for l in metrics.lines().filter(|l| l.starts_with(&prefix)) {
+        let le = &l[prefix.len()..l[prefix.len()..].find('"').unwrap() + prefix.len()];
+        let v: f64 = l.rsplit(' ').next().unwrap().parse().unwrap();
+        let want = if le == "+Inf" {
+            pauses.len()
+        } else {
+            let le_ns = (le.parse::<f64>().unwrap() * 1e9).round() as u64;
+            pauses.iter().filter(|&&p| p <= le_ns).count()
+        };
+        assert_eq!(v as usize, want, "{s} le={le}");
+        n += 1;
+    }
+    assert!(n > 10, "{s}: only {n} buckets");
+    // Go < 1.22 has only the whole pause of GC cycles.
+    for (phase, kind) in [
+        ("stopping", "gc"),
+        ("stopping", "other"),
+        ("total", "other"),
+    ] {
+        assert!(
+            !metrics.contains(&format!(
+                "schedlat_go_stw_pause_seconds_count{{{series},phase=\"{phase}\",kind=\"{kind}\"}}"
+            )),
+            "{series}: no {phase}/{kind} series before Go 1.22"
+        );
+    }
+}
+
+#[test]
+fn daemon_accumulates_gc_pauses_before_go_1_22() {
+    if !privileged_or_skip("daemon_accumulates_gc_pauses_before_go_1_22") {
+        return;
+    }
+    let (version, dir) = old_go_fixtures().remove(0);
+    let cg = TestCgroup::create("gogc");
+    let (d, cfg_dir) = go_daemon("schedlat-gogc", &cg, "");
+    let series = format!("binary=\"gosched\",cgroup=\"{}\"", cg.path());
+    let lost = format!("schedlat_go_gc_pauses_lost_total{{{series}}}");
+    let mut fx = GoFixture::start(&dir.join("gosched"));
+    cg.add(fx.pid);
+    fx.go();
+
+    // First reading: every cycle so far (all in the ring).
+    let (m, ms) = gc_quiescent_scrape(&d, &mut fx);
+    promtool_check(&m);
+    let mut all = u64s(&ms["pause_ns"]);
+    assert_eq!(
+        all.len() as u64,
+        ms["num_gc"].as_u64().unwrap(),
+        "{version}"
+    );
+    assert!(all.len() >= 3, "{version}: the load phase runs 3 GCs");
+    check_pause_hist(&m, &series, &all);
+    assert_eq!(sample(&m, &lost), None, "{version}: nothing lost yet");
+
+    // 5 more between two scrapes: exactly those 5 are added.
+    fx.gc(5);
+    let (m, ms) = gc_quiescent_scrape(&d, &mut fx);
+    let ring = u64s(&ms["pause_ns"]);
+    all.extend_from_slice(&ring[ring.len() - 5..]);
+    assert_eq!(ring, all, "{version}: the ring still holds every cycle");
+    check_pause_hist(&m, &series, &all);
+    assert_eq!(sample(&m, &lost), None, "{version}");
+
+    // 300 between two scrapes: the ring's 256 are added, 44 counted as lost.
+    let before = ms["num_gc"].as_u64().unwrap();
+    fx.gc(300);
+    let (m, ms) = gc_quiescent_scrape(&d, &mut fx);
+    assert_eq!(ms["num_gc"].as_u64().unwrap(), before + 300, "{version}");
+    let ring = u64s(&ms["pause_ns"]);
+    assert_eq!(ring.len(), 256);
+    all.extend_from_slice(&ring);
+    check_pause_hist(&m, &series, &all);
+    assert_eq!(sample(&m, &lost), Some(44.0), "{version}");
+    promtool_check(&m);
+    eprintln!(
+        "{version}: daemon holds {} GC pauses ({} ns in all), 44 lost beyond the ring",
+        all.len(),
+        all.iter().sum::<u64>()
+    );
+    fx.exit();
+    d.stop();
+    std::fs::remove_dir_all(&cfg_dir).unwrap();
+}

@@ -4,6 +4,7 @@
 //! so CI and new contributors run the same commands. See shared/docs/toolchain.md for why the
 //! toolchain is pinned the way it is.
 mod bench;
+mod fuzz;
 mod gofix;
 mod image;
 mod setup;
@@ -49,7 +50,8 @@ enum Task {
         )]
         args: Vec<OsString>,
     },
-    /// Setup, unit tests, release build, then the privileged integration tests (serially).
+    /// Setup, unit tests, release build, the privileged integration tests (serially), then each
+    /// fuzz target for a short bounded time.
     Test {
         /// Passed to the integration test harness, e.g. a test name filter.
         #[arg(
@@ -64,6 +66,9 @@ enum Task {
     /// Build, then an OCI image layout of the release binary and the shared libraries it needs
     /// at target/image/schedlat (tag: the crate version), for deploy/kubernetes.
     Image,
+    /// Setup, then run the cargo-fuzz targets (probe-user/fuzz) for a bounded time each, seeded
+    /// from the Go fixtures and deploy/; installs cargo-fuzz and uses the pinned nightly.
+    Fuzz(fuzz::Args),
 }
 
 fn main() -> ExitCode {
@@ -91,6 +96,7 @@ fn run() -> Result<()> {
         Task::Test { args } => test::test(&ws, &args),
         Task::Bench(args) => bench::bench(&ws, args),
         Task::Image => image::image(&ws).map(drop),
+        Task::Fuzz(args) => fuzz::fuzz(&ws, args),
     }
 }
 

@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{Workspace, cmdline, gofix, image, is_root, run_cmd, setup};
+use crate::{Workspace, cmdline, fuzz, gofix, image, is_root, run_cmd, setup};
 
 pub fn test(ws: &Workspace, args: &[String]) -> Result<()> {
     header("setup");
@@ -18,7 +18,7 @@ pub fn test(ws: &Workspace, args: &[String]) -> Result<()> {
     // A unit test failure should not hide the integration results: note it, fail at the end.
     let mut failed = Vec::new();
     let mut totals = Totals::default();
-    header("1/3 unit tests");
+    header("1/4 unit tests");
     // schedlat-ebpf only builds for the bpf target (probe-user/build.rs compiles it).
     let mut unit = ws.cargo();
     unit.args([
@@ -28,6 +28,9 @@ pub fn test(ws: &Workspace, args: &[String]) -> Result<()> {
         "schedlat-tests",
         "--exclude",
         "schedlat-ebpf",
+        // Fuzz targets build with cargo-fuzz and nightly (step 4).
+        "--exclude",
+        "schedlat-fuzz",
     ]);
     unit.env(gofix::FIXTURES_ENV, &go_fixtures);
     if let Err(e) = run_tests(&mut unit, "fix the failing unit tests above", &mut totals) {
@@ -35,7 +38,7 @@ pub fn test(ws: &Workspace, args: &[String]) -> Result<()> {
         failed.push("unit tests");
     }
 
-    header("2/3 release build and container image");
+    header("2/4 release build and container image");
     run_cmd(
         ws.cargo().args([
             "build",
@@ -61,7 +64,7 @@ pub fn test(ws: &Workspace, args: &[String]) -> Result<()> {
     // The container image test runs this very binary from the image.
     let image = image::from_binary(ws, &bin)?;
 
-    header("3/3 integration tests (root, --test-threads=1)");
+    header("3/4 integration tests (root, --test-threads=1)");
     let pytools = setup::pytools_venv(ws);
     let envs = [
         ("SCHEDLAT_BIN", &bin),
@@ -110,6 +113,16 @@ pub fn test(ws: &Workspace, args: &[String]) -> Result<()> {
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         failed.push("integration tests");
+    }
+
+    header(&format!(
+        "4/4 fuzzing ({} targets, {} s each)",
+        fuzz::TARGETS.len(),
+        fuzz::TEST_SECONDS
+    ));
+    if let Err(e) = fuzz::run(ws, fuzz::TARGETS, fuzz::TEST_SECONDS) {
+        eprintln!("error: {e:#}");
+        failed.push("fuzzing");
     }
 
     // One plain closing line over every test binary, for people and for CI's reader.

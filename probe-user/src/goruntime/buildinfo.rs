@@ -57,11 +57,9 @@ impl std::fmt::Display for GoVersion {
 
 /// The version string of a Go binary; `GoError::NotGo` if it has no Go build info.
 pub fn version<'d, R: ReadRef<'d>>(file: &object::File<'d, R>) -> Result<String, GoError> {
-    let section = file
-        .section_by_name(".go.buildinfo")
-        .ok_or(GoError::NotGo {
-            why: "no .go.buildinfo section",
-        })?;
+    let section = super::section_by_name(file, ".go.buildinfo").ok_or(GoError::NotGo {
+        why: "no .go.buildinfo section",
+    })?;
     let data = section.data().map_err(|_| GoError::Malformed {
         what: ".go.buildinfo section data lies outside the file".into(),
     })?;

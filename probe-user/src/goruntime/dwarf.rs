@@ -5,13 +5,19 @@
 //! `object` decompresses both. Everything read from the file is capped.
 use std::{borrow::Cow, collections::HashMap};
 
-use gimli::{AttributeValue, DebugInfoOffset, EndianSlice, LittleEndian, UnitSectionOffset};
-use object::{CompressionFormat, Object, ObjectSection, ReadRef};
+use gimli::{
+    AttributeValue, DebugInfoOffset, EndianSlice, LittleEndian, Section as _, UnitSectionOffset,
+};
+use object::{CompressionFormat, ObjectSection, ReadRef};
 
 use super::GoError;
 
 /// Largest DWARF section we decompress: Go's runtime+stdlib DWARF is tens of MiB.
 const MAX_SECTION: u64 = 512 << 20;
+/// Deflate expands at most ~1032:1 (a 258-byte match per 2-bit code, RFC 1951); `object`
+/// reserves the claimed uncompressed size up front, so a larger claim (a forged header) is
+/// refused before it allocates.
+const MAX_ZLIB_RATIO: u64 = 1032;
 /// Most type DIEs we index; a real Go binary has well under a million.
 const MAX_TYPES: usize = 4_000_000;
 /// Longest member path followed through typedefs/anonymous structs.
@@ -38,12 +44,64 @@ pub struct Member {
 enum IndexError {
     Gimli(gimli::Error),
     TooMany,
+    /// Abbreviation tables overlapping beyond the work budget.
+    AbbrevWork(u64),
 }
 
 impl From<gimli::Error> for IndexError {
     fn from(e: gimli::Error) -> Self {
         IndexError::Gimli(e)
     }
+}
+
+/// Bytes of the abbreviation table at `offset` (entries up to and including the null code,
+/// DWARF 5 section 7.5.3), scanning at most `limit` bytes; None past `limit`. A table cut
+/// short by the section's end counts to the end (gimli then reports the error).
+fn abbrev_table_len(section: &[u8], offset: u64, limit: u64) -> Option<u64> {
+    let start = usize::try_from(offset).unwrap_or(usize::MAX);
+    let end = section
+        .len()
+        .min(start.saturating_add(usize::try_from(limit).unwrap_or(usize::MAX)));
+    // Scanning stops at `end`, so the scan itself stays within the budget.
+    let window = &section[..end];
+    let mut pos = start;
+    let uleb = |pos: &mut usize| -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..70).step_by(7) {
+            let b = *window.get(*pos)?;
+            *pos += 1;
+            if shift < 64 {
+                v |= u64::from(b & 0x7f) << shift;
+            }
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        Some(v)
+    };
+    let run = |pos: &mut usize| -> Option<()> {
+        loop {
+            if uleb(pos)? == 0 {
+                return Some(()); // null code: end of the table
+            }
+            uleb(pos)?; // tag
+            *pos += 1; // DW_CHILDREN_*
+            loop {
+                let (name, form) = (uleb(pos)?, uleb(pos)?);
+                if form == u64::from(gimli::DW_FORM_implicit_const.0) {
+                    uleb(pos)?; // its (signed) LEB128 value: same length rules
+                }
+                if name == 0 && form == 0 {
+                    break;
+                }
+            }
+        }
+    };
+    let done = run(&mut pos).is_some();
+    if !done && end < section.len() {
+        return None;
+    }
+    Some(pos.min(end).saturating_sub(start) as u64)
 }
 
 /// Type DIEs by global .debug_info offset, and named structs by name.
@@ -59,7 +117,7 @@ fn load_section<'d, R: ReadRef<'d>>(
     file: &object::File<'d, R>,
     name: &str,
 ) -> Result<Cow<'d, [u8]>, GoError> {
-    let Some(section) = file.section_by_name(name) else {
+    let Some(section) = super::section_by_name(file, name) else {
         return Ok(Cow::Borrowed(&[]));
     };
     let bad = |what: String| GoError::Malformed {
@@ -79,13 +137,23 @@ fn load_section<'d, R: ReadRef<'d>>(
             compressed.uncompressed_size
         )));
     }
+    let most = (compressed.data.len() as u64)
+        .saturating_mul(MAX_ZLIB_RATIO)
+        .saturating_add(64);
+    if compressed.format == CompressionFormat::Zlib && compressed.uncompressed_size > most {
+        return Err(bad(format!(
+            "claims {} bytes uncompressed from {} compressed, more than zlib can expand to",
+            compressed.uncompressed_size,
+            compressed.data.len()
+        )));
+    }
     compressed
         .decompress()
         .map_err(|e| bad(format!("cannot decompress ({e})")))
 }
 
 pub fn has_debug_info<'d, R: ReadRef<'d>>(file: &object::File<'d, R>) -> bool {
-    file.section_by_name(".debug_info").is_some()
+    super::section_by_name(file, ".debug_info").is_some()
 }
 
 impl Types {
@@ -94,16 +162,25 @@ impl Types {
         let info = load_section(file, ".debug_info")?;
         let abbrev = load_section(file, ".debug_abbrev")?;
         let str_ = load_section(file, ".debug_str")?;
+        Self::from_sections(&info, &abbrev, &str_)
+    }
+
+    /// Index uncompressed .debug_info / .debug_abbrev / .debug_str contents.
+    pub fn from_sections(info: &[u8], abbrev: &[u8], str_: &[u8]) -> Result<Types, GoError> {
         let dwarf = gimli::Dwarf {
-            debug_info: gimli::DebugInfo::new(&info, LittleEndian),
-            debug_abbrev: gimli::DebugAbbrev::new(&abbrev, LittleEndian),
-            debug_str: gimli::DebugStr::new(&str_, LittleEndian),
+            debug_info: gimli::DebugInfo::new(info, LittleEndian),
+            debug_abbrev: gimli::DebugAbbrev::new(abbrev, LittleEndian),
+            debug_str: gimli::DebugStr::new(str_, LittleEndian),
             ..Default::default()
         };
         Self::index(&dwarf).map_err(|e| GoError::Malformed {
             what: match e {
                 IndexError::Gimli(e) => format!("DWARF .debug_info: {e}"),
                 IndexError::TooMany => format!("DWARF .debug_info has over {MAX_TYPES} types"),
+                IndexError::AbbrevWork(budget) => format!(
+                    "DWARF units' abbreviation tables overlap: parsing them would read over \
+                     {budget} bytes of .debug_abbrev (twice its size plus 64 KiB)"
+                ),
             },
         })
     }
@@ -112,10 +189,32 @@ impl Types {
         let mut by_offset = HashMap::new();
         let mut struct_by_name = HashMap::new();
         let mut consts = HashMap::new();
+        // Each unit names the offset of its abbreviation table, which runs to a null entry.
+        // Parsed once per offset; and since tables of a real binary do not overlap (Go writes
+        // one for all units), the bytes they span add up to at most the section: a budget of
+        // twice that stops forged units pointing into one long table at every offset, which
+        // made the work quadratic (20,000 units over 120 KB: 40 s).
+        let abbrev_section = dwarf.debug_abbrev.reader().slice();
+        let budget = (abbrev_section.len() as u64)
+            .saturating_mul(2)
+            .saturating_add(64 << 10);
+        let mut spent = 0u64;
+        let mut tables: HashMap<u64, std::sync::Arc<gimli::Abbreviations>> = HashMap::new();
         let mut units = dwarf.units();
         while let Some(header) = units.next()? {
             // Not `dwarf.unit()`: that also parses the line program, which we do not need.
-            let abbrevs = dwarf.abbreviations(&header)?;
+            let at = header.debug_abbrev_offset().0 as u64;
+            let abbrevs = match tables.get(&at) {
+                Some(a) => a.clone(),
+                None => {
+                    let left = budget.saturating_sub(spent);
+                    spent += abbrev_table_len(abbrev_section, at, left)
+                        .ok_or(IndexError::AbbrevWork(budget))?;
+                    let a = dwarf.abbreviations(&header)?;
+                    tables.insert(at, a.clone());
+                    a
+                }
+            };
             let base = match header.offset() {
                 UnitSectionOffset::DebugInfoOffset(o) => o.0 as u64,
                 _ => continue,

@@ -3,7 +3,7 @@
 //! offset from DWARF, and where runtime.waitReasonStrings (the wait reasons' names) lives.
 //! Pure: parses bytes, needs no root.
 use iced_x86::Register;
-use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, ReadRef};
+use object::{Object, ObjectSection, ObjectSegment, ReadRef};
 
 use super::{
     GoError, GoVersion, buildinfo, dwarf,
@@ -71,18 +71,10 @@ pub fn plan<'d, R: ReadRef<'d>>(data: R) -> Result<EventPlan, GoError> {
     if !dwarf::has_debug_info(&file) {
         return Err(GoError::Stripped { version });
     }
-    let (mut func, mut reasons) = (None, None);
-    for sym in file.symbols() {
-        match sym.name_bytes() {
-            Ok(n) if n == FUNCTION.as_bytes() => {
-                func.get_or_insert((sym.address(), sym.size()));
-            }
-            Ok(n) if n == WAIT_REASONS.as_bytes() => {
-                reasons.get_or_insert((sym.address(), sym.size()));
-            }
-            _ => {}
-        }
-    }
+    // One read of the string table (super::find_symbols_sized says why).
+    let mut want = [(FUNCTION, None), (WAIT_REASONS, None)];
+    super::find_symbols_sized(&file, &mut want)?;
+    let [(_, func), (_, reasons)] = want;
     let missing_sym = |symbol| GoError::MissingSymbol {
         version: version.clone(),
         symbol,
@@ -99,11 +91,14 @@ pub fn plan<'d, R: ReadRef<'d>>(data: R) -> Result<EventPlan, GoError> {
         return Err(malformed(format!("{WAIT_REASONS} has size {rsize}")));
     }
 
-    let code = file
-        .sections()
-        .find(|s| s.address() <= fvaddr && fvaddr.saturating_add(fsize) <= s.address() + s.size())
+    // Only the function's bytes (data_range reads just them through ReadCache).
+    let code = super::section_by_name(&file, ".text")
+        .filter(|s| {
+            s.address() <= fvaddr
+                && fvaddr.saturating_add(fsize) <= s.address().saturating_add(s.size())
+        })
         .and_then(|s| s.data_range(fvaddr, fsize).ok().flatten())
-        .ok_or_else(|| malformed(format!("{FUNCTION} is not inside a section with data")))?;
+        .ok_or_else(|| malformed(format!("{FUNCTION} is not inside .text")))?;
     // gp, oldval, newval: RAX, RBX, RCX under ABIInternal.
     let site = probesite::choose(code, fvaddr, &[Register::RAX, Register::RBX, Register::RCX])
         .map_err(|e| {

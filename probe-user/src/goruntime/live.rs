@@ -46,7 +46,26 @@ pub struct Stats {
     pub sched_latencies: LatencyHist,
     /// Stop-the-world pauses (Go >= 1.22; null before), runtime/metrics form.
     pub stw_pauses: Option<StwPauses>,
+    /// GC pauses from runtime.memstats' ring (Go < 1.22, where `stw_pauses` is null).
+    pub gc_pauses: Option<GcPauses>,
 }
+
+/// The runtime's record of recent GC cycles (runtime/mstats.go `numgc`, `pause_ns`), as
+/// runtime.ReadMemStats reports them in MemStats.NumGC and PauseNs.
+#[derive(Clone, Debug, Serialize)]
+pub struct GcPauses {
+    /// GC cycles completed since the program started.
+    pub num_gc: u32,
+    /// Stop-the-world time of each of the most recent cycles (both pauses of a cycle summed),
+    /// oldest first: min(num_gc, 256) entries.
+    pub recent_ns: Vec<u64>,
+    /// `recent_ns` in runtime/metrics form, on the buckets of this binary's timeHistogram.
+    pub recent: LatencyHist,
+}
+
+/// Attempts at a consistent read of the GC ring before giving up (a GC's mark termination
+/// writes it for microseconds; retrying meets a quiet moment at once in practice).
+const GC_RING_ATTEMPTS: u32 = 32;
 
 /// /sched/pauses/{stopping,total}/{gc,other}:seconds.
 #[derive(Clone, Debug, Serialize)]
@@ -160,6 +179,13 @@ pub fn read_with(pid: u32, layout: &Layout, exe: &std::fs::Metadata) -> Result<S
         }),
     };
 
+    let gc_pauses = match &layout.gc_ring {
+        None => None,
+        Some(r) => Some(read_gc_ring(r, layout.hist.scheme, &|addr, buf, what| {
+            read(at(addr), buf, what)
+        })?),
+    };
+
     let mut b8 = [0u8; 8];
     read(at(layout.allglen), &mut b8, "runtime.allglen")?;
     let allglen = u64::from_le_bytes(b8);
@@ -221,6 +247,7 @@ pub fn read_with(pid: u32, layout: &Layout, exe: &std::fs::Metadata) -> Result<S
         goroutines,
         sched_latencies,
         stw_pauses,
+        gc_pauses,
     })
 }
 
@@ -259,6 +286,88 @@ pub fn wait_reason_names(
         names.push(String::from_utf8_lossy(&b).into_owned());
     }
     Ok(names)
+}
+
+type ReadFn<'a> = dyn Fn(u64, &mut [u8], &str) -> Result<(), GoError> + 'a;
+
+/// Read the pause ring consistently while the program runs. gcMarkTermination (mgc.go) stores
+/// `last_gc_unix` (atomically), then `pause_ns[numgc%256]`, `pause_end[numgc%256]` (= the same
+/// unix time), then `numgc++` after taking a lock; so we read in the opposite order
+/// (last_gc_unix, numgc, pause_end, pause_ns, last_gc_unix again) and accept the read only if
+/// both `last_gc_unix` agree with `pause_end` of the latest cycle: otherwise a cycle was being
+/// recorded meanwhile, and the slot it overwrites may be torn.
+pub fn read_gc_ring(
+    r: &super::GcRingLayout,
+    scheme: Scheme,
+    read: &ReadFn<'_>,
+) -> Result<GcPauses, GoError> {
+    let len = r.len as usize;
+    let mut ends = vec![0u8; len * 8];
+    let mut pauses = vec![0u8; len * 8];
+    let word =
+        |b: &[u8], i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+    let at = |off: u64| r.memstats.wrapping_add(off);
+    for _ in 0..GC_RING_ATTEMPTS {
+        let (mut before, mut after, mut n) = ([0u8; 8], [0u8; 8], [0u8; 4]);
+        read(
+            at(r.last_gc_unix),
+            &mut before,
+            "runtime.memstats.last_gc_unix",
+        )?;
+        read(at(r.numgc), &mut n, "runtime.memstats.numgc")?;
+        read(at(r.pause_end), &mut ends, "runtime.memstats.pause_end")?;
+        read(at(r.pause_ns), &mut pauses, "runtime.memstats.pause_ns")?;
+        read(
+            at(r.last_gc_unix),
+            &mut after,
+            "runtime.memstats.last_gc_unix",
+        )?;
+        let num_gc = u32::from_le_bytes(n);
+        let latest = (num_gc as usize + len - 1) % len;
+        let consistent =
+            before == after && (num_gc == 0 || word(&ends, latest) == u64::from_le_bytes(before));
+        if !consistent {
+            std::thread::yield_now();
+            continue;
+        }
+        let k = (num_gc as usize).min(len);
+        // Oldest first: cycles num_gc-k .. num_gc-1, at slot (cycle % len).
+        let recent_ns: Vec<u64> = (num_gc as usize - k..num_gc as usize)
+            .map(|c| word(&pauses, c % len))
+            .collect();
+        let recent = pause_hist(scheme, &recent_ns);
+        return Ok(GcPauses {
+            num_gc,
+            recent_ns,
+            recent,
+        });
+    }
+    Err(GoError::Inconsistent {
+        what: format!(
+            "runtime.memstats' GC pause ring changed during each of {GC_RING_ATTEMPTS} reads \
+             (last_gc_unix never matched the latest pause_end)"
+        ),
+    })
+}
+
+/// Durations in runtime/metrics form on `scheme`'s buckets (the runtime's own record logic).
+pub fn pause_hist(scheme: Scheme, durations_ns: &[u64]) -> LatencyHist {
+    let n = scheme.counts_len();
+    let mut counts = vec![0u64; n];
+    let mut overflow = 0u64;
+    for &d in durations_ns {
+        match scheme.record_index(d) {
+            Some(i) => counts[i] += 1,
+            None => overflow += 1,
+        }
+    }
+    let counts = scheme.metrics_counts(&counts, 0, overflow);
+    LatencyHist {
+        scheme,
+        boundaries: scheme.metrics_boundaries(),
+        total: durations_ns.len() as u64,
+        counts,
+    }
 }
 
 fn read_abs(mem: &Mem, addr: u64, buf: &mut [u8], pid: u32, path: &str) -> Result<(), GoError> {
@@ -350,7 +459,128 @@ fn gone_or(pid: u32, e: std::io::Error, what: String) -> GoError {
 
 #[cfg(test)]
 mod tests {
-    use super::exe_mapping;
+    use std::cell::Cell;
+
+    use super::*;
+    use crate::goruntime::GcRingLayout;
+
+    /// A fake runtime.memstats: last_gc_unix @0, pause_ns @16, pause_end @16+8*len,
+    /// numgc @16+16*len, as in mstats.go.
+    struct FakeMemstats {
+        len: u64,
+        mem: std::cell::RefCell<Vec<u8>>,
+    }
+
+    impl FakeMemstats {
+        fn new(len: u64) -> Self {
+            Self {
+                len,
+                mem: vec![0u8; 16 + 16 * len as usize + 8].into(),
+            }
+        }
+        fn layout(&self) -> GcRingLayout {
+            GcRingLayout {
+                memstats: 0x1000,
+                last_gc_unix: 0,
+                pause_ns: 16,
+                pause_end: 16 + 8 * self.len,
+                numgc: 16 + 16 * self.len,
+                len: self.len,
+            }
+        }
+        fn put(&self, off: u64, v: &[u8]) {
+            self.mem.borrow_mut()[off as usize..off as usize + v.len()].copy_from_slice(v);
+        }
+        /// What gcMarkTermination does for one cycle (mgc.go), all at once.
+        fn gc(&self, pause: u64, unix: u64) {
+            let l = self.layout();
+            let n = u32::from_le_bytes(
+                self.mem.borrow()[l.numgc as usize..][..4]
+                    .try_into()
+                    .unwrap(),
+            );
+            let slot = u64::from(n) % self.len;
+            self.put(l.last_gc_unix, &unix.to_le_bytes());
+            self.put(l.pause_ns + 8 * slot, &pause.to_le_bytes());
+            self.put(l.pause_end + 8 * slot, &unix.to_le_bytes());
+            self.put(l.numgc, &(n + 1).to_le_bytes());
+        }
+        fn read(&self, addr: u64, buf: &mut [u8]) {
+            let off = (addr - 0x1000) as usize;
+            buf.copy_from_slice(&self.mem.borrow()[off..off + buf.len()]);
+        }
+    }
+
+    #[test]
+    fn gc_ring_oldest_first_and_wraps() {
+        let m = FakeMemstats::new(4);
+        let read = |a: u64, b: &mut [u8], _: &str| -> Result<(), GoError> {
+            m.read(a, b);
+            Ok(())
+        };
+        let r = read_gc_ring(&m.layout(), Scheme::SuperSub, &read).unwrap();
+        assert_eq!((r.num_gc, r.recent_ns.len(), r.recent.total), (0, 0, 0));
+        for i in 1..=3 {
+            m.gc(100 * i, 1_000 + i);
+        }
+        let r = read_gc_ring(&m.layout(), Scheme::SuperSub, &read).unwrap();
+        assert_eq!((r.num_gc, r.recent_ns.clone()), (3, vec![100, 200, 300]));
+        // Three more: 6 cycles in a ring of 4 keep cycles 3..6, oldest first.
+        for i in 4..=6 {
+            m.gc(100 * i, 1_000 + i);
+        }
+        let r = read_gc_ring(&m.layout(), Scheme::SuperSub, &read).unwrap();
+        assert_eq!(
+            (r.num_gc, r.recent_ns.clone()),
+            (6, vec![300, 400, 500, 600])
+        );
+        // Each pause in the bucket the runtime's own record() picks.
+        assert_eq!(r.recent.total, 4);
+        for p in [300u64, 400, 500, 600] {
+            let i = Scheme::SuperSub.record_index(p).unwrap();
+            assert!(r.recent.counts[i + 1] >= 1, "{p} ns not in bucket {i}");
+        }
+    }
+
+    /// A cycle half-recorded while we read (last_gc_unix and pause_ns written, numgc not yet
+    /// bumped) is not taken: the read is retried until the cycle is complete.
+    #[test]
+    fn gc_ring_retries_a_cycle_being_recorded() {
+        let m = FakeMemstats::new(4);
+        for i in 1..=5 {
+            m.gc(10 * i, 500 + i);
+        }
+        let l = m.layout();
+        // Cycle 6 in progress: it overwrites slot 5 % 4 = 1 (cycle 2's) before numgc++.
+        m.put(l.last_gc_unix, &999u64.to_le_bytes());
+        m.put(l.pause_ns + 8, &777u64.to_le_bytes());
+        let calls = Cell::new(0);
+        let read = |a: u64, b: &mut [u8], _: &str| -> Result<(), GoError> {
+            calls.set(calls.get() + 1);
+            // The runtime finishes the cycle after our first attempt (5 reads).
+            if calls.get() == 6 {
+                m.put(l.pause_end + 8, &999u64.to_le_bytes());
+                m.put(l.numgc, &6u32.to_le_bytes());
+            }
+            m.read(a, b);
+            Ok(())
+        };
+        let r = read_gc_ring(&l, Scheme::MinMaxBits, &read).unwrap();
+        assert_eq!((r.num_gc, r.recent_ns.clone()), (6, vec![30, 40, 50, 777]));
+        assert!(calls.get() >= 10, "the torn first attempt was accepted");
+
+        // Never completed: an error that says what changed, not wrong numbers.
+        let m = FakeMemstats::new(4);
+        m.gc(10, 1);
+        m.put(m.layout().last_gc_unix, &2u64.to_le_bytes());
+        let read = |a: u64, b: &mut [u8], _: &str| -> Result<(), GoError> {
+            m.read(a, b);
+            Ok(())
+        };
+        let e = read_gc_ring(&m.layout(), Scheme::SuperSub, &read).unwrap_err();
+        assert!(matches!(e, GoError::Inconsistent { .. }), "{e}");
+        assert!(e.to_string().contains("pause_end"), "{e}");
+    }
 
     #[test]
     fn finds_exe_mapping() {

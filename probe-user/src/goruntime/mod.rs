@@ -1,8 +1,10 @@
 //! Go programs read from outside, with no probe: the runtime keeps its own scheduling-latency
 //! histogram (`runtime.sched.timeToRun`, the data behind runtime/metrics'
 //! /sched/latencies:seconds), `runtime.gomaxprocs` and the goroutine bookkeeping in ordinary
-//! globals. This module finds them in the ELF file (symbols from .symtab, layouts from DWARF;
-//! pure, no root) and `live` reads them with process_vm_readv.
+//! globals (Go >= 1.22 adds stop-the-world pause histograms; older runtimes keep a ring of
+//! the last 256 GC pauses in runtime.memstats). This module finds them in the ELF file
+//! (symbols from .symtab, layouts from DWARF; pure, no root) and `live` reads them with
+//! process_vm_readv.
 //!
 //! The binaries parsed here may be planted by anyone while we run as root: nothing in this
 //! module panics or allocates without a cap on malformed input.
@@ -13,7 +15,10 @@ pub mod hist;
 pub mod live;
 pub mod probesite;
 
-use object::{Object, ObjectSegment, ObjectSymbol, ReadRef};
+use object::{
+    Object, ObjectSection, ObjectSegment, ReadRef,
+    read::elf::{FileHeader, SectionHeader, Sym},
+};
 
 pub use self::{buildinfo::GoVersion, hist::Scheme};
 
@@ -52,6 +57,11 @@ pub enum GoError {
     Malformed { what: String },
     #[error("unsupported binary: {what}")]
     Unsupported { what: String },
+    #[error(
+        "{what}: the program kept writing it while we read; try again (if this persists, this \
+         Go version records GC pauses differently from runtime/mgc.go of Go 1.19-1.27)"
+    )]
+    Inconsistent { what: String },
     #[error("no process with pid {pid} (it exited, or never existed)")]
     ProcessGone { pid: u32 },
     #[error("{what}: {source}")]
@@ -65,7 +75,7 @@ pub enum GoError {
 impl GoError {
     /// Errors about the target the user chose (exit code 2), not failures of schedlat.
     pub fn is_usage(&self) -> bool {
-        !matches!(self, GoError::Io { .. })
+        !matches!(self, GoError::Io { .. } | GoError::Inconsistent { .. })
     }
 }
 
@@ -100,6 +110,23 @@ pub struct StwLayout {
     pub total_other: HistLayout,
 }
 
+/// runtime.memstats' ring of recent GC pauses (runtime/mstats.go): `pause_ns[256]` holds the
+/// stop-the-world time of each GC cycle (both pauses of the cycle summed, mgc.go work.pauseNS),
+/// written at index `numgc % 256` just before `numgc++`, so the latest is at `(numgc-1) % 256`.
+/// Read on Go < 1.22, which keeps no stop-the-world histograms.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GcRingLayout {
+    /// Address of `runtime.memstats`.
+    pub memstats: u64,
+    /// Offsets inside runtime.mstats.
+    pub last_gc_unix: u64,
+    pub pause_ns: u64,
+    pub pause_end: u64,
+    pub numgc: u64,
+    /// Entries of `pause_ns` and `pause_end` (256 in every Go release).
+    pub len: u64,
+}
+
 /// What runtime.gcount (proc.go) subtracts from allglen: free g's on the global and per-P free
 /// lists, and (depending on the caller) system goroutines.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -130,6 +157,9 @@ pub struct Layout {
     pub hist: HistLayout,
     /// Stop-the-world pause histograms (Go >= 1.22); None before.
     pub stw: Option<StwLayout>,
+    /// The GC pause ring, resolved only where `stw` is None (older runtimes); None if its
+    /// fields are not found.
+    pub gc_ring: Option<GcRingLayout>,
     /// None if this Go version's free-list fields are not recognised.
     pub gcount: Option<GCountLayout>,
 }
@@ -165,20 +195,14 @@ pub fn analyse<'d, R: ReadRef<'d>>(data: R) -> Result<Layout, GoError> {
     if !dwarf::has_debug_info(&file) {
         return Err(GoError::Stripped { version });
     }
-    let parsed = GoVersion::parse(&version);
-
-    let mut want: [(&'static str, Option<u64>); 4] = [
+    let mut want: [(&'static str, Option<u64>); 5] = [
         ("runtime.sched", None),
         ("runtime.gomaxprocs", None),
         ("runtime.allglen", None),
         ("runtime.allp", None),
+        ("runtime.memstats", None),
     ];
-    for sym in file.symbols() {
-        let Ok(name) = sym.name_bytes() else { continue };
-        if let Some(w) = want.iter_mut().find(|w| w.0.as_bytes() == name) {
-            w.1.get_or_insert(sym.address());
-        }
-    }
+    find_symbols(&file, &mut want)?;
     let sym = |i: usize| {
         want[i].1.ok_or(GoError::MissingSymbol {
             version: version.clone(),
@@ -188,32 +212,12 @@ pub fn analyse<'d, R: ReadRef<'d>>(data: R) -> Result<Layout, GoError> {
     let (sched, gomaxprocs, allglen) = (sym(0)?, sym(1)?, sym(2)?);
 
     let types = dwarf::Types::load(&file)?;
-    let missing = |what: &str| GoError::MissingDwarf {
-        version: version.clone(),
-        what: what.to_owned(),
-    };
-    let hist = hist_layout(&types, "timeToRun", &version, parsed.as_ref())?
-        .ok_or_else(|| missing("runtime.schedt.timeToRun"))?;
-    // Go >= 1.22 (runtime2.go): stop-the-world pause histograms next to timeToRun, the data
-    // behind /sched/pauses/{stopping,total}/{gc,other}:seconds. All four or none.
-    let stw = match (
-        hist_layout(&types, "stwStoppingTimeGC", &version, parsed.as_ref())?,
-        hist_layout(&types, "stwStoppingTimeOther", &version, parsed.as_ref())?,
-        hist_layout(&types, "stwTotalTimeGC", &version, parsed.as_ref())?,
-        hist_layout(&types, "stwTotalTimeOther", &version, parsed.as_ref())?,
-    ) {
-        (Some(stopping_gc), Some(stopping_other), Some(total_gc), Some(total_other)) => {
-            Some(StwLayout {
-                stopping_gc,
-                stopping_other,
-                total_gc,
-                total_other,
-            })
-        }
-        _ => None,
-    };
-
-    let gcount = want[3].1.and_then(|allp| gcount_layout(&types, allp));
+    let DwarfLayouts {
+        hist,
+        stw,
+        gc_ring,
+        gcount,
+    } = dwarf_layouts(&types, &version, want[3].1, want[4].1)?;
 
     // The load bias is computed against the segment mapped from file offset 0.
     let base_vaddr = file
@@ -232,8 +236,194 @@ pub fn analyse<'d, R: ReadRef<'d>>(data: R) -> Result<Layout, GoError> {
         allglen,
         hist,
         stw,
+        gc_ring,
         gcount,
     })
+}
+
+/// The section called `name`, comparing names in place in one read of the section-name
+/// string table. Not `file.section_by_name`: through ReadCache each name is a separate cached
+/// read of up to 4 KiB, so 65,000 sections with distinct names (a 4 MB file) held 262 MB.
+pub(crate) fn section_by_name<'d, 'f, R: ReadRef<'d>>(
+    file: &'f object::File<'d, R>,
+    name: &str,
+) -> Option<object::Section<'d, 'f, R>> {
+    let object::File::Elf64(elf) = file else {
+        return None;
+    };
+    let endian = elf.endian();
+    let shstrndx = elf.elf_header().shstrndx(endian, elf.data()).ok()?;
+    let names = file
+        .section_by_index(object::SectionIndex(shstrndx as usize))
+        .ok()?
+        .data()
+        .ok()?;
+    let index = elf.elf_section_table().iter().position(|h| {
+        names.get(h.sh_name(endian) as usize..).is_some_and(|n| {
+            n.get(..name.len()) == Some(name.as_bytes()) && n.get(name.len()) == Some(&0)
+        })
+    })?;
+    file.section_by_index(object::SectionIndex(index)).ok()
+}
+
+/// Largest symbol string table we read (a large Go binary's is a few MiB).
+const MAX_STRTAB: u64 = 256 << 20;
+
+/// Fill in the addresses of the `want`ed names from .symtab, comparing names in place in its
+/// string table, read once. Not `file.symbols()` + `name_bytes()`: through ReadCache (the
+/// daemon's path) each name is a separate cached read of up to 4 KiB, so a planted table of
+/// distinct names costs 4 KiB per symbol (200,000 symbols in a 5 MB file held 815 MB).
+fn find_symbols<'d, R: ReadRef<'d>>(
+    file: &object::File<'d, R>,
+    want: &mut [(&'static str, Option<u64>)],
+) -> Result<(), GoError> {
+    let mut sized: Vec<(&'static str, Option<(u64, u64)>)> =
+        want.iter().map(|w| (w.0, None)).collect();
+    find_symbols_sized(file, &mut sized)?;
+    for (w, s) in want.iter_mut().zip(sized) {
+        w.1 = w.1.or(s.1.map(|(addr, _)| addr));
+    }
+    Ok(())
+}
+
+/// [`find_symbols`] with each symbol's size: `(address, size)`.
+pub(crate) fn find_symbols_sized<'d, R: ReadRef<'d>>(
+    file: &object::File<'d, R>,
+    want: &mut [(&'static str, Option<(u64, u64)>)],
+) -> Result<(), GoError> {
+    let object::File::Elf64(elf) = file else {
+        return Ok(());
+    };
+    let table = elf.elf_symbol_table();
+    if table.is_empty() {
+        return Ok(());
+    }
+    let strtab = file
+        .section_by_index(table.string_section())
+        .map_err(|_| GoError::Malformed {
+            what: ".symtab links to a string table that does not exist".into(),
+        })?;
+    if strtab.size() > MAX_STRTAB {
+        return Err(GoError::Unsupported {
+            what: format!(
+                "the symbol string table is {} bytes, over the {MAX_STRTAB}-byte cap",
+                strtab.size()
+            ),
+        });
+    }
+    let names = strtab.data().map_err(|_| GoError::Malformed {
+        what: "the symbol string table lies outside the file".into(),
+    })?;
+    let endian = elf.endian();
+    for sym in table.symbols() {
+        let Some(name) = names.get(sym.st_name(endian) as usize..) else {
+            continue;
+        };
+        let wanted = want.iter_mut().find(|w| {
+            name.get(..w.0.len()) == Some(w.0.as_bytes()) && name.get(w.0.len()) == Some(&0)
+        });
+        if let Some(w) = wanted {
+            w.1.get_or_insert((sym.st_value(endian), sym.st_size(endian)));
+        }
+    }
+    Ok(())
+}
+
+/// Most entries we accept in the pause ring (Go's is 256; the cap bounds the read buffer).
+const MAX_GC_RING: u64 = 1 << 12;
+
+/// runtime.mstats' pause ring fields (mstats.go: last_gc_unix, pause_ns, pause_end, numgc);
+/// None unless every one has the expected shape.
+fn gc_ring_layout(types: &dwarf::Types, memstats: u64) -> Option<GcRingLayout> {
+    let sized = |name: &str, size: u64| {
+        let (offset, t) = types.member_path("runtime.mstats", &[name])?;
+        (t.byte_size == Some(size)).then_some(offset)
+    };
+    let ring = |name: &str| {
+        let (offset, t) = types.member_path("runtime.mstats", &[name])?;
+        let len = t
+            .count
+            .filter(|n| (1..=MAX_GC_RING).contains(n) && t.tag == gimli::DW_TAG_array_type.0)?;
+        (t.byte_size == Some(len * 8)).then_some((offset, len))
+    };
+    let (pause_ns, len) = ring("pause_ns")?;
+    let (pause_end, end_len) = ring("pause_end")?;
+    (len == end_len).then_some(GcRingLayout {
+        memstats,
+        last_gc_unix: sized("last_gc_unix", 8)?,
+        pause_ns,
+        pause_end,
+        numgc: sized("numgc", 4)?,
+        len,
+    })
+}
+
+/// What analyse() reads from DWARF.
+#[derive(Debug)]
+pub struct DwarfLayouts {
+    pub hist: HistLayout,
+    pub stw: Option<StwLayout>,
+    pub gc_ring: Option<GcRingLayout>,
+    pub gcount: Option<GCountLayout>,
+}
+
+/// The runtime layouts in indexed DWARF; `allp` and `memstats` are the symbols' addresses
+/// (their layouts are skipped without them).
+fn dwarf_layouts(
+    types: &dwarf::Types,
+    version: &str,
+    allp: Option<u64>,
+    memstats: Option<u64>,
+) -> Result<DwarfLayouts, GoError> {
+    let parsed = GoVersion::parse(version);
+    let hist = hist_layout(types, "timeToRun", version, parsed.as_ref())?.ok_or_else(|| {
+        GoError::MissingDwarf {
+            version: version.to_owned(),
+            what: "runtime.schedt.timeToRun".into(),
+        }
+    })?;
+    // Go >= 1.22 (runtime2.go): stop-the-world pause histograms next to timeToRun, the data
+    // behind /sched/pauses/{stopping,total}/{gc,other}:seconds. All four or none.
+    let stw = match (
+        hist_layout(types, "stwStoppingTimeGC", version, parsed.as_ref())?,
+        hist_layout(types, "stwStoppingTimeOther", version, parsed.as_ref())?,
+        hist_layout(types, "stwTotalTimeGC", version, parsed.as_ref())?,
+        hist_layout(types, "stwTotalTimeOther", version, parsed.as_ref())?,
+    ) {
+        (Some(stopping_gc), Some(stopping_other), Some(total_gc), Some(total_other)) => {
+            Some(StwLayout {
+                stopping_gc,
+                stopping_other,
+                total_gc,
+                total_other,
+            })
+        }
+        _ => None,
+    };
+    // Older runtimes keep only the ring of per-cycle GC pauses (mstats.go).
+    let gc_ring = match (&stw, memstats) {
+        (None, Some(m)) => gc_ring_layout(types, m),
+        _ => None,
+    };
+    let gcount = allp.and_then(|allp| gcount_layout(types, allp));
+    Ok(DwarfLayouts {
+        hist,
+        stw,
+        gc_ring,
+        gcount,
+    })
+}
+
+/// [`dwarf_layouts`] on raw, uncompressed .debug_info and .debug_abbrev contents (Go writes
+/// names inline, so no .debug_str): the same code analyse() runs after decompressing, exposed
+/// for the fuzz target `go_dwarf` (probe-user/fuzz).
+pub fn layouts_from_dwarf(
+    info: &[u8],
+    abbrev: &[u8],
+    version: &str,
+) -> Result<DwarfLayouts, GoError> {
+    let types = dwarf::Types::from_sections(info, abbrev, &[])?;
+    dwarf_layouts(&types, version, Some(0), Some(0))
 }
 
 /// The layout of the runtime.timeHistogram field `field` of runtime.schedt; None if the

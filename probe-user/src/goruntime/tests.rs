@@ -56,6 +56,23 @@ fn fixtures_resolve() {
             assert!(l.sched != 0 && l.gomaxprocs != 0 && l.allglen != 0);
             assert!(l.gcount.is_some(), "{name} {}: gcount fields", l.version);
             assert_eq!(l.hist.offset % 8, 0, "proc.go requires 8-byte alignment");
+            // Pause histograms from Go 1.22 on; before, the memstats pause ring instead.
+            assert_eq!(l.stw.is_some(), v.at_least(1, 22), "{name} {}", l.version);
+            match &l.gc_ring {
+                Some(r) => {
+                    assert!(
+                        !v.at_least(1, 22),
+                        "{name}: ring read although histograms exist"
+                    );
+                    assert_eq!(r.len, 256, "{name}: mstats.go pause_ns [256]uint64");
+                    // mstats.go: pause_ns, pause_end, numgc follow each other.
+                    assert_eq!(r.pause_end, r.pause_ns + 256 * 8, "{name}");
+                    assert_eq!(r.numgc, r.pause_end + 256 * 8, "{name}");
+                    assert!(r.memstats != 0, "{name}: runtime.memstats symbol");
+                    eprintln!("{name} {}: memstats pause ring {r:?}", l.version);
+                }
+                None => assert!(v.at_least(1, 22), "{name} {}: no pause ring", l.version),
+            }
             // Reading parts on demand (as the daemon does) gives the same layout.
             let cache = object::ReadCache::new(std::fs::File::open(dir.join(name)).unwrap());
             assert_eq!(analyse(&cache).unwrap(), l, "{name}: ReadCache");
@@ -148,6 +165,88 @@ fn malformed_never_panics() {
     }
 }
 
+/// A compressed DWARF section whose header claims far more than its bytes can expand to is
+/// refused before `object` reserves the claimed size (it allocates up front).
+#[test]
+fn forged_uncompressed_size_is_refused_before_allocating() {
+    let Some(dirs) = fixture_versions() else {
+        return;
+    };
+    for dir in dirs {
+        let mut data = read(&dir.join("gosched"));
+        let (size_at, big_endian, compressed) = {
+            let file = object::File::parse(&*data).unwrap();
+            let s = object::Object::sections(&file)
+                .find(|s| {
+                    matches!(
+                        object::ObjectSection::name(s),
+                        Ok(".debug_info" | ".zdebug_info")
+                    )
+                })
+                .unwrap();
+            let (off, len) = object::ObjectSection::file_range(&s).unwrap();
+            let off = off as usize;
+            // Go 1.19: .zdebug_info, "ZLIB" + big-endian u64 size; later: SHF_COMPRESSED,
+            // Elf64_Chdr { ch_type u32, ch_reserved u32, ch_size u64, ch_addralign u64 }.
+            if data[off..].starts_with(b"ZLIB") {
+                (off + 4, true, len)
+            } else {
+                (off + 8, false, len)
+            }
+        };
+        // Under the 512 MiB cap, but more than these compressed bytes can inflate to.
+        let claim: u64 = 500 << 20;
+        assert!(
+            compressed * 1032 < claim,
+            "{}: {compressed} bytes",
+            dir.display()
+        );
+        let bytes = if big_endian {
+            claim.to_be_bytes()
+        } else {
+            claim.to_le_bytes()
+        };
+        data[size_at..size_at + 8].copy_from_slice(&bytes);
+        let e = analyse(&data[..]).unwrap_err();
+        assert!(
+            matches!(&e, GoError::Malformed { what } if what.contains("more than zlib can expand")),
+            "{}: {e}",
+            dir.display()
+        );
+    }
+}
+
+/// The DWARF-only entry point of the fuzz target `go_dwarf` finds what analyse() finds.
+#[test]
+fn layouts_from_raw_dwarf_sections() {
+    let Some(dirs) = fixture_versions() else {
+        return;
+    };
+    for dir in dirs {
+        let data = read(&dir.join("gosched"));
+        let full = analyse(&data[..]).unwrap();
+        let file = object::File::parse(&*data).unwrap();
+        let section = |name: &str| {
+            let s = object::Object::section_by_name(&file, name).unwrap();
+            object::ObjectSection::uncompressed_data(&s)
+                .unwrap()
+                .into_owned()
+        };
+        let (info, abbrev) = (section(".debug_info"), section(".debug_abbrev"));
+        let d = layouts_from_dwarf(&info, &abbrev, &full.version).unwrap();
+        assert_eq!(d.hist, full.hist);
+        assert_eq!(d.stw, full.stw);
+        assert_eq!(
+            d.gc_ring.map(|r| r.pause_ns),
+            full.gc_ring.map(|r| r.pause_ns)
+        );
+        // Truncated DWARF: an error, no panic.
+        for cut in [0, 11, info.len() / 2] {
+            let _ = layouts_from_dwarf(&info[..cut], &abbrev, &full.version);
+        }
+    }
+}
+
 /// Go < 1.18 wrote the version through pointers (flags bit 1 clear). Rewrite a real binary's
 /// .go.buildinfo into that format, keeping everything inside the section's loaded segment.
 #[test]
@@ -224,4 +323,252 @@ fn event_plans_of_fixtures() {
             Err(GoError::Stripped { .. })
         ));
     }
+}
+/// A little-endian ELF64 executable with the given sections (name, sh_type, sh_link, entsize,
+/// contents), none loaded: enough for `analyse` to reach the parts it parses.
+fn elf_with_sections(sections: &[(&str, u32, u32, u64, &[u8])]) -> Vec<u8> {
+    let mut names = vec![0u8];
+    let mut name_off = Vec::new();
+    for (n, ..) in sections {
+        name_off.push(names.len() as u32);
+        names.extend_from_slice(n.as_bytes());
+        names.push(0);
+    }
+    let shstr_name = names.len() as u32;
+    names.extend_from_slice(b".shstrtab\0");
+    let mut f = vec![0u8; 64];
+    let mut offs = Vec::new();
+    for (.., data) in sections {
+        f.resize(f.len().next_multiple_of(8), 0);
+        offs.push(f.len() as u64);
+        f.extend_from_slice(data);
+    }
+    let shstr_off = f.len() as u64;
+    f.extend_from_slice(&names);
+    f.resize(f.len().next_multiple_of(8), 0);
+    let shoff = f.len() as u64;
+    let mut sh = |name: u32, ty: u32, off: u64, size: u64, link: u32, entsize: u64| {
+        for v in [name, ty] {
+            f.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in [0u64, 0, off, size] {
+            f.extend_from_slice(&v.to_le_bytes());
+        }
+        f.extend_from_slice(&link.to_le_bytes());
+        f.extend_from_slice(&0u32.to_le_bytes());
+        f.extend_from_slice(&1u64.to_le_bytes());
+        f.extend_from_slice(&entsize.to_le_bytes());
+    };
+    sh(0, 0, 0, 0, 0, 0);
+    for (i, (_, ty, link, entsize, data)) in sections.iter().enumerate() {
+        sh(
+            name_off[i],
+            *ty,
+            offs[i],
+            data.len() as u64,
+            *link,
+            *entsize,
+        );
+    }
+    sh(shstr_name, 3, shstr_off, names.len() as u64, 0, 0);
+    let shnum = sections.len() as u16 + 2;
+    let mut h = b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0".to_vec();
+    for v in [2u16, 62] {
+        h.extend_from_slice(&v.to_le_bytes()); // ET_EXEC, x86-64
+    }
+    h.extend_from_slice(&1u32.to_le_bytes());
+    for v in [0u64, 0, shoff] {
+        h.extend_from_slice(&v.to_le_bytes()); // entry, phoff, shoff
+    }
+    h.extend_from_slice(&0u32.to_le_bytes());
+    for v in [64u16, 56, 0, 64, shnum, shnum - 1] {
+        h.extend_from_slice(&v.to_le_bytes());
+    }
+    f[..64].copy_from_slice(&h);
+    f
+}
+
+/// Read + Seek over bytes, counting the bytes read: what ReadCache allocates and keeps.
+struct Counting {
+    inner: std::io::Cursor<Vec<u8>>,
+    read: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl std::io::Read for Counting {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.set(self.read.get() + n as u64);
+        Ok(n)
+    }
+}
+
+impl std::io::Seek for Counting {
+    fn seek(&mut self, p: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.inner.seek(p)
+    }
+}
+
+/// A planted executable whose symbols all have distinct names in one long string without
+/// NULs: through ReadCache (the daemon's path) every name read is a separate cached buffer of
+/// up to 4 KiB, so 200,000 symbols in a 5 MB file would cost ~800 MB. The symbol lookup reads
+/// the tables once instead: the bytes read stay within a small multiple of the file.
+#[test]
+fn symbol_names_cost_no_more_than_the_file_through_readcache() {
+    const N: usize = 200_000;
+    let mut buildinfo = b"\xff Go buildinf:\x08\x02".to_vec();
+    buildinfo.resize(32, 0);
+    buildinfo.push(8);
+    buildinfo.extend_from_slice(b"go1.19.8");
+    let strtab = vec![b'a'; N + 1];
+    let mut symtab = vec![0u8; 24];
+    for i in 0..N {
+        let mut s = [0u8; 24];
+        s[..4].copy_from_slice(&(i as u32 + 1).to_le_bytes());
+        s[4] = 0x11; // GLOBAL OBJECT
+        s[6..8].copy_from_slice(&1u16.to_le_bytes());
+        symtab.extend_from_slice(&s);
+    }
+    let elf = elf_with_sections(&[
+        (".go.buildinfo", 1, 0, 0, &buildinfo),
+        (".debug_info", 1, 0, 0, b"\0"),
+        (".strtab", 3, 0, 0, &strtab),
+        (".symtab", 2, 3, 24, &symtab),
+    ]);
+    assert_eq!(go_version(&elf[..]).unwrap(), "go1.19.8");
+    let e = analyse(&elf[..]).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            GoError::MissingSymbol {
+                symbol: "runtime.sched",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let read = std::rc::Rc::new(std::cell::Cell::new(0));
+    let cache = object::ReadCache::new(Counting {
+        inner: std::io::Cursor::new(elf.clone()),
+        read: read.clone(),
+    });
+    let e = analyse(&cache).unwrap_err();
+    assert!(matches!(e, GoError::MissingSymbol { .. }), "{e}");
+    eprintln!(
+        "{N} symbols: {} bytes read through ReadCache for a {}-byte file",
+        read.get(),
+        elf.len()
+    );
+    assert!(
+        read.get() < 3 * elf.len() as u64,
+        "{} bytes read for a {}-byte file",
+        read.get(),
+        elf.len()
+    );
+}
+
+/// Section names have the same trap as symbol names: `section_by_name` reads each name
+/// through ReadCache separately. 65,000 sections with distinct names in one NUL-less string
+/// (a 4 MB file) would hold ~260 MB; names are compared in one read of .shstrtab instead.
+#[test]
+fn section_names_cost_no_more_than_the_file_through_readcache() {
+    const N: usize = 65_000;
+    let names = vec![b'a'; N + 8];
+    // N unnamed sections; their sh_name offsets are rewritten below.
+    let sections: Vec<(String, u32, u32, u64, &[u8])> =
+        (0..N).map(|_| (String::new(), 1, 0, 0, &[][..])).collect();
+    let borrowed: Vec<(&str, u32, u32, u64, &[u8])> = sections
+        .iter()
+        .map(|(n, t, l, e, d)| (n.as_str(), *t, *l, *e, *d))
+        .collect();
+    let mut elf = elf_with_sections(&borrowed);
+    // Point section i's name at offset i of a NUL-less run appended to the file, and make
+    // that run the section-name string table.
+    let shoff = u64::from_le_bytes(elf[0x28..0x30].try_into().unwrap()) as usize;
+    let run_off = elf.len() as u64;
+    elf.extend_from_slice(&names);
+    for i in 1..=N {
+        let h = shoff + 64 * i;
+        elf[h..h + 4].copy_from_slice(&(i as u32).to_le_bytes());
+    }
+    let shstr = shoff + 64 * (N + 1);
+    elf[shstr + 0x18..shstr + 0x20].copy_from_slice(&run_off.to_le_bytes());
+    elf[shstr + 0x20..shstr + 0x28].copy_from_slice(&(names.len() as u64).to_le_bytes());
+
+    assert!(matches!(analyse(&elf[..]), Err(GoError::NotGo { .. })));
+    let read = std::rc::Rc::new(std::cell::Cell::new(0));
+    let cache = object::ReadCache::new(Counting {
+        inner: std::io::Cursor::new(elf.clone()),
+        read: read.clone(),
+    });
+    let e = analyse(&cache).unwrap_err();
+    assert!(matches!(e, GoError::NotGo { .. }), "{e}");
+    eprintln!(
+        "{N} sections: {} bytes read through ReadCache for a {}-byte file",
+        read.get(),
+        elf.len()
+    );
+    assert!(
+        read.get() < 3 * elf.len() as u64,
+        "{} bytes read for a {}-byte file",
+        read.get(),
+        elf.len()
+    );
+}
+
+/// Units whose abbreviation tables start at distinct offsets of one long, unterminated
+/// .debug_abbrev: every unit would parse the rest of the section (quadratic time).
+fn many_abbrev_tables(n: usize) -> (Vec<u8>, Vec<u8>) {
+    let mut abbrev = Vec::new();
+    let mut offsets = Vec::new();
+    for code in 1..=n as u64 {
+        offsets.push(abbrev.len() as u32);
+        let mut c = code;
+        loop {
+            let b = (c & 0x7f) as u8;
+            c >>= 7;
+            abbrev.push(if c == 0 { b } else { b | 0x80 });
+            if c == 0 {
+                break;
+            }
+        }
+        // DW_TAG_base_type, no children, no attributes.
+        abbrev.extend_from_slice(&[0x24, 0, 0, 0]);
+    }
+    // One terminator at the very end: the table from any offset runs to it.
+    abbrev.push(0);
+    let mut info = Vec::new();
+    for off in offsets {
+        // DWARF 4 unit: length, version, abbrev offset, address size, one null DIE.
+        info.extend_from_slice(&8u32.to_le_bytes());
+        info.extend_from_slice(&4u16.to_le_bytes());
+        info.extend_from_slice(&off.to_le_bytes());
+        info.extend_from_slice(&[8, 0]);
+    }
+    (info, abbrev)
+}
+
+/// Before the abbreviation budget, 20,000 such units (360 KB) took 40 s in a release build:
+/// the daemon classifies executables in its scrape path, so a planted one stalled it.
+#[test]
+fn distinct_abbreviation_offsets_do_not_make_parsing_quadratic() {
+    let (info, abbrev) = many_abbrev_tables(20_000);
+    let t = std::time::Instant::now();
+    let r = layouts_from_dwarf(&info, &abbrev, "go1.19.8");
+    eprintln!("20,000 units: {:?} in {:?}", r.as_ref().err(), t.elapsed());
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(
+        matches!(&r, Err(GoError::Malformed { what }) if what.contains("abbreviation tables overlap")),
+        "{:?}",
+        r.err()
+    );
+    // Units sharing one table (as Go writes them) are fine: parsed once, no error about
+    // abbreviations.
+    let (info, abbrev) = many_abbrev_tables(3);
+    let shared: Vec<u8> = info[..12].repeat(1000);
+    let e = layouts_from_dwarf(&shared, &abbrev, "go1.19.8").unwrap_err();
+    assert!(matches!(e, GoError::MissingDwarf { .. }), "{e}");
 }

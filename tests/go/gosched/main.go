@@ -9,6 +9,10 @@
 //	-> {"gomaxprocs":N,"goroutines":N,"sched_latencies":{"buckets":[...],"counts":[...]},...}
 //	<- metrics      (any number of times: read and print runtime/metrics again)
 //	-> {...}
+//	<- memstats     (runtime.ReadMemStats: GC cycles and the pauses of the latest 256)
+//	-> {"num_gc":N,"pause_ns":[oldest, ..., latest]}
+//	<- gc N         (runtime.GC() N times, then the memstats line)
+//	-> {"num_gc":N,"pause_ns":[...]}
 //	<- exit
 //
 // Between commands the program only blocks reading stdin, so a reader outside sees the
@@ -23,6 +27,7 @@ import (
 	"runtime"
 	"runtime/metrics"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -47,9 +52,23 @@ func main() {
 		switch in.Text() {
 		case "metrics":
 			emit(readMetrics())
+		case "memstats":
+			emit(readMemStats())
 		case "exit":
 			return
 		default:
+			if strings.HasPrefix(in.Text(), "gc ") {
+				count, err := strconv.Atoi(strings.TrimPrefix(in.Text(), "gc "))
+				if err != nil || count < 0 {
+					fmt.Fprintf(os.Stderr, "gosched: bad count in %q\n", in.Text())
+					os.Exit(1)
+				}
+				for i := 0; i < count; i++ {
+					runtime.GC()
+				}
+				emit(readMemStats())
+				continue
+			}
 			fmt.Fprintf(os.Stderr, "gosched: unknown command %q\n", in.Text())
 			os.Exit(1)
 		}
@@ -116,6 +135,24 @@ func sink(x uint64) {
 	sinkMu.Lock()
 	sinkV += x
 	sinkMu.Unlock()
+}
+
+// readMemStats: NumGC and the pauses still in MemStats.PauseNs (a ring of 256 indexed by
+// cycle number, runtime/mstats.go), oldest first. ReadMemStats stops the world but is not a
+// GC cycle: it changes neither.
+func readMemStats() map[string]any {
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	n := int(m.NumGC)
+	k := n
+	if k > len(m.PauseNs) {
+		k = len(m.PauseNs)
+	}
+	pauses := make([]uint64, 0, k)
+	for c := n - k; c < n; c++ {
+		pauses = append(pauses, m.PauseNs[c%len(m.PauseNs)])
+	}
+	return map[string]any{"num_gc": m.NumGC, "pause_ns": pauses}
 }
 
 func readMetrics() map[string]any {
