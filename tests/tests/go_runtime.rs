@@ -907,13 +907,15 @@ fn capture_go_probes_split_p_wait_from_cpu_contention() {
     let (_, cpu_bound) = capture_goevents(cmd, "CPU-bound");
     let (a, b) = (share(&p_bound), share(&cpu_bound));
     println!("thread run-queue share of goroutine latency: P-bound {a:.3}, CPU-bound {b:.3}");
+    // The spinners get ~90% of that CPU by weight; what else runs there (the shared machine)
+    // moves the share by tenths, so the bounds are about the regime, not the decimal.
     assert!(
-        b > 0.7,
+        b > 0.5,
         "CPU-bound: thread run-queue share {b:.3}: {}",
         cpu_bound["events"]
     );
     assert!(
-        a < b - 0.25,
+        a < 0.25 && a < b - 0.25,
         "P-bound share {a:.3} not clearly below CPU-bound {b:.3}: {}",
         p_bound["events"]
     );
