@@ -51,9 +51,10 @@ impl Throttling {
 pub struct CpuBudget {
     /// cgroup v2 path of the process ("/" for the root).
     pub cgroup: String,
-    /// Smallest `cpu.max` quota along the path, in CPUs (quota / period); None if unlimited.
+    /// Smallest CFS quota along the path, in CPUs (quota / period); None if unlimited: v2
+    /// `cpu.max`, and v1 `cpu.cfs_quota_us` on hosts with a v1 cpu hierarchy.
     pub quota_cpus: Option<f64>,
-    /// The cgroup whose `cpu.max` sets `quota_cpus`.
+    /// The cgroup whose quota sets `quota_cpus`: a v2 path, or `cpu:<v1 path>`.
     pub quota_cgroup: Option<String>,
     /// CPUs in the process's affinity mask (within its cpuset).
     pub affinity_cpus: u32,
@@ -147,7 +148,8 @@ fn read(pid: u32, path: &Path) -> Result<String, CpuLimitError> {
     })
 }
 
-/// The budget of process `pid`, with cgroup files under `cgroup_mount` (the v2 mount).
+/// The budget of process `pid`, with cgroup files under `cgroup_mount` (the v2 mount), and
+/// the cgroup v1 cpu hierarchy when the host mounts one.
 pub fn budget(pid: u32, cgroup_mount: &Path) -> Result<CpuBudget, CpuLimitError> {
     let proc_cgroup = PathBuf::from(format!("/proc/{pid}/cgroup"));
     let text = read(pid, &proc_cgroup)?;
@@ -191,12 +193,19 @@ pub fn budget(pid: u32, cgroup_mount: &Path) -> Result<CpuBudget, CpuLimitError>
             _ => break,
         }
     }
-    let throttling = quota.as_ref().and_then(|(_, cg)| {
+    let mut throttling = quota.as_ref().and_then(|(_, cg)| {
         let p = cgroup_mount
             .join(cg.trim_start_matches('/'))
             .join("cpu.stat");
         std::fs::read_to_string(p).ok().map(|s| parse_cpu_stat(&s))
     });
+    // Hybrid and legacy hosts keep the cpu controller on cgroup v1: its quota applies too.
+    if let Some((q, cg, t)) = v1_quota(&text) {
+        if quota.as_ref().is_none_or(|(c, _)| q < *c) {
+            quota = Some((q, cg));
+            throttling = t;
+        }
+    }
     let usable_cpus = match &quota {
         Some((q, _)) => q.min(affinity_cpus as f64),
         None => affinity_cpus as f64,
@@ -209,6 +218,90 @@ pub fn budget(pid: u32, cgroup_mount: &Path) -> Result<CpuBudget, CpuLimitError>
         usable_cpus,
         throttling,
     })
+}
+
+/// The v1 path of the cgroup holding `controller` ("4:cpu,cpuacct:/a/b" -> "/a/b").
+pub fn parse_proc_cgroup_v1(s: &str, controller: &str) -> Option<String> {
+    s.lines().find_map(|l| {
+        let mut f = l.splitn(3, ':');
+        let (_id, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+        (ctrls.split(',').any(|c| c == controller) && path.starts_with('/'))
+            .then(|| path.trim().to_string())
+    })
+}
+
+/// Where the cgroup v1 hierarchy of `controller` is mounted, from a mountinfo file: (mount
+/// point, root of the mount within the hierarchy). proc(5): fields 4 (root) and 5 (mount
+/// point), then after " - " the fs type and the super options naming the controllers.
+pub fn parse_v1_mount(mountinfo: &str, controller: &str) -> Option<(String, String)> {
+    mountinfo.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        let mut p = post.split_whitespace();
+        let (fstype, _src, opts) = (p.next()?, p.next()?, p.next()?);
+        if fstype != "cgroup" || !opts.split(',').any(|o| o == controller) {
+            return None;
+        }
+        let f: Vec<&str> = pre.split_whitespace().collect();
+        Some((f.get(4)?.to_string(), f.get(3)?.to_string()))
+    })
+}
+
+/// `cpu.cfs_quota_us` ("-1": none) and `cpu.cfs_period_us` -> CPUs, or None for no limit.
+pub fn parse_cfs_quota(quota: &str, period: &str) -> Option<f64> {
+    let q: i64 = quota.trim().parse().ok()?;
+    let p: u64 = period.trim().parse().ok().filter(|&p| p > 0)?;
+    (q > 0).then(|| q as f64 / p as f64)
+}
+
+/// v1 `cpu.stat`: throttled_time is in ns (Documentation/scheduler/sched-bwc.rst).
+pub fn parse_cpu_stat_v1(s: &str) -> Throttling {
+    let mut t = parse_cpu_stat(s);
+    if let Some(ns) = s
+        .lines()
+        .find_map(|l| l.strip_prefix("throttled_time "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        t.throttled_usec = ns / 1000;
+    }
+    t
+}
+
+/// The smallest cgroup v1 CFS quota along the process's cpu-controller path: (CPUs, "cpu:"
+/// + path, that cgroup's throttling). None without a v1 cpu hierarchy or a quota. Paths are
+/// resolved in our mount namespace; a hierarchy mounted at a sub-root (a container's view)
+/// is matched by stripping that root.
+fn v1_quota(proc_cgroup: &str) -> Option<(f64, String, Option<Throttling>)> {
+    let path = parse_proc_cgroup_v1(proc_cgroup, "cpu")?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let (mount, root) = parse_v1_mount(&mountinfo, "cpu")?;
+    let rel = path
+        .strip_prefix(root.trim_end_matches('/'))
+        .unwrap_or(&path);
+    let mut best: Option<(f64, String)> = None;
+    let mut at = if rel.is_empty() { "/" } else { rel };
+    loop {
+        let dir = Path::new(&mount).join(at.trim_start_matches('/'));
+        let q = std::fs::read_to_string(dir.join("cpu.cfs_quota_us")).ok();
+        let p = std::fs::read_to_string(dir.join("cpu.cfs_period_us")).ok();
+        if let Some(cpus) = q.zip(p).and_then(|(q, p)| parse_cfs_quota(&q, &p)) {
+            if best.as_ref().is_none_or(|(c, _)| cpus < *c) {
+                best = Some((cpus, at.to_string()));
+            }
+        }
+        match at.rfind('/') {
+            Some(0) if at.len() > 1 => at = "/",
+            Some(i) if i > 0 => at = &at[..i],
+            _ => break,
+        }
+    }
+    let (cpus, at) = best?;
+    let stat = Path::new(&mount)
+        .join(at.trim_start_matches('/'))
+        .join("cpu.stat");
+    let t = std::fs::read_to_string(stat)
+        .ok()
+        .map(|s| parse_cpu_stat_v1(&s));
+    Some((cpus, format!("cpu:{at}"), t))
 }
 
 /// A plain-words warning when `gomaxprocs` exceeds what the process can use, else None.
@@ -233,6 +326,41 @@ pub fn gomaxprocs_warning(gomaxprocs: u32, b: &CpuBudget) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cgroup_v1_parsers() {
+        let pc = "12:pids:/x\n4:cpu,cpuacct:/kubepods/pod1/c1\n0::/system.slice\n";
+        assert_eq!(
+            parse_proc_cgroup_v1(pc, "cpu").as_deref(),
+            Some("/kubepods/pod1/c1")
+        );
+        assert_eq!(
+            parse_proc_cgroup_v1(pc, "cpuacct").as_deref(),
+            Some("/kubepods/pod1/c1")
+        );
+        assert_eq!(parse_proc_cgroup_v1(pc, "cpuset"), None);
+        // cpu,cpuacct co-mounted, and a separate cpuset that must not match "cpu".
+        let mi = "30 25 0:26 / /sys/fs/cgroup/cpuset rw,relatime shared:9 - cgroup cgroup rw,cpuset\n\
+                  31 25 0:27 /kubepods /sys/fs/cgroup/cpu,cpuacct rw shared:10 - cgroup cgroup rw,cpu,cpuacct\n";
+        assert_eq!(
+            parse_v1_mount(mi, "cpu"),
+            Some(("/sys/fs/cgroup/cpu,cpuacct".into(), "/kubepods".into()))
+        );
+        assert_eq!(parse_v1_mount("garbage\n", "cpu"), None);
+        assert_eq!(parse_cfs_quota("50000\n", "100000\n"), Some(0.5));
+        assert_eq!(parse_cfs_quota("-1", "100000"), None);
+        assert_eq!(parse_cfs_quota("50000", "0"), None);
+        assert_eq!(parse_cfs_quota("x", "100000"), None);
+        let t = parse_cpu_stat_v1("nr_periods 10\nnr_throttled 4\nthrottled_time 2500000\n");
+        assert_eq!(
+            t,
+            Throttling {
+                nr_periods: 10,
+                nr_throttled: 4,
+                throttled_usec: 2500
+            }
+        );
+    }
 
     #[test]
     fn cpu_max() {

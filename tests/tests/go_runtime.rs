@@ -1354,3 +1354,109 @@ fn daemon_accumulates_gc_pauses_before_go_1_22() {
     d.stop();
     std::fs::remove_dir_all(&cfg_dir).unwrap();
 }
+
+/// A CFS quota of half a CPU on a fresh cgroup of the cpu controller: cgroup v1 where the host
+/// keeps that controller there (hybrid hosts like this one), else v2 `cpu.max`.
+struct QuotaCgroup {
+    dir: std::path::PathBuf,
+    v1: bool,
+}
+
+impl QuotaCgroup {
+    fn half_cpu(pid: u32) -> QuotaCgroup {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let v1 = mountinfo.lines().find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let mut p = post.split_whitespace();
+            let (fstype, _, opts) = (p.next()?, p.next()?, p.next()?);
+            (fstype == "cgroup" && opts.split(',').any(|o| o == "cpu"))
+                .then(|| pre.split_whitespace().nth(4).map(std::path::PathBuf::from))
+                .flatten()
+        });
+        let name = format!("schedlat-test-quota-{}", std::process::id());
+        let (dir, is_v1) = match v1 {
+            Some(m) => (m.join(&name), true),
+            None => (
+                std::path::PathBuf::from("/sys/fs/cgroup").join(&name),
+                false,
+            ),
+        };
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        let write = |f: &str, v: &str| {
+            std::fs::write(dir.join(f), v)
+                .unwrap_or_else(|e| panic!("writing {v:?} to {}/{f}: {e}", dir.display()))
+        };
+        if is_v1 {
+            write("cpu.cfs_period_us", "100000");
+            write("cpu.cfs_quota_us", "50000");
+        } else {
+            write("cpu.max", "50000 100000");
+        }
+        write("cgroup.procs", &pid.to_string());
+        QuotaCgroup { dir, v1: is_v1 }
+    }
+}
+
+impl Drop for QuotaCgroup {
+    fn drop(&mut self) {
+        // Tasks go back to the root before the directory can go.
+        let root = self.dir.parent().unwrap().join("cgroup.procs");
+        if let Ok(pids) = std::fs::read_to_string(self.dir.join("cgroup.procs")) {
+            for p in pids.lines() {
+                let _ = std::fs::write(&root, p);
+            }
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[test]
+fn go_stats_and_capture_see_a_cfs_quota_and_its_throttling() {
+    if !privileged_or_skip("go_stats_and_capture_see_a_cfs_quota_and_its_throttling") {
+        return;
+    }
+    let (_, dir) = go_fixture_versions().pop().unwrap();
+    let mut fx = GoFixture::start(&dir.join("gosched"));
+    let cg = QuotaCgroup::half_cpu(fx.pid);
+    let pid = fx.pid.to_string();
+    let cap = schedlat_tests::Schedlat::capture(&[
+        "--duration",
+        "120s",
+        "--format",
+        "json",
+        "--go-probes",
+        "off",
+        "--pid",
+        &pid,
+    ]);
+    cap.wait_ready(std::time::Duration::from_secs(60));
+    // 12 spinning goroutines on 3 Ps under half a CPU: throttled in most periods.
+    fx.go();
+    let (status, stdout, stderr) = cap.stop();
+    assert!(status.success(), "{status}\n{stderr}");
+    let v = go_stats(fx.pid);
+    let b = &v["cpu_budget"];
+    assert_eq!(b["quota_cpus"].as_f64(), Some(0.5), "v1 {}: {b}", cg.v1);
+    let name = cg.dir.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(b["quota_cgroup"].as_str().unwrap().ends_with(&name), "{b}");
+    assert!(b["usable_cpus"].as_f64().unwrap() <= 0.5, "{b}");
+    let w = v["warnings"].to_string();
+    assert!(
+        w.contains("GOMAXPROCS=3") && w.contains("CPU quota of cgroup") && w.contains("0.50 CPUs"),
+        "{w}"
+    );
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let go = &report["go"][0];
+    let t = &go["throttling"];
+    assert!(
+        t["nr_throttled"].as_u64().unwrap() > 0 && t["throttled_usec"].as_u64().unwrap() > 0,
+        "no throttling in the window: {go}"
+    );
+    assert!(
+        go["warnings"].to_string().contains("throttled"),
+        "{}",
+        go["warnings"]
+    );
+    fx.exit();
+    drop(cg);
+}
