@@ -266,8 +266,8 @@ pub fn parse_cpu_stat_v1(s: &str) -> Throttling {
     t
 }
 
-/// The smallest cgroup v1 CFS quota along the process's cpu-controller path: (CPUs, "cpu:"
-/// + path, that cgroup's throttling). None without a v1 cpu hierarchy or a quota. Paths are
+/// The smallest cgroup v1 CFS quota along the process's cpu-controller path: (CPUs,
+/// `cpu:<path>`, that cgroup's throttling). None without a v1 cpu hierarchy or a quota. Paths are
 /// resolved in our mount namespace; a hierarchy mounted at a sub-root (a container's view)
 /// is matched by stripping that root.
 fn v1_quota(proc_cgroup: &str) -> Option<(f64, String, Option<Throttling>)> {
