@@ -271,6 +271,20 @@ pub fn check_privileges() -> Result<(), ProbeError> {
     })
 }
 
+/// Program `name` of the object, as its kind `T` (an error names it if missing or mistyped).
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, ProbeError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| ProbeError::Map {
+            map: "programs",
+            detail: format!("{name} missing from object"),
+        })?
+        .try_into()
+        .map_err(prog_err(name))
+}
+
 fn prog_err(program: &str) -> impl FnOnce(aya::programs::ProgramError) -> ProbeError + '_ {
     move |source| ProbeError::Program {
         program: program.to_string(),
@@ -449,14 +463,7 @@ impl Probes {
             )))
         })?;
         for name in ["sched_waking", "sched_wakeup_new", "sched_switch"] {
-            let p: &mut BtfTracePoint = ebpf
-                .program_mut(name)
-                .ok_or_else(|| ProbeError::Map {
-                    map: "programs",
-                    detail: format!("{name} missing from object"),
-                })?
-                .try_into()
-                .map_err(prog_err(name))?;
+            let p: &mut BtfTracePoint = program(&mut ebpf, name)?;
             p.load(name, &btf).map_err(prog_err(name))?;
             p.attach().map_err(|source| ProbeError::Attach {
                 program: name.into(),
@@ -491,14 +498,7 @@ impl Probes {
                     });
                     continue;
                 }
-                let p: &mut TracePoint = ebpf
-                    .program_mut(prog)
-                    .ok_or_else(|| ProbeError::Map {
-                        map: "programs",
-                        detail: format!("{prog} missing from object"),
-                    })?
-                    .try_into()
-                    .map_err(prog_err(prog))?;
+                let p: &mut TracePoint = program(&mut ebpf, prog)?;
                 p.load().map_err(prog_err(prog))?;
                 p.attach("syscalls", tp)
                     .map_err(|source| ProbeError::Attach {
@@ -690,14 +690,7 @@ fn attach_go(ebpf: &mut Ebpf, g: &GoEventTarget) -> Result<Attached, ProbeError>
     let name = "go_casgstatus";
     let exe = format!("/proc/{}/exe", g.pid);
     let target = format!("uprobe:{exe}:{} (file offset {:#x})", g.site, g.file_offset);
-    let p: &mut UProbe = ebpf
-        .program_mut(name)
-        .ok_or_else(|| ProbeError::Map {
-            map: "programs",
-            detail: format!("{name} missing from object"),
-        })?
-        .try_into()
-        .map_err(prog_err(name))?;
+    let p: &mut UProbe = program(ebpf, name)?;
     p.load().map_err(prog_err(name))?;
     let pid = std::num::NonZeroU32::new(g.pid).ok_or_else(|| ProbeError::Map {
         map: "programs",

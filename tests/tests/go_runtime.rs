@@ -566,6 +566,16 @@ fn go_stats_warns_when_gomaxprocs_exceeds_the_cpu_it_may_use() {
     fx.exit();
 }
 
+/// `schedlat capture --format json --pid PID` plus `extra`, for up to 120 s (the test stops it),
+/// returned once its programs are attached.
+fn json_capture(pid: &str, extra: &[&str]) -> schedlat_tests::Running {
+    let mut args = vec!["--duration", "120s", "--format", "json", "--pid", pid];
+    args.extend_from_slice(extra);
+    let cap = schedlat_tests::Schedlat::capture(&args);
+    cap.wait_ready(std::time::Duration::from_secs(60));
+    cap
+}
+
 fn total_of(m: &Value, key: &str) -> u64 {
     counts(&m[key]["counts"]).iter().sum()
 }
@@ -589,15 +599,7 @@ fn capture_of_a_go_program_has_a_go_section_that_agrees_with_runtime_metrics() {
                 .map_or(0, |h| counts(&h["counts"]).iter().sum()),
         );
         let pid = fx.pid.to_string();
-        let cap = schedlat_tests::Schedlat::capture(&[
-            "--duration",
-            "120s",
-            "--format",
-            "json",
-            "--pid",
-            &pid,
-        ]);
-        cap.wait_ready(std::time::Duration::from_secs(60));
+        let cap = json_capture(&pid, &[]);
         fx.go();
         let m1 = fx.metrics();
         let (status, stdout, stderr) = cap.stop();
@@ -703,15 +705,7 @@ fn capture_goevents(mut cmd: Command, what: &str) -> (Value, Value) {
     cmd.stdin(std::process::Stdio::piped());
     let mut fx = GoFixture::start_command(cmd);
     let pid = fx.pid.to_string();
-    let cap = schedlat_tests::Schedlat::capture(&[
-        "--duration",
-        "120s",
-        "--format",
-        "json",
-        "--pid",
-        &pid,
-    ]);
-    cap.wait_ready(std::time::Duration::from_secs(60));
+    let cap = json_capture(&pid, &[]);
     let done = fx.go();
     let (status, stdout, stderr) = cap.stop();
     assert!(
@@ -932,17 +926,7 @@ fn capture_go_probes_off_and_a_program_exiting_mid_capture() {
         cmd.args(["pingpong", "20000"]);
         let mut fx = GoFixture::start_command(cmd);
         let pid = fx.pid.to_string();
-        let cap = schedlat_tests::Schedlat::capture(&[
-            "--duration",
-            "120s",
-            "--format",
-            "json",
-            "--go-probes",
-            probes,
-            "--pid",
-            &pid,
-        ]);
-        cap.wait_ready(std::time::Duration::from_secs(60));
+        let cap = json_capture(&pid, &["--go-probes", probes]);
         let out = fx.go();
         assert_eq!(out["rounds"], 20000, "{out}");
         // With probes, the program ends before the capture does; without, it outlives it.
@@ -1012,16 +996,7 @@ fn capture_go_probes_reach_a_program_in_another_mount_namespace() {
         "the executable must not be visible from the capture's namespace"
     );
     let pid = fx.pid.to_string();
-    let cap = schedlat_tests::Schedlat::capture(&[
-        "--duration",
-        "120s",
-        "--format",
-        "json",
-        "--go",
-        "--pid",
-        &pid,
-    ]);
-    cap.wait_ready(std::time::Duration::from_secs(60));
+    let cap = json_capture(&pid, &["--go"]);
     fx.go();
     let (status, stdout, stderr) = cap.stop();
     fx.exit();
@@ -1171,17 +1146,7 @@ fn capture_reports_each_gc_pause_of_the_window_before_go_1_22() {
         // 5 cycles: every pause; 300: the ring's last 256, and 44 counted as overwritten.
         for n in [5u64, 300] {
             let m0 = fx.memstats();
-            let cap = schedlat_tests::Schedlat::capture(&[
-                "--duration",
-                "120s",
-                "--format",
-                "json",
-                "--futex",
-                "off",
-                "--pid",
-                &pid,
-            ]);
-            cap.wait_ready(std::time::Duration::from_secs(60));
+            let cap = json_capture(&pid, &["--futex", "off"]);
             let m1 = fx.gc(n as u32);
             let (status, stdout, stderr) = cap.stop();
             assert!(
@@ -1419,17 +1384,7 @@ fn go_stats_and_capture_see_a_cfs_quota_and_its_throttling() {
     let mut fx = GoFixture::start(&dir.join("gosched"));
     let cg = QuotaCgroup::half_cpu(fx.pid);
     let pid = fx.pid.to_string();
-    let cap = schedlat_tests::Schedlat::capture(&[
-        "--duration",
-        "120s",
-        "--format",
-        "json",
-        "--go-probes",
-        "off",
-        "--pid",
-        &pid,
-    ]);
-    cap.wait_ready(std::time::Duration::from_secs(60));
+    let cap = json_capture(&pid, &["--go-probes", "off"]);
     // 12 spinning goroutines on 3 Ps under half a CPU: throttled in most periods.
     fx.go();
     let (status, stdout, stderr) = cap.stop();
