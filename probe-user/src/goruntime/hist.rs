@@ -11,7 +11,7 @@
 //!   The metric is underflow, counts..., overflow, with boundaries ending 2^47 ns, +Inf.
 
 /// Which `timeHistogram` layout (and so which bucket math) a binary uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Scheme {
     /// Go 1.17 .. 1.19: 45 super-buckets x 16 sub-buckets, no overflow counter.
     SuperSub,

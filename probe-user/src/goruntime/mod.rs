@@ -13,12 +13,15 @@ pub mod dwarf;
 pub mod events;
 pub mod hist;
 pub mod live;
+pub mod pclntab;
 pub mod probesite;
+pub mod table;
 
 use object::{
     Object, ObjectSection, ObjectSegment, ReadRef,
     read::elf::{FileHeader, SectionHeader, Sym},
 };
+use serde::{Deserialize, Serialize};
 
 pub use self::{buildinfo::GoVersion, hist::Scheme};
 
@@ -30,10 +33,12 @@ pub enum GoError {
     #[error("not a Go program: {why}")]
     NotGo { why: &'static str },
     #[error(
-        "Go binary ({version}) is stripped (-s -w): no DWARF, so the layout of runtime.schedt is \
-         unknown; rebuild it without -ldflags='-s -w' to read its scheduler statistics"
+        "Go binary ({version}) is stripped (-s -w): no DWARF or symbols, and schedlat's layout \
+         table has no entry for its Go release (it has {known}; `cargo xtask go-layouts` \
+         builds them from the toolchains the project installs); rebuild it without \
+         -ldflags='-s -w' to read its scheduler statistics"
     )]
-    Stripped { version: String },
+    Stripped { version: String, known: String },
     #[error(
         "Go binary ({version}) has no .symtab entry for {symbol}: it was linked with -s; rebuild \
          without -ldflags=-s"
@@ -80,14 +85,14 @@ impl GoError {
 }
 
 /// A field to read: offset and size (4 or 8 bytes).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Field {
     pub offset: u64,
     pub size: u64,
 }
 
 /// Where `sched.timeToRun` is and how it is laid out.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistLayout {
     /// Offset of `timeToRun` in `runtime.schedt` (runtime/runtime2.go).
     pub offset: u64,
@@ -102,7 +107,7 @@ pub struct HistLayout {
 
 /// runtime.schedt's stop-the-world histograms (runtime2.go, Go >= 1.22): time to stop every P,
 /// and the whole pause, for GC and for other reasons (ReadMemStats, GOMAXPROCS, ...).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StwLayout {
     pub stopping_gc: HistLayout,
     pub stopping_other: HistLayout,
@@ -114,9 +119,10 @@ pub struct StwLayout {
 /// stop-the-world time of each GC cycle (both pauses of the cycle summed, mgc.go work.pauseNS),
 /// written at index `numgc % 256` just before `numgc++`, so the latest is at `(numgc-1) % 256`.
 /// Read on Go < 1.22, which keeps no stop-the-world histograms.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GcRingLayout {
-    /// Address of `runtime.memstats`.
+    /// Address of `runtime.memstats` (per binary: not in the layout table).
+    #[serde(skip)]
     pub memstats: u64,
     /// Offsets inside runtime.mstats.
     pub last_gc_unix: u64,
@@ -129,7 +135,7 @@ pub struct GcRingLayout {
 
 /// What runtime.gcount (proc.go) subtracts from allglen: free g's on the global and per-P free
 /// lists, and (depending on the caller) system goroutines.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GCountLayout {
     /// Free-list sizes inside runtime.schedt: 1.19 `gFree.n`; 1.27 `gFree.stack.size` and
     /// `gFree.noStack.size`.
@@ -138,7 +144,8 @@ pub struct GCountLayout {
     pub ngsys: Field,
     /// Free-list size inside runtime.p: 1.19 `gFree.n`; 1.27 `gFree.size`.
     pub p_free: Field,
-    /// Address of `runtime.allp` ([]*p).
+    /// Address of `runtime.allp` ([]*p) (per binary: not in the layout table).
+    #[serde(skip)]
     pub allp: u64,
 }
 
@@ -146,6 +153,8 @@ pub struct GCountLayout {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {
     pub version: String,
+    /// Where the layout came from: "DWARF", or the layout table's entry for a stripped binary.
+    pub source: String,
     /// True for position-independent executables (ELF ET_DYN): symbol addresses need the load
     /// bias of the running process.
     pub pie: bool,
@@ -192,33 +201,61 @@ fn parse_elf<'d, R: ReadRef<'d>>(data: R) -> Result<object::File<'d, R>, GoError
 pub fn analyse<'d, R: ReadRef<'d>>(data: R) -> Result<Layout, GoError> {
     let file = parse_elf(data)?;
     let version = buildinfo::version(&file)?;
-    if !dwarf::has_debug_info(&file) {
-        return Err(GoError::Stripped { version });
-    }
-    let mut want: [(&'static str, Option<u64>); 5] = [
-        ("runtime.sched", None),
-        ("runtime.gomaxprocs", None),
-        ("runtime.allglen", None),
-        ("runtime.allp", None),
-        ("runtime.memstats", None),
-    ];
-    find_symbols(&file, &mut want)?;
-    let sym = |i: usize| {
-        want[i].1.ok_or(GoError::MissingSymbol {
-            version: version.clone(),
-            symbol: want[i].0,
-        })
+    let (source, [sched, gomaxprocs, allglen], layouts) = if symbolic(&file) {
+        let mut want: [(&'static str, Option<u64>); 5] = [
+            ("runtime.sched", None),
+            ("runtime.gomaxprocs", None),
+            ("runtime.allglen", None),
+            ("runtime.allp", None),
+            ("runtime.memstats", None),
+        ];
+        find_symbols(&file, &mut want)?;
+        let sym = |i: usize| {
+            want[i].1.ok_or(GoError::MissingSymbol {
+                version: version.clone(),
+                symbol: want[i].0,
+            })
+        };
+        // allp and memstats are optional: without them, their layouts are skipped.
+        let addrs = [sym(0)?, sym(1)?, sym(2)?];
+        let types = dwarf::Types::load(&file)?;
+        let layouts = dwarf_layouts(&types, &version, want[3].1, want[4].1)?;
+        ("DWARF".to_owned(), addrs, layouts)
+    } else {
+        let entry = table::lookup(&version)?;
+        let res = table::Resolver::new(&file)?;
+        let sym = |name: &str| res.symbol(entry, name);
+        let addrs = [
+            sym("runtime.sched")?,
+            sym("runtime.gomaxprocs")?,
+            sym("runtime.allglen")?,
+        ];
+        let layouts = DwarfLayouts {
+            hist: entry.hist.clone(),
+            stw: entry.stw.clone(),
+            gc_ring: match entry.gc_ring.clone() {
+                Some(r) => Some(GcRingLayout {
+                    memstats: sym("runtime.memstats")?,
+                    ..r
+                }),
+                None => None,
+            },
+            gcount: match entry.gcount.clone() {
+                Some(g) => Some(GCountLayout {
+                    allp: sym("runtime.allp")?,
+                    ..g
+                }),
+                None => None,
+            },
+        };
+        (format!("layout table ({})", entry.version), addrs, layouts)
     };
-    let (sched, gomaxprocs, allglen) = (sym(0)?, sym(1)?, sym(2)?);
-
-    let types = dwarf::Types::load(&file)?;
     let DwarfLayouts {
         hist,
         stw,
         gc_ring,
         gcount,
-    } = dwarf_layouts(&types, &version, want[3].1, want[4].1)?;
-
+    } = layouts;
     // The load bias is computed against the segment mapped from file offset 0.
     let base_vaddr = file
         .segments()
@@ -229,6 +266,7 @@ pub fn analyse<'d, R: ReadRef<'d>>(data: R) -> Result<Layout, GoError> {
         })?;
     Ok(Layout {
         version,
+        source,
         pie: file.kind() == object::ObjectKind::Dynamic,
         base_vaddr,
         sched,
@@ -239,6 +277,15 @@ pub fn analyse<'d, R: ReadRef<'d>>(data: R) -> Result<Layout, GoError> {
         gc_ring,
         gcount,
     })
+}
+
+/// Whether the binary keeps its symbols and DWARF (else it is read through the layout table).
+pub(crate) fn symbolic<'d, R: ReadRef<'d>>(file: &object::File<'d, R>) -> bool {
+    let has_symtab = match file {
+        object::File::Elf64(elf) => !elf.elf_symbol_table().is_empty(),
+        _ => false,
+    };
+    has_symtab && dwarf::has_debug_info(file)
 }
 
 /// The section called `name`, comparing names in place in one read of the section-name

@@ -81,11 +81,181 @@ fn fixtures_resolve() {
                 l.version, l.hist.offset, l.hist.size, l.hist.scheme, l.gcount
             );
         }
-        let stripped = read(&dir.join("gosched-stripped"));
-        assert_eq!(go_version(&stripped[..]).unwrap(), dir_version);
-        let e = analyse(&stripped[..]).unwrap_err();
-        assert!(matches!(e, GoError::Stripped { .. }), "{e}");
-        assert!(e.to_string().contains("-s -w"), "{e}");
+    }
+}
+
+/// (section name, offset in it) of a link-time address.
+fn section_rel(bytes: &[u8], addr: u64) -> (String, u64) {
+    let file = object::File::parse(bytes).unwrap();
+    let s = file
+        .sections()
+        .find(|s| s.address() <= addr && addr < s.address() + s.size() && s.address() != 0)
+        .unwrap_or_else(|| panic!("{addr:#x} is in no section"));
+    (s.name().unwrap().to_owned(), addr - s.address())
+}
+
+/// Stripped fixtures read through the layout table give what DWARF and .symtab give for the
+/// same program unstripped: the same offsets, and every global at the same place in its
+/// section (stripping lengthens the build info, which moves the data sections).
+#[test]
+fn stripped_fixtures_resolve_through_the_layout_table() {
+    let Some(dirs) = fixture_versions() else {
+        return;
+    };
+    for dir in dirs {
+        let v = dir.file_name().unwrap().to_string_lossy().into_owned();
+        for name in ["gosched", "gosched-pie", "httpserver", "goevents"] {
+            let plain_bytes = read(&dir.join(name));
+            let stripped_name = format!("{name}-stripped");
+            let stripped_bytes = read(&dir.join(&stripped_name));
+            assert_eq!(go_version(&stripped_bytes[..]).unwrap(), v);
+            let a = analyse(&plain_bytes[..]).unwrap();
+            let b = analyse(&stripped_bytes[..])
+                .unwrap_or_else(|e| panic!("{v}/{stripped_name}: {e}"));
+            assert_eq!(a.source, "DWARF");
+            assert_eq!(b.source, format!("layout table ({v})"));
+            assert_eq!((&a.hist, &a.stw, a.pie), (&b.hist, &b.stw, b.pie), "{v}/{name}");
+            let same_place = |what: &str, x: u64, y: u64| {
+                assert_eq!(
+                    section_rel(&plain_bytes, x),
+                    section_rel(&stripped_bytes, y),
+                    "{v}/{stripped_name}: {what}"
+                );
+            };
+            same_place("runtime.sched", a.sched, b.sched);
+            same_place("runtime.gomaxprocs", a.gomaxprocs, b.gomaxprocs);
+            same_place("runtime.allglen", a.allglen, b.allglen);
+            let (ga, gb) = (a.gcount.clone().unwrap(), b.gcount.clone().unwrap());
+            same_place("runtime.allp", ga.allp, gb.allp);
+            assert_eq!(
+                GCountLayout { allp: 0, ..ga },
+                GCountLayout { allp: 0, ..gb },
+                "{v}/{name}"
+            );
+            assert_eq!(a.gc_ring.is_some(), b.gc_ring.is_some());
+            if let (Some(ra), Some(rb)) = (a.gc_ring.clone(), b.gc_ring.clone()) {
+                same_place("runtime.memstats", ra.memstats, rb.memstats);
+                assert_eq!(
+                    GcRingLayout { memstats: 0, ..ra },
+                    GcRingLayout { memstats: 0, ..rb }
+                );
+            }
+            // The per-event probe plan: the same site, constants and wait reason names.
+            let (pa, pb) = (
+                events::plan(&plain_bytes[..]).unwrap(),
+                events::plan(&stripped_bytes[..]).unwrap(),
+            );
+            assert_eq!(
+                (&pa.site, pa.statuses, pa.g_waitreason, pa.wait_reasons_len),
+                (&pb.site, pb.statuses, pb.g_waitreason, pb.wait_reasons_len),
+                "{v}/{name}"
+            );
+            same_place("runtime.casgstatus", pa.function_vaddr, pb.function_vaddr);
+            same_place(
+                "runtime.waitReasonStrings",
+                pa.wait_reasons_vaddr,
+                pb.wait_reasons_vaddr,
+            );
+        }
+    }
+}
+
+/// The committed table is exactly what `cargo xtask go-layouts` makes from the fixtures of the
+/// pinned toolchains: it cannot drift from the code that learns it or from the toolchains.
+#[test]
+fn layout_table_is_what_the_fixtures_give() {
+    let Some(dirs) = fixture_versions() else {
+        return;
+    };
+    for dir in &dirs {
+        let learned = table::learn_dir(dir).unwrap();
+        let committed = table::TABLE
+            .iter()
+            .find(|e| e.version == learned.version)
+            .unwrap_or_else(|| {
+                panic!(
+                    "goruntime/layouts.json has no {}: run `cargo xtask go-layouts`",
+                    learned.version
+                )
+            });
+        assert_eq!(
+            committed, &learned,
+            "goruntime/layouts.json is stale for {}: run `cargo xtask go-layouts`",
+            learned.version
+        );
+    }
+    assert_eq!(table::TABLE.len(), dirs.len(), "entries without fixtures");
+}
+
+/// A stripped binary of a Go release the table lacks: the error names the release, the
+/// releases known, and the fix. Same minor release: the table's entry is used.
+#[test]
+fn stripped_binary_of_an_unknown_go_release() {
+    let e = table::lookup("go1.21.13").unwrap_err();
+    assert!(matches!(e, GoError::Stripped { .. }), "{e}");
+    let msg = e.to_string();
+    for want in ["go1.21.13", "-s -w", "cargo xtask go-layouts"] {
+        assert!(msg.contains(want), "{msg}");
+    }
+    for entry in table::TABLE.iter() {
+        assert!(msg.contains(&entry.version), "{msg}");
+        let v = GoVersion::parse(&entry.version).unwrap();
+        let other_patch = format!("go{}.{}.{}", v.major, v.minor, v.patch + 7);
+        assert_eq!(table::lookup(&other_patch).unwrap().version, entry.version);
+    }
+    let Some(dirs) = fixture_versions() else {
+        return;
+    };
+    // The real thing: a stripped fixture whose build info claims Go 1.21 (new enough for the
+    // per-event probes, absent from the table).
+    for dir in dirs {
+        let v = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let mut bytes = read(&dir.join("gosched-stripped"));
+        let fake = format!("go1.21{}", &v[v.rfind('.').unwrap()..]);
+        let fake = &fake[..v.len().min(fake.len())];
+        assert_eq!(fake.len(), v.len(), "{fake} vs {v}");
+        let mut n = 0;
+        for i in 0..bytes.len() - v.len() {
+            if &bytes[i..i + v.len()] == v.as_bytes() {
+                bytes[i..i + v.len()].copy_from_slice(fake.as_bytes());
+                n += 1;
+            }
+        }
+        assert!(n > 0);
+        let e = analyse(&bytes[..]).unwrap_err();
+        assert!(
+            matches!(e, GoError::Stripped { .. }) && e.to_string().contains(fake),
+            "{e}"
+        );
+        assert!(matches!(events::plan(&bytes[..]), Err(GoError::Stripped { .. })));
+    }
+}
+
+/// Recipes that disagree in the target (a binary the table does not fit): an error, never a
+/// guessed address.
+#[test]
+fn disagreeing_recipes_are_refused() {
+    let Some(dirs) = fixture_versions() else {
+        return;
+    };
+    for dir in dirs {
+        let bytes = read(&dir.join("gosched-stripped"));
+        let file = object::File::parse(&bytes[..]).unwrap();
+        let res = table::Resolver::new(&file).unwrap();
+        let v = go_version(&bytes[..]).unwrap();
+        let mut entry = table::lookup(&v).unwrap().clone();
+        let good = res.symbol(&entry, "runtime.sched").unwrap();
+        let recipes = entry.symbols.get_mut("runtime.sched").unwrap();
+        recipes[1].addend += 8;
+        let e = res.symbol(&entry, "runtime.sched").unwrap_err();
+        assert!(e.to_string().contains("does not fit"), "{e}");
+        assert!(e.to_string().contains(&format!("{good:#x}")), "{e}");
+        // A recipe pointing outside the data sections.
+        let recipes = entry.symbols.get_mut("runtime.sched").unwrap();
+        recipes.truncate(1);
+        recipes[0].addend = 1 << 40;
+        let e = res.symbol(&entry, "runtime.sched").unwrap_err();
+        assert!(e.to_string().contains("should point"), "{e}");
     }
 }
 
@@ -316,12 +486,6 @@ fn event_plans_of_fixtures() {
             assert!(p.wait_reasons_len >= 20 && p.wait_reasons_len <= 256);
             assert!(p.g_waitreason > 0);
         }
-        // Stripped: a clear error, no plan.
-        let bytes = read(&dir.join("gosched-stripped"));
-        assert!(matches!(
-            events::plan(&bytes[..]),
-            Err(GoError::Stripped { .. })
-        ));
     }
 }
 /// A little-endian ELF64 executable with the given sections (name, sh_type, sh_link, entsize,
@@ -571,4 +735,50 @@ fn distinct_abbreviation_offsets_do_not_make_parsing_quadratic() {
     let shared: Vec<u8> = info[..12].repeat(1000);
     let e = layouts_from_dwarf(&shared, &abbrev, "go1.19.8").unwrap_err();
     assert!(matches!(e, GoError::MissingDwarf { .. }), "{e}");
+}
+
+/// .gopclntab gives the addresses .symtab gives; a forged header is refused, not walked.
+#[test]
+fn pclntab_agrees_with_symtab() {
+    let Some(dirs) = fixture_versions() else {
+        return;
+    };
+    for dir in dirs {
+        for name in ["gosched", "gosched-pie"] {
+            let bytes = read(&dir.join(name));
+            let file = object::File::parse(&bytes[..]).unwrap();
+            let pcln = pclntab::Pclntab::load(&file).unwrap();
+            let names = ["runtime.casgstatus", "runtime.main", "main.main", "runtime.schedule"];
+            let mut want: Vec<(&'static str, Option<(u64, u64)>)> =
+                names.iter().map(|n| (*n, None)).collect();
+            find_symbols_sized(&file, &mut want).unwrap();
+            for (n, sym) in want {
+                let (addr, size) = sym.unwrap();
+                let f = pcln.find(n).unwrap_or_else(|| panic!("{name}: {n}"));
+                // pclntab sizes run to the next function, so they include alignment padding.
+                assert_eq!(f.addr, addr, "{}/{name}: {n}", dir.display());
+                assert!(f.size >= size && f.size < size + 64, "{n}: {f:?} vs {size}");
+            }
+            assert!(pcln.funcs().count() > 1000);
+        }
+    }
+    // Forged headers: a function count past the section, offsets past the end, other magics.
+    let mut h = vec![0u8; 72];
+    h[..4].copy_from_slice(&0xffff_fff1u32.to_le_bytes());
+    h[6] = 1;
+    h[7] = 8;
+    h[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+    assert!(matches!(
+        pclntab::Pclntab::parse(&h, Some(0x401000)),
+        Err(GoError::Malformed { .. })
+    ));
+    h[8..16].copy_from_slice(&1u64.to_le_bytes());
+    h[64..72].copy_from_slice(&1000u64.to_le_bytes());
+    assert!(pclntab::Pclntab::parse(&h, Some(0x401000)).is_err());
+    h[..4].copy_from_slice(&0xffff_fffbu32.to_le_bytes());
+    assert!(matches!(
+        pclntab::Pclntab::parse(&h, Some(0x401000)),
+        Err(GoError::Unsupported { .. })
+    ));
+    assert!(pclntab::Pclntab::parse(&h[..10], None).is_err());
 }

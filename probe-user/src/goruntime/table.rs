@@ -1,0 +1,331 @@
+//! Stripped Go binaries (`-ldflags=-s -w`: no .symtab, no DWARF): what DWARF would say comes
+//! from a table keyed by Go version, and the runtime globals' addresses from the code that
+//! uses them.
+//!
+//! The table (layouts.json) is made by `cargo xtask go-layouts` from the fixtures the project
+//! builds with its own toolchains: [`learn`] reads each unstripped fixture's DWARF and symbols.
+//! Struct offsets and constants are per Go version. Addresses are per binary, so instead of an
+//! address the table keeps *recipes*: "the k-th RIP-relative operand of function F points at
+//! the symbol plus A". The runtime package is compiled once per toolchain, so F's code (found
+//! by name in .gopclntab, which stripping keeps) is the same in every program built with that
+//! Go; [`learn`] keeps only recipes that hold in every fixture (plain and PIE), and
+//! [`Resolver::symbol`] demands that all of a symbol's recipes agree in the target.
+use std::{collections::BTreeMap, sync::LazyLock};
+
+use iced_x86::{Decoder, DecoderOptions};
+use object::{Object, ObjectSection, ReadRef, SectionFlags, elf};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    DwarfLayouts, GCountLayout, GcRingLayout, GoError, GoVersion, HistLayout, StwLayout, dwarf,
+    events::{self, Statuses},
+    pclntab::{Func, Pclntab},
+    probesite::MAX_FUNCTION,
+};
+
+/// The runtime globals schedlat reads (runtime/runtime2.go, proc.go, mstats.go, traceback.go).
+pub const SYMBOLS: &[&str] = &[
+    "runtime.sched",
+    "runtime.gomaxprocs",
+    "runtime.allglen",
+    "runtime.allp",
+    "runtime.memstats",
+    "runtime.waitReasonStrings",
+];
+/// Recipes kept per symbol, each from a different function.
+const RECIPES: usize = 3;
+
+/// "The `operand`-th RIP-relative memory operand in `function` addresses symbol + `addend`."
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recipe {
+    pub function: String,
+    pub operand: usize,
+    pub addend: u64,
+}
+
+/// One Go version's layouts, as DWARF gives them for its unstripped binaries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The exact toolchain version the entry was learned from, e.g. "go1.19.8".
+    pub version: String,
+    pub hist: HistLayout,
+    pub stw: Option<StwLayout>,
+    pub gc_ring: Option<GcRingLayout>,
+    pub gcount: Option<GCountLayout>,
+    /// Offset of runtime.g.waitreason, the goroutine status values, len(waitReasonStrings).
+    pub g_waitreason: u64,
+    pub statuses: Statuses,
+    pub wait_reasons_len: u64,
+    /// Symbol name -> recipes.
+    pub symbols: BTreeMap<String, Vec<Recipe>>,
+}
+
+/// The table compiled into schedlat.
+pub static TABLE: LazyLock<Vec<Entry>> = LazyLock::new(|| {
+    serde_json::from_str(include_str!("layouts.json"))
+        .expect("goruntime/layouts.json is valid (checked by the unit tests)")
+});
+
+/// The table's entry for `version`: the exact release, else one of the same minor release
+/// (struct layouts change between minor releases, not patch releases).
+pub fn lookup(version: &str) -> Result<&'static Entry, GoError> {
+    let parsed = GoVersion::parse(version);
+    let minor = |v: &str| GoVersion::parse(v).map(|p| (p.major, p.minor));
+    TABLE
+        .iter()
+        .find(|e| e.version == version)
+        .or_else(|| {
+            let want = parsed.as_ref().map(|p| (p.major, p.minor))?;
+            TABLE.iter().find(|e| minor(&e.version) == Some(want))
+        })
+        .ok_or_else(|| GoError::Stripped {
+            version: version.to_owned(),
+            known: TABLE
+                .iter()
+                .map(|e| e.version.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
+/// Targets of the RIP-relative memory operands in `code` (linked at `addr`), in order.
+fn rip_targets(code: &[u8], addr: u64) -> Vec<u64> {
+    let mut d = Decoder::with_ip(64, code, addr, DecoderOptions::NONE);
+    let mut out = Vec::new();
+    while d.can_decode() {
+        let i = d.decode();
+        if i.is_ip_rel_memory_operand() {
+            out.push(i.ip_rel_memory_address());
+        }
+    }
+    out
+}
+
+/// Looks functions and symbols up in one stripped (or unstripped) binary.
+pub struct Resolver<'d, 'f, R: ReadRef<'d>> {
+    file: &'f object::File<'d, R>,
+    pcln: Pclntab<'d>,
+    text: object::Section<'d, 'f, R>,
+}
+
+impl<'d, 'f, R: ReadRef<'d>> Resolver<'d, 'f, R> {
+    pub fn new(file: &'f object::File<'d, R>) -> Result<Self, GoError> {
+        let pcln = Pclntab::load(file)?;
+        let text = super::section_by_name(file, ".text").ok_or_else(|| GoError::Malformed {
+            what: "no .text section".into(),
+        })?;
+        Ok(Resolver { file, pcln, text })
+    }
+
+    /// A function's range from .gopclntab.
+    pub fn function(&self, name: &str) -> Option<Func> {
+        self.pcln.find(name)
+    }
+
+    /// A function's code (None if it is not inside .text or over the size cap).
+    pub fn code(&self, f: Func) -> Option<&'d [u8]> {
+        if f.size > MAX_FUNCTION as u64 {
+            return None;
+        }
+        self.text.data_range(f.addr, f.size).ok().flatten()
+    }
+
+    fn targets(&self, function: &str) -> Option<Vec<u64>> {
+        let f = self.function(function)?;
+        Some(rip_targets(self.code(f)?, f.addr))
+    }
+
+    /// Whether `addr` lies in an allocated, writable section (where Go's globals live:
+    /// .data, .bss, .noptrdata, .noptrbss).
+    fn in_data(&self, addr: u64) -> bool {
+        self.file.sections().any(|s| {
+            let SectionFlags::Elf { sh_flags } = s.flags() else {
+                return false;
+            };
+            let want = u64::from(elf::SHF_ALLOC | elf::SHF_WRITE);
+            sh_flags & want == want
+                && s.address() <= addr
+                && addr < s.address().saturating_add(s.size())
+        })
+    }
+
+    /// The address of `symbol` by its recipes: every recipe whose function exists must give
+    /// the same address, inside a data section.
+    pub fn symbol(&self, entry: &Entry, symbol: &str) -> Result<u64, GoError> {
+        let unsupported = |why: String| GoError::Unsupported {
+            what: format!(
+                "stripped {}: {symbol} {why}; the layout table (from {}) does not fit this \
+                 binary: rebuild it without -ldflags='-s -w'",
+                self.version_hint(),
+                entry.version
+            ),
+        };
+        let recipes = entry
+            .symbols
+            .get(symbol)
+            .ok_or_else(|| unsupported("has no recipe in the table".into()))?;
+        let mut found: Option<u64> = None;
+        for r in recipes {
+            let Some(targets) = self.targets(&r.function) else {
+                continue;
+            };
+            let addr = targets
+                .get(r.operand)
+                .and_then(|t| t.checked_sub(r.addend))
+                .filter(|a| self.in_data(*a))
+                .ok_or_else(|| {
+                    unsupported(format!(
+                        "is not where {} operand {} should point",
+                        r.function, r.operand
+                    ))
+                })?;
+            match found {
+                Some(prev) if prev != addr => {
+                    return Err(unsupported(format!(
+                        "is at {prev:#x} by one function and {addr:#x} by {}",
+                        r.function
+                    )));
+                }
+                _ => found = Some(addr),
+            }
+        }
+        found.ok_or_else(|| unsupported("is used by none of the functions the table names".into()))
+    }
+
+    fn version_hint(&self) -> String {
+        super::buildinfo::version(self.file).unwrap_or_else(|_| "Go binary".into())
+    }
+}
+
+/// Learn one Go version's entry from unstripped binaries built with it (the first is where
+/// recipes are looked for; the rest must agree). Used by `cargo xtask go-layouts` through the
+/// example `go_layout_table`.
+pub fn learn(binaries: &[&[u8]]) -> Result<Entry, GoError> {
+    let (first, rest) = binaries.split_first().ok_or_else(|| GoError::Unsupported {
+        what: "learn needs at least one binary".into(),
+    })?;
+    let file = super::parse_elf(*first)?;
+    let version = super::buildinfo::version(&file)?;
+    let mut entry = dwarf_entry(&file, &version)?;
+    // Every RIP-relative reference in every function, once.
+    let res = Resolver::new(&file)?;
+    let mut refs: Vec<(u64, &[u8], Vec<u64>)> = res
+        .pcln
+        .funcs()
+        .filter_map(|(name, f)| Some((f.size, name, rip_targets(res.code(f)?, f.addr))))
+        .collect();
+    // Short functions first (less code to change), then by name: a stable order.
+    refs.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    let others: Vec<_> = rest
+        .iter()
+        .map(|b| super::parse_elf(*b))
+        .collect::<Result<_, _>>()?;
+    let mut want: Vec<(&'static str, Option<(u64, u64)>)> =
+        SYMBOLS.iter().map(|s| (*s, None)).collect();
+    super::find_symbols_sized(&file, &mut want)?;
+    for (symbol, sym) in want {
+        let (addr, size) = sym.ok_or_else(|| GoError::MissingSymbol {
+            version: version.clone(),
+            symbol,
+        })?;
+        let mut recipes: Vec<Recipe> = Vec::new();
+        for (_, name, targets) in &refs {
+            if recipes.len() == RECIPES {
+                break;
+            }
+            let Some((operand, t)) = targets
+                .iter()
+                .enumerate()
+                .find(|(_, t)| (addr..addr + size.max(1)).contains(*t))
+            else {
+                continue;
+            };
+            let r = Recipe {
+                function: String::from_utf8_lossy(name).into_owned(),
+                operand,
+                addend: t - addr,
+            };
+            let holds = others.iter().all(|o| holds_in(o, &r, symbol).unwrap_or(false));
+            if holds {
+                recipes.push(r);
+            }
+        }
+        if recipes.len() < 2 {
+            return Err(GoError::Unsupported {
+                what: format!(
+                    "{version}: only {} recipe(s) for {symbol} hold in every binary",
+                    recipes.len()
+                ),
+            });
+        }
+        entry.symbols.insert(symbol.to_owned(), recipes);
+    }
+    Ok(entry)
+}
+
+/// [`learn`] from the unstripped executables in `dir` (one Go version's fixtures, plain and
+/// PIE), in a fixed order: gosched first, then by name. The layout table is exactly this for
+/// each target/go-fixtures/<version>/ (`cargo xtask go-layouts`; a unit test compares).
+pub fn learn_dir(dir: &std::path::Path) -> anyhow::Result<Entry> {
+    use anyhow::Context as _;
+    let mut exes: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    exes.retain(|p| p.is_file() && !p.to_string_lossy().ends_with("-stripped"));
+    exes.sort_by_key(|p| (!p.ends_with("gosched"), p.clone()));
+    let bytes: Vec<Vec<u8>> = exes
+        .iter()
+        .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
+        .collect::<anyhow::Result<_>>()?;
+    let refs: Vec<&[u8]> = bytes.iter().map(|b| &b[..]).collect();
+    learn(&refs).with_context(|| format!("learning layouts from {}", dir.display()))
+}
+
+/// Whether `r` finds `symbol`'s .symtab address in `file`.
+fn holds_in<'d, R: ReadRef<'d>>(
+    file: &object::File<'d, R>,
+    r: &Recipe,
+    symbol: &'static str,
+) -> Result<bool, GoError> {
+    let mut want = [(symbol, None)];
+    super::find_symbols(file, &mut want)?;
+    let res = Resolver::new(file)?;
+    Ok(match (want[0].1, res.targets(&r.function)) {
+        (Some(addr), Some(targets)) => targets.get(r.operand) == Some(&(addr + r.addend)),
+        _ => false,
+    })
+}
+
+/// The DWARF half of an entry (no recipes yet).
+fn dwarf_entry<'d, R: ReadRef<'d>>(
+    file: &object::File<'d, R>,
+    version: &str,
+) -> Result<Entry, GoError> {
+    let types = dwarf::Types::load(file)?;
+    // Addresses are per binary: 0 here, filled in from recipes.
+    let DwarfLayouts {
+        hist,
+        stw,
+        gc_ring,
+        gcount,
+    } = super::dwarf_layouts(&types, version, Some(0), Some(0))?;
+    let ev = events::dwarf_facts(&types, version)?;
+    let mut want = [(events::WAIT_REASONS, None)];
+    super::find_symbols_sized(file, &mut want)?;
+    let (_, size) = want[0].1.ok_or_else(|| GoError::MissingSymbol {
+        version: version.to_owned(),
+        symbol: events::WAIT_REASONS,
+    })?;
+    Ok(Entry {
+        version: version.to_owned(),
+        hist,
+        stw,
+        gc_ring,
+        gcount,
+        g_waitreason: ev.0,
+        statuses: ev.1,
+        wait_reasons_len: events::wait_reasons_len(size)?,
+        symbols: BTreeMap::new(),
+    })
+}
