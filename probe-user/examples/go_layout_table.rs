@@ -33,7 +33,10 @@ fn main() -> Result<()> {
         entries.push(entry);
     }
     if entries.is_empty() {
-        bail!("no Go fixtures under {}: run `cargo xtask setup` first", dir.display());
+        bail!(
+            "no Go fixtures under {}: run `cargo xtask setup` first",
+            dir.display()
+        );
     }
     let json = serde_json::to_string_pretty(&entries)? + "\n";
     fs::write(out, json).with_context(|| format!("writing {}", out.display()))?;

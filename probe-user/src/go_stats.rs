@@ -54,10 +54,11 @@ fn text(r: &Report) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "pid {} ({}{}): GOMAXPROCS {}",
+        "pid {} ({}{}, layout from {}): GOMAXPROCS {}",
         s.pid,
         s.go_version,
         if s.pie { ", PIE" } else { "" },
+        s.layout,
         s.gomaxprocs
     );
     if let Some(g) = &s.goroutines {

@@ -131,6 +131,8 @@ pub fn gc_window(before: &GcPauses, after: &GcPauses) -> GcWindow {
 pub struct GoSection {
     pub pid: u32,
     pub go_version: String,
+    /// "DWARF", or "layout table (goX.Y.Z)" for a stripped binary.
+    pub layout: String,
     pub gomaxprocs: i32,
     /// Live goroutines at the end (system goroutines included), and allglen.
     pub goroutines: Option<i64>,
@@ -440,6 +442,7 @@ impl GoStart {
         Ok(GoSection {
             pid: self.pid,
             go_version: after.go_version.clone(),
+            layout: after.layout.clone(),
             gomaxprocs: after.gomaxprocs,
             goroutines: after.goroutines.as_ref().map(|g| g.live),
             goroutines_ever_allocated: after.goroutines.as_ref().map_or(0, |g| g.allglen),
@@ -473,9 +476,10 @@ pub fn render_text(sections: &[GoSection]) -> String {
     for g in sections {
         let _ = writeln!(
             o,
-            "\n== Go: pid {} ({}), GOMAXPROCS {}, goroutines {} ==",
+            "\n== Go: pid {} ({}, layout from {}), GOMAXPROCS {}, goroutines {} ==",
             g.pid,
             g.go_version,
+            g.layout,
             g.gomaxprocs,
             g.goroutines.map_or_else(|| "?".into(), |n| n.to_string())
         );

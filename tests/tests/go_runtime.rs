@@ -1,8 +1,11 @@
 //! `schedlat go-stats` against the Go runtime's own runtime/metrics, on Go 1.19 and a current
-//! Go, plain and PIE. Both read the same memory: /sched/latencies:seconds is
-//! `sched.timeToRun` (runtime/metrics.go of 1.19.8 copies underflow + counts; 1.27.3 calls
+//! Go, plain, PIE and stripped (read through the layout table). Both read the same memory:
+//! /sched/latencies:seconds is `sched.timeToRun` (runtime/metrics.go of 1.19.8 copies underflow + counts; 1.27.3 calls
 //! timeHistogram.write: underflow, counts, overflow), so the counts must match exactly.
-use std::process::Command;
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use schedlat_tests::{
     TestCgroup,
@@ -51,7 +54,13 @@ fn metrics_goroutines(version: &str, stats: &Value) -> i64 {
 #[test]
 fn go_stats_match_runtime_metrics() {
     for (version, dir) in go_fixture_versions() {
-        for name in ["gosched", "gosched-pie"] {
+        // Stripped binaries are read through the layout table: the same numbers.
+        for name in [
+            "gosched",
+            "gosched-pie",
+            "gosched-stripped",
+            "gosched-pie-stripped",
+        ] {
             let what = format!("{version}/{name}");
             let mut fx = GoFixture::start(&dir.join(name));
             let after_load = fx.go();
@@ -70,7 +79,13 @@ fn go_stats_match_runtime_metrics() {
                 let m = fx.metrics();
                 let b = go_stats(fx.pid);
                 assert_eq!(a["go_version"], Value::String(version.clone()), "{what}");
-                assert_eq!(a["pie"], Value::Bool(name.ends_with("-pie")), "{what}");
+                assert_eq!(a["pie"], Value::Bool(name.contains("-pie")), "{what}");
+                let layout = if name.ends_with("-stripped") {
+                    format!("layout table ({version})")
+                } else {
+                    "DWARF".into()
+                };
+                assert_eq!(a["layout"], Value::String(layout), "{what}");
                 assert_eq!(a["gomaxprocs"], m["gomaxprocs"], "{what}: gomaxprocs");
                 let bounds: Vec<f64> = m["sched_latencies"]["buckets"]
                     .as_array()
@@ -194,16 +209,40 @@ fn assert_exit2(out: &std::process::Output, needles: &[&str]) {
     }
 }
 
-#[test]
-fn go_stats_stripped_binary() {
-    for (version, dir) in go_fixture_versions() {
-        let fx = GoFixture::start(&dir.join("gosched-stripped"));
-        let out = run_schedlat(&["go-stats", "--pid", &fx.pid.to_string()]);
-        assert_exit2(
-            &out,
-            &[&version, "stripped (-s -w)", "no DWARF", "runtime.schedt"],
-        );
+/// A copy of `dir`'s stripped gosched whose build info claims Go 1.21, a release between the
+/// two toolchains and so absent from the layout table: a user's stripped binary of a release
+/// schedlat does not know. Returns its path and the claimed version.
+fn stripped_of_an_unknown_release(version: &str, dir: &Path, out: &Path) -> (PathBuf, String) {
+    let mut bytes = std::fs::read(dir.join("gosched-stripped")).unwrap();
+    let fake = format!("go1.21{}", &version[version.rfind('.').unwrap()..]);
+    assert_eq!(fake.len(), version.len(), "{fake} vs {version}");
+    let mut n = 0;
+    for i in 0..bytes.len() - version.len() {
+        if &bytes[i..i + version.len()] == version.as_bytes() {
+            bytes[i..i + version.len()].copy_from_slice(fake.as_bytes());
+            n += 1;
+        }
     }
+    assert!(n > 0, "{version} not found in gosched-stripped");
+    let path = out.join("gosched-stripped-unknown");
+    std::fs::write(&path, bytes).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    (path, fake)
+}
+
+#[test]
+fn go_stats_stripped_binary_of_an_unknown_release() {
+    let tmp = tempfile_dir("schedlat-unknown-go");
+    for (version, dir) in go_fixture_versions() {
+        let (path, fake) = stripped_of_an_unknown_release(&version, &dir, &tmp);
+        let fx = GoFixture::start(&path);
+        let out = run_schedlat(&["go-stats", "--pid", &fx.pid.to_string()]);
+        let known: Vec<String> = go_fixture_versions().into_iter().map(|v| v.0).collect();
+        let mut want = vec![fake.as_str(), "stripped (-s -w)", "layout table", "-s -w"];
+        want.extend(known.iter().map(String::as_str));
+        assert_exit2(&out, &want);
+    }
+    std::fs::remove_dir_all(&tmp).unwrap();
 }
 
 #[test]
@@ -394,9 +433,21 @@ fn daemon_exports_go_runtime_metrics() {
         Some(1.0)
     );
 
-    // A stripped program in the cgroup: counted as an error, not read.
-    let s = GoFixture::start(&new_dir.join("gosched-stripped"));
+    // A stripped program is read through the layout table; one of a Go release the table
+    // lacks is counted as an error, not read.
+    let mut s = GoFixture::start(&new_dir.join("gosched-stripped"));
     cg.add(s.pid);
+    s.go();
+    let (m, ms) = quiescent(&d, &mut [&mut s]);
+    check_hist(
+        &m,
+        &format!("binary=\"gosched-stripped\",cgroup=\"{}\"", cg.path()),
+        &[&ms[0]],
+    );
+    let tmp = tempfile_dir("schedlat-daemon-unknown-go");
+    let (unknown, _) = stripped_of_an_unknown_release(&versions.last().unwrap().0, new_dir, &tmp);
+    let u = GoFixture::start(&unknown);
+    cg.add(u.pid);
     let m = get(&d.addr, "/metrics").unwrap();
     assert_eq!(
         sample(&m, "schedlat_go_read_errors_total{reason=\"stripped\"}"),
@@ -407,10 +458,12 @@ fn daemon_exports_go_runtime_metrics() {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    drop(s);
+    drop(u);
+    s.exit();
     b.exit();
     d.stop();
     std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&tmp).unwrap();
 }
 
 #[test]
@@ -729,7 +782,8 @@ fn capture_go_probes_agree_with_the_runtime_and_see_known_blocking() {
         return;
     }
     for (version, dir) in go_fixture_versions() {
-        for name in ["goevents", "goevents-pie"] {
+        // Stripped PIE: the probe plan from .gopclntab and the layout table.
+        for name in ["goevents", "goevents-pie", "goevents-pie-stripped"] {
             let what = format!("{version}/{name}");
             let (done, go) = capture_goevents(Command::new(dir.join(name)), &what);
             let ev = &go["events"];
@@ -1061,7 +1115,7 @@ fn gc_quiescent(fx: &mut GoFixture) -> (Value, Value) {
 #[test]
 fn go_stats_gc_pauses_equal_memstats_before_go_1_22() {
     for (version, dir) in go_fixture_versions() {
-        for name in ["gosched", "gosched-pie"] {
+        for name in ["gosched", "gosched-pie", "gosched-stripped"] {
             let what = format!("{version}/{name}");
             let mut fx = GoFixture::start(&dir.join(name));
             fx.go();

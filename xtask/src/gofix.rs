@@ -183,7 +183,15 @@ pub fn go_layouts(ws: &Workspace) -> Result<()> {
     let dir = fixtures_dir(ws);
     run_cmd(
         ws.cargo()
-            .args(["run", "--release", "-p", "schedlat", "--example", "go_layout_table", "--"])
+            .args([
+                "run",
+                "--release",
+                "-p",
+                "schedlat",
+                "--example",
+                "go_layout_table",
+                "--",
+            ])
             .arg(&dir)
             .arg(ws.root.join(LAYOUT_TABLE)),
         "run `cargo xtask setup` so the Go fixtures exist, and read the error above",

@@ -155,7 +155,7 @@ pub fn plan<'d, R: ReadRef<'d>>(data: R) -> Result<EventPlan, GoError> {
 /// bytes on 64-bit).
 pub(crate) fn wait_reasons_len(size: u64) -> Result<u64, GoError> {
     let len = size / 16;
-    if size % 16 != 0 || len == 0 || len > MAX_WAIT_REASONS {
+    if !size.is_multiple_of(16) || len == 0 || len > MAX_WAIT_REASONS {
         return Err(GoError::Malformed {
             what: format!("{WAIT_REASONS} has size {size}"),
         });

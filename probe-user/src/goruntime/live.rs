@@ -41,6 +41,8 @@ pub struct Stats {
     pub pid: u32,
     pub go_version: String,
     pub pie: bool,
+    /// Where the binary's layout came from: "DWARF", or "layout table (goX.Y.Z)" if stripped.
+    pub layout: String,
     pub gomaxprocs: i32,
     pub goroutines: Option<Goroutines>,
     pub sched_latencies: LatencyHist,
@@ -243,6 +245,7 @@ pub fn read_with(pid: u32, layout: &Layout, exe: &std::fs::Metadata) -> Result<S
         pid,
         go_version: layout.version.clone(),
         pie: layout.pie,
+        layout: layout.source.clone(),
         gomaxprocs,
         goroutines,
         sched_latencies,

@@ -245,7 +245,9 @@ pub fn learn(binaries: &[&[u8]]) -> Result<Entry, GoError> {
                 operand,
                 addend: t - addr,
             };
-            let holds = others.iter().all(|o| holds_in(o, &r, symbol).unwrap_or(false));
+            let holds = others
+                .iter()
+                .all(|o| holds_in(o, &r, symbol).unwrap_or(false));
             if holds {
                 recipes.push(r);
             }

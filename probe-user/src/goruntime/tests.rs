@@ -110,11 +110,15 @@ fn stripped_fixtures_resolve_through_the_layout_table() {
             let stripped_bytes = read(&dir.join(&stripped_name));
             assert_eq!(go_version(&stripped_bytes[..]).unwrap(), v);
             let a = analyse(&plain_bytes[..]).unwrap();
-            let b = analyse(&stripped_bytes[..])
-                .unwrap_or_else(|e| panic!("{v}/{stripped_name}: {e}"));
+            let b =
+                analyse(&stripped_bytes[..]).unwrap_or_else(|e| panic!("{v}/{stripped_name}: {e}"));
             assert_eq!(a.source, "DWARF");
             assert_eq!(b.source, format!("layout table ({v})"));
-            assert_eq!((&a.hist, &a.stw, a.pie), (&b.hist, &b.stw, b.pie), "{v}/{name}");
+            assert_eq!(
+                (&a.hist, &a.stw, a.pie),
+                (&b.hist, &b.stw, b.pie),
+                "{v}/{name}"
+            );
             let same_place = |what: &str, x: u64, y: u64| {
                 assert_eq!(
                     section_rel(&plain_bytes, x),
@@ -227,7 +231,10 @@ fn stripped_binary_of_an_unknown_go_release() {
             matches!(e, GoError::Stripped { .. }) && e.to_string().contains(fake),
             "{e}"
         );
-        assert!(matches!(events::plan(&bytes[..]), Err(GoError::Stripped { .. })));
+        assert!(matches!(
+            events::plan(&bytes[..]),
+            Err(GoError::Stripped { .. })
+        ));
     }
 }
 
@@ -748,7 +755,12 @@ fn pclntab_agrees_with_symtab() {
             let bytes = read(&dir.join(name));
             let file = object::File::parse(&bytes[..]).unwrap();
             let pcln = pclntab::Pclntab::load(&file).unwrap();
-            let names = ["runtime.casgstatus", "runtime.main", "main.main", "runtime.schedule"];
+            let names = [
+                "runtime.casgstatus",
+                "runtime.main",
+                "main.main",
+                "runtime.schedule",
+            ];
             let mut want: Vec<(&'static str, Option<(u64, u64)>)> =
                 names.iter().map(|n| (*n, None)).collect();
             find_symbols_sized(&file, &mut want).unwrap();
