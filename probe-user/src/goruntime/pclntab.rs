@@ -15,8 +15,11 @@ const MAGIC_118: u32 = 0xffff_fff0;
 /// Go 1.20 and later (go120magic).
 const MAGIC_120: u32 = 0xffff_fff1;
 const HEADER_LEN: usize = 8 + 8 * 8;
-/// Largest .gopclntab we read (a large Go binary's is tens of MiB).
-const MAX_PCLNTAB: u64 = 256 << 20;
+/// Largest .gopclntab we read (a large Go binary's is tens of MiB; the daemon's unit caps its
+/// memory at 256 MB).
+const MAX_PCLNTAB: u64 = 128 << 20;
+/// Most functions we accept (a large Go binary has ~100,000); bounds each name lookup's walk.
+const MAX_FUNCS: usize = 1 << 21;
 /// Longest function name compared.
 const MAX_NAME: usize = 4096;
 
@@ -111,10 +114,11 @@ impl<'d> Pclntab<'d> {
         let nfunc = usize::try_from(word(0))
             .ok()
             .filter(|n| {
-                n.checked_add(1)
-                    .and_then(|e| e.checked_mul(8))
-                    .and_then(|b| b.checked_add(functab))
-                    .is_some_and(|end| end <= data.len())
+                *n <= MAX_FUNCS
+                    && n.checked_add(1)
+                        .and_then(|e| e.checked_mul(8))
+                        .and_then(|b| b.checked_add(functab))
+                        .is_some_and(|end| end <= data.len())
             })
             .ok_or_else(|| malformed(format!("{} functions do not fit", word(0))))?;
         let text_start = match (word(2), text) {
