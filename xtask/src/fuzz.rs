@@ -227,7 +227,12 @@ fn write_seeds(ws: &Workspace, seeds: &Path) -> Result<()> {
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
-        for name in ["gosched", "gosched-pie", "gosched-stripped"] {
+        for name in [
+            "gosched",
+            "gosched-pie",
+            "gosched-stripped",
+            "gosched-pie-stripped",
+        ] {
             let exe = version.join(name);
             let seed = format!("{v}-{name}");
             copy(&exe, &elf.join(&seed))?;
