@@ -354,21 +354,28 @@ impl GoWatcher {
             s.processes = 0;
         }
         for (pid, layout, meta, binary, cgroup) in found {
+            let mut key = (binary, cgroup);
+            if !self.series.contains_key(&key) && self.series.len() >= self.cfg.max_series {
+                key = ("other".into(), "other".into());
+            }
             let stats = match goruntime::live::read_with(pid, &layout, &meta) {
                 Ok(s) => s,
                 Err(e) => {
                     let r = reason(&e);
                     if r != "exited" {
                         warn!(pid, error = %e, "reading Go runtime statistics");
+                        // Still running: keep its last reading live rather than banking it,
+                        // or the next good read would add its whole history a second time.
+                        if let Some(s) = self.series.get_mut(&key) {
+                            if s.live.contains_key(&pid) {
+                                s.seen.insert(pid);
+                            }
+                        }
                     }
                     self.count_error(r);
                     continue;
                 }
             };
-            let mut key = (binary, cgroup);
-            if !self.series.contains_key(&key) && self.series.len() >= self.cfg.max_series {
-                key = ("other".into(), "other".into());
-            }
             let bounds = &self.bounds;
             let prom = |h: &goruntime::live::LatencyHist| to_prom(h.scheme, &h.counts, bounds);
             let mut reading: Reading = Default::default();
@@ -437,7 +444,8 @@ impl GoWatcher {
             let since = *s.idle_since.get_or_insert(now);
             now.duration_since(since) < ttl
         });
-        // Processes gone (or not readable this time): their last counts join the base.
+        // Processes gone: their last counts join the base (a failed read of a live one kept it
+        // `seen` above).
         for s in self.series.values_mut() {
             let Series {
                 base, live, seen, ..
