@@ -54,12 +54,15 @@ fn metrics_goroutines(version: &str, stats: &Value) -> i64 {
 #[test]
 fn go_stats_match_runtime_metrics() {
     for (version, dir) in go_fixture_versions() {
-        // Stripped binaries are read through the layout table: the same numbers.
+        // Stripped binaries are read through the layout table: the same numbers. cgo builds
+        // are linked by the system linker.
         for name in [
             "gosched",
             "gosched-pie",
             "gosched-stripped",
             "gosched-pie-stripped",
+            "gosched-cgo",
+            "gosched-cgo-stripped",
         ] {
             let what = format!("{version}/{name}");
             let mut fx = GoFixture::start(&dir.join(name));
@@ -640,8 +643,13 @@ fn capture_of_a_go_program_has_a_go_section_that_agrees_with_runtime_metrics() {
     ) {
         return;
     }
-    for (version, dir) in go_fixture_versions() {
-        let mut fx = GoFixture::start(&dir.join("gosched"));
+    // Also a stripped cgo build: runtime/cgo linked, C code before runtime.text, read and
+    // probed through .gopclntab and the layout table.
+    let builds = go_fixture_versions().into_iter().flat_map(|(v, d)| {
+        ["gosched", "gosched-cgo-stripped"].map(|n| (format!("{v}/{n}"), v.clone(), d.join(n)))
+    });
+    for (what, version, exe) in builds {
+        let mut fx = GoFixture::start(&exe);
         // Before the capture, from outside (go-stats equals runtime/metrics, tested above):
         // the fixture answers `metrics` only after its load phase.
         let s0 = go_stats(fx.pid);
@@ -658,12 +666,12 @@ fn capture_of_a_go_program_has_a_go_section_that_agrees_with_runtime_metrics() {
         let (status, stdout, stderr) = cap.stop();
         assert!(
             status.success(),
-            "{version}: capture failed: {status}\n{stderr}"
+            "{what}: capture failed: {status}\n{stderr}"
         );
         let m2 = fx.metrics();
         let report: Value = serde_json::from_str(&stdout).unwrap();
         let go = &report["go"][0];
-        assert_eq!(go["pid"], fx.pid, "{version}: {}", report["go"]);
+        assert_eq!(go["pid"], fx.pid, "{what}: {}", report["go"]);
         assert_eq!(go["go_version"], Value::String(version.clone()));
         assert_eq!(go["gomaxprocs"], 3);
         // The window lies between the reading before the capture and the program's own m2
@@ -673,18 +681,24 @@ fn capture_of_a_go_program_has_a_go_section_that_agrees_with_runtime_metrics() {
         let (lo, hi) = (total_of(&m1, key) - sched0, total_of(&m2, key) - sched0);
         assert!(
             n <= hi && n * 10 >= lo * 9,
-            "{version}: {n} samples in the window; runtime/metrics grew by {lo} (load) .. {hi}"
+            "{what}: {n} samples in the window; runtime/metrics grew by {lo} (load) .. {hi}"
         );
-        assert!(n > 100, "{version}: {n}");
+        assert!(n > 100, "{what}: {n}");
         assert!(go["sched_latency"]["p99_ns"].as_u64().is_some());
         // The program's threads waited on the kernel run queue too (3 Ps, 2 CPUs).
         assert!(go["threads_runqueue_waits"].as_u64().unwrap() > 0, "{go}");
+        // Per-event probes on by default for the one Go pid: attached, firing, nothing lost.
+        let ev = &go["events"];
+        assert!(ev["probe"]["hits"].as_u64().unwrap() > 1000, "{what}: {ev}");
+        for (k, v) in ev["dropped"].as_object().unwrap() {
+            assert_eq!(v, 0, "{what}: dropped.{k}");
+        }
         if m1.get("pauses_total_gc").is_some() {
             let stw = go["stw_pauses"]["total_gc"]["count"].as_u64().unwrap();
             let hi = total_of(&m2, "pauses_total_gc") - gc0;
             assert!(
                 (6..=hi).contains(&stw),
-                "{version}: {stw} GC pauses (runtime: <= {hi})"
+                "{what}: {stw} GC pauses (runtime: <= {hi})"
             );
         } else {
             assert_eq!(go["stw_pauses"], Value::Null);
@@ -693,7 +707,7 @@ fn capture_of_a_go_program_has_a_go_section_that_agrees_with_runtime_metrics() {
         let cpus = std::thread::available_parallelism().unwrap().get();
         if cpus < 3 {
             let w = go["warnings"].to_string();
-            assert!(w.contains("GOMAXPROCS=3"), "{version}: {w}");
+            assert!(w.contains("GOMAXPROCS=3"), "{what}: {w}");
         }
         fx.exit();
     }

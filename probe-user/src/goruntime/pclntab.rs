@@ -6,7 +6,7 @@
 //! `{entryoff, funcoff uint32}` (the last entry is the end of text); `funcoff` points into the
 //! same table at a `_func` whose first two words are `entryOff uint32, nameOff int32`.
 //! Everything is bounds-checked against the section: the file may be planted.
-use object::{ObjectSection, ReadRef};
+use object::{Object, ObjectSection, ReadRef, RelocationFlags, SectionFlags, elf};
 
 use super::GoError;
 
@@ -72,13 +72,20 @@ impl<'d> Pclntab<'d> {
         let data = section
             .data()
             .map_err(|_| malformed("the section lies outside the file"))?;
-        // Go 1.27 writes textStart as 0 and relies on moduledata.text; its .text starts with
-        // runtime.text (cmd/link's textaddress), as in Go 1.19 where both are written.
-        let text = super::section_by_name(file, ".text").map(|s| s.address());
+        // Function entries are offsets from runtime.text. Go 1.18-1.25 write it in the header;
+        // later releases write 0 there (symtab.go: "no longer stored as it requires a
+        // relocation") and keep it only in runtime.firstmoduledata. Not the .text section's
+        // start: with external linking (cgo) C code comes first.
+        let header_text = u64_at(data, 24).unwrap_or(0);
+        let text = if header_text == 0 {
+            moduledata_text(file, section.address())
+        } else {
+            None
+        };
         Self::parse(data, text)
     }
 
-    /// Parse the section's bytes; `text` is the .text address, used if the header's is 0.
+    /// Parse the section's bytes; `text` (runtime.text) is used if the header's is 0.
     pub fn parse(data: &'d [u8], text: Option<u64>) -> Result<Pclntab<'d>, GoError> {
         if data.len() < HEADER_LEN {
             return Err(malformed("shorter than its header"));
@@ -123,7 +130,12 @@ impl<'d> Pclntab<'d> {
             .ok_or_else(|| malformed(format!("{} functions do not fit", word(0))))?;
         let text_start = match (word(2), text) {
             (0, Some(t)) => t,
-            (0, None) => return Err(malformed("no text start and no .text section")),
+            (0, None) => {
+                return Err(malformed(
+                    "no text start in the header, and runtime.firstmoduledata (which holds it) \
+                     was not found",
+                ));
+            }
             (t, _) => t,
         };
         Ok(Pclntab {
@@ -171,4 +183,92 @@ impl<'d> Pclntab<'d> {
             size: u64::from(size),
         })
     }
+}
+
+/// Offsets in runtime.moduledata (runtime/symtab.go, the same from Go 1.18 to 1.27):
+/// `pcHeader *pcHeader`, six slices (funcnametab, cutab, filetab, pctab, pclntable, ftab),
+/// `findfunctab`, then `minpc, maxpc, text, etext uintptr`.
+const MD_MINPC: u64 = 8 + 6 * 24 + 8;
+/// Most bytes of data sections scanned, and relocations read, looking for moduledata.
+const MAX_SCAN: u64 = 64 << 20;
+const MAX_RELOCS: usize = 1 << 22;
+
+/// runtime.text from runtime.firstmoduledata: the data word that points at the pcHeader (the
+/// start of .gopclntab) and whose minpc/maxpc/text/etext are consistent. In PIE those words are
+/// 0 in the file and filled by R_X86_64_RELATIVE relocations, whose addends are the values.
+fn moduledata_text<'d, R: ReadRef<'d>>(file: &object::File<'d, R>, pcheader: u64) -> Option<u64> {
+    let data_sections: Vec<(u64, &'d [u8])> = file
+        .sections()
+        .filter(|s| {
+            matches!(s.flags(), SectionFlags::Elf { sh_flags }
+                if sh_flags & u64::from(elf::SHF_ALLOC | elf::SHF_WRITE)
+                    == u64::from(elf::SHF_ALLOC | elf::SHF_WRITE))
+        })
+        .filter_map(|s| Some((s.address(), s.data().ok()?)))
+        .scan(0u64, |total, (a, d)| {
+            *total += d.len() as u64;
+            (*total <= MAX_SCAN).then_some((a, d))
+        })
+        .collect();
+    let word = |addr: u64| -> Option<u64> {
+        data_sections.iter().find_map(|(a, d)| {
+            let off = usize::try_from(addr.checked_sub(*a)?).ok()?;
+            u64_at(d, off)
+        })
+    };
+    let relative = || {
+        file.dynamic_relocations()
+            .into_iter()
+            .flatten()
+            .take(MAX_RELOCS)
+            .filter(|(_, r)| {
+                r.flags()
+                    == RelocationFlags::Elf {
+                        r_type: elf::R_X86_64_RELATIVE,
+                    }
+            })
+            .map(|(at, r)| (at, r.addend() as u64))
+    };
+    // Candidates: words holding the pcHeader's address, in the file or by relocation.
+    let mut candidates: Vec<u64> = Vec::new();
+    for (a, d) in &data_sections {
+        for (i, w) in d.chunks_exact(8).enumerate() {
+            if u64::from_le_bytes(w.try_into().unwrap_or([0; 8])) == pcheader {
+                candidates.push(a + 8 * i as u64);
+            }
+        }
+    }
+    candidates.extend(relative().filter(|(_, v)| *v == pcheader).map(|(at, _)| at));
+    candidates.truncate(64);
+    let in_text = |addr: u64| {
+        file.sections().any(|s| {
+            matches!(s.flags(), SectionFlags::Elf { sh_flags }
+                if sh_flags & u64::from(elf::SHF_EXECINSTR) != 0)
+                && s.address() <= addr
+                && addr < s.address().saturating_add(s.size())
+        })
+    };
+    for m in candidates {
+        let fields = |relocated: &dyn Fn(u64) -> Option<u64>| -> Option<[u64; 4]> {
+            let f = |i: u64| relocated(m + MD_MINPC + 8 * i);
+            Some([f(0)?, f(1)?, f(2)?, f(3)?])
+        };
+        let from_file = fields(&|a| word(a).filter(|v| *v != 0));
+        let found = from_file.or_else(|| {
+            let want: Vec<u64> = (0..4).map(|i| m + MD_MINPC + 8 * i).collect();
+            let mut got = [None; 4];
+            for (at, v) in relative() {
+                if let Some(i) = want.iter().position(|w| *w == at) {
+                    got[i] = Some(v);
+                }
+            }
+            Some([got[0]?, got[1]?, got[2]?, got[3]?])
+        });
+        if let Some([minpc, maxpc, text, etext]) = found {
+            if text <= minpc && minpc < maxpc && maxpc <= etext && in_text(text) {
+                return Some(text);
+            }
+        }
+    }
+    None
 }

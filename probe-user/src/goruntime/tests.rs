@@ -40,7 +40,11 @@ fn fixtures_resolve() {
     };
     for dir in dirs {
         let dir_version = dir.file_name().unwrap().to_string_lossy().into_owned();
-        for (name, pie) in [("gosched", false), ("gosched-pie", true)] {
+        for (name, pie) in [
+            ("gosched", false),
+            ("gosched-pie", true),
+            ("gosched-cgo", false),
+        ] {
             let l = analyse(&read(&dir.join(name))[..])
                 .unwrap_or_else(|e| panic!("{}/{name}: {e}", dir.display()));
             // The directory is named by `go env GOVERSION` of the toolchain that built it.
@@ -104,7 +108,13 @@ fn stripped_fixtures_resolve_through_the_layout_table() {
     };
     for dir in dirs {
         let v = dir.file_name().unwrap().to_string_lossy().into_owned();
-        for name in ["gosched", "gosched-pie", "httpserver", "goevents"] {
+        for name in [
+            "gosched",
+            "gosched-pie",
+            "gosched-cgo",
+            "httpserver",
+            "goevents",
+        ] {
             let plain_bytes = read(&dir.join(name));
             let stripped_name = format!("{name}-stripped");
             let stripped_bytes = read(&dir.join(&stripped_name));
@@ -751,7 +761,8 @@ fn pclntab_agrees_with_symtab() {
         return;
     };
     for dir in dirs {
-        for name in ["gosched", "gosched-pie"] {
+        // cgo: external linking puts C code before runtime.text, where entries start.
+        for name in ["gosched", "gosched-pie", "gosched-cgo"] {
             let bytes = read(&dir.join(name));
             let file = object::File::parse(&bytes[..]).unwrap();
             let pcln = pclntab::Pclntab::load(&file).unwrap();
