@@ -17,8 +17,8 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
-        bpf_task_pt_regs,
+        bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_user, bpf_task_pt_regs,
     },
     macros::{btf_tracepoint, map, tracepoint, uprobe},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
@@ -56,12 +56,15 @@ static CONFIG: Config = Config {
 
 // Map sizes here are defaults; the loader resizes them from config (set_max_entries).
 
-/// tid -> when it became runnable.
+/// task_struct address -> when it became runnable. Keyed by task, not tid: an exiting task's
+/// tid is freed (release_task, in exit_notify or the parent's wait) before its last
+/// switch-out, and a new task may take it at once (pid_max is 32768 on many hosts), so two
+/// live tasks can share a tid; a task_struct is not freed before its last switch.
 #[map]
-static RUNQ_START: HashMap<u32, RunqStart> = HashMap::with_max_entries(65536, 0);
-/// tid -> when it entered a blocking futex op.
+static RUNQ_START: HashMap<u64, RunqStart> = HashMap::with_max_entries(65536, 0);
+/// task_struct address -> when it entered a blocking futex op.
 #[map]
-static FUTEX_START: HashMap<u32, FutexStart> = HashMap::with_max_entries(65536, 0);
+static FUTEX_START: HashMap<u64, FutexStart> = HashMap::with_max_entries(65536, 0);
 /// (cgroup, kind, op) -> histogram.
 #[map]
 static HISTS: HashMap<HistKey, Hist> = HashMap::with_max_entries(4096, 0);
@@ -238,14 +241,16 @@ fn hist_bump(h: *mut Hist, ns: u64) {
 
 /// Stamp `tid` as runnable from now (or, for FUTEX_BLOCKED, blocked from now).
 #[inline(always)]
-fn stamp(tid: u32, cause: u32, op: u32, now: u64) {
+fn stamp(task: u64, tid: u32, cause: u32, op: u32, now: u64) {
     let v = RunqStart {
         ts_ns: now,
         cause,
         futex_op: op,
         futex_ns: 0,
+        tid,
+        _pad: 0,
     };
-    if RUNQ_START.insert(&tid, &v, 0).is_err() {
+    if RUNQ_START.insert(&task, &v, 0).is_err() {
         count_drop(drop_reason::RUNQ_START_FULL);
     }
 }
@@ -253,9 +258,9 @@ fn stamp(tid: u32, cause: u32, op: u32, now: u64) {
 /// Stamp a woken task. With FUTEX_SCHED, a task that was blocked in futex gets the length of
 /// that wait carried to its switch-in, where its cgroup is known.
 #[inline(always)]
-fn stamp_woken(tid: u32, f: u32, now: u64) {
+fn stamp_woken(task: u64, tid: u32, f: u32, now: u64) {
     if f & flags::FUTEX_SCHED != 0
-        && let Some(s) = RUNQ_START.get_ptr_mut(&tid)
+        && let Some(s) = RUNQ_START.get_ptr_mut(&task)
     {
         unsafe {
             // Any other existing stamp is stale (woken while still on CPU, then it slept).
@@ -266,10 +271,11 @@ fn stamp_woken(tid: u32, f: u32, now: u64) {
             };
             (*s).ts_ns = now;
             (*s).cause = kind::RUNQ_WOKEN;
+            (*s).tid = tid;
         }
         return;
     }
-    stamp(tid, kind::RUNQ_WOKEN, 0, now);
+    stamp(task, tid, kind::RUNQ_WOKEN, 0, now);
 }
 
 /// The futex op `task` is blocking in, from its saved user registers: the syscall number and
@@ -320,7 +326,7 @@ fn on_wake(p: *const u8, count_waker: bool) -> Result<(), i32> {
     if !wanted(f, tgid, cgroup_id) {
         return Ok(());
     }
-    stamp_woken(tid, f, unsafe { bpf_ktime_get_ns() });
+    stamp_woken(p as u64, tid, f, unsafe { bpf_ktime_get_ns() });
     if !count_waker {
         return Ok(());
     }
@@ -378,8 +384,8 @@ fn on_switch(preempt: bool, prev: *const u8, next: *const u8, prev_state: u64) -
         // a wakeup that raced its exit, and the futex stamp its saved registers would earn a
         // thread killed while blocked in futex (they still show that syscall). Two deletes
         // per task exit, whatever the filter.
-        let _ = RUNQ_START.remove(&prev_tid);
-        let _ = FUTEX_START.remove(&prev_tid);
+        let _ = RUNQ_START.remove(&(prev as u64));
+        let _ = FUTEX_START.remove(&(prev as u64));
         // A Go capture's thread ring too (a reused tid must not inherit old waits).
         if unsafe { read_volatile(addr_of!(GO_CONFIG.tgid)) } != 0 {
             let _ = GO_RUNQ.remove(&prev_tid);
@@ -395,11 +401,11 @@ fn on_switch(preempt: bool, prev: *const u8, next: *const u8, prev_state: u64) -
         };
         if wanted_prev {
             if runnable {
-                stamp(prev_tid, kind::RUNQ_PREEMPTED, 0, now);
+                stamp(prev as u64, prev_tid, kind::RUNQ_PREEMPTED, 0, now);
             } else if let Some(op) = futex_block_op(prev) {
                 // Overwrites a stale stamp; a waking that raced ahead of this switch-out is
                 // handled at switch-in (cause still FUTEX_BLOCKED).
-                stamp(prev_tid, kind::FUTEX_BLOCKED, op, now);
+                stamp(prev as u64, prev_tid, kind::FUTEX_BLOCKED, op, now);
             }
         }
     }
@@ -409,16 +415,16 @@ fn on_switch(preempt: bool, prev: *const u8, next: *const u8, prev_state: u64) -
         // The idle task is always "runnable"; it has no run-queue delay.
         return Ok(());
     }
-    let Some(start) = (unsafe { RUNQ_START.get(&tid) }) else {
+    let Some(start) = (unsafe { RUNQ_START.get(&(next as u64)) }) else {
         return Ok(());
     };
     let (ts, cause, futex_op, mut futex_ns) =
         (start.ts_ns, start.cause, start.futex_op, start.futex_ns);
-    let _ = RUNQ_START.remove(&tid);
-    if now < ts {
-        return Ok(());
-    }
-    let delay = now - ts;
+    let _ = RUNQ_START.remove(&(next as u64));
+    // A task woken on one CPU and switched in on another at once can read an earlier time
+    // there: bpf_ktime_get_ns is not ordered across CPUs (a VM's vCPU clocks drift by
+    // tens of ns). Its delay is ~0, and it must still count: saturate, never drop.
+    let delay = now.saturating_sub(ts);
     if cause == kind::FUTEX_BLOCKED {
         // Its waking ran before its own switch-out was traced: it was woken as it blocked.
         futex_ns = 1;
@@ -616,7 +622,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
 fn futex_enter(op: u32) {
     let f = cfg_flags();
     let pid_tgid = bpf_get_current_pid_tgid();
-    let tid = pid_tgid as u32;
+    let task = unsafe { bpf_get_current_task() };
     if f & (flags::FILTER_TGID | flags::FILTER_CGROUP) != 0 {
         let cg = unsafe { bpf_get_current_cgroup_id() };
         if !wanted(f, (pid_tgid >> 32) as u32, cg) {
@@ -626,9 +632,9 @@ fn futex_enter(op: u32) {
     let v = FutexStart {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         op,
-        _pad: 0,
+        tid: pid_tgid as u32,
     };
-    if FUTEX_START.insert(&tid, &v, 0).is_err() {
+    if FUTEX_START.insert(&task, &v, 0).is_err() {
         count_drop(drop_reason::FUTEX_START_FULL);
     }
 }
@@ -670,11 +676,12 @@ fn futex_exit(ctx: &TracePointContext) {
     let now = unsafe { bpf_ktime_get_ns() };
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
-    let Some(start) = (unsafe { FUTEX_START.get(&tid) }) else {
+    let task = unsafe { bpf_get_current_task() };
+    let Some(start) = (unsafe { FUTEX_START.get(&task) }) else {
         return;
     };
     let (ts, op) = (start.ts_ns, start.op);
-    let _ = FUTEX_START.remove(&tid);
+    let _ = FUTEX_START.remove(&task);
     let ret = unsafe { ctx.read_at::<i64>(cfg().tp_exit_ret as usize) }.unwrap_or(0);
     // errno values: include/uapi/asm-generic/errno{,-base}.h, include/linux/errno.h.
     let outcome = match -ret {
@@ -688,11 +695,12 @@ fn futex_exit(ctx: &TracePointContext) {
     if let Some(c) = FUTEX_OUT.get_ptr_mut(outcome) {
         unsafe { *c += 1 };
     }
-    if outcome == futex_outcome::VALUE_CHANGED || now < ts {
+    if outcome == futex_outcome::VALUE_CHANGED {
         // The futex word had changed: the caller never slept.
         return;
     }
-    let delay = now - ts;
+    // Enter and exit ran on this task, but it may have migrated between them (see on_switch).
+    let delay = now.saturating_sub(ts);
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     hist_add(
         &HistKey {

@@ -604,11 +604,11 @@ impl Probes {
         snap.tasks = tasks.iter().filter_map(Result::ok).collect();
         let pairs: BpfHashMap<_, WakePair, WakeCount> = map_ref(&self.ebpf, "WAKE_PAIRS")?;
         snap.wake_pairs = pairs.iter().filter_map(Result::ok).collect();
-        let runq: BpfHashMap<_, u32, schedlat_common::RunqStart> =
+        let runq: BpfHashMap<_, u64, schedlat_common::RunqStart> =
             map_ref(&self.ebpf, "RUNQ_START")?;
         snap.map_entries
             .push(("RUNQ_START", runq.keys().count(), self.sizes.runq_start));
-        let futex: BpfHashMap<_, u32, schedlat_common::FutexStart> =
+        let futex: BpfHashMap<_, u64, schedlat_common::FutexStart> =
             map_ref(&self.ebpf, "FUTEX_START")?;
         snap.map_entries
             .push(("FUTEX_START", futex.keys().count(), self.sizes.futex_start));

@@ -290,16 +290,19 @@ fn map_tids(pid: u32, name: &str) -> Vec<u32> {
         .iter()
         .find(|id| bpftool(&["map", "show", "id", id, "-j"])["name"] == name)
         .unwrap_or_else(|| panic!("daemon {pid} holds no map {name} (ids {ids:?})"));
+    // Keyed by task_struct address; the value carries the tid (RunqStart at byte 24,
+    // FutexStart at byte 12, probe-ebpf/common).
+    let tid_at = if name == "RUNQ_START" { 24 } else { 12 };
     let entries = bpftool(&["map", "dump", "id", id, "-j"]);
     entries
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| match e["formatted"]["key"].as_u64() {
-            Some(k) => k as u32,
+        .map(|e| match e["formatted"]["value"]["tid"].as_u64() {
+            Some(t) => t as u32,
             // Without BTF for the map: little-endian bytes as "0x.." strings.
             None => {
-                let b: Vec<u8> = e["key"]
+                let b: Vec<u8> = e["value"]
                     .as_array()
                     .unwrap()
                     .iter()
@@ -308,7 +311,7 @@ fn map_tids(pid: u32, name: &str) -> Vec<u32> {
                             .unwrap()
                     })
                     .collect();
-                u32::from_le_bytes(b[..4].try_into().unwrap())
+                u32::from_le_bytes(b[tid_at..tid_at + 4].try_into().unwrap())
             }
         })
         .collect()

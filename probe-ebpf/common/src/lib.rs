@@ -205,8 +205,11 @@ pub struct RunqStart {
     pub futex_op: u32,
     /// FUTEX_SCHED: how long it was blocked in futex before this wakeup, plus one (0 = none).
     pub futex_ns: u64,
+    /// The task's tid (the map is keyed by task_struct address; this is for inspection).
+    pub tid: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<RunqStart>() == 24);
+const _: () = assert!(core::mem::size_of::<RunqStart>() == 32);
 
 /// Value of FUTEX_START: when a task entered a blocking futex op.
 #[repr(C)]
@@ -214,7 +217,8 @@ const _: () = assert!(core::mem::size_of::<RunqStart>() == 24);
 pub struct FutexStart {
     pub ts_ns: u64,
     pub op: u32,
-    pub _pad: u32,
+    /// The task's tid (the map is keyed by task_struct address; this is for inspection).
+    pub tid: u32,
 }
 const _: () = assert!(core::mem::size_of::<FutexStart>() == 16);
 
