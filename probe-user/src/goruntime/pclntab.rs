@@ -6,7 +6,10 @@
 //! `{entryoff, funcoff uint32}` (the last entry is the end of text); `funcoff` points into the
 //! same table at a `_func` whose first two words are `entryOff uint32, nameOff int32`.
 //! Everything is bounds-checked against the section: the file may be planted.
-use object::{Object, ObjectSection, ReadRef, RelocationFlags, SectionFlags, elf};
+use object::{
+    Object, ObjectSection, ReadRef, RelocationFlags, SectionFlags, elf,
+    read::elf::SectionHeader as _,
+};
 
 use super::GoError;
 
@@ -189,38 +192,47 @@ impl<'d> Pclntab<'d> {
 /// `pcHeader *pcHeader`, six slices (funcnametab, cutab, filetab, pctab, pclntable, ftab),
 /// `findfunctab`, then `minpc, maxpc, text, etext uintptr`.
 const MD_MINPC: u64 = 8 + 6 * 24 + 8;
-/// Most bytes of data sections scanned, and relocations read, looking for moduledata.
+/// Most bytes of data sections scanned, and of relocation tables read, looking for moduledata
+/// (a large Go binary has a few MiB of data and of .rela.dyn).
 const MAX_SCAN: u64 = 64 << 20;
-const MAX_RELOCS: usize = 1 << 22;
+const MAX_RELA: u64 = 32 << 20;
+/// Most words pointing at the pcHeader that are tried as moduledata (Go has one per module).
+const MAX_CANDIDATES: usize = 16;
 
 /// runtime.text from runtime.firstmoduledata: the data word that points at the pcHeader (the
 /// start of .gopclntab) and whose minpc/maxpc/text/etext are consistent. In PIE those words are
 /// 0 in the file and filled by R_X86_64_RELATIVE relocations, whose addends are the values.
 fn moduledata_text<'d, R: ReadRef<'d>>(file: &object::File<'d, R>, pcheader: u64) -> Option<u64> {
-    let data_sections: Vec<(u64, &'d [u8])> = file
-        .sections()
-        .filter(|s| {
-            matches!(s.flags(), SectionFlags::Elf { sh_flags }
-                if sh_flags & u64::from(elf::SHF_ALLOC | elf::SHF_WRITE)
-                    == u64::from(elf::SHF_ALLOC | elf::SHF_WRITE))
-        })
-        .filter_map(|s| Some((s.address(), s.data().ok()?)))
-        .scan(0u64, |total, (a, d)| {
-            *total += d.len() as u64;
-            (*total <= MAX_SCAN).then_some((a, d))
-        })
-        .collect();
-    let word = |addr: u64| -> Option<u64> {
-        data_sections.iter().find_map(|(a, d)| {
-            let off = usize::try_from(addr.checked_sub(*a)?).ok()?;
-            u64_at(d, off)
-        })
+    let flags = |s: &object::Section<'d, '_, R>| match s.flags() {
+        SectionFlags::Elf { sh_flags } => sh_flags,
+        _ => 0,
     };
-    let relative = || {
+    let alloc_write = u64::from(elf::SHF_ALLOC | elf::SHF_WRITE);
+    // Sizes are checked before any section is read (through ReadCache, data() reads it all).
+    let mut budget = MAX_SCAN;
+    let mut data_sections: Vec<(u64, &'d [u8])> = Vec::new();
+    for s in file.sections() {
+        if flags(&s) & alloc_write != alloc_write || s.file_range().is_none() {
+            continue;
+        }
+        budget = budget.checked_sub(s.size())?;
+        data_sections.push((s.address(), s.data().ok()?));
+    }
+    let rela_size: u64 = match file {
+        object::File::Elf64(e) => {
+            let endian = e.endian();
+            e.elf_section_table()
+                .iter()
+                .filter(|h| matches!(h.sh_type(endian), elf::SHT_RELA | elf::SHT_REL))
+                .map(|h| h.sh_size(endian))
+                .fold(0u64, u64::saturating_add)
+        }
+        _ => u64::MAX,
+    };
+    let relocs: Vec<(u64, u64)> = if rela_size <= MAX_RELA {
         file.dynamic_relocations()
             .into_iter()
             .flatten()
-            .take(MAX_RELOCS)
             .filter(|(_, r)| {
                 r.flags()
                     == RelocationFlags::Elf {
@@ -228,47 +240,47 @@ fn moduledata_text<'d, R: ReadRef<'d>>(file: &object::File<'d, R>, pcheader: u64
                     }
             })
             .map(|(at, r)| (at, r.addend() as u64))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    // The value of the word at `addr`: in the file, or (0 there) its relocation's addend.
+    let word = |addr: u64| -> Option<u64> {
+        let in_file = data_sections.iter().find_map(|(a, d)| {
+            let off = usize::try_from(addr.checked_sub(*a)?).ok()?;
+            u64_at(d, off)
+        });
+        match in_file {
+            Some(v) if v != 0 => Some(v),
+            _ => relocs.iter().find(|(at, _)| *at == addr).map(|(_, v)| *v),
+        }
     };
     // Candidates: words holding the pcHeader's address, in the file or by relocation.
     let mut candidates: Vec<u64> = Vec::new();
     for (a, d) in &data_sections {
         for (i, w) in d.chunks_exact(8).enumerate() {
             if u64::from_le_bytes(w.try_into().unwrap_or([0; 8])) == pcheader {
-                candidates.push(a + 8 * i as u64);
+                candidates.push(a.wrapping_add(8 * i as u64));
             }
         }
     }
-    candidates.extend(relative().filter(|(_, v)| *v == pcheader).map(|(at, _)| at));
-    candidates.truncate(64);
+    candidates.extend(
+        relocs
+            .iter()
+            .filter(|(_, v)| *v == pcheader)
+            .map(|(at, _)| *at),
+    );
+    candidates.truncate(MAX_CANDIDATES);
     let in_text = |addr: u64| {
         file.sections().any(|s| {
-            matches!(s.flags(), SectionFlags::Elf { sh_flags }
-                if sh_flags & u64::from(elf::SHF_EXECINSTR) != 0)
+            flags(&s) & u64::from(elf::SHF_EXECINSTR) != 0
                 && s.address() <= addr
                 && addr < s.address().saturating_add(s.size())
         })
     };
-    for m in candidates {
-        let fields = |relocated: &dyn Fn(u64) -> Option<u64>| -> Option<[u64; 4]> {
-            let f = |i: u64| relocated(m + MD_MINPC + 8 * i);
-            Some([f(0)?, f(1)?, f(2)?, f(3)?])
-        };
-        let from_file = fields(&|a| word(a).filter(|v| *v != 0));
-        let found = from_file.or_else(|| {
-            let want: Vec<u64> = (0..4).map(|i| m + MD_MINPC + 8 * i).collect();
-            let mut got = [None; 4];
-            for (at, v) in relative() {
-                if let Some(i) = want.iter().position(|w| *w == at) {
-                    got[i] = Some(v);
-                }
-            }
-            Some([got[0]?, got[1]?, got[2]?, got[3]?])
-        });
-        if let Some([minpc, maxpc, text, etext]) = found {
-            if text <= minpc && minpc < maxpc && maxpc <= etext && in_text(text) {
-                return Some(text);
-            }
-        }
-    }
-    None
+    candidates.into_iter().find_map(|m| {
+        let f = |i: u64| word(m.wrapping_add(MD_MINPC + 8 * i));
+        let (minpc, maxpc, text, etext) = (f(0)?, f(1)?, f(2)?, f(3)?);
+        (text <= minpc && minpc < maxpc && maxpc <= etext && in_text(text)).then_some(text)
+    })
 }
