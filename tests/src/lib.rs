@@ -616,6 +616,14 @@ impl TestCgroup {
         &self.rel
     }
 
+    /// The cgroup id the kernel (and so the BPF maps) uses: the directory's inode number.
+    pub fn id(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&self.dir)
+            .unwrap_or_else(|e| panic!("stat {}: {e}", self.dir.display()))
+            .ino()
+    }
+
     /// Move process `pid` (all its threads) into this cgroup.
     pub fn add(&self, pid: u32) {
         std::fs::write(self.dir.join("cgroup.procs"), pid.to_string())

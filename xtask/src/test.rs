@@ -83,6 +83,8 @@ pub fn test(ws: &Workspace, args: &[String]) -> Result<()> {
                 "-p",
                 "schedlat-tests",
                 "--tests",
+                // Every test binary runs, so one failure does not hide the rest.
+                "--no-fail-fast",
                 "--",
                 "--test-threads=1",
             ])
