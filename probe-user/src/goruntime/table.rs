@@ -236,7 +236,7 @@ pub fn learn(binaries: &[&[u8]]) -> Result<Entry, GoError> {
             let Some((operand, t)) = targets
                 .iter()
                 .enumerate()
-                .find(|(_, t)| (addr..addr + size.max(1)).contains(*t))
+                .find(|(_, t)| (addr..addr.saturating_add(size.max(1))).contains(*t))
             else {
                 continue;
             };
