@@ -1,7 +1,8 @@
 //! `schedlat go-stats` against the Go runtime's own runtime/metrics, on Go 1.19 and a current
-//! Go, plain, PIE and stripped (read through the layout table). Both read the same memory:
-//! /sched/latencies:seconds is `sched.timeToRun` (runtime/metrics.go of 1.19.8 copies underflow + counts; 1.27.3 calls
-//! timeHistogram.write: underflow, counts, overflow), so the counts must match exactly.
+//! Go, plain, PIE, cgo and stripped (read through the layout table). Both read the same
+//! memory: /sched/latencies:seconds is `sched.timeToRun` (runtime/metrics.go of 1.19.8 copies
+//! underflow + counts; 1.27.3 calls timeHistogram.write: underflow, counts, overflow), so the
+//! counts must match exactly.
 use std::{
     path::{Path, PathBuf},
     process::Command,
