@@ -239,7 +239,7 @@ fn hist_bump(h: *mut Hist, ns: u64) {
     }
 }
 
-/// Stamp `tid` as runnable from now (or, for FUTEX_BLOCKED, blocked from now).
+/// Stamp `task` (tid `tid`) as runnable from now (or, for FUTEX_BLOCKED, blocked from now).
 #[inline(always)]
 fn stamp(task: u64, tid: u32, cause: u32, op: u32, now: u64) {
     let v = RunqStart {
@@ -422,8 +422,8 @@ fn on_switch(preempt: bool, prev: *const u8, next: *const u8, prev_state: u64) -
         (start.ts_ns, start.cause, start.futex_op, start.futex_ns);
     let _ = RUNQ_START.remove(&(next as u64));
     // A task woken on one CPU and switched in on another at once can read an earlier time
-    // there: bpf_ktime_get_ns is not ordered across CPUs (a VM's vCPU clocks drift by
-    // tens of ns). Its delay is ~0, and it must still count: saturate, never drop.
+    // there: bpf_ktime_get_ns (ktime_get_mono_fast_ns) is not guaranteed ordered across
+    // CPUs. Its delay is ~0, and it must still count: saturate, never drop.
     let delay = now.saturating_sub(ts);
     if cause == kind::FUTEX_BLOCKED {
         // Its waking ran before its own switch-out was traced: it was woken as it blocked.
