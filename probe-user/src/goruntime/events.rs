@@ -132,11 +132,7 @@ pub fn plan<'d, R: ReadRef<'d>>(data: R) -> Result<EventPlan, GoError> {
             (rel.checked_add(fsize)? <= len).then(|| off + rel)
         })
         .ok_or_else(|| malformed(format!("{FUNCTION} is not inside a loaded segment")))?;
-    let base_vaddr = file
-        .segments()
-        .find(|s| s.file_range().0 == 0)
-        .map(|s| s.address() & !0xfff)
-        .ok_or_else(|| malformed("no loadable segment at file offset 0".into()))?;
+    let base_vaddr = super::base_vaddr(&file)?;
     Ok(EventPlan {
         version,
         pie: file.kind() == object::ObjectKind::Dynamic,

@@ -256,14 +256,7 @@ pub fn analyse<'d, R: ReadRef<'d>>(data: R) -> Result<Layout, GoError> {
         gc_ring,
         gcount,
     } = layouts;
-    // The load bias is computed against the segment mapped from file offset 0.
-    let base_vaddr = file
-        .segments()
-        .find(|s| s.file_range().0 == 0)
-        .map(|s| s.address() & !0xfff)
-        .ok_or_else(|| GoError::Malformed {
-            what: "no loadable segment at file offset 0".into(),
-        })?;
+    let base_vaddr = base_vaddr(&file)?;
     Ok(Layout {
         version,
         source,
@@ -276,6 +269,31 @@ pub fn analyse<'d, R: ReadRef<'d>>(data: R) -> Result<Layout, GoError> {
         stw,
         gc_ring,
         gcount,
+    })
+}
+
+/// Page-aligned link-time address of the segment mapped from file offset 0: the load bias of
+/// a PIE is computed against it.
+pub(crate) fn base_vaddr<'d, R: ReadRef<'d>>(file: &object::File<'d, R>) -> Result<u64, GoError> {
+    file.segments()
+        .find(|s| s.file_range().0 == 0)
+        .map(|s| s.address() & !0xfff)
+        .ok_or_else(|| GoError::Malformed {
+            what: "no loadable segment at file offset 0".into(),
+        })
+}
+
+/// Whether `addr` lies in a section whose ELF flags include all of `flags` (SHF_*).
+pub(crate) fn in_section_with<'d, R: ReadRef<'d>>(
+    file: &object::File<'d, R>,
+    addr: u64,
+    flags: u32,
+) -> bool {
+    file.sections().any(|s| {
+        matches!(s.flags(), object::SectionFlags::Elf { sh_flags }
+            if sh_flags & u64::from(flags) == u64::from(flags))
+            && s.address() <= addr
+            && addr < s.address().saturating_add(s.size())
     })
 }
 

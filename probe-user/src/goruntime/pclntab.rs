@@ -271,16 +271,13 @@ fn moduledata_text<'d, R: ReadRef<'d>>(file: &object::File<'d, R>, pcheader: u64
             .map(|(at, _)| *at),
     );
     candidates.truncate(MAX_CANDIDATES);
-    let in_text = |addr: u64| {
-        file.sections().any(|s| {
-            flags(&s) & u64::from(elf::SHF_EXECINSTR) != 0
-                && s.address() <= addr
-                && addr < s.address().saturating_add(s.size())
-        })
-    };
     candidates.into_iter().find_map(|m| {
         let f = |i: u64| word(m.wrapping_add(MD_MINPC + 8 * i));
         let (minpc, maxpc, text, etext) = (f(0)?, f(1)?, f(2)?, f(3)?);
-        (text <= minpc && minpc < maxpc && maxpc <= etext && in_text(text)).then_some(text)
+        (text <= minpc
+            && minpc < maxpc
+            && maxpc <= etext
+            && super::in_section_with(file, text, elf::SHF_EXECINSTR))
+        .then_some(text)
     })
 }

@@ -13,7 +13,7 @@
 use std::{collections::BTreeMap, sync::LazyLock};
 
 use iced_x86::{Decoder, DecoderOptions};
-use object::{Object, ObjectSection, ReadRef, SectionFlags, elf};
+use object::{ObjectSection, ReadRef, elf};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -138,15 +138,7 @@ impl<'d, 'f, R: ReadRef<'d>> Resolver<'d, 'f, R> {
     /// Whether `addr` lies in an allocated, writable section (where Go's globals live:
     /// .data, .bss, .noptrdata, .noptrbss).
     fn in_data(&self, addr: u64) -> bool {
-        self.file.sections().any(|s| {
-            let SectionFlags::Elf { sh_flags } = s.flags() else {
-                return false;
-            };
-            let want = u64::from(elf::SHF_ALLOC | elf::SHF_WRITE);
-            sh_flags & want == want
-                && s.address() <= addr
-                && addr < s.address().saturating_add(s.size())
-        })
+        super::in_section_with(self.file, addr, elf::SHF_ALLOC | elf::SHF_WRITE)
     }
 
     /// The address of `symbol` by its recipes: every recipe whose function exists must give
