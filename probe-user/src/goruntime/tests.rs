@@ -589,6 +589,29 @@ impl std::io::Seek for Counting {
     }
 }
 
+/// `analyse` through ReadCache (the daemon's path) on a planted `elf` it must refuse: asserts it
+/// read under 3 times the file's size, and returns the error.
+fn analyse_counting_reads(elf: &[u8], what: &str) -> GoError {
+    let read = std::rc::Rc::new(std::cell::Cell::new(0));
+    let cache = object::ReadCache::new(Counting {
+        inner: std::io::Cursor::new(elf.to_vec()),
+        read: read.clone(),
+    });
+    let e = analyse(&cache).expect_err("a planted file must be refused");
+    eprintln!(
+        "{what}: {} bytes read through ReadCache for a {}-byte file",
+        read.get(),
+        elf.len()
+    );
+    assert!(
+        read.get() < 3 * elf.len() as u64,
+        "{what}: {} bytes read for a {}-byte file",
+        read.get(),
+        elf.len()
+    );
+    e
+}
+
 /// A planted executable whose symbols all have distinct names in one long string without
 /// NULs: through ReadCache (the daemon's path) every name read is a separate cached buffer of
 /// up to 4 KiB, so 200,000 symbols in a 5 MB file would cost ~800 MB. The symbol lookup reads
@@ -627,24 +650,8 @@ fn symbol_names_cost_no_more_than_the_file_through_readcache() {
         ),
         "{e}"
     );
-    let read = std::rc::Rc::new(std::cell::Cell::new(0));
-    let cache = object::ReadCache::new(Counting {
-        inner: std::io::Cursor::new(elf.clone()),
-        read: read.clone(),
-    });
-    let e = analyse(&cache).unwrap_err();
+    let e = analyse_counting_reads(&elf, &format!("{N} symbols"));
     assert!(matches!(e, GoError::MissingSymbol { .. }), "{e}");
-    eprintln!(
-        "{N} symbols: {} bytes read through ReadCache for a {}-byte file",
-        read.get(),
-        elf.len()
-    );
-    assert!(
-        read.get() < 3 * elf.len() as u64,
-        "{} bytes read for a {}-byte file",
-        read.get(),
-        elf.len()
-    );
 }
 
 /// Section names have the same trap as symbol names: `section_by_name` reads each name
@@ -676,24 +683,8 @@ fn section_names_cost_no_more_than_the_file_through_readcache() {
     elf[shstr + 0x20..shstr + 0x28].copy_from_slice(&(names.len() as u64).to_le_bytes());
 
     assert!(matches!(analyse(&elf[..]), Err(GoError::NotGo { .. })));
-    let read = std::rc::Rc::new(std::cell::Cell::new(0));
-    let cache = object::ReadCache::new(Counting {
-        inner: std::io::Cursor::new(elf.clone()),
-        read: read.clone(),
-    });
-    let e = analyse(&cache).unwrap_err();
+    let e = analyse_counting_reads(&elf, &format!("{N} sections"));
     assert!(matches!(e, GoError::NotGo { .. }), "{e}");
-    eprintln!(
-        "{N} sections: {} bytes read through ReadCache for a {}-byte file",
-        read.get(),
-        elf.len()
-    );
-    assert!(
-        read.get() < 3 * elf.len() as u64,
-        "{} bytes read for a {}-byte file",
-        read.get(),
-        elf.len()
-    );
 }
 
 /// Units whose abbreviation tables start at distinct offsets of one long, unterminated
