@@ -60,8 +60,15 @@ pub const fn bucket_index(ns: u64) -> usize {
     if e >= MAX_SHIFT {
         return OVERFLOW;
     }
-    let sub = ((ns >> (e - SUB_BITS)) as usize) & (SUBS - 1);
-    1 + (e - MIN_SHIFT) as usize * SUBS + sub
+    // e >= MIN_SHIFT on every path that reaches here, so the saturation and the mask change
+    // nothing. They keep the index in range on paths the verifier cannot rule out: when the
+    // `ns >= 2^MIN_SHIFT` test was compiled against a copy of `ns` (`x + 1 > 2^MIN_SHIFT` for
+    // `ns = x`), the 5.10 and 6.1 verifiers also walk `e < MIN_SHIFT`; a wrapped index there
+    // fails `idx < NUM_BUCKETS` in a form they cannot decide (constant on the left), their
+    // bounds become inconsistent and the map-value access is rejected ("misaligned access").
+    let octave = e.saturating_sub(MIN_SHIFT) as usize;
+    let sub = ((ns >> (e.wrapping_sub(SUB_BITS) & 63)) as usize) & (SUBS - 1);
+    1 + octave * SUBS + sub
 }
 
 /// Inclusive lower bound of bucket `i`, in ns.
