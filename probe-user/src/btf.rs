@@ -36,44 +36,86 @@ pub struct KernelOffsets {
     pub css_set_dfl_cgrp: u32,
     pub cgroup_kn: u32,
     pub kernfs_node_id: u32,
-    /// btf_trace_sched_switch has the prev_state argument (Linux 5.18+).
-    pub switch_has_prev_state: bool,
     /// pt_regs fields with the syscall number and its second argument (x86_64 only), for
     /// futex tracking from sched_switch. None where the arch or BTF lacks them.
     pub regs_syscall_nr: Option<u32>,
     pub regs_arg2: Option<u32>,
 }
 
+/// The running kernel's BTF, parsed once: struct offsets for the programs, and the type and
+/// enum facts crate::features detects kernel features from.
+pub struct KernelBtf {
+    btf: Btf,
+}
+
+impl KernelBtf {
+    pub fn open(path: &Path) -> Result<Self, BtfError> {
+        let btf = Btf::from_file(path).map_err(|source| BtfError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(Self { btf })
+    }
+
+    pub fn offsets(&self) -> Result<KernelOffsets, BtfError> {
+        let btf = &self.btf;
+        let off = |s: &str, fields: &[&str]| field_offset(btf, s, fields);
+        Ok(KernelOffsets {
+            task_pid: off("task_struct", &["pid"])?,
+            task_tgid: off("task_struct", &["tgid"])?,
+            // Renamed from `state` to `__state` in 5.14 (2f064a59a11f).
+            task_state: off("task_struct", &["__state", "state"])?,
+            task_comm: off("task_struct", &["comm"])?,
+            task_cgroups: off("task_struct", &["cgroups"])?,
+            css_set_dfl_cgrp: off("css_set", &["dfl_cgrp"])?,
+            cgroup_kn: off("cgroup", &["kn"])?,
+            kernfs_node_id: off("kernfs_node", &["id"])?,
+            // x86_64 struct pt_regs (arch/x86/include/asm/ptrace.h): the syscall number is
+            // saved in orig_ax, arguments in di, si, dx, r10, r8, r9.
+            regs_syscall_nr: if cfg!(target_arch = "x86_64") {
+                off("pt_regs", &["orig_ax"]).ok()
+            } else {
+                None
+            },
+            regs_arg2: if cfg!(target_arch = "x86_64") {
+                off("pt_regs", &["si"]).ok()
+            } else {
+                None
+            },
+        })
+    }
+
+    /// Whether a type of this name exists (struct, typedef, ...).
+    pub fn has_type(&self, name: &str) -> bool {
+        self.btf
+            .resolve_types_by_name(name)
+            .is_ok_and(|t| !t.is_empty())
+    }
+
+    /// Whether `enum enum_name` has a member `value` (e.g. a helper in `enum bpf_func_id`):
+    /// what libbpf's bpf_core_enum_value_exists() asks.
+    pub fn has_enum_value(&self, enum_name: &str, value: &str) -> bool {
+        let Ok(types) = self.btf.resolve_types_by_name(enum_name) else {
+            return false;
+        };
+        types.iter().any(|t| match t {
+            Type::Enum(e) => e
+                .members
+                .iter()
+                .any(|m| self.btf.resolve_name(m).is_ok_and(|n| n == value)),
+            _ => false,
+        })
+    }
+
+    /// Number of arguments of a tracepoint's BTF typedef (`btf_trace_<name>`), context
+    /// included; None if the kernel has no such typedef (no BTF tracepoints).
+    pub fn tracepoint_arg_count(&self, typedef: &str) -> Option<usize> {
+        tracepoint_arg_count(&self.btf, typedef).ok()
+    }
+}
+
 pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
-    let btf = Btf::from_file(path).map_err(|source| BtfError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let off = |s: &str, fields: &[&str]| field_offset(&btf, s, fields);
-    Ok(KernelOffsets {
-        task_pid: off("task_struct", &["pid"])?,
-        task_tgid: off("task_struct", &["tgid"])?,
-        // Renamed from `state` to `__state` in 5.14 (2f064a59a11f).
-        task_state: off("task_struct", &["__state", "state"])?,
-        task_comm: off("task_struct", &["comm"])?,
-        task_cgroups: off("task_struct", &["cgroups"])?,
-        css_set_dfl_cgrp: off("css_set", &["dfl_cgrp"])?,
-        cgroup_kn: off("cgroup", &["kn"])?,
-        kernfs_node_id: off("kernfs_node", &["id"])?,
-        switch_has_prev_state: tracepoint_arg_count(&btf, "btf_trace_sched_switch")? >= 5,
-        // x86_64 struct pt_regs (arch/x86/include/asm/ptrace.h): the syscall number is saved in
-        // orig_ax, arguments in di, si, dx, r10, r8, r9.
-        regs_syscall_nr: if cfg!(target_arch = "x86_64") {
-            off("pt_regs", &["orig_ax"]).ok()
-        } else {
-            None
-        },
-        regs_arg2: if cfg!(target_arch = "x86_64") {
-            off("pt_regs", &["si"]).ok()
-        } else {
-            None
-        },
-    })
+    KernelBtf::open(path)?.offsets()
 }
 
 /// Byte offset of the first of `fields` that `strukt` has, looking through anonymous

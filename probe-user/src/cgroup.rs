@@ -51,7 +51,9 @@ fn is_cgroup2(p: &Path) -> bool {
     // SAFETY: statfs writes into the zeroed struct; `c` is NUL-terminated.
     unsafe {
         let mut st: libc::statfs = std::mem::zeroed();
-        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type == libc::CGROUP2_SUPER_MAGIC
+        // f_type's and the constant's integer types differ between glibc and musl.
+        libc::statfs(c.as_ptr(), &mut st) == 0
+            && st.f_type as u64 == libc::CGROUP2_SUPER_MAGIC as u64
     }
 }
 

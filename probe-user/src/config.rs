@@ -16,8 +16,8 @@ pub struct DaemonConfig {
     /// Address for GET /metrics and /healthz. Loopback by default: metrics reveal workload
     /// names (cgroup paths).
     pub listen: SocketAddr,
-    /// How to trace futex waits: "sched" (from the scheduler probes, no extra cost, no return
-    /// codes), "syscall" (exact with outcomes; every syscall on the host pays ~125 ns for the
+    /// How to trace futex waits: "auto" ("sched" where the kernel can, else "off"), "sched"
+    /// (from the scheduler probes, no extra cost, no return codes), "syscall" (exact with outcomes; every syscall on the host pays ~125 ns for the
     /// syscall tracepoints' slow path) or "off".
     pub futex: FutexMode,
     /// Most distinct `cgroup` label values per metric; more are folded into `cgroup="other"`.
@@ -77,7 +77,7 @@ impl Default for DaemonConfig {
     fn default() -> Self {
         Self {
             listen: DEFAULT_LISTEN.parse().expect("valid default"),
-            futex: FutexMode::Sched,
+            futex: FutexMode::Auto,
             max_cgroups: 500,
             buckets_per_octave: 2,
             removed_cgroup_ttl_secs: 600,
@@ -142,7 +142,7 @@ impl DaemonConfig {
     /// Every key, dotted, with what a valid value looks like.
     pub const KEYS: &'static [(&'static str, &'static str)] = &[
         ("listen", "use HOST:PORT, e.g. \"127.0.0.1:9725\""),
-        ("futex", "use \"sched\", \"syscall\" or \"off\""),
+        ("futex", "use \"auto\", \"sched\", \"syscall\" or \"off\""),
         ("max_cgroups", "use an integer 1..=100000"),
         ("buckets_per_octave", "use 1, 2, 4 or 8"),
         (

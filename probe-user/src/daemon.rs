@@ -285,6 +285,8 @@ pub fn run(cli: &Cli, a: &DaemonArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let probes = Probes::load(&opts).context("starting the daemon")?;
+    // `auto` resolved by the kernel's features: what runs is what is logged and exported.
+    cfg.futex = probes.futex;
     let names = CgroupNames::new(v2_mount().map_err(|e| UsageError(e.to_string()))?);
     // Still single-threaded here (no runtime yet): capset(2) and no_new_privs are per thread,
     // so dropping before the runtime spawns its workers leaves no thread privileged.

@@ -10,12 +10,14 @@ pub mod cli;
 pub mod config;
 pub mod cpulimit;
 pub mod daemon;
+pub mod features;
 pub mod go_stats;
 pub mod gocapture;
 pub mod goruntime;
 pub mod gowatch;
 pub mod hist;
 pub mod metrics;
+pub mod model;
 pub mod privs;
 pub mod probes;
 pub mod report;
@@ -35,6 +37,7 @@ pub fn exit_code_for(e: &anyhow::Error) -> u8 {
             || cause.is::<config::ConfigError>()
             || cause.is::<web::WebConfigError>()
             || cause.is::<privs::UserError>()
+            || cause.is::<features::MissingFeature>()
         {
             return 2;
         }

@@ -17,8 +17,10 @@ use schedlat_common::{
 };
 use tracing::{debug, info, warn};
 
+pub use crate::model::FutexMode;
 use crate::{
-    btf::{BtfError, KernelOffsets},
+    btf::{BtfError, KernelBtf},
+    features::{Feature, KernelFeatures, MissingFeature},
     hist::Histogram,
     tracefs::{Tracefs, TracefsError},
 };
@@ -40,6 +42,17 @@ pub enum ProbeError {
     Tracefs(#[from] TracefsError),
     #[error("loading the eBPF object failed: {0}")]
     Load(#[source] Box<aya::EbpfError>),
+    #[error(
+        "the kernel ({release}) rejected eBPF program {program}: {reason}. This is a schedlat \
+         bug on this kernel: please report it with the output of `schedlat check` and of this \
+         command with `--log debug`, which prints the verifier's whole log"
+    )]
+    Verifier {
+        program: String,
+        release: String,
+        /// The verifier's last word (the whole log goes to the debug log).
+        reason: String,
+    },
     #[error("loading program {program} failed: {source}")]
     Program {
         program: String,
@@ -53,8 +66,8 @@ pub enum ProbeError {
     },
     #[error("eBPF map {map}: {detail}")]
     Map { map: &'static str, detail: String },
-    #[error("futex mode `sched` is not supported here: {0}; use futex mode `syscall` (or `off`)")]
-    FutexSched(String),
+    #[error(transparent)]
+    Missing(#[from] MissingFeature),
 }
 
 impl ProbeError {
@@ -62,7 +75,7 @@ impl ProbeError {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            Self::Privileges { .. } | Self::Tracefs(_) | Self::Btf(_) | Self::FutexSched(_)
+            Self::Privileges { .. } | Self::Tracefs(_) | Self::Btf(_) | Self::Missing(_)
         )
     }
 }
@@ -92,43 +105,6 @@ impl Default for MapSizes {
             tasks: 65536,
             wake_pairs: 65536,
         }
-    }
-}
-
-/// How futex waits are traced.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    serde::Deserialize,
-    serde::Serialize,
-    clap::ValueEnum,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum FutexMode {
-    /// Not at all.
-    Off,
-    /// From sched_switch/sched_waking: a task switched out while its syscall is a futex wait
-    /// is blocked in futex until woken. Costs nothing beyond the run-queue probes, but cannot
-    /// tell how a wait ended (no return codes). x86_64.
-    #[default]
-    Sched,
-    /// From the futex syscall tracepoints: exact, with outcomes (timeout, interrupted, ...).
-    /// Enabling any syscall tracepoint sends every syscall on the host through the kernel's
-    /// slow path (~125 ns each measured here), futex or not.
-    Syscall,
-}
-
-impl std::fmt::Display for FutexMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Off => "off",
-            Self::Sched => "sched",
-            Self::Syscall => "syscall",
-        })
     }
 }
 
@@ -227,6 +203,10 @@ pub struct Probes {
     pub sizes: MapSizes,
     /// A Go uprobe is attached (GO_* maps in use).
     go: bool,
+    /// The futex mode in use (`auto` resolved).
+    pub futex: FutexMode,
+    /// What the kernel offers (crate::features::TABLE), as detected at load.
+    pub features: KernelFeatures,
 }
 
 /// Effective capability bits of this process (/proc/self/status CapEff).
@@ -286,10 +266,37 @@ where
 }
 
 fn prog_err(program: &str) -> impl FnOnce(aya::programs::ProgramError) -> ProbeError + '_ {
-    move |source| ProbeError::Program {
-        program: program.to_string(),
-        source: Box::new(source),
+    move |source| match &source {
+        aya::programs::ProgramError::LoadError { verifier_log, .. } => {
+            let log = verifier_log.to_string();
+            debug!(program, verifier_log = %log, "the verifier rejected a program");
+            ProbeError::Verifier {
+                program: program.to_string(),
+                release: crate::features::kernel_release(),
+                reason: verifier_reason(&log),
+            }
+        }
+        _ => ProbeError::Program {
+            program: program.to_string(),
+            source: Box::new(source),
+        },
     }
+}
+
+/// The line of a verifier log that says why: the last one before its statistics
+/// ("verification time ...", "stack depth ...", "processed N insns ...").
+fn verifier_reason(log: &str) -> String {
+    log.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| {
+            !l.is_empty()
+                && !l.starts_with("verification time")
+                && !l.starts_with("stack depth")
+                && !l.starts_with("processed ")
+        })
+        .unwrap_or("no verifier log")
+        .to_owned()
 }
 
 impl Probes {
@@ -301,25 +308,34 @@ impl Probes {
             Some(p) => Tracefs::new(p)?,
             None => Tracefs::discover()?,
         };
-        let offs: KernelOffsets = crate::btf::kernel_offsets(&opts.btf)?;
+        let kbtf = KernelBtf::open(&opts.btf)?;
+        let offs = kbtf.offsets()?;
         debug!(?offs, "kernel offsets from BTF");
+        let features = KernelFeatures::detect(&kbtf, &tracefs, std::path::Path::new("/sys"));
+        drop(kbtf);
+        for (s, present) in features.rows() {
+            debug!(feature = s.name, present, "kernel feature");
+        }
+        let run = "run-queue delay (capture and daemon)";
+        let upgrade = "run schedlat on a newer kernel";
+        features.require(Feature::BtfTracepoints, run, upgrade)?;
+        features.require(Feature::RingBuf, run, upgrade)?;
         for tp in ["sched_switch", "sched_waking", "sched_wakeup_new"] {
             tracefs.require("sched", tp, "run-queue delay", "")?;
         }
-        let futex_hint = "; on such a kernel use `--futex sched` or `--futex off` (daemon config: futex = \"sched\" or \"off\")";
-        let (tp_futex_op, tp_exit_ret) = if opts.futex == FutexMode::Syscall {
-            tracefs.require(
-                "syscalls",
-                "sys_enter_futex",
-                "futex wait tracking",
-                futex_hint,
+        let futex = features.futex_mode(opts.futex)?;
+        if futex != opts.futex {
+            info!(asked = %opts.futex, using = %futex, "futex mode");
+        }
+        if opts.go_events.is_some() {
+            features.require(
+                Feature::Uprobes,
+                "per-event Go probes",
+                "capture with `--go-probes off` (the Go runtime's own statistics need no probe)",
             )?;
-            tracefs.require(
-                "syscalls",
-                "sys_exit_futex",
-                "futex wait tracking",
-                futex_hint,
-            )?;
+        }
+        let (tp_futex_op, tp_exit_ret) = if futex == FutexMode::Syscall {
+            tracefs.require("syscalls", "sys_exit_futex", "futex mode `syscall`", "")?;
             (
                 tracefs.field_offset("syscalls", "sys_enter_futex", "op")?,
                 tracefs.field_offset("syscalls", "sys_exit_futex", "ret")?,
@@ -338,21 +354,22 @@ impl Probes {
         if !opts.filter_cgroups.is_empty() {
             f |= flags::FILTER_CGROUP;
         }
-        if !offs.switch_has_prev_state {
+        if !features.has(Feature::SwitchPrevState) {
             f |= flags::READ_PREV_STATE;
         }
         if opts.slow_threshold.is_some() {
             f |= flags::SLOW_EVENTS;
         }
         let (mut regs_syscall_nr, mut regs_arg2, mut nrs) = (0, 0, (u32::MAX, u32::MAX, u32::MAX));
-        if opts.futex == FutexMode::Sched {
+        if futex == FutexMode::Sched {
             let (Some(n), Some(a), Some(s)) =
                 (offs.regs_syscall_nr, offs.regs_arg2, FUTEX_SYSCALLS)
             else {
-                return Err(ProbeError::FutexSched(format!(
-                    "it reads the syscall from struct pt_regs, implemented for x86_64 only (this is {})",
+                return Err(ProbeError::Btf(BtfError::Other(format!(
+                    "futex mode `sched` reads the syscall from struct pt_regs, implemented for \
+                     x86_64 only (this is {}): use futex mode `syscall` or `off`",
                     std::env::consts::ARCH
-                )));
+                ))));
             };
             (regs_syscall_nr, regs_arg2, nrs) = (n, a, s);
             f |= flags::FUTEX_SCHED;
@@ -477,19 +494,19 @@ impl Probes {
                 note: None,
             });
         }
-        if opts.futex == FutexMode::Syscall {
+        if futex == FutexMode::Syscall {
             // futex_waitv (5.16) and futex2 futex_wait (6.7) are optional: attach where present.
-            for (prog, tp, required) in [
-                ("sys_enter_futex", "sys_enter_futex", true),
-                ("sys_exit_futex", "sys_exit_futex", true),
-                ("sys_enter_futex_waitv", "sys_enter_futex_waitv", false),
-                ("sys_exit_futex_waitv", "sys_exit_futex_waitv", false),
-                ("sys_enter_futex_wait", "sys_enter_futex_wait", false),
-                ("sys_exit_futex_wait", "sys_exit_futex_wait", false),
+            for (prog, feature) in [
+                ("sys_enter_futex", Feature::SyscallTracepoints),
+                ("sys_exit_futex", Feature::SyscallTracepoints),
+                ("sys_enter_futex_waitv", Feature::FutexWaitvTracepoints),
+                ("sys_exit_futex_waitv", Feature::FutexWaitvTracepoints),
+                ("sys_enter_futex_wait", Feature::Futex2Tracepoints),
+                ("sys_exit_futex_wait", Feature::Futex2Tracepoints),
             ] {
+                let tp = prog;
                 let target = format!("tracepoint/syscalls/{tp}");
-                if !tracefs.has("syscalls", tp) {
-                    debug_assert!(!required);
+                if !features.has(feature) || !tracefs.has("syscalls", tp) {
                     attached.push(Attached {
                         program: prog.into(),
                         target,
@@ -548,6 +565,8 @@ impl Probes {
             attached,
             sizes,
             go: opts.go_events.is_some(),
+            futex,
+            features,
         })
     }
 

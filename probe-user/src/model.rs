@@ -1,0 +1,43 @@
+//! Plain types shared by the loader, the config, the CLI and the outputs (no aya, no I/O).
+
+/// How futex waits are traced.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Deserialize,
+    serde::Serialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum FutexMode {
+    /// Not at all.
+    Off,
+    /// `sched` where the kernel has what it needs (bpf_task_pt_regs, Linux 5.15+, x86_64),
+    /// else `off`; which one is logged and shown by `schedlat check`.
+    #[default]
+    Auto,
+    /// From sched_switch/sched_waking: a task switched out while its syscall is a futex wait
+    /// is blocked in futex until woken. Costs nothing beyond the run-queue probes, but cannot
+    /// tell how a wait ended (no return codes). x86_64.
+    Sched,
+    /// From the futex syscall tracepoints: exact, with outcomes (timeout, interrupted, ...).
+    /// Enabling any syscall tracepoint sends every syscall on the host through the kernel's
+    /// slow path (~125 ns each measured here), futex or not.
+    Syscall,
+}
+
+impl std::fmt::Display for FutexMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Off => "off",
+            Self::Auto => "auto",
+            Self::Sched => "sched",
+            Self::Syscall => "syscall",
+        })
+    }
+}
+
