@@ -34,6 +34,10 @@ pub enum Command {
     /// A Go program's own scheduler statistics read from its memory (GOMAXPROCS, goroutines,
     /// the runtime's scheduling-latency histogram); no eBPF, needs ptrace access to PID.
     GoStats(GoStatsArgs),
+    /// What this kernel and these privileges allow: kernel features (present, missing, the
+    /// fallback in use), capabilities, mounts, and whether capture, daemon and Go probes work
+    /// here (loaded and attached for real, then detached). Exit 2 if one does not.
+    Check(CheckArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -109,6 +113,18 @@ pub struct DaemonArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Check the daemon with this config (its futex mode and map sizes) [default: defaults].
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Check captures with this futex mode (as `capture --futex`).
+    #[arg(long, value_enum, default_value_t = FutexMode::Syscall)]
+    pub futex: FutexMode,
+}
+
+#[derive(Debug, Args)]
 pub struct GoStatsArgs {
     /// Process id of a running Go program (built without -ldflags='-s -w').
     #[arg(long)]
@@ -144,6 +160,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Capture(a) => crate::capture::run(&cli, a),
         Command::Daemon(a) => crate::daemon::run(&cli, a),
         Command::GoStats(a) => crate::go_stats::run(a),
+        Command::Check(a) => crate::check::run(&cli, a),
     }
 }
 

@@ -137,9 +137,7 @@ impl KernelFeatures {
                     Feature::TaskPtRegs => {
                         btf.has_enum_value("bpf_func_id", "BPF_FUNC_task_pt_regs")
                     }
-                    Feature::RingBuf => {
-                        btf.has_enum_value("bpf_map_type", "BPF_MAP_TYPE_RINGBUF")
-                    }
+                    Feature::RingBuf => btf.has_enum_value("bpf_map_type", "BPF_MAP_TYPE_RINGBUF"),
                     Feature::SyscallTracepoints => tracefs.has("syscalls", "sys_enter_futex"),
                     Feature::FutexWaitvTracepoints => {
                         tracefs.has("syscalls", "sys_enter_futex_waitv")

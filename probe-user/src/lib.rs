@@ -6,6 +6,7 @@
 pub mod btf;
 pub mod capture;
 pub mod cgroup;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod cpulimit;

@@ -40,4 +40,3 @@ impl std::fmt::Display for FutexMode {
         })
     }
 }
-

@@ -15,7 +15,7 @@ use schedlat_common::{
     Config, CpuStat, GoConfig, Hist, HistKey, SlowEvent, TaskStat, WakeCount, WakePair,
     drop_reason, flags, futex_outcome, go,
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 pub use crate::model::FutexMode;
 use crate::{
@@ -325,7 +325,7 @@ impl Probes {
         }
         let futex = features.futex_mode(opts.futex)?;
         if futex != opts.futex {
-            info!(asked = %opts.futex, using = %futex, "futex mode");
+            debug!(asked = %opts.futex, using = %futex, "futex mode");
         }
         if opts.go_events.is_some() {
             features.require(
@@ -536,9 +536,9 @@ impl Probes {
         }
         for a in &attached {
             if a.attached {
-                info!(program = %a.program, target = %a.target, "attached");
+                debug!(program = %a.program, target = %a.target, "attached");
             } else {
-                info!(program = %a.program, target = %a.target, note = ?a.note, "not attached");
+                debug!(program = %a.program, target = %a.target, note = ?a.note, "not attached");
             }
         }
         let slow = if opts.slow_threshold.is_some() {
