@@ -134,6 +134,26 @@ pub fn privileged_or_skip(test: &str) -> bool {
     false
 }
 
+/// Whether `schedlat check` finds kernel feature `feature` (its JSON `feature` name, e.g.
+/// `task_pt_regs`) on this kernel: tests of a fallback take the fallback's branch.
+pub fn kernel_has(feature: &str) -> bool {
+    let out = Command::new(schedlat_bin())
+        .args(["check", "--format", "json"])
+        .output()
+        .expect("running schedlat check");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "schedlat check --format json printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let row = v["features"]
+        .as_array()
+        .and_then(|f| f.iter().find(|r| r["feature"] == feature))
+        .unwrap_or_else(|| panic!("schedlat check has no feature {feature:?}: {v}"));
+    row["present"] == true
+}
+
 // ------------------------------------------------------------------------- schedstat
 
 /// Parses the contents of a `schedstat` file: `(on-CPU ns, run-queue wait ns, timeslices)`.

@@ -62,6 +62,10 @@ mod linux {
             cpu: usize,
             #[arg(long, default_value_t = 2.0)]
             secs: f64,
+            /// Spin inside the kernel instead: read(2) from /dev/zero into a 1 MiB buffer
+            /// (the kernel clears it), so preemption hits mostly kernel mode.
+            #[arg(long)]
+            kernel: bool,
         },
         /// The main thread does TIMEOUTS timed-out FUTEX_WAIT_PRIVATE calls, then WOKEN waits that a
         /// waker thread ends with FUTEX_WAKE_PRIVATE after WAIT_MS ms.
@@ -93,7 +97,12 @@ mod linux {
     pub fn main() {
         let cli = Cli::parse();
         let res = match cli.cmd {
-            Cmd::Spin { threads, cpu, secs } => spin(threads, cpu, secs),
+            Cmd::Spin {
+                threads,
+                cpu,
+                secs,
+                kernel,
+            } => spin(threads, cpu, secs, kernel),
             Cmd::Futex {
                 timeouts,
                 woken,
@@ -362,7 +371,7 @@ mod linux {
 
     // ---------------------------------------------------------------- spin
 
-    fn spin(threads: u32, cpu: usize, secs: f64) -> Result<Value> {
+    fn spin(threads: u32, cpu: usize, secs: f64, kernel: bool) -> Result<Value> {
         ensure!(threads >= 1, "--threads must be at least 1");
         ensure!(
             cpu < libc::CPU_SETSIZE as usize,
@@ -392,12 +401,26 @@ mod linux {
                     pinned[i].store(if pin.is_ok() { 1 } else { 2 }, SeqCst);
                     tids[i].store(tid, SeqCst);
                     pin?;
+                    let zero = if kernel {
+                        Some(std::fs::File::open("/dev/zero").context("opening /dev/zero")?)
+                    } else {
+                        None
+                    };
+                    let mut buf = vec![0u8; if kernel { 1 << 20 } else { 0 }];
                     gate.wait();
                     let before = schedstat_raw(tid)?;
                     let t0 = Instant::now();
                     while t0.elapsed() < dur {
-                        for _ in 0..1000 {
-                            spin_loop();
+                        match zero.as_ref() {
+                            Some(mut f) => {
+                                std::io::Read::read(&mut f, &mut buf)
+                                    .context("reading /dev/zero")?;
+                            }
+                            None => {
+                                for _ in 0..1000 {
+                                    spin_loop();
+                                }
+                            }
                         }
                     }
                     let after = schedstat_raw(tid)?;
@@ -435,7 +458,7 @@ mod linux {
                     .map_err(|_| anyhow::anyhow!("spin thread panicked"))??,
             );
         }
-        Ok(json!({ "threads": out, "cpu": cpu, "secs": secs }))
+        Ok(json!({ "threads": out, "cpu": cpu, "secs": secs, "kernel": kernel }))
     }
 
     // ---------------------------------------------------------------- futex
