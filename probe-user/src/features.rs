@@ -233,18 +233,67 @@ pub fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// The README's Requirements table rows for [`TABLE`], `tested` giving per row the column
-/// cells of the kernels tested (see xtask vmtest).
-pub fn markdown_rows(tested: &dyn Fn(Feature) -> Vec<&'static str>) -> String {
-    let mut out = String::new();
+/// A kernel of the VM matrix (`cargo xtask vmtest`) and the features it lacks. The README's
+/// Requirements table is rendered from this and [`TABLE`] (a unit test keeps them equal), and
+/// vmtest checks each VM's `schedlat check` against that table: what the README says is what
+/// the VMs saw.
+pub struct TestedKernel {
+    /// The table's column header; vmtest finds its kernel's column by it.
+    pub column: &'static str,
+    pub missing: &'static [Feature],
+}
+
+pub const TESTED: &[TestedKernel] = &[
+    TestedKernel {
+        column: "5.10 (Debian 11)",
+        missing: &[
+            Feature::SwitchPrevState,
+            Feature::TaskPtRegs,
+            Feature::FutexWaitvTracepoints,
+            Feature::Futex2Tracepoints,
+        ],
+    },
+    TestedKernel {
+        column: "6.1 (Debian 12)",
+        missing: &[Feature::SwitchPrevState, Feature::Futex2Tracepoints],
+    },
+    TestedKernel {
+        column: "6.1 PREEMPT_RT",
+        missing: &[Feature::SwitchPrevState, Feature::Futex2Tracepoints],
+    },
+    TestedKernel {
+        column: "6.12 (Debian 13)",
+        missing: &[],
+    },
+];
+
+/// The README's Requirements table: one row per [`TABLE`] entry, one column per [`TESTED`]
+/// kernel (`yes` / `missing`).
+pub fn requirements_table() -> String {
+    let cols: Vec<&str> = TESTED.iter().map(|k| k.column).collect();
+    let mut out = format!(
+        "| feature | since | detected by | without it | {} |\n|---|---|---|---|{}\n",
+        cols.join(" | "),
+        "---|".repeat(cols.len())
+    );
     for s in TABLE {
+        let cells: Vec<&str> = TESTED
+            .iter()
+            .map(|k| {
+                if k.missing.contains(&s.feature) {
+                    "missing"
+                } else {
+                    "yes"
+                }
+            })
+            .collect();
         out.push_str(&format!(
             "| {} | {} | {} | {} | {} |\n",
             s.name,
             s.since,
-            s.without,
             s.detected_by,
-            tested(s.feature).join(" | ")
+            s.without,
+            cells.join(" | ")
         ));
     }
     out
@@ -253,6 +302,17 @@ pub fn markdown_rows(tested: &dyn Fn(Feature) -> Vec<&'static str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readme_requirements_table_is_the_code_table() {
+        let readme = include_str!("../../README.md");
+        let table = requirements_table();
+        assert!(
+            readme.contains(&table),
+            "README.md's Requirements table differs from features::TABLE and TESTED; put this \
+             there:\n{table}"
+        );
+    }
 
     #[test]
     fn every_feature_has_one_row() {

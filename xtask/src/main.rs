@@ -9,6 +9,7 @@ mod gofix;
 mod image;
 mod setup;
 mod test;
+mod vmtest;
 
 use std::{
     env,
@@ -69,6 +70,9 @@ enum Task {
     /// Setup, then run the cargo-fuzz targets (probe-user/fuzz) for a bounded time each, seeded
     /// from the Go fixtures and deploy/; installs cargo-fuzz and uses the pinned nightly.
     Fuzz(fuzz::Args),
+    /// Boot Debian 11's 5.10, Debian 12's 6.1 (cloud and PREEMPT_RT) and Debian 13's 6.12
+    /// under qemu and run the kernel-facing tests inside each with the static binary.
+    Vmtest(vmtest::Args),
     /// Setup (which builds the Go fixtures with both toolchains), then regenerate the layout
     /// table for stripped Go binaries, probe-user/src/goruntime/layouts.json, from them.
     GoLayouts,
@@ -100,6 +104,7 @@ fn run() -> Result<()> {
         Task::Bench(args) => bench::bench(&ws, args),
         Task::Image => image::image(&ws).map(drop),
         Task::Fuzz(args) => fuzz::fuzz(&ws, args),
+        Task::Vmtest(args) => vmtest::vmtest(&ws, &args),
         Task::GoLayouts => {
             setup::setup(&ws)?;
             gofix::go_layouts(&ws)
@@ -135,6 +140,15 @@ impl Workspace {
         self.target.join("release").join(name)
     }
 
+    /// The shipped `schedlat`: static (musl), so it starts on any x86_64 Linux userspace,
+    /// glibc or not, old or new (the glibc build needs GLIBC_2.34: not Debian 11's 2.31).
+    pub fn static_bin(&self) -> PathBuf {
+        self.target
+            .join(STATIC_TARGET)
+            .join("release")
+            .join("schedlat")
+    }
+
     /// A `cargo` command run from the workspace root.
     pub fn cargo(&self) -> Command {
         let mut c = Command::new(&self.cargo);
@@ -143,14 +157,29 @@ impl Workspace {
     }
 }
 
-/// Setup, then build the release `schedlat` binary; returns its path.
+/// The Rust target of the shipped binary (setup installs it and musl-gcc, which `ring` needs).
+pub const STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// Setup, then build the release `schedlat` binary (static); returns its path.
 pub fn build(ws: &Workspace) -> Result<PathBuf> {
     setup::setup(ws)?;
+    build_static(ws)
+}
+
+/// Build the static release `schedlat` (setup done); returns its path.
+pub fn build_static(ws: &Workspace) -> Result<PathBuf> {
     run_cmd(
-        ws.cargo().args(["build", "--release", "-p", "schedlat"]),
+        ws.cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "schedlat",
+            "--target",
+            STATIC_TARGET,
+        ]),
         "fix the build errors above, then re-run `cargo xtask build`",
     )?;
-    let bin = ws.release_bin("schedlat");
+    let bin = ws.static_bin();
     if !bin.exists() {
         bail!(
             "cargo reported success but {} does not exist",

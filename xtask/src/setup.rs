@@ -33,6 +33,11 @@ pub const BUILD_EBPF: Group = Group {
     why: "Debian's rustc 1.96 (LLVM 22) with a prebuilt `core` for bpfel-unknown-none compiles probe-ebpf",
     packages: &["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf"],
 };
+pub const BUILD_STATIC: Group = Group {
+    name: "build",
+    why: "musl-gcc compiles ring's C and assembly for the static (musl) schedlat that is shipped",
+    packages: &["musl-tools"],
+};
 pub const TEST: Group = Group {
     name: "test",
     why: "promtool checks the /metrics exposition, prometheus scrapes a live daemon; util-linux \
@@ -94,7 +99,8 @@ const PYTOOLS: &[(&str, &str, &str)] = &[
 /// The full setup: build and test packages, bpf-linker, the LLVM rule, tracefs, Go toolchains
 /// and the Go fixtures (built from tests/go, so they follow source changes).
 pub fn setup(ws: &Workspace) -> Result<()> {
-    ensure_packages(&[&BUILD_LINKER, &BUILD_EBPF, &TEST])?;
+    ensure_packages(&[&BUILD_LINKER, &BUILD_EBPF, &BUILD_STATIC, &TEST])?;
+    ensure_rust_target(crate::STATIC_TARGET)?;
     let linker_llvm = ensure_bpf_linker(ws)?;
     check_llvm_rule(linker_llvm)?;
     ensure_tracefs()?;
@@ -102,6 +108,23 @@ pub fn setup(ws: &Workspace) -> Result<()> {
     gofix::build_fixtures(ws)?;
     println!("setup: ok");
     Ok(())
+}
+
+/// The Rust standard library for `target`, through rustup (the machine's toolchain manager).
+fn ensure_rust_target(target: &str) -> Result<()> {
+    let installed = capture(Command::new("rustup").args(["target", "list", "--installed"]))
+        .context(
+            "asking rustup for the installed targets (the host toolchain comes from rustup)",
+        )?;
+    if installed.lines().any(|l| l.trim() == target) {
+        println!("setup: Rust target {target} is installed");
+        return Ok(());
+    }
+    println!("setup: missing Rust target {target} (the static schedlat that is shipped)");
+    run_cmd(
+        Command::new("rustup").args(["target", "add", target]),
+        "rustup must reach its distribution server; then re-run `cargo xtask setup`",
+    )
 }
 
 /// `apt-get update` runs at most once per xtask invocation, and only if something is missing.
@@ -141,6 +164,8 @@ pub fn ensure_packages(groups: &[&Group]) -> Result<()> {
     }
     run_cmd(
         apt_get()
+            // Another apt (an unattended upgrade, a second checkout's setup) may hold the lock.
+            .args(["-o", "DPkg::Lock::Timeout=300"])
             .args(["install", "-y", "--no-install-recommends"])
             .args(&missing),
         hint,

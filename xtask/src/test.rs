@@ -18,7 +18,7 @@ pub fn test(ws: &Workspace, args: &[String]) -> Result<()> {
     // A unit test failure should not hide the integration results: note it, fail at the end.
     let mut failed = Vec::new();
     let mut totals = Totals::default();
-    header("1/4 unit tests");
+    header("1/5 unit tests");
     // schedlat-ebpf only builds for the bpf target (probe-user/build.rs compiles it).
     let mut unit = ws.cargo();
     unit.args([
@@ -38,19 +38,13 @@ pub fn test(ws: &Workspace, args: &[String]) -> Result<()> {
         failed.push("unit tests");
     }
 
-    header("2/4 release build and container image");
+    header("2/5 release build (static) and container image");
     run_cmd(
-        ws.cargo().args([
-            "build",
-            "--release",
-            "-p",
-            "schedlat",
-            "-p",
-            "schedlat-tests",
-        ]),
+        ws.cargo()
+            .args(["build", "--release", "-p", "schedlat-tests"]),
         "fix the build errors above, then re-run `cargo xtask test`",
     )?;
-    let bin = ws.release_bin("schedlat");
+    let bin = crate::build_static(ws)?;
     let workload = ws.release_bin("schedlat-workload");
     for p in [&bin, &workload] {
         if !p.exists() {
@@ -64,7 +58,7 @@ pub fn test(ws: &Workspace, args: &[String]) -> Result<()> {
     // The container image test runs this very binary from the image.
     let image = image::from_binary(ws, &bin)?;
 
-    header("3/4 integration tests (root, --test-threads=1)");
+    header("3/5 integration tests (root, --test-threads=1)");
     let pytools = setup::pytools_venv(ws);
     let envs = [
         ("SCHEDLAT_BIN", &bin),
@@ -118,7 +112,32 @@ pub fn test(ws: &Workspace, args: &[String]) -> Result<()> {
     }
 
     header(&format!(
-        "4/4 fuzzing ({} targets, {} s each)",
+        "4/5 the kernel matrix under qemu ({})",
+        crate::vmtest::KERNELS
+            .iter()
+            .map(|k| k.name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    if is_root() {
+        let built = crate::vmtest::Built {
+            schedlat: bin.clone(),
+            workload: workload.clone(),
+            test_exes: integration_test_binaries(ws)?,
+        };
+        if let Err(e) = crate::vmtest::run(ws, &built, &[]) {
+            eprintln!("error: {e:#}");
+            failed.push("the kernel matrix (vmtest)");
+        }
+    } else {
+        eprintln!(
+            "error: the kernel matrix needs root (qemu is not, but its setup installs packages)"
+        );
+        failed.push("the kernel matrix (vmtest)");
+    }
+
+    header(&format!(
+        "5/5 fuzzing ({} targets, {} s each)",
         fuzz::TARGETS.len(),
         fuzz::TEST_SECONDS
     ));
@@ -191,7 +210,7 @@ fn header(step: &str) {
 }
 
 /// Test executables of schedlat-tests, from cargo's JSON build messages.
-fn integration_test_binaries(ws: &Workspace) -> Result<Vec<std::path::PathBuf>> {
+pub fn integration_test_binaries(ws: &Workspace) -> Result<Vec<std::path::PathBuf>> {
     let mut c = ws.cargo();
     c.args(["test", "--release", "-p", "schedlat-tests", "--no-run"])
         .arg("--message-format=json-render-diagnostics")
