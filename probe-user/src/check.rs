@@ -174,12 +174,17 @@ fn trial(what: &'static str, opts: &ProbeOptions) -> Verdict {
             what,
             works: true,
             detail: format!(
-                "programs load and attach (futex mode {}{})",
+                "programs load and attach (futex mode {}{}){}",
                 p.futex,
                 if p.futex == opts.futex {
                     String::new()
                 } else {
                     format!(", asked {}", opts.futex)
+                },
+                if p.maps_readable_unprivileged() {
+                    ""
+                } else {
+                    "; this kernel checks CAP_BPF on every map read, so the daemon keeps CAP_BPF"
                 }
             ),
         },

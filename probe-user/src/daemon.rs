@@ -294,7 +294,23 @@ pub fn run(cli: &Cli, a: &DaemonArgs) -> anyhow::Result<()> {
         switch_user(acct)?;
         info!(user = %acct.name, uid = acct.uid, gid = acct.gid, "attached; switched user");
     }
-    if cfg.drop_capabilities {
+    // Kernels that check CAP_BPF on every bpf() call (5.10) need it to read the maps.
+    let keep_bpf = cfg.drop_capabilities && !probes.maps_readable_unprivileged();
+    if keep_bpf {
+        let mut keep = vec![crate::privs::CAP_BPF];
+        if cfg.go.enabled {
+            keep.push(crate::privs::CAP_SYS_PTRACE);
+        }
+        crate::privs::drop_capabilities_except(&keep).context(
+            "dropping capabilities after attaching (set drop_capabilities = false to keep them)",
+        )?;
+        warn!(
+            kernel = %probes.features.release,
+            "this kernel checks CAP_BPF on every bpf() call while kernel.unprivileged_bpf_disabled \
+             is set: the daemon keeps CAP_BPF{} to read its maps, and drops every other capability",
+            if cfg.go.enabled { " and CAP_SYS_PTRACE for [go]" } else { "" }
+        );
+    } else if cfg.drop_capabilities {
         if cfg.go.enabled {
             // Go statistics are read at scrape time from /proc/PID/exe and process_vm_readv, which
             // needs ptrace access (PTRACE_MODE_ATTACH) to processes of other users: keep

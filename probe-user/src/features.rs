@@ -255,11 +255,11 @@ pub const TESTED: &[TestedKernel] = &[
     },
     TestedKernel {
         column: "6.1 (Debian 12)",
-        missing: &[Feature::SwitchPrevState, Feature::Futex2Tracepoints],
+        missing: &[Feature::Futex2Tracepoints],
     },
     TestedKernel {
         column: "6.1 PREEMPT_RT",
-        missing: &[Feature::SwitchPrevState, Feature::Futex2Tracepoints],
+        missing: &[Feature::Futex2Tracepoints],
     },
     TestedKernel {
         column: "6.12 (Debian 13)",

@@ -23,6 +23,8 @@ struct CapData {
 
 /// CAP_SYS_PTRACE (include/uapi/linux/capability.h).
 pub const CAP_SYS_PTRACE: u32 = 19;
+/// CAP_BPF (include/uapi/linux/capability.h, Linux 5.8+).
+pub const CAP_BPF: u32 = 39;
 
 /// Like [`drop_all_capabilities`], but keep those of `keep` that are currently permitted.
 /// Returns the kept ones.

@@ -570,6 +570,30 @@ impl Probes {
         })
     }
 
+    /// Whether a thread without capabilities can read the maps through the descriptors held
+    /// here. Newer kernels check privileges when a map is created, not on each access; older
+    /// ones (__sys_bpf in kernel/bpf/syscall.c, 5.10 seen here) refuse every bpf() command
+    /// without CAP_BPF while kernel.unprivileged_bpf_disabled is set, as Debian sets it. Probed,
+    /// not guessed: a scratch thread drops its own capabilities (they are per-thread) and
+    /// looks up ZERO_HIST's one entry.
+    pub fn maps_readable_unprivileged(&self) -> bool {
+        let Some(aya::maps::Map::Array(m)) = self.ebpf.map("ZERO_HIST") else {
+            return false;
+        };
+        use std::os::fd::{AsFd, AsRawFd};
+        let fd = m.fd().as_fd().as_raw_fd();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                if crate::privs::drop_all_capabilities().is_err() {
+                    return false;
+                }
+                lookup_raw(fd, 0, core::mem::size_of::<Hist>())
+            })
+            .join()
+            .unwrap_or(false)
+        })
+    }
+
     /// Drain pending slow events.
     pub fn drain_slow_events(&mut self, out: &mut Vec<SlowEvent>, limit: usize) -> u64 {
         let mut dropped = 0;
@@ -697,6 +721,39 @@ impl Probes {
             counts: c,
         })
     }
+}
+
+/// BPF_MAP_LOOKUP_ELEM of a u32 `key` in the map behind `fd`, by the raw syscall (the probe
+/// above runs it in a thread that has dropped its capabilities).
+fn lookup_raw(fd: i32, key: u32, value_size: usize) -> bool {
+    // union bpf_attr, the BPF_MAP_*_ELEM member (include/uapi/linux/bpf.h).
+    #[repr(C)]
+    struct ElemAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+    let mut value = vec![0u8; value_size];
+    let attr = ElemAttr {
+        map_fd: fd as u32,
+        _pad: 0,
+        key: &key as *const u32 as u64,
+        value: value.as_mut_ptr() as u64,
+        flags: 0,
+    };
+    // SAFETY: `attr` points at a live key and a value buffer of the map's value size.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_ELEM,
+            &attr as *const ElemAttr,
+            core::mem::size_of::<ElemAttr>(),
+        )
+    };
+    rc == 0
 }
 
 /// Capacity of GO_G (goroutines runnable or waiting at once that a Go capture can time).

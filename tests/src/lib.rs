@@ -134,6 +134,14 @@ pub fn privileged_or_skip(test: &str) -> bool {
     false
 }
 
+/// Set by `cargo xtask vmtest` inside its qemu (TCG) guests, where timers fire late and
+/// programs run ~10x slower. Windows that describe the machine's timing, not schedlat (how
+/// close to its deadline a timed wait ends), widen by one histogram bucket there; comparisons
+/// with the oracles (schedstat, counts) do not loosen.
+pub fn emulated() -> bool {
+    std::env::var("SCHEDLAT_TEST_EMULATED").as_deref() == Ok("1")
+}
+
 /// Whether `schedlat check` finds kernel feature `feature` (its JSON `feature` name, e.g.
 /// `task_pt_regs`) on this kernel: tests of a fallback take the fallback's branch.
 pub fn kernel_has(feature: &str) -> bool {

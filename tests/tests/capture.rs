@@ -206,8 +206,9 @@ fn check_futex_waits(mode: &str) {
         }
     }
     // Timed-out waits are precise (hrtimer + default 50 µs slack): they are in D's own bucket.
+    // Not under emulation, where timers fire late by whole buckets (that is the machine).
     assert!(
-        in_bucket_of_d >= timeouts,
+        schedlat_tests::emulated() || in_bucket_of_d >= timeouts,
         "only {in_bucket_of_d} of {timeouts} timed-out waits in the {wait_ms} ms bucket: {f}"
     );
     assert!(row["futex_max_ns"].as_u64().unwrap() >= d);

@@ -816,6 +816,12 @@ fn capture_go_probes_agree_with_the_runtime_and_see_known_blocking() {
             );
             assert!(probe["hits"].as_u64().unwrap() > 1000, "{what}: {probe}");
             for (k, v) in ev["dropped"].as_object().unwrap() {
+                // Emulated, threads wait on run queues so often that a goroutine's window can
+                // outlast the thread's ring of waits: counted, and the M share is then a lower
+                // bound (README). Nothing else may be lost anywhere.
+                if k == "ring_overrun" && schedlat_tests::emulated() {
+                    continue;
+                }
                 assert_eq!(v, 0, "{what}: dropped.{k}: {ev}");
             }
 
@@ -850,7 +856,14 @@ fn capture_go_probes_agree_with_the_runtime_and_see_known_blocking() {
                     .find(|r| r["reason"] == reason)
                     .unwrap_or_else(|| panic!("{what}: no `{reason}` in {}", ev["blocked"]));
                 // In [ms, 1.25 ms] give or take one of our buckets (1/8 of a power of two).
-                let (lo, hi) = (ms * 1_000_000, ms * 1_000_000 * 5 / 4 * 9 / 8);
+                // Emulated, the fixture's timer is armed long before the goroutine parks, so
+                // a wait can also be one bucket shorter.
+                let lo = if schedlat_tests::emulated() {
+                    ms * 1_000_000 * 7 / 8
+                } else {
+                    ms * 1_000_000
+                };
+                let hi = ms * 1_000_000 * 5 / 4 * 9 / 8;
                 let n: u64 = buckets(row)
                     .iter()
                     .filter(|(le, _)| *le >= lo && *le <= hi)

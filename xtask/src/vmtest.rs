@@ -230,6 +230,8 @@ fn judge(want: &[String], log: &str) -> Outcome {
     let mut in_check = false;
     for l in log.lines() {
         let l = l.trim_end_matches('\r');
+        // The console's first line also carries the firmware's escape sequences.
+        let l = l.find("VMTEST ").map_or(l, |i| &l[i..]);
         if let Some(r) = l.strip_prefix("VMTEST kernel ") {
             o.kernel = r.to_owned();
         } else if l == "VMTEST check-begin" {
@@ -541,7 +543,7 @@ fn build_initramfs(ws: &Workspace, built: &Built, dir: &Path) -> Result<PathBuf>
     fs::copy(busybox, root.join("bin/busybox"))?;
     for applet in [
         "sh", "mount", "mkdir", "cat", "echo", "poweroff", "sleep", "ls", "uname", "env", "id",
-        "kill", "ps", "grep", "head", "tail", "cut", "tr",
+        "kill", "ps", "grep", "head", "tail", "cut", "tr", "ifconfig",
     ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
     }
@@ -613,7 +615,8 @@ mount -t devtmpfs dev /dev
 mount -t tracefs nodev /sys/kernel/tracing
 mount -t cgroup2 none /sys/fs/cgroup
 mount -t tmpfs tmp /tmp
-export PATH=/bin CI=true HOME=/tmp
+ifconfig lo 127.0.0.1 up
+export PATH=/bin CI=true HOME=/tmp SCHEDLAT_TEST_EMULATED=1
 export SCHEDLAT_BIN=/bin/schedlat SCHEDLAT_WORKLOAD=/bin/schedlat-workload SCHEDLAT_GO_FIXTURES=/go-fixtures
 echo "VMTEST kernel $(uname -r)"
 echo "VMTEST check-begin"
