@@ -98,7 +98,7 @@ const TESTS: &[(&str, &[&str])] = &[
         "go_runtime",
         &[
             "capture_go_probes_agree_with_the_runtime_and_see_known_blocking",
-            "daemon_exports_go_runtime_metrics",
+            "daemon_drops_an_exited_go_programs_series_after_its_ttl",
         ],
     ),
 ];

@@ -391,11 +391,21 @@ mod linux {
         let gates = (0..threads)
             .map(|_| Gate::new())
             .collect::<Result<Vec<_>>>()?;
-        for (i, &gate) in gates.iter().enumerate() {
+        // Spun out, each thread parks on its end gate, so main reads its schedstat while it
+        // neither runs nor waits: the window is exactly [its `before`, main's read], and the
+        // wait to be switched in after the start gate is inside it (as in the capture).
+        let ends = (0..threads)
+            .map(|_| Gate::new())
+            .collect::<Result<Vec<_>>>()?;
+        // Main blocks on these (no polling: its own waits are counted in the process too).
+        let spun = (0..threads)
+            .map(|_| Gate::new())
+            .collect::<Result<Vec<_>>>()?;
+        for (i, ((&gate, &end), &done)) in gates.iter().zip(&ends).zip(&spun).enumerate() {
             let (tids, pinned) = (tids.clone(), pinned.clone());
             let h = thread::Builder::new()
                 .name(format!("spin{i}"))
-                .spawn(move || -> Result<Value> {
+                .spawn(move || -> Result<(u64, u64, u64)> {
                     let tid = gettid();
                     let pin = pin_self(cpu);
                     pinned[i].store(if pin.is_ok() { 1 } else { 2 }, SeqCst);
@@ -407,8 +417,8 @@ mod linux {
                         None
                     };
                     let mut buf = vec![0u8; if kernel { 1 << 20 } else { 0 }];
-                    gate.wait();
                     let before = schedstat_raw(tid)?;
+                    gate.wait();
                     let t0 = Instant::now();
                     while t0.elapsed() < dur {
                         match zero.as_ref() {
@@ -423,13 +433,9 @@ mod linux {
                             }
                         }
                     }
-                    let after = schedstat_raw(tid)?;
-                    Ok(json!({
-                        "tid": tid,
-                        "cpu_ns": after.0.saturating_sub(before.0),
-                        "run_delay_ns": after.1.saturating_sub(before.1),
-                        "timeslices": after.2.saturating_sub(before.2),
-                    }))
+                    done.open()?;
+                    end.wait();
+                    Ok(before)
                 })
                 .context("spawning a spin thread")?;
             handles.push(h);
@@ -450,13 +456,28 @@ mod linux {
         for g in &gates {
             g.open()?;
         }
-        // Main is not measured: joining (a futex wait by main) is fine.
+        // Main is not measured: its waits and joins (futex) are fine.
+        for d in &spun {
+            d.wait();
+        }
+        let afters = tid_list
+            .iter()
+            .map(|&t| schedstat_raw(t))
+            .collect::<Result<Vec<_>>>()?;
+        for e in &ends {
+            e.open()?;
+        }
         let mut out = Vec::new();
-        for h in handles {
-            out.push(
-                h.join()
-                    .map_err(|_| anyhow::anyhow!("spin thread panicked"))??,
-            );
+        for ((h, tid), after) in handles.into_iter().zip(&tid_list).zip(afters) {
+            let before = h
+                .join()
+                .map_err(|_| anyhow::anyhow!("spin thread panicked"))??;
+            out.push(json!({
+                "tid": tid,
+                "cpu_ns": after.0.saturating_sub(before.0),
+                "run_delay_ns": after.1.saturating_sub(before.1),
+                "timeslices": after.2.saturating_sub(before.2),
+            }));
         }
         Ok(json!({ "threads": out, "cpu": cpu, "secs": secs, "kernel": kernel }))
     }
