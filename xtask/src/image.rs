@@ -1,7 +1,7 @@
 //! `cargo xtask image`: an OCI image of the release `schedlat`, built without a container
 //! engine (this machine has none): one gzip layer holding the binary at
-//! /usr/local/bin/schedlat, exactly the shared libraries `ldd` says it loads (glibc, libgcc_s,
-//! the dynamic loader), a two-line /etc/passwd and /etc/group (root, nobody: the `user`
+//! /usr/local/bin/schedlat, exactly the shared libraries `ldd` says it loads (none for the
+//! static musl build that `cargo xtask build` makes), a two-line /etc/passwd and /etc/group (root, nobody: the `user`
 //! setting looks names up) and the DaemonSet's mount points; written as an OCI image layout
 //! at target/image/schedlat, tagged with the crate version. `skopeo copy oci:...` pushes or
 //! converts it (README, Deploying).
@@ -304,7 +304,7 @@ pub fn write_layout(
         "history": [{
             "created": created,
             "created_by": "cargo xtask image",
-            "comment": "target/release/schedlat and the shared libraries ldd lists",
+            "comment": "the release schedlat and the shared libraries ldd lists (none: static)",
         }],
     });
     let config = serde_json::to_vec(&config)?;

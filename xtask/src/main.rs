@@ -39,7 +39,8 @@ enum Task {
     /// Install and check the toolchain: Debian packages, bpf-linker 0.13 on LLVM 22, tracefs.
     /// Idempotent: prints what is missing and why before installing anything.
     Setup,
-    /// Setup, then build the release binary (target/release/schedlat).
+    /// Setup, then build the release binary, static (musl):
+    /// target/x86_64-unknown-linux-musl/release/schedlat.
     Build,
     /// Build, then run schedlat with ARGS (default: `capture --duration 10s`), via sudo if not root.
     Run {
