@@ -181,7 +181,7 @@ fn trial(what: &'static str, opts: &ProbeOptions) -> Verdict {
                 } else {
                     format!(", asked {}", opts.futex)
                 },
-                if p.maps_readable_unprivileged() {
+                if what != "daemon" || p.maps_readable_unprivileged() {
                     ""
                 } else {
                     "; this kernel checks CAP_BPF on every map read, so the daemon keeps CAP_BPF"
