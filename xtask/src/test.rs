@@ -18,6 +18,38 @@ pub fn test(ws: &Workspace, args: &[String]) -> Result<()> {
     // A unit test failure should not hide the integration results: note it, fail at the end.
     let mut failed = Vec::new();
     let mut totals = Totals::default();
+    header("lint: cargo fmt --check, cargo clippy -D warnings");
+    // The eBPF crate is left out: it builds only for bpfel-unknown-none with Debian's
+    // compiler, which ships no clippy.
+    for (args, fix) in [
+        (
+            &["fmt", "--all", "--check"][..],
+            "run `cargo fmt --all` and commit the result",
+        ),
+        (
+            &[
+                "clippy",
+                "--workspace",
+                "--exclude",
+                "schedlat-ebpf",
+                "--exclude",
+                "schedlat-fuzz",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ][..],
+            "fix the clippy findings above",
+        ),
+    ] {
+        if let Err(e) = run_cmd(ws.cargo().args(args), fix) {
+            eprintln!("error: {e:#}");
+            if !failed.contains(&"lint") {
+                failed.push("lint");
+            }
+        }
+    }
+
     header("1/5 unit tests");
     // schedlat-ebpf only builds for the bpf target (probe-user/build.rs compiles it).
     let mut unit = ws.cargo();

@@ -371,10 +371,7 @@ fn apt_opts(dir: &Path) -> Vec<String> {
 
 /// The Debian archive this machine's apt uses (the first `.../debian` URI of its sources).
 fn debian_mirror() -> Result<String> {
-    let mut texts = Vec::new();
-    for p in ["/etc/apt/sources.list"] {
-        texts.push(fs::read_to_string(p).unwrap_or_default());
-    }
+    let mut texts = vec![fs::read_to_string("/etc/apt/sources.list").unwrap_or_default()];
     if let Ok(rd) = fs::read_dir("/etc/apt/sources.list.d") {
         for e in rd.flatten() {
             let p = e.path();
@@ -724,7 +721,7 @@ mod tests {
 
     #[test]
     fn newest_kernel_package_sorts_last() {
-        let mut v = vec![
+        let mut v = [
             "linux-image-6.1.0-9-rt-amd64",
             "linux-image-6.1.0-57-rt-amd64",
             "linux-image-6.1.0-50-rt-amd64",
