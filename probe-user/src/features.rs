@@ -71,16 +71,16 @@ pub const TABLE: &[Spec] = &[
     Spec {
         feature: Feature::SyscallTracepoints,
         name: "syscall tracepoints",
-        since: "2.6.37 (CONFIG_FTRACE_SYSCALLS)",
-        detected_by: "tracefs events/syscalls/sys_enter_futex",
+        since: "2.6.37",
+        detected_by: "tracefs has syscalls:sys_enter_futex (CONFIG_FTRACE_SYSCALLS)",
         used_for: "futex mode `syscall` (waits with how they ended)",
-        without: "futex mode `syscall` is refused (exit 2): use `sched` or `off`",
+        without: "futex mode `syscall` (the capture's default) is refused (exit 2): use `sched` or `off`",
     },
     Spec {
         feature: Feature::FutexWaitvTracepoints,
         name: "futex_waitv tracepoints",
         since: "5.16",
-        detected_by: "tracefs events/syscalls/sys_enter_futex_waitv",
+        detected_by: "tracefs has syscalls:sys_enter_futex_waitv",
         used_for: "futex mode `syscall`: waits in futex_waitv",
         without: "not attached (the kernel has no futex_waitv to trace)",
     },
@@ -88,15 +88,15 @@ pub const TABLE: &[Spec] = &[
         feature: Feature::Futex2Tracepoints,
         name: "futex2 futex_wait tracepoints",
         since: "6.7",
-        detected_by: "tracefs events/syscalls/sys_enter_futex_wait",
+        detected_by: "tracefs has syscalls:sys_enter_futex_wait",
         used_for: "futex mode `syscall`: waits in futex2 futex_wait",
         without: "not attached (the kernel has no futex2 futex_wait to trace)",
     },
     Spec {
         feature: Feature::Uprobes,
         name: "uprobes",
-        since: "4.17 (perf PMU, CONFIG_UPROBE_EVENTS)",
-        detected_by: "sysfs bus/event_source/devices/uprobe",
+        since: "4.17",
+        detected_by: "sysfs has bus/event_source/devices/uprobe (CONFIG_UPROBE_EVENTS)",
         used_for: "per-event Go probes in captures (runtime.casgstatus)",
         without: "captures keep the Go runtime's own statistics; `--go-probes on` is refused (exit 2)",
     },
@@ -112,11 +112,15 @@ pub struct KernelFeatures {
 
 /// A feature the user asked for is missing: exit 2, naming it, the kernel and the way out.
 #[derive(Debug, thiserror::Error)]
-#[error("{what} needs {name} (Linux {since}+), which this kernel ({release}) lacks: {way_out}")]
+#[error(
+    "{what} needs {name} (Linux {since}+; detected as: {detected_by}), which this kernel \
+     ({release}) lacks: {way_out}"
+)]
 pub struct MissingFeature {
     pub what: String,
     pub name: &'static str,
     pub since: &'static str,
+    pub detected_by: &'static str,
     pub release: String,
     pub way_out: String,
 }
@@ -184,6 +188,7 @@ impl KernelFeatures {
             what: what.into(),
             name: s.name,
             since: s.since,
+            detected_by: s.detected_by,
             release: self.release.clone(),
             way_out: way_out.into(),
         })
@@ -209,8 +214,8 @@ impl KernelFeatures {
                 self.require(
                     Feature::SyscallTracepoints,
                     "futex mode `syscall`",
-                    "use futex mode `sched` or `off` (the kernel needs CONFIG_FTRACE_SYSCALLS \
-                     for `syscall`)",
+                    "use `--futex sched` or `--futex off` (daemon config: futex = \"auto\", \
+                     \"sched\" or \"off\")",
                 )?;
                 Ok(FutexMode::Syscall)
             }
@@ -354,7 +359,10 @@ mod tests {
             .futex_mode(FutexMode::Syscall)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("CONFIG_FTRACE_SYSCALLS"), "{e}");
+        assert!(
+            e.contains("syscalls:sys_enter_futex") && e.contains("--futex sched"),
+            "{e}"
+        );
     }
 
     // Reads this machine's BTF and tracefs (world-readable; no root needed).
