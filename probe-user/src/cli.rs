@@ -1,9 +1,9 @@
-//! Command-line interface.
+//! Command-line interface: clap types only (a leaf: the commands import it, never the reverse).
 use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{UsageError, probes::FutexMode};
+use crate::model::FutexMode;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -151,29 +151,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("invalid duration {s:?}: must be greater than zero"));
     }
     Ok(d)
-}
-
-pub fn run() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    init_logging(&cli.log)?;
-    match &cli.command {
-        Command::Capture(a) => crate::capture::run(&cli, a),
-        Command::Daemon(a) => crate::daemon::run(&cli, a),
-        Command::GoStats(a) => crate::go_stats::run(a),
-        Command::Check(a) => crate::check::run(&cli, a),
-    }
-}
-
-fn init_logging(filter: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .map_err(|e| UsageError(format!("invalid --log filter {filter:?}: {e}")))?;
-    // init() also routes the `log` records aya emits into tracing (tracing-log feature).
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
-    Ok(())
 }
 
 #[cfg(test)]

@@ -26,6 +26,35 @@ pub mod series;
 pub mod tracefs;
 pub mod web;
 
+/// Parse the command line, set up logging and run the command.
+pub fn run() -> anyhow::Result<()> {
+    let cli = <cli::Cli as clap::Parser>::parse();
+    init_logging(&cli.log)?;
+    match &cli.command {
+        cli::Command::Capture(a) => crate::capture::run(&cli, a),
+        cli::Command::Daemon(a) => crate::daemon::run(&cli, a),
+        cli::Command::GoStats(a) => crate::go_stats::run(a),
+        cli::Command::Check(a) => crate::check::run(&cli, a),
+    }
+}
+
+fn init_logging(filter: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|e| UsageError(format!("invalid --log filter {filter:?}: {e}")))?;
+    // Colour only for a person at a terminal: not in files, pipes or journald, nor with
+    // NO_COLOR set (no-color.org).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    // init() also routes the `log` records aya emits into tracing (tracing-log feature).
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    Ok(())
+}
+
 /// An error the user must fix (bad argument, missing privilege, unsupported kernel): exit 2.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    match schedlat::cli::run() {
+    match schedlat::run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("schedlat: error: {e:#}");

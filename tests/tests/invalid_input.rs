@@ -209,3 +209,15 @@ fn kernel_lacking_a_tracepoint() {
     assert_usage_error(&out, &["tracefs not found", "mount -t tracefs"]);
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+#[test]
+fn logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
+    // stderr is a pipe here; debug logging makes sure there are log lines to look at.
+    let out = run_schedlat(&["--log", "debug", "check"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("kernel feature"), "no log lines:\n{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "ANSI escape codes in piped stderr:\n{stderr}"
+    );
+}
