@@ -461,7 +461,7 @@ impl GoStart {
 
 /// The text form of the Go sections.
 pub fn render_text(sections: &[GoSection]) -> String {
-    use crate::report::fmt_ns;
+    use crate::hist::fmt_ns;
     use std::fmt::Write as _;
     let mut o = String::new();
     // None with samples means the overflow bucket.
@@ -572,7 +572,7 @@ pub fn render_text(sections: &[GoSection]) -> String {
 }
 
 fn render_events(o: &mut String, e: &GoEvents) {
-    use crate::report::fmt_ns;
+    use crate::hist::fmt_ns;
     use std::fmt::Write as _;
     let line = |h: &HistSummary| {
         format!(

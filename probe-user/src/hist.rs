@@ -160,6 +160,22 @@ impl From<&Histogram> for HistSummary {
     }
 }
 
+/// Human-readable duration: 1.23ms, 45.6µs, 2.00s.
+pub fn fmt_ns(ns: u64) -> String {
+    let n = ns as f64;
+    if ns == u64::MAX {
+        "inf".into()
+    } else if n >= 1e9 {
+        format!("{:.2}s", n / 1e9)
+    } else if n >= 1e6 {
+        format!("{:.2}ms", n / 1e6)
+    } else if n >= 1e3 {
+        format!("{:.1}µs", n / 1e3)
+    } else {
+        format!("{ns}ns")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use schedlat_common::{

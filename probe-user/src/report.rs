@@ -4,6 +4,7 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use schedlat_common::{COMM_LEN, SlowEvent, drop_reason, futex_op, futex_outcome, kind};
 use serde::Serialize;
 
+pub use crate::hist::fmt_ns;
 use crate::{
     hist::{HistSummary, Histogram},
     probes::RawSnapshot,
@@ -340,22 +341,6 @@ pub fn build(
             .map(|&(name, entries, capacity)| (name.to_string(), MapUse { entries, capacity }))
             .collect(),
         go: Vec::new(),
-    }
-}
-
-/// Human-readable duration: 1.23ms, 45.6µs, 2.00s.
-pub fn fmt_ns(ns: u64) -> String {
-    let n = ns as f64;
-    if ns == u64::MAX {
-        "inf".into()
-    } else if n >= 1e9 {
-        format!("{:.2}s", n / 1e9)
-    } else if n >= 1e6 {
-        format!("{:.2}ms", n / 1e6)
-    } else if n >= 1e3 {
-        format!("{:.1}µs", n / 1e3)
-    } else {
-        format!("{ns}ns")
     }
 }
 

@@ -16,7 +16,7 @@ use std::{
     ffi::{OsStr, OsString},
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
-    process::{Command, ExitCode, Output},
+    process::{Command, ExitCode, Output, Stdio},
 };
 
 use anyhow::{Context, Result, bail};
@@ -188,6 +188,41 @@ pub fn build_static(ws: &Workspace) -> Result<PathBuf> {
         );
     }
     Ok(bin)
+}
+
+/// Test executables of schedlat-tests, from cargo's JSON build messages.
+pub fn integration_test_binaries(ws: &Workspace) -> Result<Vec<std::path::PathBuf>> {
+    let mut c = ws.cargo();
+    c.args(["test", "--release", "-p", "schedlat-tests", "--no-run"])
+        .arg("--message-format=json-render-diagnostics")
+        .stderr(Stdio::inherit());
+    let line = cmdline(&c);
+    println!("+ {line}");
+    let out = c
+        .output()
+        .with_context(|| format!("could not start `{line}`"))?;
+    if !out.status.success() {
+        bail!(
+            "`{line}` failed ({}): fix the build errors above",
+            out.status
+        );
+    }
+    let mut exes = Vec::new();
+    for msg in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(msg) else {
+            continue;
+        };
+        if v["reason"] != "compiler-artifact" || v["profile"]["test"] != true {
+            continue;
+        }
+        if let Some(exe) = v["executable"].as_str() {
+            exes.push(exe.into());
+        }
+    }
+    if exes.is_empty() {
+        bail!("`{line}` built no test executables for schedlat-tests");
+    }
+    Ok(exes)
 }
 
 fn run_schedlat(ws: &Workspace, args: Vec<OsString>) -> Result<()> {

@@ -120,7 +120,7 @@ pub fn test(ws: &Workspace, args: &[String]) -> Result<()> {
         // Build as the user (no root-owned files in target/), run only the test binaries as root.
         println!("not root: building the integration tests, then running them through `sudo`");
         let mut errors = Vec::new();
-        for exe in integration_test_binaries(ws)? {
+        for exe in crate::integration_test_binaries(ws)? {
             let mut c = Command::new("sudo");
             c.args(["--preserve-env", "env"]);
             for (k, v) in envs {
@@ -155,7 +155,7 @@ pub fn test(ws: &Workspace, args: &[String]) -> Result<()> {
         let built = crate::vmtest::Built {
             schedlat: bin.clone(),
             workload: workload.clone(),
-            test_exes: integration_test_binaries(ws)?,
+            test_exes: crate::integration_test_binaries(ws)?,
         };
         if let Err(e) = crate::vmtest::run(ws, &built, &[]) {
             eprintln!("error: {e:#}");
@@ -239,41 +239,6 @@ fn parse_test_result(l: &str) -> Option<(u64, u64)> {
 
 fn header(step: &str) {
     println!("\n==> {step}");
-}
-
-/// Test executables of schedlat-tests, from cargo's JSON build messages.
-pub fn integration_test_binaries(ws: &Workspace) -> Result<Vec<std::path::PathBuf>> {
-    let mut c = ws.cargo();
-    c.args(["test", "--release", "-p", "schedlat-tests", "--no-run"])
-        .arg("--message-format=json-render-diagnostics")
-        .stderr(Stdio::inherit());
-    let line = cmdline(&c);
-    println!("+ {line}");
-    let out = c
-        .output()
-        .with_context(|| format!("could not start `{line}`"))?;
-    if !out.status.success() {
-        bail!(
-            "`{line}` failed ({}): fix the build errors above",
-            out.status
-        );
-    }
-    let mut exes = Vec::new();
-    for msg in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(msg) else {
-            continue;
-        };
-        if v["reason"] != "compiler-artifact" || v["profile"]["test"] != true {
-            continue;
-        }
-        if let Some(exe) = v["executable"].as_str() {
-            exes.push(exe.into());
-        }
-    }
-    if exes.is_empty() {
-        bail!("`{line}` built no test executables for schedlat-tests");
-    }
-    Ok(exes)
 }
 
 #[cfg(test)]

@@ -135,7 +135,7 @@ pub fn vmtest(ws: &Workspace, args: &Args) -> Result<()> {
     let built = Built {
         schedlat: crate::build_static(ws)?,
         workload: ws.release_bin("schedlat-workload"),
-        test_exes: crate::test::integration_test_binaries(ws)?,
+        test_exes: crate::integration_test_binaries(ws)?,
     };
     run(ws, &built, &args.kernels)
 }
