@@ -24,6 +24,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, ProbeContext, TracePointContext},
 };
+use aya_log_ebpf::debug;
 use schedlat_common::{
     COMM_LEN, Config, CpuStat, FutexStart, GoConfig, GoGState, GoRunqRing, Hist, HistKey,
     RateWindow, RunqStart, SlowEvent, TaskStat, WakeCount, WakePair, bucket_index, drop_reason,
@@ -134,10 +135,40 @@ fn cfg_flags() -> u32 {
     unsafe { read_volatile(addr_of!(CONFIG.flags)) }
 }
 
+/// Per drop reason, whether its first drop was logged (kernel diagnostics, see [`first`]).
+#[map]
+static LOGGED: Array<u32> = Array::with_max_entries(drop_reason::COUNT as u32 + 1, 0);
+/// LOGGED's slot for "a clock read earlier than the stamp it is compared with".
+const LOGGED_CLOCK: u32 = drop_reason::COUNT as u32;
+
+/// Kernel-side diagnostics go through aya-log at debug level. The loader sets AYA_LOG_LEVEL
+/// (read-only data) to 0 unless schedlat logs at debug, so the verifier removes every log
+/// site: they cost nothing otherwise. Each kind is logged the first time it happens only.
+#[inline(always)]
+fn first(slot: u32) -> bool {
+    match LOGGED.get_ptr_mut(slot) {
+        Some(p) => unsafe {
+            let was = *p;
+            *p = 1;
+            was == 0
+        },
+        None => false,
+    }
+}
+
 #[inline(always)]
 fn count_drop(reason: u32) {
     if let Some(p) = DROPS.get_ptr_mut(reason) {
         unsafe { *p += 1 };
+    }
+    if aya_log_ebpf::macro_support::level_enabled(aya_log_ebpf::macro_support::Level::Debug)
+        && first(reason)
+    {
+        // aya-log-ebpf 0.2 does not use the context argument.
+        debug!(
+            &(),
+            "first event lost: drop reason {} (a map full or a failed read)", reason
+        );
     }
 }
 
@@ -425,6 +456,17 @@ fn on_switch(preempt: bool, prev: *const u8, next: *const u8, prev_state: u64) -
     // there: bpf_ktime_get_ns (ktime_get_mono_fast_ns) is not guaranteed ordered across
     // CPUs. Its delay is ~0, and it must still count: saturate, never drop.
     let delay = now.saturating_sub(ts);
+    if now < ts
+        && aya_log_ebpf::macro_support::level_enabled(aya_log_ebpf::macro_support::Level::Debug)
+        && first(LOGGED_CLOCK)
+    {
+        debug!(
+            &(),
+            "clock behind a stamp from another CPU by {} ns at switch-in of tid {} (counted as 0)",
+            ts - now,
+            tid
+        );
+    }
     if cause == kind::FUTEX_BLOCKED {
         // Its waking ran before its own switch-out was traced: it was woken as it blocked.
         futex_ns = 1;

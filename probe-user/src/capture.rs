@@ -124,6 +124,7 @@ pub fn run(cli: &Cli, a: &CaptureArgs) -> anyhow::Result<()> {
     })?;
     let elapsed = started.elapsed();
     slow_dropped += probes.drain_slow_events(&mut slow, a.max_slow_events);
+    probes.flush_kernel_log();
     let snap = probes.snapshot().context("reading the capture maps")?;
     drop(probes); // detach before the (possibly slow) output
     // The Go end readings right after the maps, so both cover the same window.

@@ -43,6 +43,7 @@ pub trait Source: Send + 'static {
 
 impl Source for Probes {
     fn snapshot(&mut self) -> anyhow::Result<RawSnapshot> {
+        self.flush_kernel_log();
         Ok(Probes::snapshot(self)?)
     }
     fn attached(&self) -> &[Attached] {

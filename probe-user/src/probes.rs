@@ -207,6 +207,8 @@ pub struct Probes {
     pub futex: FutexMode,
     /// What the kernel offers (crate::features::TABLE), as detected at load.
     pub features: KernelFeatures,
+    /// The programs' aya-log records (with --log debug only), logged at each snapshot.
+    kernel_log: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
 /// Effective capability bits of this process (/proc/self/status CapEff).
@@ -438,6 +440,11 @@ impl Probes {
             |g| g.config,
         );
         loader.override_global("GO_CONFIG", &go_cfg, true);
+        // The programs' diagnostics (aya-log) only when someone reads them: at level 0 the
+        // verifier removes every log site (the global is read-only data).
+        let kernel_log = tracing::enabled!(tracing::Level::DEBUG);
+        let log_level: u8 = if kernel_log { 4 } else { 0 }; // aya_log_common::Level::Debug
+        loader.override_global("AYA_LOG_LEVEL", &log_level, true);
         if opts.go_events.is_none() {
             // Not a Go capture: no ~450 KiB of Go histograms in the daemon.
             loader
@@ -553,6 +560,17 @@ impl Probes {
         } else {
             None
         };
+        let kernel_log = if kernel_log {
+            match aya_log::EbpfLogger::init(&mut ebpf) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    warn!(error = %e, "kernel-side diagnostics unavailable");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         // Report the sizes actually used (maps a mode does not use were shrunk to one entry).
         let sizes = MapSizes {
             tasks: if opts.track_tasks { s.tasks } else { 1 },
@@ -567,6 +585,7 @@ impl Probes {
             go: opts.go_events.is_some(),
             futex,
             features,
+            kernel_log,
         })
     }
 
@@ -631,6 +650,13 @@ impl Probes {
             }
         }
         Ok(())
+    }
+
+    /// Log what the programs reported (kernel-side diagnostics; debug level).
+    pub fn flush_kernel_log(&mut self) {
+        if let Some(l) = self.kernel_log.as_mut() {
+            l.flush();
+        }
     }
 
     /// Read every map.

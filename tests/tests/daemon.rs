@@ -690,3 +690,61 @@ fn daemon_switches_to_an_unprivileged_user_after_attaching_and_keeps_working() {
     assert!(d.stop().success());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Kernel-side diagnostics (aya-log, --log debug): a map filling up is logged from the eBPF
+/// program the first time only, and surfaces in the daemon's log at its next scrape.
+#[test]
+fn a_map_filling_up_is_logged_from_the_kernel_once_at_debug_level() {
+    if !privileged_or_skip("a_map_filling_up_is_logged_from_the_kernel_once_at_debug_level") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("schedlat-kernlog-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("small.toml");
+    std::fs::write(&cfg, "[maps]\nrunq_start = 16\n").unwrap();
+    let log = dir.join("stderr");
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let mut child = std::process::Command::new(schedlat_tests::schedlat_bin())
+        .args(["--log", "debug", "daemon", "--listen", &addr, "--config"])
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while get(&addr, "/healthz").is_none() {
+        assert!(t0.elapsed().as_secs() < 60, "daemon not ready");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let mut spin = Workload::start(&["spin", "--threads", "48", "--cpu", "0", "--secs", "1"]);
+    spin.go();
+    spin.result();
+    let m = get(&addr, "/metrics").expect("scrape");
+    let dropped = total(&m, "schedlat_events_dropped_total");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("first event lost: drop reason 0"))
+        .collect();
+    assert!(
+        dropped > 1.0,
+        "the map of 16 never overflowed: {dropped} drops"
+    );
+    assert_eq!(
+        lines.len(),
+        1,
+        "want one kernel log line for {dropped} runq_start drops:\n{}",
+        text.lines()
+            .filter(|l| !l.contains("relocating"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(lines[0].contains("DEBUG"), "{}", lines[0]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
