@@ -258,7 +258,8 @@ fn judge(want: &[String], log: &str) -> Outcome {
             o.problems.push(format!("step {r}"));
         }
     }
-    let steps = TESTS.len() + 1;
+    // `schedlat check`, a capture at --log debug, then the test executables.
+    let steps = TESTS.len() + 2;
     if results.len() != steps && log.contains("VMTEST done") {
         o.problems
             .push(format!("{} of {steps} steps reported", results.len()));
@@ -622,6 +623,11 @@ rc=$?
 echo "VMTEST check-end"
 cat /tmp/check.err
 echo "VMTEST result check exit=$rc"
+# With --log debug the kernel-side diagnostics (aya-log) are compiled in: they must load too.
+/bin/schedlat --log debug capture --duration 1s >/dev/null 2>/tmp/debug.err
+rc=$?
+grep -v relocating /tmp/debug.err | tail -3
+echo "VMTEST result debuglog exit=$rc"
 {steps}echo "VMTEST done"
 poweroff -f
 "#
@@ -690,7 +696,7 @@ mod tests {
         let check = r#"{"features":[{"name":"tp_btf","present":true},
             {"name":"bpf_task_pt_regs","present":false}]}"#;
         let mut log = format!(
-            "VMTEST kernel 5.10.0-32-cloud-amd64\nVMTEST check-begin\n{check}\nVMTEST check-end\nVMTEST result check exit=0\n"
+            "VMTEST kernel 5.10.0-32-cloud-amd64\nVMTEST check-begin\n{check}\nVMTEST check-end\nVMTEST result check exit=0\nVMTEST result debuglog exit=0\n"
         );
         for (stem, _) in TESTS {
             log.push_str(&format!("figure: x\nVMTEST result {stem} exit=0\n"));
