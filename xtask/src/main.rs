@@ -69,8 +69,8 @@ enum Task {
     /// Setup, then run the cargo-fuzz targets (probe-user/fuzz) for a bounded time each, seeded
     /// from the Go fixtures and deploy/; installs cargo-fuzz and uses the pinned nightly.
     Fuzz(fuzz::Args),
-    /// Setup (which builds the Go fixtures with both toolchains), then regenerate the layout
-    /// table for stripped Go binaries, probe-user/src/goruntime/layouts.json, from them.
+    /// Install the Go toolchains and build their fixtures (as setup does), then regenerate the
+    /// layout table for stripped Go binaries, probe-user/src/goruntime/layouts.json, from them.
     GoLayouts,
 }
 
@@ -101,7 +101,8 @@ fn run() -> Result<()> {
         Task::Image => image::image(&ws).map(drop),
         Task::Fuzz(args) => fuzz::fuzz(&ws, args),
         Task::GoLayouts => {
-            setup::setup(&ws)?;
+            // Only the Go toolchains and fixtures are needed.
+            gofix::build_fixtures(&ws)?;
             gofix::go_layouts(&ws)
         }
     }
