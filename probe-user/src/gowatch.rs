@@ -159,7 +159,9 @@ pub struct GoWatcher {
 
 fn reason(e: &GoError) -> &'static str {
     match e {
-        GoError::Stripped { .. } | GoError::MissingSymbol { .. } => "stripped",
+        GoError::Stripped { .. } | GoError::MissingSymbol { .. } | GoError::NoBuildInfo { .. } => {
+            "stripped"
+        }
         GoError::MissingDwarf { .. } | GoError::UnknownHistogram { .. } => "unsupported_version",
         GoError::Unsupported { .. } | GoError::Malformed { .. } => "unsupported_binary",
         GoError::ProcessGone { .. } => "exited",
@@ -172,14 +174,15 @@ fn reason(e: &GoError) -> &'static str {
     }
 }
 
-/// Cheap Go check with a few preads (no full read): does the ELF have a .go.buildinfo section?
-fn has_buildinfo_section(f: &File) -> bool {
-    has_buildinfo_section_at(|buf, off| f.read_exact_at(buf, off))
+/// Cheap Go check with a few preads (no full read): does the ELF have a .go.buildinfo section,
+/// or (a Go binary whose build info was removed) a .gopclntab?
+fn has_go_section(f: &File) -> bool {
+    has_go_section_at(|buf, off| f.read_exact_at(buf, off))
 }
 
-/// [`has_buildinfo_section`] over any positioned reader: the daemon's first look at every
+/// [`has_go_section`] over any positioned reader: the daemon's first look at every
 /// selected executable, so the go_elf fuzz target runs it too.
-pub fn has_buildinfo_section_at(read_at: impl Fn(&mut [u8], u64) -> std::io::Result<()>) -> bool {
+pub fn has_go_section_at(read_at: impl Fn(&mut [u8], u64) -> std::io::Result<()>) -> bool {
     let mut eh = [0u8; 64];
     if read_at(&mut eh, 0).is_err() || &eh[..4] != b"\x7fELF" || eh[4] != 2 || eh[5] != 1 {
         return false;
@@ -210,9 +213,15 @@ pub fn has_buildinfo_section_at(read_at: impl Fn(&mut [u8], u64) -> std::io::Res
     }
     sh.chunks_exact(64).any(|h| {
         let name = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
-        names
-            .get(name..)
-            .is_some_and(|n| n.starts_with(b".go.buildinfo\0"))
+        names.get(name..).is_some_and(|n| {
+            [
+                &b".go.buildinfo\0"[..],
+                b".gopclntab\0",
+                b".data.rel.ro.gopclntab\0",
+            ]
+            .iter()
+            .any(|s| n.starts_with(s))
+        })
     })
 }
 
@@ -237,7 +246,7 @@ impl GoWatcher {
     fn classify(&mut self, pid: u32, key: (u64, u64)) -> Option<&Class> {
         if !self.cache.contains_key(&key) {
             let f = File::open(format!("/proc/{pid}/exe")).ok()?;
-            let class = if !has_buildinfo_section(&f) {
+            let class = if !has_go_section(&f) {
                 Class::NotGo
             } else {
                 match goruntime::live::analyse_exe(pid).map(|(l, _)| l) {
@@ -626,13 +635,19 @@ mod tests {
     #[test]
     fn cheap_go_check() {
         let me = File::open(std::env::current_exe().unwrap()).unwrap();
-        assert!(!has_buildinfo_section(&me));
+        assert!(!has_go_section(&me));
         if let Some(root) = std::env::var_os("SCHEDLAT_GO_FIXTURES") {
             for d in std::fs::read_dir(root).unwrap() {
                 let d = d.unwrap().path();
-                for n in ["gosched", "gosched-pie", "gosched-stripped"] {
+                for n in [
+                    "gosched",
+                    "gosched-pie",
+                    "gosched-stripped",
+                    // Go without build info: recognised by its .gopclntab.
+                    "gosched-pie-stripped-nobuildinfo",
+                ] {
                     let f = File::open(d.join(n)).unwrap();
-                    assert!(has_buildinfo_section(&f), "{}/{n}", d.display());
+                    assert!(has_go_section(&f), "{}/{n}", d.display());
                 }
             }
         }

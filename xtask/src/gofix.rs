@@ -6,7 +6,8 @@
 //! its own venv (target/go-toolchains/<version>). Fixtures are built offline (GOPROXY=off,
 //! GOTOOLCHAIN=local) with a private GOPATH/GOCACHE into target/go-fixtures/<go version>/
 //! <name>[-stripped|-pie|-pie-stripped] (gosched also with cgo and external linking: -cgo,
-//! -cgo-stripped), once: a stamp (a hash of tests/go, the toolchain and the build list) skips
+//! -cgo-stripped; the stripped gosched and gosched-pie also without build info:
+//! -stripped-nobuildinfo), once: a stamp (a hash of tests/go, the toolchain and the build list) skips
 //! the builds while nothing changed.
 //!
 //! Two earlier patch releases (go1.25.0, go1.26.0) get the unstripped fixtures the table is
@@ -314,7 +315,11 @@ fn build_release(ws: &Workspace, tc: &Toolchain, builds: &[Build], out: &Path) -
     ));
     let want = stamp_of(&src, tc, builds)?;
     let fresh = fs::read_to_string(&stamp).is_ok_and(|s| s == want)
-        && builds.iter().all(|b| out.join(&b.out).is_file());
+        && builds.iter().all(|b| out.join(&b.out).is_file())
+        && NO_BUILDINFO
+            .iter()
+            .filter(|n| builds.iter().any(|b| b.out == **n))
+            .all(|n| out.join(format!("{n}{NO_BUILDINFO_SUFFIX}")).is_file());
     if fresh {
         println!(
             "go fixtures: {} up to date ({})",
@@ -352,8 +357,48 @@ fn build_release(ws: &Workspace, tc: &Toolchain, builds: &[Build], out: &Path) -
             ),
         )?;
     }
+    for name in NO_BUILDINFO {
+        if builds.iter().any(|b| b.out == *name) {
+            remove_buildinfo(tc, &out.join(name))?;
+        }
+    }
     fs::create_dir_all(&stamps).with_context(|| format!("creating {}", stamps.display()))?;
     fs::write(&stamp, want).with_context(|| format!("writing {}", stamp.display()))?;
+    Ok(())
+}
+
+/// Stripped fixtures also copied without their build info (<name>-nobuildinfo), as some
+/// release builds ship: `objcopy --remove-section .go.buildinfo`.
+const NO_BUILDINFO: &[&str] = &["gosched-stripped", "gosched-pie-stripped"];
+const NO_BUILDINFO_SUFFIX: &str = "-nobuildinfo";
+
+/// `exe` without its .go.buildinfo section, next to it; checks that `go version` then cannot
+/// tell the release either (it says "not a Go executable").
+fn remove_buildinfo(tc: &Toolchain, exe: &Path) -> Result<()> {
+    let mut out = exe.as_os_str().to_owned();
+    out.push(NO_BUILDINFO_SUFFIX);
+    let out = PathBuf::from(out);
+    run_cmd(
+        Command::new("objcopy")
+            .args(["--remove-section", ".go.buildinfo"])
+            .arg(exe)
+            .arg(&out),
+        "install binutils (objcopy), then re-run `cargo xtask setup`",
+    )?;
+    let o = Command::new(&tc.go)
+        .arg("version")
+        .arg(&out)
+        .output()
+        .with_context(|| format!("running {} version", tc.go.display()))?;
+    let said =
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    if !said.contains("not a Go executable") {
+        bail!(
+            "`go version {}` still reads a release ({}): objcopy did not remove the build info",
+            out.display(),
+            said.trim()
+        );
+    }
     Ok(())
 }
 

@@ -40,6 +40,14 @@ pub enum GoError {
     )]
     Stripped { version: String, known: String },
     #[error(
+        "Go binary without build info (its .go.buildinfo section was removed, so `go version` \
+         cannot tell its release either): {why}. schedlat needs the exact Go release: it reads \
+         the runtime's own version string (runtime.buildVersion) through the layout table, \
+         which knows {known}; keep .go.buildinfo in the binary (do not remove it after \
+         building) to read any other release"
+    )]
+    NoBuildInfo { why: String, known: String },
+    #[error(
         "Go binary ({version}) has no .symtab entry for {symbol}: it was linked with -s; rebuild \
          without -ldflags=-s"
     )]
@@ -338,7 +346,7 @@ const MAX_STRTAB: u64 = 256 << 20;
 /// string table, read once. Not `file.symbols()` + `name_bytes()`: through ReadCache (the
 /// daemon's path) each name is a separate cached read of up to 4 KiB, so a planted table of
 /// distinct names costs 4 KiB per symbol (200,000 symbols in a 5 MB file held 815 MB).
-fn find_symbols<'d, R: ReadRef<'d>>(
+pub(crate) fn find_symbols<'d, R: ReadRef<'d>>(
     file: &object::File<'d, R>,
     want: &mut [(&'static str, Option<u64>)],
 ) -> Result<(), GoError> {

@@ -23,7 +23,8 @@ use super::{
     probesite::MAX_FUNCTION,
 };
 
-/// The runtime globals schedlat reads (runtime/runtime2.go, proc.go, mstats.go, traceback.go).
+/// The runtime globals schedlat reads (runtime/runtime2.go, proc.go, mstats.go, traceback.go,
+/// extern.go).
 pub const SYMBOLS: &[&str] = &[
     "runtime.sched",
     "runtime.gomaxprocs",
@@ -31,7 +32,13 @@ pub const SYMBOLS: &[&str] = &[
     "runtime.allp",
     "runtime.memstats",
     "runtime.waitReasonStrings",
+    BUILD_VERSION,
 ];
+/// The release string runtime.Version returns (runtime/extern.go), written by the linker: how
+/// a binary without build info tells its release. Only runtime.schedinit (proc.go) is sure to
+/// use it, so one recipe is enough; what it points at must then read as that minor release
+/// ([`version_without_buildinfo`]).
+pub const BUILD_VERSION: &str = "runtime.buildVersion";
 /// Recipes kept per symbol, each from a different function.
 const RECIPES: usize = 3;
 
@@ -185,8 +192,141 @@ impl<'d, 'f, R: ReadRef<'d>> Resolver<'d, 'f, R> {
     }
 
     fn version_hint(&self) -> String {
-        super::buildinfo::version(self.file).unwrap_or_else(|_| "Go binary".into())
+        // Not buildinfo::version: without build info that would come back here.
+        match super::buildinfo::from_section(self.file) {
+            Ok(Some(v)) => v,
+            _ => "Go binary".into(),
+        }
     }
+}
+
+/// Longest release string accepted from runtime.buildVersion ("go1.26.6 X:nodwarf5" is 19).
+const MAX_BUILD_VERSION: u64 = 64;
+
+/// The release of a Go binary whose .go.buildinfo was removed: runtime.buildVersion, the
+/// string header {ptr, len} the linker fills in (runtime/extern.go), at the address the table
+/// entries' recipes give (or .symtab's, if the binary has one). Each entry of the binary's
+/// .gopclntab generation is tried; an address counts only if it holds a release string of the
+/// entry's own minor release, and all that do must agree. `NotGo` only for a binary without a
+/// Go .gopclntab.
+pub fn version_without_buildinfo<'d, R: ReadRef<'d>>(
+    file: &object::File<'d, R>,
+) -> Result<String, GoError> {
+    use super::pclntab::{MAGIC_118, MAGIC_120};
+    let magic = super::pclntab::magic(file).ok_or(GoError::NotGo {
+        why: "no .go.buildinfo section and no Go .gopclntab",
+    })?;
+    let known = || {
+        TABLE
+            .iter()
+            .map(|e| e.version.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let refuse = |why: String| GoError::NoBuildInfo {
+        why,
+        known: known(),
+    };
+    let minor = |v: &str| GoVersion::parse(v).map(|p| (p.major, p.minor));
+    // The magic is the format generation (runtime/symtab.go): go118magic for 1.18-1.19,
+    // go120magic from 1.20 on.
+    let generation = |e: &&Entry| match (magic, minor(&e.version)) {
+        (MAGIC_118, Some(m)) => ((1, 18)..(1, 20)).contains(&m),
+        (MAGIC_120, Some(m)) => m >= (1, 20),
+        _ => false,
+    };
+    if !matches!(magic, MAGIC_118 | MAGIC_120) {
+        return Err(refuse(format!(
+            ".gopclntab magic {magic:#x} is of Go before 1.18, whose runtime schedlat does not read"
+        )));
+    }
+    let mut sym = [(BUILD_VERSION, None)];
+    super::find_symbols(file, &mut sym)?;
+    let res = Resolver::new(file).map_err(|e| refuse(format!("its .gopclntab: {e}")))?;
+    let relocs = std::cell::OnceCell::new();
+    let mut found: Vec<String> = Vec::new();
+    let mut unknown: Vec<String> = Vec::new();
+    for entry in TABLE.iter().filter(generation) {
+        // Where the entry's recipes could point: schedinit's operands are numbered
+        // differently between patch releases (operand 35 in go1.25.0, 36 in go1.25.5), so
+        // every RIP-relative operand of the recipe's function is tried with its addend; only
+        // a release string of the entry's own minor counts, and all must agree (below).
+        let addrs: Vec<u64> = match sym[0].1 {
+            Some(a) => vec![a],
+            None => entry
+                .symbols
+                .get(BUILD_VERSION)
+                .into_iter()
+                .flatten()
+                .flat_map(|r| {
+                    res.targets(&r.function)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|t| t.checked_sub(r.addend))
+                })
+                .filter(|a| res.in_data(*a))
+                .collect(),
+        };
+        for addr in addrs {
+            let Some(v) = read_string(file, addr, || {
+                relocs.get_or_init(|| super::pclntab::relative_relocations(file))
+            }) else {
+                continue;
+            };
+            let Some(m) = minor(&v) else {
+                continue;
+            };
+            let list = if Some(m) == minor(&entry.version) {
+                &mut found
+            } else {
+                &mut unknown
+            };
+            if !list.contains(&v) {
+                list.push(v);
+            }
+        }
+    }
+    match (&found[..], &unknown[..]) {
+        ([v], _) => Ok(v.clone()),
+        ([], []) => Err(refuse(
+            "runtime.buildVersion is not where any layout table entry of its .gopclntab \
+             generation puts it, so its release is not one the table knows"
+                .into(),
+        )),
+        ([], [v]) => Err(refuse(format!(
+            "runtime.buildVersion reads {v:?}, a release the layout table lacks"
+        ))),
+        _ => Err(refuse(format!(
+            "runtime.buildVersion is read as different releases ({}) by different table \
+             entries; refusing to guess",
+            [found, unknown].concat().join(", ")
+        ))),
+    }
+}
+
+/// A Go string {ptr, len} at link-time address `addr` in the file, if it is a plausible
+/// release string ("go1.", printable, at most MAX_BUILD_VERSION bytes). In a PIE the pointer
+/// is 0 in the file and filled by an R_X86_64_RELATIVE relocation.
+fn read_string<'d, 'r, R: ReadRef<'d>>(
+    file: &object::File<'d, R>,
+    addr: u64,
+    relocs: impl FnOnce() -> &'r Vec<(u64, u64)>,
+) -> Option<String> {
+    let header = super::buildinfo::read_at(file, addr, 16)?;
+    let word = |i: usize| Some(u64::from_le_bytes(header.get(i..i + 8)?.try_into().ok()?));
+    let (mut ptr, len) = (word(0)?, word(8)?);
+    if ptr == 0 {
+        ptr = relocs()
+            .iter()
+            .find(|(at, _)| *at == addr)
+            .map(|(_, v)| *v)?;
+    }
+    if !(1..=MAX_BUILD_VERSION).contains(&len) {
+        return None;
+    }
+    let bytes = super::buildinfo::read_at(file, ptr, len)?;
+    (bytes.starts_with(b"go1.") && bytes.iter().all(|b| (0x20..0x7f).contains(b)))
+        .then(|| String::from_utf8_lossy(bytes).into_owned())
 }
 
 /// Learn one Go version's entry from unstripped binaries built with it (the first is where
@@ -244,7 +384,8 @@ pub fn learn(binaries: &[&[u8]]) -> Result<Entry, GoError> {
                 recipes.push(r);
             }
         }
-        if recipes.len() < 2 {
+        let least = if symbol == BUILD_VERSION { 1 } else { 2 };
+        if recipes.len() < least {
             return Err(GoError::Unsupported {
                 what: format!(
                     "{version}: only {} recipe(s) for {symbol} hold in every binary",
@@ -266,7 +407,8 @@ pub fn learn_dir(dir: &std::path::Path) -> anyhow::Result<Entry> {
         .with_context(|| format!("listing {}", dir.display()))?
         .map(|e| e.map(|e| e.path()))
         .collect::<Result<_, _>>()?;
-    exes.retain(|p| p.is_file() && !p.to_string_lossy().ends_with("-stripped"));
+    // Unstripped only: not -stripped, nor -stripped-nobuildinfo.
+    exes.retain(|p| p.is_file() && !p.to_string_lossy().contains("-stripped"));
     exes.sort_by_key(|p| (!p.ends_with("gosched"), p.clone()));
     let bytes: Vec<Vec<u8>> = exes
         .iter()
