@@ -1,5 +1,6 @@
-//! `schedlat go-stats` against the Go runtime's own runtime/metrics, on Go 1.19 and a current
-//! Go, plain, PIE, cgo and stripped (read through the layout table). Both read the same
+//! `schedlat go-stats` against the Go runtime's own runtime/metrics, on every Go release the
+//! project builds fixtures with (xtask/src/gofix.rs: 1.19 and 1.21 to 1.27), plain, PIE, cgo,
+//! stripped (read through the layout table) and without build info. Both read the same
 //! memory: /sched/latencies:seconds is `sched.timeToRun` (runtime/metrics.go of 1.19.8 copies
 //! underflow + counts; 1.27.3 calls timeHistogram.write: underflow, counts, overflow), so the
 //! counts must match exactly.
@@ -37,17 +38,15 @@ fn counts(v: &Value) -> Vec<u64> {
 }
 
 /// The goroutine count runtime/metrics reports, from go-stats' live and system counts.
-/// Go 1.19.8 metrics.go: gcount(), which excludes system goroutines (sched.ngsys);
-/// Go 1.27.3 metrics.go: schedStats.gTotal = gcount(true), which includes them.
+/// Go 1.19-1.25 metrics.go: gcount(), which excludes system goroutines (sched.ngsys);
+/// Go 1.26+ metrics.go: schedStats.gTotal = gcount(true), which includes them.
 fn metrics_goroutines(version: &str, stats: &Value) -> i64 {
     let g = &stats["goroutines"];
     let (live, sys) = (g["live"].as_i64().unwrap(), g["system"].as_i64().unwrap());
-    let v = if version.starts_with("go1.19.") {
+    let v = if go_minor(version) < 26 {
         live - sys
-    } else if version.starts_with("go1.27.") {
-        live
     } else {
-        panic!("{version}: check which gcount runtime/metrics.go uses, then add it here")
+        live
     };
     v.max(1) // gcount clamps to 1
 }
@@ -57,6 +56,7 @@ fn go_stats_match_runtime_metrics() {
     for (version, dir) in go_fixture_versions() {
         // Stripped binaries are read through the layout table: the same numbers. cgo builds
         // are linked by the system linker.
+        // -nobuildinfo: .go.buildinfo removed, the release read from runtime.buildVersion.
         for name in [
             "gosched",
             "gosched-pie",
@@ -64,6 +64,7 @@ fn go_stats_match_runtime_metrics() {
             "gosched-pie-stripped",
             "gosched-cgo",
             "gosched-cgo-stripped",
+            "gosched-pie-stripped-nobuildinfo",
         ] {
             let what = format!("{version}/{name}");
             let mut fx = GoFixture::start(&dir.join(name));
@@ -84,7 +85,7 @@ fn go_stats_match_runtime_metrics() {
                 let b = go_stats(fx.pid);
                 assert_eq!(a["go_version"], Value::String(version.clone()), "{what}");
                 assert_eq!(a["pie"], Value::Bool(name.contains("-pie")), "{what}");
-                let layout = if name.ends_with("-stripped") {
+                let layout = if name.contains("-stripped") {
                     format!("layout table ({version})")
                 } else {
                     "DWARF".into()
@@ -213,12 +214,17 @@ fn assert_exit2(out: &std::process::Output, needles: &[&str]) {
     }
 }
 
-/// A copy of `dir`'s stripped gosched whose build info claims Go 1.21, a release between the
-/// two toolchains and so absent from the layout table: a user's stripped binary of a release
+/// A copy of `dir`'s stripped gosched whose build info claims Go 1.20, a release no registry
+/// carries and so absent from the layout table: a user's stripped binary of a release
 /// schedlat does not know. Returns its path and the claimed version.
 fn stripped_of_an_unknown_release(version: &str, dir: &Path, out: &Path) -> (PathBuf, String) {
-    let mut bytes = std::fs::read(dir.join("gosched-stripped")).unwrap();
-    let fake = format!("go1.21{}", &version[version.rfind('.').unwrap()..]);
+    unknown_release_of(version, &dir.join("gosched-stripped"), out)
+}
+
+/// [`stripped_of_an_unknown_release`] of any fixture `exe`.
+fn unknown_release_of(version: &str, exe: &Path, out: &Path) -> (PathBuf, String) {
+    let mut bytes = std::fs::read(exe).unwrap();
+    let fake = format!("go1.20{}", &version[version.rfind('.').unwrap()..]);
     assert_eq!(fake.len(), version.len(), "{fake} vs {version}");
     let mut n = 0;
     for i in 0..bytes.len() - version.len() {
@@ -227,8 +233,11 @@ fn stripped_of_an_unknown_release(version: &str, dir: &Path, out: &Path) -> (Pat
             n += 1;
         }
     }
-    assert!(n > 0, "{version} not found in gosched-stripped");
-    let path = out.join("gosched-stripped-unknown");
+    assert!(n > 0, "{version} not found in {}", exe.display());
+    let path = out.join(format!(
+        "{}-unknown",
+        exe.file_name().unwrap().to_string_lossy()
+    ));
     std::fs::write(&path, bytes).unwrap();
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     (path, fake)
@@ -245,6 +254,21 @@ fn go_stats_stripped_binary_of_an_unknown_release() {
         let mut want = vec![fake.as_str(), "stripped (-s -w)", "layout table", "-s -w"];
         want.extend(known.iter().map(String::as_str));
         assert_exit2(&out, &want);
+        // Without build info too: the release read from the runtime is named, never "not a
+        // Go program".
+        let exe = dir.join("gosched-pie-stripped-nobuildinfo");
+        let (path, fake) = unknown_release_of(&version, &exe, &tmp);
+        let fx = GoFixture::start(&path);
+        let out = run_schedlat(&["go-stats", "--pid", &fx.pid.to_string()]);
+        let quoted = format!("{fake:?}");
+        let mut want = vec![
+            quoted.as_str(),
+            ".go.buildinfo section was removed",
+            "keep .go.buildinfo",
+        ];
+        want.extend(known.iter().map(String::as_str));
+        assert_exit2(&out, &want);
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("not a Go program"));
     }
     std::fs::remove_dir_all(&tmp).unwrap();
 }
@@ -829,8 +853,9 @@ fn capture_go_probes_agree_with_the_runtime_and_see_known_blocking() {
             );
 
             // Blocking: each kind `reps` times for a known time, under its runtime name
-            // (runtime2.go waitReasonStrings; sync.Mutex got its own reason in Go 1.24).
-            let mutex = if version.as_str() < "go1.24" {
+            // (runtime2.go waitReasonStrings; sync.Mutex has its own reason in runtime/sema.go
+            // of 1.21.13 and later, semacquire in 1.19.8).
+            let mutex = if go_minor(&version) < 21 {
                 "semacquire"
             } else {
                 "sync.Mutex.Lock"
