@@ -141,6 +141,10 @@ struct Series {
     seen: HashSet<u32>,
     gomaxprocs: i64,
     goroutines: i64,
+    /// Go >= 1.26 processes: goroutines runnable, running, waiting, not in Go; threads.
+    states: [u64; 4],
+    threads: u64,
+    with_states: u64,
     processes: u64,
     /// When the last process of the series was gone; None while one is live.
     idle_since: Option<std::time::Instant>,
@@ -360,6 +364,9 @@ impl GoWatcher {
             s.seen.clear();
             s.gomaxprocs = 0;
             s.goroutines = 0;
+            s.states = [0; 4];
+            s.threads = 0;
+            s.with_states = 0;
             s.processes = 0;
         }
         for (pid, layout, meta, binary, cgroup) in found {
@@ -439,6 +446,17 @@ impl GoWatcher {
             s.seen.insert(pid);
             s.gomaxprocs += i64::from(stats.gomaxprocs);
             s.goroutines += stats.goroutines.as_ref().map_or(0, |g| g.live);
+            if let Some(t) = &stats.sched_stats {
+                for (sum, v) in
+                    s.states
+                        .iter_mut()
+                        .zip([t.runnable, t.running, t.waiting, t.not_in_go])
+                {
+                    *sum += v;
+                }
+                s.threads += t.threads;
+                s.with_states += 1;
+            }
             s.processes += 1;
         }
         // A series whose processes all exited keeps its final counts for exited_series_ttl_secs
@@ -501,6 +519,7 @@ impl GoWatcher {
         let mut hists = Vec::new();
         let mut stw = Vec::new();
         let (mut maxprocs, mut gors, mut procs) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut states, mut threads) = (Vec::new(), Vec::new());
         let mut lost = Vec::new();
         for ((binary, cgroup), s) in &self.series {
             let labels = || vec![label("binary", binary), label("cgroup", cgroup)];
@@ -525,6 +544,17 @@ impl GoWatcher {
                 maxprocs.push(gauge(labels(), s.gomaxprocs as f64));
                 gors.push(gauge(labels(), s.goroutines as f64));
                 procs.push(gauge(labels(), s.processes as f64));
+            }
+            if s.with_states > 0 {
+                for (state, v) in ["runnable", "running", "waiting", "not_in_go"]
+                    .iter()
+                    .zip(s.states)
+                {
+                    let mut l = labels();
+                    l.push(label("state", state));
+                    states.push(gauge(l, v as f64));
+                }
+                threads.push(gauge(labels(), s.threads as f64));
             }
         }
         let mut out = Vec::new();
@@ -557,6 +587,18 @@ impl GoWatcher {
             "Goroutines (allglen minus free g's, system goroutines included), summed over the live processes of the binary in the cgroup.",
             MetricType::GAUGE,
             gors,
+        ));
+        out.extend(family(
+            "schedlat_go_goroutines_by_state",
+            "Go >= 1.26: goroutines by state as runtime/metrics' /sched/goroutines/* computes them (runnable: in run queues; running: on a P; not_in_go: in system calls or cgo; waiting: the rest, system goroutines included), summed over the live Go >= 1.26 processes of the binary in the cgroup. Runnable goroutines well above GOMAXPROCS while CPUs idle point at P starvation.",
+            MetricType::GAUGE,
+            states,
+        ));
+        out.extend(family(
+            "schedlat_go_threads",
+            "Go >= 1.26: threads owned by the Go runtime (/sched/threads/total: Ms made minus freed, minus extra Ms of cgo callbacks), summed over the live Go >= 1.26 processes of the binary in the cgroup.",
+            MetricType::GAUGE,
+            threads,
         ));
         out.extend(family(
             "schedlat_go_processes",

@@ -138,10 +138,16 @@ fn go_stats_match_runtime_metrics() {
                 );
                 if ca == cb
                     && a["goroutines"] == b["goroutines"]
+                    && a["sched_stats"] == b["sched_stats"]
                     && a["stw_pauses"] == b["stw_pauses"]
                 {
                     assert_eq!(ca, cm, "{what}: quiescent, so counts must be equal");
                     check_stw(&what, &a, &m);
+                    assert_eq!(
+                        a["goroutines"]["num_goroutine"], m["num_goroutine"],
+                        "{what}: go-stats vs runtime.NumGoroutine()"
+                    );
+                    check_sched_stats(&what, &a, &m);
                     assert_eq!(
                         metrics_goroutines(&version, &a),
                         m["goroutines"].as_i64().unwrap(),
@@ -166,6 +172,63 @@ fn go_stats_match_runtime_metrics() {
             fx.exit();
         }
     }
+}
+
+/// Go >= 1.26's goroutine state counts, goroutines created and threads against the program's
+/// own /sched/goroutines/*, /sched/goroutines-created and /sched/threads/total; absent before.
+/// Created, threads, runnable and the total are equal at a still moment. The split between
+/// running, not-in-go and waiting is not: inside, the reading goroutine runs (and idle Ms
+/// spinning on a P count as running, metrics.go); from outside, it sits in read(2) on stdin.
+fn check_sched_stats(what: &str, ours: &Value, m: &Value) {
+    let Some(created) = m.get("goroutines_created") else {
+        assert_eq!(
+            ours["sched_stats"],
+            Value::Null,
+            "{what}: no state counts before Go 1.26"
+        );
+        return;
+    };
+    let o = &ours["sched_stats"];
+    let n = |v: &Value| {
+        v.as_u64()
+            .unwrap_or_else(|| panic!("{what}: not a count: {v}"))
+    };
+    assert_eq!(n(&o["created"]), n(created), "{what}: goroutines created");
+    assert_eq!(n(&o["threads"]), n(&m["threads"]), "{what}: threads");
+    assert_eq!(
+        n(&o["runnable"]),
+        n(&m["goroutines_runnable"]),
+        "{what}: runnable"
+    );
+    let total = n(&m["goroutines"]);
+    let ours_sum: u64 = ["runnable", "running", "waiting", "not_in_go"]
+        .iter()
+        .map(|k| n(&o[*k]))
+        .sum();
+    let theirs_sum: u64 = [
+        "goroutines_runnable",
+        "goroutines_running",
+        "goroutines_waiting",
+        "goroutines_not_in_go",
+    ]
+    .iter()
+    .map(|k| n(&m[*k]))
+    .sum();
+    assert_eq!(
+        (ours_sum, theirs_sum),
+        (total, total),
+        "{what}: states {o} vs {m}"
+    );
+    eprintln!(
+        "{what}: {} created, {} threads, states {o} (runtime/metrics: running {}, runnable {}, \
+         waiting {}, not-in-go {})",
+        created,
+        m["threads"],
+        m["goroutines_running"],
+        m["goroutines_runnable"],
+        m["goroutines_waiting"],
+        m["goroutines_not_in_go"]
+    );
 }
 
 /// Stop-the-world pause histograms: equal to runtime/metrics' /sched/pauses/* on Go >= 1.22
@@ -433,6 +496,33 @@ fn daemon_exports_go_runtime_metrics() {
         "goroutines {goroutines} vs runtime/metrics {}",
         ms[0]["goroutines"]
     );
+    // Go >= 1.26: threads and goroutines by state (see check_sched_stats for what can be
+    // equal from outside): threads and runnable as runtime/metrics, states summing to the
+    // goroutines gauge (gcount(true) there too).
+    if let Some(threads) = ms[0].get("threads") {
+        assert_eq!(
+            sample(&m, &format!("schedlat_go_threads{{{series}}}")),
+            threads.as_f64(),
+            "threads"
+        );
+        let state = |s: &str| {
+            sample(
+                &m,
+                &format!("schedlat_go_goroutines_by_state{{{series},state=\"{s}\"}}"),
+            )
+            .unwrap_or_else(|| panic!("no state=\"{s}\" series"))
+        };
+        assert_eq!(
+            Some(state("runnable")),
+            ms[0]["goroutines_runnable"].as_f64(),
+            "runnable"
+        );
+        let sum: f64 = ["runnable", "running", "waiting", "not_in_go"]
+            .iter()
+            .map(|s| state(s))
+            .sum();
+        assert_eq!(sum, goroutines, "states vs schedlat_go_goroutines");
+    }
 
     // A second program with the other layout (Go 1.19) under the same binary name: one series,
     // both histograms merged onto the same buckets.

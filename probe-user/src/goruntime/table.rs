@@ -17,7 +17,8 @@ use object::{ObjectSection, ReadRef, elf};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    DwarfLayouts, GCountLayout, GcRingLayout, GoError, GoVersion, HistLayout, StwLayout, dwarf,
+    DwarfLayouts, EXTRA_M_IN_USE, EXTRA_M_LENGTH, GCountLayout, GcRingLayout, GoError, GoVersion,
+    HistLayout, SchedStatsLayout, StwLayout, dwarf,
     events::{self, Statuses},
     pclntab::{Func, Pclntab},
     probesite::MAX_FUNCTION,
@@ -59,6 +60,8 @@ pub struct Entry {
     pub stw: Option<StwLayout>,
     pub gc_ring: Option<GcRingLayout>,
     pub gcount: Option<GCountLayout>,
+    /// Go >= 1.26: goroutines by state, created, threads.
+    pub sched_stats: Option<SchedStatsLayout>,
     /// Offset of runtime.g.waitreason, the goroutine status values, len(waitReasonStrings).
     pub g_waitreason: u64,
     pub statuses: Statuses,
@@ -352,8 +355,14 @@ pub fn learn(binaries: &[&[u8]]) -> Result<Entry, GoError> {
         .iter()
         .map(|b| super::parse_elf(*b))
         .collect::<Result<_, _>>()?;
+    // The globals of the goroutine state counts only where the entry has those (Go >= 1.26).
+    let extra: &[&'static str] = if entry.sched_stats.is_some() {
+        &[EXTRA_M_IN_USE, EXTRA_M_LENGTH]
+    } else {
+        &[]
+    };
     let mut want: Vec<(&'static str, Option<(u64, u64)>)> =
-        SYMBOLS.iter().map(|s| (*s, None)).collect();
+        SYMBOLS.iter().chain(extra).map(|s| (*s, None)).collect();
     super::find_symbols_sized(&file, &mut want)?;
     for (symbol, sym) in want {
         let (addr, size) = sym.ok_or_else(|| GoError::MissingSymbol {
@@ -445,6 +454,7 @@ fn dwarf_entry<'d, R: ReadRef<'d>>(
         stw,
         gc_ring,
         gcount,
+        sched_stats,
     } = super::dwarf_layouts(&types, version, Some(0), Some(0))?;
     let ev = events::dwarf_facts(&types, version)?;
     let mut want = [(events::WAIT_REASONS, None)];
@@ -459,6 +469,7 @@ fn dwarf_entry<'d, R: ReadRef<'d>>(
         stw,
         gc_ring,
         gcount,
+        sched_stats,
         g_waitreason: ev.0,
         statuses: ev.1,
         wait_reasons_len: events::wait_reasons_len(size)?,

@@ -62,6 +62,13 @@ fn fixtures_resolve() {
             assert_eq!(l.hist.offset % 8, 0, "proc.go requires 8-byte alignment");
             // Pause histograms from Go 1.22 on; before, the memstats pause ring instead.
             assert_eq!(l.stw.is_some(), v.at_least(1, 22), "{name} {}", l.version);
+            // Goroutines by state (metrics.go schedStatsAggregate) from Go 1.26 on.
+            assert_eq!(
+                l.sched_stats.is_some(),
+                v.at_least(1, 26),
+                "{name} {}",
+                l.version
+            );
             match &l.gc_ring {
                 Some(r) => {
                     assert!(
@@ -151,6 +158,21 @@ fn stripped_fixtures_resolve_through_the_layout_table() {
                 GCountLayout { allp: 0, ..gb },
                 "{v}/{name}"
             );
+            assert_eq!(
+                a.sched_stats.is_some(),
+                b.sched_stats.is_some(),
+                "{v}/{name}"
+            );
+            if let (Some(sa), Some(sb)) = (a.sched_stats.clone(), b.sched_stats.clone()) {
+                same_place("runtime.extraMInUse", sa.extra_m_in_use, sb.extra_m_in_use);
+                same_place("runtime.extraMLength", sa.extra_m_length, sb.extra_m_length);
+                let zero = |s: SchedStatsLayout| SchedStatsLayout {
+                    extra_m_in_use: 0,
+                    extra_m_length: 0,
+                    ..s
+                };
+                assert_eq!(zero(sa), zero(sb), "{v}/{name}");
+            }
             assert_eq!(a.gc_ring.is_some(), b.gc_ring.is_some());
             if let (Some(ra), Some(rb)) = (a.gc_ring.clone(), b.gc_ring.clone()) {
                 same_place("runtime.memstats", ra.memstats, rb.memstats);
