@@ -789,6 +789,17 @@ fn capture_of_a_go_program_has_a_go_section_that_agrees_with_runtime_metrics() {
         assert_eq!(go["pid"], fx.pid, "{what}: {}", report["go"]);
         assert_eq!(go["go_version"], Value::String(version.clone()));
         assert_eq!(go["gomaxprocs"], 3);
+        // Go >= 1.26: read at the end, when the program was at rest (m1 .. m2).
+        match m2.get("goroutines_created") {
+            Some(created) => {
+                assert_eq!(go["sched_stats"]["created"], *created, "{what}: created");
+                assert_eq!(
+                    go["sched_stats"]["threads"], m2["threads"],
+                    "{what}: threads"
+                );
+            }
+            None => assert_eq!(go["sched_stats"], Value::Null, "{what}"),
+        }
         // The window lies between the reading before the capture and the program's own m2
         // (after it), and covers the whole load phase, which ended before m1.
         let n = go["sched_latency"]["count"].as_u64().unwrap();
