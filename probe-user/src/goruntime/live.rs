@@ -732,4 +732,117 @@ mod tests {
         assert_eq!(exe_mapping(maps, 777, 8, 1), None);
         assert_eq!(exe_mapping("garbage\n- - - -", 777, 0xfd, 0), None);
     }
+
+    /// metrics.go's schedStatsAggregate.compute on a fake runtime: Ps running Go code, in a
+    /// system call (on the same M and P, or not), idle with queued work, a wrapped run queue,
+    /// a _Pdead P ending the walk, extra Ms, and a negative nGsyscallNoP (a race the runtime
+    /// tolerates).
+    #[test]
+    fn sched_stats_as_metrics_go_computes_them() {
+        use crate::goruntime::{Field, SchedStatsLayout};
+        let f = |offset: u64, size: u64| Field { offset, size };
+        let l = SchedStatsLayout {
+            sched_created: f(0, 8),
+            sched_syscall_no_p: f(8, 4),
+            sched_runq_size: f(12, 4),
+            sched_mnext: f(16, 8),
+            sched_nmfreed: f(24, 8),
+            p_status: f(0, 4),
+            p_m: f(8, 8),
+            p_runqhead: f(16, 4),
+            p_runqtail: f(20, 4),
+            p_runnext: f(24, 8),
+            p_created: f(32, 8),
+            m_curg: f(0, 8),
+            m_p: f(8, 8),
+            g_status: f(0, 4),
+            g_m: f(8, 8),
+            p_running: 1,
+            p_dead: 4,
+            g_syscall: 3,
+            g_deadextra: 11,
+            g_scan: 0x1000,
+            extra_m_in_use: 0x100,
+            extra_m_length: 0x104,
+        };
+        let mem: std::collections::HashMap<u64, u64> = [
+            // sched: 5 created, nGsyscallNoP -1, 2 on the global run queue, 9 Ms made,
+            // 1 freed; extra Ms: 1 in use, 2 listed.
+            (0x0, 5),
+            (0x8, u64::from((-1i32) as u32)),
+            (0xc, 2),
+            (0x10, 9),
+            (0x18, 1),
+            (0x100, 1),
+            (0x104, 2),
+            // P 0x1000: running Go code (M 0x5000's curg 0x6000 is _Grunning); 3 queued.
+            (0x1000, 1),
+            (0x1008, 0x5000),
+            (0x1010, 10),
+            (0x1014, 13),
+            (0x1020, 7),
+            (0x5000, 0x6000),
+            (0x5008, 0x1000),
+            (0x6000, 2),
+            (0x6008, 0x5000),
+            // P 0x2000: its M's goroutine is in a system call (scan bit set), same M and P;
+            // run queue wrapped (head near u32::MAX) holding 2, plus runnext.
+            (0x2000, 1),
+            (0x2008, 0x5100),
+            (0x2010, u64::from(u32::MAX)),
+            (0x2014, 1),
+            (0x2018, 0x7777),
+            (0x2020, 4),
+            (0x5100, 0x6100),
+            (0x5108, 0x2000),
+            (0x6100, 0x1003),
+            (0x6108, 0x5100),
+            // P 0x3000: running, but its M's goroutine in a system call belongs to another P
+            // (a stale view): running.
+            (0x3000, 1),
+            (0x3008, 0x5200),
+            (0x5200, 0x6200),
+            (0x5208, 0x9999),
+            (0x6200, 3),
+            (0x6208, 0x5200),
+            // P 0x4000: _Pdead: the walk stops here, its counts are not added.
+            (0x4000, 4),
+            (0x4020, 1000),
+        ]
+        .into_iter()
+        .collect();
+        let word = |a: u64, size: u64| {
+            let v = mem.get(&a).copied().unwrap_or(0);
+            if size == 4 { v & 0xffff_ffff } else { v }
+        };
+        let g = Goroutines {
+            allglen: 40,
+            live: 30,
+            system: 4,
+            num_goroutine: 26,
+        };
+        let s = read_sched_stats(
+            &l,
+            &g,
+            &[0x1000, 0x2000, 0x3000, 0x4000, 0x1000],
+            &|f, _| Ok(word(f.offset, f.size)),
+            &|a, _| Ok(word(a, 4)),
+            &|a, f| Ok(word(a + f.offset, f.size)),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            s,
+            SchedStats {
+                // 3 (P 0x1000) + 2 and runnext (P 0x2000) + 2 global.
+                runnable: 8,
+                running: 2,
+                // P 0x2000; nGsyscallNoP -1 adds nothing.
+                not_in_go: 1,
+                waiting: 30 - 8 - 2 - 1,
+                created: 5 + 7 + 4,
+                threads: 9 - 1 - 1 - 2,
+            }
+        );
+    }
 }
