@@ -562,6 +562,23 @@ fn daemon_exports_go_runtime_metrics() {
         &format!("binary=\"gosched-stripped\",cgroup=\"{}\"", cg.path()),
         &[&ms[0]],
     );
+    // Without build info, of a release between the oldest and newest: recognised by its
+    // .gopclntab, its release read from runtime.buildVersion, then read alike.
+    let (mid, mid_dir) = &versions[versions.len() / 2];
+    let mut nb = GoFixture::start(&mid_dir.join("gosched-pie-stripped-nobuildinfo"));
+    cg.add(nb.pid);
+    nb.go();
+    let (m, ms) = quiescent(&d, &mut [&mut nb]);
+    check_hist(
+        &m,
+        &format!(
+            "binary=\"gosched-pie-stripped-nobuildinfo\",cgroup=\"{}\"",
+            cg.path()
+        ),
+        &[&ms[0]],
+    );
+    eprintln!("daemon: {mid} without build info read");
+    nb.exit();
     let tmp = tempfile_dir("schedlat-daemon-unknown-go");
     let (unknown, _) = stripped_of_an_unknown_release(&versions.last().unwrap().0, new_dir, &tmp);
     let u = GoFixture::start(&unknown);
