@@ -347,6 +347,7 @@ pub fn learn(binaries: &[&[u8]]) -> Result<Entry, GoError> {
     let mut refs: Vec<(u64, &[u8], Vec<u64>)> = res
         .pcln
         .funcs()
+        .filter(|(name, _)| runtime_code(name))
         .filter_map(|(name, f)| Some((f.size, name, rip_targets(res.code(f)?, f.addr))))
         .collect();
     // Short functions first (less code to change), then by name: a stable order.
@@ -405,6 +406,16 @@ pub fn learn(binaries: &[&[u8]]) -> Result<Entry, GoError> {
         entry.symbols.insert(symbol.to_owned(), recipes);
     }
     Ok(entry)
+}
+
+/// Whether a function is the runtime's own code, the same in every program built with one
+/// toolchain: the runtime packages, and functions they provide to others by linkname
+/// (`sync.runtime_canSpin`, ...). Not the program's: main.main inlines runtime.Version, so its
+/// loads of runtime.buildVersion hold in every build of that one program, and nowhere else.
+fn runtime_code(name: &[u8]) -> bool {
+    name.starts_with(b"runtime.")
+        || name.starts_with(b"internal/runtime/")
+        || name.windows(9).any(|w| w == b".runtime_")
 }
 
 /// [`learn`] from the unstripped executables in `dir` (one Go version's fixtures, plain and
