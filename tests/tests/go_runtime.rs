@@ -1025,6 +1025,12 @@ fn capture_go_probes_agree_with_the_runtime_and_see_known_blocking() {
             // 4 standard errors; plus 0.02 for what the two count differently (the runtime
             // adds 0 s samples for syscall returns and skips a goroutine's first run).
             let tol = |f: f64| 4.0 * (f * (1.0 - f) / n_rt as f64).sqrt() + 0.02;
+            println!(
+                "{what}: {n_ours} transitions ({fast} syscall returns kept their P), {n_rt} \
+                 runtime samples; below 1024 ns: ours {:.4}, runtime {:.4}",
+                below(&ours, 1024),
+                below(&rt, 1024)
+            );
             for k in 10..=24 {
                 let x = 1u64 << k;
                 let (fo, fr) = (below(&ours, x), below(&rt, x));
