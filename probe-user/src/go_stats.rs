@@ -1,5 +1,6 @@
 //! `schedlat go-stats`: a Go process's own scheduler statistics, read from its memory (no
-//! probe, no cost to the target): GOMAXPROCS, goroutines, and the runtime's scheduling-latency
+//! probe, no cost to the target): GOMAXPROCS, goroutines (on Go >= 1.26 also by state, created
+//! and threads, as runtime/metrics' /sched/goroutines/*), and the runtime's scheduling-latency
 //! histogram (the data behind runtime/metrics' /sched/latencies:seconds) and, on Go >= 1.22,
 //! its stop-the-world pause histograms (/sched/pauses/*); before 1.22, the GC cycle count and
 //! the pauses of the last 256 cycles (runtime.memstats' ring, MemStats.NumGC/PauseNs).
@@ -64,8 +65,17 @@ fn text(r: &Report) -> String {
     if let Some(g) = &s.goroutines {
         let _ = writeln!(
             o,
-            "goroutines: {} live ({} system), {} ever allocated (allglen)",
-            g.live, g.system, g.allglen
+            "goroutines: {} (runtime.NumGoroutine), {} live with {} system, {} ever allocated \
+             (allglen)",
+            g.num_goroutine, g.live, g.system, g.allglen
+        );
+    }
+    if let Some(t) = &s.sched_stats {
+        let _ = writeln!(
+            o,
+            "goroutines by state: {} runnable, {} running, {} waiting, {} not in Go (system \
+             calls, cgo); {} created; {} threads",
+            t.runnable, t.running, t.waiting, t.not_in_go, t.created, t.threads
         );
     }
     if let Some(b) = &r.cpu_budget {

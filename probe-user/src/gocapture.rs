@@ -12,7 +12,7 @@ use crate::{
     goruntime::{
         GoError,
         events::{self, EventPlan},
-        live::{self, GcPauses, LatencyHist, Stats},
+        live::{self, GcPauses, LatencyHist, SchedStats, Stats},
     },
     hist::HistSummary,
     probes::{GoEventTarget, GoRaw},
@@ -137,6 +137,9 @@ pub struct GoSection {
     /// Live goroutines at the end (system goroutines included), and allglen.
     pub goroutines: Option<i64>,
     pub goroutines_ever_allocated: u64,
+    /// Go >= 1.26 at the end: goroutines by state, created (since the start), threads, as
+    /// runtime/metrics' /sched/goroutines/* computes them (null before).
+    pub sched_stats: Option<SchedStats>,
     /// Goroutine scheduling latency in the window, as the runtime samples it (1 in 8).
     pub sched_latency: WindowHist,
     /// Stop-the-world pauses in the window (Go >= 1.22; null before).
@@ -446,6 +449,7 @@ impl GoStart {
             gomaxprocs: after.gomaxprocs,
             goroutines: after.goroutines.as_ref().map(|g| g.live),
             goroutines_ever_allocated: after.goroutines.as_ref().map_or(0, |g| g.allglen),
+            sched_stats: after.sched_stats.clone(),
             sched_latency: window(&self.before.sched_latencies, &after.sched_latencies),
             stw_pauses,
             gc_pauses,
@@ -483,6 +487,14 @@ pub fn render_text(sections: &[GoSection]) -> String {
             g.gomaxprocs,
             g.goroutines.map_or_else(|| "?".into(), |n| n.to_string())
         );
+        if let Some(t) = &g.sched_stats {
+            let _ = writeln!(
+                o,
+                "goroutines at the end: {} runnable, {} running, {} waiting, {} not in Go; {} \
+                 created since start; {} threads",
+                t.runnable, t.running, t.waiting, t.not_in_go, t.created, t.threads
+            );
+        }
         let h = &g.sched_latency;
         let _ = writeln!(
             o,

@@ -141,6 +141,10 @@ struct Series {
     seen: HashSet<u32>,
     gomaxprocs: i64,
     goroutines: i64,
+    /// Go >= 1.26 processes: goroutines runnable, running, waiting, not in Go; threads.
+    states: [u64; 4],
+    threads: u64,
+    with_states: u64,
     processes: u64,
     /// When the last process of the series was gone; None while one is live.
     idle_since: Option<std::time::Instant>,
@@ -159,7 +163,9 @@ pub struct GoWatcher {
 
 fn reason(e: &GoError) -> &'static str {
     match e {
-        GoError::Stripped { .. } | GoError::MissingSymbol { .. } => "stripped",
+        GoError::Stripped { .. } | GoError::MissingSymbol { .. } | GoError::NoBuildInfo { .. } => {
+            "stripped"
+        }
         GoError::MissingDwarf { .. } | GoError::UnknownHistogram { .. } => "unsupported_version",
         GoError::Unsupported { .. } | GoError::Malformed { .. } => "unsupported_binary",
         GoError::ProcessGone { .. } => "exited",
@@ -172,14 +178,15 @@ fn reason(e: &GoError) -> &'static str {
     }
 }
 
-/// Cheap Go check with a few preads (no full read): does the ELF have a .go.buildinfo section?
-fn has_buildinfo_section(f: &File) -> bool {
-    has_buildinfo_section_at(|buf, off| f.read_exact_at(buf, off))
+/// Cheap Go check with a few preads (no full read): does the ELF have a .go.buildinfo section,
+/// or (a Go binary whose build info was removed) a .gopclntab?
+fn has_go_section(f: &File) -> bool {
+    has_go_section_at(|buf, off| f.read_exact_at(buf, off))
 }
 
-/// [`has_buildinfo_section`] over any positioned reader: the daemon's first look at every
+/// [`has_go_section`] over any positioned reader: the daemon's first look at every
 /// selected executable, so the go_elf fuzz target runs it too.
-pub fn has_buildinfo_section_at(read_at: impl Fn(&mut [u8], u64) -> std::io::Result<()>) -> bool {
+pub fn has_go_section_at(read_at: impl Fn(&mut [u8], u64) -> std::io::Result<()>) -> bool {
     let mut eh = [0u8; 64];
     if read_at(&mut eh, 0).is_err() || &eh[..4] != b"\x7fELF" || eh[4] != 2 || eh[5] != 1 {
         return false;
@@ -210,9 +217,15 @@ pub fn has_buildinfo_section_at(read_at: impl Fn(&mut [u8], u64) -> std::io::Res
     }
     sh.chunks_exact(64).any(|h| {
         let name = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
-        names
-            .get(name..)
-            .is_some_and(|n| n.starts_with(b".go.buildinfo\0"))
+        names.get(name..).is_some_and(|n| {
+            [
+                &b".go.buildinfo\0"[..],
+                b".gopclntab\0",
+                b".data.rel.ro.gopclntab\0",
+            ]
+            .iter()
+            .any(|s| n.starts_with(s))
+        })
     })
 }
 
@@ -237,7 +250,7 @@ impl GoWatcher {
     fn classify(&mut self, pid: u32, key: (u64, u64)) -> Option<&Class> {
         if !self.cache.contains_key(&key) {
             let f = File::open(format!("/proc/{pid}/exe")).ok()?;
-            let class = if !has_buildinfo_section(&f) {
+            let class = if !has_go_section(&f) {
                 Class::NotGo
             } else {
                 match goruntime::live::analyse_exe(pid).map(|(l, _)| l) {
@@ -351,6 +364,9 @@ impl GoWatcher {
             s.seen.clear();
             s.gomaxprocs = 0;
             s.goroutines = 0;
+            s.states = [0; 4];
+            s.threads = 0;
+            s.with_states = 0;
             s.processes = 0;
         }
         for (pid, layout, meta, binary, cgroup) in found {
@@ -430,6 +446,17 @@ impl GoWatcher {
             s.seen.insert(pid);
             s.gomaxprocs += i64::from(stats.gomaxprocs);
             s.goroutines += stats.goroutines.as_ref().map_or(0, |g| g.live);
+            if let Some(t) = &stats.sched_stats {
+                for (sum, v) in
+                    s.states
+                        .iter_mut()
+                        .zip([t.runnable, t.running, t.waiting, t.not_in_go])
+                {
+                    *sum += v;
+                }
+                s.threads += t.threads;
+                s.with_states += 1;
+            }
             s.processes += 1;
         }
         // A series whose processes all exited keeps its final counts for exited_series_ttl_secs
@@ -492,6 +519,7 @@ impl GoWatcher {
         let mut hists = Vec::new();
         let mut stw = Vec::new();
         let (mut maxprocs, mut gors, mut procs) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut states, mut threads) = (Vec::new(), Vec::new());
         let mut lost = Vec::new();
         for ((binary, cgroup), s) in &self.series {
             let labels = || vec![label("binary", binary), label("cgroup", cgroup)];
@@ -516,6 +544,17 @@ impl GoWatcher {
                 maxprocs.push(gauge(labels(), s.gomaxprocs as f64));
                 gors.push(gauge(labels(), s.goroutines as f64));
                 procs.push(gauge(labels(), s.processes as f64));
+            }
+            if s.with_states > 0 {
+                for (state, v) in ["runnable", "running", "waiting", "not_in_go"]
+                    .iter()
+                    .zip(s.states)
+                {
+                    let mut l = labels();
+                    l.push(label("state", state));
+                    states.push(gauge(l, v as f64));
+                }
+                threads.push(gauge(labels(), s.threads as f64));
             }
         }
         let mut out = Vec::new();
@@ -548,6 +587,18 @@ impl GoWatcher {
             "Goroutines (allglen minus free g's, system goroutines included), summed over the live processes of the binary in the cgroup.",
             MetricType::GAUGE,
             gors,
+        ));
+        out.extend(family(
+            "schedlat_go_goroutines_by_state",
+            "Go >= 1.26: goroutines by state as runtime/metrics' /sched/goroutines/* computes them (runnable: in run queues; running: on a P; not_in_go: in system calls or cgo; waiting: the rest, system goroutines included), summed over the live Go >= 1.26 processes of the binary in the cgroup. Runnable goroutines well above GOMAXPROCS while CPUs idle point at P starvation.",
+            MetricType::GAUGE,
+            states,
+        ));
+        out.extend(family(
+            "schedlat_go_threads",
+            "Go >= 1.26: threads owned by the Go runtime (/sched/threads/total: Ms made minus freed, minus extra Ms of cgo callbacks), summed over the live Go >= 1.26 processes of the binary in the cgroup.",
+            MetricType::GAUGE,
+            threads,
         ));
         out.extend(family(
             "schedlat_go_processes",
@@ -626,13 +677,19 @@ mod tests {
     #[test]
     fn cheap_go_check() {
         let me = File::open(std::env::current_exe().unwrap()).unwrap();
-        assert!(!has_buildinfo_section(&me));
+        assert!(!has_go_section(&me));
         if let Some(root) = std::env::var_os("SCHEDLAT_GO_FIXTURES") {
             for d in std::fs::read_dir(root).unwrap() {
                 let d = d.unwrap().path();
-                for n in ["gosched", "gosched-pie", "gosched-stripped"] {
+                for n in [
+                    "gosched",
+                    "gosched-pie",
+                    "gosched-stripped",
+                    // Go without build info: recognised by its .gopclntab.
+                    "gosched-pie-stripped-nobuildinfo",
+                ] {
                     let f = File::open(d.join(n)).unwrap();
-                    assert!(has_buildinfo_section(&f), "{}/{n}", d.display());
+                    assert!(has_go_section(&f), "{}/{n}", d.display());
                 }
             }
         }

@@ -462,6 +462,12 @@ fn grafana_dashboard_queries_run_on_a_real_prometheus() {
         let v = finite[0].1;
         if expr.contains("schedlat_go_gomaxprocs") {
             assert_eq!(v, cpus, "panel {title}: GOMAXPROCS is the CPUs Go sees");
+        } else if expr.contains("schedlat_go_goroutines_by_state") {
+            // Runnable goroutines of a server under load: some, or none at that instant.
+            assert!(
+                (0.0..1000.0).contains(&v),
+                "panel {title}: runnable goroutines {v}"
+            );
         } else if expr.contains("schedlat_go_goroutines") {
             assert!((2.0..1000.0).contains(&v), "panel {title}: goroutines {v}");
         } else if expr.contains("histogram_quantile") {

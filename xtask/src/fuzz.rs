@@ -244,6 +244,10 @@ fn write_seeds(ws: &Workspace, seeds: &Path) -> Result<()> {
                 None,
             )?;
         }
+        // Without build info: the release from runtime.buildVersion through the table.
+        let name = "gosched-pie-stripped-nobuildinfo";
+        copy(&version.join(name), &elf.join(format!("{v}-{name}")))?;
+        n += 1;
         // DWARF: decompressed .debug_abbrev, then the whole .debug_info and, smaller, the
         // unit holding runtime.schedt (the runtime's types), as the go_dwarf target reads them.
         let exe = version.join("gosched");

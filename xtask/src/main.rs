@@ -74,8 +74,8 @@ enum Task {
     /// Boot Debian 11's 5.10, Debian 12's 6.1 (cloud and PREEMPT_RT) and Debian 13's 6.12
     /// under qemu and run the kernel-facing tests inside each with the static binary.
     Vmtest(vmtest::Args),
-    /// Setup (which builds the Go fixtures with both toolchains), then regenerate the layout
-    /// table for stripped Go binaries, probe-user/src/goruntime/layouts.json, from them.
+    /// Install the Go toolchains and build their fixtures (as setup does), then regenerate the
+    /// layout table for stripped Go binaries, probe-user/src/goruntime/layouts.json, from them.
     GoLayouts,
 }
 
@@ -107,7 +107,8 @@ fn run() -> Result<()> {
         Task::Fuzz(args) => fuzz::fuzz(&ws, args),
         Task::Vmtest(args) => vmtest::vmtest(&ws, &args),
         Task::GoLayouts => {
-            setup::setup(&ws)?;
+            // Only the Go toolchains and fixtures are needed.
+            gofix::build_fixtures(&ws)?;
             gofix::go_layouts(&ws)
         }
     }

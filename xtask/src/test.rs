@@ -64,7 +64,8 @@ pub fn test(ws: &Workspace, args: &[String]) -> Result<()> {
         "--exclude",
         "schedlat-fuzz",
     ]);
-    unit.env(gofix::FIXTURES_ENV, &go_fixtures);
+    unit.env(gofix::FIXTURES_ENV, &go_fixtures)
+        .env(gofix::PATCH_FIXTURES_ENV, gofix::patch_fixtures_dir(ws));
     if let Err(e) = run_tests(&mut unit, "fix the failing unit tests above", &mut totals) {
         eprintln!("error: {e:#}");
         failed.push("unit tests");

@@ -1,8 +1,8 @@
 //! A whole executable, as `schedlat go-stats` / the daemon meet it through /proc/PID/exe:
-//! the daemon's cheap .go.buildinfo check, version, layouts (and the capture's uprobe plan),
-//! both from a byte slice and
-//! through the on-demand ReadCache the daemon uses. Seeds: the Go fixtures (plain, PIE,
-//! stripped; Go 1.19 and current).
+//! the daemon's cheap Go check (.go.buildinfo or .gopclntab), version (from runtime.buildVersion
+//! when the build info was removed), layouts (and the capture's uprobe plan), both from a byte
+//! slice and through the on-demand ReadCache the daemon uses. Seeds: the Go fixtures (plain,
+//! PIE, stripped, without build info; every Go release of the fixtures).
 #![no_main]
 
 use std::{
@@ -39,7 +39,7 @@ impl Seek for Counting {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let _ = gowatch::has_buildinfo_section_at(|buf, off| {
+    let _ = gowatch::has_go_section_at(|buf, off| {
         let src = usize::try_from(off)
             .ok()
             .and_then(|o| data.get(o..o.checked_add(buf.len())?))

@@ -55,11 +55,30 @@ impl std::fmt::Display for GoVersion {
     }
 }
 
-/// The version string of a Go binary; `GoError::NotGo` if it has no Go build info.
+/// The version string of a Go binary: from its build info, or for a Go binary whose
+/// .go.buildinfo was removed, from the runtime's own version string
+/// ([`super::table::version_without_buildinfo`]); `GoError::NotGo` if it is not Go at all.
 pub fn version<'d, R: ReadRef<'d>>(file: &object::File<'d, R>) -> Result<String, GoError> {
-    let section = super::section_by_name(file, ".go.buildinfo").ok_or(GoError::NotGo {
-        why: "no .go.buildinfo section",
-    })?;
+    match from_section(file)? {
+        Some(v) => Ok(v),
+        None => super::table::version_without_buildinfo(file),
+    }
+}
+
+/// The version in .go.buildinfo; None if the binary has no such section.
+pub fn from_section<'d, R: ReadRef<'d>>(
+    file: &object::File<'d, R>,
+) -> Result<Option<String>, GoError> {
+    let Some(section) = super::section_by_name(file, ".go.buildinfo") else {
+        return Ok(None);
+    };
+    parse_section(file, section).map(Some)
+}
+
+fn parse_section<'d, 'f, R: ReadRef<'d>>(
+    file: &'f object::File<'d, R>,
+    section: object::Section<'d, 'f, R>,
+) -> Result<String, GoError> {
     let data = section.data().map_err(|_| GoError::Malformed {
         what: ".go.buildinfo section data lies outside the file".into(),
     })?;
@@ -118,7 +137,7 @@ pub fn version<'d, R: ReadRef<'d>>(file: &object::File<'d, R>) -> Result<String,
 }
 
 /// `len` bytes at virtual address `addr`, from whichever loadable segment holds them.
-fn read_at<'d, R: ReadRef<'d>>(
+pub(crate) fn read_at<'d, R: ReadRef<'d>>(
     file: &object::File<'d, R>,
     addr: u64,
     len: u64,

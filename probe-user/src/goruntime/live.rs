@@ -23,6 +23,24 @@ pub struct Goroutines {
     pub allglen: u64,
     pub live: i64,
     pub system: i64,
+    /// What runtime.NumGoroutine returns: gcount without system goroutines, at least 1
+    /// (runtime/debug.go, proc.go), on every Go release.
+    pub num_goroutine: i64,
+}
+
+/// Goroutines by state, goroutines created and threads, computed as runtime/metrics.go's
+/// schedStatsAggregate.compute does (Go >= 1.26): the data behind
+/// /sched/goroutines/{runnable,running,waiting,not-in-go}:goroutines,
+/// /sched/goroutines-created:goroutines and /sched/threads/total:threads. Like the runtime's,
+/// the split by state is a racy snapshot; read from outside it never counts the reader.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct SchedStats {
+    pub runnable: u64,
+    pub running: u64,
+    pub waiting: u64,
+    pub not_in_go: u64,
+    pub created: u64,
+    pub threads: u64,
 }
 
 /// The sched-latency histogram in runtime/metrics form: `boundaries` (seconds, from -Inf to
@@ -45,6 +63,8 @@ pub struct Stats {
     pub layout: String,
     pub gomaxprocs: i32,
     pub goroutines: Option<Goroutines>,
+    /// Go >= 1.26 (null before).
+    pub sched_stats: Option<SchedStats>,
     pub sched_latencies: LatencyHist,
     /// Stop-the-world pauses (Go >= 1.22; null before), runtime/metrics form.
     pub stw_pauses: Option<StwPauses>,
@@ -191,6 +211,7 @@ pub fn read_with(pid: u32, layout: &Layout, exe: &std::fs::Metadata) -> Result<S
     let mut b8 = [0u8; 8];
     read(at(layout.allglen), &mut b8, "runtime.allglen")?;
     let allglen = u64::from_le_bytes(b8);
+    let mut allp: Vec<u64> = Vec::new();
     let goroutines = match &layout.gcount {
         None => None,
         Some(g) => {
@@ -222,6 +243,7 @@ pub fn read_with(pid: u32, layout: &Layout, exe: &std::fs::Metadata) -> Result<S
             let mut ptrs = vec![0u8; 8 * len as usize];
             // allp's backing array is heap memory: absolute address, no bias.
             read_abs(&mem, data, &mut ptrs, pid, path)?;
+            allp = ptrs.chunks_exact(8).map(u).collect();
             for p in ptrs.chunks_exact(8) {
                 let p = u(p);
                 if p == 0 {
@@ -234,12 +256,46 @@ pub fn read_with(pid: u32, layout: &Layout, exe: &std::fs::Metadata) -> Result<S
                 let v = i64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]]));
                 free = free.saturating_add(v);
             }
+            let live = (allglen as i64).saturating_sub(free);
             Some(super::live::Goroutines {
                 allglen,
-                live: (allglen as i64).saturating_sub(free),
+                live,
                 system,
+                num_goroutine: live.saturating_sub(system).max(1),
             })
         }
+    };
+    let sched_stats = match (&layout.sched_stats, &goroutines) {
+        (Some(l), Some(g)) => {
+            let sched = |f: super::Field, what: &str| -> Result<u64, GoError> {
+                let mut b = [0u8; 8];
+                read(
+                    at(layout.sched.wrapping_add(f.offset)),
+                    &mut b[..f.size as usize],
+                    what,
+                )?;
+                Ok(u(&b[..f.size as usize]))
+            };
+            let global = |addr: u64, what: &str| -> Result<u64, GoError> {
+                let mut b = [0u8; 4];
+                read(at(addr), &mut b, what)?;
+                Ok(u64::from(u32::from_le_bytes(b)))
+            };
+            // Heap objects (p, m, g): absolute addresses.
+            let heap = |addr: u64, f: super::Field| -> Result<u64, GoError> {
+                let mut b = [0u8; 8];
+                read_abs(
+                    &mem,
+                    addr.wrapping_add(f.offset),
+                    &mut b[..f.size as usize],
+                    pid,
+                    path,
+                )?;
+                Ok(u(&b[..f.size as usize]))
+            };
+            read_sched_stats(l, g, &allp, &sched, &global, &heap)?
+        }
+        _ => None,
     };
     Ok(Stats {
         pid,
@@ -248,10 +304,89 @@ pub fn read_with(pid: u32, layout: &Layout, exe: &std::fs::Metadata) -> Result<S
         layout: layout.source.clone(),
         gomaxprocs,
         goroutines,
+        sched_stats,
         sched_latencies,
         stw_pauses,
         gc_pauses,
     })
+}
+
+/// runtime/metrics.go (Go 1.26.6, 1.27.3) schedStatsAggregate.compute, from outside: threads
+/// are Ms made minus Ms freed minus extra Ms (cgo callbacks) in use or listed; for each P in
+/// allp up to the first nil or _Pdead one, its goroutines created, 1 running or (its M's
+/// current goroutine in a system call, on that M and P) 1 not in Go, and its run queue
+/// (tail - head, plus runnext) runnable; the global run queue runnable; goroutines in system
+/// calls without a P not in Go; waiting is the rest of gcount(true) (`live`).
+fn read_sched_stats(
+    l: &super::SchedStatsLayout,
+    g: &Goroutines,
+    allp: &[u64],
+    sched: &dyn Fn(super::Field, &str) -> Result<u64, GoError>,
+    global: &dyn Fn(u64, &str) -> Result<u64, GoError>,
+    heap: &dyn Fn(u64, super::Field) -> Result<u64, GoError>,
+) -> Result<Option<SchedStats>, GoError> {
+    let mnext = sched(l.sched_mnext, "runtime.sched.mnext")? as i64;
+    let nmfreed = sched(l.sched_nmfreed, "runtime.sched.nmfreed")? as i64;
+    let in_use = global(l.extra_m_in_use, "runtime.extraMInUse")? as i64;
+    let length = global(l.extra_m_length, "runtime.extraMLength")? as i64;
+    let threads = mnext
+        .saturating_sub(nmfreed)
+        .saturating_sub(in_use)
+        .saturating_sub(length)
+        .max(0) as u64;
+    let mut created = sched(l.sched_created, "runtime.sched.goroutinesCreated")?;
+    let (mut running, mut runnable, mut not_in_go) = (0u64, 0u64, 0u64);
+    for &p in allp {
+        if p == 0 {
+            break;
+        }
+        let status = heap(p, l.p_status)? as u32;
+        if status == l.p_dead {
+            break;
+        }
+        created = created.saturating_add(heap(p, l.p_created)?);
+        if status == l.p_running {
+            // proc.go setBlockOnExitSyscall: the P's M runs a goroutine in a system call
+            // (_Gsyscall, or _Gdeadextra for an extra M) still attached to this M and P.
+            let m = heap(p, l.p_m)?;
+            let curg = if m == 0 { 0 } else { heap(m, l.m_curg)? };
+            let in_syscall = curg != 0 && {
+                let st = heap(curg, l.g_status)? as u32 & !l.g_scan;
+                (st == l.g_syscall || st == l.g_deadextra)
+                    && heap(curg, l.g_m)? == m
+                    && heap(m, l.m_p)? == p
+            };
+            if in_syscall {
+                not_in_go += 1;
+            } else {
+                running += 1;
+            }
+        }
+        let (head, tail) = (heap(p, l.p_runqhead)? as u32, heap(p, l.p_runqtail)? as u32);
+        let queued = tail.wrapping_sub(head) as i32;
+        if queued >= 0 {
+            runnable += queued as u64;
+        }
+        if heap(p, l.p_runnext)? != 0 {
+            runnable += 1;
+        }
+    }
+    let global_runq = sched(l.sched_runq_size, "runtime.sched.runq.size")? as u32 as i32;
+    runnable += global_runq.max(0) as u64;
+    // nGsyscallNoP can go negative during races (metrics.go).
+    let no_p = sched(l.sched_syscall_no_p, "runtime.sched.nGsyscallNoP")? as u32 as i32;
+    not_in_go += no_p.max(0) as u64;
+    // gcount(true) clamps to 1; waiting is the rest, never below 0 (metrics.go of 1.27.3).
+    let total = g.live.max(1) as u64;
+    let waiting = total.saturating_sub(running + runnable + not_in_go);
+    Ok(Some(SchedStats {
+        runnable,
+        running,
+        waiting,
+        not_in_go,
+        created,
+        threads,
+    }))
 }
 
 /// The names of the runtime's wait reasons (runtime.waitReasonStrings, runtime2.go), read from
@@ -596,5 +731,118 @@ mod tests {
         assert_eq!(exe_mapping(maps, 777, 0xfd, 0), Some(0x55d0c2000000));
         assert_eq!(exe_mapping(maps, 777, 8, 1), None);
         assert_eq!(exe_mapping("garbage\n- - - -", 777, 0xfd, 0), None);
+    }
+
+    /// metrics.go's schedStatsAggregate.compute on a fake runtime: Ps running Go code, in a
+    /// system call (on the same M and P, or not), idle with queued work, a wrapped run queue,
+    /// a _Pdead P ending the walk, extra Ms, and a negative nGsyscallNoP (a race the runtime
+    /// tolerates).
+    #[test]
+    fn sched_stats_as_metrics_go_computes_them() {
+        use crate::goruntime::{Field, SchedStatsLayout};
+        let f = |offset: u64, size: u64| Field { offset, size };
+        let l = SchedStatsLayout {
+            sched_created: f(0, 8),
+            sched_syscall_no_p: f(8, 4),
+            sched_runq_size: f(12, 4),
+            sched_mnext: f(16, 8),
+            sched_nmfreed: f(24, 8),
+            p_status: f(0, 4),
+            p_m: f(8, 8),
+            p_runqhead: f(16, 4),
+            p_runqtail: f(20, 4),
+            p_runnext: f(24, 8),
+            p_created: f(32, 8),
+            m_curg: f(0, 8),
+            m_p: f(8, 8),
+            g_status: f(0, 4),
+            g_m: f(8, 8),
+            p_running: 1,
+            p_dead: 4,
+            g_syscall: 3,
+            g_deadextra: 11,
+            g_scan: 0x1000,
+            extra_m_in_use: 0x100,
+            extra_m_length: 0x104,
+        };
+        let mem: std::collections::HashMap<u64, u64> = [
+            // sched: 5 created, nGsyscallNoP -1, 2 on the global run queue, 9 Ms made,
+            // 1 freed; extra Ms: 1 in use, 2 listed.
+            (0x0, 5),
+            (0x8, u64::from((-1i32) as u32)),
+            (0xc, 2),
+            (0x10, 9),
+            (0x18, 1),
+            (0x100, 1),
+            (0x104, 2),
+            // P 0x1000: running Go code (M 0x5000's curg 0x6000 is _Grunning); 3 queued.
+            (0x1000, 1),
+            (0x1008, 0x5000),
+            (0x1010, 10),
+            (0x1014, 13),
+            (0x1020, 7),
+            (0x5000, 0x6000),
+            (0x5008, 0x1000),
+            (0x6000, 2),
+            (0x6008, 0x5000),
+            // P 0x2000: its M's goroutine is in a system call (scan bit set), same M and P;
+            // run queue wrapped (head near u32::MAX) holding 2, plus runnext.
+            (0x2000, 1),
+            (0x2008, 0x5100),
+            (0x2010, u64::from(u32::MAX)),
+            (0x2014, 1),
+            (0x2018, 0x7777),
+            (0x2020, 4),
+            (0x5100, 0x6100),
+            (0x5108, 0x2000),
+            (0x6100, 0x1003),
+            (0x6108, 0x5100),
+            // P 0x3000: running, but its M's goroutine in a system call belongs to another P
+            // (a stale view): running.
+            (0x3000, 1),
+            (0x3008, 0x5200),
+            (0x5200, 0x6200),
+            (0x5208, 0x9999),
+            (0x6200, 3),
+            (0x6208, 0x5200),
+            // P 0x4000: _Pdead: the walk stops here, its counts are not added.
+            (0x4000, 4),
+            (0x4020, 1000),
+        ]
+        .into_iter()
+        .collect();
+        let word = |a: u64, size: u64| {
+            let v = mem.get(&a).copied().unwrap_or(0);
+            if size == 4 { v & 0xffff_ffff } else { v }
+        };
+        let g = Goroutines {
+            allglen: 40,
+            live: 30,
+            system: 4,
+            num_goroutine: 26,
+        };
+        let s = read_sched_stats(
+            &l,
+            &g,
+            &[0x1000, 0x2000, 0x3000, 0x4000, 0x1000],
+            &|f, _| Ok(word(f.offset, f.size)),
+            &|a, _| Ok(word(a, 4)),
+            &|a, f| Ok(word(a + f.offset, f.size)),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            s,
+            SchedStats {
+                // 3 (P 0x1000) + 2 and runnext (P 0x2000) + 2 global.
+                runnable: 8,
+                running: 2,
+                // P 0x2000; nGsyscallNoP -1 adds nothing.
+                not_in_go: 1,
+                waiting: 30 - 8 - 2 - 1,
+                created: 5 + 7 + 4,
+                threads: 9 - 1 - 1 - 2,
+            }
+        );
     }
 }

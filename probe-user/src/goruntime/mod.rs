@@ -40,6 +40,14 @@ pub enum GoError {
     )]
     Stripped { version: String, known: String },
     #[error(
+        "Go binary without build info (its .go.buildinfo section was removed, so `go version` \
+         cannot tell its release either): {why}. schedlat needs the exact Go release: it reads \
+         the runtime's own version string (runtime.buildVersion) through the layout table, \
+         which knows {known}; keep .go.buildinfo in the binary (do not remove it after \
+         building) to read any other release"
+    )]
+    NoBuildInfo { why: String, known: String },
+    #[error(
         "Go binary ({version}) has no .symtab entry for {symbol}: it was linked with -s; rebuild \
          without -ldflags=-s"
     )]
@@ -171,7 +179,53 @@ pub struct Layout {
     pub gc_ring: Option<GcRingLayout>,
     /// None if this Go version's free-list fields are not recognised.
     pub gcount: Option<GCountLayout>,
+    /// Goroutines by state, created, threads (Go >= 1.26; None before).
+    pub sched_stats: Option<SchedStatsLayout>,
 }
+
+/// What runtime/metrics.go's schedStatsAggregate.compute reads for
+/// /sched/goroutines/{runnable,running,waiting,not-in-go}, /sched/goroutines-created and
+/// /sched/threads/total (Go >= 1.26): fields of runtime.schedt, p, m and g, status constants
+/// (runtime2.go) and two globals (proc.go).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchedStatsLayout {
+    /// runtime.schedt: goroutinesCreated (atomic.Uint64), nGsyscallNoP (atomic.Int32),
+    /// runq.size (int32), mnext and nmfreed (int64).
+    pub sched_created: Field,
+    pub sched_syscall_no_p: Field,
+    pub sched_runq_size: Field,
+    pub sched_mnext: Field,
+    pub sched_nmfreed: Field,
+    /// runtime.p: status, m (muintptr), runqhead, runqtail, runnext (guintptr),
+    /// goroutinesCreated.
+    pub p_status: Field,
+    pub p_m: Field,
+    pub p_runqhead: Field,
+    pub p_runqtail: Field,
+    pub p_runnext: Field,
+    pub p_created: Field,
+    /// runtime.m: curg, p (puintptr); runtime.g: atomicstatus, m.
+    pub m_curg: Field,
+    pub m_p: Field,
+    pub g_status: Field,
+    pub g_m: Field,
+    /// _Prunning, _Pdead, _Gsyscall, _Gdeadextra, _Gscan.
+    pub p_running: u32,
+    pub p_dead: u32,
+    pub g_syscall: u32,
+    pub g_deadextra: u32,
+    pub g_scan: u32,
+    /// Addresses of runtime.extraMInUse and runtime.extraMLength (atomic.Uint32; per binary:
+    /// not in the layout table).
+    #[serde(skip)]
+    pub extra_m_in_use: u64,
+    #[serde(skip)]
+    pub extra_m_length: u64,
+}
+
+/// The globals only [`SchedStatsLayout`] needs (Go >= 1.26).
+pub const EXTRA_M_IN_USE: &str = "runtime.extraMInUse";
+pub const EXTRA_M_LENGTH: &str = "runtime.extraMLength";
 
 /// Whether `data` is a Go program, and its version.
 pub fn go_version<'d, R: ReadRef<'d>>(data: R) -> Result<String, GoError> {
@@ -202,12 +256,14 @@ pub fn analyse<'d, R: ReadRef<'d>>(data: R) -> Result<Layout, GoError> {
     let file = parse_elf(data)?;
     let version = buildinfo::version(&file)?;
     let (source, [sched, gomaxprocs, allglen], layouts) = if symbolic(&file) {
-        let mut want: [(&'static str, Option<u64>); 5] = [
+        let mut want: [(&'static str, Option<u64>); 7] = [
             ("runtime.sched", None),
             ("runtime.gomaxprocs", None),
             ("runtime.allglen", None),
             ("runtime.allp", None),
             ("runtime.memstats", None),
+            (EXTRA_M_IN_USE, None),
+            (EXTRA_M_LENGTH, None),
         ];
         find_symbols(&file, &mut want)?;
         let sym = |i: usize| {
@@ -219,7 +275,16 @@ pub fn analyse<'d, R: ReadRef<'d>>(data: R) -> Result<Layout, GoError> {
         // allp and memstats are optional: without them, their layouts are skipped.
         let addrs = [sym(0)?, sym(1)?, sym(2)?];
         let types = dwarf::Types::load(&file)?;
-        let layouts = dwarf_layouts(&types, &version, want[3].1, want[4].1)?;
+        let mut layouts = dwarf_layouts(&types, &version, want[3].1, want[4].1)?;
+        // Without the two globals, the state counts are skipped.
+        layouts.sched_stats = match (layouts.sched_stats.take(), want[5].1, want[6].1) {
+            (Some(s), Some(in_use), Some(length)) => Some(SchedStatsLayout {
+                extra_m_in_use: in_use,
+                extra_m_length: length,
+                ..s
+            }),
+            _ => None,
+        };
         ("DWARF".to_owned(), addrs, layouts)
     } else {
         let entry = table::lookup(&version)?;
@@ -247,6 +312,14 @@ pub fn analyse<'d, R: ReadRef<'d>>(data: R) -> Result<Layout, GoError> {
                 }),
                 None => None,
             },
+            sched_stats: match entry.sched_stats.clone() {
+                Some(s) => Some(SchedStatsLayout {
+                    extra_m_in_use: sym(EXTRA_M_IN_USE)?,
+                    extra_m_length: sym(EXTRA_M_LENGTH)?,
+                    ..s
+                }),
+                None => None,
+            },
         };
         (format!("layout table ({})", entry.version), addrs, layouts)
     };
@@ -255,7 +328,10 @@ pub fn analyse<'d, R: ReadRef<'d>>(data: R) -> Result<Layout, GoError> {
         stw,
         gc_ring,
         gcount,
+        sched_stats,
     } = layouts;
+    // The state counts walk allp like gcount does.
+    let sched_stats = sched_stats.filter(|_| gcount.is_some());
     let base_vaddr = base_vaddr(&file)?;
     Ok(Layout {
         version,
@@ -269,6 +345,7 @@ pub fn analyse<'d, R: ReadRef<'d>>(data: R) -> Result<Layout, GoError> {
         stw,
         gc_ring,
         gcount,
+        sched_stats,
     })
 }
 
@@ -338,7 +415,7 @@ const MAX_STRTAB: u64 = 256 << 20;
 /// string table, read once. Not `file.symbols()` + `name_bytes()`: through ReadCache (the
 /// daemon's path) each name is a separate cached read of up to 4 KiB, so a planted table of
 /// distinct names costs 4 KiB per symbol (200,000 symbols in a 5 MB file held 815 MB).
-fn find_symbols<'d, R: ReadRef<'d>>(
+pub(crate) fn find_symbols<'d, R: ReadRef<'d>>(
     file: &object::File<'d, R>,
     want: &mut [(&'static str, Option<u64>)],
 ) -> Result<(), GoError> {
@@ -430,6 +507,7 @@ pub struct DwarfLayouts {
     pub stw: Option<StwLayout>,
     pub gc_ring: Option<GcRingLayout>,
     pub gcount: Option<GCountLayout>,
+    pub sched_stats: Option<SchedStatsLayout>,
 }
 
 /// The runtime layouts in indexed DWARF; `allp` and `memstats` are the symbols' addresses
@@ -471,11 +549,13 @@ fn dwarf_layouts(
         _ => None,
     };
     let gcount = allp.and_then(|allp| gcount_layout(types, allp));
+    let sched_stats = sched_stats_layout(types);
     Ok(DwarfLayouts {
         hist,
         stw,
         gc_ring,
         gcount,
+        sched_stats,
     })
 }
 
@@ -593,6 +673,45 @@ fn gcount_layout(types: &dwarf::Types, allp: u64) -> Option<GCountLayout> {
         ngsys,
         p_free: p,
         allp,
+    })
+}
+
+/// [`SchedStatsLayout`] from DWARF (the globals' addresses 0); None unless every field and
+/// constant is there with the expected size (Go >= 1.26: runtime2.go's schedt.nGsyscallNoP
+/// and p.goroutinesCreated, proc.go's _Gdeadextra).
+fn sched_stats_layout(types: &dwarf::Types) -> Option<SchedStatsLayout> {
+    let field = |root: &str, path: &[&str], size: u64| {
+        let (offset, t) = types.member_path(root, path)?;
+        // Go writes no byte size for pointer types (m.curg, g.m): 8 bytes on 64-bit.
+        let pointer = t.tag == gimli::DW_TAG_pointer_type.0;
+        let t_size = t.byte_size.or(pointer.then_some(8));
+        (t_size == Some(size)).then_some(Field { offset, size })
+    };
+    // atomic.Uint64 / Int32 / Uint32 are structs around `value` (internal/runtime/atomic).
+    let constant = |name: &str| u32::try_from(types.constant(name)?).ok();
+    Some(SchedStatsLayout {
+        sched_created: field("runtime.schedt", &["goroutinesCreated", "value"], 8)?,
+        sched_syscall_no_p: field("runtime.schedt", &["nGsyscallNoP", "value"], 4)?,
+        sched_runq_size: field("runtime.schedt", &["runq", "size"], 4)?,
+        sched_mnext: field("runtime.schedt", &["mnext"], 8)?,
+        sched_nmfreed: field("runtime.schedt", &["nmfreed"], 8)?,
+        p_status: field("runtime.p", &["status"], 4)?,
+        p_m: field("runtime.p", &["m"], 8)?,
+        p_runqhead: field("runtime.p", &["runqhead"], 4)?,
+        p_runqtail: field("runtime.p", &["runqtail"], 4)?,
+        p_runnext: field("runtime.p", &["runnext"], 8)?,
+        p_created: field("runtime.p", &["goroutinesCreated"], 8)?,
+        m_curg: field("runtime.m", &["curg"], 8)?,
+        m_p: field("runtime.m", &["p"], 8)?,
+        g_status: field("runtime.g", &["atomicstatus", "value"], 4)?,
+        g_m: field("runtime.g", &["m"], 8)?,
+        p_running: constant("runtime._Prunning")?,
+        p_dead: constant("runtime._Pdead")?,
+        g_syscall: constant("runtime._Gsyscall")?,
+        g_deadextra: constant("runtime._Gdeadextra")?,
+        g_scan: constant("runtime._Gscan")?,
+        extra_m_in_use: 0,
+        extra_m_length: 0,
     })
 }
 

@@ -13,10 +13,13 @@ use object::{
 
 use super::GoError;
 
+/// Go 1.2-1.15 and 1.16-1.17 (symtab.go go12magic, go116magic): Go, but a format not read.
+const MAGIC_12: u32 = 0xffff_fffb;
+const MAGIC_116: u32 = 0xffff_fffa;
 /// Go 1.18 and 1.19 (symtab.go go118magic).
-const MAGIC_118: u32 = 0xffff_fff0;
+pub const MAGIC_118: u32 = 0xffff_fff0;
 /// Go 1.20 and later (go120magic).
-const MAGIC_120: u32 = 0xffff_fff1;
+pub const MAGIC_120: u32 = 0xffff_fff1;
 const HEADER_LEN: usize = 8 + 8 * 8;
 /// Largest .gopclntab we read (a large Go binary's is tens of MiB; the daemon's unit caps its
 /// memory at 256 MB).
@@ -218,32 +221,7 @@ fn moduledata_text<'d, R: ReadRef<'d>>(file: &object::File<'d, R>, pcheader: u64
         budget = budget.checked_sub(s.size())?;
         data_sections.push((s.address(), s.data().ok()?));
     }
-    let rela_size: u64 = match file {
-        object::File::Elf64(e) => {
-            let endian = e.endian();
-            e.elf_section_table()
-                .iter()
-                .filter(|h| matches!(h.sh_type(endian), elf::SHT_RELA | elf::SHT_REL))
-                .map(|h| h.sh_size(endian))
-                .fold(0u64, u64::saturating_add)
-        }
-        _ => u64::MAX,
-    };
-    let relocs: Vec<(u64, u64)> = if rela_size <= MAX_RELA {
-        file.dynamic_relocations()
-            .into_iter()
-            .flatten()
-            .filter(|(_, r)| {
-                r.flags()
-                    == RelocationFlags::Elf {
-                        r_type: elf::R_X86_64_RELATIVE,
-                    }
-            })
-            .map(|(at, r)| (at, r.addend() as u64))
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let relocs = relative_relocations(file);
     // The value of the word at `addr`: in the file, or (0 there) its relocation's addend.
     let word = |addr: u64| -> Option<u64> {
         let in_file = data_sections.iter().find_map(|(a, d)| {
@@ -280,4 +258,49 @@ fn moduledata_text<'d, R: ReadRef<'d>>(file: &object::File<'d, R>, pcheader: u64
             && super::in_section_with(file, text, elf::SHF_EXECINSTR))
         .then_some(text)
     })
+}
+
+/// The R_X86_64_RELATIVE relocations (address, addend) of a PIE: the values of pointer words
+/// the file holds as 0. Empty when the relocation tables exceed the cap (MAX_RELA).
+pub(crate) fn relative_relocations<'d, R: ReadRef<'d>>(
+    file: &object::File<'d, R>,
+) -> Vec<(u64, u64)> {
+    let rela_size: u64 = match file {
+        object::File::Elf64(e) => {
+            let endian = e.endian();
+            e.elf_section_table()
+                .iter()
+                .filter(|h| matches!(h.sh_type(endian), elf::SHT_RELA | elf::SHT_REL))
+                .map(|h| h.sh_size(endian))
+                .fold(0u64, u64::saturating_add)
+        }
+        _ => u64::MAX,
+    };
+    if rela_size <= MAX_RELA {
+        file.dynamic_relocations()
+            .into_iter()
+            .flatten()
+            .filter(|(_, r)| {
+                r.flags()
+                    == RelocationFlags::Elf {
+                        r_type: elf::R_X86_64_RELATIVE,
+                    }
+            })
+            .map(|(at, r)| (at, r.addend() as u64))
+            .collect()
+    } else {
+        Vec::new()
+    }
+}
+
+/// The magic at the start of the binary's .gopclntab if it is one of Go's (runtime/symtab.go):
+/// None for a binary without one, i.e. not made by the Go linker.
+pub fn magic<'d, R: ReadRef<'d>>(file: &object::File<'d, R>) -> Option<u32> {
+    let section = super::section_by_name(file, ".gopclntab")
+        .or_else(|| super::section_by_name(file, ".data.rel.ro.gopclntab"))?;
+    let head = section.data_range(section.address(), 4).ok().flatten()?;
+    let m = u32_at(head, 0)?;
+    [MAGIC_12, MAGIC_116, MAGIC_118, MAGIC_120]
+        .contains(&m)
+        .then_some(m)
 }

@@ -17,13 +17,15 @@ use object::{ObjectSection, ReadRef, elf};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    DwarfLayouts, GCountLayout, GcRingLayout, GoError, GoVersion, HistLayout, StwLayout, dwarf,
+    DwarfLayouts, EXTRA_M_IN_USE, EXTRA_M_LENGTH, GCountLayout, GcRingLayout, GoError, GoVersion,
+    HistLayout, SchedStatsLayout, StwLayout, dwarf,
     events::{self, Statuses},
     pclntab::{Func, Pclntab},
     probesite::MAX_FUNCTION,
 };
 
-/// The runtime globals schedlat reads (runtime/runtime2.go, proc.go, mstats.go, traceback.go).
+/// The runtime globals schedlat reads (runtime/runtime2.go, proc.go, mstats.go, traceback.go,
+/// extern.go).
 pub const SYMBOLS: &[&str] = &[
     "runtime.sched",
     "runtime.gomaxprocs",
@@ -31,7 +33,13 @@ pub const SYMBOLS: &[&str] = &[
     "runtime.allp",
     "runtime.memstats",
     "runtime.waitReasonStrings",
+    BUILD_VERSION,
 ];
+/// The release string runtime.Version returns (runtime/extern.go), written by the linker: how
+/// a binary without build info tells its release. Only runtime.schedinit (proc.go) is sure to
+/// use it, so one recipe is enough; what it points at must then read as that minor release
+/// ([`version_without_buildinfo`]).
+pub const BUILD_VERSION: &str = "runtime.buildVersion";
 /// Recipes kept per symbol, each from a different function.
 const RECIPES: usize = 3;
 
@@ -52,6 +60,8 @@ pub struct Entry {
     pub stw: Option<StwLayout>,
     pub gc_ring: Option<GcRingLayout>,
     pub gcount: Option<GCountLayout>,
+    /// Go >= 1.26: goroutines by state, created, threads.
+    pub sched_stats: Option<SchedStatsLayout>,
     /// Offset of runtime.g.waitreason, the goroutine status values, len(waitReasonStrings).
     pub g_waitreason: u64,
     pub statuses: Statuses,
@@ -185,8 +195,141 @@ impl<'d, 'f, R: ReadRef<'d>> Resolver<'d, 'f, R> {
     }
 
     fn version_hint(&self) -> String {
-        super::buildinfo::version(self.file).unwrap_or_else(|_| "Go binary".into())
+        // Not buildinfo::version: without build info that would come back here.
+        match super::buildinfo::from_section(self.file) {
+            Ok(Some(v)) => v,
+            _ => "Go binary".into(),
+        }
     }
+}
+
+/// Longest release string accepted from runtime.buildVersion ("go1.26.6 X:nodwarf5" is 19).
+const MAX_BUILD_VERSION: u64 = 64;
+
+/// The release of a Go binary whose .go.buildinfo was removed: runtime.buildVersion, the
+/// string header {ptr, len} the linker fills in (runtime/extern.go), at the address the table
+/// entries' recipes give (or .symtab's, if the binary has one). Each entry of the binary's
+/// .gopclntab generation is tried; an address counts only if it holds a release string of the
+/// entry's own minor release, and all that do must agree. `NotGo` only for a binary without a
+/// Go .gopclntab.
+pub fn version_without_buildinfo<'d, R: ReadRef<'d>>(
+    file: &object::File<'d, R>,
+) -> Result<String, GoError> {
+    use super::pclntab::{MAGIC_118, MAGIC_120};
+    let magic = super::pclntab::magic(file).ok_or(GoError::NotGo {
+        why: "no .go.buildinfo section and no Go .gopclntab",
+    })?;
+    let known = || {
+        TABLE
+            .iter()
+            .map(|e| e.version.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let refuse = |why: String| GoError::NoBuildInfo {
+        why,
+        known: known(),
+    };
+    let minor = |v: &str| GoVersion::parse(v).map(|p| (p.major, p.minor));
+    // The magic is the format generation (runtime/symtab.go): go118magic for 1.18-1.19,
+    // go120magic from 1.20 on.
+    let generation = |e: &&Entry| match (magic, minor(&e.version)) {
+        (MAGIC_118, Some(m)) => ((1, 18)..(1, 20)).contains(&m),
+        (MAGIC_120, Some(m)) => m >= (1, 20),
+        _ => false,
+    };
+    if !matches!(magic, MAGIC_118 | MAGIC_120) {
+        return Err(refuse(format!(
+            ".gopclntab magic {magic:#x} is of Go before 1.18, whose runtime schedlat does not read"
+        )));
+    }
+    let mut sym = [(BUILD_VERSION, None)];
+    super::find_symbols(file, &mut sym)?;
+    let res = Resolver::new(file).map_err(|e| refuse(format!("its .gopclntab: {e}")))?;
+    let relocs = std::cell::OnceCell::new();
+    let mut found: Vec<String> = Vec::new();
+    let mut unknown: Vec<String> = Vec::new();
+    for entry in TABLE.iter().filter(generation) {
+        // Where the entry's recipes could point: schedinit's operands are numbered
+        // differently between patch releases (operand 35 in go1.25.0, 36 in go1.25.5), so
+        // every RIP-relative operand of the recipe's function is tried with its addend; only
+        // a release string of the entry's own minor counts, and all must agree (below).
+        let addrs: Vec<u64> = match sym[0].1 {
+            Some(a) => vec![a],
+            None => entry
+                .symbols
+                .get(BUILD_VERSION)
+                .into_iter()
+                .flatten()
+                .flat_map(|r| {
+                    res.targets(&r.function)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|t| t.checked_sub(r.addend))
+                })
+                .filter(|a| res.in_data(*a))
+                .collect(),
+        };
+        for addr in addrs {
+            let Some(v) = read_string(file, addr, || {
+                relocs.get_or_init(|| super::pclntab::relative_relocations(file))
+            }) else {
+                continue;
+            };
+            let Some(m) = minor(&v) else {
+                continue;
+            };
+            let list = if Some(m) == minor(&entry.version) {
+                &mut found
+            } else {
+                &mut unknown
+            };
+            if !list.contains(&v) {
+                list.push(v);
+            }
+        }
+    }
+    match (&found[..], &unknown[..]) {
+        ([v], _) => Ok(v.clone()),
+        ([], []) => Err(refuse(
+            "runtime.buildVersion is not where any layout table entry of its .gopclntab \
+             generation puts it, so its release is not one the table knows"
+                .into(),
+        )),
+        ([], [v]) => Err(refuse(format!(
+            "runtime.buildVersion reads {v:?}, a release the layout table lacks"
+        ))),
+        _ => Err(refuse(format!(
+            "runtime.buildVersion is read as different releases ({}) by different table \
+             entries; refusing to guess",
+            [found, unknown].concat().join(", ")
+        ))),
+    }
+}
+
+/// A Go string {ptr, len} at link-time address `addr` in the file, if it is a plausible
+/// release string ("go1.", printable, at most MAX_BUILD_VERSION bytes). In a PIE the pointer
+/// is 0 in the file and filled by an R_X86_64_RELATIVE relocation.
+fn read_string<'d, 'r, R: ReadRef<'d>>(
+    file: &object::File<'d, R>,
+    addr: u64,
+    relocs: impl FnOnce() -> &'r Vec<(u64, u64)>,
+) -> Option<String> {
+    let header = super::buildinfo::read_at(file, addr, 16)?;
+    let word = |i: usize| Some(u64::from_le_bytes(header.get(i..i + 8)?.try_into().ok()?));
+    let (mut ptr, len) = (word(0)?, word(8)?);
+    if ptr == 0 {
+        ptr = relocs()
+            .iter()
+            .find(|(at, _)| *at == addr)
+            .map(|(_, v)| *v)?;
+    }
+    if !(1..=MAX_BUILD_VERSION).contains(&len) {
+        return None;
+    }
+    let bytes = super::buildinfo::read_at(file, ptr, len)?;
+    (bytes.starts_with(b"go1.") && bytes.iter().all(|b| (0x20..0x7f).contains(b)))
+        .then(|| String::from_utf8_lossy(bytes).into_owned())
 }
 
 /// Learn one Go version's entry from unstripped binaries built with it (the first is where
@@ -204,6 +347,7 @@ pub fn learn(binaries: &[&[u8]]) -> Result<Entry, GoError> {
     let mut refs: Vec<(u64, &[u8], Vec<u64>)> = res
         .pcln
         .funcs()
+        .filter(|(name, _)| runtime_code(name))
         .filter_map(|(name, f)| Some((f.size, name, rip_targets(res.code(f)?, f.addr))))
         .collect();
     // Short functions first (less code to change), then by name: a stable order.
@@ -212,8 +356,14 @@ pub fn learn(binaries: &[&[u8]]) -> Result<Entry, GoError> {
         .iter()
         .map(|b| super::parse_elf(*b))
         .collect::<Result<_, _>>()?;
+    // The globals of the goroutine state counts only where the entry has those (Go >= 1.26).
+    let extra: &[&'static str] = if entry.sched_stats.is_some() {
+        &[EXTRA_M_IN_USE, EXTRA_M_LENGTH]
+    } else {
+        &[]
+    };
     let mut want: Vec<(&'static str, Option<(u64, u64)>)> =
-        SYMBOLS.iter().map(|s| (*s, None)).collect();
+        SYMBOLS.iter().chain(extra).map(|s| (*s, None)).collect();
     super::find_symbols_sized(&file, &mut want)?;
     for (symbol, sym) in want {
         let (addr, size) = sym.ok_or_else(|| GoError::MissingSymbol {
@@ -244,7 +394,8 @@ pub fn learn(binaries: &[&[u8]]) -> Result<Entry, GoError> {
                 recipes.push(r);
             }
         }
-        if recipes.len() < 2 {
+        let least = if symbol == BUILD_VERSION { 1 } else { 2 };
+        if recipes.len() < least {
             return Err(GoError::Unsupported {
                 what: format!(
                     "{version}: only {} recipe(s) for {symbol} hold in every binary",
@@ -257,6 +408,16 @@ pub fn learn(binaries: &[&[u8]]) -> Result<Entry, GoError> {
     Ok(entry)
 }
 
+/// Whether a function is the runtime's own code, the same in every program built with one
+/// toolchain: the runtime packages, and functions they provide to others by linkname
+/// (`sync.runtime_canSpin`, ...). Not the program's: main.main inlines runtime.Version, so its
+/// loads of runtime.buildVersion hold in every build of that one program, and nowhere else.
+fn runtime_code(name: &[u8]) -> bool {
+    name.starts_with(b"runtime.")
+        || name.starts_with(b"internal/runtime/")
+        || name.windows(9).any(|w| w == b".runtime_")
+}
+
 /// [`learn`] from the unstripped executables in `dir` (one Go version's fixtures, plain and
 /// PIE), in a fixed order: gosched first, then by name. The layout table is exactly this for
 /// each target/go-fixtures/<version>/ (`cargo xtask go-layouts`; a unit test compares).
@@ -266,7 +427,8 @@ pub fn learn_dir(dir: &std::path::Path) -> anyhow::Result<Entry> {
         .with_context(|| format!("listing {}", dir.display()))?
         .map(|e| e.map(|e| e.path()))
         .collect::<Result<_, _>>()?;
-    exes.retain(|p| p.is_file() && !p.to_string_lossy().ends_with("-stripped"));
+    // Unstripped only: not -stripped, nor -stripped-nobuildinfo.
+    exes.retain(|p| p.is_file() && !p.to_string_lossy().contains("-stripped"));
     exes.sort_by_key(|p| (!p.ends_with("gosched"), p.clone()));
     let bytes: Vec<Vec<u8>> = exes
         .iter()
@@ -303,6 +465,7 @@ fn dwarf_entry<'d, R: ReadRef<'d>>(
         stw,
         gc_ring,
         gcount,
+        sched_stats,
     } = super::dwarf_layouts(&types, version, Some(0), Some(0))?;
     let ev = events::dwarf_facts(&types, version)?;
     let mut want = [(events::WAIT_REASONS, None)];
@@ -317,6 +480,7 @@ fn dwarf_entry<'d, R: ReadRef<'d>>(
         stw,
         gc_ring,
         gcount,
+        sched_stats,
         g_waitreason: ev.0,
         statuses: ev.1,
         wait_reasons_len: events::wait_reasons_len(size)?,

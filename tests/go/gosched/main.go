@@ -6,7 +6,8 @@
 //	-> {"ready":true,"pid":P,"go_version":"go1.x.y"}
 //	<- go
 //	   load phase: CPU-bound goroutines > GOMAXPROCS, plus goroutines sleeping and waking
-//	-> {"gomaxprocs":N,"goroutines":N,"sched_latencies":{"buckets":[...],"counts":[...]},...}
+//	-> {"gomaxprocs":N,"goroutines":N,"num_goroutine":N,"sched_latencies":{"buckets":[...],
+//	    "counts":[...]},...} (Go >= 1.26 also goroutines by state, created, threads)
 //	<- metrics      (any number of times: read and print runtime/metrics again)
 //	-> {...}
 //	<- memstats     (runtime.ReadMemStats: GC cycles and the pauses of the latest 256)
@@ -169,6 +170,13 @@ func readMetrics() map[string]any {
 		"/sched/pauses/stopping/gc:seconds",
 		"/sched/pauses/total/other:seconds",
 		"/sched/pauses/stopping/other:seconds",
+		// Go >= 1.26 only.
+		"/sched/goroutines/runnable:goroutines",
+		"/sched/goroutines/running:goroutines",
+		"/sched/goroutines/waiting:goroutines",
+		"/sched/goroutines/not-in-go:goroutines",
+		"/sched/goroutines-created:goroutines",
+		"/sched/threads/total:threads",
 	}
 	var samples []metrics.Sample
 	for _, n := range names {
@@ -177,7 +185,8 @@ func readMetrics() map[string]any {
 		}
 	}
 	metrics.Read(samples)
-	out := map[string]any{"go_version": runtime.Version()}
+	// runtime.NumGoroutine (gcount() without system goroutines), read with the metrics.
+	out := map[string]any{"go_version": runtime.Version(), "num_goroutine": runtime.NumGoroutine()}
 	for _, s := range samples {
 		var v any
 		switch s.Value.Kind() {
@@ -208,6 +217,18 @@ func readMetrics() map[string]any {
 			out["pauses_total_other"] = v
 		case "/sched/pauses/stopping/other:seconds":
 			out["pauses_stopping_other"] = v
+		case "/sched/goroutines/runnable:goroutines":
+			out["goroutines_runnable"] = v
+		case "/sched/goroutines/running:goroutines":
+			out["goroutines_running"] = v
+		case "/sched/goroutines/waiting:goroutines":
+			out["goroutines_waiting"] = v
+		case "/sched/goroutines/not-in-go:goroutines":
+			out["goroutines_not_in_go"] = v
+		case "/sched/goroutines-created:goroutines":
+			out["goroutines_created"] = v
+		case "/sched/threads/total:threads":
+			out["threads"] = v
 		}
 	}
 	return out
