@@ -144,20 +144,31 @@ fn sigkill_leaves_no_programs_attached() {
     }
 }
 
+/// A daemon config (in a fresh temp dir, returned with it) with room for 16 run-queue stamps
+/// for the whole host.
+fn tiny_runq_start_config(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("schedlat-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("small.toml");
+    std::fs::write(&cfg, "[maps]\nrunq_start = 16\n").unwrap();
+    (dir, cfg)
+}
+
+/// 48 threads runnable at once on one CPU: more than 16 stamps.
+fn overflow_runq_start() {
+    let mut spin = Workload::start(&["spin", "--threads", "48", "--cpu", "0", "--secs", "1"]);
+    spin.go();
+    spin.result();
+}
+
 #[test]
 fn a_full_map_drops_are_counted_and_the_daemon_keeps_serving() {
     if !privileged_or_skip("a_full_map_drops_are_counted_and_the_daemon_keeps_serving") {
         return;
     }
-    // 16 run-queue stamps for the whole host, then 48 threads runnable at once on one CPU.
-    let dir = std::env::temp_dir().join(format!("schedlat-mapfull-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("small.toml");
-    std::fs::write(&cfg, "[maps]\nrunq_start = 16\n").unwrap();
+    let (dir, cfg) = tiny_runq_start_config("mapfull");
     let d = Daemon::start_with(&["--config", cfg.to_str().unwrap()]);
-    let mut spin = Workload::start(&["spin", "--threads", "48", "--cpu", "0", "--secs", "1"]);
-    spin.go();
-    spin.result();
+    overflow_runq_start();
     let m = get(&d.addr, "/metrics").expect("daemon still serves after its map filled");
     let dropped = m
         .lines()
@@ -698,10 +709,7 @@ fn a_map_filling_up_is_logged_from_the_kernel_once_at_debug_level() {
     if !privileged_or_skip("a_map_filling_up_is_logged_from_the_kernel_once_at_debug_level") {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("schedlat-kernlog-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("small.toml");
-    std::fs::write(&cfg, "[maps]\nrunq_start = 16\n").unwrap();
+    let (dir, cfg) = tiny_runq_start_config("kernlog");
     let log = dir.join("stderr");
     let addr = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -720,9 +728,7 @@ fn a_map_filling_up_is_logged_from_the_kernel_once_at_debug_level() {
         assert!(t0.elapsed().as_secs() < 60, "daemon not ready");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let mut spin = Workload::start(&["spin", "--threads", "48", "--cpu", "0", "--secs", "1"]);
-    spin.go();
-    spin.result();
+    overflow_runq_start();
     let m = get(&addr, "/metrics").expect("scrape");
     let dropped = total(&m, "schedlat_events_dropped_total");
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
