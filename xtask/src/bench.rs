@@ -239,7 +239,7 @@ pub fn bench(ws: &Workspace, args: Args) -> Result<()> {
             "bench loads eBPF programs and runs `perf stat -a`: run as root, e.g. `sudo -E cargo xtask bench`"
         );
     }
-    setup::ensure_packages(&[&setup::BENCH])?;
+    crate::apt::ensure_packages(&[&setup::BENCH])?;
     let bin = build(ws)?;
     if go_only {
         let pp = go_pingpong_cost(ws, &bin, pairs, quick)?;

@@ -39,7 +39,7 @@ const MALLOC_LIMIT_MB: u64 = 640;
 /// Virtual address at which the go_buildinfo target maps its input (fuzz_targets/go_buildinfo.rs).
 const BUILDINFO_SECTION_ADDR: u64 = 0x40_1000;
 
-pub const FUZZ: setup::Group = setup::Group {
+pub const FUZZ: crate::apt::Group = crate::apt::Group {
     name: "fuzz",
     why: "g++ compiles libFuzzer (libfuzzer-sys); binutils' objcopy cuts the Go fixtures' \
           .go.buildinfo and DWARF sections into seeds",
@@ -78,7 +78,7 @@ pub fn fuzz(ws: &Workspace, args: Args) -> Result<()> {
 /// Fuzz `targets` for `seconds` each (setup already done); fails on the first crash, naming
 /// the input that caused it.
 pub fn run(ws: &Workspace, targets: &[&str], seconds: u64) -> Result<()> {
-    setup::ensure_packages(&[&FUZZ])?;
+    crate::apt::ensure_packages(&[&FUZZ])?;
     let toolchain = ensure_nightly()?;
     ensure_cargo_fuzz(ws)?;
     let root = ws.target.join("fuzz");

@@ -22,9 +22,9 @@ use std::{
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
-use crate::{Workspace, capture, run_cmd, setup};
+use crate::{Workspace, capture, run_cmd};
 
-pub const GO_DEBIAN: setup::Group = setup::Group {
+pub const GO_DEBIAN: crate::apt::Group = crate::apt::Group {
     name: "go",
     why: "Go 1.19 (/usr/lib/go-1.19/bin/go) builds the old-runtime Go test fixtures; python3-venv \
           holds the Go releases from PyPI; gcc compiles and links the cgo fixtures",
@@ -110,7 +110,7 @@ pub struct Toolchain {
 fn ensure_toolchain(ws: &Workspace, r: &Release) -> Result<Toolchain> {
     let go = match r.source {
         Source::Debian => {
-            setup::ensure_packages(&[&GO_DEBIAN])?;
+            crate::apt::ensure_packages(&[&GO_DEBIAN])?;
             let go = PathBuf::from(GO_DEBIAN_BIN);
             if !go.is_file() {
                 bail!(
@@ -169,7 +169,7 @@ fn ensure_pypi_go(ws: &Workspace, version: &str) -> Result<PathBuf> {
     } else {
         "python3"
     };
-    setup::ensure_packages(&[&GO_DEBIAN])?;
+    crate::apt::ensure_packages(&[&GO_DEBIAN])?;
     if !venv.join("bin").join("pip").is_file() {
         run_cmd(Command::new(python).args(["-m", "venv"]).arg(&venv), hint)?;
     }

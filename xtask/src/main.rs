@@ -3,6 +3,7 @@
 //! Everything a fresh Debian 12 machine needs is installed by `setup` (the other tasks call it),
 //! so CI and new contributors run the same commands. See shared/docs/toolchain.md for why the
 //! toolchain is pinned the way it is.
+mod apt;
 mod bench;
 mod fuzz;
 mod gofix;

@@ -4,19 +4,15 @@ use std::{
     env,
     path::{Path, PathBuf},
     process::Command,
-    sync::atomic::{AtomicBool, Ordering},
 };
 
 use anyhow::{Context, Result, bail};
 
-use crate::{Workspace, capture, cmdline, gofix, is_root, probe, run_cmd};
-
-/// Debian packages needed for one purpose.
-pub struct Group {
-    pub name: &'static str,
-    pub why: &'static str,
-    pub packages: &'static [&'static str],
-}
+use crate::{
+    Workspace,
+    apt::{Group, ensure_packages, require_root},
+    capture, gofix, probe, run_cmd,
+};
 
 pub const BUILD_LINKER: Group = Group {
     name: "build",
@@ -125,77 +121,6 @@ fn ensure_rust_target(target: &str) -> Result<()> {
         Command::new("rustup").args(["target", "add", target]),
         "rustup must reach its distribution server; then re-run `cargo xtask setup`",
     )
-}
-
-/// `apt-get update` runs at most once per xtask invocation, and only if something is missing.
-static APT_UPDATED: AtomicBool = AtomicBool::new(false);
-
-/// Install whichever packages of `groups` are not installed yet.
-pub fn ensure_packages(groups: &[&Group]) -> Result<()> {
-    let mut missing = Vec::new();
-    for g in groups {
-        for &pkg in g.packages {
-            if !is_installed(pkg)? {
-                println!(
-                    "setup: missing Debian package {pkg} ({}: {})",
-                    g.name, g.why
-                );
-                missing.push(pkg);
-            }
-        }
-    }
-    let names = groups.iter().map(|g| g.name).fold(Vec::new(), |mut v, n| {
-        if !v.contains(&n) {
-            v.push(n);
-        }
-        v
-    });
-    if missing.is_empty() {
-        println!(
-            "setup: Debian packages for {} are installed",
-            names.join(", ")
-        );
-        return Ok(());
-    }
-    require_root("installing Debian packages")?;
-    let hint = "check the apt sources and network access, then re-run `cargo xtask setup`";
-    if !APT_UPDATED.swap(true, Ordering::Relaxed) {
-        run_cmd(apt_get().arg("update"), hint)?;
-    }
-    run_cmd(
-        apt_get()
-            // Another apt (an unattended upgrade, a second checkout's setup) may hold the lock.
-            .args(["-o", "DPkg::Lock::Timeout=300"])
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(&missing),
-        hint,
-    )?;
-    for pkg in missing {
-        if !is_installed(pkg)? {
-            bail!("apt-get install reported success but {pkg} is still not installed: {hint}");
-        }
-    }
-    Ok(())
-}
-
-fn apt_get() -> Command {
-    let mut c = Command::new("apt-get");
-    c.env("DEBIAN_FRONTEND", "noninteractive");
-    c
-}
-
-fn is_installed(pkg: &str) -> Result<bool> {
-    let mut c = Command::new("dpkg-query");
-    c.args(["-W", "-f=${Status}", pkg]);
-    let out = c.output().with_context(|| {
-        format!(
-            "could not run `{}`: setup supports Debian/Ubuntu only; install {pkg} by hand",
-            cmdline(&c)
-        )
-    })?;
-    // Not-installed packages make dpkg-query fail ("no packages found") or report another status.
-    Ok(out.status.success()
-        && String::from_utf8_lossy(&out.stdout).trim() == "install ok installed")
 }
 
 /// Make sure bpf-linker 0.13.0 is on PATH; returns the LLVM major version it was built with.
@@ -379,13 +304,6 @@ fn ensure_pytools(ws: &Workspace) -> Result<()> {
                 python.display()
             );
         }
-    }
-    Ok(())
-}
-
-fn require_root(what: &str) -> Result<()> {
-    if !is_root() {
-        bail!("{what}: run as root (apt-get/mount need it), e.g. `sudo -E cargo xtask setup`");
     }
     Ok(())
 }

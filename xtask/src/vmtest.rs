@@ -24,7 +24,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{Workspace, capture, gofix, image::parse_ldd, run_cmd, setup};
 
-pub const VM: setup::Group = setup::Group {
+pub const VM: crate::apt::Group = crate::apt::Group {
     name: "vmtest",
     why: "qemu boots the distribution kernels of `cargo xtask vmtest`; cpio and busybox-static \
           build their initramfs",
@@ -142,7 +142,7 @@ pub fn vmtest(ws: &Workspace, args: &Args) -> Result<()> {
 
 /// Run the matrix with binaries already built (`cargo xtask test` builds them once).
 pub fn run(ws: &Workspace, built: &Built, only: &[String]) -> Result<()> {
-    setup::ensure_packages(&[&VM])?;
+    crate::apt::ensure_packages(&[&VM])?;
     let kernels: Vec<&Kernel> = if only.is_empty() {
         KERNELS.iter().collect()
     } else {
