@@ -139,7 +139,11 @@ struct Series {
     /// GC pauses of Go < 1.22 processes the ring had overwritten before we read them.
     gc_lost: u64,
     seen: HashSet<u32>,
+    /// GOMAXPROCS summed over the live processes (their Ps together), and its extremes (what
+    /// one process may use, to hold against the CPU its container may use).
     gomaxprocs: i64,
+    gomaxprocs_max: i64,
+    gomaxprocs_min: i64,
     goroutines: i64,
     /// Go >= 1.26 processes: goroutines runnable, running, waiting, not in Go; threads.
     states: [u64; 4],
@@ -363,6 +367,8 @@ impl GoWatcher {
         for s in self.series.values_mut() {
             s.seen.clear();
             s.gomaxprocs = 0;
+            s.gomaxprocs_max = 0;
+            s.gomaxprocs_min = i64::MAX;
             s.goroutines = 0;
             s.states = [0; 4];
             s.threads = 0;
@@ -445,6 +451,8 @@ impl GoWatcher {
             s.live.insert(pid, Proc { reading, num_gc });
             s.seen.insert(pid);
             s.gomaxprocs += i64::from(stats.gomaxprocs);
+            s.gomaxprocs_max = s.gomaxprocs_max.max(i64::from(stats.gomaxprocs));
+            s.gomaxprocs_min = s.gomaxprocs_min.min(i64::from(stats.gomaxprocs));
             s.goroutines += stats.goroutines.as_ref().map_or(0, |g| g.live);
             if let Some(t) = &stats.sched_stats {
                 for (sum, v) in
@@ -519,6 +527,7 @@ impl GoWatcher {
         let mut hists = Vec::new();
         let mut stw = Vec::new();
         let (mut maxprocs, mut gors, mut procs) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut maxprocs_max, mut maxprocs_min) = (Vec::new(), Vec::new());
         let (mut states, mut threads) = (Vec::new(), Vec::new());
         let mut lost = Vec::new();
         for ((binary, cgroup), s) in &self.series {
@@ -542,6 +551,8 @@ impl GoWatcher {
             }
             if s.processes > 0 {
                 maxprocs.push(gauge(labels(), s.gomaxprocs as f64));
+                maxprocs_max.push(gauge(labels(), s.gomaxprocs_max as f64));
+                maxprocs_min.push(gauge(labels(), s.gomaxprocs_min as f64));
                 gors.push(gauge(labels(), s.goroutines as f64));
                 procs.push(gauge(labels(), s.processes as f64));
             }
@@ -578,9 +589,21 @@ impl GoWatcher {
         ));
         out.extend(family(
             "schedlat_go_gomaxprocs",
-            "GOMAXPROCS, summed over the live processes of the binary in the cgroup.",
+            "GOMAXPROCS summed over the live processes of the binary in the cgroup: their Ps together, to compare with schedlat_go_goroutines_by_state{state=\"runnable\"}, summed the same way. Per process see schedlat_go_gomaxprocs_max and _min.",
             MetricType::GAUGE,
             maxprocs,
+        ));
+        out.extend(family(
+            "schedlat_go_gomaxprocs_max",
+            "The largest GOMAXPROCS among the live processes of the binary in the cgroup: what one process may run at once, to hold against the CPUs its cgroup may use.",
+            MetricType::GAUGE,
+            maxprocs_max,
+        ));
+        out.extend(family(
+            "schedlat_go_gomaxprocs_min",
+            "The smallest GOMAXPROCS among the live processes of the binary in the cgroup (equal to _max when every process has the same setting).",
+            MetricType::GAUGE,
+            maxprocs_min,
         ));
         out.extend(family(
             "schedlat_go_goroutines",

@@ -482,10 +482,18 @@ fn daemon_exports_go_runtime_metrics() {
             "3 runtime.GC() calls stop the world 6 times"
         );
     }
-    assert_eq!(
-        sample(&m, &format!("schedlat_go_gomaxprocs{{{series}}}")),
-        Some(3.0)
-    );
+    // One process: its setting, summed, largest and smallest alike.
+    for name in [
+        "schedlat_go_gomaxprocs",
+        "schedlat_go_gomaxprocs_max",
+        "schedlat_go_gomaxprocs_min",
+    ] {
+        assert_eq!(
+            sample(&m, &format!("{name}{{{series}}}")),
+            Some(3.0),
+            "{name}"
+        );
+    }
     assert_eq!(
         sample(&m, &format!("schedlat_go_processes{{{series}}}")),
         Some(1.0)
@@ -527,15 +535,26 @@ fn daemon_exports_go_runtime_metrics() {
     // A second program with the other layout (Go 1.19) under the same binary name: one series,
     // both histograms merged onto the same buckets.
     let (_, old_dir) = versions.first().unwrap();
-    let mut b = GoFixture::start(&old_dir.join("gosched"));
+    // It runs with GOMAXPROCS 2: the series sums the Ps (5) and keeps the extremes (3 and 2).
+    let mut b_cmd = Command::new(old_dir.join("gosched"));
+    b_cmd.env("GOSCHED_MAXPROCS", "2");
+    let mut b = GoFixture::start_command(b_cmd);
     cg.add(b.pid);
     b.go();
     let (m, ms) = quiescent(&d, &mut [&mut a, &mut b]);
     check_hist(&m, &series, &[&ms[0], &ms[1]]);
-    assert_eq!(
-        sample(&m, &format!("schedlat_go_gomaxprocs{{{series}}}")),
-        Some(6.0)
-    );
+    assert_eq!(ms[1]["gomaxprocs"], 2, "the fixture took GOSCHED_MAXPROCS");
+    for (name, want) in [
+        ("schedlat_go_gomaxprocs", 5.0),
+        ("schedlat_go_gomaxprocs_max", 3.0),
+        ("schedlat_go_gomaxprocs_min", 2.0),
+    ] {
+        assert_eq!(
+            sample(&m, &format!("{name}{{{series}}}")),
+            Some(want),
+            "{name}"
+        );
+    }
     assert_eq!(
         sample(&m, &format!("schedlat_go_processes{{{series}}}")),
         Some(2.0)

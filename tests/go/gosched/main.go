@@ -34,7 +34,8 @@ import (
 )
 
 // Not the machine's CPU count, so a reader that guesses from the host cannot match by luck.
-const maxProcs = 3
+// GOSCHED_MAXPROCS overrides it (the daemon test runs two settings in one series).
+var maxProcs = 3
 
 type hist struct {
 	// Bucket boundaries as strings: -Inf/+Inf are not valid JSON numbers.
@@ -43,6 +44,9 @@ type hist struct {
 }
 
 func main() {
+	if v, err := strconv.Atoi(os.Getenv("GOSCHED_MAXPROCS")); err == nil && v > 0 {
+		maxProcs = v
+	}
 	runtime.GOMAXPROCS(maxProcs)
 	in := bufio.NewScanner(os.Stdin)
 	emit(map[string]any{"ready": true, "pid": os.Getpid(), "go_version": runtime.Version()})
