@@ -142,8 +142,9 @@ static LOGGED: Array<u32> = Array::with_max_entries(drop_reason::COUNT as u32 + 
 const LOGGED_CLOCK: u32 = drop_reason::COUNT as u32;
 
 /// Kernel-side diagnostics go through aya-log at debug level. The loader sets AYA_LOG_LEVEL
-/// (read-only data) to 0 unless schedlat logs at debug, so the verifier removes every log
-/// site: they cost nothing otherwise. Each kind is logged the first time it happens only.
+/// (read-only data) to 0 unless schedlat logs at debug, so the verifier removes the log code
+/// and the LOGGED update (callers test the level before calling this, for that reason); a
+/// load and a compare per site stay. Each kind is logged the first time it happens only.
 #[inline(always)]
 fn first(slot: u32) -> bool {
     match LOGGED.get_ptr_mut(slot) {
