@@ -1053,8 +1053,8 @@ fn capture_go_probes_agree_with_the_runtime_and_see_known_blocking() {
                 "{what}: {n_ours} transitions vs {n_rt} runtime samples (x8 expected)"
             );
             // Tolerance: the runtime's fractions are binomial estimates from n_rt samples, so
-            // 4 standard errors; plus 0.02 for what the two count differently (the runtime
-            // adds 0 s samples for syscall returns and skips a goroutine's first run). Under
+            // some standard errors (below), plus 0.02 for what the two count differently (the
+            // runtime adds 0 s samples for syscall returns and skips a goroutine's first run). Under
             // emulation fewer round trips make those differences a larger share (seen: 0.026
             // below 4 µs against the runtime's 0.001 on 5.10): 0.035 there.
             let differ = if schedlat_tests::emulated() {
@@ -1062,7 +1062,12 @@ fn capture_go_probes_agree_with_the_runtime_and_see_known_blocking() {
             } else {
                 0.02
             };
-            let tol = |f: f64| 4.0 * (f * (1.0 - f) / n_rt as f64).sqrt() + differ;
+            // 5 standard errors, not 4: the runtime samples whole goroutine cycles (every 8th
+            // by g.trackingSeq, proc.go), so its samples are clustered and their effective
+            // number is below n_rt; and one run now makes ~400 such comparisons (every Go
+            // release, 3 builds, 17 points). Seen at 4: 0.396 vs 0.330 below 64 us with a
+            // tolerance of 0.065 (go1.26.6, one of three full runs).
+            let tol = |f: f64| 5.0 * (f * (1.0 - f) / n_rt as f64).sqrt() + differ;
             println!(
                 "{what}: {n_ours} transitions ({fast} syscall returns kept their P), {n_rt} \
                  runtime samples; below 1024 ns: ours {:.4}, runtime {:.4}",
