@@ -112,8 +112,8 @@ const GO_FIXTURES: &[&str] = &[
     "gosched",
 ];
 
-/// A whole VM run (boot, every test, power-off) must end within this, TCG being slow.
-const VM_TIMEOUT: Duration = Duration::from_secs(900);
+/// A whole VM run (boot, every test, power-off) must end within this: runs take 50-120 s.
+const VM_TIMEOUT: Duration = Duration::from_secs(420);
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -171,8 +171,26 @@ pub fn run(ws: &Workspace, built: &Built, only: &[String]) -> Result<()> {
         let vmlinuz = fetch_kernel(&dir, k)?;
         println!("\n==> vmtest {}: booting {}", k.name, vmlinuz.display());
         let t0 = Instant::now();
-        let log = boot(&vmlinuz, &initrd, &dir.join(format!("{}.log", k.name)))?;
-        let outcome = judge(&expected_missing(&readme, k.column)?, &log);
+        let want = expected_missing(&readme, k.column)?;
+        let log_path = dir.join(format!("{}.log", k.name));
+        let mut outcome = judge(&want, &boot(&vmlinuz, &initrd, &log_path)?);
+        if !outcome.finished {
+            // Seen once in ~20 guest runs: a 5.10 guest's capture task stuck in kernel mode
+            // (soft lockup) under TCG, not reproduced since. A VM that did not finish is run
+            // once more, and the summary says so; a test that failed is not.
+            let first = dir.join(format!("{}.unfinished.log", k.name));
+            let _ = fs::rename(&log_path, &first);
+            println!(
+                "\nvmtest {}: the VM did not finish (log kept in {}); booting it once more",
+                k.name,
+                first.display()
+            );
+            outcome = judge(&want, &boot(&vmlinuz, &initrd, &log_path)?);
+            outcome.figures.push(format!(
+                "RETRIED: the first boot did not finish (serial log {})",
+                first.display()
+            ));
+        }
         let _ = writeln!(
             summary,
             "{:<16} {:<5} {:>4} s  {}",
@@ -207,6 +225,8 @@ pub fn run(ws: &Workspace, built: &Built, only: &[String]) -> Result<()> {
 /// What one VM run showed.
 struct Outcome {
     kernel: String,
+    /// The guest reached the end of its script (no panic, hang or timeout).
+    finished: bool,
     figures: Vec<String>,
     problems: Vec<String>,
 }
@@ -222,6 +242,7 @@ impl Outcome {
 fn judge(want: &[String], log: &str) -> Outcome {
     let mut o = Outcome {
         kernel: String::new(),
+        finished: log.contains("VMTEST done"),
         figures: Vec::new(),
         problems: Vec::new(),
     };
@@ -304,7 +325,8 @@ fn boot(vmlinuz: &Path, initrd: &Path, log_path: &Path) -> Result<String> {
         // panic=-1: a kernel panic reboots, and -no-reboot turns that into an exit.
         .args([
             "-append",
-            "console=ttyS0 panic=-1 quiet",
+            // A soft lockup panics (and so ends the VM with its trace) instead of hanging.
+            "console=ttyS0 panic=-1 softlockup_panic=1 quiet",
             "-nographic",
             "-no-reboot",
             "-nodefaults",
