@@ -72,7 +72,8 @@ pub fn run(cli: &Cli, a: &CheckArgs) -> anyhow::Result<()> {
         (Ok(b), Ok(t)) => Some(KernelFeatures::detect(b, t, Path::new("/sys"))),
         _ => None,
     };
-    drop(btf);
+    // Kept for the text report; the parsed BTF (megabytes) is not needed past detection.
+    let btf_err = btf.err().map(|e| e.to_string());
     let caps = effective_caps();
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let daemon_cfg = match &a.config {
@@ -152,7 +153,7 @@ pub fn run(cli: &Cli, a: &CheckArgs) -> anyhow::Result<()> {
     };
     match a.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        Format::Text => print_text(&report, btf_error(&cli.btf), tracefs.err()),
+        Format::Text => print_text(&report, btf_err, tracefs.err()),
     }
     let failed: Vec<&str> = report
         .verdicts
@@ -194,10 +195,6 @@ fn trial(what: &'static str, opts: &ProbeOptions) -> Verdict {
             detail: e.to_string(),
         },
     }
-}
-
-fn btf_error(path: &Path) -> Option<String> {
-    KernelBtf::open(path).err().map(|e| e.to_string())
 }
 
 fn print_text(
