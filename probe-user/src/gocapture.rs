@@ -699,7 +699,7 @@ mod tests {
                 skipped: 7,
             },
             g_waitreason: 0xb0,
-            statuses: crate::goruntime::events::Statuses {
+            statuses: crate::goruntime::status::Statuses {
                 idle: 0,
                 runnable: 1,
                 running: 2,

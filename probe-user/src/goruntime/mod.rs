@@ -15,6 +15,7 @@ pub mod hist;
 pub mod live;
 pub mod pclntab;
 pub mod probesite;
+pub mod status;
 pub mod table;
 
 use object::{
@@ -230,7 +231,7 @@ pub const EXTRA_M_LENGTH: &str = "runtime.extraMLength";
 /// Whether `data` is a Go program, and its version.
 pub fn go_version<'d, R: ReadRef<'d>>(data: R) -> Result<String, GoError> {
     let file = parse_elf(data)?;
-    buildinfo::version(&file)
+    table::version(&file)
 }
 
 fn parse_elf<'d, R: ReadRef<'d>>(data: R) -> Result<object::File<'d, R>, GoError> {
@@ -254,7 +255,7 @@ fn parse_elf<'d, R: ReadRef<'d>>(data: R) -> Result<object::File<'d, R>, GoError
 /// only the parts parsed (headers, symbols, the DWARF sections), not the whole file.
 pub fn analyse<'d, R: ReadRef<'d>>(data: R) -> Result<Layout, GoError> {
     let file = parse_elf(data)?;
-    let version = buildinfo::version(&file)?;
+    let version = table::version(&file)?;
     let (source, [sched, gomaxprocs, allglen], layouts) = if symbolic(&file) {
         let mut want: [(&'static str, Option<u64>); 7] = [
             ("runtime.sched", None),
