@@ -6,7 +6,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::probes::{FutexMode, MapSizes};
+use crate::kernel::probes::{FutexMode, MapSizes};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9725";
 
@@ -37,7 +37,7 @@ pub struct DaemonConfig {
     pub go: GoConfig,
 }
 
-/// `[go]`: which Go processes to read (see crate::gowatch). A process is selected when it is a
+/// `[go]`: which Go processes to read (see crate::go::watch). A process is selected when it is a
 /// Go program (has .go.buildinfo) and, if any selector list is non-empty, matches one entry of
 /// any list.
 #[derive(Clone, Debug, Deserialize, PartialEq)]

@@ -1,29 +1,25 @@
 //! schedlat: where time goes between "ready to run" and "running".
 //!
-//! Modules with no aya types (`hist`, `report`, `metrics`, `config`, `cgroup`, `tracefs`,
-//! `btf`, `web`) hold the pure logic and are unit tested without root; `probes` is the only
-//! one that talks to the kernel.
-pub mod btf;
-pub mod capture;
-pub mod cgroup;
-pub mod check;
+//! Layers, each importing only those below it:
+//! - `cli` (clap types) and `cmd` (one module per subcommand) on top;
+//! - outputs: `exporter` (Prometheus exposition), `web` (the HTTP server), `report` (the
+//!   capture report), `go` (a capture's and the daemon's view of Go processes);
+//! - `kernel`: the feature table and the loader (`kernel::probes`, the only aya user);
+//! - pure ground: `model` (plain shared types), `hist`, `config`, `host` (procfs, cgroups,
+//!   privileges), `goruntime` (Go binary analysis and live reads).
+//!
+//! Everything but `kernel::probes` and `cmd` is unit tested without root.
 pub mod cli;
+pub mod cmd;
 pub mod config;
-pub mod cpulimit;
-pub mod daemon;
-pub mod features;
-pub mod go_stats;
-pub mod gocapture;
+pub mod exporter;
+pub mod go;
 pub mod goruntime;
-pub mod gowatch;
 pub mod hist;
-pub mod metrics;
+pub mod host;
+pub mod kernel;
 pub mod model;
-pub mod privs;
-pub mod probes;
 pub mod report;
-pub mod series;
-pub mod tracefs;
 pub mod web;
 
 /// Parse the command line, set up logging and run the command.
@@ -31,10 +27,10 @@ pub fn run() -> anyhow::Result<()> {
     let cli = <cli::Cli as clap::Parser>::parse();
     init_logging(&cli.log)?;
     match &cli.command {
-        cli::Command::Capture(a) => crate::capture::run(&cli, a),
-        cli::Command::Daemon(a) => crate::daemon::run(&cli, a),
-        cli::Command::GoStats(a) => crate::go_stats::run(a),
-        cli::Command::Check(a) => crate::check::run(&cli, a),
+        cli::Command::Capture(a) => crate::cmd::capture::run(&cli, a),
+        cli::Command::Daemon(a) => crate::cmd::daemon::run(&cli, a),
+        cli::Command::GoStats(a) => crate::cmd::go_stats::run(a),
+        cli::Command::Check(a) => crate::cmd::check::run(&cli, a),
     }
 }
 
@@ -66,15 +62,15 @@ pub fn exit_code_for(e: &anyhow::Error) -> u8 {
         if cause.is::<UsageError>()
             || cause.is::<config::ConfigError>()
             || cause.is::<web::WebConfigError>()
-            || cause.is::<privs::UserError>()
-            || cause.is::<features::MissingFeature>()
+            || cause.is::<host::privs::UserError>()
+            || cause.is::<kernel::features::MissingFeature>()
         {
             return 2;
         }
         if let Some(g) = cause.downcast_ref::<goruntime::GoError>() {
             return if g.is_usage() { 2 } else { 1 };
         }
-        if let Some(p) = cause.downcast_ref::<probes::ProbeError>() {
+        if let Some(p) = cause.downcast_ref::<kernel::probes::ProbeError>() {
             return if p.is_usage() { 2 } else { 1 };
         }
     }

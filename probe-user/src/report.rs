@@ -7,7 +7,7 @@ use serde::Serialize;
 pub use crate::hist::fmt_ns;
 use crate::{
     hist::{HistSummary, Histogram},
-    probes::RawSnapshot,
+    kernel::probes::RawSnapshot,
 };
 
 #[derive(Clone, Debug, Serialize)]
@@ -28,8 +28,8 @@ pub struct CaptureReport {
     /// Kernel map use at the end of the capture: a full map is where drops come from, and
     /// per-task maps (RUNQ_START, FUTEX_START) must not keep entries of exited tasks.
     pub maps: BTreeMap<String, MapUse>,
-    /// Go programs among the --pid processes (crate::gocapture); filled in by the capture.
-    pub go: Vec<crate::gocapture::GoSection>,
+    /// Go programs among the --pid processes (crate::go::capture); filled in by the capture.
+    pub go: Vec<crate::go::capture::GoSection>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

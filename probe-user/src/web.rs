@@ -50,7 +50,7 @@ use tokio::{net::TcpStream, sync::mpsc};
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tracing::{debug, info, warn};
 
-use crate::metrics::{counter, family, gauge, label};
+use crate::exporter::metrics::{counter, family, gauge, label};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebConfigError {
@@ -1368,7 +1368,7 @@ mod tests {
         assert!(!Arc::ptr_eq(&second, &r.current_at(t)));
         assert_eq!(stats.tls_reloads_ok.load(Ordering::Relaxed), 2);
         assert!(!stats.tls_stale.load(Ordering::Relaxed));
-        let text = crate::metrics::encode(&stats.families()).unwrap();
+        let text = crate::exporter::metrics::encode(&stats.families()).unwrap();
         for line in [
             "schedlat_web_tls_reloads_total{result=\"success\"} 2",
             "schedlat_web_tls_reloads_total{result=\"error\"} 3",

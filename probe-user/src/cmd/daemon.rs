@@ -22,13 +22,13 @@ use tracing::{error, info, warn};
 
 use crate::{
     UsageError,
-    cgroup::{CgroupNames, v2_mount},
     cli::{Cli, DaemonArgs},
     config::DaemonConfig,
-    metrics::{self, ExpoInput, LabelCap},
-    privs::{check_can_switch, lookup_user, switch_user},
-    probes::{Attached, FutexMode, ProbeOptions, Probes, RawSnapshot},
-    series::SeriesKeeper,
+    exporter::metrics::{self, ExpoInput, LabelCap},
+    exporter::series::SeriesKeeper,
+    host::cgroup::{CgroupNames, v2_mount},
+    host::privs::{check_can_switch, lookup_user, switch_user},
+    kernel::probes::{Attached, FutexMode, ProbeOptions, Probes, RawSnapshot},
     web::{BasicAuth, TlsListener, TlsReloader, WebConfig, WebStats},
 };
 
@@ -78,7 +78,7 @@ pub struct AppState {
     per_octave: u32,
     futex_outcomes: bool,
     /// Go programs read at scrape time (config [go]).
-    pub go: Option<crate::gowatch::GoWatcher>,
+    pub go: Option<crate::go::watch::GoWatcher>,
     /// TLS reloads and refused logins (with a web config).
     pub web: Option<Arc<WebStats>>,
 }
@@ -298,11 +298,11 @@ pub fn run(cli: &Cli, a: &DaemonArgs) -> anyhow::Result<()> {
     // Kernels that check CAP_BPF on every bpf() call (5.10) need it to read the maps.
     let keep_bpf = cfg.drop_capabilities && !probes.maps_readable_unprivileged();
     if keep_bpf {
-        let mut keep = vec![crate::privs::CAP_BPF];
+        let mut keep = vec![crate::host::privs::CAP_BPF];
         if cfg.go.enabled {
-            keep.push(crate::privs::CAP_SYS_PTRACE);
+            keep.push(crate::host::privs::CAP_SYS_PTRACE);
         }
-        crate::privs::drop_capabilities_except(&keep).context(
+        crate::host::privs::drop_capabilities_except(&keep).context(
             "dropping capabilities after attaching (set drop_capabilities = false to keep them)",
         )?;
         warn!(
@@ -316,7 +316,7 @@ pub fn run(cli: &Cli, a: &DaemonArgs) -> anyhow::Result<()> {
             // Go statistics are read at scrape time from /proc/PID/exe and process_vm_readv, which
             // needs ptrace access (PTRACE_MODE_ATTACH) to processes of other users: keep
             // CAP_SYS_PTRACE, if held, and only it.
-            let kept = crate::privs::drop_capabilities_except(&[crate::privs::CAP_SYS_PTRACE])
+            let kept = crate::host::privs::drop_capabilities_except(&[crate::host::privs::CAP_SYS_PTRACE])
                 .context(
                     "dropping capabilities after attaching (set drop_capabilities = false to keep them)",
                 )?;
@@ -328,7 +328,7 @@ pub fn run(cli: &Cli, a: &DaemonArgs) -> anyhow::Result<()> {
             }
             info!("attached; dropped all capabilities except CAP_SYS_PTRACE for [go]");
         } else {
-            crate::privs::drop_all_capabilities().context(
+            crate::host::privs::drop_all_capabilities().context(
                 "dropping capabilities after attaching (set drop_capabilities = false to keep them)",
             )?;
             info!("attached; dropped all capabilities");
@@ -347,7 +347,7 @@ pub fn run(cli: &Cli, a: &DaemonArgs) -> anyhow::Result<()> {
             .lock()
             .map_err(|_| anyhow::anyhow!("state poisoned"))?;
         if cfg.go.enabled {
-            st.go = Some(crate::gowatch::GoWatcher::new(
+            st.go = Some(crate::go::watch::GoWatcher::new(
                 cfg.go.clone(),
                 cfg.buckets_per_octave,
             ));

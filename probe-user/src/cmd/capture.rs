@@ -7,11 +7,11 @@ use tracing::{info, warn};
 
 use crate::{
     UsageError,
-    cgroup::{CgroupNames, v2_mount},
     cli::{CaptureArgs, Cli, Format, OnOff},
-    gocapture,
+    go::capture as gocapture,
     goruntime::GoError,
-    probes::{FutexMode, ProbeOptions, Probes},
+    host::cgroup::{CgroupNames, v2_mount},
+    kernel::probes::{FutexMode, ProbeOptions, Probes},
     report::{self, Filter, ReportInput},
 };
 

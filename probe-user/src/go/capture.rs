@@ -8,14 +8,14 @@ use serde::Serialize;
 use schedlat_common::{GoConfig, go};
 
 use crate::{
-    cpulimit::{self, CpuBudget, Throttling},
     goruntime::{
         GoError,
         events::{self, EventPlan},
         live::{self, GcPauses, LatencyHist, SchedStats, Stats},
     },
     hist::HistSummary,
-    probes::{GoEventTarget, GoRaw},
+    host::cpulimit::{self, CpuBudget, Throttling},
+    kernel::probes::{GoEventTarget, GoRaw},
 };
 
 /// Summary of a runtime histogram's growth over the window.

@@ -17,8 +17,8 @@ use tracing::warn;
 
 use crate::{
     config::GoConfig,
+    exporter::metrics::{counter, family, gauge, label},
     goruntime::{self, GoError, Layout, Scheme},
-    metrics::{counter, family, gauge, label},
 };
 
 /// Cached classifications of executables; cleared when full (re-classified on demand).
@@ -333,7 +333,7 @@ impl GoWatcher {
                     s.lines()
                         .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
                 })
-                .unwrap_or_else(|| crate::metrics::UNKNOWN.to_owned());
+                .unwrap_or_else(|| crate::exporter::metrics::UNKNOWN.to_owned());
             if !self.selected(pid, &exe_path, &cgroup) {
                 continue;
             }

@@ -19,10 +19,10 @@ use tracing::{debug, warn};
 
 pub use crate::model::FutexMode;
 use crate::{
-    btf::{BtfError, KernelBtf},
-    features::{Feature, KernelFeatures, MissingFeature},
     hist::Histogram,
-    tracefs::{Tracefs, TracefsError},
+    kernel::btf::{BtfError, KernelBtf},
+    kernel::features::{Feature, KernelFeatures, MissingFeature},
+    kernel::tracefs::{Tracefs, TracefsError},
 };
 
 /// The compiled eBPF object (probe-ebpf), built by build.rs.
@@ -205,7 +205,7 @@ pub struct Probes {
     go: bool,
     /// The futex mode in use (`auto` resolved).
     pub futex: FutexMode,
-    /// What the kernel offers (crate::features::TABLE), as detected at load.
+    /// What the kernel offers (crate::kernel::features::TABLE), as detected at load.
     pub features: KernelFeatures,
     /// The programs' aya-log records (with --log debug only), logged at each snapshot.
     kernel_log: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
@@ -274,7 +274,7 @@ fn prog_err(program: &str) -> impl FnOnce(aya::programs::ProgramError) -> ProbeE
             debug!(program, verifier_log = %log, "the verifier rejected a program");
             ProbeError::Verifier {
                 program: program.to_string(),
-                release: crate::features::kernel_release(),
+                release: crate::kernel::features::kernel_release(),
                 reason: verifier_reason(&log),
             }
         }
@@ -603,7 +603,7 @@ impl Probes {
         let fd = m.fd().as_fd().as_raw_fd();
         std::thread::scope(|s| {
             s.spawn(|| {
-                if crate::privs::drop_all_capabilities().is_err() {
+                if crate::host::privs::drop_all_capabilities().is_err() {
                     return false;
                 }
                 lookup_raw(fd, 0, core::mem::size_of::<Hist>())

@@ -43,7 +43,7 @@ pub struct KernelOffsets {
 }
 
 /// The running kernel's BTF, parsed once: struct offsets for the programs, and the type and
-/// enum facts crate::features detects kernel features from.
+/// enum facts crate::kernel::features detects kernel features from.
 pub struct KernelBtf {
     btf: Btf,
 }
