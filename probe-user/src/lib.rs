@@ -36,7 +36,7 @@ pub fn run() -> anyhow::Result<()> {
 
 fn init_logging(filter: &str) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .map_err(|e| UsageError(format!("invalid --log filter {filter:?}: {e}")))?;
+        .map_err(|e| model::UsageError(format!("invalid --log filter {filter:?}: {e}")))?;
     // Colour only for a person at a terminal: not in files, pipes or journald, nor with
     // NO_COLOR set (no-color.org).
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
@@ -51,26 +51,21 @@ fn init_logging(filter: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// An error the user must fix (bad argument, missing privilege, unsupported kernel): exit 2.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
-
 /// Exit code for an error chain: 2 for the user's problems, 1 for runtime failures.
 pub fn exit_code_for(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
-        if cause.is::<UsageError>()
-            || cause.is::<config::ConfigError>()
-            || cause.is::<web::WebConfigError>()
-            || cause.is::<host::privs::UserError>()
-            || cause.is::<kernel::features::MissingFeature>()
+        if cause.is::<model::UsageError>()
+            || cause.is::<crate::config::ConfigError>()
+            || cause.is::<crate::web::WebConfigError>()
+            || cause.is::<crate::host::privs::UserError>()
+            || cause.is::<crate::kernel::features::MissingFeature>()
         {
             return 2;
         }
-        if let Some(g) = cause.downcast_ref::<goruntime::GoError>() {
+        if let Some(g) = cause.downcast_ref::<crate::goruntime::GoError>() {
             return if g.is_usage() { 2 } else { 1 };
         }
-        if let Some(p) = cause.downcast_ref::<kernel::probes::ProbeError>() {
+        if let Some(p) = cause.downcast_ref::<crate::kernel::probes::ProbeError>() {
             return if p.is_usage() { 2 } else { 1 };
         }
     }

@@ -40,3 +40,13 @@ impl std::fmt::Display for FutexMode {
         })
     }
 }
+
+/// Names of the futex wait outcomes, indexed as the kernel side counts them
+/// (`schedlat_common::futex_outcome`).
+pub const FUTEX_OUTCOME_NAMES: [&str; schedlat_common::futex_outcome::COUNT] =
+    ["woken", "timeout", "interrupted", "value_changed", "error"];
+
+/// An error the user must fix (bad argument, missing privilege, unsupported kernel): exit 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);

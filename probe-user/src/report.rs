@@ -1,10 +1,12 @@
 //! Capture reports: pure aggregation of a [`RawSnapshot`] into the text and JSON output.
 use std::{collections::BTreeMap, fmt::Write as _};
 
-use schedlat_common::{COMM_LEN, SlowEvent, drop_reason, futex_op, futex_outcome, kind};
+use schedlat_common::{COMM_LEN, SlowEvent, drop_reason, futex_op, kind};
+
+use crate::model::FUTEX_OUTCOME_NAMES;
 use serde::Serialize;
 
-pub use crate::hist::fmt_ns;
+use crate::hist::fmt_ns;
 use crate::{
     hist::{HistSummary, Histogram},
     kernel::probes::RawSnapshot,
@@ -150,9 +152,6 @@ pub fn futex_op_name(op: u32) -> String {
         other => format!("op{other}"),
     }
 }
-
-pub const FUTEX_OUTCOME_NAMES: [&str; futex_outcome::COUNT] =
-    ["woken", "timeout", "interrupted", "value_changed", "error"];
 
 pub fn cause_name(cause: u32) -> &'static str {
     if cause == kind::RUNQ_PREEMPTED {

@@ -6,12 +6,12 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
 use crate::{
-    UsageError,
     cli::{CaptureArgs, Cli, Format, OnOff},
     go::capture as gocapture,
     goruntime::GoError,
     host::cgroup::{CgroupNames, v2_mount},
     kernel::probes::{FutexMode, ProbeOptions, Probes},
+    model::UsageError,
     report::{self, Filter, ReportInput},
 };
 

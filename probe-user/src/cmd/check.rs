@@ -4,13 +4,13 @@
 use std::path::Path;
 
 use crate::{
-    UsageError,
     cli::{CheckArgs, Cli, Format},
     config::DaemonConfig,
     kernel::btf::KernelBtf,
     kernel::features::{Feature, KernelFeatures},
     kernel::probes::{ProbeOptions, Probes, effective_caps},
     kernel::tracefs::Tracefs,
+    model::UsageError,
 };
 
 /// Capabilities schedlat cares about (include/uapi/linux/capability.h).

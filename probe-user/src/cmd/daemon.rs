@@ -21,7 +21,6 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
 use crate::{
-    UsageError,
     cli::{Cli, DaemonArgs},
     config::DaemonConfig,
     exporter::metrics::{self, ExpoInput, LabelCap},
@@ -29,6 +28,7 @@ use crate::{
     host::cgroup::{CgroupNames, v2_mount},
     host::privs::{check_can_switch, lookup_user, switch_user},
     kernel::probes::{Attached, FutexMode, ProbeOptions, Probes, RawSnapshot},
+    model::UsageError,
     web::{BasicAuth, TlsListener, TlsReloader, WebConfig, WebStats},
 };
 

@@ -139,8 +139,8 @@ fn text(r: &Report) -> String {
                     let _ = writeln!(
                         o,
                         "  latest {}, longest of those {}",
-                        crate::report::fmt_ns(*last),
-                        crate::report::fmt_ns(*max)
+                        crate::hist::fmt_ns(*last),
+                        crate::hist::fmt_ns(*max)
                     );
                 }
                 hist(

@@ -12,7 +12,7 @@ use schedlat_common::{drop_reason, kind};
 use crate::{
     hist::Histogram,
     kernel::probes::{Attached, RawSnapshot},
-    report::FUTEX_OUTCOME_NAMES,
+    model::FUTEX_OUTCOME_NAMES,
 };
 
 /// Label given to cgroups beyond the cap.
