@@ -92,11 +92,8 @@ impl Default for DaemonConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("cannot read config file {path}: {cause}")]
+    Read { path: String, cause: std::io::Error },
     #[error("invalid config {path}: {message}")]
     Parse { path: String, message: String },
     #[error("invalid config {path}: {key} = {value}: {fix}")]
@@ -112,7 +109,7 @@ impl DaemonConfig {
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
-            source,
+            cause: source,
         })?;
         Self::parse(&text, &path.display().to_string())
     }
@@ -286,6 +283,30 @@ fn hint_for(key: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Errors put their cause in the message and do not return it again as `source()`, so
+    /// the chain the CLI prints (`{:#}`) names it once.
+    #[test]
+    fn a_cause_is_printed_once() {
+        let e = DaemonConfig::from_file(Path::new("/nonexistent/schedlat.toml")).unwrap_err();
+        let chain = format!("{:#}", anyhow::Error::from(e));
+        assert_eq!(
+            chain.matches("No such file or directory").count(),
+            1,
+            "{chain}"
+        );
+        let e = crate::host::cpulimit::CpuLimitError::Read {
+            pid: 1,
+            path: "/proc/1/cgroup".into(),
+            cause: std::io::Error::from_raw_os_error(libc::ENOENT),
+        };
+        let chain = format!("{:#}", anyhow::Error::from(e));
+        assert_eq!(
+            chain.matches("No such file or directory").count(),
+            1,
+            "{chain}"
+        );
+    }
 
     #[test]
     fn defaults_and_full_file() {

@@ -50,3 +50,16 @@ pub const FUTEX_OUTCOME_NAMES: [&str; schedlat_common::futex_outcome::COUNT] =
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
+
+/// An error and its causes on one line, as anyhow's `{:#}` prints them: for errors shown
+/// outside an anyhow chain (check verdicts, log fields).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}

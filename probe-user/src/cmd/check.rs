@@ -194,7 +194,7 @@ fn trial(what: &'static str, opts: &ProbeOptions) -> Verdict {
         Err(e) => Verdict {
             what,
             works: false,
-            detail: e.to_string(),
+            detail: crate::model::error_chain(&e),
         },
     }
 }

@@ -174,7 +174,7 @@ fn reason(e: &GoError) -> &'static str {
         GoError::Unsupported { .. } | GoError::Malformed { .. } => "unsupported_binary",
         GoError::ProcessGone { .. } => "exited",
         GoError::NotGo { .. } => "not_go",
-        GoError::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
+        GoError::Io { cause, .. } if cause.kind() == std::io::ErrorKind::PermissionDenied => {
             "permission"
         }
         GoError::Io { .. } => "read_failed",

@@ -592,7 +592,7 @@ fn gone_or(pid: u32, e: std::io::Error, what: String) -> GoError {
     if !Path::new(&format!("/proc/{pid}")).exists() || e.raw_os_error() == Some(libc::ESRCH) {
         return GoError::ProcessGone { pid };
     }
-    GoError::Io { what, source: e }
+    GoError::Io { what, cause: e }
 }
 
 #[cfg(test)]

@@ -78,12 +78,8 @@ pub enum GoError {
     Inconsistent { what: String },
     #[error("no process with pid {pid} (it exited, or never existed)")]
     ProcessGone { pid: u32 },
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{what}: {cause}")]
+    Io { what: String, cause: std::io::Error },
 }
 
 impl GoError {

@@ -9,10 +9,10 @@ use btf_rs::{Btf, Type};
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
     #[error(
-        "cannot read kernel BTF at {path}: {source}. schedlat needs a kernel built with \
+        "cannot read kernel BTF at {path}: {cause}. schedlat needs a kernel built with \
          CONFIG_DEBUG_INFO_BTF=y"
     )]
-    Read { path: String, source: btf_rs::Error },
+    Read { path: String, cause: btf_rs::Error },
     #[error("kernel BTF has no struct {0}")]
     NoStruct(String),
     #[error("kernel BTF: struct {strukt} has no field {field} (tried {tried})")]
@@ -52,7 +52,7 @@ impl KernelBtf {
     pub fn open(path: &Path) -> Result<Self, BtfError> {
         let btf = Btf::from_file(path).map_err(|source| BtfError::Read {
             path: path.display().to_string(),
-            source,
+            cause: source,
         })?;
         Ok(Self { btf })
     }

@@ -40,7 +40,7 @@ pub enum ProbeError {
     Btf(#[from] BtfError),
     #[error(transparent)]
     Tracefs(#[from] TracefsError),
-    #[error("loading the eBPF object failed: {0}")]
+    #[error("loading the eBPF object failed")]
     Load(#[source] Box<aya::EbpfError>),
     #[error(
         "the kernel ({release}) rejected eBPF program {program}: {reason}. This is a schedlat \
@@ -53,12 +53,12 @@ pub enum ProbeError {
         /// The verifier's last word (the whole log goes to the debug log).
         reason: String,
     },
-    #[error("loading program {program} failed: {source}")]
+    #[error("loading program {program} failed")]
     Program {
         program: String,
         source: Box<aya::programs::ProgramError>,
     },
-    #[error("attaching {program} to {target} failed: {source}")]
+    #[error("attaching {program} to {target} failed")]
     Attach {
         program: String,
         target: String,
@@ -564,7 +564,7 @@ impl Probes {
             match aya_log::EbpfLogger::init(&mut ebpf) {
                 Ok(l) => Some(l),
                 Err(e) => {
-                    warn!(error = %e, "kernel-side diagnostics unavailable");
+                    warn!(error = %crate::model::error_chain(&e), "kernel-side diagnostics unavailable");
                     None
                 }
             }
