@@ -13,7 +13,7 @@ use crate::{
         events::{self, EventPlan},
         live::{self, GcPauses, LatencyHist, SchedStats, Stats},
     },
-    hist::HistSummary,
+    hist::{HistSummary, quantile},
     host::cpulimit::{self, CpuBudget, Throttling},
     kernel::probes::{GoEventTarget, GoRaw},
 };
@@ -22,9 +22,9 @@ use crate::{
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct WindowHist {
     pub count: u64,
-    /// Upper bounds (ns) of the buckets holding the 50th/90th/99th percentile and the largest
-    /// sample; None when empty or in the overflow bucket. Go buckets: within 25% above 512 ns
-    /// (Go >= 1.20), 1/16 of a power of two on Go 1.19.
+    /// 50th/90th/99th percentile by [`crate::hist::quantile`] (None when empty or in the
+    /// overflow bucket), and the upper bound of the largest sample's bucket. Go buckets: within
+    /// 25% above 512 ns (Go >= 1.20), 1/16 of a power of two on Go 1.19.
     pub p50_ns: Option<u64>,
     pub p90_ns: Option<u64>,
     pub p99_ns: Option<u64>,
@@ -55,19 +55,20 @@ pub fn window(before: &LatencyHist, after: &LatencyHist) -> WindowHist {
         (hi.is_finite() && hi > 0.0).then(|| ((hi * 1e9).round() as u64).saturating_sub(1))
     };
     let count: u64 = counts.iter().sum();
-    let pct = |q: f64| -> Option<u64> {
-        if count == 0 {
-            return None;
+    // Bucket i holds [boundaries[i], boundaries[i+1]) seconds; the first may start at -Inf.
+    let lo = |i: usize| -> u64 {
+        let b = after.boundaries.get(i).copied().unwrap_or(0.0);
+        if b.is_finite() && b > 0.0 {
+            (b * 1e9).round() as u64
+        } else {
+            0
         }
-        let rank = ((q * count as f64).ceil() as u64).max(1);
-        let mut cum = 0;
-        for (i, c) in counts.iter().enumerate() {
-            cum += c;
-            if cum >= rank {
-                return le(i);
-            }
-        }
-        None
+    };
+    let pct = |q: f64| {
+        quantile(
+            counts.iter().enumerate().map(|(i, &c)| (lo(i), le(i), c)),
+            q,
+        )
     };
     let max_ns = counts.iter().rposition(|&c| c > 0).and_then(le);
     WindowHist {
@@ -658,9 +659,9 @@ mod tests {
         let after = hist(&b, &[0, 95, 4, 1]);
         let w = window(&before, &after);
         assert_eq!(w.count, 94);
-        // 90 in [1,2) µs, 3 in [2,4) µs, 1 in overflow.
-        assert_eq!(w.p50_ns, Some(1999));
-        assert_eq!(w.p90_ns, Some(1999));
+        // 90 in [1,2) µs, 3 in [2,4) µs, 1 in overflow: ranks 47 and 85 of the 90 in the first.
+        assert_eq!(w.p50_ns, Some(1000 + 999 * 47 / 90));
+        assert_eq!(w.p90_ns, Some(1000 + 999 * 85 / 90));
         // Rank 94 of 94 is the overflow sample.
         assert_eq!(w.p99_ns, None);
         assert_eq!(
