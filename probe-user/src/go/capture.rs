@@ -9,7 +9,7 @@ use schedlat_common::{GoConfig, go};
 
 use crate::{
     goruntime::{
-        GoError,
+        GoBinary, GoError,
         events::{self, EventPlan},
         live::{self, GcPauses, LatencyHist, SchedStats, Stats},
     },
@@ -289,27 +289,29 @@ pub struct GoStart {
     pub events_unavailable: Option<String>,
 }
 
-/// Plan the per-event probe for `pid` (an error says why it cannot be placed).
-fn plan_events(pid: u32) -> Result<(EventPlan, Vec<String>), GoError> {
-    let (f, meta) = live::open_exe(pid)?;
-    let cache = object::ReadCache::new(f);
-    let plan = events::plan(&cache)?;
-    let names = live::wait_reason_names(pid, &plan, &meta)?;
-    Ok((plan, names))
-}
-
 /// Read the process at the start of the window (and plan the per-event probe if `probes`).
-/// `Err(NotGo)` for non-Go processes.
+/// `Err(NotGo)` for non-Go processes. The executable is opened and parsed once for both.
 pub fn start(
     pid: u32,
     cgroup_mount: Option<&std::path::Path>,
     probes: bool,
 ) -> Result<GoStart, GoError> {
-    let (layout, exe) = live::analyse_exe(pid)?;
+    let (f, exe) = live::open_exe(pid)?;
+    let cache = object::ReadCache::new(f);
+    let bin = GoBinary::parse(&cache)?;
+    let layout = bin.layout()?;
+    // The per-event probe's plan and the wait reasons' names (an error says why not).
+    let plan = probes.then(|| {
+        bin.event_plan().and_then(|plan| {
+            let names = live::wait_reason_names(pid, &plan, &exe)?;
+            Ok((plan, names))
+        })
+    });
+    drop(bin);
     let before = live::read_with(pid, &layout, &exe)?;
     let budget_before = cgroup_mount.and_then(|m| cpulimit::budget(pid, m).ok());
-    let (events, events_unavailable) = if probes {
-        match plan_events(pid) {
+    let (events, events_unavailable) = match plan {
+        Some(plan) => match plan {
             Ok(e) => {
                 tracing::debug!(
                     pid,
@@ -323,9 +325,8 @@ pub fn start(
                 (Some(e), None)
             }
             Err(e) => (None, Some(format!("per-event Go probes not possible: {e}"))),
-        }
-    } else {
-        (None, None)
+        },
+        None => (None, None),
     };
     Ok(GoStart {
         pid,

@@ -6,7 +6,7 @@ use iced_x86::Register;
 use object::{Object, ObjectSection, ObjectSegment, ReadRef};
 
 use super::{
-    GoError, GoVersion, dwarf,
+    GoBinary, GoError, GoVersion,
     probesite::{self, ProbeSite},
     status::{Statuses, WAIT_REASONS, dwarf_facts, wait_reasons_len},
     table,
@@ -39,10 +39,13 @@ impl EventPlan {
     }
 }
 
-/// Plan the probe for the Go executable `data`.
+/// Plan the probe for the Go executable `data` (see [`GoBinary`] to also read its layout).
 pub fn plan<'d, R: ReadRef<'d>>(data: R) -> Result<EventPlan, GoError> {
-    let file = super::parse_elf(data)?;
-    let version = table::version(&file)?;
+    GoBinary::parse(data)?.event_plan()
+}
+
+pub(super) fn plan_for<'d, R: ReadRef<'d>>(bin: &GoBinary<'d, R>) -> Result<EventPlan, GoError> {
+    let (file, version) = (bin.file(), bin.version().to_owned());
     let unsupported = |what: String| GoError::Unsupported { what };
     if file.architecture() != object::Architecture::X86_64 {
         return Err(unsupported(format!(
@@ -57,11 +60,11 @@ pub fn plan<'d, R: ReadRef<'d>>(data: R) -> Result<EventPlan, GoError> {
         )));
     }
     // Unstripped: .symtab and DWARF. Stripped: .gopclntab and the layout table.
-    let stripped = !super::symbolic(&file);
+    let stripped = !super::symbolic(file);
     let malformed = |what: String| GoError::Malformed { what };
     let (func, reasons, g_waitreason, statuses) = if stripped {
         let entry = table::lookup(&version)?;
-        let res = table::Resolver::new(&file)?;
+        let res = table::Resolver::new(file)?;
         let f = res
             .function(FUNCTION)
             .ok_or_else(|| malformed(format!("{FUNCTION} is not in .gopclntab")))?;
@@ -75,14 +78,13 @@ pub fn plan<'d, R: ReadRef<'d>>(data: R) -> Result<EventPlan, GoError> {
     } else {
         // One read of the string table (super::find_symbols_sized says why).
         let mut want = [(FUNCTION, None), (WAIT_REASONS, None)];
-        super::find_symbols_sized(&file, &mut want)?;
+        super::find_symbols_sized(file, &mut want)?;
         let [(_, func), (_, reasons)] = want;
         let missing_sym = |symbol| GoError::MissingSymbol {
             version: version.clone(),
             symbol,
         };
-        let types = dwarf::Types::load(&file)?;
-        let (g_waitreason, statuses) = dwarf_facts(&types, &version)?;
+        let (g_waitreason, statuses) = dwarf_facts(bin.types()?, &version)?;
         (
             func.ok_or_else(|| missing_sym(FUNCTION))?,
             reasons.ok_or_else(|| missing_sym(WAIT_REASONS))?,
@@ -97,7 +99,7 @@ pub fn plan<'d, R: ReadRef<'d>>(data: R) -> Result<EventPlan, GoError> {
     let reasons_len = wait_reasons_len(rsize)?;
 
     // Only the function's bytes (data_range reads just them through ReadCache).
-    let code = super::section_by_name(&file, ".text")
+    let code = super::section_by_name(file, ".text")
         .filter(|s| {
             s.address() <= fvaddr
                 && fvaddr.saturating_add(fsize) <= s.address().saturating_add(s.size())
@@ -119,7 +121,7 @@ pub fn plan<'d, R: ReadRef<'d>>(data: R) -> Result<EventPlan, GoError> {
             (rel.checked_add(fsize)? <= len).then(|| off + rel)
         })
         .ok_or_else(|| malformed(format!("{FUNCTION} is not inside a loaded segment")))?;
-    let base_vaddr = super::base_vaddr(&file)?;
+    let base_vaddr = super::base_vaddr(file)?;
     Ok(EventPlan {
         version,
         pie: file.kind() == object::ObjectKind::Dynamic,
