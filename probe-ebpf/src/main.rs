@@ -917,8 +917,13 @@ pub fn go_casgstatus(ctx: ProbeContext) -> u32 {
         let d = now.saturating_sub(ts);
         if old == c.st_waiting && state == go::SINCE_WAITING {
             go_hist(go::hist::BLOCKED + (reason & 0xff), d);
+        } else if old == c.st_syscall && state == go::SINCE_SYSCALL {
+            go_hist(go::hist::SYSCALL, d);
         } else if old == c.st_runnable && state == go::SINCE_RUNNABLE && new == c.st_running {
             go_hist(go::hist::SCHED_LATENCY, d);
+            if reason == go::RUNNABLE_AFTER_SYSCALL {
+                go_hist(go::hist::SYSCALL_LOST_P_LATENCY, d);
+            }
             let tid = bpf_get_current_pid_tgid() as u32;
             let m = go_runq_overlap(tid, ts, now);
             let m = if m > d { d } else { m };
@@ -931,7 +936,16 @@ pub fn go_casgstatus(ctx: ProbeContext) -> u32 {
         if old == c.st_dead || old == c.st_idle {
             go_count(go::counter::CREATED);
         }
-        (go::SINCE_RUNNABLE, 0)
+        if old == c.st_syscall {
+            // exitsyscall0 (runtime/proc.go): back without a P, to be scheduled again.
+            go_count(go::counter::SYSCALL_LOST_P);
+            (go::SINCE_RUNNABLE, go::RUNNABLE_AFTER_SYSCALL)
+        } else {
+            (go::SINCE_RUNNABLE, 0)
+        }
+    } else if new == c.st_syscall {
+        // entersyscall / entersyscallblock (runtime/proc.go): _Grunning -> _Gsyscall.
+        (go::SINCE_SYSCALL, 0)
     } else if new == c.st_waiting {
         // gopark stored the reason before mcall(park_m) (runtime/proc.go).
         let p = (gp + c.g_waitreason as u64) as *const u8;
@@ -953,7 +967,7 @@ pub fn go_casgstatus(ctx: ProbeContext) -> u32 {
         if old == c.st_syscall && new == c.st_running {
             go_count(go::counter::SYSCALL_FAST_RETURNS);
         }
-        // Running, syscall, ...: nothing to time from here; mark the entry stale.
+        // Running, ...: nothing to time from here; mark the entry stale.
         if let Some(st) = entry {
             unsafe { (*st).state = 0 };
         }

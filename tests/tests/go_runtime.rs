@@ -957,6 +957,87 @@ fn capture_goevents(mut cmd: Command, what: &str) -> (Value, Value) {
     (done, go)
 }
 
+/// Syscalls of the goevents fixture under a capture: (its `done` line, go.events.syscalls).
+fn capture_syscalls(dir: &std::path::Path, name: &str, mode: &str, what: &str) -> (Value, Value) {
+    let mut cmd = Command::new(dir.join(name));
+    cmd.args(["syscalls", mode]);
+    let (done, go) = capture_goevents(cmd, what);
+    (done, go["events"]["syscalls"].clone())
+}
+
+/// Count of values in buckets whose upper bound is at least `ns`.
+fn at_least(h: &Value, ns: u64) -> u64 {
+    buckets(h)
+        .iter()
+        .filter(|(le, _)| *le >= ns)
+        .map(|b| b.1)
+        .sum()
+}
+
+#[test]
+fn capture_go_probes_see_blocking_syscalls_lose_their_p() {
+    if !privileged_or_skip("capture_go_probes_see_blocking_syscalls_lose_their_p") {
+        return;
+    }
+    for (version, dir) in go_fixture_versions() {
+        let name = "goevents-pie-stripped";
+        if go_minor(&version) >= 26 {
+            // Go 1.26 switches _Grunning <-> _Gsyscall by CAS, around casgstatus: not seen,
+            // and the report says so rather than showing zeros.
+            let what = format!("{version}/{name} long");
+            let (_, s) = capture_syscalls(&dir, name, "long", &what);
+            assert!(s.is_null(), "{what}: {s}");
+            continue;
+        }
+        // Long: 10 nanosleeps of 50 ms with a spinner waiting for the only P. Each loses the
+        // P to the spinner (sysmon's retake) and waits to run again.
+        let what = format!("{version}/{name} long");
+        let (done, s) = capture_syscalls(&dir, name, "long", &what);
+        let (n, ms) = (
+            done["syscalls"].as_u64().unwrap(),
+            done["ms"].as_u64().unwrap(),
+        );
+        println!("{what}: {s}");
+        // Bucket bounds: a 50 ms sleep lands in a bucket ending at >= 20 ms.
+        let long = at_least(&s["time"], ms * 1_000_000);
+        assert!(
+            long >= n && long <= n + 2,
+            "{what}: {long} syscalls of >= {ms} ms, the fixture made {n}: {s}"
+        );
+        let lost = s["lost_p"].as_u64().unwrap();
+        assert!(
+            lost >= n,
+            "{what}: {lost} returns lost their P, want >= {n}: {s}"
+        );
+        let paid = &s["lost_p_sched_latency"];
+        assert!(
+            paid["count"].as_u64().unwrap() >= n && paid["p50_ns"].as_u64().unwrap() >= 100_000,
+            "{what}: the lost-P returns should wait for the spinner's preemption: {s}"
+        );
+
+        // Short: 2000 one-byte writes to /dev/null, each over in microseconds: they keep
+        // their P; no syscall is long.
+        let what = format!("{version}/{name} short");
+        let (done, s) = capture_syscalls(&dir, name, "short", &what);
+        let n = done["syscalls"].as_u64().unwrap();
+        println!("{what}: {s}");
+        let (count, kept, lost) = (
+            s["time"]["count"].as_u64().unwrap(),
+            s["kept_p"].as_u64().unwrap(),
+            s["lost_p"].as_u64().unwrap(),
+        );
+        assert!(
+            count >= n,
+            "{what}: {count} syscalls seen, the fixture made {n}: {s}"
+        );
+        assert!(
+            kept >= n * 95 / 100 && lost <= n / 20,
+            "{what}: short syscalls should keep their P: kept {kept}, lost {lost} of {n}: {s}"
+        );
+        assert_eq!(at_least(&s["time"], 20_000_000), 0, "{what}: {s}");
+    }
+}
+
 #[test]
 fn capture_go_probes_agree_with_the_runtime_and_see_known_blocking() {
     if !privileged_or_skip("capture_go_probes_agree_with_the_runtime_and_see_known_blocking") {

@@ -183,8 +183,33 @@ pub struct GoEvents {
     /// Syscall returns that kept their P (_Gsyscall -> _Grunning): no scheduling latency, but
     /// runtime/metrics' /sched/latencies counts each as a 0 s sample.
     pub syscall_fast_returns: u64,
+    /// Time goroutines spent in system calls and what the blocking ones cost them; null on
+    /// Go >= 1.26, whose runtime enters and leaves syscalls without casgstatus.
+    pub syscalls: Option<GoSyscalls>,
     /// Lost or approximate: by reason (see schedlat_common::go::counter).
     pub dropped: GoEventDrops,
+}
+
+/// System calls seen through casgstatus (entersyscall: _Grunning -> _Gsyscall; exitsyscall:
+/// back to _Grunning with its P, or exitsyscall0: to _Grunnable without it).
+#[derive(Clone, Debug, Serialize)]
+pub struct GoSyscalls {
+    /// Time in the syscall, per syscall that returned in the window.
+    pub time: HistSummary,
+    /// Returns that kept (or at once re-took) a P: the goroutine ran on.
+    pub kept_p: u64,
+    /// Returns that found no P (the runtime handed it to another thread while this one was
+    /// blocked): the goroutine went back to the run queue, the classic "goroutines starve
+    /// although CPUs are idle" sign of blocking syscalls under a small GOMAXPROCS.
+    pub lost_p: u64,
+    /// The scheduling latency those `lost_p` returns then paid (runnable -> running).
+    pub lost_p_sched_latency: HistSummary,
+}
+
+/// Go 1.26 (runtime/proc.go reentersyscall, exitsyscall) switches _Grunning <-> _Gsyscall
+/// with a plain CAS, bypassing casgstatus and so the probe.
+fn syscalls_visible(version: &str) -> bool {
+    crate::goruntime::GoVersion::parse(version).is_some_and(|v| !v.at_least(1, 26))
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -267,6 +292,12 @@ pub fn events_section(raw: &GoRaw, plan: &EventPlan, reasons: &[String]) -> GoEv
         goroutines_created: raw.counts[c::CREATED as usize],
         goroutines_exited: raw.counts[c::EXITED as usize],
         syscall_fast_returns: raw.counts[c::SYSCALL_FAST_RETURNS as usize],
+        syscalls: syscalls_visible(&plan.version).then(|| GoSyscalls {
+            time: summary(h::SYSCALL),
+            kept_p: raw.counts[c::SYSCALL_FAST_RETURNS as usize],
+            lost_p: raw.counts[c::SYSCALL_LOST_P as usize],
+            lost_p_sched_latency: summary(h::SYSCALL_LOST_P_LATENCY),
+        }),
         dropped: GoEventDrops {
             g_map_full: raw.counts[c::G_MAP_FULL as usize],
             reason_read_failed: raw.counts[c::REASON_READ_FAILED as usize],
@@ -618,6 +649,24 @@ fn render_events(o: &mut String, e: &GoEvents) {
         "  goroutines created {}, ended {}; syscall returns without a wait {}",
         e.goroutines_created, e.goroutines_exited, e.syscall_fast_returns
     );
+    match &e.syscalls {
+        Some(s) => {
+            let _ = writeln!(o, "  in system calls: {}", line(&s.time));
+            let _ = writeln!(
+                o,
+                "    returns that kept their P {}, that lost it {}; those then waited to run: {}",
+                s.kept_p,
+                s.lost_p,
+                line(&s.lost_p_sched_latency)
+            );
+        }
+        None => {
+            let _ = writeln!(
+                o,
+                "  system calls: not seen (Go >= 1.26 enters and leaves them without casgstatus)"
+            );
+        }
+    }
     if !e.blocked.is_empty() {
         let _ = writeln!(o, "  blocked, by wait reason:");
         for b in &e.blocked {
@@ -772,6 +821,54 @@ mod tests {
         assert!(text.contains("58.7% of the time"), "{text}");
         assert!(
             text.contains("1 latencies with the thread share a lower bound"),
+            "{text}"
+        );
+        // go1.27.3 leaves syscalls by CAS: not seen, and said so.
+        assert!(e.syscalls.is_none());
+        assert!(text.contains("system calls: not seen"), "{text}");
+    }
+
+    #[test]
+    fn events_section_reports_syscalls_up_to_go_1_25() {
+        use crate::hist::Histogram;
+        let mut hists = vec![Histogram::default(); go::hist::COUNT as usize];
+        for ns in [2_000, 20_000_000, 21_000_000] {
+            hists[go::hist::SYSCALL as usize].record(ns);
+        }
+        for ns in [4_000_000, 9_000_000] {
+            hists[go::hist::SYSCALL_LOST_P_LATENCY as usize].record(ns);
+        }
+        let mut counts = [0u64; go::counter::COUNT];
+        counts[go::counter::SYSCALL_FAST_RETURNS as usize] = 1;
+        counts[go::counter::SYSCALL_LOST_P as usize] = 2;
+        let raw = GoRaw { hists, counts };
+        for (version, seen) in [("go1.25.5", true), ("go1.19.8", true), ("go1.26.0", false)] {
+            let e = events_section(
+                &raw,
+                &EventPlan {
+                    version: version.into(),
+                    ..plan()
+                },
+                &[],
+            );
+            assert_eq!(e.syscalls.is_some(), seen, "{version}");
+        }
+        let e = events_section(
+            &raw,
+            &EventPlan {
+                version: "go1.25.5".into(),
+                ..plan()
+            },
+            &[],
+        );
+        let s = e.syscalls.as_ref().unwrap();
+        assert_eq!((s.time.count, s.kept_p, s.lost_p), (3, 1, 2));
+        assert_eq!(s.lost_p_sched_latency.count, 2);
+        let mut text = String::new();
+        render_events(&mut text, &e);
+        assert!(text.contains("in system calls: 3 "), "{text}");
+        assert!(
+            text.contains("that kept their P 1, that lost it 2"),
             "{text}"
         );
     }
