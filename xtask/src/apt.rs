@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cmdline, is_root, run_cmd};
+use crate::{cmd::cmdline, cmd::is_root, cmd::run_cmd};
 
 /// Debian packages needed for one purpose.
 pub struct Group {

@@ -22,7 +22,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
-use crate::{Workspace, capture, run_cmd};
+use crate::{cmd::capture, cmd::run_cmd, ws::Workspace};
 
 pub const GO_DEBIAN: crate::apt::Group = crate::apt::Group {
     name: "go",

@@ -22,7 +22,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{Workspace, capture, gofix, image::parse_ldd, run_cmd, setup};
+use crate::{cmd::capture, cmd::run_cmd, gofix, image::parse_ldd, setup, ws::Workspace};
 
 pub const VM: crate::apt::Group = crate::apt::Group {
     name: "vmtest",
@@ -133,9 +133,9 @@ pub struct Built {
 pub fn vmtest(ws: &Workspace, args: &Args) -> Result<()> {
     setup::setup(ws)?;
     let built = Built {
-        schedlat: crate::build_static(ws)?,
+        schedlat: crate::release::build_static(ws)?,
         workload: ws.release_bin("schedlat-workload"),
-        test_exes: crate::integration_test_binaries(ws)?,
+        test_exes: crate::release::integration_test_binaries(ws)?,
     };
     run(ws, &built, &args.kernels)
 }
@@ -336,7 +336,7 @@ fn boot(vmlinuz: &Path, initrd: &Path, log_path: &Path) -> Result<String> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    let line = crate::cmdline(&c);
+    let line = crate::cmd::cmdline(&c);
     println!("+ {line}");
     let mut child = c.spawn().with_context(|| format!("starting `{line}`"))?;
     let mut out = child.stdout.take().expect("piped");
