@@ -980,15 +980,9 @@ fn capture_go_probes_see_blocking_syscalls_lose_their_p() {
         return;
     }
     for (version, dir) in go_fixture_versions() {
+        // Stripped PIE: every probe placed from .gopclntab (Go >= 1.26 needs three more for
+        // syscalls, which it switches by CAS around casgstatus).
         let name = "goevents-pie-stripped";
-        if go_minor(&version) >= 26 {
-            // Go 1.26 switches _Grunning <-> _Gsyscall by CAS, around casgstatus: not seen,
-            // and the report says so rather than showing zeros.
-            let what = format!("{version}/{name} long");
-            let (_, s) = capture_syscalls(&dir, name, "long", &what);
-            assert!(s.is_null(), "{what}: {s}");
-            continue;
-        }
         // Long: 10 nanosleeps of 50 ms with a spinner waiting for the only P. Each loses the
         // P to the spinner (sysmon's retake) and waits to run again.
         let what = format!("{version}/{name} long");
@@ -1009,10 +1003,12 @@ fn capture_go_probes_see_blocking_syscalls_lose_their_p() {
             lost >= n,
             "{what}: {lost} returns lost their P, want >= {n}: {s}"
         );
-        let paid = &s["lost_p_sched_latency"];
+        // Each of those went back to the run queue and its wait was timed (how long depends on
+        // when sysmon preempts the spinner: up to 10 ms, less on a busy host).
+        let paid = s["lost_p_sched_latency"]["count"].as_u64().unwrap();
         assert!(
-            paid["count"].as_u64().unwrap() >= n && paid["p50_ns"].as_u64().unwrap() >= 100_000,
-            "{what}: the lost-P returns should wait for the spinner's preemption: {s}"
+            paid >= n,
+            "{what}: {paid} lost-P returns timed, want >= {n}: {s}"
         );
 
         // Short: 2000 one-byte writes to /dev/null, each over in microseconds: they keep

@@ -346,7 +346,10 @@ pub mod go {
         /// _Gsyscall -> _Grunnable: a syscall return that found its P taken (the runtime
         /// handed it to another M while the thread was blocked) and had to be scheduled again.
         pub const SYSCALL_LOST_P: u32 = 8;
-        pub const COUNT: usize = 9;
+        /// Syscall returns (a goroutine leaving _Gsyscall): from casgstatus up to Go 1.25,
+        /// from the uprobe on runtime.exitsyscall on Go >= 1.26.
+        pub const SYSCALL_EXITS: u32 = 9;
+        pub const COUNT: usize = 10;
     }
     /// Run-queue intervals kept per thread of the target ([`super::GoRunqRing`]).
     pub const RING: usize = 8;
@@ -354,6 +357,9 @@ pub mod go {
     pub const SINCE_RUNNABLE: u32 = 1;
     pub const SINCE_WAITING: u32 = 2;
     pub const SINCE_SYSCALL: u32 = 3;
+    /// Go >= 1.26: exitsyscallNoP is putting the goroutine back on a run queue (its next
+    /// casgstatus, _Grunning -> _Grunnable, is a lost-P return, not a preemption).
+    pub const SYSCALL_NO_P: u32 = 4;
     /// GoGState::reason of a SINCE_RUNNABLE entry whose goroutine came back from a syscall
     /// without its P.
     pub const RUNNABLE_AFTER_SYSCALL: u32 = 1;

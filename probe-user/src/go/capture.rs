@@ -10,12 +10,12 @@ use schedlat_common::{GoConfig, go};
 use crate::{
     goruntime::{
         GoBinary, GoError,
-        events::{self, EventPlan},
+        events::{self, EventPlan, SyscallPlan},
         live::{self, GcPauses, LatencyHist, SchedStats, Stats},
     },
     hist::{HistSummary, quantile},
     host::cpulimit::{self, CpuBudget, Throttling},
-    kernel::probes::{GoEventTarget, GoRaw},
+    kernel::probes::{GoEventTarget, GoProbe, GoRaw},
 };
 
 /// Summary of a runtime histogram's growth over the window.
@@ -183,15 +183,17 @@ pub struct GoEvents {
     /// Syscall returns that kept their P (_Gsyscall -> _Grunning): no scheduling latency, but
     /// runtime/metrics' /sched/latencies counts each as a 0 s sample.
     pub syscall_fast_returns: u64,
-    /// Time goroutines spent in system calls and what the blocking ones cost them; null on
-    /// Go >= 1.26, whose runtime enters and leaves syscalls without casgstatus.
+    /// Time goroutines spent in system calls and what the blocking ones cost them; null when
+    /// the probes they need on Go >= 1.26 cannot be placed (the reason is among the warnings).
     pub syscalls: Option<GoSyscalls>,
     /// Lost or approximate: by reason (see schedlat_common::go::counter).
     pub dropped: GoEventDrops,
 }
 
-/// System calls seen through casgstatus (entersyscall: _Grunning -> _Gsyscall; exitsyscall:
-/// back to _Grunning with its P, or exitsyscall0: to _Grunnable without it).
+/// System calls: entersyscall (_Grunning -> _Gsyscall) until exitsyscall, back to _Grunning
+/// with a P, or to _Grunnable without one (exitsyscall0; exitsyscallNoP on Go >= 1.26). Up to
+/// Go 1.25 casgstatus carries these; Go 1.26 switches by CAS, so three more probes
+/// (reentersyscall, exitsyscall, exitsyscallNoP) see them there.
 #[derive(Clone, Debug, Serialize)]
 pub struct GoSyscalls {
     /// Time in the syscall, per syscall that returned in the window.
@@ -204,12 +206,6 @@ pub struct GoSyscalls {
     pub lost_p: u64,
     /// The scheduling latency those `lost_p` returns then paid (runnable -> running).
     pub lost_p_sched_latency: HistSummary,
-}
-
-/// Go 1.26 (runtime/proc.go reentersyscall, exitsyscall) switches _Grunning <-> _Gsyscall
-/// with a plain CAS, bypassing casgstatus and so the probe.
-fn syscalls_visible(version: &str) -> bool {
-    crate::goruntime::GoVersion::parse(version).is_some_and(|v| !v.at_least(1, 26))
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -292,12 +288,18 @@ pub fn events_section(raw: &GoRaw, plan: &EventPlan, reasons: &[String]) -> GoEv
         goroutines_created: raw.counts[c::CREATED as usize],
         goroutines_exited: raw.counts[c::EXITED as usize],
         syscall_fast_returns: raw.counts[c::SYSCALL_FAST_RETURNS as usize],
-        syscalls: syscalls_visible(&plan.version).then(|| GoSyscalls {
-            time: summary(h::SYSCALL),
-            kept_p: raw.counts[c::SYSCALL_FAST_RETURNS as usize],
-            lost_p: raw.counts[c::SYSCALL_LOST_P as usize],
-            lost_p_sched_latency: summary(h::SYSCALL_LOST_P_LATENCY),
-        }),
+        syscalls: match plan.syscalls {
+            SyscallPlan::Unavailable(_) => None,
+            SyscallPlan::Casgstatus | SyscallPlan::Probes(_) => {
+                let lost_p = raw.counts[c::SYSCALL_LOST_P as usize];
+                Some(GoSyscalls {
+                    time: summary(h::SYSCALL),
+                    kept_p: raw.counts[c::SYSCALL_EXITS as usize].saturating_sub(lost_p),
+                    lost_p,
+                    lost_p_sched_latency: summary(h::SYSCALL_LOST_P_LATENCY),
+                })
+            }
+        },
         dropped: GoEventDrops {
             g_map_full: raw.counts[c::G_MAP_FULL as usize],
             reason_read_failed: raw.counts[c::REASON_READ_FAILED as usize],
@@ -384,6 +386,20 @@ impl GoStart {
                 p.site.offset,
                 p.site.instruction
             ),
+            syscall_probes: match &p.syscalls {
+                SyscallPlan::Probes(probes) => probes
+                    .iter()
+                    .map(|s| GoProbe {
+                        program: s.program,
+                        file_offset: s.probe_file_offset(),
+                        site: format!(
+                            "{}+{:#x} ({})",
+                            s.function, s.site.offset, s.site.instruction
+                        ),
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            },
             config: GoConfig {
                 tgid: self.pid,
                 g_waitreason: p.g_waitreason as u32,
@@ -469,6 +485,13 @@ impl GoStart {
         }
         if let Some(why) = &self.events_unavailable {
             warnings.push(why.clone());
+        }
+        if let Some((plan, _)) = &self.events {
+            if let SyscallPlan::Unavailable(why) = &plan.syscalls {
+                warnings.push(format!(
+                    "system calls not seen (Go >= 1.26 needs three more probes): {why}"
+                ));
+            }
         }
         warnings.extend(exited);
         let events = match (&self.events, raw) {
@@ -661,10 +684,7 @@ fn render_events(o: &mut String, e: &GoEvents) {
             );
         }
         None => {
-            let _ = writeln!(
-                o,
-                "  system calls: not seen (Go >= 1.26 enters and leaves them without casgstatus)"
-            );
+            let _ = writeln!(o, "  system calls: not seen (see the warnings)");
         }
     }
     if !e.blocked.is_empty() {
@@ -760,6 +780,7 @@ mod tests {
             },
             wait_reasons_vaddr: 0x686f00,
             wait_reasons_len: 3,
+            syscalls: SyscallPlan::Probes(Vec::new()),
         }
     }
 
@@ -823,13 +844,12 @@ mod tests {
             text.contains("1 latencies with the thread share a lower bound"),
             "{text}"
         );
-        // go1.27.3 leaves syscalls by CAS: not seen, and said so.
-        assert!(e.syscalls.is_none());
-        assert!(text.contains("system calls: not seen"), "{text}");
+        // No syscall in the maps: an empty section, not a missing one.
+        assert_eq!(e.syscalls.as_ref().map(|s| s.time.count), Some(0));
     }
 
     #[test]
-    fn events_section_reports_syscalls_up_to_go_1_25() {
+    fn events_section_reports_syscalls_unless_their_probes_are_missing() {
         use crate::hist::Histogram;
         let mut hists = vec![Histogram::default(); go::hist::COUNT as usize];
         for ns in [2_000, 20_000_000, 21_000_000] {
@@ -839,28 +859,25 @@ mod tests {
             hists[go::hist::SYSCALL_LOST_P_LATENCY as usize].record(ns);
         }
         let mut counts = [0u64; go::counter::COUNT];
-        counts[go::counter::SYSCALL_FAST_RETURNS as usize] = 1;
+        counts[go::counter::SYSCALL_EXITS as usize] = 3;
         counts[go::counter::SYSCALL_LOST_P as usize] = 2;
         let raw = GoRaw { hists, counts };
-        for (version, seen) in [("go1.25.5", true), ("go1.19.8", true), ("go1.26.0", false)] {
+        for (syscalls, seen) in [
+            (SyscallPlan::Casgstatus, true),
+            (SyscallPlan::Probes(Vec::new()), true),
+            (SyscallPlan::Unavailable("no site".into()), false),
+        ] {
             let e = events_section(
                 &raw,
                 &EventPlan {
-                    version: version.into(),
+                    syscalls: syscalls.clone(),
                     ..plan()
                 },
                 &[],
             );
-            assert_eq!(e.syscalls.is_some(), seen, "{version}");
+            assert_eq!(e.syscalls.is_some(), seen, "{syscalls:?}");
         }
-        let e = events_section(
-            &raw,
-            &EventPlan {
-                version: "go1.25.5".into(),
-                ..plan()
-            },
-            &[],
-        );
+        let e = events_section(&raw, &plan(), &[]);
         let s = e.syscalls.as_ref().unwrap();
         assert_eq!((s.time.count, s.kept_p, s.lost_p), (3, 1, 2));
         assert_eq!(s.lost_p_sched_latency.count, 2);
