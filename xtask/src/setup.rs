@@ -105,6 +105,7 @@ pub fn setup(ws: &Workspace) -> Result<()> {
     ensure_tracefs()?;
     ensure_pytools(ws)?;
     gofix::build_fixtures(ws)?;
+    gofix::fetch_third_party(ws)?;
     println!("setup: ok");
     Ok(())
 }

@@ -98,6 +98,7 @@ pub fn test(ws: &Workspace, args: &[String]) -> Result<()> {
         ("SCHEDLAT_WORKLOAD", &workload),
         ("SCHEDLAT_PYTOOLS", &pytools),
         (gofix::FIXTURES_ENV, &go_fixtures),
+        (gofix::THIRD_PARTY_ENV, &gofix::third_party_dir(ws)),
         ("SCHEDLAT_IMAGE", &image),
     ];
     let hint = "see the failing integration tests above";
