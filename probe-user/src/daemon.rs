@@ -25,11 +25,11 @@ use crate::{
     cgroup::{CgroupNames, v2_mount},
     cli::{Cli, DaemonArgs},
     config::DaemonConfig,
+    http::{BasicAuth, TlsListener, TlsReloader, WebConfig, WebStats},
     metrics::{self, ExpoInput, LabelCap},
     privs::{check_can_switch, lookup_user, switch_user},
     probes::{Attached, FutexMode, ProbeOptions, Probes, RawSnapshot},
     series::SeriesKeeper,
-    web::{BasicAuth, TlsListener, TlsReloader, WebConfig, WebStats},
 };
 
 /// What a scrape needs. The kernel side is behind a trait so the HTTP layer is testable
@@ -188,7 +188,7 @@ impl AppState {
 pub fn router(state: Shared, auth: Option<Arc<BasicAuth>>) -> Router {
     let app = Router::new().route("/metrics", get(metrics_handler));
     let app = match auth {
-        Some(a) => app.route_layer(middleware::from_fn_with_state(a, crate::web::require_auth)),
+        Some(a) => app.route_layer(middleware::from_fn_with_state(a, crate::http::require_auth)),
         None => app,
     };
     app.route("/healthz", get(|| async { "ok\n" }))
@@ -639,7 +639,7 @@ mod tests {
         }
         assert!(!body.contains("schedlat_web_tls"), "no TLS configured");
         assert_eq!(
-            stats.auth_failures(crate::web::AuthFailure::NoCredentials),
+            stats.auth_failures(crate::http::AuthFailure::NoCredentials),
             1
         );
     }

@@ -1,7 +1,7 @@
 //! schedlat: where time goes between "ready to run" and "running".
 //!
 //! Modules with no aya types (`hist`, `report`, `metrics`, `config`, `cgroup`, `tracefs`,
-//! `btf`, `web`) hold the pure logic and are unit tested without root; `probes` is the only
+//! `btf`, `http`) hold the pure logic and are unit tested without root; `probes` is the only
 //! one that talks to the kernel.
 pub mod btf;
 pub mod capture;
@@ -17,6 +17,7 @@ pub mod gocapture;
 pub mod goruntime;
 pub mod gowatch;
 pub mod hist;
+pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod privs;
@@ -24,7 +25,6 @@ pub mod probes;
 pub mod report;
 pub mod series;
 pub mod tracefs;
-pub mod web;
 
 /// Parse the command line, set up logging and run the command.
 pub fn run() -> anyhow::Result<()> {
@@ -65,7 +65,7 @@ pub fn exit_code_for(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
         if cause.is::<UsageError>()
             || cause.is::<config::ConfigError>()
-            || cause.is::<web::WebConfigError>()
+            || cause.is::<http::WebConfigError>()
             || cause.is::<privs::UserError>()
             || cause.is::<features::MissingFeature>()
         {
