@@ -329,7 +329,7 @@ pub fn run(cli: &Cli, a: &DaemonArgs) -> anyhow::Result<()> {
         .max_blocking_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(serve(
+    let res = rt.block_on(serve(
         listener,
         tls,
         auth,
@@ -337,7 +337,11 @@ pub fn run(cli: &Cli, a: &DaemonArgs) -> anyhow::Result<()> {
         web_stats,
         max_connections,
         &cfg,
-    ))
+    ));
+    // A render stuck in the blocking pool must not hold up the exit (the programs detach
+    // when the process ends).
+    rt.shutdown_timeout(Duration::from_secs(5));
+    res
 }
 
 async fn serve(
