@@ -42,14 +42,23 @@ pub async fn serve(
     let conns = Conns::new(max_connections, stats.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::pin!(shutdown);
+    let mut warned: Option<tokio::time::Instant> = None;
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
-                    // E.g. out of file descriptors: back off instead of spinning.
+                    // E.g. out of file descriptors: back off instead of spinning; counted
+                    // every time, logged once a minute.
                     stats.count_drop(ConnDrop::AcceptError);
-                    warn!(error = %e, "accepting a connection");
+                    if warned.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                        warned = Some(tokio::time::Instant::now());
+                        warn!(
+                            error = %e,
+                            "accepting a connection failed (counted in \
+                             schedlat_http_connections_dropped_total{{reason=\"accept_error\"}})"
+                        );
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
