@@ -3,7 +3,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     UsageError,
@@ -36,6 +36,17 @@ fn resolve_pid(pid: u32) -> Result<u32, UsageError> {
         );
     }
     Ok(tgid)
+}
+
+/// "The programs are attached from here on": an info event scripts and tests can wait for
+/// (`--log info`); at the default level, a person at a terminal still sees it, while a pipe or
+/// a file gets nothing but the report.
+fn announce(what: &str) {
+    if tracing::enabled!(tracing::Level::INFO) {
+        info!("schedlat: {what}");
+    } else if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprintln!("schedlat: {what}");
+    }
 }
 
 pub fn run(cli: &Cli, a: &CaptureArgs) -> anyhow::Result<()> {
@@ -88,18 +99,17 @@ pub fn run(cli: &Cli, a: &CaptureArgs) -> anyhow::Result<()> {
     opts.go_events = go.iter().find_map(|g| g.probe_target());
     let mut probes = Probes::load(&opts).context("starting the capture")?;
     if let Some(t) = &opts.go_events {
-        info!(pid = t.pid, site = %t.site, file_offset = t.file_offset, "Go uprobe attached");
+        debug!(pid = t.pid, site = %t.site, file_offset = t.file_offset, "Go uprobe attached");
     }
     let scope = if pids.is_empty() && a.cgroup.is_none() {
-        "host-wide".to_string()
+        "host-wide"
     } else {
-        "filtered".to_string()
+        "filtered"
     };
-    // Tests and scripts wait for this line: the programs are attached from here on.
-    eprintln!(
-        "schedlat: capturing {scope} for {} (Ctrl-C to stop early)",
+    announce(&format!(
+        "capturing {scope} for {} (Ctrl-C to stop early)",
         humantime::format_duration(a.duration)
-    );
+    ));
 
     let started = Instant::now();
     let mut slow = Vec::new();
@@ -176,7 +186,13 @@ pub fn run(cli: &Cli, a: &CaptureArgs) -> anyhow::Result<()> {
         Format::Json => println!("{}", serde_json::to_string_pretty(&r)?),
         Format::Text => print!(
             "{}{}",
-            report::render_text(&r, a.top),
+            report::render_text(
+                &r,
+                &report::TextOptions {
+                    top: a.top,
+                    buckets: a.buckets
+                }
+            ),
             gocapture::render_text(&r.go)
         ),
     }

@@ -3,7 +3,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::model::FutexMode;
+use crate::model::{Buckets, FutexMode};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -12,9 +12,16 @@ use crate::model::FutexMode;
     about = "Scheduler latency from eBPF: run-queue delay, futex blocking and wakeups"
 )]
 pub struct Cli {
-    /// Log filter (tracing EnvFilter syntax), e.g. info, debug, schedlat=debug.
-    #[arg(long, global = true, default_value = "info", env = "SCHEDLAT_LOG")]
-    pub log: String,
+    /// Log filter (tracing EnvFilter syntax), e.g. info, debug, schedlat=debug [default:
+    /// `info` for the daemon; `warn` for the other commands, so a capture that has nothing
+    /// to warn about prints only its report; `info` adds the "capturing" line scripts can
+    /// wait for].
+    #[arg(long, global = true, env = "SCHEDLAT_LOG")]
+    pub log: Option<String>,
+    /// More detail on stderr: -v is `--log debug` (what was attached where, kernel features,
+    /// offsets), -vv `--log trace`. Overrides --log.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
     /// tracefs mount point (default: /sys/kernel/tracing, then /sys/kernel/debug/tracing).
     #[arg(long, global = true)]
     pub tracefs: Option<PathBuf>,
@@ -23,6 +30,19 @@ pub struct Cli {
     pub btf: PathBuf,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The log filter in effect: -v, else --log / SCHEDLAT_LOG, else the command's default.
+    pub fn log_filter(&self) -> &str {
+        match (self.verbose, &self.log) {
+            (1, _) => "debug",
+            (2.., _) => "trace",
+            (0, Some(f)) => f,
+            (0, None) if matches!(self.command, Command::Daemon(_)) => "info",
+            (0, None) => "warn",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -65,6 +85,10 @@ pub struct CaptureArgs {
     pub top: usize,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    /// Histogram rows in the text output: `compact` (one per power of two) or `fine` (every
+    /// kernel bucket, 8 per power of two). JSON always has every bucket.
+    #[arg(long, value_enum, default_value_t = Buckets::Compact)]
+    pub buckets: Buckets,
     /// How to trace futex waits: `syscall` (exact, with how each wait ended; slows every
     /// syscall on the host by ~125 ns while the capture runs), `sched` (from the scheduler
     /// probes: no extra cost, no return codes; x86_64) or `off`.
@@ -185,6 +209,25 @@ mod tests {
             _ => panic!("wrong subcommand"),
         }
         assert!(Cli::try_parse_from(["schedlat", "capture", "--duration", "soon"]).is_err());
+    }
+
+    #[test]
+    fn log_levels_per_command_and_verbosity() {
+        let filter = |args: &[&str]| {
+            let mut full = vec!["schedlat"];
+            full.extend_from_slice(args);
+            Cli::try_parse_from(full).unwrap().log_filter().to_string()
+        };
+        // Not read from the environment here: SCHEDLAT_LOG would change the defaults.
+        if std::env::var_os("SCHEDLAT_LOG").is_some() {
+            return;
+        }
+        assert_eq!(filter(&["capture"]), "warn");
+        assert_eq!(filter(&["daemon"]), "info");
+        assert_eq!(filter(&["capture", "-v"]), "debug");
+        assert_eq!(filter(&["-vv", "check"]), "trace");
+        assert_eq!(filter(&["--log", "info", "capture"]), "info");
+        assert_eq!(filter(&["--log", "info", "capture", "-v"]), "debug");
     }
 
     impl Cli {

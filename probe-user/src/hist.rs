@@ -160,6 +160,52 @@ impl From<&Histogram> for HistSummary {
     }
 }
 
+/// One row of a compact histogram: the values in `[lo_ns, hi_ns)`; `hi_ns` None for the
+/// overflow row (no upper bound).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OctaveRow {
+    pub lo_ns: u64,
+    pub hi_ns: Option<u64>,
+    pub count: u64,
+}
+
+/// Folds kernel buckets (as [`HistSummary::buckets`]: inclusive upper bounds) into one row per
+/// power of two, runqlat's shape. The kernel's sub-buckets never straddle a power of two, so
+/// each row is a sum of whole buckets and its bounds are exact: `[0, 2^MIN_SHIFT)`, then
+/// `[2^k, 2^(k+1))` up to `2^MAX_SHIFT`, then the overflow row. Rows run from the first
+/// non-empty one to the last, empty rows between them kept so the shape reads true.
+pub fn fold_octaves(buckets: &[BucketCount]) -> Vec<OctaveRow> {
+    use schedlat_common::hist::{MAX_SHIFT, MIN_SHIFT, SUBS};
+    const ROWS: usize = 2 + (MAX_SHIFT - MIN_SHIFT) as usize;
+    let row_of = |i: usize| match i {
+        0 => 0,
+        OVERFLOW.. => ROWS - 1,
+        _ => 1 + (i - 1) / SUBS,
+    };
+    let mut counts = [0u64; ROWS];
+    for b in buckets {
+        let r = row_of(schedlat_common::bucket_index(b.le_ns));
+        counts[r] = counts[r].saturating_add(b.count);
+    }
+    let (Some(first), Some(last)) = (
+        counts.iter().position(|&c| c > 0),
+        counts.iter().rposition(|&c| c > 0),
+    ) else {
+        return Vec::new();
+    };
+    (first..=last)
+        .map(|r| OctaveRow {
+            lo_ns: if r == 0 {
+                0
+            } else {
+                1 << (MIN_SHIFT + r as u32 - 1)
+            },
+            hi_ns: (r < ROWS - 1).then(|| 1 << (MIN_SHIFT + r as u32)),
+            count: counts[r],
+        })
+        .collect()
+}
+
 /// Human-readable duration: 1.23ms, 45.6µs, 2.00s.
 pub fn fmt_ns(ns: u64) -> String {
     let n = ns as f64;
@@ -300,6 +346,60 @@ mod tests {
             // The overflow value is only in +Inf (count minus the last bucket).
             assert_eq!(h.count() - b.last().unwrap().1, 1);
         }
+    }
+
+    #[test]
+    fn octaves_fold_whole_buckets_and_keep_the_gaps() {
+        let mut h = Histogram::default();
+        // below 1 µs, two values in [2048, 4096) from different sub-buckets, one exactly at a
+        // power of two (its own row's lower bound), one just below it, and one overflow.
+        for v in [5, 1023, 2048, 3000, 4095, 1 << 20, (1 << 20) - 1, 1 << 40] {
+            h.record(v);
+        }
+        let rows = fold_octaves(&HistSummary::from(&h).buckets);
+        assert_eq!(
+            rows.len(),
+            27,
+            "0..1µs through overflow, every row in between"
+        );
+        assert_eq!(
+            rows[0],
+            OctaveRow {
+                lo_ns: 0,
+                hi_ns: Some(1024),
+                count: 2
+            }
+        );
+        assert_eq!(rows[1].count, 0, "[1024, 2048) is empty but shown");
+        assert_eq!(
+            (rows[2].lo_ns, rows[2].hi_ns, rows[2].count),
+            (2048, Some(4096), 3)
+        );
+        let at = |lo: u64| rows.iter().find(|r| r.lo_ns == lo).unwrap().count;
+        assert_eq!(at(1 << 19), 1, "2^20 - 1 ends the row below 2^20");
+        assert_eq!(at(1 << 20), 1, "2^20 starts its own row");
+        let last = rows.last().unwrap();
+        assert_eq!(
+            (last.lo_ns, last.hi_ns, last.count),
+            (1 << MAX_SHIFT, None, 1)
+        );
+        assert_eq!(rows.iter().map(|r| r.count).sum::<u64>(), h.count());
+        // Rows tile the range: each starts where the previous ended.
+        for w in rows.windows(2) {
+            assert_eq!(w[0].hi_ns, Some(w[1].lo_ns));
+        }
+    }
+
+    #[test]
+    fn octaves_of_a_narrow_histogram_start_and_end_at_its_data() {
+        let mut h = Histogram::default();
+        h.record(5_000);
+        h.record(40_000);
+        let rows = fold_octaves(&HistSummary::from(&h).buckets);
+        // 5 µs is in [4096, 8192), 40 µs in [32768, 65536): 4 rows, 2 empty between.
+        let got: Vec<(u64, u64)> = rows.iter().map(|r| (r.lo_ns, r.count)).collect();
+        assert_eq!(got, [(4096, 1), (8192, 0), (16384, 0), (32768, 1)]);
+        assert!(fold_octaves(&[]).is_empty());
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub mod web;
 /// Parse the command line, set up logging and run the command.
 pub fn run() -> anyhow::Result<()> {
     let cli = <cli::Cli as clap::Parser>::parse();
-    init_logging(&cli.log)?;
+    init_logging(cli.log_filter())?;
     match &cli.command {
         cli::Command::Capture(a) => crate::capture::run(&cli, a),
         cli::Command::Daemon(a) => crate::daemon::run(&cli, a),

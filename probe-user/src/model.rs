@@ -40,3 +40,13 @@ impl std::fmt::Display for FutexMode {
         })
     }
 }
+
+/// Histogram rows in the text output (JSON always carries every kernel bucket).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Buckets {
+    /// One row per power of two (runqlat's shape).
+    #[default]
+    Compact,
+    /// Every kernel bucket: 8 per power of two (12.5% resolution).
+    Fine,
+}

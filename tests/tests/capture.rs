@@ -276,18 +276,19 @@ fn wakeups_between_two_threads_are_attributed_to_the_pair() {
     assert!(row["runqueue_count"].as_u64().unwrap() >= woken);
 }
 
+/// At the default log level a capture on a healthy host writes its report to stdout and
+/// nothing at all to stderr (no banner, no attach details): pipes and files get the report
+/// alone. Text histograms are compact: one row per power of two.
 #[test]
-fn host_wide_text_capture_shows_every_section() {
-    if !privileged_or_skip("host_wide_text_capture_shows_every_section") {
+fn host_wide_text_capture_shows_every_section_and_nothing_on_stderr() {
+    if !privileged_or_skip("host_wide_text_capture_shows_every_section_and_nothing_on_stderr") {
         return;
     }
     let out = schedlat_tests::run_schedlat(&["capture", "--duration", "1s", "--top", "3"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr, "", "a healthy capture printed on stderr");
     for s in [
         "Run-queue delay",
         "Futex waits",
@@ -300,6 +301,37 @@ fn host_wide_text_capture_shows_every_section() {
         assert!(text.contains(s), "missing section {s}:\n{text}");
     }
     assert!(text.contains("p50=") && text.contains("p99="));
+    // The run-queue histogram: a header, then rows whose bounds are consecutive powers of two
+    // (each row's upper bound is the next row's lower bound, twice its own lower bound).
+    let hist: Vec<&str> = text
+        .split("\nall: ")
+        .nth(1)
+        .expect("an `all:` summary")
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    assert!(
+        hist[0].contains("from .. to") && hist[0].contains("count"),
+        "{hist:?}"
+    );
+    let bounds: Vec<(&str, &str)> = hist[1..]
+        .iter()
+        .map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next().unwrap(), w.nth(1).unwrap())
+        })
+        .collect();
+    assert!(!bounds.is_empty() && bounds.len() <= 27, "{hist:#?}");
+    for w in bounds.windows(2) {
+        assert_eq!(w[0].1, w[1].0, "rows must tile: {hist:#?}");
+    }
+
+    let out = schedlat_tests::run_schedlat(&["capture", "--duration", "1s", "--format", "json"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON document");
+    assert!(v["runqueue"]["buckets"].as_array().is_some());
 }
 
 #[test]

@@ -12,7 +12,7 @@ use crate::{
 };
 
 mod text;
-pub use text::render_text;
+pub use text::{TextOptions, render_text};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct CaptureReport {
@@ -353,6 +353,7 @@ mod tests {
     use schedlat_common::{CpuStat, HistKey, TaskStat, WakeCount, WakePair};
 
     use super::*;
+    use crate::model::Buckets;
 
     fn comm(s: &str) -> [u8; COMM_LEN] {
         let mut c = [0; COMM_LEN];
@@ -480,13 +481,73 @@ mod tests {
                 capacity: 65536
             }
         );
-        assert!(render_text(&r, 5).contains("RUNQ_START 3/65536, TASK_STATS 2/65536"));
-        let text = render_text(&r, 10);
+        let opts = |top| TextOptions {
+            top,
+            buckets: Buckets::Compact,
+        };
+        assert!(render_text(&r, &opts(5)).contains("RUNQ_START 3/65536, TASK_STATS 2/65536"));
+        let text = render_text(&r, &opts(10));
         assert!(
             text.contains("Run-queue delay") && text.contains("a[10] -> b[11]"),
             "{text}"
         );
         assert!(text.contains("runq_start_map_full=3"), "{text}");
+    }
+
+    #[test]
+    fn text_histograms_compact_by_default_fine_on_request() {
+        let r = build(
+            &snapshot(),
+            ReportInput {
+                duration_s: 1.0,
+                filter: Filter::default(),
+                slow_events: &[],
+                slow_threshold_ns: 1,
+                slow_dropped_user: 0,
+            },
+            |id| format!("/cg{id}"),
+        );
+        let rows = |buckets| {
+            let t = render_text(&r, &TextOptions { top: 10, buckets });
+            // The run-queue histogram: the rows after "all:" up to the blank line.
+            let section = t.split("== Run-queue delay").nth(1).unwrap();
+            let hist = section.split("\nall:").nth(1).unwrap();
+            hist.split("\n\n")
+                .next()
+                .unwrap()
+                .lines()
+                .skip(2)
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        // 2 µs, 4 µs and 3 ms: compact is one row per power of two from [1024, 2048) to
+        // [2^21, 2^22), empty ones included; fine is the three kernel buckets.
+        let compact = rows(Buckets::Compact);
+        assert_eq!(compact.len(), 12, "{compact:#?}");
+        assert!(
+            compact[0].starts_with("      1.0µs .. 2.0µs             1 |*"),
+            "{compact:#?}"
+        );
+        assert!(
+            compact[1].contains("2.0µs .. 4.1µs             1 |*"),
+            "{compact:#?}"
+        );
+        assert!(
+            compact[2].ends_with("0 |                                        |"),
+            "empty row: {compact:#?}"
+        );
+        assert!(
+            compact[11].contains("2.10ms .. 4.19ms            1 |*"),
+            "{compact:#?}"
+        );
+        let fine = rows(Buckets::Fine);
+        assert_eq!(fine.len(), 3, "{fine:#?}");
+        assert_eq!(
+            fine.iter()
+                .map(|l| l.split_whitespace().nth(3).unwrap())
+                .collect::<Vec<_>>(),
+            ["1", "1", "1"]
+        );
     }
 
     #[test]

@@ -2,9 +2,19 @@
 use std::fmt::Write as _;
 
 use super::{CaptureReport, SlowRow, TaskRow};
-use crate::hist::{HistSummary, fmt_ns};
+use crate::{
+    hist::{HistSummary, fmt_ns, fold_octaves},
+    model::Buckets,
+};
 
-fn write_hist(out: &mut String, title: &str, h: &HistSummary, bars: bool) {
+/// How to render: rows in each top table, histogram resolution.
+#[derive(Clone, Copy, Debug)]
+pub struct TextOptions {
+    pub top: usize,
+    pub buckets: Buckets,
+}
+
+fn write_hist(out: &mut String, title: &str, h: &HistSummary, bars: Option<Buckets>) {
     let _ = writeln!(
         out,
         "{title}: count={} total={} p50={} p90={} p99={} max={}",
@@ -15,26 +25,56 @@ fn write_hist(out: &mut String, title: &str, h: &HistSummary, bars: bool) {
         fmt_ns(h.p99_ns),
         fmt_ns(h.max_ns)
     );
-    if h.count == 0 || !bars {
+    let Some(buckets) = bars.filter(|_| h.count > 0) else {
         return;
-    }
-    let peak = h.buckets.iter().map(|b| b.count).max().unwrap_or(1);
-    for b in &h.buckets {
-        let lower = schedlat_common::bucket_lower_ns(schedlat_common::bucket_index(b.le_ns));
-        let bar = ((b.count as f64 / peak as f64) * 40.0).ceil() as usize;
+    };
+    // (lower bound, upper bound as printed, count)
+    let rows: Vec<(u64, String, u64)> = match buckets {
+        Buckets::Compact => fold_octaves(&h.buckets)
+            .into_iter()
+            .map(|r| {
+                (
+                    r.lo_ns,
+                    r.hi_ns.map_or_else(|| "inf".into(), fmt_ns),
+                    r.count,
+                )
+            })
+            .collect(),
+        Buckets::Fine => h
+            .buckets
+            .iter()
+            .map(|b| {
+                let i = schedlat_common::bucket_index(b.le_ns);
+                (
+                    schedlat_common::bucket_lower_ns(i),
+                    fmt_ns(b.le_ns),
+                    b.count,
+                )
+            })
+            .collect(),
+    };
+    let peak = rows.iter().map(|r| r.2).max().unwrap_or(1).max(1);
+    let _ = writeln!(
+        out,
+        "  {:>9} .. {:<9} {:>9}  distribution",
+        "from", "to", "count"
+    );
+    for (lo, hi, count) in rows {
+        let bar = ((count as f64 / peak as f64) * 40.0).ceil() as usize;
         let _ = writeln!(
             out,
             "  {:>9} .. {:<9} {:>9} |{:<40}|",
-            fmt_ns(lower),
-            fmt_ns(b.le_ns),
-            b.count,
+            fmt_ns(lo),
+            hi,
+            count,
             "*".repeat(bar)
         );
     }
 }
 
-/// The text report, with the top `top` tasks, pairs, cgroups and slow events.
-pub fn render_text(r: &CaptureReport, top: usize) -> String {
+/// The text report, with the top `o.top` tasks, pairs, cgroups and slow events.
+pub fn render_text(r: &CaptureReport, o: &TextOptions) -> String {
+    let top = o.top;
     let mut out = String::new();
     let scope = match (&r.filter.pids.is_empty(), &r.filter.cgroup) {
         (true, None) => "host-wide".to_string(),
@@ -59,11 +99,11 @@ pub fn render_text(r: &CaptureReport, top: usize) -> String {
     };
     let _ = writeln!(out, "schedlat capture: {scope}, {:.2}s\n", r.duration_s);
     let _ = writeln!(out, "== Run-queue delay (runnable -> running) ==");
-    write_hist(&mut out, "woken", &r.runqueue.by_cause.woken, false);
-    write_hist(&mut out, "preempted", &r.runqueue.by_cause.preempted, false);
-    write_hist(&mut out, "all", &r.runqueue.all, true);
+    write_hist(&mut out, "woken", &r.runqueue.by_cause.woken, None);
+    write_hist(&mut out, "preempted", &r.runqueue.by_cause.preempted, None);
+    write_hist(&mut out, "all", &r.runqueue.all, Some(o.buckets));
     let _ = writeln!(out, "\n== Futex waits ==");
-    write_hist(&mut out, "all", &r.futex.all, true);
+    write_hist(&mut out, "all", &r.futex.all, Some(o.buckets));
     for (op, h) in &r.futex.by_op {
         let _ = writeln!(
             out,
