@@ -68,9 +68,19 @@ pub enum Format {
 
 #[derive(Debug, Args)]
 pub struct CaptureArgs {
-    /// How long to capture (e.g. 10s, 500ms, 2m). Ctrl-C stops early and still prints.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub duration: Duration,
+    /// How long to capture (e.g. 10s, 500ms, 2m) [default: 10s; with --interval, until
+    /// --count blocks or Ctrl-C]. Ctrl-C stops early and still prints.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Print a report block every INTERVAL (e.g. 1s), each covering only that interval, like
+    /// runqlat's `runqlat 1 10`; with `--format json`, one JSON object per line (JSON Lines).
+    /// Ctrl-C prints the current (shorter) block and exits.
+    #[arg(long, value_name = "INTERVAL", value_parser = parse_duration)]
+    pub interval: Option<Duration>,
+    /// With --interval: stop after N blocks.
+    #[arg(long, value_name = "N", requires = "interval",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
     /// Only tasks of this process (repeatable).
     #[arg(long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
@@ -80,9 +90,9 @@ pub struct CaptureArgs {
     /// Report run-queue delays at or above this as slow events, with who ran instead.
     #[arg(long, default_value = "10ms", value_parser = parse_duration)]
     pub threshold: Duration,
-    /// Rows in each "top" table of the text output.
-    #[arg(long, default_value_t = 10)]
-    pub top: usize,
+    /// Rows in each "top" table of the text output [default: 10; 5 per --interval block].
+    #[arg(long)]
+    pub top: Option<usize>,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
     /// Histogram rows in the text output: `compact` (one per power of two) or `fine` (every
@@ -203,12 +213,28 @@ mod tests {
             Command::Capture(a) => {
                 assert_eq!(a.pids, vec![1, 2]);
                 assert_eq!(a.format, Format::Json);
-                assert_eq!(a.duration, Duration::from_secs(10));
+                assert_eq!(a.duration, None);
+                assert_eq!((a.interval, a.count), (None, None));
                 assert_eq!(a.threshold, Duration::from_millis(10));
             }
             _ => panic!("wrong subcommand"),
         }
         assert!(Cli::try_parse_from(["schedlat", "capture", "--duration", "soon"]).is_err());
+        let c = Cli::try_parse_from(["schedlat", "capture", "--interval", "1s", "--count", "3"])
+            .unwrap();
+        match c.command {
+            Command::Capture(a) => {
+                assert_eq!(a.interval, Some(Duration::from_secs(1)));
+                assert_eq!(a.count, Some(3));
+            }
+            _ => panic!("wrong subcommand"),
+        }
+        // --count needs --interval, and at least one block.
+        assert!(Cli::try_parse_from(["schedlat", "capture", "--count", "3"]).is_err());
+        assert!(
+            Cli::try_parse_from(["schedlat", "capture", "--interval", "1s", "--count", "0"])
+                .is_err()
+        );
     }
 
     #[test]

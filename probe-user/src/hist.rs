@@ -47,6 +47,32 @@ impl Histogram {
         self.max_ns = self.max_ns.max(other.max_ns);
     }
 
+    /// What was recorded after `prev` (an earlier reading of the same cumulative histogram):
+    /// bucket counts and sum subtract exactly. The kernel keeps only a running maximum, so the
+    /// interval's maximum is exact when it rose past `prev`'s; otherwise it is bounded by the
+    /// inclusive upper bound of the highest bucket that grew (within one bucket, 12.5%).
+    pub fn since(&self, prev: &Histogram) -> Histogram {
+        let buckets: Vec<u64> = self
+            .buckets
+            .iter()
+            .zip(prev.buckets.iter().chain(std::iter::repeat(&0)))
+            .map(|(a, b)| a.saturating_sub(*b))
+            .collect();
+        let max_ns = if self.max_ns > prev.max_ns {
+            self.max_ns
+        } else {
+            buckets
+                .iter()
+                .rposition(|&c| c > 0)
+                .map_or(0, |i| inclusive_upper_ns(i).min(self.max_ns))
+        };
+        Histogram {
+            buckets,
+            sum_ns: self.sum_ns.saturating_sub(prev.sum_ns),
+            max_ns,
+        }
+    }
+
     pub fn count(&self) -> u64 {
         self.buckets.iter().fold(0u64, |a, b| a.saturating_add(*b))
     }
@@ -400,6 +426,31 @@ mod tests {
         let got: Vec<(u64, u64)> = rows.iter().map(|r| (r.lo_ns, r.count)).collect();
         assert_eq!(got, [(4096, 1), (8192, 0), (16384, 0), (32768, 1)]);
         assert!(fold_octaves(&[]).is_empty());
+    }
+
+    #[test]
+    fn since_subtracts_and_bounds_the_max() {
+        let mut before = Histogram::default();
+        before.record(50_000_000);
+        before.record(3_000);
+        let mut after = before.clone();
+        after.record(3_100);
+        after.record(10_000);
+        let d = after.since(&before);
+        assert_eq!(d.count(), 2);
+        assert_eq!(d.sum_ns, 13_100);
+        // The running max (50 ms) is from before: the interval's max is its highest bucket's
+        // upper bound, which holds 10 µs.
+        assert!(
+            d.max_ns >= 10_000 && d.max_ns < 10_000 * 9 / 8 + 1,
+            "{}",
+            d.max_ns
+        );
+        assert_eq!(bucket_index(d.max_ns), bucket_index(10_000));
+        // A new maximum is exact.
+        after.record(60_000_000);
+        assert_eq!(after.since(&before).max_ns, 60_000_000);
+        assert_eq!(after.since(&after), Histogram::default());
     }
 
     #[test]

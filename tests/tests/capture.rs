@@ -539,3 +539,185 @@ fn a_process_exiting_mid_capture_is_reported_without_errors() {
     assert_eq!(report["dropped"]["total"], 0);
     assert!(report["maps"]["RUNQ_START"]["entries"].as_u64().unwrap() <= 64);
 }
+
+/// The rows of `tid` in every interval line.
+fn task_rows(lines: &[Value], tid: u64) -> Vec<&Value> {
+    lines
+        .iter()
+        .filter_map(|l| {
+            l["tasks"]
+                .as_array()
+                .expect("tasks array")
+                .iter()
+                .find(|t| t["tid"].as_u64() == Some(tid))
+        })
+        .collect()
+}
+
+fn sum(rows: &[&Value], key: &str) -> u64 {
+    rows.iter().map(|r| r[key].as_u64().unwrap()).sum()
+}
+
+/// Each line of `stdout` as JSON (JSON Lines); panics naming a line that is not whole.
+fn json_lines(stdout: &str) -> Vec<Value> {
+    assert!(stdout.ends_with('\n'), "output ends mid-line: {stdout:?}");
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect()
+}
+
+/// `--interval 1s --count 3 --format json`: three JSON lines, back to back in time, each
+/// covering only its interval, which add up to what two workloads did inside the capture:
+/// futex waits exactly (the workload's own count), run-queue delay of two threads sharing a
+/// CPU against schedstat.
+#[test]
+fn interval_json_lines_add_up_to_the_workloads() {
+    if !privileged_or_skip("interval_json_lines_add_up_to_the_workloads") {
+        return;
+    }
+    // Both run for over 1 s, so each crosses at least one interval boundary, and end well
+    // inside the 3 s the capture covers.
+    let mut spin = Workload::start(&["spin", "--threads", "2", "--cpu", "0", "--secs", "1.2"]);
+    let (timeouts, woken) = (12u64, 4u64);
+    let mut futex = Workload::start(&[
+        "futex",
+        "--timeouts",
+        &timeouts.to_string(),
+        "--woken",
+        &woken.to_string(),
+        "--wait-ms",
+        "100",
+    ]);
+    let (sp, fp) = (spin.pid.to_string(), futex.pid.to_string());
+    let cap = Schedlat::capture(&[
+        "--interval",
+        "1s",
+        "--count",
+        "3",
+        "--format",
+        "json",
+        "--pid",
+        &sp,
+        "--pid",
+        &fp,
+    ]);
+    cap.wait_ready(Duration::from_secs(60));
+    let ready = std::time::Instant::now();
+    spin.go();
+    futex.go();
+    let (spun, waited) = (spin.result(), futex.result());
+    let done = ready.elapsed();
+    let (status, stdout, stderr) = cap.wait();
+    assert!(status.success(), "capture failed: {status}\n{stderr}");
+    assert!(
+        done < Duration::from_millis(2900),
+        "the workloads took {done:?}, beyond the 3 s the capture covers: cannot judge the sums"
+    );
+    let lines = json_lines(&stdout);
+    assert_eq!(lines.len(), 3, "--count 3: {stdout}");
+    for (i, l) in lines.iter().enumerate() {
+        for k in [
+            "runqueue",
+            "futex",
+            "tasks",
+            "cgroups",
+            "slow_events",
+            "dropped",
+        ] {
+            assert!(l.get(k).is_some(), "line {i} lacks {k}");
+        }
+        let (start, end) = (
+            l["interval_start"].as_str().unwrap(),
+            l["interval_end"].as_str().unwrap(),
+        );
+        assert!(start < end, "line {i}: {start} .. {end}");
+        if i > 0 {
+            assert_eq!(
+                lines[i - 1]["interval_end"].as_str().unwrap(),
+                start,
+                "intervals are back to back"
+            );
+        }
+        // Each line is its own interval: its histogram adds up to its own count.
+        let rq = &l["runqueue"];
+        let in_buckets: u64 = rq["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(in_buckets, rq["count"].as_u64().unwrap(), "line {i}");
+        assert_eq!(l["dropped"]["total"], 0, "line {i}");
+    }
+
+    let waiter = waited["waiter_tid"].as_u64().unwrap();
+    let rows = task_rows(&lines, waiter);
+    let waits = timeouts + woken - waited["eagain"].as_u64().unwrap();
+    eprintln!(
+        "figure: interval futex waits {} over {} lines, {waits} made",
+        sum(&rows, "futex_count"),
+        rows.len()
+    );
+    assert_eq!(sum(&rows, "futex_count"), waits, "{rows:?}");
+    assert_eq!(sum(&rows, "futex_timeouts"), timeouts, "{rows:?}");
+    assert!(
+        rows.len() >= 2,
+        "1.2 s of waits fit in one 1 s interval? {rows:?}"
+    );
+
+    for t in spun["threads"].as_array().unwrap() {
+        let tid = t["tid"].as_u64().unwrap();
+        let oracle = t["run_delay_ns"].as_u64().unwrap() as f64;
+        let rows = task_rows(&lines, tid);
+        let got = sum(&rows, "runqueue_sum_ns") as f64;
+        let err = (got - oracle).abs() / oracle;
+        eprintln!(
+            "figure: interval run-queue delay tid {tid}: {got:.0} ns over {} lines, schedstat {oracle:.0} ns, error {:.3}%",
+            rows.len(),
+            err * 100.0
+        );
+        assert!(oracle > 0.3e9, "tid {tid}: the threads did not contend");
+        assert!(
+            rows.len() >= 2,
+            "1.2 s of spinning in one 1 s interval? {rows:?}"
+        );
+        assert!(
+            err <= 0.02,
+            "tid {tid}: {got} ns summed over the lines vs schedstat {oracle} ns"
+        );
+    }
+}
+
+/// SIGINT in the middle of an interval ends the capture at once with exit 0, after printing
+/// the interval cut short: every line on stdout is a whole JSON object. Text blocks carry
+/// their time range.
+#[test]
+fn interval_capture_stops_on_sigint_with_whole_blocks() {
+    if !privileged_or_skip("interval_capture_stops_on_sigint_with_whole_blocks") {
+        return;
+    }
+    let cap = Schedlat::capture(&["--interval", "1s", "--format", "json"]);
+    cap.wait_ready(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(2500));
+    let (status, stdout, stderr) = cap.stop();
+    assert!(status.success(), "SIGINT: {status}\n{stderr}");
+    let lines = json_lines(&stdout);
+    assert!(lines.len() >= 2, "{stdout}");
+    let last = lines.last().unwrap()["duration_s"].as_f64().unwrap();
+    assert!(
+        last < 1.0,
+        "the last block was cut short by SIGINT: {last} s"
+    );
+
+    let out = schedlat_tests::run_schedlat(&["capture", "--interval", "0.5s", "--count", "2"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let headers: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("schedlat capture: host-wide, "))
+        .collect();
+    assert_eq!(headers.len(), 2, "{text}");
+    assert!(headers.iter().all(|h| h.contains(" to ")), "{headers:?}");
+}

@@ -11,12 +11,18 @@ use crate::{
     probes::RawSnapshot,
 };
 
+mod delta;
 mod text;
+pub use delta::since;
 pub use text::{TextOptions, render_text};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct CaptureReport {
     pub duration_s: f64,
+    /// Wall-clock bounds of what the report covers (RFC 3339, UTC, milliseconds): the whole
+    /// capture, or one interval of `--interval`.
+    pub interval_start: String,
+    pub interval_end: String,
     pub filter: Filter,
     pub runqueue: RunqSection,
     pub futex: FutexSection,
@@ -169,6 +175,8 @@ pub fn cause_name(cause: u32) -> &'static str {
 /// Inputs besides the maps.
 pub struct ReportInput<'a> {
     pub duration_s: f64,
+    /// Wall-clock start and end of what the maps cover.
+    pub window: (std::time::SystemTime, std::time::SystemTime),
     pub filter: Filter,
     pub slow_events: &'a [SlowEvent],
     pub slow_threshold_ns: u64,
@@ -312,6 +320,8 @@ pub fn build(
 
     CaptureReport {
         duration_s: input.duration_s,
+        interval_start: humantime::format_rfc3339_millis(input.window.0).to_string(),
+        interval_end: humantime::format_rfc3339_millis(input.window.1).to_string(),
         filter: input.filter,
         runqueue: RunqSection {
             all: HistSummary::from(&all),
@@ -452,6 +462,7 @@ mod tests {
             &snap,
             ReportInput {
                 duration_s: 1.0,
+                window: (std::time::UNIX_EPOCH, std::time::UNIX_EPOCH),
                 filter: Filter::default(),
                 slow_events: &[],
                 slow_threshold_ns: 10_000_000,
@@ -484,6 +495,7 @@ mod tests {
         let opts = |top| TextOptions {
             top,
             buckets: Buckets::Compact,
+            block: false,
         };
         assert!(render_text(&r, &opts(5)).contains("RUNQ_START 3/65536, TASK_STATS 2/65536"));
         let text = render_text(&r, &opts(10));
@@ -500,6 +512,7 @@ mod tests {
             &snapshot(),
             ReportInput {
                 duration_s: 1.0,
+                window: (std::time::UNIX_EPOCH, std::time::UNIX_EPOCH),
                 filter: Filter::default(),
                 slow_events: &[],
                 slow_threshold_ns: 1,
@@ -508,7 +521,14 @@ mod tests {
             |id| format!("/cg{id}"),
         );
         let rows = |buckets| {
-            let t = render_text(&r, &TextOptions { top: 10, buckets });
+            let t = render_text(
+                &r,
+                &TextOptions {
+                    top: 10,
+                    buckets,
+                    block: false,
+                },
+            );
             // The run-queue histogram: the rows after "all:" up to the blank line.
             let section = t.split("== Run-queue delay").nth(1).unwrap();
             let hist = section.split("\nall:").nth(1).unwrap();
@@ -551,11 +571,53 @@ mod tests {
     }
 
     #[test]
+    fn interval_blocks_are_timestamped_and_short() {
+        let r = build(
+            &snapshot(),
+            ReportInput {
+                duration_s: 1.0,
+                window: (
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_000),
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(2_000),
+                ),
+                filter: Filter::default(),
+                slow_events: &[],
+                slow_threshold_ns: 1,
+                slow_dropped_user: 0,
+            },
+            |id| format!("/cg{id}"),
+        );
+        assert_eq!(r.interval_start, "1970-01-01T00:00:01.000Z");
+        let t = render_text(
+            &r,
+            &TextOptions {
+                top: 5,
+                buckets: Buckets::Compact,
+                block: true,
+            },
+        );
+        assert!(
+            t.starts_with(
+                "schedlat capture: host-wide, 1970-01-01T00:00:01.000Z to \
+                 1970-01-01T00:00:02.000Z (1.00s)\n"
+            ),
+            "{t}"
+        );
+        for kept in ["Run-queue delay", "Futex waits", "Top cgroups", "Top tasks"] {
+            assert!(t.contains(kept), "{kept}: {t}");
+        }
+        for left_out in ["Per CPU", "Top wakeups", "maps (entries"] {
+            assert!(!t.contains(left_out), "{left_out}: {t}");
+        }
+    }
+
+    #[test]
     fn json_has_the_documented_keys() {
         let r = build(
             &snapshot(),
             ReportInput {
                 duration_s: 1.0,
+                window: (std::time::UNIX_EPOCH, std::time::UNIX_EPOCH),
                 filter: Filter::default(),
                 slow_events: &[],
                 slow_threshold_ns: 1,
@@ -566,6 +628,8 @@ mod tests {
         let v = serde_json::to_value(&r).unwrap();
         for k in [
             "duration_s",
+            "interval_start",
+            "interval_end",
             "runqueue",
             "futex",
             "tasks",

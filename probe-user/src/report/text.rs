@@ -12,6 +12,9 @@ use crate::{
 pub struct TextOptions {
     pub top: usize,
     pub buckets: Buckets,
+    /// One block of `--interval`: timestamped, and only the summaries, histograms and top
+    /// tables (no per-CPU, wakeup or map tables).
+    pub block: bool,
 }
 
 fn write_hist(out: &mut String, title: &str, h: &HistSummary, bars: Option<Buckets>) {
@@ -97,48 +100,23 @@ pub fn render_text(r: &CaptureReport, o: &TextOptions) -> String {
             s.join(", ")
         }
     };
-    let _ = writeln!(out, "schedlat capture: {scope}, {:.2}s\n", r.duration_s);
+    if o.block {
+        let _ = writeln!(
+            out,
+            "schedlat capture: {scope}, {} to {} ({:.2}s)\n",
+            r.interval_start, r.interval_end, r.duration_s
+        );
+    } else {
+        let _ = writeln!(out, "schedlat capture: {scope}, {:.2}s\n", r.duration_s);
+    }
     let _ = writeln!(out, "== Run-queue delay (runnable -> running) ==");
     write_hist(&mut out, "woken", &r.runqueue.by_cause.woken, None);
     write_hist(&mut out, "preempted", &r.runqueue.by_cause.preempted, None);
     write_hist(&mut out, "all", &r.runqueue.all, Some(o.buckets));
     let _ = writeln!(out, "\n== Futex waits ==");
     write_hist(&mut out, "all", &r.futex.all, Some(o.buckets));
-    for (op, h) in &r.futex.by_op {
-        let _ = writeln!(
-            out,
-            "  {op}: count={} p50={} p99={} max={}",
-            h.count,
-            fmt_ns(h.p50_ns),
-            fmt_ns(h.p99_ns),
-            fmt_ns(h.max_ns)
-        );
-    }
-    let outcomes: Vec<String> = r
-        .futex
-        .outcomes
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    let _ = writeln!(out, "  ended: {}", outcomes.join(" "));
-
-    let _ = writeln!(out, "\n== Per CPU ==");
-    let _ = writeln!(
-        out,
-        "  {:>4} {:>9} {:>11} {:>10} {:>9} {:>9}",
-        "CPU", "WAITS", "TOTAL", "MAX", "WOKEN", "PREEMPTED"
-    );
-    for c in &r.per_cpu {
-        let _ = writeln!(
-            out,
-            "  {:>4} {:>9} {:>11} {:>10} {:>9} {:>9}",
-            c.cpu,
-            c.count,
-            fmt_ns(c.sum_ns),
-            fmt_ns(c.max_ns),
-            c.woken_count,
-            c.preempted_count
-        );
+    if !o.block {
+        write_details(&mut out, r);
     }
 
     let _ = writeln!(out, "\n== Top cgroups by run-queue delay ==");
@@ -168,7 +146,8 @@ pub fn render_text(r: &CaptureReport, o: &TextOptions) -> String {
         "COMM",
         "WAITS",
         "RUNQ TOTAL",
-        "RUNQ MAX",
+        // A block's maxima are bounds unless they rose in it (report::since); averages are exact.
+        if o.block { "RUNQ AVG" } else { "RUNQ MAX" },
         "PREEMPTED",
         "FUTEX",
         "FUTEX TOTAL"
@@ -190,7 +169,11 @@ pub fn render_text(r: &CaptureReport, o: &TextOptions) -> String {
             t.comm,
             t.runqueue_count,
             fmt_ns(t.runqueue_sum_ns),
-            fmt_ns(t.runqueue_max_ns),
+            fmt_ns(if o.block {
+                t.runqueue_sum_ns / t.runqueue_count.max(1)
+            } else {
+                t.runqueue_max_ns
+            }),
             pre,
             t.futex_count,
             fmt_ns(t.futex_sum_ns)
@@ -203,25 +186,25 @@ pub fn render_text(r: &CaptureReport, o: &TextOptions) -> String {
         for t in by_futex.iter().take(top) {
             let _ = writeln!(
                 out,
-                "  {:>8} {:>8} {:<16} waits={:<7} total={:<10} max={:<10} timeouts={}",
+                "  {:>8} {:>8} {:<16} waits={:<7} total={:<10} {}={:<10} timeouts={}",
                 t.tid,
                 t.pid,
                 t.comm,
                 t.futex_count,
                 fmt_ns(t.futex_sum_ns),
-                fmt_ns(t.futex_max_ns),
+                if o.block { "avg" } else { "max" },
+                fmt_ns(if o.block {
+                    t.futex_sum_ns / t.futex_count.max(1)
+                } else {
+                    t.futex_max_ns
+                }),
                 t.futex_timeouts
             );
         }
     }
 
-    let _ = writeln!(out, "\n== Top wakeups (waker -> wakee) ==");
-    for w in r.wakeups.iter().take(top) {
-        let _ = writeln!(
-            out,
-            "  {:>9}  {}[{}] -> {}[{}]",
-            w.count, w.waker_comm, w.waker_tid, w.wakee_comm, w.wakee_tid
-        );
+    if !o.block {
+        write_wakeups(&mut out, r, top);
     }
 
     let _ = writeln!(
@@ -261,11 +244,64 @@ pub fn render_text(r: &CaptureReport, o: &TextOptions) -> String {
             lost.join(" ")
         }
     );
-    let maps: Vec<String> = r
-        .maps
-        .iter()
-        .map(|(k, m)| format!("{k} {}/{}", m.entries, m.capacity))
-        .collect();
-    let _ = writeln!(out, "maps (entries/capacity): {}", maps.join(", "));
+    if !o.block {
+        let maps: Vec<String> = r
+            .maps
+            .iter()
+            .map(|(k, m)| format!("{k} {}/{}", m.entries, m.capacity))
+            .collect();
+        let _ = writeln!(out, "maps (entries/capacity): {}", maps.join(", "));
+    }
     out
+}
+
+/// The tables only the whole-capture report has: futex waits by op and outcome, per CPU.
+fn write_details(out: &mut String, r: &CaptureReport) {
+    for (op, h) in &r.futex.by_op {
+        let _ = writeln!(
+            out,
+            "  {op}: count={} p50={} p99={} max={}",
+            h.count,
+            fmt_ns(h.p50_ns),
+            fmt_ns(h.p99_ns),
+            fmt_ns(h.max_ns)
+        );
+    }
+    let outcomes: Vec<String> = r
+        .futex
+        .outcomes
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let _ = writeln!(out, "  ended: {}", outcomes.join(" "));
+
+    let _ = writeln!(out, "\n== Per CPU ==");
+    let _ = writeln!(
+        out,
+        "  {:>4} {:>9} {:>11} {:>10} {:>9} {:>9}",
+        "CPU", "WAITS", "TOTAL", "MAX", "WOKEN", "PREEMPTED"
+    );
+    for c in &r.per_cpu {
+        let _ = writeln!(
+            out,
+            "  {:>4} {:>9} {:>11} {:>10} {:>9} {:>9}",
+            c.cpu,
+            c.count,
+            fmt_ns(c.sum_ns),
+            fmt_ns(c.max_ns),
+            c.woken_count,
+            c.preempted_count
+        );
+    }
+}
+
+fn write_wakeups(out: &mut String, r: &CaptureReport, top: usize) {
+    let _ = writeln!(out, "\n== Top wakeups (waker -> wakee) ==");
+    for w in r.wakeups.iter().take(top) {
+        let _ = writeln!(
+            out,
+            "  {:>9}  {}[{}] -> {}[{}]",
+            w.count, w.waker_comm, w.waker_tid, w.wakee_comm, w.wakee_tid
+        );
+    }
 }
