@@ -721,3 +721,53 @@ fn interval_capture_stops_on_sigint_with_whole_blocks() {
     assert_eq!(headers.len(), 2, "{text}");
     assert!(headers.iter().all(|h| h.contains(" to ")), "{headers:?}");
 }
+
+/// Timed-out futex waits are woken by their timer's interrupt: on an idle CPU the idle task
+/// (pid 0) is current then, and the report says `(irq on an idle CPU)` instead of naming the
+/// idle task (`swapper/N`) as the waker. Every timeout is a wakeup of the waiter.
+#[test]
+fn timer_wakeups_on_an_idle_cpu_are_labelled_as_interrupts() {
+    if !privileged_or_skip("timer_wakeups_on_an_idle_cpu_are_labelled_as_interrupts") {
+        return;
+    }
+    let timeouts = 20u64;
+    let (result, report) = capture_workload(
+        &[
+            "futex",
+            "--timeouts",
+            &timeouts.to_string(),
+            "--woken",
+            "0",
+            "--wait-ms",
+            "5",
+        ],
+        &[],
+    );
+    let waiter = result["waiter_tid"].as_u64().unwrap();
+    let pairs: Vec<&Value> = report["wakeups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["wakee_tid"].as_u64() == Some(waiter))
+        .collect();
+    let total: u64 = pairs.iter().map(|w| w["count"].as_u64().unwrap()).sum();
+    assert!(
+        total >= timeouts,
+        "{timeouts} timeouts, {total} wakeups: {pairs:?}"
+    );
+    let irq: u64 = pairs
+        .iter()
+        .filter(|w| w["waker_tid"] == 0)
+        .map(|w| {
+            assert_eq!(w["waker_comm"], "(irq on an idle CPU)", "{w}");
+            w["count"].as_u64().unwrap()
+        })
+        .sum();
+    eprintln!(
+        "figure: {irq} of {total} wakeups of the timed-out waiter from an idle CPU's interrupt"
+    );
+    for w in report["wakeups"].as_array().unwrap() {
+        let comm = w["waker_comm"].as_str().unwrap();
+        assert!(!comm.starts_with("swapper/"), "idle task as a waker: {w}");
+    }
+}

@@ -148,6 +148,12 @@ pub fn comm_str(c: &[u8; COMM_LEN]) -> String {
     String::from_utf8_lossy(&c[..end]).into_owned()
 }
 
+/// The waker of a wakeup raised while a CPU's idle task was current (pid 0): an interrupt
+/// (a timer expiring, a device, a softirq run on the way out of one) on an idle CPU. The
+/// kernel's comm for it, `swapper/N`, names the idle task of whichever CPU was first seen; all
+/// CPUs' idle tasks share pid 0 and so one row.
+pub const IRQ_ON_IDLE_CPU: &str = "(irq on an idle CPU)";
+
 pub fn futex_op_name(op: u32) -> String {
     match op {
         futex_op::WAIT => "wait".into(),
@@ -277,7 +283,11 @@ pub fn build(
         .iter()
         .map(|(k, v)| WakeRow {
             waker_tid: k.waker_tid,
-            waker_comm: comm_str(&v.waker_comm),
+            waker_comm: if k.waker_tid == 0 {
+                IRQ_ON_IDLE_CPU.to_string()
+            } else {
+                comm_str(&v.waker_comm)
+            },
             wakee_tid: k.wakee_tid,
             wakee_comm: comm_str(&v.wakee_comm),
             count: v.count,
@@ -430,17 +440,30 @@ mod tests {
                     },
                 ),
             ],
-            wake_pairs: vec![(
-                WakePair {
-                    waker_tid: 10,
-                    wakee_tid: 11,
-                },
-                WakeCount {
-                    count: 4,
-                    waker_comm: comm("a"),
-                    wakee_comm: comm("b"),
-                },
-            )],
+            wake_pairs: vec![
+                (
+                    WakePair {
+                        waker_tid: 10,
+                        wakee_tid: 11,
+                    },
+                    WakeCount {
+                        count: 4,
+                        waker_comm: comm("a"),
+                        wakee_comm: comm("b"),
+                    },
+                ),
+                (
+                    WakePair {
+                        waker_tid: 0,
+                        wakee_tid: 11,
+                    },
+                    WakeCount {
+                        count: 2,
+                        waker_comm: comm("swapper/1"),
+                        wakee_comm: comm("b"),
+                    },
+                ),
+            ],
             cpus: vec![
                 CpuStat {
                     count: [2, 1],
@@ -504,6 +527,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("runq_start_map_full=3"), "{text}");
+        // Woken from an interrupt on an idle CPU (the idle task, pid 0, was current): said so,
+        // not as the idle task waking someone.
+        assert_eq!(r.wakeups[1].waker_comm, IRQ_ON_IDLE_CPU);
+        assert!(
+            text.contains("        2  (irq on an idle CPU) -> b[11]\n")
+                && !text.contains("swapper"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -300,8 +300,15 @@ fn write_wakeups(out: &mut String, r: &CaptureReport, top: usize) {
     for w in r.wakeups.iter().take(top) {
         let _ = writeln!(
             out,
-            "  {:>9}  {}[{}] -> {}[{}]",
-            w.count, w.waker_comm, w.waker_tid, w.wakee_comm, w.wakee_tid
+            "  {:>9}  {} -> {}[{}]",
+            w.count,
+            if w.waker_tid == 0 {
+                w.waker_comm.clone()
+            } else {
+                format!("{}[{}]", w.waker_comm, w.waker_tid)
+            },
+            w.wakee_comm,
+            w.wakee_tid
         );
     }
 }
