@@ -97,6 +97,15 @@ pub fn run(cli: &Cli, a: &CaptureArgs) -> anyhow::Result<()> {
         return Err(UsageError("--go needs --pid PID (the Go program to read)".into()).into());
     }
     opts.go_events = go.iter().find_map(|g| g.probe_target());
+    // Created before attaching: a path that cannot be written fails now, not after the capture.
+    let html = match &a.html {
+        Some(p) => Some((
+            std::fs::File::create(p)
+                .map_err(|e| UsageError(format!("--html: cannot create {}: {e}", p.display())))?,
+            p.as_path(),
+        )),
+        None => None,
+    };
     let probes = Probes::load(&opts).context("starting the capture")?;
     if let Some(t) = &opts.go_events {
         debug!(pid = t.pid, site = %t.site, file_offset = t.file_offset, "Go uprobe attached");
@@ -145,7 +154,7 @@ pub fn run(cli: &Cli, a: &CaptureArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(capture_blocks(&ctx, probes, go, names, total))
+    rt.block_on(capture_blocks(&ctx, probes, go, names, total, html))
 }
 
 /// What every block of a capture shares.
@@ -159,27 +168,48 @@ struct BlockContext<'a> {
 
 /// Run the capture: one block for the whole duration, or one per `--interval` until
 /// `--count`, the duration, SIGINT or SIGTERM (which end the current block early and print
-/// it: every block printed is whole).
+/// it: every block printed is whole). With `--html`, the maps are also read once per column
+/// of the heatmaps (the interval, or an automatic one) and the page is written at the end.
 async fn capture_blocks(
     ctx: &BlockContext<'_>,
     probes: Probes,
     mut go: Vec<gocapture::GoStart>,
     mut names: CgroupNames,
     total: Option<Duration>,
+    html: Option<(std::fs::File, &std::path::Path)>,
 ) -> anyhow::Result<()> {
     let a = ctx.a;
     let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
     let started = tokio::time::Instant::now();
+    let started_wall = SystemTime::now();
     let end = total.map(|d| started + d);
+    // Heatmap columns: the blocks, or ~120 columns of at least 1 s over the duration.
+    let column = a.interval.or_else(|| {
+        a.html.as_ref().map(|_| {
+            total
+                .map_or(Duration::from_secs(1), |d| d / 120)
+                .max(Duration::from_secs(1))
+        })
+    });
+    let mut timeline = a
+        .html
+        .as_ref()
+        .map(|_| report::timeline::Timeline::new(ctx.opts.go_events.is_some()));
     let mut probes = Some(probes);
     let mut prev = RawSnapshot::default();
-    let mut block_start = (started, SystemTime::now());
+    let mut block_start = (started, started_wall);
     let mut blocks = 0u64;
+    // Slow events of the whole capture (its report, the page), bounded as one block's are.
+    let mut all_slow = Vec::new();
+    let mut all_slow_dropped = 0;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
-    loop {
+    let mut stdout_gone = false;
+    // Where the last block ended (the snapshot): the end of the whole capture.
+    let mut finished;
+    let now = loop {
         let p = probes.as_mut().expect("attached until the last block");
-        let block_end = match (a.interval, end) {
+        let block_end = match (column, end) {
             (Some(i), Some(e)) => (block_start.0 + i).min(e),
             (Some(i), None) => block_start.0 + i,
             (None, e) => e.expect("a duration without --interval"),
@@ -198,46 +228,100 @@ async fn capture_blocks(
         slow_dropped += p.drain_slow_events(&mut slow, a.max_slow_events);
         p.flush_kernel_log();
         let now = p.snapshot().context("reading the capture maps")?;
-        let window = (block_start.1, SystemTime::now());
-        let elapsed = block_start.0.elapsed();
+        // The block ends at this reading (not after the detaching below, which takes time).
+        let at = (tokio::time::Instant::now(), SystemTime::now());
+        let window = (block_start.1, at.1);
+        let elapsed = at.0 - block_start.0;
         blocks += 1;
         let last = stop
-            || a.interval.is_none()
+            || column.is_none()
             || a.count.is_some_and(|n| blocks >= n)
-            || end.is_some_and(|e| tokio::time::Instant::now() + Duration::from_millis(1) >= e);
+            || end.is_some_and(|e| at.0 + Duration::from_millis(1) >= e);
         if last {
             drop(probes.take()); // detach before the (possibly slow) output
         }
-        block_start = (tokio::time::Instant::now(), window.1);
+        block_start = at;
+        finished = at;
         let snap = report::since(&now, &prev);
+        if let Some(t) = timeline.as_mut() {
+            t.push(report::timeline::Column::of(&snap, window));
+        }
+        if a.interval.is_some() {
+            let r = build_block(
+                ctx,
+                &snap,
+                &mut go,
+                &mut names,
+                BlockInput {
+                    elapsed,
+                    window,
+                    slow: &slow,
+                    slow_dropped,
+                },
+            )?;
+            let out = match a.format {
+                // JSON Lines: one object per line.
+                Format::Json => serde_json::to_string(&r)? + "\n",
+                Format::Text => format!(
+                    "{}{}\n",
+                    report::render_text(&r, &ctx.text),
+                    gocapture::render_text(&r.go)
+                ),
+            };
+            // A closed pipe (`| head`) ends the capture like Ctrl-C.
+            stdout_gone = !emit(&out)?;
+        }
+        all_slow_dropped += slow_dropped;
+        let room = a.max_slow_events.saturating_sub(all_slow.len());
+        all_slow_dropped += slow.len().saturating_sub(room) as u64;
+        all_slow.extend(slow.into_iter().take(room));
+        if last || stdout_gone {
+            drop(probes.take());
+            break now;
+        }
         prev = now;
-        let r = build_block(
-            ctx,
-            &snap,
-            &mut go,
-            &mut names,
-            BlockInput {
-                elapsed,
-                window,
-                slow: &slow,
-                slow_dropped,
-            },
-        )?;
-        let out = match (a.format, a.interval.is_some()) {
-            (Format::Json, false) => serde_json::to_string_pretty(&r)? + "\n",
-            // JSON Lines: one object per line.
-            (Format::Json, true) => serde_json::to_string(&r)? + "\n",
-            (Format::Text, interval) => format!(
-                "{}{}{}",
-                report::render_text(&r, &ctx.text),
-                gocapture::render_text(&r.go),
-                if interval { "\n" } else { "" }
+    };
+
+    // The whole capture: the report (without --interval) and the page.
+    if a.interval.is_some() && a.html.is_none() {
+        return Ok(());
+    }
+    // Go sections cover the whole capture only when no block has taken a reading.
+    let mut no_go = Vec::new();
+    let whole = build_block(
+        ctx,
+        &now,
+        if a.interval.is_none() {
+            &mut go
+        } else {
+            &mut no_go
+        },
+        &mut names,
+        BlockInput {
+            elapsed: finished.0 - started,
+            window: (started_wall, finished.1),
+            slow: &all_slow,
+            slow_dropped: all_slow_dropped,
+        },
+    )?;
+    if let (Some((mut file, path)), Some(mut t)) = (html, timeline) {
+        t.finish();
+        use std::io::Write as _;
+        file.write_all(report::render_html(&whole, &t).as_bytes())
+            .with_context(|| format!("writing the HTML report to {}", path.display()))?;
+    }
+    if a.interval.is_none() {
+        let out = match a.format {
+            Format::Json => serde_json::to_string_pretty(&whole)? + "\n",
+            Format::Text => format!(
+                "{}{}",
+                report::render_text(&whole, &ctx.text),
+                gocapture::render_text(&whole.go)
             ),
         };
-        if !emit(&out)? || last {
-            return Ok(());
-        }
+        emit(&out)?;
     }
+    Ok(())
 }
 
 struct BlockInput<'a> {

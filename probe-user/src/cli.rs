@@ -77,6 +77,11 @@ pub struct CaptureArgs {
     /// Ctrl-C prints the current (shorter) block and exits.
     #[arg(long, value_name = "INTERVAL", value_parser = parse_duration)]
     pub interval: Option<Duration>,
+    /// Also write a self-contained HTML report to FILE (no network needed to view it):
+    /// latency heatmaps over the capture's intervals (--interval, or about 120 columns of at
+    /// least 1 s) beside the summary tables.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
     /// With --interval: stop after N blocks.
     #[arg(long, value_name = "N", requires = "interval",
           value_parser = clap::value_parser!(u64).range(1..))]

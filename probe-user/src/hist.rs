@@ -195,22 +195,53 @@ pub struct OctaveRow {
     pub count: u64,
 }
 
-/// Folds kernel buckets (as [`HistSummary::buckets`]: inclusive upper bounds) into one row per
-/// power of two, runqlat's shape. The kernel's sub-buckets never straddle a power of two, so
-/// each row is a sum of whole buckets and its bounds are exact: `[0, 2^MIN_SHIFT)`, then
-/// `[2^k, 2^(k+1))` up to `2^MAX_SHIFT`, then the overflow row. Rows run from the first
-/// non-empty one to the last, empty rows between them kept so the shape reads true.
-pub fn fold_octaves(buckets: &[BucketCount]) -> Vec<OctaveRow> {
-    use schedlat_common::hist::{MAX_SHIFT, MIN_SHIFT, SUBS};
-    const ROWS: usize = 2 + (MAX_SHIFT - MIN_SHIFT) as usize;
-    let row_of = |i: usize| match i {
+/// Rows of a compact histogram: below 2^MIN_SHIFT, one per power of two up to 2^MAX_SHIFT,
+/// and the overflow.
+pub const OCTAVE_ROWS: usize =
+    2 + (schedlat_common::hist::MAX_SHIFT - schedlat_common::hist::MIN_SHIFT) as usize;
+
+/// The compact row of kernel bucket `i`. The kernel's sub-buckets never straddle a power of
+/// two, so a row is a sum of whole buckets and its bounds ([`octave_bounds`]) are exact.
+pub fn octave_of_bucket(i: usize) -> usize {
+    match i {
         0 => 0,
-        OVERFLOW.. => ROWS - 1,
-        _ => 1 + (i - 1) / SUBS,
-    };
-    let mut counts = [0u64; ROWS];
+        OVERFLOW.. => OCTAVE_ROWS - 1,
+        _ => 1 + (i - 1) / schedlat_common::hist::SUBS,
+    }
+}
+
+/// `[lo, hi)` of compact row `r`: `[0, 2^MIN_SHIFT)`, then `[2^k, 2^(k+1))`; `hi` None for
+/// the overflow row.
+pub fn octave_bounds(r: usize) -> (u64, Option<u64>) {
+    use schedlat_common::hist::MIN_SHIFT;
+    (
+        if r == 0 {
+            0
+        } else {
+            1 << (MIN_SHIFT + r as u32 - 1)
+        },
+        (r < OCTAVE_ROWS - 1).then(|| 1 << (MIN_SHIFT + r as u32)),
+    )
+}
+
+/// A histogram's counts per compact row.
+pub fn octave_counts(h: &Histogram) -> [u64; OCTAVE_ROWS] {
+    let mut counts = [0u64; OCTAVE_ROWS];
+    for (i, &c) in h.buckets.iter().enumerate() {
+        let r = octave_of_bucket(i);
+        counts[r] = counts[r].saturating_add(c);
+    }
+    counts
+}
+
+/// Folds kernel buckets (as [`HistSummary::buckets`]: inclusive upper bounds) into one row per
+/// power of two, runqlat's shape: `[0, 2^MIN_SHIFT)`, then `[2^k, 2^(k+1))` up to
+/// `2^MAX_SHIFT`, then the overflow row. Rows run from the first non-empty one to the last,
+/// empty rows between them kept so the shape reads true.
+pub fn fold_octaves(buckets: &[BucketCount]) -> Vec<OctaveRow> {
+    let mut counts = [0u64; OCTAVE_ROWS];
     for b in buckets {
-        let r = row_of(schedlat_common::bucket_index(b.le_ns));
+        let r = octave_of_bucket(schedlat_common::bucket_index(b.le_ns));
         counts[r] = counts[r].saturating_add(b.count);
     }
     let (Some(first), Some(last)) = (
@@ -220,14 +251,13 @@ pub fn fold_octaves(buckets: &[BucketCount]) -> Vec<OctaveRow> {
         return Vec::new();
     };
     (first..=last)
-        .map(|r| OctaveRow {
-            lo_ns: if r == 0 {
-                0
-            } else {
-                1 << (MIN_SHIFT + r as u32 - 1)
-            },
-            hi_ns: (r < ROWS - 1).then(|| 1 << (MIN_SHIFT + r as u32)),
-            count: counts[r],
+        .map(|r| {
+            let (lo_ns, hi_ns) = octave_bounds(r);
+            OctaveRow {
+                lo_ns,
+                hi_ns,
+                count: counts[r],
+            }
         })
         .collect()
 }

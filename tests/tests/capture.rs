@@ -771,3 +771,125 @@ fn timer_wakeups_on_an_idle_cpu_are_labelled_as_interrupts() {
         assert!(!comm.starts_with("swapper/"), "idle task as a waker: {w}");
     }
 }
+
+/// Runs headless Chromium (Debian's `chromium`, installed by `cargo xtask setup`) on `page`
+/// with `args`; returns (stdout, stderr). Panics with a setup hint when it is missing.
+fn chromium(profile: &std::path::Path, args: &[&str], page: &std::path::Path) -> (String, String) {
+    let out = std::process::Command::new("timeout")
+        .args([
+            "120",
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        // Console messages of the page land on stderr as `...:CONSOLE:...` lines.
+        .args(["--enable-logging=stderr", "--v=0"])
+        .args(args)
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect("running chromium (`cargo xtask setup` installs Debian's chromium)");
+    assert!(
+        out.status.success(),
+        "chromium {args:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `--html FILE`: one self-contained page (nothing fetched at view time). In headless
+/// Chromium it loads without a single console message, its script runs to the end, each
+/// heatmap has one column per interval, and a screenshot of it is not blank.
+#[test]
+fn html_report_renders_in_headless_chromium() {
+    if !privileged_or_skip("html_report_renders_in_headless_chromium") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("schedlat-html-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let page = dir.join("capture.html");
+    let out = schedlat_tests::run_schedlat(&[
+        "capture",
+        "--interval",
+        "1s",
+        "--count",
+        "3",
+        "--format",
+        "json",
+        "--html",
+        page.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    assert_eq!(json_lines(&String::from_utf8_lossy(&out.stdout)).len(), 3);
+    let html = std::fs::read_to_string(&page).expect("the HTML report");
+    for remote in ["src=\"http", "href=\"http", "@import", "url(http"] {
+        assert!(
+            !html.contains(remote),
+            "the page loads {remote}...: not self-contained"
+        );
+    }
+
+    let profile = dir.join("profile");
+    let (dom, log) = chromium(&profile, &["--dump-dom"], &page);
+    let console: Vec<&str> = log.lines().filter(|l| l.contains(":CONSOLE")).collect();
+    assert!(console.is_empty(), "console messages: {console:#?}");
+    assert!(
+        dom.contains("data-rendered=\"1\""),
+        "the page's script did not run to its end"
+    );
+    for id in ["runq_woken", "runq_preempted", "futex"] {
+        let fig = dom
+            .split(&format!("<figure class=\"heatmap\" id=\"{id}\""))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no heatmap {id}"))
+            .split("</figure>")
+            .next()
+            .unwrap();
+        assert_eq!(
+            fig.matches("<g class=\"column\"").count(),
+            3,
+            "heatmap {id}: one column per interval"
+        );
+    }
+    assert!(dom.contains("Top tasks by run-queue delay"));
+
+    let shot = dir.join("shot.png");
+    let arg = format!("--screenshot={}", shot.display());
+    chromium(&profile, &[&arg, "--window-size=1280,900"], &page);
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&shot).unwrap()));
+    let mut reader = decoder.read_info().expect("a PNG screenshot");
+    let mut buf = vec![0; reader.output_buffer_size().expect("a sane PNG size")];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let px = info.color_type.samples();
+    let pixels: Vec<&[u8]> = buf[..info.buffer_size()].chunks(px).collect();
+    // Not blank: a share of the pixels is neither white nor near it, in many colours (the
+    // heatmap's scale, text).
+    let inked = pixels
+        .iter()
+        .filter(|p| p[..3].iter().any(|&c| c < 200))
+        .count();
+    let colours: std::collections::HashSet<&[u8]> = pixels.iter().copied().collect();
+    eprintln!(
+        "figure: screenshot {}x{}: {:.1}% inked, {} colours",
+        info.width,
+        info.height,
+        100.0 * inked as f64 / pixels.len() as f64,
+        colours.len()
+    );
+    assert!(
+        inked * 50 > pixels.len(),
+        "under 2% of the screenshot is inked"
+    );
+    assert!(colours.len() > 20, "{} colours only", colours.len());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -42,7 +42,8 @@ pub const TEST: Group = Group {
           project's Python tools (deploy/kubernetes validation); openssl (test certificates), \
           curl (HTTPS scrapes) and apache2-utils (htpasswd: bcrypt hashes) for the TLS and \
           basic-auth tests; umoci unpacks and skopeo inspects and converts the OCI image of \
-          `cargo xtask image` (the container image test)",
+          `cargo xtask image` (the container image test); chromium (headless) loads the HTML \
+          report of `capture --html` and screenshots it",
     packages: &[
         "prometheus",
         "util-linux",
@@ -55,6 +56,7 @@ pub const TEST: Group = Group {
         "apache2-utils",
         "umoci",
         "skopeo",
+        "chromium",
     ],
 };
 pub const BENCH: Group = Group {

@@ -12,8 +12,11 @@ use crate::{
 };
 
 mod delta;
+mod html;
 mod text;
+pub mod timeline;
 pub use delta::since;
+pub use html::render_html;
 pub use text::{TextOptions, render_text};
 
 #[derive(Clone, Debug, Serialize)]
