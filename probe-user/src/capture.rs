@@ -16,7 +16,7 @@ use crate::{
 };
 
 /// The tgid of `pid`, or a usage error naming it when there is no such process.
-fn resolve_pid(pid: u32) -> Result<u32, UsageError> {
+pub(crate) fn resolve_pid(pid: u32) -> Result<u32, UsageError> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .map_err(|_| UsageError(format!("no process with pid {pid} (it may have exited)")))?;
     let tgid = status

@@ -3,7 +3,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::model::{Buckets, FutexMode};
+use crate::model::{Buckets, FutexMode, SortKey};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -54,6 +54,9 @@ pub enum Command {
     /// A Go program's own scheduler statistics read from its memory (GOMAXPROCS, goroutines,
     /// the runtime's scheduling-latency histogram); no eBPF, needs ptrace access to PID.
     GoStats(GoStatsArgs),
+    /// Live view of run-queue delay per cgroup, task and CPU and futex waits, refreshed
+    /// every interval; keys sort (d delay, w waits, m max, p preempted, f futex), q quits.
+    Top(TopArgs),
     /// What this kernel and these privileges allow: kernel features (present, missing, the
     /// fallback in use), capabilities, mounts, and whether capture, daemon and Go probes work
     /// here (loaded and attached for real, then detached). Exit 2 if one does not.
@@ -160,6 +163,26 @@ pub struct CheckArgs {
     pub config: Option<PathBuf>,
     /// Check captures with this futex mode (as `capture --futex`).
     #[arg(long, value_enum, default_value_t = FutexMode::Syscall)]
+    pub futex: FutexMode,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Refresh every INTERVAL.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Only tasks of this process (repeatable).
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Only tasks in this cgroup v2 path (relative to the cgroup2 mount) or below it.
+    #[arg(long)]
+    pub cgroup: Option<String>,
+    /// Sort cgroups and tasks by this at start (keys change it while running).
+    #[arg(long, value_enum, default_value_t = SortKey::Delay)]
+    pub sort: SortKey,
+    /// How to trace futex waits (as `capture --futex`); `auto` is `sched` where the kernel
+    /// allows it (no extra cost), else `off`.
+    #[arg(long, value_enum, default_value_t = FutexMode::Auto)]
     pub futex: FutexMode,
 }
 

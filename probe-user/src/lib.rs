@@ -23,6 +23,7 @@ pub mod privs;
 pub mod probes;
 pub mod report;
 pub mod series;
+pub mod top;
 pub mod tracefs;
 pub mod web;
 
@@ -35,6 +36,7 @@ pub fn run() -> anyhow::Result<()> {
         cli::Command::Daemon(a) => crate::daemon::run(&cli, a),
         cli::Command::GoStats(a) => crate::go_stats::run(a),
         cli::Command::Check(a) => crate::check::run(&cli, a),
+        cli::Command::Top(a) => crate::top::run(&cli, a),
     }
 }
 

@@ -50,3 +50,19 @@ pub enum Buckets {
     /// Every kernel bucket: 8 per power of two (12.5% resolution).
     Fine,
 }
+
+/// What `schedlat top` sorts cgroups and tasks by (largest first).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SortKey {
+    /// Time waited on a run queue per second.
+    #[default]
+    Delay,
+    /// Run-queue waits per second.
+    Waits,
+    /// Longest run-queue wait.
+    Max,
+    /// Share of the delay after preemption.
+    Preempted,
+    /// Time blocked in futex waits per second.
+    Futex,
+}

@@ -43,7 +43,8 @@ pub const TEST: Group = Group {
           curl (HTTPS scrapes) and apache2-utils (htpasswd: bcrypt hashes) for the TLS and \
           basic-auth tests; umoci unpacks and skopeo inspects and converts the OCI image of \
           `cargo xtask image` (the container image test); chromium (headless) loads the HTML \
-          report of `capture --html` and screenshots it",
+          report of `capture --html` and screenshots it; tmux runs `schedlat top` in a pane the \
+          test reads and types into",
     packages: &[
         "prometheus",
         "util-linux",
@@ -57,6 +58,7 @@ pub const TEST: Group = Group {
         "umoci",
         "skopeo",
         "chromium",
+        "tmux",
     ],
 };
 pub const BENCH: Group = Group {
