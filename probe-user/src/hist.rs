@@ -31,6 +31,31 @@ impl From<&Hist> for Histogram {
     }
 }
 
+/// The one percentile rule for every histogram schedlat prints (kernel histograms and the Go
+/// runtime's): take the bucket holding the rank-th value (rank = ceil(q * count), at least 1)
+/// and interpolate linearly inside it, assuming its values spread evenly from `lo` to `hi`
+/// (inclusive ns bounds), as Prometheus' `histogram_quantile` does. The error is at most one
+/// bucket's width. `None` when there are no values, or when the rank falls in a bucket with no
+/// upper bound (`hi` None: an overflow bucket whose largest value is unknown).
+pub fn quantile(buckets: impl IntoIterator<Item = (u64, Option<u64>, u64)>, q: f64) -> Option<u64> {
+    let buckets: Vec<_> = buckets.into_iter().filter(|b| b.2 > 0).collect();
+    let count = buckets.iter().fold(0u64, |a, b| a.saturating_add(b.2));
+    if count == 0 {
+        return None;
+    }
+    let rank = ((q.clamp(0.0, 1.0) * count as f64).ceil() as u64).max(1);
+    let mut seen = 0u64;
+    for (lo, hi, c) in buckets {
+        if seen.saturating_add(c) >= rank {
+            let hi = hi?.max(lo);
+            let frac = (rank - seen) as f64 / c as f64;
+            return Some((lo as f64 + (hi - lo) as f64 * frac) as u64);
+        }
+        seen += c;
+    }
+    None
+}
+
 impl Histogram {
     /// Record one value the way the kernel does (used by tests and fakes).
     pub fn record(&mut self, ns: u64) {
@@ -77,36 +102,20 @@ impl Histogram {
         self.buckets.iter().fold(0u64, |a, b| a.saturating_add(*b))
     }
 
-    /// The value below which a fraction `q` (0..=1) of the recorded values lie.
-    ///
-    /// Finds the bucket holding the rank-th value (rank = ceil(q * count)) and interpolates
-    /// linearly inside it, assuming values spread evenly over the bucket; the result is clamped
-    /// to the observed maximum. The error is at most one bucket width (12.5% of the value).
+    /// The value below which a fraction `q` (0..=1) of the recorded values lie, by
+    /// [`quantile`]; the overflow bucket ends at the observed maximum, and the result never
+    /// exceeds it.
     pub fn percentile(&self, q: f64) -> u64 {
-        let count = self.count();
-        if count == 0 {
-            return 0;
-        }
-        let rank = ((q.clamp(0.0, 1.0) * count as f64).ceil() as u64).max(1);
-        let mut seen = 0u64;
-        for (i, &c) in self.buckets.iter().enumerate() {
-            if c == 0 {
-                continue;
-            }
-            if seen + c >= rank {
-                let lo = bucket_lower_ns(i);
-                let hi = if i == OVERFLOW {
-                    self.max_ns.max(lo)
-                } else {
-                    bucket_upper_ns(i)
-                };
-                let frac = (rank - seen) as f64 / c as f64;
-                let v = lo as f64 + (hi - lo) as f64 * frac;
-                return (v as u64).min(self.max_ns.max(lo));
-            }
-            seen += c;
-        }
-        self.max_ns
+        let buckets = self.buckets.iter().enumerate().map(|(i, &c)| {
+            let lo = bucket_lower_ns(i);
+            let hi = if i == OVERFLOW {
+                self.max_ns.max(lo)
+            } else {
+                bucket_upper_ns(i)
+            };
+            (lo, Some(hi), c)
+        });
+        quantile(buckets, q).map_or(0, |v| v.min(self.max_ns))
     }
 
     /// Non-empty buckets as (inclusive upper bound in ns, count); the overflow bucket's bound is

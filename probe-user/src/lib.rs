@@ -1,48 +1,43 @@
 //! schedlat: where time goes between "ready to run" and "running".
 //!
-//! Modules with no aya types (`hist`, `report`, `metrics`, `config`, `cgroup`, `tracefs`,
-//! `btf`, `web`) hold the pure logic and are unit tested without root; `probes` is the only
-//! one that talks to the kernel.
-pub mod btf;
-pub mod capture;
-pub mod cgroup;
-pub mod check;
+//! Layers, each importing only those below it:
+//! - `cli` (clap types) and `cmd` (one module per subcommand) on top;
+//! - outputs: `exporter` (Prometheus exposition), `http` (the HTTP server), `report` (the
+//!   capture report), `go` (a capture's and the daemon's view of Go processes);
+//! - `kernel`: the feature table and the loader (`kernel::probes`, the only aya user);
+//! - pure ground: `model` (plain shared types), `hist`, `config`, `host` (procfs, cgroups,
+//!   privileges), `goruntime` (Go binary analysis and live reads).
+//!
+//! Everything but `kernel::probes` and `cmd` is unit tested without root.
 pub mod cli;
+pub mod cmd;
 pub mod config;
-pub mod cpulimit;
-pub mod daemon;
-pub mod features;
-pub mod go_stats;
-pub mod gocapture;
+pub mod exporter;
+pub mod go;
 pub mod goruntime;
-pub mod gowatch;
 pub mod hist;
-pub mod metrics;
+pub mod host;
+pub mod http;
+pub mod kernel;
 pub mod model;
-pub mod privs;
-pub mod probes;
 pub mod report;
-pub mod series;
-pub mod top;
-pub mod tracefs;
-pub mod web;
 
 /// Parse the command line, set up logging and run the command.
 pub fn run() -> anyhow::Result<()> {
     let cli = <cli::Cli as clap::Parser>::parse();
     init_logging(cli.log_filter())?;
     match &cli.command {
-        cli::Command::Capture(a) => crate::capture::run(&cli, a),
-        cli::Command::Daemon(a) => crate::daemon::run(&cli, a),
-        cli::Command::GoStats(a) => crate::go_stats::run(a),
-        cli::Command::Check(a) => crate::check::run(&cli, a),
-        cli::Command::Top(a) => crate::top::run(&cli, a),
+        cli::Command::Capture(a) => crate::cmd::capture::run(&cli, a),
+        cli::Command::Daemon(a) => crate::cmd::daemon::run(&cli, a),
+        cli::Command::GoStats(a) => crate::cmd::go_stats::run(a),
+        cli::Command::Check(a) => crate::cmd::check::run(&cli, a),
+        cli::Command::Top(a) => crate::cmd::top::run(&cli, a),
     }
 }
 
 fn init_logging(filter: &str) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .map_err(|e| UsageError(format!("invalid --log filter {filter:?}: {e}")))?;
+        .map_err(|e| model::UsageError(format!("invalid --log filter {filter:?}: {e}")))?;
     // Colour only for a person at a terminal: not in files, pipes or journald, nor with
     // NO_COLOR set (no-color.org).
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
@@ -57,26 +52,21 @@ fn init_logging(filter: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// An error the user must fix (bad argument, missing privilege, unsupported kernel): exit 2.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
-
 /// Exit code for an error chain: 2 for the user's problems, 1 for runtime failures.
 pub fn exit_code_for(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
-        if cause.is::<UsageError>()
-            || cause.is::<config::ConfigError>()
-            || cause.is::<web::WebConfigError>()
-            || cause.is::<privs::UserError>()
-            || cause.is::<features::MissingFeature>()
+        if cause.is::<model::UsageError>()
+            || cause.is::<crate::config::ConfigError>()
+            || cause.is::<crate::http::WebConfigError>()
+            || cause.is::<crate::host::privs::UserError>()
+            || cause.is::<crate::kernel::features::MissingFeature>()
         {
             return 2;
         }
-        if let Some(g) = cause.downcast_ref::<goruntime::GoError>() {
+        if let Some(g) = cause.downcast_ref::<crate::goruntime::GoError>() {
             return if g.is_usage() { 2 } else { 1 };
         }
-        if let Some(p) = cause.downcast_ref::<probes::ProbeError>() {
+        if let Some(p) = cause.downcast_ref::<crate::kernel::probes::ProbeError>() {
             return if p.is_usage() { 2 } else { 1 };
         }
     }

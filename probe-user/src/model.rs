@@ -66,3 +66,26 @@ pub enum SortKey {
     /// Time blocked in futex waits per second.
     Futex,
 }
+
+/// Names of the futex wait outcomes, indexed as the kernel side counts them
+/// (`schedlat_common::futex_outcome`).
+pub const FUTEX_OUTCOME_NAMES: [&str; schedlat_common::futex_outcome::COUNT] =
+    ["woken", "timeout", "interrupted", "value_changed", "error"];
+
+/// An error the user must fix (bad argument, missing privilege, unsupported kernel): exit 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// An error and its causes on one line, as anyhow's `{:#}` prints them: for errors shown
+/// outside an anyhow chain (check verdicts, log fields).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}

@@ -12,7 +12,7 @@ use std::{
 };
 
 use libfuzzer_sys::fuzz_target;
-use schedlat::{goruntime, gowatch};
+use schedlat::{go::watch, goruntime};
 
 /// Reads through ReadCache, which keeps every distinct range it reads: a parser that asks
 /// for the same bytes again and again (one read per name) multiplies a small file into
@@ -39,7 +39,7 @@ impl Seek for Counting {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let _ = gowatch::has_go_section_at(|buf, off| {
+    let _ = watch::has_go_section_at(|buf, off| {
         let src = usize::try_from(off)
             .ok()
             .and_then(|o| data.get(o..o.checked_add(buf.len())?))

@@ -55,16 +55,6 @@ impl std::fmt::Display for GoVersion {
     }
 }
 
-/// The version string of a Go binary: from its build info, or for a Go binary whose
-/// .go.buildinfo was removed, from the runtime's own version string
-/// ([`super::table::version_without_buildinfo`]); `GoError::NotGo` if it is not Go at all.
-pub fn version<'d, R: ReadRef<'d>>(file: &object::File<'d, R>) -> Result<String, GoError> {
-    match from_section(file)? {
-        Some(v) => Ok(v),
-        None => super::table::version_without_buildinfo(file),
-    }
-}
-
 /// The version in .go.buildinfo; None if the binary has no such section.
 pub fn from_section<'d, R: ReadRef<'d>>(
     file: &object::File<'d, R>,

@@ -404,7 +404,7 @@ pub fn wait_reason_names(
     };
     let mem = Mem(pid);
     let path = "process memory (runtime.waitReasonStrings)";
-    let n = plan.wait_reasons_len.min(super::events::MAX_WAIT_REASONS) as usize;
+    let n = plan.wait_reasons_len.min(super::status::MAX_WAIT_REASONS) as usize;
     let mut headers = vec![0u8; n * 16];
     read_abs(
         &mem,
@@ -592,7 +592,7 @@ fn gone_or(pid: u32, e: std::io::Error, what: String) -> GoError {
     if !Path::new(&format!("/proc/{pid}")).exists() || e.raw_os_error() == Some(libc::ESRCH) {
         return GoError::ProcessGone { pid };
     }
-    GoError::Io { what, source: e }
+    GoError::Io { what, cause: e }
 }
 
 #[cfg(test)]

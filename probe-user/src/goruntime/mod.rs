@@ -15,6 +15,7 @@ pub mod hist;
 pub mod live;
 pub mod pclntab;
 pub mod probesite;
+pub mod status;
 pub mod table;
 
 use object::{
@@ -77,12 +78,8 @@ pub enum GoError {
     Inconsistent { what: String },
     #[error("no process with pid {pid} (it exited, or never existed)")]
     ProcessGone { pid: u32 },
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{what}: {cause}")]
+    Io { what: String, cause: std::io::Error },
 }
 
 impl GoError {
@@ -230,7 +227,7 @@ pub const EXTRA_M_LENGTH: &str = "runtime.extraMLength";
 /// Whether `data` is a Go program, and its version.
 pub fn go_version<'d, R: ReadRef<'d>>(data: R) -> Result<String, GoError> {
     let file = parse_elf(data)?;
-    buildinfo::version(&file)
+    table::version(&file)
 }
 
 fn parse_elf<'d, R: ReadRef<'d>>(data: R) -> Result<object::File<'d, R>, GoError> {
@@ -253,100 +250,150 @@ fn parse_elf<'d, R: ReadRef<'d>>(data: R) -> Result<object::File<'d, R>, GoError
 /// Analyse a Go executable: its bytes (`&[u8]`), or a `&object::ReadCache<File>` that reads
 /// only the parts parsed (headers, symbols, the DWARF sections), not the whole file.
 pub fn analyse<'d, R: ReadRef<'d>>(data: R) -> Result<Layout, GoError> {
-    let file = parse_elf(data)?;
-    let version = buildinfo::version(&file)?;
-    let (source, [sched, gomaxprocs, allglen], layouts) = if symbolic(&file) {
-        let mut want: [(&'static str, Option<u64>); 7] = [
-            ("runtime.sched", None),
-            ("runtime.gomaxprocs", None),
-            ("runtime.allglen", None),
-            ("runtime.allp", None),
-            ("runtime.memstats", None),
-            (EXTRA_M_IN_USE, None),
-            (EXTRA_M_LENGTH, None),
-        ];
-        find_symbols(&file, &mut want)?;
-        let sym = |i: usize| {
-            want[i].1.ok_or(GoError::MissingSymbol {
-                version: version.clone(),
-                symbol: want[i].0,
-            })
-        };
-        // allp and memstats are optional: without them, their layouts are skipped.
-        let addrs = [sym(0)?, sym(1)?, sym(2)?];
-        let types = dwarf::Types::load(&file)?;
-        let mut layouts = dwarf_layouts(&types, &version, want[3].1, want[4].1)?;
-        // Without the two globals, the state counts are skipped.
-        layouts.sched_stats = match (layouts.sched_stats.take(), want[5].1, want[6].1) {
-            (Some(s), Some(in_use), Some(length)) => Some(SchedStatsLayout {
-                extra_m_in_use: in_use,
-                extra_m_length: length,
-                ..s
-            }),
-            _ => None,
-        };
-        ("DWARF".to_owned(), addrs, layouts)
-    } else {
-        let entry = table::lookup(&version)?;
-        let res = table::Resolver::new(&file)?;
-        let sym = |name: &str| res.symbol(entry, name);
-        let addrs = [
-            sym("runtime.sched")?,
-            sym("runtime.gomaxprocs")?,
-            sym("runtime.allglen")?,
-        ];
-        let layouts = DwarfLayouts {
-            hist: entry.hist.clone(),
-            stw: entry.stw.clone(),
-            gc_ring: match entry.gc_ring.clone() {
-                Some(r) => Some(GcRingLayout {
-                    memstats: sym("runtime.memstats")?,
-                    ..r
-                }),
-                None => None,
-            },
-            gcount: match entry.gcount.clone() {
-                Some(g) => Some(GCountLayout {
-                    allp: sym("runtime.allp")?,
-                    ..g
-                }),
-                None => None,
-            },
-            sched_stats: match entry.sched_stats.clone() {
-                Some(s) => Some(SchedStatsLayout {
-                    extra_m_in_use: sym(EXTRA_M_IN_USE)?,
-                    extra_m_length: sym(EXTRA_M_LENGTH)?,
+    GoBinary::parse(data)?.layout()
+}
+
+/// One Go executable, parsed once: its ELF structure and release, and its DWARF types the
+/// first time something needs them. It answers both the layout of the runtime's globals
+/// ([`Self::layout`], for live reads) and the per-event probe plan ([`Self::event_plan`]), so a
+/// capture that wants both opens and parses the file once.
+pub struct GoBinary<'d, R: ReadRef<'d>> {
+    file: object::File<'d, R>,
+    version: String,
+    types: std::cell::OnceCell<dwarf::Types>,
+}
+
+impl<'d, R: ReadRef<'d>> GoBinary<'d, R> {
+    /// Parse the ELF headers and find the Go release (`NotGo` for anything else).
+    pub fn parse(data: R) -> Result<Self, GoError> {
+        let file = parse_elf(data)?;
+        let version = table::version(&file)?;
+        Ok(Self {
+            file,
+            version,
+            types: std::cell::OnceCell::new(),
+        })
+    }
+
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    pub(crate) fn file(&self) -> &object::File<'d, R> {
+        &self.file
+    }
+
+    /// The DWARF types, loaded on first use.
+    pub(crate) fn types(&self) -> Result<&dwarf::Types, GoError> {
+        if let Some(t) = self.types.get() {
+            return Ok(t);
+        }
+        let t = dwarf::Types::load(&self.file)?;
+        Ok(self.types.get_or_init(|| t))
+    }
+
+    /// Plan the per-event probe (see [`events`]).
+    pub fn event_plan(&self) -> Result<events::EventPlan, GoError> {
+        events::plan_for(self)
+    }
+
+    /// Where the runtime's statistics live: from .symtab and DWARF, or for a stripped binary
+    /// from .gopclntab and the layout table.
+    pub fn layout(&self) -> Result<Layout, GoError> {
+        let (file, version) = (&self.file, self.version.clone());
+        let (source, [sched, gomaxprocs, allglen], layouts) = if symbolic(file) {
+            let mut want: [(&'static str, Option<u64>); 7] = [
+                ("runtime.sched", None),
+                ("runtime.gomaxprocs", None),
+                ("runtime.allglen", None),
+                ("runtime.allp", None),
+                ("runtime.memstats", None),
+                (EXTRA_M_IN_USE, None),
+                (EXTRA_M_LENGTH, None),
+            ];
+            find_symbols(file, &mut want)?;
+            let sym = |i: usize| {
+                want[i].1.ok_or(GoError::MissingSymbol {
+                    version: version.clone(),
+                    symbol: want[i].0,
+                })
+            };
+            // allp and memstats are optional: without them, their layouts are skipped.
+            let addrs = [sym(0)?, sym(1)?, sym(2)?];
+            let types = self.types()?;
+            let mut layouts = dwarf_layouts(types, &version, want[3].1, want[4].1)?;
+            // Without the two globals, the state counts are skipped.
+            layouts.sched_stats = match (layouts.sched_stats.take(), want[5].1, want[6].1) {
+                (Some(s), Some(in_use), Some(length)) => Some(SchedStatsLayout {
+                    extra_m_in_use: in_use,
+                    extra_m_length: length,
                     ..s
                 }),
-                None => None,
-            },
+                _ => None,
+            };
+            ("DWARF".to_owned(), addrs, layouts)
+        } else {
+            let entry = table::lookup(&version)?;
+            let res = table::Resolver::new(file)?;
+            let sym = |name: &str| res.symbol(entry, name);
+            let addrs = [
+                sym("runtime.sched")?,
+                sym("runtime.gomaxprocs")?,
+                sym("runtime.allglen")?,
+            ];
+            let layouts = DwarfLayouts {
+                hist: entry.hist.clone(),
+                stw: entry.stw.clone(),
+                gc_ring: match entry.gc_ring.clone() {
+                    Some(r) => Some(GcRingLayout {
+                        memstats: sym("runtime.memstats")?,
+                        ..r
+                    }),
+                    None => None,
+                },
+                gcount: match entry.gcount.clone() {
+                    Some(g) => Some(GCountLayout {
+                        allp: sym("runtime.allp")?,
+                        ..g
+                    }),
+                    None => None,
+                },
+                sched_stats: match entry.sched_stats.clone() {
+                    Some(s) => Some(SchedStatsLayout {
+                        extra_m_in_use: sym(EXTRA_M_IN_USE)?,
+                        extra_m_length: sym(EXTRA_M_LENGTH)?,
+                        ..s
+                    }),
+                    None => None,
+                },
+            };
+            (format!("layout table ({})", entry.version), addrs, layouts)
         };
-        (format!("layout table ({})", entry.version), addrs, layouts)
-    };
-    let DwarfLayouts {
-        hist,
-        stw,
-        gc_ring,
-        gcount,
-        sched_stats,
-    } = layouts;
-    // The state counts walk allp like gcount does.
-    let sched_stats = sched_stats.filter(|_| gcount.is_some());
-    let base_vaddr = base_vaddr(&file)?;
-    Ok(Layout {
-        version,
-        source,
-        pie: file.kind() == object::ObjectKind::Dynamic,
-        base_vaddr,
-        sched,
-        gomaxprocs,
-        allglen,
-        hist,
-        stw,
-        gc_ring,
-        gcount,
-        sched_stats,
-    })
+        let DwarfLayouts {
+            hist,
+            stw,
+            gc_ring,
+            gcount,
+            sched_stats,
+        } = layouts;
+        // The state counts walk allp like gcount does.
+        let sched_stats = sched_stats.filter(|_| gcount.is_some());
+        let base_vaddr = base_vaddr(file)?;
+        Ok(Layout {
+            version,
+            source,
+            pie: file.kind() == object::ObjectKind::Dynamic,
+            base_vaddr,
+            sched,
+            gomaxprocs,
+            allglen,
+            hist,
+            stw,
+            gc_ring,
+            gcount,
+            sched_stats,
+        })
+    }
 }
 
 /// Page-aligned link-time address of the segment mapped from file offset 0: the load bias of

@@ -19,9 +19,9 @@ use serde::{Deserialize, Serialize};
 use super::{
     DwarfLayouts, EXTRA_M_IN_USE, EXTRA_M_LENGTH, GCountLayout, GcRingLayout, GoError, GoVersion,
     HistLayout, SchedStatsLayout, StwLayout, dwarf,
-    events::{self, Statuses},
     pclntab::{Func, Pclntab},
     probesite::MAX_FUNCTION,
+    status::{self, Statuses},
 };
 
 /// The runtime globals schedlat reads (runtime/runtime2.go, proc.go, mstats.go, traceback.go,
@@ -195,11 +195,21 @@ impl<'d, 'f, R: ReadRef<'d>> Resolver<'d, 'f, R> {
     }
 
     fn version_hint(&self) -> String {
-        // Not buildinfo::version: without build info that would come back here.
+        // Not version(): without build info that would come back here.
         match super::buildinfo::from_section(self.file) {
             Ok(Some(v)) => v,
             _ => "Go binary".into(),
         }
+    }
+}
+
+/// The version string of a Go binary: from its build info, or for a Go binary whose
+/// .go.buildinfo was removed, from the runtime's own version string
+/// ([`version_without_buildinfo`]); `GoError::NotGo` if it is not Go at all.
+pub fn version<'d, R: ReadRef<'d>>(file: &object::File<'d, R>) -> Result<String, GoError> {
+    match super::buildinfo::from_section(file)? {
+        Some(v) => Ok(v),
+        None => version_without_buildinfo(file),
     }
 }
 
@@ -340,7 +350,7 @@ pub fn learn(binaries: &[&[u8]]) -> Result<Entry, GoError> {
         what: "learn needs at least one binary".into(),
     })?;
     let file = super::parse_elf(*first)?;
-    let version = super::buildinfo::version(&file)?;
+    let version = version(&file)?;
     let mut entry = dwarf_entry(&file, &version)?;
     // Every RIP-relative reference in every function, once.
     let res = Resolver::new(&file)?;
@@ -467,12 +477,12 @@ fn dwarf_entry<'d, R: ReadRef<'d>>(
         gcount,
         sched_stats,
     } = super::dwarf_layouts(&types, version, Some(0), Some(0))?;
-    let ev = events::dwarf_facts(&types, version)?;
-    let mut want = [(events::WAIT_REASONS, None)];
+    let ev = status::dwarf_facts(&types, version)?;
+    let mut want = [(status::WAIT_REASONS, None)];
     super::find_symbols_sized(file, &mut want)?;
     let (_, size) = want[0].1.ok_or_else(|| GoError::MissingSymbol {
         version: version.to_owned(),
-        symbol: events::WAIT_REASONS,
+        symbol: status::WAIT_REASONS,
     })?;
     Ok(Entry {
         version: version.to_owned(),
@@ -483,7 +493,7 @@ fn dwarf_entry<'d, R: ReadRef<'d>>(
         sched_stats,
         g_waitreason: ev.0,
         statuses: ev.1,
-        wait_reasons_len: events::wait_reasons_len(size)?,
+        wait_reasons_len: status::wait_reasons_len(size)?,
         symbols: BTreeMap::new(),
     })
 }

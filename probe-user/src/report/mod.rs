@@ -2,13 +2,13 @@
 //! as the JSON output; [`text`] renders it for people).
 use std::collections::BTreeMap;
 
-use schedlat_common::{COMM_LEN, SlowEvent, drop_reason, futex_op, futex_outcome, kind};
+use schedlat_common::{COMM_LEN, SlowEvent, drop_reason, futex_op, kind};
 use serde::Serialize;
 
-pub use crate::hist::fmt_ns;
 use crate::{
     hist::{HistSummary, Histogram},
-    probes::RawSnapshot,
+    kernel::probes::RawSnapshot,
+    model::FUTEX_OUTCOME_NAMES,
 };
 
 mod delta;
@@ -41,8 +41,8 @@ pub struct CaptureReport {
     /// Kernel map use at the end of the capture: a full map is where drops come from, and
     /// per-task maps (RUNQ_START, FUTEX_START) must not keep entries of exited tasks.
     pub maps: BTreeMap<String, MapUse>,
-    /// Go programs among the --pid processes (crate::gocapture); filled in by the capture.
-    pub go: Vec<crate::gocapture::GoSection>,
+    /// Go programs among the --pid processes (crate::go::capture); filled in by the capture.
+    pub go: Vec<crate::go::capture::GoSection>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -169,9 +169,6 @@ pub fn futex_op_name(op: u32) -> String {
         other => format!("op{other}"),
     }
 }
-
-pub const FUTEX_OUTCOME_NAMES: [&str; futex_outcome::COUNT] =
-    ["woken", "timeout", "interrupted", "value_changed", "error"];
 
 pub fn cause_name(cause: u32) -> &'static str {
     if cause == kind::RUNQ_PREEMPTED {
@@ -376,7 +373,7 @@ mod tests {
     use schedlat_common::{CpuStat, HistKey, TaskStat, WakeCount, WakePair};
 
     use super::*;
-    use crate::model::Buckets;
+    use crate::{hist::fmt_ns, model::Buckets};
 
     fn comm(s: &str) -> [u8; COMM_LEN] {
         let mut c = [0; COMM_LEN];

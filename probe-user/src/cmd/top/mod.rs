@@ -7,12 +7,11 @@ use anyhow::Context as _;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 
 use crate::{
-    UsageError,
-    capture::resolve_pid,
-    cgroup::{CgroupNames, v2_mount},
     cli::{Cli, TopArgs},
-    model::SortKey,
-    probes::{ProbeOptions, Probes, RawSnapshot},
+    cmd::capture::resolve_pid,
+    host::cgroup::{CgroupNames, v2_mount},
+    kernel::probes::{ProbeOptions, Probes, RawSnapshot},
+    model::{SortKey, UsageError},
     report::{self, Filter, ReportInput},
 };
 

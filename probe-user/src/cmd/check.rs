@@ -4,13 +4,13 @@
 use std::path::Path;
 
 use crate::{
-    UsageError,
-    btf::KernelBtf,
     cli::{CheckArgs, Cli, Format},
     config::DaemonConfig,
-    features::{Feature, KernelFeatures},
-    probes::{ProbeOptions, Probes, effective_caps},
-    tracefs::Tracefs,
+    kernel::btf::KernelBtf,
+    kernel::features::{Feature, KernelFeatures},
+    kernel::probes::{ProbeOptions, Probes, effective_caps},
+    kernel::tracefs::Tracefs,
+    model::UsageError,
 };
 
 /// Capabilities schedlat cares about (include/uapi/linux/capability.h).
@@ -118,7 +118,9 @@ pub fn run(cli: &Cli, a: &CheckArgs) -> anyhow::Result<()> {
     let report = Report {
         kernel: features
             .as_ref()
-            .map_or_else(crate::features::kernel_release, |f| f.release.clone()),
+            .map_or_else(crate::kernel::features::kernel_release, |f| {
+                f.release.clone()
+            }),
         arch: std::env::consts::ARCH,
         features: features
             .iter()
@@ -145,10 +147,10 @@ pub fn run(cli: &Cli, a: &CheckArgs) -> anyhow::Result<()> {
             .as_ref()
             .ok()
             .map(|t| t.root().display().to_string()),
-        cgroup_v2: crate::cgroup::v2_mount()
+        cgroup_v2: crate::host::cgroup::v2_mount()
             .ok()
             .map(|p| p.display().to_string()),
-        cgroup_v1_cpu: crate::cpulimit::parse_v1_mount(&mountinfo, "cpu").map(|(m, _)| m),
+        cgroup_v1_cpu: crate::host::cpulimit::parse_v1_mount(&mountinfo, "cpu").map(|(m, _)| m),
         verdicts,
     };
     match a.format {
@@ -192,7 +194,7 @@ fn trial(what: &'static str, opts: &ProbeOptions) -> Verdict {
         Err(e) => Verdict {
             what,
             works: false,
-            detail: e.to_string(),
+            detail: crate::model::error_chain(&e),
         },
     }
 }
@@ -200,7 +202,7 @@ fn trial(what: &'static str, opts: &ProbeOptions) -> Verdict {
 fn print_text(
     r: &Report,
     btf_err: Option<String>,
-    tracefs_err: Option<crate::tracefs::TracefsError>,
+    tracefs_err: Option<crate::kernel::tracefs::TracefsError>,
 ) {
     println!("kernel {} ({})", r.kernel, r.arch);
     if let Some(e) = btf_err {

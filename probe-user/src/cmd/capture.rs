@@ -6,12 +6,12 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{debug, info, warn};
 
 use crate::{
-    UsageError,
-    cgroup::{CgroupNames, v2_mount},
     cli::{CaptureArgs, Cli, Format, OnOff},
-    gocapture,
+    go::capture as gocapture,
     goruntime::GoError,
-    probes::{FutexMode, ProbeOptions, Probes, RawSnapshot},
+    host::cgroup::{CgroupNames, v2_mount},
+    kernel::probes::{FutexMode, ProbeOptions, Probes, RawSnapshot},
+    model::UsageError,
     report::{self, Filter, ReportInput},
 };
 

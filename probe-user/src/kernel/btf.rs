@@ -9,10 +9,10 @@ use btf_rs::{Btf, Type};
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
     #[error(
-        "cannot read kernel BTF at {path}: {source}. schedlat needs a kernel built with \
+        "cannot read kernel BTF at {path}: {cause}. schedlat needs a kernel built with \
          CONFIG_DEBUG_INFO_BTF=y"
     )]
-    Read { path: String, source: btf_rs::Error },
+    Read { path: String, cause: btf_rs::Error },
     #[error("kernel BTF has no struct {0}")]
     NoStruct(String),
     #[error("kernel BTF: struct {strukt} has no field {field} (tried {tried})")]
@@ -43,7 +43,7 @@ pub struct KernelOffsets {
 }
 
 /// The running kernel's BTF, parsed once: struct offsets for the programs, and the type and
-/// enum facts crate::features detects kernel features from.
+/// enum facts crate::kernel::features detects kernel features from.
 pub struct KernelBtf {
     btf: Btf,
 }
@@ -52,7 +52,7 @@ impl KernelBtf {
     pub fn open(path: &Path) -> Result<Self, BtfError> {
         let btf = Btf::from_file(path).map_err(|source| BtfError::Read {
             path: path.display().to_string(),
-            source,
+            cause: source,
         })?;
         Ok(Self { btf })
     }

@@ -127,20 +127,17 @@ pub enum UserError {
         "user = {0:?}: no such user in the passwd database; use an existing user name or uid (e.g. \"nobody\")"
     )]
     Unknown(String),
-    #[error("user = {spec:?}: looking it up failed: {source}")]
-    Lookup {
-        spec: String,
-        source: std::io::Error,
-    },
+    #[error("user = {spec:?}: looking it up failed: {cause}")]
+    Lookup { spec: String, cause: std::io::Error },
     #[error(
-        "switching to user {name} (uid {uid}, gid {gid}) failed at {step}: {source}; this needs CAP_SETUID and CAP_SETGID (run as root with both in the bounding set, e.g. add them to the unit's CapabilityBoundingSet, or remove `user` and let the service manager pick the user)"
+        "switching to user {name} (uid {uid}, gid {gid}) failed at {step}: {cause}; this needs CAP_SETUID and CAP_SETGID (run as root with both in the bounding set, e.g. add them to the unit's CapabilityBoundingSet, or remove `user` and let the service manager pick the user)"
     )]
     Switch {
         name: String,
         uid: u32,
         gid: u32,
         step: &'static str,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -181,7 +178,7 @@ pub fn lookup_user(spec: &str) -> Result<Account, UserError> {
         if rc != 0 {
             return Err(UserError::Lookup {
                 spec: spec.to_string(),
-                source: std::io::Error::from_raw_os_error(rc),
+                cause: std::io::Error::from_raw_os_error(rc),
             });
         }
         if result.is_null() {
@@ -207,7 +204,7 @@ pub fn check_can_switch(a: &Account) -> Result<(), UserError> {
                 uid: a.uid,
                 gid: a.gid,
                 step,
-                source: std::io::Error::from_raw_os_error(libc::EPERM),
+                cause: std::io::Error::from_raw_os_error(libc::EPERM),
             });
         }
     }
@@ -223,7 +220,7 @@ pub fn switch_user(a: &Account) -> Result<(), UserError> {
         uid: a.uid,
         gid: a.gid,
         step,
-        source,
+        cause: source,
     };
     let check = |rc: libc::c_int, step| {
         if rc == 0 {

@@ -19,10 +19,10 @@ use tracing::{debug, warn};
 
 pub use crate::model::FutexMode;
 use crate::{
-    btf::{BtfError, KernelBtf},
-    features::{Feature, KernelFeatures, MissingFeature},
     hist::Histogram,
-    tracefs::{Tracefs, TracefsError},
+    kernel::btf::{BtfError, KernelBtf},
+    kernel::features::{Feature, KernelFeatures, MissingFeature},
+    kernel::tracefs::{Tracefs, TracefsError},
 };
 
 /// The compiled eBPF object (probe-ebpf), built by build.rs.
@@ -40,7 +40,7 @@ pub enum ProbeError {
     Btf(#[from] BtfError),
     #[error(transparent)]
     Tracefs(#[from] TracefsError),
-    #[error("loading the eBPF object failed: {0}")]
+    #[error("loading the eBPF object failed")]
     Load(#[source] Box<aya::EbpfError>),
     #[error(
         "the kernel ({release}) rejected eBPF program {program}: {reason}. This is a schedlat \
@@ -53,12 +53,12 @@ pub enum ProbeError {
         /// The verifier's last word (the whole log goes to the debug log).
         reason: String,
     },
-    #[error("loading program {program} failed: {source}")]
+    #[error("loading program {program} failed")]
     Program {
         program: String,
         source: Box<aya::programs::ProgramError>,
     },
-    #[error("attaching {program} to {target} failed: {source}")]
+    #[error("attaching {program} to {target} failed")]
     Attach {
         program: String,
         target: String,
@@ -142,7 +142,17 @@ pub struct GoEventTarget {
     pub file_offset: u64,
     /// Shown in errors and `attached`, e.g. "runtime.casgstatus+0x20 (jb)".
     pub site: String,
+    /// Go >= 1.26: the syscall probes (crate::goruntime::events::SyscallPlan).
+    pub syscall_probes: Vec<GoProbe>,
     pub config: GoConfig,
+}
+
+/// One more uprobe in the Go target: which program, where, and how to name it.
+#[derive(Clone, Debug)]
+pub struct GoProbe {
+    pub program: &'static str,
+    pub file_offset: u64,
+    pub site: String,
 }
 
 /// The Go maps at one instant (captures with [`ProbeOptions::go_events`]).
@@ -205,7 +215,7 @@ pub struct Probes {
     go: bool,
     /// The futex mode in use (`auto` resolved).
     pub futex: FutexMode,
-    /// What the kernel offers (crate::features::TABLE), as detected at load.
+    /// What the kernel offers (crate::kernel::features::TABLE), as detected at load.
     pub features: KernelFeatures,
     /// The programs' aya-log records (with --log debug only), logged at each snapshot.
     kernel_log: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
@@ -274,7 +284,7 @@ fn prog_err(program: &str) -> impl FnOnce(aya::programs::ProgramError) -> ProbeE
             debug!(program, verifier_log = %log, "the verifier rejected a program");
             ProbeError::Verifier {
                 program: program.to_string(),
-                release: crate::features::kernel_release(),
+                release: crate::kernel::features::kernel_release(),
                 reason: verifier_reason(&log),
             }
         }
@@ -539,7 +549,7 @@ impl Probes {
             }
         }
         if let Some(g) = &opts.go_events {
-            attached.push(attach_go(&mut ebpf, g)?);
+            attached.extend(attach_go(&mut ebpf, g)?);
         }
         for a in &attached {
             if a.attached {
@@ -564,7 +574,7 @@ impl Probes {
             match aya_log::EbpfLogger::init(&mut ebpf) {
                 Ok(l) => Some(l),
                 Err(e) => {
-                    warn!(error = %e, "kernel-side diagnostics unavailable");
+                    warn!(error = %crate::model::error_chain(&e), "kernel-side diagnostics unavailable");
                     None
                 }
             }
@@ -603,7 +613,7 @@ impl Probes {
         let fd = m.fd().as_fd().as_raw_fd();
         std::thread::scope(|s| {
             s.spawn(|| {
-                if crate::privs::drop_all_capabilities().is_err() {
+                if crate::host::privs::drop_all_capabilities().is_err() {
                     return false;
                 }
                 lookup_raw(fd, 0, core::mem::size_of::<Hist>())
@@ -787,35 +797,47 @@ const GO_G_ENTRIES: u32 = 65536;
 /// Capacity of GO_RUNQ (threads of the Go target whose run-queue waits are kept).
 const GO_RUNQ_ENTRIES: u32 = 4096;
 
-/// Attach the Go uprobe to one process, at the planned instruction.
-fn attach_go(ebpf: &mut Ebpf, g: &GoEventTarget) -> Result<Attached, ProbeError> {
-    let name = "go_casgstatus";
-    let exe = format!("/proc/{}/exe", g.pid);
-    let target = format!("uprobe:{exe}:{} (file offset {:#x})", g.site, g.file_offset);
-    let p: &mut UProbe = program(ebpf, name)?;
-    p.load().map_err(prog_err(name))?;
+/// Attach the Go uprobes to one process, at the planned instructions.
+fn attach_go(ebpf: &mut Ebpf, g: &GoEventTarget) -> Result<Vec<Attached>, ProbeError> {
     let pid = std::num::NonZeroU32::new(g.pid).ok_or_else(|| ProbeError::Map {
         map: "programs",
         detail: "Go target pid 0".into(),
     })?;
-    // /proc/PID/exe: the kernel resolves the magic link to the process's own binary, also
-    // when it lives in another mount namespace (a container).
-    p.attach(
-        UProbeAttachLocation::AbsoluteOffset(g.file_offset),
-        &exe,
-        UProbeScope::OneProcess(pid),
-    )
-    .map_err(|source| ProbeError::Attach {
-        program: name.into(),
-        target: target.clone(),
-        source: Box::new(source),
-    })?;
-    Ok(Attached {
-        program: name.into(),
-        target,
-        attached: true,
-        note: None,
-    })
+    let main = GoProbe {
+        program: "go_casgstatus",
+        file_offset: g.file_offset,
+        site: g.site.clone(),
+    };
+    let mut out = Vec::new();
+    for probe in std::iter::once(&main).chain(&g.syscall_probes) {
+        let name = probe.program;
+        let exe = format!("/proc/{}/exe", g.pid);
+        let target = format!(
+            "uprobe:{exe}:{} (file offset {:#x})",
+            probe.site, probe.file_offset
+        );
+        let p: &mut UProbe = program(ebpf, name)?;
+        p.load().map_err(prog_err(name))?;
+        // /proc/PID/exe: the kernel resolves the magic link to the process's own binary,
+        // also when it lives in another mount namespace (a container).
+        p.attach(
+            UProbeAttachLocation::AbsoluteOffset(probe.file_offset),
+            &exe,
+            UProbeScope::OneProcess(pid),
+        )
+        .map_err(|source| ProbeError::Attach {
+            program: name.into(),
+            target: target.clone(),
+            source: Box::new(source),
+        })?;
+        out.push(Attached {
+            program: name.into(),
+            target,
+            attached: true,
+            note: None,
+        });
+    }
+    Ok(out)
 }
 
 fn map_ref<'a, V: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>>(

@@ -15,11 +15,11 @@ use std::{
 pub enum CgroupError {
     #[error("no cgroup v2 hierarchy is mounted (no cgroup2 entry in /proc/self/mountinfo)")]
     NoV2Mount,
-    #[error("cgroup {path:?} not found under the cgroup v2 mount {mount}: {source}")]
+    #[error("cgroup {path:?} not found under the cgroup v2 mount {mount}: {cause}")]
     NotFound {
         path: String,
         mount: String,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -183,7 +183,7 @@ impl CgroupNames {
         let md = std::fs::metadata(&full).map_err(|source| CgroupError::NotFound {
             path: path.to_string(),
             mount: self.mount.display().to_string(),
-            source,
+            cause: source,
         })?;
         let mut ids = vec![md.ino()];
         let mut stack = vec![full];

@@ -17,11 +17,11 @@ const MAX_CPU: u32 = 1 << 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CpuLimitError {
-    #[error("cannot read {path}: {source} (has process {pid} exited?)")]
+    #[error("cannot read {path}: {cause} (has process {pid} exited?)")]
     Read {
         pid: u32,
         path: String,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("unexpected content in {path}: {content:?}")]
     Parse { path: String, content: String },
@@ -144,7 +144,7 @@ fn read(pid: u32, path: &Path) -> Result<String, CpuLimitError> {
     std::fs::read_to_string(path).map_err(|source| CpuLimitError::Read {
         pid,
         path: path.display().to_string(),
-        source,
+        cause: source,
     })
 }
 

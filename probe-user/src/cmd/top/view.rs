@@ -376,7 +376,7 @@ mod tests {
     use super::*;
     use crate::{
         hist::Histogram,
-        probes::RawSnapshot,
+        kernel::probes::RawSnapshot,
         report::{Filter, ReportInput, build},
     };
 

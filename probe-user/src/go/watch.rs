@@ -17,8 +17,8 @@ use tracing::warn;
 
 use crate::{
     config::GoConfig,
+    exporter::metrics::{counter, family, gauge, label},
     goruntime::{self, GoError, Layout, Scheme},
-    metrics::{counter, family, gauge, label},
 };
 
 /// Cached classifications of executables; cleared when full (re-classified on demand).
@@ -174,7 +174,7 @@ fn reason(e: &GoError) -> &'static str {
         GoError::Unsupported { .. } | GoError::Malformed { .. } => "unsupported_binary",
         GoError::ProcessGone { .. } => "exited",
         GoError::NotGo { .. } => "not_go",
-        GoError::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
+        GoError::Io { cause, .. } if cause.kind() == std::io::ErrorKind::PermissionDenied => {
             "permission"
         }
         GoError::Io { .. } => "read_failed",
@@ -333,7 +333,7 @@ impl GoWatcher {
                     s.lines()
                         .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
                 })
-                .unwrap_or_else(|| crate::metrics::UNKNOWN.to_owned());
+                .unwrap_or_else(|| crate::exporter::metrics::UNKNOWN.to_owned());
             if !self.selected(pid, &exe_path, &cgroup) {
                 continue;
             }

@@ -9,10 +9,10 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::{
-    cgroup::v2_mount,
     cli::{Format, GoStatsArgs},
-    cpulimit::{self, CpuBudget},
     goruntime::live::{self, Stats},
+    host::cgroup::v2_mount,
+    host::cpulimit::{self, CpuBudget},
 };
 
 /// The JSON output: the runtime's statistics, and the CPU the process may really use.
@@ -139,8 +139,8 @@ fn text(r: &Report) -> String {
                     let _ = writeln!(
                         o,
                         "  latest {}, longest of those {}",
-                        crate::report::fmt_ns(*last),
-                        crate::report::fmt_ns(*max)
+                        crate::hist::fmt_ns(*last),
+                        crate::hist::fmt_ns(*max)
                     );
                 }
                 hist(

@@ -6,7 +6,7 @@
 //! README's Requirements table is checked against it by a unit test. No aya here.
 use std::path::Path;
 
-use crate::{btf::KernelBtf, model::FutexMode, tracefs::Tracefs};
+use crate::{kernel::btf::KernelBtf, kernel::tracefs::Tracefs, model::FutexMode};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -310,7 +310,7 @@ mod tests {
 
     #[test]
     fn readme_requirements_table_is_the_code_table() {
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../../README.md");
         let table = requirements_table();
         assert!(
             readme.contains(&table),

@@ -8,23 +8,23 @@ use serde::Serialize;
 use schedlat_common::{GoConfig, go};
 
 use crate::{
-    cpulimit::{self, CpuBudget, Throttling},
     goruntime::{
-        GoError,
-        events::{self, EventPlan},
+        GoBinary, GoError,
+        events::{self, EventPlan, SyscallPlan},
         live::{self, GcPauses, LatencyHist, SchedStats, Stats},
     },
-    hist::HistSummary,
-    probes::{GoEventTarget, GoRaw},
+    hist::{HistSummary, quantile},
+    host::cpulimit::{self, CpuBudget, Throttling},
+    kernel::probes::{GoEventTarget, GoProbe, GoRaw},
 };
 
 /// Summary of a runtime histogram's growth over the window.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct WindowHist {
     pub count: u64,
-    /// Upper bounds (ns) of the buckets holding the 50th/90th/99th percentile and the largest
-    /// sample; None when empty or in the overflow bucket. Go buckets: within 25% above 512 ns
-    /// (Go >= 1.20), 1/16 of a power of two on Go 1.19.
+    /// 50th/90th/99th percentile by [`crate::hist::quantile`] (None when empty or in the
+    /// overflow bucket), and the upper bound of the largest sample's bucket. Go buckets: within
+    /// 25% above 512 ns (Go >= 1.20), 1/16 of a power of two on Go 1.19.
     pub p50_ns: Option<u64>,
     pub p90_ns: Option<u64>,
     pub p99_ns: Option<u64>,
@@ -55,19 +55,20 @@ pub fn window(before: &LatencyHist, after: &LatencyHist) -> WindowHist {
         (hi.is_finite() && hi > 0.0).then(|| ((hi * 1e9).round() as u64).saturating_sub(1))
     };
     let count: u64 = counts.iter().sum();
-    let pct = |q: f64| -> Option<u64> {
-        if count == 0 {
-            return None;
+    // Bucket i holds [boundaries[i], boundaries[i+1]) seconds; the first may start at -Inf.
+    let lo = |i: usize| -> u64 {
+        let b = after.boundaries.get(i).copied().unwrap_or(0.0);
+        if b.is_finite() && b > 0.0 {
+            (b * 1e9).round() as u64
+        } else {
+            0
         }
-        let rank = ((q * count as f64).ceil() as u64).max(1);
-        let mut cum = 0;
-        for (i, c) in counts.iter().enumerate() {
-            cum += c;
-            if cum >= rank {
-                return le(i);
-            }
-        }
-        None
+    };
+    let pct = |q: f64| {
+        quantile(
+            counts.iter().enumerate().map(|(i, &c)| (lo(i), le(i), c)),
+            q,
+        )
     };
     let max_ns = counts.iter().rposition(|&c| c > 0).and_then(le);
     WindowHist {
@@ -182,8 +183,29 @@ pub struct GoEvents {
     /// Syscall returns that kept their P (_Gsyscall -> _Grunning): no scheduling latency, but
     /// runtime/metrics' /sched/latencies counts each as a 0 s sample.
     pub syscall_fast_returns: u64,
+    /// Time goroutines spent in system calls and what the blocking ones cost them; null when
+    /// the probes they need on Go >= 1.26 cannot be placed (the reason is among the warnings).
+    pub syscalls: Option<GoSyscalls>,
     /// Lost or approximate: by reason (see schedlat_common::go::counter).
     pub dropped: GoEventDrops,
+}
+
+/// System calls: entersyscall (_Grunning -> _Gsyscall) until exitsyscall, back to _Grunning
+/// with a P, or to _Grunnable without one (exitsyscall0; exitsyscallNoP on Go >= 1.26). Up to
+/// Go 1.25 casgstatus carries these; Go 1.26 switches by CAS, so three more probes
+/// (reentersyscall, exitsyscall, exitsyscallNoP) see them there.
+#[derive(Clone, Debug, Serialize)]
+pub struct GoSyscalls {
+    /// Time in the syscall, per syscall that returned in the window.
+    pub time: HistSummary,
+    /// Returns that kept (or at once re-took) a P: the goroutine ran on.
+    pub kept_p: u64,
+    /// Returns that found no P (the runtime handed it to another thread while this one was
+    /// blocked): the goroutine went back to the run queue, the classic "goroutines starve
+    /// although CPUs are idle" sign of blocking syscalls under a small GOMAXPROCS.
+    pub lost_p: u64,
+    /// The scheduling latency those `lost_p` returns then paid (runnable -> running).
+    pub lost_p_sched_latency: HistSummary,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -266,6 +288,18 @@ pub fn events_section(raw: &GoRaw, plan: &EventPlan, reasons: &[String]) -> GoEv
         goroutines_created: raw.counts[c::CREATED as usize],
         goroutines_exited: raw.counts[c::EXITED as usize],
         syscall_fast_returns: raw.counts[c::SYSCALL_FAST_RETURNS as usize],
+        syscalls: match plan.syscalls {
+            SyscallPlan::Unavailable(_) => None,
+            SyscallPlan::Casgstatus | SyscallPlan::Probes(_) => {
+                let lost_p = raw.counts[c::SYSCALL_LOST_P as usize];
+                Some(GoSyscalls {
+                    time: summary(h::SYSCALL),
+                    kept_p: raw.counts[c::SYSCALL_EXITS as usize].saturating_sub(lost_p),
+                    lost_p,
+                    lost_p_sched_latency: summary(h::SYSCALL_LOST_P_LATENCY),
+                })
+            }
+        },
         dropped: GoEventDrops {
             g_map_full: raw.counts[c::G_MAP_FULL as usize],
             reason_read_failed: raw.counts[c::REASON_READ_FAILED as usize],
@@ -288,27 +322,29 @@ pub struct GoStart {
     pub events_unavailable: Option<String>,
 }
 
-/// Plan the per-event probe for `pid` (an error says why it cannot be placed).
-fn plan_events(pid: u32) -> Result<(EventPlan, Vec<String>), GoError> {
-    let (f, meta) = live::open_exe(pid)?;
-    let cache = object::ReadCache::new(f);
-    let plan = events::plan(&cache)?;
-    let names = live::wait_reason_names(pid, &plan, &meta)?;
-    Ok((plan, names))
-}
-
 /// Read the process at the start of the window (and plan the per-event probe if `probes`).
-/// `Err(NotGo)` for non-Go processes.
+/// `Err(NotGo)` for non-Go processes. The executable is opened and parsed once for both.
 pub fn start(
     pid: u32,
     cgroup_mount: Option<&std::path::Path>,
     probes: bool,
 ) -> Result<GoStart, GoError> {
-    let (layout, exe) = live::analyse_exe(pid)?;
+    let (f, exe) = live::open_exe(pid)?;
+    let cache = object::ReadCache::new(f);
+    let bin = GoBinary::parse(&cache)?;
+    let layout = bin.layout()?;
+    // The per-event probe's plan and the wait reasons' names (an error says why not).
+    let plan = probes.then(|| {
+        bin.event_plan().and_then(|plan| {
+            let names = live::wait_reason_names(pid, &plan, &exe)?;
+            Ok((plan, names))
+        })
+    });
+    drop(bin);
     let before = live::read_with(pid, &layout, &exe)?;
     let budget_before = cgroup_mount.and_then(|m| cpulimit::budget(pid, m).ok());
-    let (events, events_unavailable) = if probes {
-        match plan_events(pid) {
+    let (events, events_unavailable) = match plan {
+        Some(plan) => match plan {
             Ok(e) => {
                 tracing::debug!(
                     pid,
@@ -322,9 +358,8 @@ pub fn start(
                 (Some(e), None)
             }
             Err(e) => (None, Some(format!("per-event Go probes not possible: {e}"))),
-        }
-    } else {
-        (None, None)
+        },
+        None => (None, None),
     };
     Ok(GoStart {
         pid,
@@ -351,6 +386,20 @@ impl GoStart {
                 p.site.offset,
                 p.site.instruction
             ),
+            syscall_probes: match &p.syscalls {
+                SyscallPlan::Probes(probes) => probes
+                    .iter()
+                    .map(|s| GoProbe {
+                        program: s.program,
+                        file_offset: s.probe_file_offset(),
+                        site: format!(
+                            "{}+{:#x} ({})",
+                            s.function, s.site.offset, s.site.instruction
+                        ),
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            },
             config: GoConfig {
                 tgid: self.pid,
                 g_waitreason: p.g_waitreason as u32,
@@ -447,6 +496,13 @@ impl GoStart {
         }
         if let Some(why) = &self.events_unavailable {
             warnings.push(why.clone());
+        }
+        if let Some((plan, _)) = &self.events {
+            if let SyscallPlan::Unavailable(why) = &plan.syscalls {
+                warnings.push(format!(
+                    "system calls not seen (Go >= 1.26 needs three more probes): {why}"
+                ));
+            }
         }
         warnings.extend(exited);
         let events = match (&self.events, raw) {
@@ -631,6 +687,21 @@ fn render_events(o: &mut String, e: &GoEvents) {
         "  goroutines created {}, ended {}; syscall returns without a wait {}",
         e.goroutines_created, e.goroutines_exited, e.syscall_fast_returns
     );
+    match &e.syscalls {
+        Some(s) => {
+            let _ = writeln!(o, "  in system calls: {}", line(&s.time));
+            let _ = writeln!(
+                o,
+                "    returns that kept their P {}, that lost it {}; those then waited to run: {}",
+                s.kept_p,
+                s.lost_p,
+                line(&s.lost_p_sched_latency)
+            );
+        }
+        None => {
+            let _ = writeln!(o, "  system calls: not seen (see the warnings)");
+        }
+    }
     if !e.blocked.is_empty() {
         let _ = writeln!(o, "  blocked, by wait reason:");
         for b in &e.blocked {
@@ -673,9 +744,9 @@ mod tests {
         let after = hist(&b, &[0, 95, 4, 1]);
         let w = window(&before, &after);
         assert_eq!(w.count, 94);
-        // 90 in [1,2) µs, 3 in [2,4) µs, 1 in overflow.
-        assert_eq!(w.p50_ns, Some(1999));
-        assert_eq!(w.p90_ns, Some(1999));
+        // 90 in [1,2) µs, 3 in [2,4) µs, 1 in overflow: ranks 47 and 85 of the 90 in the first.
+        assert_eq!(w.p50_ns, Some(1000 + 999 * 47 / 90));
+        assert_eq!(w.p90_ns, Some(1000 + 999 * 85 / 90));
         // Rank 94 of 94 is the overflow sample.
         assert_eq!(w.p99_ns, None);
         assert_eq!(
@@ -714,7 +785,7 @@ mod tests {
                 skipped: 7,
             },
             g_waitreason: 0xb0,
-            statuses: crate::goruntime::events::Statuses {
+            statuses: crate::goruntime::status::Statuses {
                 idle: 0,
                 runnable: 1,
                 running: 2,
@@ -724,6 +795,7 @@ mod tests {
             },
             wait_reasons_vaddr: 0x686f00,
             wait_reasons_len: 3,
+            syscalls: SyscallPlan::Probes(Vec::new()),
         }
     }
 
@@ -785,6 +857,50 @@ mod tests {
         assert!(text.contains("58.7% of the time"), "{text}");
         assert!(
             text.contains("1 latencies with the thread share a lower bound"),
+            "{text}"
+        );
+        // No syscall in the maps: an empty section, not a missing one.
+        assert_eq!(e.syscalls.as_ref().map(|s| s.time.count), Some(0));
+    }
+
+    #[test]
+    fn events_section_reports_syscalls_unless_their_probes_are_missing() {
+        use crate::hist::Histogram;
+        let mut hists = vec![Histogram::default(); go::hist::COUNT as usize];
+        for ns in [2_000, 20_000_000, 21_000_000] {
+            hists[go::hist::SYSCALL as usize].record(ns);
+        }
+        for ns in [4_000_000, 9_000_000] {
+            hists[go::hist::SYSCALL_LOST_P_LATENCY as usize].record(ns);
+        }
+        let mut counts = [0u64; go::counter::COUNT];
+        counts[go::counter::SYSCALL_EXITS as usize] = 3;
+        counts[go::counter::SYSCALL_LOST_P as usize] = 2;
+        let raw = GoRaw { hists, counts };
+        for (syscalls, seen) in [
+            (SyscallPlan::Casgstatus, true),
+            (SyscallPlan::Probes(Vec::new()), true),
+            (SyscallPlan::Unavailable("no site".into()), false),
+        ] {
+            let e = events_section(
+                &raw,
+                &EventPlan {
+                    syscalls: syscalls.clone(),
+                    ..plan()
+                },
+                &[],
+            );
+            assert_eq!(e.syscalls.is_some(), seen, "{syscalls:?}");
+        }
+        let e = events_section(&raw, &plan(), &[]);
+        let s = e.syscalls.as_ref().unwrap();
+        assert_eq!((s.time.count, s.kept_p, s.lost_p), (3, 1, 2));
+        assert_eq!(s.lost_p_sched_latency.count, 2);
+        let mut text = String::new();
+        render_events(&mut text, &e);
+        assert!(text.contains("in system calls: 3 "), "{text}");
+        assert!(
+            text.contains("that kept their P 1, that lost it 2"),
             "{text}"
         );
     }

@@ -11,8 +11,8 @@ use schedlat_common::{drop_reason, kind};
 
 use crate::{
     hist::Histogram,
-    probes::{Attached, RawSnapshot},
-    report::FUTEX_OUTCOME_NAMES,
+    kernel::probes::{Attached, RawSnapshot},
+    model::FUTEX_OUTCOME_NAMES,
 };
 
 /// Label given to cgroups beyond the cap.
@@ -143,7 +143,7 @@ pub struct ExpoInput<'a> {
     pub version: &'a str,
     /// Futex return codes are known (futex mode "syscall").
     pub futex_outcomes: bool,
-    /// Counts of removed cgroups past their ttl, by (label, kind, op): see [`crate::series`].
+    /// Counts of removed cgroups past their ttl, by (label, kind, op): see [`crate::exporter::series`].
     pub base: &'a [((String, u32, u32), Histogram)],
     /// Removed cgroups whose series are still exported.
     pub retired_cgroups: usize,

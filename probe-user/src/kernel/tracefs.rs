@@ -19,11 +19,8 @@ pub enum TracefsError {
         needed_for: String,
         hint: String,
     },
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("cannot read {path}: {cause}")]
+    Read { path: String, cause: std::io::Error },
     #[error("{path}: no field `{field}` in the tracepoint format")]
     NoField { path: String, field: String },
 }
@@ -102,7 +99,7 @@ impl Tracefs {
         let path = self.format_path(category, name);
         let text = std::fs::read_to_string(&path).map_err(|source| TracefsError::Read {
             path: path.display().to_string(),
-            source,
+            cause: source,
         })?;
         parse_field_offset(&text, field).ok_or_else(|| TracefsError::NoField {
             path: path.display().to_string(),

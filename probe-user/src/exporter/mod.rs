@@ -1,0 +1,4 @@
+//! Prometheus exposition: metric families from snapshots, and the retirement of series whose
+//! subject is gone.
+pub mod metrics;
+pub mod series;
