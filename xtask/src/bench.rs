@@ -1141,7 +1141,9 @@ fn go_server_cost(ws: &Workspace, bin: &Path, pairs: usize, quick: bool) -> Resu
 /// returned once attached.
 fn start_go_capture(bin: &Path, pid: u32, probes: bool) -> Result<Tracer> {
     let mut c = Command::new(bin);
-    c.args(["capture", "--duration", "1h", "--pid", &pid.to_string()]);
+    // --log info: the "capturing" line the tracer waits for.
+    c.args(["--log", "info", "capture", "--duration", "1h"]);
+    c.args(["--pid", &pid.to_string()]);
     c.args(["--go-probes", if probes { "on" } else { "off" }]);
     c.env("RUST_LOG", "warn");
     Tracer::start("schedlat capture", c, "capturing", Duration::from_secs(60))

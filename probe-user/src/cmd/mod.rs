@@ -3,3 +3,4 @@ pub mod capture;
 pub mod check;
 pub mod daemon;
 pub mod go_stats;
+pub mod top;

@@ -418,7 +418,18 @@ impl GoStart {
     /// the capture report afterwards ([`GoSection::threads_runqueue_delay_ns`]).
     /// `raw`: the Go maps, when this process's uprobe was attached.
     pub fn finish(
-        self,
+        mut self,
+        cgroup_mount: Option<&std::path::Path>,
+        raw: Option<&GoRaw>,
+    ) -> Result<GoSection, GoError> {
+        self.next(cgroup_mount, raw)
+    }
+
+    /// [`finish`](Self::finish) for one interval of a capture: the section covers the time
+    /// since the previous call (or the start), and this reading starts the next interval.
+    /// `raw`: the Go maps' growth over the same interval.
+    pub fn next(
+        &mut self,
         cgroup_mount: Option<&std::path::Path>,
         raw: Option<&GoRaw>,
     ) -> Result<GoSection, GoError> {
@@ -498,7 +509,8 @@ impl GoStart {
             (Some((plan, names)), Some(raw)) => Some(events_section(raw, plan, names)),
             _ => None,
         };
-        Ok(GoSection {
+        let sched_latency = window(&self.before.sched_latencies, &after.sched_latencies);
+        let section = GoSection {
             pid: self.pid,
             go_version: after.go_version.clone(),
             layout: after.layout.clone(),
@@ -506,16 +518,19 @@ impl GoStart {
             goroutines: after.goroutines.as_ref().map(|g| g.live),
             goroutines_ever_allocated: after.goroutines.as_ref().map_or(0, |g| g.allglen),
             sched_stats: after.sched_stats.clone(),
-            sched_latency: window(&self.before.sched_latencies, &after.sched_latencies),
+            sched_latency,
             stw_pauses,
             gc_pauses,
-            cpu_budget: budget,
+            cpu_budget: budget.clone(),
             throttling,
             threads_runqueue_delay_ns: 0,
             threads_runqueue_waits: 0,
             events,
             warnings,
-        })
+        };
+        self.before = after;
+        self.budget_before = budget;
+        Ok(section)
     }
 }
 
