@@ -26,7 +26,7 @@ fn main() {
     }
     println!("cargo:rerun-if-env-changed=SCHEDLAT_EBPF_RUSTC");
     println!("cargo:rerun-if-env-changed=SCHEDLAT_EBPF_CARGO");
-    let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("schedlat-probes");
+    let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
 
     let rustc = env::var("SCHEDLAT_EBPF_RUSTC").unwrap_or_else(|_| "/usr/bin/rustc".into());
     let cargo = env::var("SCHEDLAT_EBPF_CARGO").unwrap_or_else(|_| "/usr/bin/cargo".into());
@@ -83,7 +83,11 @@ fn main() {
     if !status.success() {
         panic!("building the eBPF programs (probe-ebpf) failed: see the errors above");
     }
-    let obj = target_dir.join("bpfel-unknown-none/release/schedlat-probes");
-    std::fs::copy(&obj, &out)
-        .unwrap_or_else(|e| panic!("copy {} -> {}: {e}", obj.display(), out.display()));
+    // schedlat-floor: the same hooks with empty bodies, for the benchmark's floor row.
+    for bin in ["schedlat-probes", "schedlat-floor"] {
+        let obj = target_dir.join("bpfel-unknown-none/release").join(bin);
+        let out = out_dir.join(bin);
+        std::fs::copy(&obj, &out)
+            .unwrap_or_else(|e| panic!("copy {} -> {}: {e}", obj.display(), out.display()));
+    }
 }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod cpulimit;
 pub mod daemon;
 pub mod features;
+pub mod floor;
 pub mod go_stats;
 pub mod gocapture;
 pub mod goruntime;
@@ -35,6 +36,7 @@ pub fn run() -> anyhow::Result<()> {
         cli::Command::Daemon(a) => crate::daemon::run(&cli, a),
         cli::Command::GoStats(a) => crate::go_stats::run(a),
         cli::Command::Check(a) => crate::check::run(&cli, a),
+        cli::Command::BenchFloor(a) => crate::floor::run(a),
     }
 }
 

@@ -27,6 +27,9 @@ use crate::{
 
 /// The compiled eBPF object (probe-ebpf), built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/schedlat-probes"));
+/// The benchmark's floor (probe-ebpf/src/floor.rs): the same hooks with empty bodies.
+static FLOOR_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/schedlat-floor"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -816,6 +819,57 @@ fn attach_go(ebpf: &mut Ebpf, g: &GoEventTarget) -> Result<Attached, ProbeError>
         attached: true,
         note: None,
     })
+}
+
+/// schedlat's hooks with empty bodies, attached where schedlat attaches them: what attaching
+/// at all costs (`schedlat bench-floor`, for `cargo xtask bench`). Dropping it detaches.
+pub struct Floor {
+    _ebpf: Ebpf,
+    pub attached: Vec<Attached>,
+}
+
+impl Floor {
+    /// The three scheduler hooks; with `go`, instead, only the Go uprobe at the same site a
+    /// capture would probe (the benchmark runs it beside a capture without Go probes, which
+    /// has the scheduler hooks already).
+    pub fn load(go: Option<&GoEventTarget>) -> Result<Self, ProbeError> {
+        check_privileges()?;
+        let mut ebpf = EbpfLoader::new()
+            .load(FLOOR_OBJECT)
+            .map_err(|e| ProbeError::Load(Box::new(e)))?;
+        let btf = Btf::from_sys_fs().map_err(|e| {
+            ProbeError::Btf(BtfError::Other(format!(
+                "reading /sys/kernel/btf/vmlinux for tp_btf: {e}"
+            )))
+        })?;
+        let mut attached = Vec::new();
+        if let Some(g) = go {
+            attached.push(attach_go(&mut ebpf, g)?);
+            return Ok(Self {
+                _ebpf: ebpf,
+                attached,
+            });
+        }
+        for name in ["sched_waking", "sched_wakeup_new", "sched_switch"] {
+            let p: &mut BtfTracePoint = program(&mut ebpf, name)?;
+            p.load(name, &btf).map_err(prog_err(name))?;
+            p.attach().map_err(|source| ProbeError::Attach {
+                program: name.into(),
+                target: format!("tp_btf/{name}"),
+                source: Box::new(source),
+            })?;
+            attached.push(Attached {
+                program: name.into(),
+                target: format!("tp_btf/{name}"),
+                attached: true,
+                note: None,
+            });
+        }
+        Ok(Self {
+            _ebpf: ebpf,
+            attached,
+        })
+    }
 }
 
 fn map_ref<'a, V: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>>(
