@@ -346,9 +346,10 @@ fn futex_block_op(task: *const u8) -> Option<u32> {
     if regs.is_null() {
         return None;
     }
-    let nr = unsafe { read_field::<u64>(regs, c.regs_syscall_nr) }.ok()?;
+    // bpf_task_pt_regs returns a BTF pointer (struct pt_regs): direct loads, no helper call.
+    let nr = unsafe { btf_load::<u64>(regs, c.regs_syscall_nr) };
     if nr == c.nr_futex as u64 {
-        let op = unsafe { read_field::<u64>(regs, c.regs_arg2) }.ok()?;
+        let op = unsafe { btf_load::<u64>(regs, c.regs_arg2) };
         let cmd = op as u32 & !futex_op::FLAG_MASK;
         return if futex_op::is_blocking(cmd) {
             Some(cmd)
