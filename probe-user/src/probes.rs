@@ -97,8 +97,8 @@ pub struct MapSizes {
     pub runq_start: u32,
     /// Tasks inside a blocking futex call, at once.
     pub futex_start: u32,
-    /// Histogram series: half for run-queue delay (woken and preempted of one cgroup per
-    /// slot), half for futex waits (one per cgroup and futex op).
+    /// Histograms: run-queue delay (woken and preempted) of `hists / 2` cgroups (RQ_SLOTS),
+    /// and `hists / 2` futex series, one per cgroup and futex op (HISTS).
     pub hists: u32,
     /// Distinct tids in a capture.
     pub tasks: u32,
@@ -842,7 +842,7 @@ impl Probes {
     }
 }
 
-/// Run-queue histogram slots (one cgroup each, two series): half of `hists`.
+/// Run-queue histogram slots (one cgroup each, woken and preempted): half of `hists`.
 fn rq_slots(s: &MapSizes) -> u32 {
     (s.hists / 2).max(1)
 }
