@@ -61,6 +61,10 @@ pub enum Command {
     /// fallback in use), capabilities, mounts, and whether capture, daemon and Go probes work
     /// here (loaded and attached for real, then detached). Exit 2 if one does not.
     Check(CheckArgs),
+    /// Benchmark only (`cargo xtask bench`): schedlat's hooks with empty bodies, attached
+    /// until SIGINT/SIGTERM (the cost of attaching at all).
+    #[command(hide = true)]
+    BenchFloor(BenchFloorArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -184,6 +188,14 @@ pub struct TopArgs {
     /// allows it (no extra cost), else `off`.
     #[arg(long, value_enum, default_value_t = FutexMode::Auto)]
     pub futex: FutexMode,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchFloorArgs {
+    /// Instead, only an empty uprobe at the runtime.casgstatus instruction a Go capture of
+    /// PID probes.
+    #[arg(long, value_name = "PID")]
+    pub go_pid: Option<u32>,
 }
 
 #[derive(Debug, Args)]

@@ -32,6 +32,7 @@ pub fn run() -> anyhow::Result<()> {
         cli::Command::GoStats(a) => crate::cmd::go_stats::run(a),
         cli::Command::Check(a) => crate::cmd::check::run(&cli, a),
         cli::Command::Top(a) => crate::cmd::top::run(&cli, a),
+        cli::Command::BenchFloor(a) => crate::cmd::floor::run(a),
     }
 }
 
