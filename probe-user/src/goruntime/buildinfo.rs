@@ -69,9 +69,16 @@ fn parse_section<'d, 'f, R: ReadRef<'d>>(
     file: &'f object::File<'d, R>,
     section: object::Section<'d, 'f, R>,
 ) -> Result<String, GoError> {
-    let data = section.data().map_err(|_| GoError::Malformed {
-        what: ".go.buildinfo section data lies outside the file".into(),
-    })?;
+    // Only the header and the inline version string are read (through a BudgetedFile, a
+    // section's whole claimed size would be charged, and refused, for nothing).
+    let want = section.size().min(HEADER_LEN as u64 + 10 + MAX_VERSION_LEN);
+    let data = section
+        .data_range(section.address(), want)
+        .ok()
+        .flatten()
+        .ok_or_else(|| GoError::Malformed {
+            what: ".go.buildinfo section data lies outside the file".into(),
+        })?;
     let header = data.get(..HEADER_LEN).ok_or(GoError::NotGo {
         why: ".go.buildinfo is shorter than its 32-byte header",
     })?;

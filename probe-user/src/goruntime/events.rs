@@ -64,9 +64,9 @@ pub(super) fn plan_for<'d, R: ReadRef<'d>>(bin: &GoBinary<'d, R>) -> Result<Even
     let malformed = |what: String| GoError::Malformed { what };
     let (func, reasons, g_waitreason, statuses) = if stripped {
         let entry = table::lookup(&version)?;
-        let res = table::Resolver::new(file)?;
+        let res = table::Resolver::new(file, bin.budget())?;
         let f = res
-            .function(FUNCTION)
+            .function(FUNCTION)?
             .ok_or_else(|| malformed(format!("{FUNCTION} is not in .gopclntab")))?;
         let reasons = res.symbol(entry, WAIT_REASONS)?;
         (
@@ -78,7 +78,7 @@ pub(super) fn plan_for<'d, R: ReadRef<'d>>(bin: &GoBinary<'d, R>) -> Result<Even
     } else {
         // One read of the string table (super::find_symbols_sized says why).
         let mut want = [(FUNCTION, None), (WAIT_REASONS, None)];
-        super::find_symbols_sized(file, &mut want)?;
+        super::find_symbols_sized(file, &mut want, bin.budget())?;
         let [(_, func), (_, reasons)] = want;
         let missing_sym = |symbol| GoError::MissingSymbol {
             version: version.clone(),

@@ -285,7 +285,8 @@ fn disagreeing_recipes_are_refused() {
     for dir in dirs {
         let bytes = read(&dir.join("gosched-stripped"));
         let file = object::File::parse(&bytes[..]).unwrap();
-        let res = table::Resolver::new(&file).unwrap();
+        let budget = budget::Budget::default();
+        let res = table::Resolver::new(&file, &budget).unwrap();
         let v = go_version(&bytes[..]).unwrap();
         let mut entry = table::lookup(&v).unwrap().clone();
         let good = res.symbol(&entry, "runtime.sched").unwrap();
@@ -794,7 +795,8 @@ fn pclntab_agrees_with_symtab() {
         for name in ["gosched", "gosched-pie", "gosched-cgo"] {
             let bytes = read(&dir.join(name));
             let file = object::File::parse(&bytes[..]).unwrap();
-            let pcln = pclntab::Pclntab::load(&file).unwrap();
+            let budget = budget::Budget::default();
+            let pcln = pclntab::Pclntab::load(&file, &budget).unwrap();
             let names = [
                 "runtime.casgstatus",
                 "runtime.main",
@@ -803,10 +805,13 @@ fn pclntab_agrees_with_symtab() {
             ];
             let mut want: Vec<(&'static str, Option<(u64, u64)>)> =
                 names.iter().map(|n| (*n, None)).collect();
-            find_symbols_sized(&file, &mut want).unwrap();
+            find_symbols_sized(&file, &mut want, &Default::default()).unwrap();
             for (n, sym) in want {
                 let (addr, size) = sym.unwrap();
-                let f = pcln.find(n).unwrap_or_else(|| panic!("{name}: {n}"));
+                let f = pcln
+                    .find(n, &budget)
+                    .unwrap()
+                    .unwrap_or_else(|| panic!("{name}: {n}"));
                 // pclntab sizes run to the next function, so they include alignment padding.
                 assert_eq!(f.addr, addr, "{}/{name}: {n}", dir.display());
                 assert!(f.size >= size && f.size < size + 64, "{n}: {f:?} vs {size}");

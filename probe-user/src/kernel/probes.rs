@@ -138,6 +138,9 @@ pub struct ProbeOptions {
 #[derive(Clone, Debug)]
 pub struct GoEventTarget {
     pub pid: u32,
+    /// The process and its executable as analysed: the uprobe goes on this descriptor's file
+    /// (not /proc/PID/exe looked up again, which a reused pid would make another file).
+    pub exe: std::sync::Arc<crate::goruntime::live::Target>,
     /// Probed instruction's offset in the executable file.
     pub file_offset: u64,
     /// Shown in errors and `attached`, e.g. "runtime.casgstatus+0x20 (jb)".
@@ -792,17 +795,21 @@ fn attach_go(ebpf: &mut Ebpf, g: &GoEventTarget) -> Result<Attached, ProbeError>
     let name = "go_casgstatus";
     let exe = format!("/proc/{}/exe", g.pid);
     let target = format!("uprobe:{exe}:{} (file offset {:#x})", g.site, g.file_offset);
+    // The magic link of our own descriptor resolves to the file analysed, even in another
+    // mount namespace (a container).
+    let opened = format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&g.exe.exe)
+    );
     let p: &mut UProbe = program(ebpf, name)?;
     p.load().map_err(prog_err(name))?;
     let pid = std::num::NonZeroU32::new(g.pid).ok_or_else(|| ProbeError::Map {
         map: "programs",
         detail: "Go target pid 0".into(),
     })?;
-    // /proc/PID/exe: the kernel resolves the magic link to the process's own binary, also
-    // when it lives in another mount namespace (a container).
     p.attach(
         UProbeAttachLocation::AbsoluteOffset(g.file_offset),
-        &exe,
+        &opened,
         UProbeScope::OneProcess(pid),
     )
     .map_err(|source| ProbeError::Attach {
