@@ -98,13 +98,13 @@ pub(super) fn plan_for<'d, R: ReadRef<'d>>(bin: &GoBinary<'d, R>) -> Result<Even
     }
     let reasons_len = wait_reasons_len(rsize)?;
 
-    // Only the function's bytes (data_range reads just them through ReadCache).
+    // Only the function's bytes.
     let code = super::section_by_name(file, ".text")
         .filter(|s| {
             s.address() <= fvaddr
                 && fvaddr.saturating_add(fsize) <= s.address().saturating_add(s.size())
         })
-        .and_then(|s| s.data_range(fvaddr, fsize).ok().flatten())
+        .and_then(|s| super::section_bytes(file, &s, fvaddr, fsize))
         .ok_or_else(|| malformed(format!("{FUNCTION} is not inside .text")))?;
     // gp, oldval, newval: RAX, RBX, RCX under ABIInternal.
     let site = probesite::choose(code, fvaddr, &[Register::RAX, Register::RBX, Register::RCX])

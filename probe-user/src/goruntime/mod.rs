@@ -445,6 +445,47 @@ pub(crate) fn base_vaddr<'d, R: ReadRef<'d>>(file: &object::File<'d, R>) -> Resu
         })
 }
 
+/// `size` bytes at link-time address `addr` inside `section`, read from the file on their
+/// own. Not `section.data_range`: that reads the whole section first (through a
+/// [`budget::BudgetedFile`], all of .text for one function, all of .go.buildinfo for its
+/// header). None outside the section's bytes in the file.
+pub(crate) fn section_bytes<'d, R: ReadRef<'d>>(
+    file: &object::File<'d, R>,
+    section: &object::Section<'d, '_, R>,
+    addr: u64,
+    size: u64,
+) -> Option<&'d [u8]> {
+    let (off, len) = section.file_range()?;
+    let rel = addr.checked_sub(section.address())?;
+    if rel.checked_add(size)? > len {
+        return None;
+    }
+    let object::File::Elf64(elf) = file else {
+        return None;
+    };
+    elf.data().read_bytes_at(off.checked_add(rel)?, size).ok()
+}
+
+/// `len` bytes at virtual address `addr`, from whichever loadable segment holds them in the
+/// file, read on their own (not `segment.data_range`, which reads the whole segment).
+pub(crate) fn segment_bytes<'d, R: ReadRef<'d>>(
+    file: &object::File<'d, R>,
+    addr: u64,
+    len: u64,
+) -> Option<&'d [u8]> {
+    let object::File::Elf64(elf) = file else {
+        return None;
+    };
+    file.segments().find_map(|seg| {
+        let (off, flen) = seg.file_range();
+        let rel = addr.checked_sub(seg.address())?;
+        if rel.checked_add(len)? > flen {
+            return None;
+        }
+        elf.data().read_bytes_at(off.checked_add(rel)?, len).ok()
+    })
+}
+
 /// Whether `addr` lies in a section whose ELF flags include all of `flags` (SHF_*).
 pub(crate) fn in_section_with<'d, R: ReadRef<'d>>(
     file: &object::File<'d, R>,
@@ -811,3 +852,6 @@ fn sched_stats_layout(types: &dwarf::Types) -> Option<SchedStatsLayout> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod crafted;

@@ -374,7 +374,7 @@ pub(crate) fn relative_relocations<'d, R: ReadRef<'d>>(
 pub fn magic<'d, R: ReadRef<'d>>(file: &object::File<'d, R>) -> Option<u32> {
     let section = super::section_by_name(file, ".gopclntab")
         .or_else(|| super::section_by_name(file, ".data.rel.ro.gopclntab"))?;
-    let head = section.data_range(section.address(), 4).ok().flatten()?;
+    let head = super::section_bytes(file, &section, section.address(), 4)?;
     let m = u32_at(head, 0)?;
     [MAGIC_12, MAGIC_116, MAGIC_118, MAGIC_120]
         .contains(&m)

@@ -13,7 +13,7 @@
 use std::{collections::BTreeMap, sync::LazyLock};
 
 use iced_x86::{Decoder, DecoderOptions};
-use object::{ObjectSection, ReadRef, elf};
+use object::{ReadRef, elf};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -145,7 +145,7 @@ impl<'d, 'f, R: ReadRef<'d>> Resolver<'d, 'f, R> {
         if f.size > MAX_FUNCTION as u64 {
             return None;
         }
-        self.text.data_range(f.addr, f.size).ok().flatten()
+        super::section_bytes(self.file, &self.text, f.addr, f.size)
     }
 
     fn targets(&self, function: &str) -> Result<Option<Vec<u64>>, GoError> {
