@@ -324,9 +324,12 @@ pub fn start(
     });
     drop(bin);
     drop(file);
-    let before = live::read_with(pid, &layout, exe)?;
     // Everything above read by pid: discarded unless it is still the process analysed.
-    target.verify()?;
+    let before = target.checked(live::read_with(pid, &layout, exe))?;
+    let plan = match plan {
+        Some(Ok(p)) => Some(target.checked(Ok(p))),
+        other => other,
+    };
     let budget_before = cgroup_mount.and_then(|m| cpulimit::budget(pid, m).ok());
     let (events, events_unavailable) = match plan {
         Some(plan) => match plan {
@@ -401,9 +404,8 @@ impl GoStart {
         raw: Option<&GoRaw>,
     ) -> Result<GoSection, GoError> {
         let mut exited = None;
-        let read = live::read_with(self.pid, &self.layout, &self.target.meta)
-            .and_then(|a| self.target.verify().map(|()| a));
-        let after = match read {
+        let read = live::read_with(self.pid, &self.layout, &self.target.meta);
+        let after = match self.target.checked(read) {
             Ok(a) => a,
             // Exited during the window: the per-event data still covers it until then; the
             // runtime's own statistics have no end reading (an empty window, said so).

@@ -581,8 +581,7 @@ impl GoWatcher {
             goruntime::live::test_hook::between_scan_and_read(pid);
             // Read, then check the pid still names the process opened, running the file
             // analysed: otherwise the reading is of another program and is discarded.
-            let read = goruntime::live::read_with(pid, &layout, &target.meta)
-                .and_then(|s| target.verify().map(|()| s));
+            let read = target.checked(goruntime::live::read_with(pid, &layout, &target.meta));
             let stats = match read {
                 Ok(s) => s,
                 Err(e) => {
@@ -903,6 +902,81 @@ mod tests {
         add_pauses(&mut acc, &[0, 511, 512, 1023], &bounds);
         add_pauses(&mut acc, &[1024, 5000], &bounds);
         assert_eq!(acc, (vec![2, 2, 2], 8070.0));
+    }
+
+    /// The pid of the Go program scanned is taken over by another Go program (of another
+    /// release, so another layout) before the read: the reading is discarded and counted,
+    /// never taken as the first program's.
+    #[test]
+    fn a_pid_reused_between_scan_and_read_discards_the_reading() {
+        use crate::goruntime::tests::{Fixture, fixture_versions, root_or_skip};
+        let Some(dirs) = fixture_versions() else {
+            return;
+        };
+        // Placing a process at a given pid (ns_last_pid) needs root.
+        if !root_or_skip("a_pid_reused_between_scan_and_read_discards_the_reading") {
+            return;
+        }
+        // A copy of its own, so the selector picks no other test's fixture.
+        let tmp = std::env::temp_dir().join(format!("schedlat-reuse-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).unwrap();
+        let a_exe = tmp.join("gosched");
+        std::fs::copy(dirs.last().unwrap().join("gosched"), &a_exe).unwrap();
+        // Same release, another program: A's addresses are mapped in it, so reading it with
+        // A's layout succeeds, with meaningless numbers.
+        let b_exe = dirs.last().unwrap().join("goevents");
+        let a = Fixture::start(&a_exe, 3);
+        let pid = a.pid();
+        let mut w = GoWatcher::new(
+            GoConfig {
+                enabled: true,
+                binaries: vec![a_exe.to_string_lossy().into_owned()],
+                ..Default::default()
+            },
+            4,
+        );
+        w.scrape();
+        w.settle();
+        w.scrape();
+        let series = |w: &GoWatcher| w.series.values().map(|s| s.processes).sum::<u64>();
+        assert_eq!(series(&w), 1, "the first program is read");
+
+        // Between this scrape's scan and its read: the program exits and another takes its
+        // pid (the kernel hands out ns_last_pid + 1 next; retried if someone else forks).
+        let a = std::sync::Mutex::new(Some(a));
+        let b: std::sync::Arc<std::sync::Mutex<Option<Fixture>>> = Default::default();
+        let b2 = b.clone();
+        let b_exe2 = b_exe.clone();
+        crate::goruntime::live::test_hook::set(Some(Box::new(move |p| {
+            if p != pid {
+                return;
+            }
+            drop(a.lock().unwrap().take());
+            for _ in 0..200 {
+                std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
+                let fx = Fixture::start(&b_exe2, 5);
+                if fx.pid() == pid {
+                    *b2.lock().unwrap() = Some(fx);
+                    return;
+                }
+            }
+            panic!("could not start a process at pid {pid}");
+        })));
+        w.scrape();
+        crate::goruntime::live::test_hook::set(None);
+        assert_eq!(
+            b.lock().unwrap().as_ref().map(Fixture::pid),
+            Some(pid),
+            "the second program took the pid"
+        );
+        assert_eq!(
+            series(&w),
+            0,
+            "a reading of the program that reused the pid was taken"
+        );
+        assert_eq!(w.errors.get("process_changed"), Some(&1), "{:?}", w.errors);
+        drop(b);
+        let _ = std::fs::remove_dir_all(&tmp);
     }
 
     #[test]

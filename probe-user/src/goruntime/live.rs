@@ -190,12 +190,22 @@ impl Target {
         ExeKey::of(&self.meta)
     }
 
+    /// `read` (of this process, by pid) if the pid still names the process opened, running
+    /// the file opened; otherwise why not (also when the read failed: reading another
+    /// process's memory with this layout fails for that reason).
+    pub fn checked<T>(&self, read: Result<T, GoError>) -> Result<T, GoError> {
+        match read {
+            Ok(v) => self.verify().map(|()| v),
+            Err(e) => Err(self.verify().err().unwrap_or(e)),
+        }
+    }
+
     /// Whether the pid still names the process opened, running the executable opened: call
     /// after reading, and discard the reading on error (`ProcessGone` if it exited,
     /// `ProcessChanged` if the pid was reused or the process exec'd another program).
     pub fn verify(&self) -> Result<(), GoError> {
         let pid = self.pid;
-        if let Some(fd) = &self.pidfd {
+        let exited = self.pidfd.as_ref().is_some_and(|fd| {
             use std::os::fd::AsRawFd as _;
             let mut p = libc::pollfd {
                 fd: fd.as_raw_fd(),
@@ -204,16 +214,20 @@ impl Target {
             };
             // SAFETY: one pollfd on a descriptor we own; a pidfd is readable once it exited.
             let n = unsafe { libc::poll(&mut p, 1, 0) };
-            if n > 0 && p.revents & libc::POLLIN != 0 {
-                return Err(GoError::ProcessGone { pid });
-            }
-        }
+            n > 0 && p.revents & libc::POLLIN != 0
+        });
         let changed = |what: String| GoError::ProcessChanged { pid, what };
+        // ProcessGone when nothing has the pid now.
         let now = start_time(pid)?;
-        if now != self.start_time {
+        if exited && now == self.start_time {
+            // Exited, not reaped yet.
+            return Err(GoError::ProcessGone { pid });
+        }
+        if exited || now != self.start_time {
             return Err(changed(format!(
-                "it started at {} ticks after boot, the process opened at {}: the pid was reused",
-                now, self.start_time
+                "the process opened exited and another (started {now} ticks after boot, the \
+                 one opened at {}) has its pid",
+                self.start_time
             )));
         }
         let exe = std::fs::metadata(format!("/proc/{pid}/exe"))
@@ -268,9 +282,7 @@ pub fn read(pid: u32) -> Result<Stats, GoError> {
     })?)?;
     #[cfg(test)]
     test_hook::between_scan_and_read(pid);
-    let stats = read_with(pid, &layout, &t.meta)?;
-    t.verify()?;
-    Ok(stats)
+    t.checked(read_with(pid, &layout, &t.meta))
 }
 
 /// Read statistics with an already-analysed layout (`exe` = metadata of /proc/PID/exe).
@@ -741,9 +753,11 @@ fn read_abs(mem: &Mem, addr: u64, buf: &mut [u8], pid: u32, path: &str) -> Resul
 /// Another process's memory, read with process_vm_readv(2).
 struct Mem(u32);
 
-/// process_vm_readv calls made (tests count them per reading).
+// process_vm_readv calls made by this thread (tests count them per reading).
 #[cfg(test)]
-pub static READV_CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+thread_local! {
+    pub static READV_CALLS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
 
 /// Most iovecs per process_vm_readv (UIO_MAXIOV).
 const MAX_IOV: usize = 1024;
@@ -767,7 +781,7 @@ impl Mem {
                 })
                 .collect();
             #[cfg(test)]
-            READV_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            READV_CALLS.with(|c| c.set(c.get() + 1));
             // SAFETY: `local` covers `total` bytes of `buf`, which we exclusively borrow; the
             // remote ranges are checked by the kernel (EFAULT, or a short count).
             let n = unsafe {
@@ -807,7 +821,7 @@ impl Mem {
                 iov_len: buf.len() - done,
             };
             #[cfg(test)]
-            READV_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            READV_CALLS.with(|c| c.set(c.get() + 1));
             // SAFETY: `local` covers the unread tail of `buf`, which we exclusively borrow; the
             // kernel checks the remote range and fails with EFAULT rather than touching ours.
             let n =
@@ -1013,6 +1027,34 @@ mod tests {
         let e = read_gc_ring(&m.layout(), Scheme::SuperSub, &read).unwrap_err();
         assert!(matches!(e, GoError::Inconsistent { .. }), "{e}");
         assert!(e.to_string().contains("pause_end"), "{e}");
+    }
+
+    /// One reading walks every P of allp: a bounded number of process_vm_readv calls, the
+    /// same for 2 Ps as for 64 (it was several calls per P: up to 65,536 Ps).
+    #[test]
+    fn reading_a_process_makes_few_calls_whatever_gomaxprocs() {
+        let Some(dirs) = crate::goruntime::tests::fixture_versions() else {
+            return;
+        };
+        for dir in [dirs.first().unwrap(), dirs.last().unwrap()] {
+            let mut calls = Vec::new();
+            for procs in [2, 64] {
+                let fx = crate::goruntime::tests::Fixture::start(&dir.join("gosched"), procs);
+                let before = READV_CALLS.with(|c| c.get());
+                let s = read(fx.pid()).unwrap();
+                assert_eq!(s.gomaxprocs, procs as i32);
+                calls.push(READV_CALLS.with(|c| c.get()) - before);
+            }
+            eprintln!(
+                "{}: process_vm_readv calls at GOMAXPROCS 2, 64: {calls:?}",
+                dir.display()
+            );
+            assert!(
+                calls.iter().all(|c| *c <= 24),
+                "{}: process_vm_readv calls for GOMAXPROCS 2 and 64: {calls:?}",
+                dir.display()
+            );
+        }
     }
 
     #[test]

@@ -851,7 +851,7 @@ fn sched_stats_layout(types: &dwarf::Types) -> Option<SchedStatsLayout> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 #[cfg(test)]
 mod crafted;

@@ -4,8 +4,52 @@ use std::path::PathBuf;
 
 use super::*;
 
+/// A Go fixture (gosched) started and waiting for its first command, killed on drop.
+pub(crate) struct Fixture(pub std::process::Child);
+
+impl Fixture {
+    pub(crate) fn start(exe: &std::path::Path, maxprocs: u32) -> Fixture {
+        use std::io::BufRead as _;
+        let mut c = std::process::Command::new(exe)
+            .env("GOSCHED_MAXPROCS", maxprocs.to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", exe.display()));
+        let mut line = String::new();
+        std::io::BufReader::new(c.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.contains("\"ready\""), "{}: {line}", exe.display());
+        Fixture(c)
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether a test needing root can run: under CI it must; elsewhere it says loudly it skips.
+pub(crate) fn root_or_skip(test: &str) -> bool {
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test} needs root under CI");
+    }
+    eprintln!("\n*** SKIPPED {test}: needs root ***\n");
+    false
+}
+
 /// Every `<dir>/<go version>/` under the fixture root; None (skip) outside CI when unset.
-fn fixture_versions() -> Option<Vec<PathBuf>> {
+pub(crate) fn fixture_versions() -> Option<Vec<PathBuf>> {
     let Some(root) = std::env::var_os("SCHEDLAT_GO_FIXTURES") else {
         if std::env::var("CI").as_deref() == Ok("true") {
             panic!("SCHEDLAT_GO_FIXTURES is unset under CI: run the tests via `cargo xtask test`");
