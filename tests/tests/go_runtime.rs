@@ -1744,7 +1744,7 @@ fn daemon_refuses_a_forged_pclntab_quickly_and_keeps_serving() {
     if !privileged_or_skip("daemon_refuses_a_forged_pclntab_quickly_and_keeps_serving") {
         return;
     }
-    let dir = tempfile_dir("schedlat-forged");
+    let dir = tempfile_dir("schedlat-forged-bin");
     let (pcln, buildinfo) = forged_go_sections(&dir);
     // A real program (coreutils' sleep) carrying the forged sections: it runs as it did.
     let exe = dir.join("planted");
