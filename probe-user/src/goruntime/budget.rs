@@ -111,6 +111,8 @@ impl Budget {
 
 /// Cached reads by (offset, size), as object::ReadCache keys them.
 type Cache = HashMap<(u64, u64), Box<[u8]>>;
+/// Cached strings by (offset, delimiter).
+type Strings = HashMap<(u64, u8), Box<[u8]>>;
 
 /// An executable read on demand (positioned reads of the descriptor opened once), each range
 /// cached for the analysis' lifetime and charged to the budget *before* its buffer exists.
@@ -119,7 +121,7 @@ pub struct BudgetedFile {
     len: u64,
     budget: Rc<Budget>,
     cache: RefCell<Cache>,
-    strings: RefCell<HashMap<(u64, u8), Box<[u8]>>>,
+    strings: RefCell<Strings>,
 }
 
 /// Overhead charged per cached read on top of its bytes (the map entry and the allocation).

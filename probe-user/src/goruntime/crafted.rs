@@ -5,7 +5,6 @@
 //! names share one unterminated run, looked up as a stripped analysis does.
 use std::{
     fs::File,
-    io::Write as _,
     os::unix::fs::FileExt as _,
     path::{Path, PathBuf},
     time::{Duration, Instant},

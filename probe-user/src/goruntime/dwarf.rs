@@ -339,9 +339,11 @@ impl Types {
                             if let Some(v) = v
                                 .and_then(|v| v.sdata_value().or(v.udata_value().map(|u| u as i64)))
                             {
-                                if !consts.contains_key(&n) {
-                                    charge(n.len() as u64 + 48)?;
-                                    consts.insert(n, v);
+                                if let std::collections::hash_map::Entry::Vacant(e) =
+                                    consts.entry(n)
+                                {
+                                    charge(e.key().len() as u64 + 48)?;
+                                    e.insert(v);
                                 }
                             }
                         }
