@@ -247,10 +247,8 @@ fn classify_file(f: File) -> Result<Class, &'static str> {
     }
     match goruntime::live::analyse_file(f) {
         Ok(l) => Ok(Class::Go(Arc::new(l))),
-        Err(e @ GoError::Io { .. }) => {
-            warn!(error = %e, "reading a Go executable");
-            Err(reason(&e))
-        }
+        // Counted by the scrape that finds it (each time: it is retried), not logged here.
+        Err(e @ GoError::Io { .. }) => Err(reason(&e)),
         Err(e) => {
             warn!(error = %e, "Go executable not readable; counted in schedlat_go_read_errors_total");
             Ok(Class::Unreadable(reason(&e)))
