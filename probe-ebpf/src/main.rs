@@ -911,14 +911,24 @@ pub fn go_casgstatus(ctx: ProbeContext) -> u32 {
     // One hash lookup per hit in the steady state: a g's entry is updated in place and only
     // deleted when the goroutine ends. Transitions of one g are serialised by the status CAS
     // (casgstatus spins until it owns the change), so no other CPU writes this entry meanwhile.
+    if old == c.st_syscall {
+        go_count(go::counter::SYSCALL_EXITS);
+    }
     let entry = GO_G.get_ptr_mut(&gp);
+    let mut prev_state = 0;
     if let Some(st) = entry {
         let (ts, state, reason) = unsafe { ((*st).ts_ns, (*st).state, (*st).reason) };
+        prev_state = state;
         let d = now.saturating_sub(ts);
         if old == c.st_waiting && state == go::SINCE_WAITING {
             go_hist(go::hist::BLOCKED + (reason & 0xff), d);
+        } else if old == c.st_syscall && state == go::SINCE_SYSCALL {
+            go_hist(go::hist::SYSCALL, d);
         } else if old == c.st_runnable && state == go::SINCE_RUNNABLE && new == c.st_running {
             go_hist(go::hist::SCHED_LATENCY, d);
+            if reason == go::RUNNABLE_AFTER_SYSCALL {
+                go_hist(go::hist::SYSCALL_LOST_P_LATENCY, d);
+            }
             let tid = bpf_get_current_pid_tgid() as u32;
             let m = go_runq_overlap(tid, ts, now);
             let m = if m > d { d } else { m };
@@ -931,7 +941,20 @@ pub fn go_casgstatus(ctx: ProbeContext) -> u32 {
         if old == c.st_dead || old == c.st_idle {
             go_count(go::counter::CREATED);
         }
-        (go::SINCE_RUNNABLE, 0)
+        if old == c.st_syscall {
+            // exitsyscall0 (runtime/proc.go, Go <= 1.25): back without a P, to be scheduled
+            // again.
+            go_count(go::counter::SYSCALL_LOST_P);
+            (go::SINCE_RUNNABLE, go::RUNNABLE_AFTER_SYSCALL)
+        } else if prev_state == go::SYSCALL_NO_P {
+            // exitsyscallNoP (Go >= 1.26), counted by its own probe.
+            (go::SINCE_RUNNABLE, go::RUNNABLE_AFTER_SYSCALL)
+        } else {
+            (go::SINCE_RUNNABLE, 0)
+        }
+    } else if new == c.st_syscall {
+        // entersyscall / entersyscallblock (runtime/proc.go): _Grunning -> _Gsyscall.
+        (go::SINCE_SYSCALL, 0)
     } else if new == c.st_waiting {
         // gopark stored the reason before mcall(park_m) (runtime/proc.go).
         let p = (gp + c.g_waitreason as u64) as *const u8;
@@ -953,7 +976,7 @@ pub fn go_casgstatus(ctx: ProbeContext) -> u32 {
         if old == c.st_syscall && new == c.st_running {
             go_count(go::counter::SYSCALL_FAST_RETURNS);
         }
-        // Running, syscall, ...: nothing to time from here; mark the entry stale.
+        // Running, ...: nothing to time from here; mark the entry stale.
         if let Some(st) = entry {
             unsafe { (*st).state = 0 };
         }
@@ -975,6 +998,63 @@ pub fn go_casgstatus(ctx: ProbeContext) -> u32 {
                 go_count(go::counter::G_MAP_FULL);
             }
         }
+    }
+    0
+}
+
+// ---- Go >= 1.26 syscalls: three more uprobes ----
+//
+// Go 1.26 switches _Grunning <-> _Gsyscall with a plain CAS in reentersyscall and exitsyscall
+// (runtime/proc.go), around casgstatus, so the probe above no longer sees syscalls. These see
+// them instead: reentersyscall and exitsyscall (the current g in R14, Go's ABIInternal g
+// register) and exitsyscallNoP(gp) (gp in RAX), which sends a goroutine that lost its P back
+// to a run queue through casgstatus(_Grunning, _Grunnable).
+
+#[uprobe]
+pub fn go_syscall_enter(ctx: ProbeContext) -> u32 {
+    let gp = unsafe { (*ctx.regs).r14 };
+    let now = unsafe { bpf_ktime_get_ns() };
+    match GO_G.get_ptr_mut(&gp) {
+        Some(st) => unsafe {
+            (*st).ts_ns = now;
+            (*st).state = go::SINCE_SYSCALL;
+            (*st).reason = 0;
+        },
+        None => {
+            let v = GoGState {
+                ts_ns: now,
+                state: go::SINCE_SYSCALL,
+                reason: 0,
+            };
+            if GO_G.insert(&gp, &v, 0).is_err() {
+                go_count(go::counter::G_MAP_FULL);
+            }
+        }
+    }
+    0
+}
+
+#[uprobe]
+pub fn go_syscall_exit(ctx: ProbeContext) -> u32 {
+    let gp = unsafe { (*ctx.regs).r14 };
+    let now = unsafe { bpf_ktime_get_ns() };
+    go_count(go::counter::SYSCALL_EXITS);
+    if let Some(st) = GO_G.get_ptr_mut(&gp) {
+        let (ts, state) = unsafe { ((*st).ts_ns, (*st).state) };
+        if state == go::SINCE_SYSCALL {
+            go_hist(go::hist::SYSCALL, now.saturating_sub(ts));
+        }
+        unsafe { (*st).state = 0 };
+    }
+    0
+}
+
+#[uprobe]
+pub fn go_syscall_exit_no_p(ctx: ProbeContext) -> u32 {
+    let gp = unsafe { (*ctx.regs).rax };
+    go_count(go::counter::SYSCALL_LOST_P);
+    if let Some(st) = GO_G.get_ptr_mut(&gp) {
+        unsafe { (*st).state = go::SYSCALL_NO_P };
     }
     0
 }

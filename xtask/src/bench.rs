@@ -28,7 +28,10 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{Workspace, build, capture, cmdline, gofix, is_root, probe, setup};
+use crate::{
+    cmd::capture, cmd::cmdline, cmd::is_root, cmd::probe, gofix, release::build, setup,
+    ws::Workspace,
+};
 
 #[derive(clap::Args)]
 pub struct Args {

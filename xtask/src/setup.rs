@@ -9,9 +9,12 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use crate::{
-    Workspace,
     apt::{Group, ensure_packages, require_root},
-    capture, gofix, probe, run_cmd,
+    cmd::capture,
+    cmd::probe,
+    cmd::run_cmd,
+    gofix,
+    ws::Workspace,
 };
 
 pub const BUILD_LINKER: Group = Group {
@@ -96,12 +99,13 @@ const PYTOOLS: &[(&str, &str, &str)] = &[
 /// and the Go fixtures (built from tests/go, so they follow source changes).
 pub fn setup(ws: &Workspace) -> Result<()> {
     ensure_packages(&[&BUILD_LINKER, &BUILD_EBPF, &BUILD_STATIC, &TEST])?;
-    ensure_rust_target(crate::STATIC_TARGET)?;
+    ensure_rust_target(crate::ws::STATIC_TARGET)?;
     let linker_llvm = ensure_bpf_linker(ws)?;
     check_llvm_rule(linker_llvm)?;
     ensure_tracefs()?;
     ensure_pytools(ws)?;
     gofix::build_fixtures(ws)?;
+    gofix::fetch_third_party(ws)?;
     println!("setup: ok");
     Ok(())
 }

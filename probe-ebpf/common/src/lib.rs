@@ -313,6 +313,12 @@ pub mod go {
         pub const WAIT_P: u32 = 1;
         /// The part of SCHED_LATENCY its M spent runnable on the kernel run queue.
         pub const WAIT_M_RUNQ: u32 = 2;
+        /// Time in a system call: _Grunning -> _Gsyscall (entersyscall) until the goroutine
+        /// leaves _Gsyscall (exitsyscall), whether it kept its P or not.
+        pub const SYSCALL: u32 = 3;
+        /// Runnable -> running of goroutines whose syscall returned without a P (exitsyscall0:
+        /// _Gsyscall -> _Grunnable): the scheduling latency a blocking syscall cost them.
+        pub const SYSCALL_LOST_P_LATENCY: u32 = 4;
         /// Blocked (waiting) time by wait reason: `BLOCKED + reason` (runtime.waitReason, u8).
         pub const BLOCKED: u32 = 16;
         pub const COUNT: u32 = BLOCKED + 256;
@@ -337,13 +343,26 @@ pub mod go {
         /// _Gsyscall -> _Grunning: a syscall return that kept its P (exitsyscall's fast
         /// path). Not a scheduling latency, but runtime/metrics counts these as 0 s samples.
         pub const SYSCALL_FAST_RETURNS: u32 = 7;
-        pub const COUNT: usize = 8;
+        /// _Gsyscall -> _Grunnable: a syscall return that found its P taken (the runtime
+        /// handed it to another M while the thread was blocked) and had to be scheduled again.
+        pub const SYSCALL_LOST_P: u32 = 8;
+        /// Syscall returns (a goroutine leaving _Gsyscall): from casgstatus up to Go 1.25,
+        /// from the uprobe on runtime.exitsyscall on Go >= 1.26.
+        pub const SYSCALL_EXITS: u32 = 9;
+        pub const COUNT: usize = 10;
     }
     /// Run-queue intervals kept per thread of the target ([`super::GoRunqRing`]).
     pub const RING: usize = 8;
     /// GoGState::state values.
     pub const SINCE_RUNNABLE: u32 = 1;
     pub const SINCE_WAITING: u32 = 2;
+    pub const SINCE_SYSCALL: u32 = 3;
+    /// Go >= 1.26: exitsyscallNoP is putting the goroutine back on a run queue (its next
+    /// casgstatus, _Grunning -> _Grunnable, is a lost-P return, not a preemption).
+    pub const SYSCALL_NO_P: u32 = 4;
+    /// GoGState::reason of a SINCE_RUNNABLE entry whose goroutine came back from a syscall
+    /// without its P.
+    pub const RUNNABLE_AFTER_SYSCALL: u32 = 1;
 }
 
 /// Load-time configuration of the Go uprobe (`GO_CONFIG`). Goroutine status values and the

@@ -145,7 +145,17 @@ pub struct GoEventTarget {
     pub file_offset: u64,
     /// Shown in errors and `attached`, e.g. "runtime.casgstatus+0x20 (jb)".
     pub site: String,
+    /// Go >= 1.26: the syscall probes (crate::goruntime::events::SyscallPlan).
+    pub syscall_probes: Vec<GoProbe>,
     pub config: GoConfig,
+}
+
+/// One more uprobe in the Go target: which program, where, and how to name it.
+#[derive(Clone, Debug)]
+pub struct GoProbe {
+    pub program: &'static str,
+    pub file_offset: u64,
+    pub site: String,
 }
 
 /// The Go maps at one instant (captures with [`ProbeOptions::go_events`]).
@@ -542,7 +552,7 @@ impl Probes {
             }
         }
         if let Some(g) = &opts.go_events {
-            attached.push(attach_go(&mut ebpf, g)?);
+            attached.extend(attach_go(&mut ebpf, g)?);
         }
         for a in &attached {
             if a.attached {
@@ -812,39 +822,51 @@ const GO_G_ENTRIES: u32 = 65536;
 /// Capacity of GO_RUNQ (threads of the Go target whose run-queue waits are kept).
 const GO_RUNQ_ENTRIES: u32 = 4096;
 
-/// Attach the Go uprobe to one process, at the planned instruction.
-fn attach_go(ebpf: &mut Ebpf, g: &GoEventTarget) -> Result<Attached, ProbeError> {
-    let name = "go_casgstatus";
-    let exe = format!("/proc/{}/exe", g.pid);
-    let target = format!("uprobe:{exe}:{} (file offset {:#x})", g.site, g.file_offset);
-    // The magic link of our own descriptor resolves to the file analysed, even in another
-    // mount namespace (a container).
-    let opened = format!(
-        "/proc/self/fd/{}",
-        std::os::fd::AsRawFd::as_raw_fd(&g.exe.exe)
-    );
-    let p: &mut UProbe = program(ebpf, name)?;
-    p.load().map_err(prog_err(name))?;
+/// Attach the Go uprobes to one process, at the planned instructions.
+fn attach_go(ebpf: &mut Ebpf, g: &GoEventTarget) -> Result<Vec<Attached>, ProbeError> {
     let pid = std::num::NonZeroU32::new(g.pid).ok_or_else(|| ProbeError::Map {
         map: "programs",
         detail: "Go target pid 0".into(),
     })?;
-    p.attach(
-        UProbeAttachLocation::AbsoluteOffset(g.file_offset),
-        &opened,
-        UProbeScope::OneProcess(pid),
-    )
-    .map_err(|source| ProbeError::Attach {
-        program: name.into(),
-        target: target.clone(),
-        source: Box::new(source),
-    })?;
-    Ok(Attached {
-        program: name.into(),
-        target,
-        attached: true,
-        note: None,
-    })
+    let main = GoProbe {
+        program: "go_casgstatus",
+        file_offset: g.file_offset,
+        site: g.site.clone(),
+    };
+    // The magic link of our own descriptor resolves to the file analysed, even in another
+    // mount namespace (a container); /proc/PID/exe looked up again could be another file.
+    let opened = format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&g.exe.exe)
+    );
+    let mut out = Vec::new();
+    for probe in std::iter::once(&main).chain(&g.syscall_probes) {
+        let name = probe.program;
+        let exe = format!("/proc/{}/exe", g.pid);
+        let target = format!(
+            "uprobe:{exe}:{} (file offset {:#x})",
+            probe.site, probe.file_offset
+        );
+        let p: &mut UProbe = program(ebpf, name)?;
+        p.load().map_err(prog_err(name))?;
+        p.attach(
+            UProbeAttachLocation::AbsoluteOffset(probe.file_offset),
+            &opened,
+            UProbeScope::OneProcess(pid),
+        )
+        .map_err(|source| ProbeError::Attach {
+            program: name.into(),
+            target: target.clone(),
+            source: Box::new(source),
+        })?;
+        out.push(Attached {
+            program: name.into(),
+            target,
+            attached: true,
+            note: None,
+        });
+    }
+    Ok(out)
 }
 
 fn map_ref<'a, V: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>>(
