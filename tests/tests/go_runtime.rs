@@ -1839,9 +1839,17 @@ fn daemon_refuses_a_forged_pclntab_quickly_and_keeps_serving() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    /// Killed on drop, also when an assertion fails (before the cgroup is removed).
+    struct Planted(std::process::Child);
+    impl Drop for Planted {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
     let cg = TestCgroup::create("forged");
-    let mut planted = Command::new(&exe).arg("600").spawn().unwrap();
-    cg.add(planted.id());
+    let planted = Planted(Command::new(&exe).arg("600").spawn().unwrap());
+    cg.add(planted.0.id());
     let (d, cfg_dir) = go_daemon("schedlat-forged", &cg, "");
     let started = std::time::Instant::now();
     let refused = loop {
@@ -1881,8 +1889,7 @@ fn daemon_refuses_a_forged_pclntab_quickly_and_keeps_serving() {
         Some(1.0)
     );
     assert_eq!(sample(&m, "schedlat_go_processes_pending"), Some(0.0));
-    let _ = planted.kill();
-    let _ = planted.wait();
+    drop(planted);
     assert!(d.stop().success());
     std::fs::remove_dir_all(&dir).unwrap();
     std::fs::remove_dir_all(&cfg_dir).unwrap();
