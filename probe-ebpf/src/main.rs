@@ -1000,6 +1000,8 @@ pub fn go_casgstatus(ctx: ProbeContext) -> u32 {
     } else {
         if old == c.st_syscall && new == c.st_running {
             go_count(go::counter::SYSCALL_FAST_RETURNS);
+        } else if old == c.st_waiting && new == c.st_running {
+            go_count(go::counter::WAITING_TO_RUNNING);
         }
         // Running, ...: nothing to time from here; mark the entry stale.
         if let Some(st) = entry {

@@ -375,7 +375,12 @@ pub mod go {
         /// Syscall returns (a goroutine leaving _Gsyscall): from casgstatus up to Go 1.25,
         /// from the uprobe on runtime.exitsyscall on Go >= 1.26.
         pub const SYSCALL_EXITS: u32 = 9;
-        pub const COUNT: usize = 10;
+        /// _Gwaiting -> _Grunning with no runnable time between: the GC's own switches
+        /// (gcBgMarkWorker, mark assists scanning their stack, stopTheWorldWithSema; runtime/
+        /// mgc.go, mgcmark.go, proc.go). Not a scheduling latency, but runtime/metrics counts
+        /// each (of the sampled goroutines) as a 0 s sample.
+        pub const WAITING_TO_RUNNING: u32 = 10;
+        pub const COUNT: usize = 11;
     }
     /// Run-queue intervals kept per thread of the target ([`super::GoRunqRing`]).
     pub const RING: usize = 8;

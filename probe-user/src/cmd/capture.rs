@@ -108,6 +108,10 @@ pub fn run(cli: &Cli, a: &CaptureArgs) -> anyhow::Result<()> {
     };
     let probes = Probes::load(&opts).context("starting the capture")?;
     if let Some(t) = &opts.go_events {
+        // The uprobe's scope is the pid: refuse if it names another process by now.
+        t.exe
+            .verify()
+            .with_context(|| format!("after attaching the Go uprobe to pid {}", t.pid))?;
         debug!(pid = t.pid, site = %t.site, file_offset = t.file_offset, "Go uprobe attached");
     }
     let scope = if pids.is_empty() && a.cgroup.is_none() {

@@ -148,6 +148,9 @@ pub struct ProbeOptions {
 #[derive(Clone, Debug)]
 pub struct GoEventTarget {
     pub pid: u32,
+    /// The process and its executable as analysed: the uprobe goes on this descriptor's file
+    /// (not /proc/PID/exe looked up again, which a reused pid would make another file).
+    pub exe: std::sync::Arc<crate::goruntime::live::Target>,
     /// Probed instruction's offset in the executable file.
     pub file_offset: u64,
     /// Shown in errors and `attached`, e.g. "runtime.casgstatus+0x20 (jb)".
@@ -777,13 +780,19 @@ impl Probes {
         if !self.task_storage {
             let runq: BpfHashMap<_, u64, schedlat_common::RunqStart> =
                 map_ref(&self.ebpf, "RUNQ_START")?;
-            snap.map_entries
-                .push(("RUNQ_START", runq.keys().count(), self.sizes.runq_start));
+            snap.map_entries.push((
+                "RUNQ_START",
+                count_keys(runq.keys(), self.sizes.runq_start),
+                self.sizes.runq_start,
+            ));
         }
         let futex: BpfHashMap<_, u64, schedlat_common::FutexStart> =
             map_ref(&self.ebpf, "FUTEX_START")?;
-        snap.map_entries
-            .push(("FUTEX_START", futex.keys().count(), self.sizes.futex_start));
+        snap.map_entries.push((
+            "FUTEX_START",
+            count_keys(futex.keys(), self.sizes.futex_start),
+            self.sizes.futex_start,
+        ));
         snap.map_entries
             .push(("TASK_STATS", snap.tasks.len(), self.sizes.tasks));
         snap.map_entries
@@ -815,11 +824,14 @@ impl Probes {
             snap.go = Some(self.go_snapshot()?);
             let g: BpfHashMap<_, u64, schedlat_common::GoGState> = map_ref(&self.ebpf, "GO_G")?;
             snap.map_entries
-                .push(("GO_G", g.keys().count(), GO_G_ENTRIES));
+                .push(("GO_G", count_keys(g.keys(), GO_G_ENTRIES), GO_G_ENTRIES));
             let r: BpfHashMap<_, u32, schedlat_common::GoRunqRing> =
                 map_ref(&self.ebpf, "GO_RUNQ")?;
-            snap.map_entries
-                .push(("GO_RUNQ", r.keys().count(), GO_RUNQ_ENTRIES));
+            snap.map_entries.push((
+                "GO_RUNQ",
+                count_keys(r.keys(), GO_RUNQ_ENTRIES),
+                GO_RUNQ_ENTRIES,
+            ));
         }
         Ok(snap)
     }
@@ -895,6 +907,19 @@ fn lookup_raw(fd: i32, key: u32, value_size: usize) -> bool {
     rc == 0
 }
 
+/// Entries of a hash map that the kernel side keeps changing (start stamps), approximately and
+/// in bounded time: the kernel's key walk (BPF_MAP_GET_NEXT_KEY) starts over from the first
+/// key when the current one is deleted meanwhile, so `keys().count()` could count some keys
+/// twice and, under churn, walk on and on. At most twice the capacity is walked and the count
+/// never exceeds the capacity.
+fn count_keys<K, E>(keys: impl Iterator<Item = Result<K, E>>, capacity: u32) -> usize {
+    let cap = capacity as usize;
+    keys.take(cap.saturating_mul(2).saturating_add(1))
+        .filter(Result::is_ok)
+        .count()
+        .min(cap)
+}
+
 /// Capacity of GO_G (goroutines runnable or waiting at once that a Go capture can time).
 const GO_G_ENTRIES: u32 = 65536;
 /// Capacity of GO_RUNQ (threads of the Go target whose run-queue waits are kept).
@@ -911,6 +936,12 @@ fn attach_go(ebpf: &mut Ebpf, g: &GoEventTarget) -> Result<Vec<Attached>, ProbeE
         file_offset: g.file_offset,
         site: g.site.clone(),
     };
+    // The magic link of our own descriptor resolves to the file analysed, even in another
+    // mount namespace (a container); /proc/PID/exe looked up again could be another file.
+    let opened = format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&g.exe.exe)
+    );
     let mut out = Vec::new();
     for probe in std::iter::once(&main).chain(&g.syscall_probes) {
         let name = probe.program;
@@ -921,11 +952,9 @@ fn attach_go(ebpf: &mut Ebpf, g: &GoEventTarget) -> Result<Vec<Attached>, ProbeE
         );
         let p: &mut UProbe = program(ebpf, name)?;
         p.load().map_err(prog_err(name))?;
-        // /proc/PID/exe: the kernel resolves the magic link to the process's own binary,
-        // also when it lives in another mount namespace (a container).
         p.attach(
             UProbeAttachLocation::AbsoluteOffset(probe.file_offset),
-            &exe,
+            &opened,
             UProbeScope::OneProcess(pid),
         )
         .map_err(|source| ProbeError::Attach {
@@ -1025,4 +1054,19 @@ fn map_mut<'a, V: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>>(
         map: name,
         detail: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// A walk that keeps starting over (its current key deleted each time) ends, with at
+    /// most the capacity counted.
+    #[test]
+    fn a_churning_map_is_counted_in_bounded_time() {
+        let restarting = [1u64, 2, 3].into_iter().map(Ok::<_, ()>).cycle();
+        assert_eq!(super::count_keys(restarting, 10), 10);
+        assert_eq!(
+            super::count_keys([Ok::<u64, ()>(1), Ok(2)].into_iter(), 10),
+            2
+        );
+    }
 }
