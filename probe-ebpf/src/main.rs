@@ -238,10 +238,10 @@ fn task_cgroup_id(task: *const u8) -> Result<u64, i32> {
 /// needs them.
 #[inline(always)]
 fn wanted(f: u32, tgid: u32, cgroup_id: u64) -> bool {
-    if f & flags::FILTER_TGID != 0 && unsafe { FILTER_TGID.get(&tgid) }.is_none() {
+    if f & flags::FILTER_TGID != 0 && unsafe { FILTER_TGID.get(tgid) }.is_none() {
         return false;
     }
-    if f & flags::FILTER_CGROUP != 0 && unsafe { FILTER_CG.get(&cgroup_id) }.is_none() {
+    if f & flags::FILTER_CGROUP != 0 && unsafe { FILTER_CG.get(cgroup_id) }.is_none() {
         return false;
     }
     true
@@ -284,17 +284,14 @@ fn hist_bump(h: *mut Hist, ns: u64) {
 /// The RQ_HISTS slot of `cgroup_id`, found in RQ_SLOTS or taken from RQ_FREE.
 #[inline(always)]
 fn rq_slot(cgroup_id: u64) -> Option<u32> {
-    if let Some(s) = unsafe { RQ_SLOTS.get(&cgroup_id) } {
+    if let Some(s) = unsafe { RQ_SLOTS.get(cgroup_id) } {
         return Some(*s);
     }
     let Ok(Some(slot)) = RQ_FREE.pop() else {
         count_drop(drop_reason::HIST_FULL);
         return None;
     };
-    if RQ_SLOTS
-        .insert(&cgroup_id, &slot, BPF_NOEXIST as u64)
-        .is_ok()
-    {
+    if RQ_SLOTS.insert(cgroup_id, slot, BPF_NOEXIST as u64).is_ok() {
         if let Some(h) = RQ_HISTS.get_ptr_mut(slot) {
             unsafe { (*h).cgroup_id = cgroup_id };
         }
@@ -302,7 +299,7 @@ fn rq_slot(cgroup_id: u64) -> Option<u32> {
     }
     // Another CPU gave this cgroup a slot meanwhile (or RQ_SLOTS is full): return ours.
     let _ = RQ_FREE.push(slot, 0);
-    match unsafe { RQ_SLOTS.get(&cgroup_id) } {
+    match unsafe { RQ_SLOTS.get(cgroup_id) } {
         Some(s) => Some(*s),
         None => {
             count_drop(drop_reason::HIST_FULL);
@@ -395,7 +392,7 @@ fn on_wake(p: *const u8, count_waker: bool) -> Result<(), i32> {
             waker_tid,
             wakee_tid: tid,
         };
-        match WAKE_PAIRS.get_ptr_mut(&key) {
+        match WAKE_PAIRS.get_ptr_mut(key) {
             Some(c) => atomic_add(unsafe { &mut (*c).count }, 1),
             None => {
                 let v = WakeCount {
@@ -403,8 +400,8 @@ fn on_wake(p: *const u8, count_waker: bool) -> Result<(), i32> {
                     waker_comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
                     wakee_comm: task_comm(p),
                 };
-                if WAKE_PAIRS.insert(&key, &v, BPF_NOEXIST as u64).is_err() {
-                    match WAKE_PAIRS.get_ptr_mut(&key) {
+                if WAKE_PAIRS.insert(key, v, BPF_NOEXIST as u64).is_err() {
+                    match WAKE_PAIRS.get_ptr_mut(key) {
                         Some(c) => atomic_add(unsafe { &mut (*c).count }, 1),
                         None => count_drop(drop_reason::WAKE_PAIR_FULL),
                     }
@@ -444,10 +441,10 @@ fn on_switch(preempt: bool, prev: *const u8, next: *const u8, prev_state: u64) -
         // thread killed while blocked in futex (they still show that syscall). Two deletes
         // per task exit, whatever the filter.
         forget(prev);
-        let _ = FUTEX_START.remove(&(prev as u64));
+        let _ = FUTEX_START.remove(prev as u64);
         // A Go capture's thread ring too (a reused tid must not inherit old waits).
         if unsafe { read_volatile(addr_of!(GO_CONFIG.tgid)) } != 0 {
-            let _ = GO_RUNQ.remove(&prev_tid);
+            let _ = GO_RUNQ.remove(prev_tid);
         }
     } else if prev_tid != 0 && (runnable || f & flags::FUTEX_SCHED != 0) {
         let wanted_prev = if f & (flags::FILTER_TGID | flags::FILTER_CGROUP) != 0 {
@@ -558,7 +555,7 @@ fn on_switch(preempt: bool, prev: *const u8, next: *const u8, prev_state: u64) -
 
 #[inline(always)]
 fn task_runq(tid: u32, tgid: u32, cgroup_id: u64, task: *const u8, cause: u32, delay: u64) {
-    let s = match TASK_STATS.get_ptr_mut(&tid) {
+    let s = match TASK_STATS.get_ptr_mut(tid) {
         Some(s) => s,
         None => {
             let v = TaskStat {
@@ -567,12 +564,12 @@ fn task_runq(tid: u32, tgid: u32, cgroup_id: u64, task: *const u8, cause: u32, d
                 comm: task_comm(task),
                 ..Default::default()
             };
-            if TASK_STATS.insert(&tid, &v, BPF_NOEXIST as u64).is_err() {
+            if TASK_STATS.insert(tid, v, BPF_NOEXIST as u64).is_err() {
                 // Not a race: a tid's switch-ins are serialised. The map is full.
                 count_drop(drop_reason::TASK_FULL);
                 return;
             }
-            match TASK_STATS.get_ptr_mut(&tid) {
+            match TASK_STATS.get_ptr_mut(tid) {
                 Some(s) => s,
                 None => return,
             }
@@ -702,7 +699,7 @@ fn futex_enter(op: u32) {
         op,
         tid: pid_tgid as u32,
     };
-    if FUTEX_START.insert(&task, &v, 0).is_err() {
+    if FUTEX_START.insert(task, v, 0).is_err() {
         count_drop(drop_reason::FUTEX_START_FULL);
     }
 }
@@ -745,11 +742,11 @@ fn futex_exit(ctx: &TracePointContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     let task = unsafe { bpf_get_current_task() };
-    let Some(start) = (unsafe { FUTEX_START.get(&task) }) else {
+    let Some(start) = (unsafe { FUTEX_START.get(task) }) else {
         return;
     };
     let (ts, op) = (start.ts_ns, start.op);
-    let _ = FUTEX_START.remove(&task);
+    let _ = FUTEX_START.remove(task);
     let ret = unsafe { ctx.read_at::<i64>(cfg().tp_exit_ret as usize) }.unwrap_or(0);
     // errno values: include/uapi/asm-generic/errno{,-base}.h, include/linux/errno.h.
     let outcome = match -ret {
@@ -801,7 +798,7 @@ fn task_futex(
     delay: u64,
     timeout: bool,
 ) {
-    let s = match TASK_STATS.get_ptr_mut(&tid) {
+    let s = match TASK_STATS.get_ptr_mut(tid) {
         Some(s) => s,
         None => {
             let v = TaskStat {
@@ -810,11 +807,11 @@ fn task_futex(
                 comm,
                 ..Default::default()
             };
-            if TASK_STATS.insert(&tid, &v, BPF_NOEXIST as u64).is_err() {
+            if TASK_STATS.insert(tid, v, BPF_NOEXIST as u64).is_err() {
                 count_drop(drop_reason::TASK_FULL);
                 return;
             }
-            match TASK_STATS.get_ptr_mut(&tid) {
+            match TASK_STATS.get_ptr_mut(tid) {
                 Some(s) => s,
                 None => return,
             }
@@ -869,15 +866,15 @@ fn go_hist(i: u32, ns: u64) {
 /// Remember a kernel run-queue wait [start, end) of a Go target thread.
 #[inline(always)]
 fn go_runq_interval(tid: u32, start: u64, end: u64) {
-    let r = match GO_RUNQ.get_ptr_mut(&tid) {
+    let r = match GO_RUNQ.get_ptr_mut(tid) {
         Some(r) => r,
         None => {
             let v = GoRunqRing::default();
-            if GO_RUNQ.insert(&tid, &v, BPF_NOEXIST as u64).is_err() {
+            if GO_RUNQ.insert(tid, v, BPF_NOEXIST as u64).is_err() {
                 go_count(go::counter::RUNQ_MAP_FULL);
                 return;
             }
-            match GO_RUNQ.get_ptr_mut(&tid) {
+            match GO_RUNQ.get_ptr_mut(tid) {
                 Some(r) => r,
                 None => return,
             }
@@ -895,7 +892,7 @@ fn go_runq_interval(tid: u32, start: u64, end: u64) {
 /// How much of [from, to) thread `tid` spent on the kernel run queue, from its ring.
 #[inline(always)]
 fn go_runq_overlap(tid: u32, from: u64, to: u64) -> u64 {
-    let Some(r) = (unsafe { GO_RUNQ.get(&tid) }) else {
+    let Some(r) = (unsafe { GO_RUNQ.get(tid) }) else {
         return 0;
     };
     let mut sum = 0u64;
@@ -939,7 +936,7 @@ pub fn go_casgstatus(ctx: ProbeContext) -> u32 {
     if old == c.st_syscall {
         go_count(go::counter::SYSCALL_EXITS);
     }
-    let entry = GO_G.get_ptr_mut(&gp);
+    let entry = GO_G.get_ptr_mut(gp);
     let mut prev_state = 0;
     if let Some(st) = entry {
         let (ts, state, reason) = unsafe { ((*st).ts_ns, (*st).state, (*st).reason) };
@@ -994,7 +991,7 @@ pub fn go_casgstatus(ctx: ProbeContext) -> u32 {
     } else if new == c.st_dead {
         go_count(go::counter::EXITED);
         if entry.is_some() {
-            let _ = GO_G.remove(&gp);
+            let _ = GO_G.remove(gp);
         }
         return 0;
     } else {
@@ -1021,7 +1018,7 @@ pub fn go_casgstatus(ctx: ProbeContext) -> u32 {
                 state,
                 reason,
             };
-            if GO_G.insert(&gp, &v, 0).is_err() {
+            if GO_G.insert(gp, v, 0).is_err() {
                 go_count(go::counter::G_MAP_FULL);
             }
         }
@@ -1041,7 +1038,7 @@ pub fn go_casgstatus(ctx: ProbeContext) -> u32 {
 pub fn go_syscall_enter(ctx: ProbeContext) -> u32 {
     let gp = unsafe { (*ctx.regs).r14 };
     let now = unsafe { bpf_ktime_get_ns() };
-    match GO_G.get_ptr_mut(&gp) {
+    match GO_G.get_ptr_mut(gp) {
         Some(st) => unsafe {
             (*st).ts_ns = now;
             (*st).state = go::SINCE_SYSCALL;
@@ -1053,7 +1050,7 @@ pub fn go_syscall_enter(ctx: ProbeContext) -> u32 {
                 state: go::SINCE_SYSCALL,
                 reason: 0,
             };
-            if GO_G.insert(&gp, &v, 0).is_err() {
+            if GO_G.insert(gp, v, 0).is_err() {
                 go_count(go::counter::G_MAP_FULL);
             }
         }
@@ -1066,7 +1063,7 @@ pub fn go_syscall_exit(ctx: ProbeContext) -> u32 {
     let gp = unsafe { (*ctx.regs).r14 };
     let now = unsafe { bpf_ktime_get_ns() };
     go_count(go::counter::SYSCALL_EXITS);
-    if let Some(st) = GO_G.get_ptr_mut(&gp) {
+    if let Some(st) = GO_G.get_ptr_mut(gp) {
         let (ts, state) = unsafe { ((*st).ts_ns, (*st).state) };
         if state == go::SINCE_SYSCALL {
             go_hist(go::hist::SYSCALL, now.saturating_sub(ts));
@@ -1080,7 +1077,7 @@ pub fn go_syscall_exit(ctx: ProbeContext) -> u32 {
 pub fn go_syscall_exit_no_p(ctx: ProbeContext) -> u32 {
     let gp = unsafe { (*ctx.regs).rax };
     go_count(go::counter::SYSCALL_LOST_P);
-    if let Some(st) = GO_G.get_ptr_mut(&gp) {
+    if let Some(st) = GO_G.get_ptr_mut(gp) {
         unsafe { (*st).state = go::SYSCALL_NO_P };
     }
     0

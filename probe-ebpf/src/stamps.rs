@@ -169,7 +169,7 @@ mod hash {
             slot: 0,
             cgroup_id: 0,
         };
-        if RUNQ_START.insert(&(task as u64), &v, 0).is_err() {
+        if RUNQ_START.insert(task as u64, v, 0).is_err() {
             count_drop(drop_reason::RUNQ_START_FULL);
         }
     }
@@ -179,7 +179,7 @@ mod hash {
     #[inline(always)]
     pub fn stamp_woken(task: *const u8, tid: u32, f: u32, now: u64) {
         if f & flags::FUTEX_SCHED != 0
-            && let Some(s) = RUNQ_START.get_ptr_mut(&(task as u64))
+            && let Some(s) = RUNQ_START.get_ptr_mut(task as u64)
         {
             unsafe {
                 // Any other existing stamp is stale (woken while still on CPU, then it slept).
@@ -200,19 +200,19 @@ mod hash {
     /// `task`'s stamp, if it has one.
     #[inline(always)]
     pub fn state_of(task: *const u8) -> Option<*mut RunqStart> {
-        RUNQ_START.get_ptr_mut(&(task as u64))
+        RUNQ_START.get_ptr_mut(task as u64)
     }
 
     /// Use up `task`'s stamp (read it first): the entry is deleted, nothing is cached.
     #[inline(always)]
     pub fn consume(task: *const u8, _s: *mut RunqStart) -> Option<*mut RunqStart> {
-        let _ = RUNQ_START.remove(&(task as u64));
+        let _ = RUNQ_START.remove(task as u64);
         None
     }
 
     /// At a task's last switch-out: delete a stamp left by a wakeup that raced its exit.
     #[inline(always)]
     pub fn forget(task: *const u8) {
-        let _ = RUNQ_START.remove(&(task as u64));
+        let _ = RUNQ_START.remove(task as u64);
     }
 }
