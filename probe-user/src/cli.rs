@@ -205,6 +205,9 @@ pub struct GoStatsArgs {
     pub pid: u32,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    /// Histogram rows in the text output: one per power of two, or every runtime bucket.
+    #[arg(long, value_enum, default_value_t = Buckets::Compact)]
+    pub buckets: Buckets,
 }
 
 /// Durations like `10s`, `250ms`, `1m30s`; a bare number is seconds.

@@ -244,14 +244,35 @@ pub fn octave_counts(h: &Histogram) -> [u64; OCTAVE_ROWS] {
 }
 
 /// Folds kernel buckets (as [`HistSummary::buckets`]: inclusive upper bounds) into one row per
-/// power of two, runqlat's shape: `[0, 2^MIN_SHIFT)`, then `[2^k, 2^(k+1))` up to
-/// `2^MAX_SHIFT`, then the overflow row. Rows run from the first non-empty one to the last,
-/// empty rows between them kept so the shape reads true.
+/// power of two, runqlat's shape (see [`fold_by_lower`]).
 pub fn fold_octaves(buckets: &[BucketCount]) -> Vec<OctaveRow> {
+    fold_by_lower(buckets.iter().map(|b| {
+        let i = schedlat_common::bucket_index(b.le_ns);
+        (schedlat_common::bucket_lower_ns(i), b.count)
+    }))
+}
+
+/// The compact row holding values from `lo_ns` on: `[0, 2^MIN_SHIFT)`, then `[2^k, 2^(k+1))`,
+/// then the overflow row from 2^MAX_SHIFT.
+pub fn octave_of_ns(lo_ns: u64) -> usize {
+    let min = schedlat_common::hist::MIN_SHIFT;
+    if lo_ns < 1 << min {
+        0
+    } else {
+        ((1 + (63 - lo_ns.leading_zeros()) - min) as usize).min(OCTAVE_ROWS - 1)
+    }
+}
+
+/// Folds buckets given as (lower bound in ns, count) into one row per power of two:
+/// `[0, 2^MIN_SHIFT)`, then `[2^k, 2^(k+1))` up to `2^MAX_SHIFT`, then the overflow row. Exact
+/// for any bucket layout whose buckets do not straddle a power of two (the kernel's, and the Go
+/// runtime's timeHistogram). Rows run from the first non-empty one to the last, empty rows
+/// between them kept so the shape reads true.
+pub fn fold_by_lower(buckets: impl IntoIterator<Item = (u64, u64)>) -> Vec<OctaveRow> {
     let mut counts = [0u64; OCTAVE_ROWS];
-    for b in buckets {
-        let r = octave_of_bucket(schedlat_common::bucket_index(b.le_ns));
-        counts[r] = counts[r].saturating_add(b.count);
+    for (lo, count) in buckets {
+        let r = octave_of_ns(lo);
+        counts[r] = counts[r].saturating_add(count);
     }
     let (Some(first), Some(last)) = (
         counts.iter().position(|&c| c > 0),
@@ -295,6 +316,20 @@ mod tests {
     };
 
     use super::*;
+
+    #[test]
+    fn the_octave_of_a_lower_bound_is_the_octave_of_its_bucket() {
+        for i in 0..NUM_BUCKETS {
+            let lo = schedlat_common::bucket_lower_ns(i);
+            assert_eq!(
+                octave_of_ns(lo),
+                octave_of_bucket(i),
+                "bucket {i} from {lo} ns"
+            );
+        }
+        assert_eq!(octave_of_ns(0), 0);
+        assert_eq!(octave_of_ns(u64::MAX), OCTAVE_ROWS - 1);
+    }
 
     #[test]
     fn bucket_bounds_contain_their_values() {

@@ -2118,6 +2118,36 @@ fn go_stats_reads_go_programs_built_by_others() {
             lo <= 2 * cycles + 1 && 2 * cycles <= hi,
             "{name}: {cycles} GC cycles by its own count, ours between {lo}/2 and {hi}/2"
         );
+        // The text's first line reads at a glance; histograms are compact unless asked.
+        let text = |extra: &[&str]| {
+            let mut args = vec!["go-stats", "--pid"];
+            let pid = pid.to_string();
+            args.push(&pid);
+            args.extend_from_slice(extra);
+            let out = run_schedlat(&args);
+            assert!(out.status.success(), "{name}: go-stats {extra:?} failed");
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let (compact, fine) = (text(&[]), text(&["--buckets", "fine"]));
+        let first = compact.lines().next().unwrap();
+        for want in [
+            a["go_version"].as_str().unwrap(),
+            "GOMAXPROCS 3 on",
+            "scheduling latency p50",
+            "GC pauses p50",
+        ] {
+            assert!(
+                first.contains(want),
+                "{name}: first line lacks {want:?}: {first}"
+            );
+        }
+        let rows = |t: &str| t.lines().filter(|l| l.contains(" .. ")).count();
+        assert!(
+            rows(&compact) < rows(&fine),
+            "{name}: compact {} rows, fine {}:\n{compact}\n{fine}",
+            rows(&compact),
+            rows(&fine)
+        );
         println!(
             "{name} ({}): read through {}: GOMAXPROCS 3, {ours} goroutines (its own count \
              {theirs}), {cycles} GC cycles",

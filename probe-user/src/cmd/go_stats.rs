@@ -10,9 +10,13 @@ use serde::Serialize;
 
 use crate::{
     cli::{Format, GoStatsArgs},
-    goruntime::live::{self, Stats},
+    go::capture::{WindowHist, window},
+    goruntime::live::{self, LatencyHist, Stats},
+    hist::{fmt_ns, fold_by_lower, quantile},
     host::cgroup::v2_mount,
     host::cpulimit::{self, CpuBudget},
+    model::Buckets,
+    report::text::write_bars,
 };
 
 /// The JSON output: the runtime's statistics, and the CPU the process may really use.
@@ -45,14 +49,15 @@ pub fn run(a: &GoStatsArgs) -> anyhow::Result<()> {
     };
     match a.format {
         Format::Json => println!("{}", serde_json::to_string(&r)?),
-        Format::Text => print!("{}", text(&r)),
+        Format::Text => print!("{}", text(&r, a.buckets)),
     }
     Ok(())
 }
 
-fn text(r: &Report) -> String {
+fn text(r: &Report, buckets: Buckets) -> String {
     let s = &r.stats;
     let mut o = String::new();
+    let _ = writeln!(o, "{}", headline(r));
     let _ = writeln!(
         o,
         "pid {} ({}{}, layout from {}): GOMAXPROCS {}",
@@ -105,6 +110,7 @@ fn text(r: &Report) -> String {
         &mut o,
         "scheduling latency (runtime-sampled, 1 in 8 transitions)",
         &s.sched_latencies,
+        buckets,
     );
     match &s.stw_pauses {
         Some(p) => {
@@ -112,17 +118,25 @@ fn text(r: &Report) -> String {
                 &mut o,
                 "stop-the-world pauses, GC: stopping",
                 &p.stopping_gc,
+                buckets,
             );
-            hist(&mut o, "stop-the-world pauses, GC: total", &p.total_gc);
+            hist(
+                &mut o,
+                "stop-the-world pauses, GC: total",
+                &p.total_gc,
+                buckets,
+            );
             hist(
                 &mut o,
                 "stop-the-world pauses, other: stopping",
                 &p.stopping_other,
+                buckets,
             );
             hist(
                 &mut o,
                 "stop-the-world pauses, other: total",
                 &p.total_other,
+                buckets,
             );
         }
         None => match &s.gc_pauses {
@@ -139,14 +153,15 @@ fn text(r: &Report) -> String {
                     let _ = writeln!(
                         o,
                         "  latest {}, longest of those {}",
-                        crate::hist::fmt_ns(*last),
-                        crate::hist::fmt_ns(*max)
+                        fmt_ns(*last),
+                        fmt_ns(*max)
                     );
                 }
                 hist(
                     &mut o,
                     &format!("GC pauses, the {} most recent cycles", g.recent_ns.len()),
                     &g.recent,
+                    buckets,
                 );
             }
             None => {
@@ -161,25 +176,114 @@ fn text(r: &Report) -> String {
     o
 }
 
-fn hist(o: &mut String, title: &str, h: &live::LatencyHist) {
+fn hist(o: &mut String, title: &str, h: &LatencyHist, buckets: Buckets) {
     let _ = writeln!(o, "{title}: {} samples", h.total);
-    for (i, c) in h.counts.iter().enumerate().filter(|(_, c)| **c > 0) {
-        let _ = writeln!(
-            o,
-            "  [{:>12}, {:>12})  {c}",
-            secs(h.boundaries[i]),
-            secs(h.boundaries[i + 1])
-        );
+    if h.total == 0 {
+        return;
     }
+    // Bucket i holds [boundaries[i], boundaries[i+1]) seconds; the first may start at -Inf.
+    let ns = |s: f64| -> u64 {
+        if s.is_finite() && s > 0.0 {
+            (s * 1e9).round() as u64
+        } else if s > 0.0 {
+            u64::MAX
+        } else {
+            0
+        }
+    };
+    let lo = |i: usize| ns(h.boundaries[i]);
+    let rows: Vec<(u64, String, u64)> = match buckets {
+        Buckets::Compact => fold_by_lower(h.counts.iter().enumerate().map(|(i, &c)| (lo(i), c)))
+            .into_iter()
+            .map(|r| {
+                (
+                    r.lo_ns,
+                    r.hi_ns.map_or_else(|| "inf".into(), fmt_ns),
+                    r.count,
+                )
+            })
+            .collect(),
+        Buckets::Fine => h
+            .counts
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c > 0)
+            .map(|(i, &c)| (lo(i), fmt_ns(ns(h.boundaries[i + 1])), c))
+            .collect(),
+    };
+    write_bars(o, rows);
 }
 
-fn secs(v: f64) -> String {
-    if v.is_infinite() {
-        return if v > 0.0 {
-            "+Inf".into()
-        } else {
-            "-Inf".into()
-        };
+/// The first line: what a person reads at a glance. Release, GOMAXPROCS against the CPU the
+/// process may use, goroutines (by state on Go >= 1.26), scheduling latency and GC pauses
+/// (p50/p99/max), throttling.
+fn headline(r: &Report) -> String {
+    let s = &r.stats;
+    let mut parts = vec![format!("{} pid {}", s.go_version, s.pid)];
+    parts.push(match &r.cpu_budget {
+        Some(b) => format!(
+            "GOMAXPROCS {} on {:.2} CPUs it may use",
+            s.gomaxprocs, b.usable_cpus
+        ),
+        None => format!("GOMAXPROCS {}", s.gomaxprocs),
+    });
+    match (&s.sched_stats, &s.goroutines) {
+        (Some(t), _) => parts.push(format!(
+            "goroutines {} runnable, {} running, {} waiting, {} not in Go",
+            t.runnable, t.running, t.waiting, t.not_in_go
+        )),
+        (None, Some(g)) => parts.push(format!("{} goroutines", g.num_goroutine)),
+        (None, None) => {}
     }
-    humantime::format_duration(std::time::Duration::from_secs_f64(v)).to_string()
+    let lat = window(&empty(&s.sched_latencies), &s.sched_latencies);
+    parts.push(format!("scheduling latency {}", pcts(&lat)));
+    if let Some(p) = &s.stw_pauses {
+        let w = window(&empty(&p.total_gc), &p.total_gc);
+        parts.push(format!("GC pauses {} of {} pauses", pcts(&w), w.count));
+    } else if let Some(g) = &s.gc_pauses {
+        let mut v = g.recent_ns.clone();
+        v.sort_unstable();
+        let q = |q: f64| quantile(v.iter().map(|&x| (x, Some(x), 1)), q);
+        let opt = |x: Option<u64>| x.map_or_else(|| "-".into(), fmt_ns);
+        parts.push(format!(
+            "GC pauses p50 {} p99 {} max {} of the last {} ({} cycles)",
+            opt(q(0.5)),
+            opt(q(0.99)),
+            opt(v.last().copied()),
+            v.len(),
+            g.num_gc
+        ));
+    }
+    if let Some(t) = r.cpu_budget.as_ref().and_then(|b| b.throttling.as_ref()) {
+        parts.push(format!(
+            "throttled {} of {} periods ({:.3} s)",
+            t.nr_throttled,
+            t.nr_periods,
+            t.throttled_usec as f64 / 1e6
+        ));
+    }
+    parts.join(" | ")
+}
+
+/// p50/p99/max of a runtime histogram ("-" while empty; "+Inf" in the overflow bucket).
+fn pcts(w: &WindowHist) -> String {
+    if w.count == 0 {
+        return "- (no samples)".into();
+    }
+    let f = |v: Option<u64>| v.map_or_else(|| "+Inf".into(), fmt_ns);
+    format!(
+        "p50 {} p99 {} max {}",
+        f(w.p50_ns),
+        f(w.p99_ns),
+        f(w.max_ns)
+    )
+}
+
+/// A histogram of the same buckets with nothing in it (the base of a since-start window).
+fn empty(h: &LatencyHist) -> LatencyHist {
+    LatencyHist {
+        counts: vec![0; h.counts.len()],
+        total: 0,
+        ..h.clone()
+    }
 }

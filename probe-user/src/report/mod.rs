@@ -13,7 +13,7 @@ use crate::{
 
 mod delta;
 mod html;
-mod text;
+pub mod text;
 pub mod timeline;
 pub use delta::since;
 pub use html::render_html;

@@ -56,6 +56,12 @@ fn write_hist(out: &mut String, title: &str, h: &HistSummary, bars: Option<Bucke
             })
             .collect(),
     };
+    write_bars(out, rows);
+}
+
+/// Histogram rows (lower bound, upper bound as printed, count) with a bar each, scaled to the
+/// largest count: the one layout every histogram schedlat prints as text uses.
+pub fn write_bars(out: &mut String, rows: Vec<(u64, String, u64)>) {
     let peak = rows.iter().map(|r| r.2).max().unwrap_or(1).max(1);
     let _ = writeln!(
         out,
