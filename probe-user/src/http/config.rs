@@ -27,10 +27,7 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum WebConfigError {
     #[error("cannot read web config file {path}: {cause}")]
-    Read {
-        path: String,
-        cause: std::io::Error,
-    },
+    Read { path: String, cause: std::io::Error },
     #[error("invalid web config {path}: {message}")]
     Parse { path: String, message: String },
     #[error("invalid web config {path}: {key}: {value}: {fix}")]
