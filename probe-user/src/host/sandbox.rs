@@ -23,9 +23,12 @@ pub enum SandboxError {
         cause: seccompiler::BackendError,
     },
     #[error(
-        "installing the seccomp filter failed: {0}; the kernel needs CONFIG_SECCOMP_FILTER (every distribution kernel has it)"
+        "installing the seccomp filter failed at {step}: {cause}; an outer seccomp policy (a unit's SystemCallFilter=, a container's profile) must allow prctl(2), and the kernel needs CONFIG_SECCOMP_FILTER (every distribution kernel has it)"
     )]
-    Apply(seccompiler::Error),
+    Apply {
+        step: &'static str,
+        cause: std::io::Error,
+    },
 }
 
 /// What the filter refuses with EPERM, by syscall:
@@ -106,6 +109,18 @@ pub fn filter() -> Result<BpfProgram, SandboxError> {
         // open(path, flags, mode) and creat(path, mode): x86_64 only (aarch64 has openat alone).
         rules.insert(libc::SYS_open, write_open_rules(1).map_err(build)?);
         rules.insert(libc::SYS_creat, vec![]);
+        // The x32 ABI enters with the same AUDIT_ARCH_X86_64 and the syscall number ORed with
+        // __X32_SYSCALL_BIT (arch/x86/include/uapi/asm/unistd.h), so the same calls again under
+        // those numbers; ptrace and process_vm_writev have x32 numbers of their own (521, 540 in
+        // arch/x86/entry/syscalls/syscall_64.tbl). (i386's int 0x80 has another arch value:
+        // seccompiler's filter kills the process for it.)
+        const X32: i64 = 0x4000_0000;
+        let x32: Vec<(i64, Vec<SeccompRule>)> = rules
+            .iter()
+            .map(|(nr, r)| (nr | X32, r.clone()))
+            .chain([(521 | X32, vec![]), (540 | X32, vec![])])
+            .collect();
+        rules.extend(x32);
     }
     let f = SeccompFilter::new(
         rules,
@@ -118,10 +133,40 @@ pub fn filter() -> Result<BpfProgram, SandboxError> {
 }
 
 /// Install [`filter`] on this thread (and so on every thread it creates afterwards). Sets
-/// no_new_privs, which a filter needs without CAP_SYS_ADMIN. Cannot be undone.
+/// no_new_privs, which a filter needs without CAP_SYS_ADMIN. Cannot be undone. Through
+/// prctl(PR_SET_SECCOMP), not seccomp(2) (which seccompiler's apply_filter calls): systemd's
+/// @system-service allows the former only.
 pub fn deny_writes_to_other_processes() -> Result<(), SandboxError> {
     let prog = filter()?;
-    seccompiler::apply_filter(&prog).map_err(SandboxError::Apply)
+    let fail = |step| SandboxError::Apply {
+        step,
+        cause: std::io::Error::last_os_error(),
+    };
+    let fprog = libc::sock_fprog {
+        len: u16::try_from(prog.len()).map_err(|_| SandboxError::Apply {
+            step: "length",
+            cause: std::io::Error::other(format!("{} instructions", prog.len())),
+        })?,
+        // seccompiler's sock_filter is the kernel's struct sock_filter (repr(C), same fields).
+        filter: prog.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(fail("PR_SET_NO_NEW_PRIVS"));
+    }
+    // SAFETY: `fprog` points at `prog`'s instructions, both alive across the call; the kernel
+    // copies the program.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    if rc != 0 {
+        return Err(fail("PR_SET_SECCOMP"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
