@@ -21,15 +21,18 @@ use aya_ebpf::{
         bpf_probe_read_user, bpf_task_pt_regs,
     },
     macros::{btf_tracepoint, map, tracepoint, uprobe},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, Queue, RingBuf},
     programs::{BtfTracePointContext, ProbeContext, TracePointContext},
 };
 use aya_log_ebpf::debug;
 use schedlat_common::{
     COMM_LEN, Config, CpuStat, FutexStart, GoConfig, GoGState, GoRunqRing, Hist, HistKey,
-    RateWindow, RunqStart, SlowEvent, TaskStat, WakeCount, WakePair, bucket_index, drop_reason,
-    flags, futex_op, futex_outcome, go, kind,
+    RateWindow, RunqHists, RunqStart, SlowEvent, TaskStat, WakeCount, WakePair, bucket_index,
+    drop_reason, flags, futex_op, futex_outcome, go, kind,
 };
+
+mod stamps;
+use stamps::{consume, forget, stamp, stamp_woken, state_of};
 
 /// Set by the loader before load (read-only data: the verifier sees the values as constants).
 #[unsafe(no_mangle)]
@@ -57,18 +60,25 @@ static CONFIG: Config = Config {
 
 // Map sizes here are defaults; the loader resizes them from config (set_max_entries).
 
-/// task_struct address -> when it became runnable. Keyed by task, not tid: an exiting task's
-/// tid is freed (release_task, in exit_notify or the parent's wait) before its last
-/// switch-out, and a new task may take it at once (pid_max is 32768 on many hosts), so two
-/// live tasks can share a tid; a task_struct is not freed before its last switch.
-#[map]
-static RUNQ_START: HashMap<u64, RunqStart> = HashMap::with_max_entries(65536, 0);
+// Per-task run-queue state (RunqStart) lives in src/stamps.rs: task-local storage, or a hash
+// by task_struct address on kernels without task storage for tracing programs.
+
 /// task_struct address -> when it entered a blocking futex op.
 #[map]
 static FUTEX_START: HashMap<u64, FutexStart> = HashMap::with_max_entries(65536, 0);
-/// (cgroup, kind, op) -> histogram.
+/// (cgroup, kind::FUTEX, op) -> histogram. Run-queue series are in RQ_HISTS.
 #[map]
 static HISTS: HashMap<HistKey, Hist> = HashMap::with_max_entries(4096, 0);
+/// cgroup id -> its slot in RQ_HISTS. Looked up only when a task's cached slot is stale.
+#[map]
+static RQ_SLOTS: HashMap<u64, u32> = HashMap::with_max_entries(2048, 0);
+/// Free RQ_HISTS slots: the loader pushes them all; the daemon pushes back the slots of
+/// removed cgroups after zeroing them.
+#[map]
+static RQ_FREE: Queue<u32> = Queue::with_max_entries(2048, 0);
+/// Run-queue histograms by slot (one cgroup each, woken and preempted).
+#[map]
+static RQ_HISTS: Array<RunqHists> = Array::with_max_entries(2048, 0);
 /// One zeroed histogram: the value used to create HISTS entries (too big for the stack).
 #[map]
 static ZERO_HIST: Array<Hist> = Array::with_max_entries(1, 0);
@@ -228,10 +238,10 @@ fn task_cgroup_id(task: *const u8) -> Result<u64, i32> {
 /// needs them.
 #[inline(always)]
 fn wanted(f: u32, tgid: u32, cgroup_id: u64) -> bool {
-    if f & flags::FILTER_TGID != 0 && unsafe { FILTER_TGID.get(&tgid) }.is_none() {
+    if f & flags::FILTER_TGID != 0 && unsafe { FILTER_TGID.get(tgid) }.is_none() {
         return false;
     }
-    if f & flags::FILTER_CGROUP != 0 && unsafe { FILTER_CG.get(&cgroup_id) }.is_none() {
+    if f & flags::FILTER_CGROUP != 0 && unsafe { FILTER_CG.get(cgroup_id) }.is_none() {
         return false;
     }
     true
@@ -271,43 +281,56 @@ fn hist_bump(h: *mut Hist, ns: u64) {
     }
 }
 
-/// Stamp `task` (tid `tid`) as runnable from now (or, for FUTEX_BLOCKED, blocked from now).
+/// The RQ_HISTS slot of `cgroup_id`, found in RQ_SLOTS or taken from RQ_FREE.
 #[inline(always)]
-fn stamp(task: u64, tid: u32, cause: u32, op: u32, now: u64) {
-    let v = RunqStart {
-        ts_ns: now,
-        cause,
-        futex_op: op,
-        futex_ns: 0,
-        tid,
-        _pad: 0,
+fn rq_slot(cgroup_id: u64) -> Option<u32> {
+    if let Some(s) = unsafe { RQ_SLOTS.get(cgroup_id) } {
+        return Some(*s);
+    }
+    let Ok(Some(slot)) = RQ_FREE.pop() else {
+        count_drop(drop_reason::HIST_FULL);
+        return None;
     };
-    if RUNQ_START.insert(&task, &v, 0).is_err() {
-        count_drop(drop_reason::RUNQ_START_FULL);
+    if RQ_SLOTS.insert(cgroup_id, slot, BPF_NOEXIST as u64).is_ok() {
+        if let Some(h) = RQ_HISTS.get_ptr_mut(slot) {
+            unsafe { (*h).cgroup_id = cgroup_id };
+        }
+        return Some(slot);
+    }
+    // Another CPU gave this cgroup a slot meanwhile (or RQ_SLOTS is full): return ours.
+    let _ = RQ_FREE.push(slot, 0);
+    match unsafe { RQ_SLOTS.get(cgroup_id) } {
+        Some(s) => Some(*s),
+        None => {
+            count_drop(drop_reason::HIST_FULL);
+            None
+        }
     }
 }
 
-/// Stamp a woken task. With FUTEX_SCHED, a task that was blocked in futex gets the length of
-/// that wait carried to its switch-in, where its cgroup is known.
+/// `cgroup_id`'s run-queue histograms. With task storage the slot is cached in the task's
+/// state `st` and used while the slot still belongs to that cgroup: no hash lookup on the
+/// steady path. A task that moved to another cgroup, or a slot the daemon freed and gave to
+/// another cgroup, fails the check and is resolved again.
 #[inline(always)]
-fn stamp_woken(task: u64, tid: u32, f: u32, now: u64) {
-    if f & flags::FUTEX_SCHED != 0
-        && let Some(s) = RUNQ_START.get_ptr_mut(&task)
-    {
-        unsafe {
-            // Any other existing stamp is stale (woken while still on CPU, then it slept).
-            (*s).futex_ns = if (*s).cause == kind::FUTEX_BLOCKED {
-                now.saturating_sub((*s).ts_ns) + 1
-            } else {
-                0
-            };
-            (*s).ts_ns = now;
-            (*s).cause = kind::RUNQ_WOKEN;
-            (*s).tid = tid;
+fn runq_hists(st: Option<*mut RunqStart>, cgroup_id: u64) -> Option<*mut RunqHists> {
+    if let Some(st) = st {
+        let (cached_cg, cached_slot) = unsafe { ((*st).cgroup_id, (*st).slot) };
+        if cached_cg == cgroup_id
+            && let Some(h) = RQ_HISTS.get_ptr_mut(cached_slot)
+            && unsafe { (*h).cgroup_id } == cgroup_id
+        {
+            return Some(h);
         }
-        return;
     }
-    stamp(task, tid, kind::RUNQ_WOKEN, 0, now);
+    let slot = rq_slot(cgroup_id)?;
+    if let Some(st) = st {
+        unsafe {
+            (*st).cgroup_id = cgroup_id;
+            (*st).slot = slot;
+        }
+    }
+    RQ_HISTS.get_ptr_mut(slot)
 }
 
 /// The futex op `task` is blocking in, from its saved user registers: the syscall number and
@@ -320,9 +343,10 @@ fn futex_block_op(task: *const u8) -> Option<u32> {
     if regs.is_null() {
         return None;
     }
-    let nr = unsafe { read_field::<u64>(regs, c.regs_syscall_nr) }.ok()?;
+    // bpf_task_pt_regs returns a BTF pointer (struct pt_regs): direct loads, no helper call.
+    let nr = unsafe { btf_load::<u64>(regs, c.regs_syscall_nr) };
     if nr == c.nr_futex as u64 {
-        let op = unsafe { read_field::<u64>(regs, c.regs_arg2) }.ok()?;
+        let op = unsafe { btf_load::<u64>(regs, c.regs_arg2) };
         let cmd = op as u32 & !futex_op::FLAG_MASK;
         return if futex_op::is_blocking(cmd) {
             Some(cmd)
@@ -358,7 +382,7 @@ fn on_wake(p: *const u8, count_waker: bool) -> Result<(), i32> {
     if !wanted(f, tgid, cgroup_id) {
         return Ok(());
     }
-    stamp_woken(p as u64, tid, f, unsafe { bpf_ktime_get_ns() });
+    stamp_woken(p, tid, f, unsafe { bpf_ktime_get_ns() });
     if !count_waker {
         return Ok(());
     }
@@ -368,7 +392,7 @@ fn on_wake(p: *const u8, count_waker: bool) -> Result<(), i32> {
             waker_tid,
             wakee_tid: tid,
         };
-        match WAKE_PAIRS.get_ptr_mut(&key) {
+        match WAKE_PAIRS.get_ptr_mut(key) {
             Some(c) => atomic_add(unsafe { &mut (*c).count }, 1),
             None => {
                 let v = WakeCount {
@@ -376,8 +400,8 @@ fn on_wake(p: *const u8, count_waker: bool) -> Result<(), i32> {
                     waker_comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
                     wakee_comm: task_comm(p),
                 };
-                if WAKE_PAIRS.insert(&key, &v, BPF_NOEXIST as u64).is_err() {
-                    match WAKE_PAIRS.get_ptr_mut(&key) {
+                if WAKE_PAIRS.insert(key, v, BPF_NOEXIST as u64).is_err() {
+                    match WAKE_PAIRS.get_ptr_mut(key) {
                         Some(c) => atomic_add(unsafe { &mut (*c).count }, 1),
                         None => count_drop(drop_reason::WAKE_PAIR_FULL),
                     }
@@ -416,11 +440,11 @@ fn on_switch(preempt: bool, prev: *const u8, next: *const u8, prev_state: u64) -
         // a wakeup that raced its exit, and the futex stamp its saved registers would earn a
         // thread killed while blocked in futex (they still show that syscall). Two deletes
         // per task exit, whatever the filter.
-        let _ = RUNQ_START.remove(&(prev as u64));
-        let _ = FUTEX_START.remove(&(prev as u64));
+        forget(prev);
+        let _ = FUTEX_START.remove(prev as u64);
         // A Go capture's thread ring too (a reused tid must not inherit old waits).
         if unsafe { read_volatile(addr_of!(GO_CONFIG.tgid)) } != 0 {
-            let _ = GO_RUNQ.remove(&prev_tid);
+            let _ = GO_RUNQ.remove(prev_tid);
         }
     } else if prev_tid != 0 && (runnable || f & flags::FUTEX_SCHED != 0) {
         let wanted_prev = if f & (flags::FILTER_TGID | flags::FILTER_CGROUP) != 0 {
@@ -433,11 +457,11 @@ fn on_switch(preempt: bool, prev: *const u8, next: *const u8, prev_state: u64) -
         };
         if wanted_prev {
             if runnable {
-                stamp(prev as u64, prev_tid, kind::RUNQ_PREEMPTED, 0, now);
+                stamp(prev, prev_tid, kind::RUNQ_PREEMPTED, 0, now);
             } else if let Some(op) = futex_block_op(prev) {
                 // Overwrites a stale stamp; a waking that raced ahead of this switch-out is
                 // handled at switch-in (cause still FUTEX_BLOCKED).
-                stamp(prev as u64, prev_tid, kind::FUTEX_BLOCKED, op, now);
+                stamp(prev, prev_tid, kind::FUTEX_BLOCKED, op, now);
             }
         }
     }
@@ -447,12 +471,12 @@ fn on_switch(preempt: bool, prev: *const u8, next: *const u8, prev_state: u64) -
         // The idle task is always "runnable"; it has no run-queue delay.
         return Ok(());
     }
-    let Some(start) = (unsafe { RUNQ_START.get(&(next as u64)) }) else {
+    let Some(st) = state_of(next) else {
         return Ok(());
     };
     let (ts, cause, futex_op, mut futex_ns) =
-        (start.ts_ns, start.cause, start.futex_op, start.futex_ns);
-    let _ = RUNQ_START.remove(&(next as u64));
+        unsafe { ((*st).ts_ns, (*st).cause, (*st).futex_op, (*st).futex_ns) };
+    let st = consume(next, st);
     // A task woken on one CPU and switched in on another at once can read an earlier time
     // there: bpf_ktime_get_ns (ktime_get_mono_fast_ns) is not guaranteed ordered across
     // CPUs. Its delay is ~0, and it must still count: saturate, never drop.
@@ -482,14 +506,12 @@ fn on_switch(preempt: bool, prev: *const u8, next: *const u8, prev_state: u64) -
         go_runq_interval(tid, ts, now);
     }
     let cgroup_id = task_cgroup_id(next)?;
-    hist_add(
-        &HistKey {
-            cgroup_id,
-            kind: cause,
-            op: 0,
-        },
-        delay,
-    );
+    if let Some(h) = runq_hists(st, cgroup_id) {
+        hist_bump(
+            unsafe { core::ptr::addr_of_mut!((*h).hists[(cause & 1) as usize]) },
+            delay,
+        );
+    }
     if futex_ns != 0 {
         let wait = futex_ns - 1;
         hist_add(
@@ -533,7 +555,7 @@ fn on_switch(preempt: bool, prev: *const u8, next: *const u8, prev_state: u64) -
 
 #[inline(always)]
 fn task_runq(tid: u32, tgid: u32, cgroup_id: u64, task: *const u8, cause: u32, delay: u64) {
-    let s = match TASK_STATS.get_ptr_mut(&tid) {
+    let s = match TASK_STATS.get_ptr_mut(tid) {
         Some(s) => s,
         None => {
             let v = TaskStat {
@@ -542,12 +564,12 @@ fn task_runq(tid: u32, tgid: u32, cgroup_id: u64, task: *const u8, cause: u32, d
                 comm: task_comm(task),
                 ..Default::default()
             };
-            if TASK_STATS.insert(&tid, &v, BPF_NOEXIST as u64).is_err() {
+            if TASK_STATS.insert(tid, v, BPF_NOEXIST as u64).is_err() {
                 // Not a race: a tid's switch-ins are serialised. The map is full.
                 count_drop(drop_reason::TASK_FULL);
                 return;
             }
-            match TASK_STATS.get_ptr_mut(&tid) {
+            match TASK_STATS.get_ptr_mut(tid) {
                 Some(s) => s,
                 None => return,
             }
@@ -677,7 +699,7 @@ fn futex_enter(op: u32) {
         op,
         tid: pid_tgid as u32,
     };
-    if FUTEX_START.insert(&task, &v, 0).is_err() {
+    if FUTEX_START.insert(task, v, 0).is_err() {
         count_drop(drop_reason::FUTEX_START_FULL);
     }
 }
@@ -720,11 +742,11 @@ fn futex_exit(ctx: &TracePointContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     let task = unsafe { bpf_get_current_task() };
-    let Some(start) = (unsafe { FUTEX_START.get(&task) }) else {
+    let Some(start) = (unsafe { FUTEX_START.get(task) }) else {
         return;
     };
     let (ts, op) = (start.ts_ns, start.op);
-    let _ = FUTEX_START.remove(&task);
+    let _ = FUTEX_START.remove(task);
     let ret = unsafe { ctx.read_at::<i64>(cfg().tp_exit_ret as usize) }.unwrap_or(0);
     // errno values: include/uapi/asm-generic/errno{,-base}.h, include/linux/errno.h.
     let outcome = match -ret {
@@ -776,7 +798,7 @@ fn task_futex(
     delay: u64,
     timeout: bool,
 ) {
-    let s = match TASK_STATS.get_ptr_mut(&tid) {
+    let s = match TASK_STATS.get_ptr_mut(tid) {
         Some(s) => s,
         None => {
             let v = TaskStat {
@@ -785,11 +807,11 @@ fn task_futex(
                 comm,
                 ..Default::default()
             };
-            if TASK_STATS.insert(&tid, &v, BPF_NOEXIST as u64).is_err() {
+            if TASK_STATS.insert(tid, v, BPF_NOEXIST as u64).is_err() {
                 count_drop(drop_reason::TASK_FULL);
                 return;
             }
-            match TASK_STATS.get_ptr_mut(&tid) {
+            match TASK_STATS.get_ptr_mut(tid) {
                 Some(s) => s,
                 None => return,
             }
@@ -844,15 +866,15 @@ fn go_hist(i: u32, ns: u64) {
 /// Remember a kernel run-queue wait [start, end) of a Go target thread.
 #[inline(always)]
 fn go_runq_interval(tid: u32, start: u64, end: u64) {
-    let r = match GO_RUNQ.get_ptr_mut(&tid) {
+    let r = match GO_RUNQ.get_ptr_mut(tid) {
         Some(r) => r,
         None => {
             let v = GoRunqRing::default();
-            if GO_RUNQ.insert(&tid, &v, BPF_NOEXIST as u64).is_err() {
+            if GO_RUNQ.insert(tid, v, BPF_NOEXIST as u64).is_err() {
                 go_count(go::counter::RUNQ_MAP_FULL);
                 return;
             }
-            match GO_RUNQ.get_ptr_mut(&tid) {
+            match GO_RUNQ.get_ptr_mut(tid) {
                 Some(r) => r,
                 None => return,
             }
@@ -870,7 +892,7 @@ fn go_runq_interval(tid: u32, start: u64, end: u64) {
 /// How much of [from, to) thread `tid` spent on the kernel run queue, from its ring.
 #[inline(always)]
 fn go_runq_overlap(tid: u32, from: u64, to: u64) -> u64 {
-    let Some(r) = (unsafe { GO_RUNQ.get(&tid) }) else {
+    let Some(r) = (unsafe { GO_RUNQ.get(tid) }) else {
         return 0;
     };
     let mut sum = 0u64;
@@ -914,7 +936,7 @@ pub fn go_casgstatus(ctx: ProbeContext) -> u32 {
     if old == c.st_syscall {
         go_count(go::counter::SYSCALL_EXITS);
     }
-    let entry = GO_G.get_ptr_mut(&gp);
+    let entry = GO_G.get_ptr_mut(gp);
     let mut prev_state = 0;
     if let Some(st) = entry {
         let (ts, state, reason) = unsafe { ((*st).ts_ns, (*st).state, (*st).reason) };
@@ -969,12 +991,14 @@ pub fn go_casgstatus(ctx: ProbeContext) -> u32 {
     } else if new == c.st_dead {
         go_count(go::counter::EXITED);
         if entry.is_some() {
-            let _ = GO_G.remove(&gp);
+            let _ = GO_G.remove(gp);
         }
         return 0;
     } else {
         if old == c.st_syscall && new == c.st_running {
             go_count(go::counter::SYSCALL_FAST_RETURNS);
+        } else if old == c.st_waiting && new == c.st_running {
+            go_count(go::counter::WAITING_TO_RUNNING);
         }
         // Running, ...: nothing to time from here; mark the entry stale.
         if let Some(st) = entry {
@@ -994,7 +1018,7 @@ pub fn go_casgstatus(ctx: ProbeContext) -> u32 {
                 state,
                 reason,
             };
-            if GO_G.insert(&gp, &v, 0).is_err() {
+            if GO_G.insert(gp, v, 0).is_err() {
                 go_count(go::counter::G_MAP_FULL);
             }
         }
@@ -1014,7 +1038,7 @@ pub fn go_casgstatus(ctx: ProbeContext) -> u32 {
 pub fn go_syscall_enter(ctx: ProbeContext) -> u32 {
     let gp = unsafe { (*ctx.regs).r14 };
     let now = unsafe { bpf_ktime_get_ns() };
-    match GO_G.get_ptr_mut(&gp) {
+    match GO_G.get_ptr_mut(gp) {
         Some(st) => unsafe {
             (*st).ts_ns = now;
             (*st).state = go::SINCE_SYSCALL;
@@ -1026,7 +1050,7 @@ pub fn go_syscall_enter(ctx: ProbeContext) -> u32 {
                 state: go::SINCE_SYSCALL,
                 reason: 0,
             };
-            if GO_G.insert(&gp, &v, 0).is_err() {
+            if GO_G.insert(gp, v, 0).is_err() {
                 go_count(go::counter::G_MAP_FULL);
             }
         }
@@ -1039,7 +1063,7 @@ pub fn go_syscall_exit(ctx: ProbeContext) -> u32 {
     let gp = unsafe { (*ctx.regs).r14 };
     let now = unsafe { bpf_ktime_get_ns() };
     go_count(go::counter::SYSCALL_EXITS);
-    if let Some(st) = GO_G.get_ptr_mut(&gp) {
+    if let Some(st) = GO_G.get_ptr_mut(gp) {
         let (ts, state) = unsafe { ((*st).ts_ns, (*st).state) };
         if state == go::SINCE_SYSCALL {
             go_hist(go::hist::SYSCALL, now.saturating_sub(ts));
@@ -1053,7 +1077,7 @@ pub fn go_syscall_exit(ctx: ProbeContext) -> u32 {
 pub fn go_syscall_exit_no_p(ctx: ProbeContext) -> u32 {
     let gp = unsafe { (*ctx.regs).rax };
     go_count(go::counter::SYSCALL_LOST_P);
-    if let Some(st) = GO_G.get_ptr_mut(&gp) {
+    if let Some(st) = GO_G.get_ptr_mut(gp) {
         unsafe { (*st).state = go::SYSCALL_NO_P };
     }
     0

@@ -25,12 +25,14 @@ pub mod report;
 /// Parse the command line, set up logging and run the command.
 pub fn run() -> anyhow::Result<()> {
     let cli = <cli::Cli as clap::Parser>::parse();
-    init_logging(&cli.log)?;
+    init_logging(cli.log_filter())?;
     match &cli.command {
         cli::Command::Capture(a) => crate::cmd::capture::run(&cli, a),
         cli::Command::Daemon(a) => crate::cmd::daemon::run(&cli, a),
         cli::Command::GoStats(a) => crate::cmd::go_stats::run(a),
         cli::Command::Check(a) => crate::cmd::check::run(&cli, a),
+        cli::Command::Top(a) => crate::cmd::top::run(&cli, a),
+        cli::Command::BenchFloor(a) => crate::cmd::floor::run(a),
     }
 }
 

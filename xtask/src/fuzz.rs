@@ -18,9 +18,6 @@ use crate::{cmd::capture, cmd::probe, cmd::run_cmd, gofix, setup, ws::Workspace,
 
 /// cargo-fuzz from crates.io, `cargo install --locked`.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
-/// The pinned nightly: rustc 1.97.0-nightly (e50aa6fba 2026-05-19), LLVM 22.1.4.
-const NIGHTLY: &str = "nightly-2026-05-19";
-const NIGHTLY_COMMIT_DATE: &str = "2026-05-19";
 const FUZZ_DIR: &str = "probe-user/fuzz";
 /// Every target in probe-user/fuzz/Cargo.toml.
 pub const TARGETS: &[&str] = &[
@@ -79,7 +76,7 @@ pub fn fuzz(ws: &Workspace, args: Args) -> Result<()> {
 /// the input that caused it.
 pub fn run(ws: &Workspace, targets: &[&str], seconds: u64) -> Result<()> {
     crate::apt::ensure_packages(&[&FUZZ])?;
-    let toolchain = ensure_nightly()?;
+    let toolchain = crate::nightly::ensure()?;
     ensure_cargo_fuzz(ws)?;
     let root = ws.target.join("fuzz");
     write_seeds(ws, &root.join("seeds"))?;
@@ -145,40 +142,6 @@ pub fn run(ws: &Workspace, targets: &[&str], seconds: u64) -> Result<()> {
         targets.len()
     );
     Ok(())
-}
-
-/// The installed toolchain that is the pinned nightly: `nightly-2026-05-19` if installed by
-/// that name, else the preinstalled `nightly` channel when it is that build.
-fn ensure_nightly() -> Result<String> {
-    for name in [NIGHTLY, "nightly"] {
-        let out = probe(
-            Command::new("rustup")
-                .args(["run", name, "rustc", "-vV"])
-                .env_remove("RUSTUP_TOOLCHAIN"),
-        );
-        let Some(out) = out.filter(|o| o.status.success()) else {
-            continue;
-        };
-        let vv = String::from_utf8_lossy(&out.stdout);
-        if vv
-            .lines()
-            .any(|l| l.trim() == format!("commit-date: {NIGHTLY_COMMIT_DATE}"))
-        {
-            println!("setup: fuzzing with rustup toolchain {name} ({NIGHTLY})");
-            return Ok(name.to_owned());
-        }
-        println!(
-            "setup: rustup toolchain {name} is not {NIGHTLY}:\n{}",
-            vv.trim()
-        );
-    }
-    println!("setup: no {NIGHTLY} toolchain (cargo-fuzz needs a nightly rustc): installing it");
-    run_cmd(
-        Command::new("rustup").args(["toolchain", "install", NIGHTLY, "--profile", "minimal"]),
-        "install the nightly of 2026-05-19 with rustup (the project's machines have it \
-         preinstalled as `nightly`), then re-run",
-    )?;
-    Ok(NIGHTLY.to_owned())
 }
 
 /// cargo-fuzz CARGO_FUZZ_VERSION in $CARGO_HOME/bin.

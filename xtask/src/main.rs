@@ -9,6 +9,7 @@ mod cmd;
 mod fuzz;
 mod gofix;
 mod image;
+mod nightly;
 mod release;
 mod setup;
 mod test;

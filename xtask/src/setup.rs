@@ -45,7 +45,9 @@ pub const TEST: Group = Group {
           project's Python tools (deploy/kubernetes validation); openssl (test certificates), \
           curl (HTTPS scrapes) and apache2-utils (htpasswd: bcrypt hashes) for the TLS and \
           basic-auth tests; umoci unpacks and skopeo inspects and converts the OCI image of \
-          `cargo xtask image` (the container image test)",
+          `cargo xtask image` (the container image test); chromium (headless) loads the HTML \
+          report of `capture --html` and screenshots it; tmux runs `schedlat top` in a pane the \
+          test reads and types into",
     packages: &[
         "prometheus",
         "util-linux",
@@ -58,6 +60,8 @@ pub const TEST: Group = Group {
         "apache2-utils",
         "umoci",
         "skopeo",
+        "chromium",
+        "tmux",
     ],
 };
 pub const BENCH: Group = Group {

@@ -18,9 +18,9 @@ pub fn test(ws: &Workspace, args: &[String]) -> Result<()> {
     // A unit test failure should not hide the integration results: note it, fail at the end.
     let mut failed = Vec::new();
     let mut totals = Totals::default();
-    header("lint: cargo fmt --check, cargo clippy -D warnings");
-    // The eBPF crate is left out: it builds only for bpfel-unknown-none with Debian's
-    // compiler, which ships no clippy.
+    header("lint: cargo fmt --check, cargo clippy -D warnings (host crates, and the eBPF crate)");
+    // The eBPF crate builds only for bpfel-unknown-none with Debian's compiler, which ships no
+    // clippy: it is linted below with the pinned nightly (build-std), both of its builds.
     for (args, fix) in [
         (
             &["fmt", "--all", "--check"][..],
@@ -47,6 +47,13 @@ pub fn test(ws: &Workspace, args: &[String]) -> Result<()> {
             if !failed.contains(&"lint") {
                 failed.push("lint");
             }
+        }
+    }
+
+    if let Err(e) = lint_ebpf(ws) {
+        eprintln!("error: {e:#}");
+        if !failed.contains(&"lint") {
+            failed.push("lint");
         }
     }
 
@@ -241,6 +248,30 @@ fn parse_test_result(l: &str) -> Option<(u64, u64)> {
 
 fn header(step: &str) {
     println!("\n==> {step}");
+}
+
+/// clippy -D warnings on the eBPF crate: the pinned nightly checks it for bpfel-unknown-none
+/// (core built from rust-src), with and without its `hash-stamps` feature (the 5.10 build).
+fn lint_ebpf(ws: &Workspace) -> Result<()> {
+    let nightly = crate::nightly::ensure_with_clippy()?;
+    for features in [&[][..], &["--features", "hash-stamps"][..]] {
+        let mut c = Command::new("rustup");
+        c.current_dir(&ws.root)
+            // The outer (stable) cargo's settings must not leak into the nightly one.
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("RUSTC")
+            .env_remove("RUSTDOC")
+            .env_remove("CARGO")
+            .args(["run", &nightly, "cargo"])
+            .args(["clippy", "-p", "schedlat-ebpf", "--bins", "--release"])
+            .args(["--target", "bpfel-unknown-none", "-Zbuild-std=core"])
+            .arg("--target-dir")
+            .arg(ws.target.join("ebpf-clippy"))
+            .args(features)
+            .args(["--", "-D", "warnings"]);
+        run_cmd(&mut c, "fix the eBPF crate's clippy findings above")?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -67,11 +67,13 @@ pub mod futex_outcome {
 
 /// Reasons an event was lost. Every drop is counted in the `DROPS` per-CPU array.
 pub mod drop_reason {
-    /// RUNQ_START (run-queue start stamps) was full: one delay lost.
+    /// A run-queue start stamp could not be kept: RUNQ_START was full (the hash fallback), or
+    /// the task's local storage could not be allocated. One delay lost.
     pub const RUNQ_START_FULL: u32 = 0;
     /// FUTEX_START was full: one futex wait lost.
     pub const FUTEX_START_FULL: u32 = 1;
-    /// HISTS was full: a (cgroup, kind) series could not be created; one value lost.
+    /// HISTS (futex series) or the run-queue slots (RQ_SLOTS) were full: a cgroup's series
+    /// could not be created; one value lost.
     pub const HIST_FULL: u32 = 2;
     /// TASK_STATS was full (captures): per-task totals for one event lost.
     pub const TASK_FULL: u32 = 3;
@@ -193,11 +195,13 @@ impl Hist {
     };
 }
 
-/// Value of RUNQ_START: when a task became runnable, and why.
+/// A task's run-queue state: its task-local storage (TASK_STORE), or on kernels without task
+/// storage for tracing programs the value of RUNQ_START: when it became runnable, and why.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RunqStart {
-    /// When it became runnable (or, for kind::FUTEX_BLOCKED, when it blocked).
+    /// When it became runnable (or, for kind::FUTEX_BLOCKED, when it blocked); 0 = no stamp
+    /// (task storage: consumed at switch-in; RUNQ_START deletes the entry instead).
     pub ts_ns: u64,
     /// kind::RUNQ_WOKEN, kind::RUNQ_PREEMPTED or kind::FUTEX_BLOCKED
     pub cause: u32,
@@ -207,9 +211,31 @@ pub struct RunqStart {
     pub futex_ns: u64,
     /// The task's tid (the map is keyed by task_struct address; this is for inspection).
     pub tid: u32,
-    pub _pad: u32,
+    /// Task storage only: the RQ_HISTS slot of `cgroup_id`, cached so that a switch-in finds
+    /// its cgroup's histograms without a hash lookup (checked against the slot's owner).
+    pub slot: u32,
+    /// The cgroup `slot` was resolved for (0: none yet; cgroup ids start at 1).
+    pub cgroup_id: u64,
 }
-const _: () = assert!(core::mem::size_of::<RunqStart>() == 32);
+const _: () = assert!(core::mem::size_of::<RunqStart>() == 40);
+
+/// One cgroup's run-queue histograms (RQ_HISTS, indexed by the slot RQ_SLOTS gives it), by
+/// kind::RUNQ_WOKEN / kind::RUNQ_PREEMPTED.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RunqHists {
+    /// The cgroup that owns the slot (0: free). A cached slot is used only while it matches.
+    pub cgroup_id: u64,
+    pub hists: [Hist; 2],
+}
+const _: () = assert!(core::mem::size_of::<RunqHists>() == 8 + 2 * core::mem::size_of::<Hist>());
+
+impl RunqHists {
+    pub const ZERO: Self = Self {
+        cgroup_id: 0,
+        hists: [Hist::ZERO; 2],
+    };
+}
 
 /// Value of FUTEX_START: when a task entered a blocking futex op.
 #[repr(C)]
@@ -349,7 +375,12 @@ pub mod go {
         /// Syscall returns (a goroutine leaving _Gsyscall): from casgstatus up to Go 1.25,
         /// from the uprobe on runtime.exitsyscall on Go >= 1.26.
         pub const SYSCALL_EXITS: u32 = 9;
-        pub const COUNT: usize = 10;
+        /// _Gwaiting -> _Grunning with no runnable time between: the GC's own switches
+        /// (gcBgMarkWorker, mark assists scanning their stack, stopTheWorldWithSema; runtime/
+        /// mgc.go, mgcmark.go, proc.go). Not a scheduling latency, but runtime/metrics counts
+        /// each (of the sampled goroutines) as a 0 s sample.
+        pub const WAITING_TO_RUNNING: u32 = 10;
+        pub const COUNT: usize = 11;
     }
     /// Run-queue intervals kept per thread of the target ([`super::GoRunqRing`]).
     pub const RING: usize = 8;
@@ -415,6 +446,7 @@ mod pod {
     unsafe impl aya::Pod for HistKey {}
     unsafe impl aya::Pod for Hist {}
     unsafe impl aya::Pod for RunqStart {}
+    unsafe impl aya::Pod for RunqHists {}
     unsafe impl aya::Pod for FutexStart {}
     unsafe impl aya::Pod for TaskStat {}
     unsafe impl aya::Pod for WakePair {}

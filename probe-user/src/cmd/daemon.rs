@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use schedlat_common::HistKey;
+use schedlat_common::{HistKey, kind};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
@@ -133,9 +133,20 @@ impl AppState {
                 }
                 keeper.retire(gone, now);
                 snap.hists = live;
+                // Futex series leave HISTS; a cgroup's run-queue series free its RQ_SLOTS entry.
+                let futex = keys.iter().filter(|k| k.kind == kind::FUTEX).count();
+                let mut slots: Vec<u64> = keys
+                    .iter()
+                    .filter(|k| k.kind != kind::FUTEX)
+                    .map(|k| k.cgroup_id)
+                    .collect();
+                slots.sort_unstable();
+                slots.dedup();
                 for (map, n, _) in &mut snap.map_entries {
-                    if *map == "HISTS" {
-                        *n = n.saturating_sub(keys.len());
+                    match *map {
+                        "HISTS" => *n = n.saturating_sub(futex),
+                        "RQ_SLOTS" => *n = n.saturating_sub(slots.len()),
+                        _ => {}
                     }
                 }
             }
@@ -444,7 +455,7 @@ mod tests {
         http::{StatusCode, header},
     };
     use http_body_util::BodyExt as _;
-    use schedlat_common::{HistKey, kind};
+    use schedlat_common::HistKey;
     use tower::ServiceExt as _;
 
     use super::*;

@@ -269,7 +269,7 @@ pub fn families(
     ));
     out.extend(family(
         "schedlat_map_entries",
-        "Entries in each eBPF map now.",
+        "Entries in each eBPF map now. For the maps of start stamps (RUNQ_START, FUTEX_START, GO_G, GO_RUNQ), which change while they are walked, an approximation (a walk restarts when its current key is deleted; bounded, at most the capacity).",
         MetricType::GAUGE,
         snap.map_entries
             .iter()

@@ -3,6 +3,8 @@
 //! section costs the target nothing. Differences of the runtime's cumulative histograms give
 //! the window's goroutine scheduling latency (runtime-sampled: 1 transition in 8) and
 //! stop-the-world pauses; cgroup counters give the window's throttling.
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use schedlat_common::{GoConfig, go};
@@ -183,6 +185,10 @@ pub struct GoEvents {
     /// Syscall returns that kept their P (_Gsyscall -> _Grunning): no scheduling latency, but
     /// runtime/metrics' /sched/latencies counts each as a 0 s sample.
     pub syscall_fast_returns: u64,
+    /// Waiting -> running with no runnable time between (the GC's own switches: mark workers,
+    /// assists, stop-the-world): no scheduling latency, but runtime/metrics' /sched/latencies
+    /// counts each as a 0 s sample too.
+    pub waiting_to_running: u64,
     /// Time goroutines spent in system calls and what the blocking ones cost them; null when
     /// the probes they need on Go >= 1.26 cannot be placed (the reason is among the warnings).
     pub syscalls: Option<GoSyscalls>,
@@ -288,6 +294,7 @@ pub fn events_section(raw: &GoRaw, plan: &EventPlan, reasons: &[String]) -> GoEv
         goroutines_created: raw.counts[c::CREATED as usize],
         goroutines_exited: raw.counts[c::EXITED as usize],
         syscall_fast_returns: raw.counts[c::SYSCALL_FAST_RETURNS as usize],
+        waiting_to_running: raw.counts[c::WAITING_TO_RUNNING as usize],
         syscalls: match plan.syscalls {
             SyscallPlan::Unavailable(_) => None,
             SyscallPlan::Casgstatus | SyscallPlan::Probes(_) => {
@@ -313,7 +320,9 @@ pub fn events_section(raw: &GoRaw, plan: &EventPlan, reasons: &[String]) -> GoEv
 pub struct GoStart {
     pub pid: u32,
     layout: crate::goruntime::Layout,
-    exe: std::fs::Metadata,
+    /// The process and the executable analysed, opened once: the uprobe goes on this very
+    /// file, and each reading is checked against it.
+    target: Arc<live::Target>,
     before: Stats,
     budget_before: Option<CpuBudget>,
     /// The per-event probe's plan and the wait reasons' names, when requested and possible.
@@ -329,19 +338,36 @@ pub fn start(
     cgroup_mount: Option<&std::path::Path>,
     probes: bool,
 ) -> Result<GoStart, GoError> {
-    let (f, exe) = live::open_exe(pid)?;
-    let cache = object::ReadCache::new(f);
-    let bin = GoBinary::parse(&cache)?;
+    let target = live::Target::open(pid)?;
+    let exe = &target.meta;
+    let file = target.exe.try_clone().map_err(|e| GoError::Io {
+        what: format!("duplicating the descriptor of /proc/{pid}/exe"),
+        cause: e,
+    })?;
+    let file =
+        crate::goruntime::budget::BudgetedFile::new(file, Default::default()).map_err(|e| {
+            GoError::Io {
+                what: format!("stat /proc/{pid}/exe"),
+                cause: e,
+            }
+        })?;
+    let bin = GoBinary::from_file(&file)?;
     let layout = bin.layout()?;
     // The per-event probe's plan and the wait reasons' names (an error says why not).
     let plan = probes.then(|| {
         bin.event_plan().and_then(|plan| {
-            let names = live::wait_reason_names(pid, &plan, &exe)?;
+            let names = live::wait_reason_names(pid, &plan, exe)?;
             Ok((plan, names))
         })
     });
     drop(bin);
-    let before = live::read_with(pid, &layout, &exe)?;
+    drop(file);
+    // Everything above read by pid: discarded unless it is still the process analysed.
+    let before = target.checked(live::read_with(pid, &layout, exe))?;
+    let plan = match plan {
+        Some(Ok(p)) => Some(target.checked(Ok(p))),
+        other => other,
+    };
     let budget_before = cgroup_mount.and_then(|m| cpulimit::budget(pid, m).ok());
     let (events, events_unavailable) = match plan {
         Some(plan) => match plan {
@@ -364,7 +390,7 @@ pub fn start(
     Ok(GoStart {
         pid,
         layout,
-        exe,
+        target: Arc::new(target),
         before,
         budget_before,
         events,
@@ -373,12 +399,19 @@ pub fn start(
 }
 
 impl GoStart {
+    /// Whether the pid still names the process analysed, running that executable (after the
+    /// uprobe is attached: its scope is the pid).
+    pub fn verify(&self) -> Result<(), GoError> {
+        self.target.verify()
+    }
+
     /// The uprobe to attach for this process, if planned.
     pub fn probe_target(&self) -> Option<GoEventTarget> {
         let (p, _) = self.events.as_ref()?;
         let s = p.statuses;
         Some(GoEventTarget {
             pid: self.pid,
+            exe: self.target.clone(),
             file_offset: p.probe_file_offset(),
             site: format!(
                 "{}+{:#x} ({})",
@@ -418,12 +451,24 @@ impl GoStart {
     /// the capture report afterwards ([`GoSection::threads_runqueue_delay_ns`]).
     /// `raw`: the Go maps, when this process's uprobe was attached.
     pub fn finish(
-        self,
+        mut self,
+        cgroup_mount: Option<&std::path::Path>,
+        raw: Option<&GoRaw>,
+    ) -> Result<GoSection, GoError> {
+        self.next(cgroup_mount, raw)
+    }
+
+    /// [`finish`](Self::finish) for one interval of a capture: the section covers the time
+    /// since the previous call (or the start), and this reading starts the next interval.
+    /// `raw`: the Go maps' growth over the same interval.
+    pub fn next(
+        &mut self,
         cgroup_mount: Option<&std::path::Path>,
         raw: Option<&GoRaw>,
     ) -> Result<GoSection, GoError> {
         let mut exited = None;
-        let after = match live::read_with(self.pid, &self.layout, &self.exe) {
+        let read = live::read_with(self.pid, &self.layout, &self.target.meta);
+        let after = match self.target.checked(read) {
             Ok(a) => a,
             // Exited during the window: the per-event data still covers it until then; the
             // runtime's own statistics have no end reading (an empty window, said so).
@@ -498,7 +543,8 @@ impl GoStart {
             (Some((plan, names)), Some(raw)) => Some(events_section(raw, plan, names)),
             _ => None,
         };
-        Ok(GoSection {
+        let sched_latency = window(&self.before.sched_latencies, &after.sched_latencies);
+        let section = GoSection {
             pid: self.pid,
             go_version: after.go_version.clone(),
             layout: after.layout.clone(),
@@ -506,16 +552,19 @@ impl GoStart {
             goroutines: after.goroutines.as_ref().map(|g| g.live),
             goroutines_ever_allocated: after.goroutines.as_ref().map_or(0, |g| g.allglen),
             sched_stats: after.sched_stats.clone(),
-            sched_latency: window(&self.before.sched_latencies, &after.sched_latencies),
+            sched_latency,
             stw_pauses,
             gc_pauses,
-            cpu_budget: budget,
+            cpu_budget: budget.clone(),
             throttling,
             threads_runqueue_delay_ns: 0,
             threads_runqueue_waits: 0,
             events,
             warnings,
-        })
+        };
+        self.before = after;
+        self.budget_before = budget;
+        Ok(section)
     }
 }
 

@@ -2,14 +2,19 @@
 //! picked up, exited ones dropped, no restart), read their runtime's own scheduler statistics
 //! from memory (crate::goruntime::live) and export them by (binary, cgroup), no pid label.
 //!
-//! Cost: a stat of /proc/PID/exe per process per scrape; each distinct executable is
-//! classified (Go or not, layout) once and cached by device and inode; then a few preads per
-//! Go process. Nothing runs in the target processes.
+//! Cost: per selected process and scrape, a pidfd, its start time and one open of
+//! /proc/PID/exe; each distinct executable (device, inode, size, mtime of the descriptor
+//! opened) is classified (Go or not, layout) once, by a background thread, so a scrape never
+//! waits for an analysis: it reads the processes whose executable is classified and hands new
+//! ones to the thread. Then a few process_vm_readv calls per Go process, after which the
+//! process is checked to be the one opened, running the file analysed. Nothing runs in the
+//! target processes.
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     fs::File,
-    os::unix::fs::{FileExt, MetadataExt},
-    sync::Arc,
+    os::unix::fs::FileExt,
+    sync::{Arc, Condvar, Mutex},
+    time::{Duration, Instant},
 };
 
 use prometheus::proto::{Bucket, Histogram as PromHist, Metric, MetricFamily, MetricType};
@@ -18,7 +23,7 @@ use tracing::warn;
 use crate::{
     config::GoConfig,
     exporter::metrics::{counter, family, gauge, label},
-    goruntime::{self, GoError, Layout, Scheme},
+    goruntime::{self, GoError, Layout, Scheme, live::ExeKey},
 };
 
 /// Cached classifications of executables; cleared when full (re-classified on demand).
@@ -74,6 +79,7 @@ pub fn to_prom(scheme: Scheme, metrics_counts: &[u64], bounds: &[u64]) -> (Vec<u
     (out, sum)
 }
 
+#[derive(Clone)]
 enum Class {
     NotGo,
     Go(Arc<Layout>),
@@ -154,15 +160,118 @@ struct Series {
     idle_since: Option<std::time::Instant>,
 }
 
+/// Executables waiting for classification (each an open descriptor): beyond this, new ones
+/// wait for a later scrape (counted as `classify_queue_full`).
+const MAX_QUEUE: usize = 64;
+/// Processes whose failure was logged (one line per process, not per scrape); cleared when
+/// full.
+const MAX_LOGGED: usize = 4096;
+
+/// Classifications made by the background thread, read by scrapes.
+#[derive(Default)]
+struct Classified {
+    done: HashMap<ExeKey, Class>,
+    /// Sent to the thread, not classified yet.
+    pending: HashSet<ExeKey>,
+    /// Failures reading an executable (not cached: retried at a later scrape), by reason.
+    failed: Vec<(ExeKey, &'static str)>,
+}
+
+/// Classifies executables off the scrape path: a planted binary that takes long to refuse
+/// delays only its own classification, never /metrics.
+struct Classifier {
+    tx: std::sync::mpsc::SyncSender<(ExeKey, File)>,
+    /// Results, and a condition variable signalled at each.
+    shared: Arc<(Mutex<Classified>, Condvar)>,
+}
+
+/// How long a scrape waits for the executables it handed over (a real binary's analysis takes
+/// tens of ms, so new programs are read at their first scrape); past it, they are read at a
+/// later scrape.
+const CLASSIFY_WAIT: Duration = Duration::from_millis(500);
+
+impl Classifier {
+    fn spawn() -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(ExeKey, File)>(MAX_QUEUE);
+        let shared: Arc<(Mutex<Classified>, Condvar)> = Default::default();
+        let out = shared.clone();
+        // Exits when the watcher (the sender) is dropped.
+        std::thread::Builder::new()
+            .name("go-classify".into())
+            .spawn(move || {
+                while let Ok((key, f)) = rx.recv() {
+                    let class = classify_file(f);
+                    let mut st = out.0.lock().unwrap_or_else(|e| e.into_inner());
+                    st.pending.remove(&key);
+                    match class {
+                        Ok(c) => {
+                            if st.done.len() >= MAX_CACHE {
+                                st.done.clear();
+                            }
+                            st.done.insert(key, c);
+                        }
+                        Err(r) => st.failed.push((key, r)),
+                    }
+                    out.1.notify_all();
+                }
+            })?;
+        Ok(Self { tx, shared })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Classified> {
+        self.shared.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wait (at most CLASSIFY_WAIT) until none of `keys` is pending.
+    fn wait_for(&self, keys: &[ExeKey]) {
+        let deadline = Instant::now() + CLASSIFY_WAIT;
+        let mut st = self.lock();
+        while keys.iter().any(|k| st.pending.contains(k)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            st = match self.shared.1.wait_timeout(st, left) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            };
+        }
+    }
+}
+
+/// Go or not, and how to read it; Err(reason) for a failure of reading the file, which is
+/// not the executable's fault and not cached.
+fn classify_file(f: File) -> Result<Class, &'static str> {
+    if !has_go_section(&f) {
+        return Ok(Class::NotGo);
+    }
+    match goruntime::live::analyse_file(f) {
+        Ok(l) => Ok(Class::Go(Arc::new(l))),
+        // Counted by the scrape that finds it (each time: it is retried), not logged here.
+        Err(e @ GoError::Io { .. }) => Err(reason(&e)),
+        Err(e) => {
+            warn!(error = %e, "Go executable not readable; counted in schedlat_go_read_errors_total");
+            Ok(Class::Unreadable(reason(&e)))
+        }
+    }
+}
+
 pub struct GoWatcher {
     cfg: GoConfig,
     bounds: Vec<u64>,
     self_pid: u32,
-    cache: HashMap<(u64, u64), Class>,
+    classifier: Option<Classifier>,
     series: BTreeMap<(String, String), Series>,
     errors: BTreeMap<&'static str, u64>,
     skipped: usize,
-    warned: HashSet<(u64, u64)>,
+    /// Selected processes whose executable is not classified yet at this scrape.
+    pending: usize,
+    warned: HashSet<ExeKey>,
+    /// (pid, reason) already logged.
+    logged: HashSet<(u32, &'static str)>,
+    /// The cgroup2 mount's root as our cgroup namespace sees it (e.g. "/../.." inside a
+    /// container): process cgroup paths are made relative to it (the host's view).
+    mount_root: Option<String>,
 }
 
 fn reason(e: &GoError) -> &'static str {
@@ -172,7 +281,9 @@ fn reason(e: &GoError) -> &'static str {
         }
         GoError::MissingDwarf { .. } | GoError::UnknownHistogram { .. } => "unsupported_version",
         GoError::Unsupported { .. } | GoError::Malformed { .. } => "unsupported_binary",
+        GoError::OverBudget { .. } => "over_budget",
         GoError::ProcessGone { .. } => "exited",
+        GoError::ProcessChanged { .. } => "process_changed",
         GoError::NotGo { .. } => "not_go",
         GoError::Io { cause, .. } if cause.kind() == std::io::ErrorKind::PermissionDenied => {
             "permission"
@@ -235,15 +346,27 @@ pub fn has_go_section_at(read_at: impl Fn(&mut [u8], u64) -> std::io::Result<()>
 
 impl GoWatcher {
     pub fn new(cfg: GoConfig, per_octave: u32) -> Self {
+        let classifier = Classifier::spawn()
+            .inspect_err(|e| {
+                warn!(error = %e, "starting the Go classification thread; no Go process will be read");
+            })
+            .ok();
+        let mount_root = crate::host::cgroup::v2_mount().ok().and_then(|m| {
+            let mi = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+            crate::host::cgroup::mount_root_from_mountinfo(&mi, &m)
+        });
         Self {
             cfg,
             bounds: prom_bounds_ns(per_octave),
             self_pid: std::process::id(),
-            cache: HashMap::new(),
+            classifier,
             series: BTreeMap::new(),
             errors: BTreeMap::new(),
             skipped: 0,
+            pending: 0,
             warned: HashSet::new(),
+            logged: HashSet::new(),
+            mount_root,
         }
     }
 
@@ -251,34 +374,77 @@ impl GoWatcher {
         *self.errors.entry(r).or_default() += 1;
     }
 
-    fn classify(&mut self, pid: u32, key: (u64, u64)) -> Option<&Class> {
-        if !self.cache.contains_key(&key) {
-            let f = File::open(format!("/proc/{pid}/exe")).ok()?;
-            let class = if !has_go_section(&f) {
-                Class::NotGo
-            } else {
-                match goruntime::live::analyse_exe(pid).map(|(l, _)| l) {
-                    Ok(l) => Class::Go(Arc::new(l)),
-                    Err(GoError::ProcessGone { .. }) => return None,
-                    // Permission and I/O failures belong to this process, not its executable:
-                    // counted now, not cached.
-                    Err(e @ GoError::Io { .. }) => {
-                        warn!(pid, error = %e, "reading a Go process's executable");
-                        self.count_error(reason(&e));
-                        return None;
-                    }
-                    Err(e) => {
-                        warn!(pid, error = %e, "Go process not readable; counted in schedlat_go_read_errors_total");
-                        Class::Unreadable(reason(&e))
-                    }
-                }
-            };
-            if self.cache.len() >= MAX_CACHE {
-                self.cache.clear();
-            }
-            self.cache.insert(key, class);
+    /// Count a failure of one process by reason (at every scrape it happens) and log it once
+    /// per process and reason.
+    fn process_error(&mut self, pid: u32, e: &GoError) {
+        let r = reason(e);
+        self.count_error(r);
+        if r == "exited" {
+            return;
         }
-        self.cache.get(&key)
+        if self.logged.len() >= MAX_LOGGED {
+            self.logged.clear();
+        }
+        if self.logged.insert((pid, r)) {
+            warn!(pid, reason = r, error = %e, "Go process not read (logged once per process; counted in schedlat_go_read_errors_total)");
+        }
+    }
+
+    /// Hand the executables not classified yet to the background thread (each once) and
+    /// wait briefly for those; then the classification of each, None while pending.
+    fn classify_all(&mut self, targets: &[&goruntime::live::Target]) -> Vec<Option<Class>> {
+        let Some(c) = &self.classifier else {
+            return vec![None; targets.len()];
+        };
+        let mut submitted = Vec::new();
+        let mut full = 0u64;
+        {
+            let mut st = c.lock();
+            for t in targets {
+                let key = t.key();
+                if st.done.contains_key(&key) || st.pending.contains(&key) {
+                    continue;
+                }
+                match t.exe.try_clone().map(|f| c.tx.try_send((key, f))) {
+                    Ok(Ok(())) => {
+                        st.pending.insert(key);
+                        submitted.push(key);
+                    }
+                    _ => full += 1,
+                }
+            }
+        }
+        if !submitted.is_empty() {
+            c.wait_for(&submitted);
+        }
+        let (classes, failed) = {
+            let mut st = c.lock();
+            let classes: Vec<Option<Class>> = targets
+                .iter()
+                .map(|t| st.done.get(&t.key()).cloned())
+                .collect();
+            (classes, std::mem::take(&mut st.failed))
+        };
+        for (_, r) in failed {
+            self.count_error(r);
+        }
+        for _ in 0..full {
+            self.count_error("classify_queue_full");
+        }
+        classes
+    }
+
+    /// Wait until no classification is pending (tests).
+    #[cfg(test)]
+    fn settle(&self) {
+        let Some(c) = &self.classifier else { return };
+        for _ in 0..600 {
+            if c.lock().pending.is_empty() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("Go classification still pending after 30 s");
     }
 
     /// Whether `pid` passes the configured selectors (all pass when none is set).
@@ -302,13 +468,37 @@ impl GoWatcher {
         })
     }
 
-    /// Scan /proc and read every selected Go process.
+    /// The process's cgroup v2 path in the host's view (as the kernel-side series label it):
+    /// /proc/PID/cgroup is relative to our own cgroup namespace, so inside a container it
+    /// reads "/../../kubepods/..."; made relative to the mounted hierarchy's root.
+    fn cgroup_of(&self, pid: u32) -> String {
+        let unknown = || crate::exporter::metrics::UNKNOWN.to_owned();
+        let Some(ns_path) = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+            })
+        else {
+            return unknown();
+        };
+        match &self.mount_root {
+            Some(root) => crate::host::cgroup::host_view(&ns_path, root).unwrap_or_else(unknown),
+            None if ns_path.contains("/..") => unknown(),
+            None => ns_path,
+        }
+    }
+
+    /// Scan /proc and read every selected Go process whose executable is classified.
     pub fn scrape(&mut self) {
-        let mut found: Vec<(u32, Arc<Layout>, std::fs::Metadata, String, String)> = Vec::new();
+        use goruntime::live::Target;
+        let mut found: Vec<(u32, Arc<Layout>, Target, String, String)> = Vec::new();
+        let mut candidates: Vec<(Target, String, String)> = Vec::new();
         let Ok(dir) = std::fs::read_dir("/proc") else {
             self.count_error("proc_unreadable");
             return;
         };
+        self.pending = 0;
         for e in dir.flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
@@ -316,46 +506,51 @@ impl GoWatcher {
             if pid == self.self_pid {
                 continue;
             }
-            // Kernel threads and processes that just exited have no exe: not ours.
-            let Ok(meta) = std::fs::metadata(format!("/proc/{pid}/exe")) else {
-                continue;
+            let exe_path = match std::fs::read_link(format!("/proc/{pid}/exe")) {
+                Ok(p) => p
+                    .to_string_lossy()
+                    .trim_end_matches(" (deleted)")
+                    .to_owned(),
+                // Kernel threads and processes that just exited have no exe: not ours.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                // Another user's process without CAP_SYS_PTRACE: selectable by comm or
+                // cgroup, then counted as a permission failure below.
+                Err(_) => String::new(),
             };
-            let exe_path = std::fs::read_link(format!("/proc/{pid}/exe"))
-                .map(|p| {
-                    p.to_string_lossy()
-                        .trim_end_matches(" (deleted)")
-                        .to_owned()
-                })
-                .unwrap_or_default();
-            let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-                .ok()
-                .and_then(|s| {
-                    s.lines()
-                        .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
-                })
-                .unwrap_or_else(|| crate::exporter::metrics::UNKNOWN.to_owned());
+            let cgroup = self.cgroup_of(pid);
             if !self.selected(pid, &exe_path, &cgroup) {
                 continue;
             }
-            // Only selected processes' executables are classified (and read, if Go).
-            let key = (meta.dev(), meta.ino());
-            let layout = match self.classify(pid, key) {
-                None | Some(Class::NotGo) => continue,
-                Some(Class::Go(l)) => Some(l.clone()),
-                Some(Class::Unreadable(_)) => None,
-            };
-            match layout {
-                Some(l) => {
-                    let binary = exe_path.rsplit('/').next().unwrap_or("").to_owned();
-                    found.push((pid, l, meta, binary, cgroup));
+            // The process (pidfd, start time) and its executable, opened once: the file
+            // classified, keyed and read is this descriptor's.
+            let t = match Target::open(pid) {
+                Ok(t) => t,
+                Err(GoError::ProcessGone { .. } | GoError::NotGo { .. }) => continue,
+                Err(e) => {
+                    self.process_error(pid, &e);
+                    continue;
                 }
-                None => {
-                    // Selected but unreadable: counted once per executable, not per scrape.
+            };
+            candidates.push((t, exe_path, cgroup));
+        }
+        let targets: Vec<&Target> = candidates.iter().map(|c| &c.0).collect();
+        let classes = self.classify_all(&targets);
+        for ((t, exe_path, cgroup), class) in candidates.into_iter().zip(classes) {
+            let key = t.key();
+            match class {
+                None => self.pending += 1,
+                Some(Class::NotGo) => {}
+                Some(Class::Go(l)) => {
+                    let binary = exe_path.rsplit('/').next().unwrap_or("").to_owned();
+                    found.push((t.pid, l, t, binary, cgroup));
+                }
+                // Selected but unreadable: counted once per executable, not per scrape.
+                Some(Class::Unreadable(r)) => {
+                    if self.warned.len() >= MAX_CACHE {
+                        self.warned.clear();
+                    }
                     if self.warned.insert(key) {
-                        if let Some(Class::Unreadable(r)) = self.cache.get(&key) {
-                            let r = *r;
-                            self.count_error(r);
-                        }
+                        self.count_error(r);
                     }
                 }
             }
@@ -375,17 +570,22 @@ impl GoWatcher {
             s.with_states = 0;
             s.processes = 0;
         }
-        for (pid, layout, meta, binary, cgroup) in found {
+        for (pid, layout, target, binary, cgroup) in found {
             let mut key = (binary, cgroup);
             if !self.series.contains_key(&key) && self.series.len() >= self.cfg.max_series {
                 key = ("other".into(), "other".into());
             }
-            let stats = match goruntime::live::read_with(pid, &layout, &meta) {
+            #[cfg(test)]
+            goruntime::live::test_hook::between_scan_and_read(pid);
+            // Read, then check the pid still names the process opened, running the file
+            // analysed: otherwise the reading is of another program and is discarded.
+            let read = target.checked(goruntime::live::read_with(pid, &layout, &target.meta));
+            let stats = match read {
                 Ok(s) => s,
                 Err(e) => {
                     let r = reason(&e);
+                    self.process_error(pid, &e);
                     if r != "exited" {
-                        warn!(pid, error = %e, "reading Go runtime statistics");
                         // Still running: keep its last reading live rather than banking it,
                         // or the next good read would add its whole history a second time.
                         if let Some(s) = self.series.get_mut(&key) {
@@ -394,7 +594,6 @@ impl GoWatcher {
                             }
                         }
                     }
-                    self.count_error(r);
                     continue;
                 }
             };
@@ -636,8 +835,14 @@ impl GoWatcher {
             vec![gauge(vec![], self.skipped as f64)],
         ));
         out.extend(family(
+            "schedlat_go_processes_pending",
+            "Selected processes not read at this scrape because their executable is still being classified (in the background).",
+            MetricType::GAUGE,
+            vec![gauge(vec![], self.pending as f64)],
+        ));
+        out.extend(family(
             "schedlat_go_read_errors_total",
-            "Go processes that could not be read, by reason (stripped and unsupported counted once per executable).",
+            "Go processes that could not be read, by reason, at each scrape it happens (stripped, unsupported_version, unsupported_binary and over_budget once per executable; process_changed: the pid was reused or the program exec'd between opening and reading, the reading discarded).",
             MetricType::COUNTER,
             self.errors
                 .iter()
@@ -695,6 +900,81 @@ mod tests {
         add_pauses(&mut acc, &[0, 511, 512, 1023], &bounds);
         add_pauses(&mut acc, &[1024, 5000], &bounds);
         assert_eq!(acc, (vec![2, 2, 2], 8070.0));
+    }
+
+    /// The pid of the Go program scanned is taken over by another Go program (of another
+    /// release, so another layout) before the read: the reading is discarded and counted,
+    /// never taken as the first program's.
+    #[test]
+    fn a_pid_reused_between_scan_and_read_discards_the_reading() {
+        use crate::goruntime::tests::{Fixture, fixture_versions, root_or_skip};
+        let Some(dirs) = fixture_versions() else {
+            return;
+        };
+        // Placing a process at a given pid (ns_last_pid) needs root.
+        if !root_or_skip("a_pid_reused_between_scan_and_read_discards_the_reading") {
+            return;
+        }
+        // A copy of its own, so the selector picks no other test's fixture.
+        let tmp = std::env::temp_dir().join(format!("schedlat-reuse-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).unwrap();
+        let a_exe = tmp.join("gosched");
+        std::fs::copy(dirs.last().unwrap().join("gosched"), &a_exe).unwrap();
+        // Same release, another program: A's addresses are mapped in it, so reading it with
+        // A's layout succeeds, with meaningless numbers.
+        let b_exe = dirs.last().unwrap().join("goevents");
+        let a = Fixture::start(&a_exe, 3);
+        let pid = a.pid();
+        let mut w = GoWatcher::new(
+            GoConfig {
+                enabled: true,
+                binaries: vec![a_exe.to_string_lossy().into_owned()],
+                ..Default::default()
+            },
+            4,
+        );
+        w.scrape();
+        w.settle();
+        w.scrape();
+        let series = |w: &GoWatcher| w.series.values().map(|s| s.processes).sum::<u64>();
+        assert_eq!(series(&w), 1, "the first program is read");
+
+        // Between this scrape's scan and its read: the program exits and another takes its
+        // pid (the kernel hands out ns_last_pid + 1 next; retried if someone else forks).
+        let a = std::sync::Mutex::new(Some(a));
+        let b: std::sync::Arc<std::sync::Mutex<Option<Fixture>>> = Default::default();
+        let b2 = b.clone();
+        let b_exe2 = b_exe.clone();
+        crate::goruntime::live::test_hook::set(Some(Box::new(move |p| {
+            if p != pid {
+                return;
+            }
+            drop(a.lock().unwrap().take());
+            for _ in 0..200 {
+                std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
+                let fx = Fixture::start(&b_exe2, 5);
+                if fx.pid() == pid {
+                    *b2.lock().unwrap() = Some(fx);
+                    return;
+                }
+            }
+            panic!("could not start a process at pid {pid}");
+        })));
+        w.scrape();
+        crate::goruntime::live::test_hook::set(None);
+        assert_eq!(
+            b.lock().unwrap().as_ref().map(Fixture::pid),
+            Some(pid),
+            "the second program took the pid"
+        );
+        assert_eq!(
+            series(&w),
+            0,
+            "a reading of the program that reused the pid was taken"
+        );
+        assert_eq!(w.errors.get("process_changed"), Some(&1), "{:?}", w.errors);
+        drop(b);
+        let _ = std::fs::remove_dir_all(&tmp);
     }
 
     #[test]

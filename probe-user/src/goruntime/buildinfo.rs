@@ -1,6 +1,6 @@
 //! The Go version recorded in a binary's `.go.buildinfo` section (Go's debug/buildinfo format,
 //! src/debug/buildinfo/buildinfo.go; written by cmd/link/internal/ld/data.go).
-use object::{Object, ObjectSection, ObjectSegment, ReadRef};
+use object::{ObjectSection, ReadRef};
 
 use super::GoError;
 
@@ -69,8 +69,13 @@ fn parse_section<'d, 'f, R: ReadRef<'d>>(
     file: &'f object::File<'d, R>,
     section: object::Section<'d, 'f, R>,
 ) -> Result<String, GoError> {
-    let data = section.data().map_err(|_| GoError::Malformed {
-        what: ".go.buildinfo section data lies outside the file".into(),
+    // Only the header and the inline version string are read (through a BudgetedFile, a
+    // section's whole claimed size would be charged, and refused, for nothing).
+    let want = section.size().min(HEADER_LEN as u64 + 10 + MAX_VERSION_LEN);
+    let data = super::section_bytes(file, &section, section.address(), want).ok_or_else(|| {
+        GoError::Malformed {
+            what: ".go.buildinfo section data lies outside the file".into(),
+        }
     })?;
     let header = data.get(..HEADER_LEN).ok_or(GoError::NotGo {
         why: ".go.buildinfo is shorter than its 32-byte header",
@@ -132,8 +137,7 @@ pub(crate) fn read_at<'d, R: ReadRef<'d>>(
     addr: u64,
     len: u64,
 ) -> Option<&'d [u8]> {
-    file.segments()
-        .find_map(|seg| seg.data_range(addr, len).ok().flatten())
+    super::segment_bytes(file, addr, len)
 }
 
 /// A uvarint-prefixed string (encoding/binary.Uvarint), as the inline format writes them.

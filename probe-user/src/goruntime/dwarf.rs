@@ -10,10 +10,8 @@ use gimli::{
 };
 use object::{CompressionFormat, ObjectSection, ReadRef};
 
-use super::GoError;
+use super::{GoError, budget::Budget};
 
-/// Largest DWARF section we decompress: Go's runtime+stdlib DWARF is tens of MiB.
-const MAX_SECTION: u64 = 512 << 20;
 /// Deflate expands at most ~1032:1 (a 258-byte match per 2-bit code, RFC 1951); `object`
 /// reserves the claimed uncompressed size up front, so a larger claim (a forged header) is
 /// refused before it allocates.
@@ -22,6 +20,12 @@ const MAX_ZLIB_RATIO: u64 = 1032;
 const MAX_TYPES: usize = 4_000_000;
 /// Longest member path followed through typedefs/anonymous structs.
 const MAX_HOPS: usize = 16;
+/// Most members kept per struct (runtime.m, the largest the layouts read, has ~100); more are
+/// not kept, so a forged struct of millions of members costs its DIEs' parsing, not memory.
+pub const MAX_MEMBERS: usize = 4096;
+/// Memory charged per indexed DIE besides its name: the TypeDie or Member and its map slot.
+const DIE_COST: u64 = std::mem::size_of::<TypeDie>() as u64 + 32;
+const MEMBER_COST: u64 = std::mem::size_of::<Member>() as u64;
 
 #[derive(Debug, Default)]
 pub struct TypeDie {
@@ -44,6 +48,7 @@ pub struct Member {
 enum IndexError {
     Gimli(gimli::Error),
     TooMany,
+    Budget(GoError),
     /// Abbreviation tables overlapping beyond the work budget.
     AbbrevWork(u64),
 }
@@ -116,6 +121,7 @@ pub struct Types {
 fn load_section<'d, R: ReadRef<'d>>(
     file: &object::File<'d, R>,
     name: &str,
+    budget: &Budget,
 ) -> Result<Cow<'d, [u8]>, GoError> {
     let Some(section) = super::section_by_name(file, name) else {
         return Ok(Cow::Borrowed(&[]));
@@ -131,12 +137,6 @@ fn load_section<'d, R: ReadRef<'d>>(
         // Go writes zlib; zstd would decompress without a size bound in `object`.
         other => return Err(bad(format!("unsupported compression {other:?}"))),
     }
-    if compressed.uncompressed_size > MAX_SECTION {
-        return Err(bad(format!(
-            "claims {} bytes uncompressed, over the {MAX_SECTION}-byte cap",
-            compressed.uncompressed_size
-        )));
-    }
     let most = (compressed.data.len() as u64)
         .saturating_mul(MAX_ZLIB_RATIO)
         .saturating_add(64);
@@ -146,6 +146,13 @@ fn load_section<'d, R: ReadRef<'d>>(
             compressed.uncompressed_size,
             compressed.data.len()
         )));
+    }
+    // The claimed size is allocated up front (object reserves it): charged before.
+    if compressed.format != CompressionFormat::None {
+        budget.charge(
+            compressed.uncompressed_size,
+            &format!("decompressing DWARF section {name}"),
+        )?;
     }
     compressed
         .decompress()
@@ -158,23 +165,33 @@ pub fn has_debug_info<'d, R: ReadRef<'d>>(file: &object::File<'d, R>) -> bool {
 
 impl Types {
     /// Index every type DIE of interest in the binary's .debug_info.
-    pub fn load<'d, R: ReadRef<'d>>(file: &object::File<'d, R>) -> Result<Types, GoError> {
-        let info = load_section(file, ".debug_info")?;
-        let abbrev = load_section(file, ".debug_abbrev")?;
-        let str_ = load_section(file, ".debug_str")?;
-        Self::from_sections(&info, &abbrev, &str_)
+    pub fn load<'d, R: ReadRef<'d>>(
+        file: &object::File<'d, R>,
+        budget: &Budget,
+    ) -> Result<Types, GoError> {
+        let info = load_section(file, ".debug_info", budget)?;
+        let abbrev = load_section(file, ".debug_abbrev", budget)?;
+        let str_ = load_section(file, ".debug_str", budget)?;
+        Self::from_sections(&info, &abbrev, &str_, budget)
     }
 
-    /// Index uncompressed .debug_info / .debug_abbrev / .debug_str contents.
-    pub fn from_sections(info: &[u8], abbrev: &[u8], str_: &[u8]) -> Result<Types, GoError> {
+    /// Index uncompressed .debug_info / .debug_abbrev / .debug_str contents, charging the
+    /// index to `budget`.
+    pub fn from_sections(
+        info: &[u8],
+        abbrev: &[u8],
+        str_: &[u8],
+        budget: &Budget,
+    ) -> Result<Types, GoError> {
         let dwarf = gimli::Dwarf {
             debug_info: gimli::DebugInfo::new(info, LittleEndian),
             debug_abbrev: gimli::DebugAbbrev::new(abbrev, LittleEndian),
             debug_str: gimli::DebugStr::new(str_, LittleEndian),
             ..Default::default()
         };
-        Self::index(&dwarf).map_err(|e| GoError::Malformed {
+        Self::index(&dwarf, budget).map_err(|e| GoError::Malformed {
             what: match e {
+                IndexError::Budget(e) => return e,
                 IndexError::Gimli(e) => format!("DWARF .debug_info: {e}"),
                 IndexError::TooMany => format!("DWARF .debug_info has over {MAX_TYPES} types"),
                 IndexError::AbbrevWork(budget) => format!(
@@ -185,7 +202,15 @@ impl Types {
         })
     }
 
-    fn index(dwarf: &gimli::Dwarf<EndianSlice<'_, LittleEndian>>) -> Result<Types, IndexError> {
+    fn index(
+        dwarf: &gimli::Dwarf<EndianSlice<'_, LittleEndian>>,
+        budget: &Budget,
+    ) -> Result<Types, IndexError> {
+        let charge = |bytes: u64| {
+            budget
+                .charge(bytes, "indexing DWARF types")
+                .map_err(IndexError::Budget)
+        };
         let mut by_offset = HashMap::new();
         let mut struct_by_name = HashMap::new();
         let mut consts = HashMap::new();
@@ -263,9 +288,13 @@ impl Types {
                             return Err(IndexError::TooMany);
                         }
                         let name = name()?;
+                        charge(DIE_COST + name.as_ref().map_or(0, |n| n.len() as u64))?;
                         if tag == gimli::DW_TAG_structure_type {
                             if let Some(n) = &name {
-                                struct_by_name.entry(n.clone()).or_insert(off);
+                                if !struct_by_name.contains_key(n) {
+                                    charge(n.len() as u64 + 32)?;
+                                    struct_by_name.insert(n.clone(), off);
+                                }
                             }
                         }
                         by_offset.insert(
@@ -288,7 +317,11 @@ impl Types {
                         if let (Some((_, p)), Some(n)) = (parent, name()?) {
                             let offset = udata(gimli::DW_AT_data_member_location)?;
                             let t = type_ref(entry)?;
-                            if let (Some(die), Some(offset)) = (by_offset.get_mut(&p), offset) {
+                            let die = by_offset
+                                .get_mut(&p)
+                                .filter(|d| d.members.len() < MAX_MEMBERS);
+                            if let (Some(die), Some(offset)) = (die, offset) {
+                                charge(MEMBER_COST + n.len() as u64)?;
                                 die.members.push(Member {
                                     name: n,
                                     offset,
@@ -306,7 +339,12 @@ impl Types {
                             if let Some(v) = v
                                 .and_then(|v| v.sdata_value().or(v.udata_value().map(|u| u as i64)))
                             {
-                                consts.entry(n).or_insert(v);
+                                if let std::collections::hash_map::Entry::Vacant(e) =
+                                    consts.entry(n)
+                                {
+                                    charge(e.key().len() as u64 + 48)?;
+                                    e.insert(v);
+                                }
                             }
                         }
                     }

@@ -92,7 +92,7 @@ pub(super) fn plan_for<'d, R: ReadRef<'d>>(bin: &GoBinary<'d, R>) -> Result<Even
     let stripped = !super::symbolic(file);
     let malformed = |what: String| GoError::Malformed { what };
     let resolver = if stripped {
-        Some(table::Resolver::new(file)?)
+        Some(table::Resolver::new(file, bin.budget())?)
     } else {
         None
     };
@@ -100,12 +100,12 @@ pub(super) fn plan_for<'d, R: ReadRef<'d>>(bin: &GoBinary<'d, R>) -> Result<Even
     let function = |name: &'static str| -> Result<(u64, u64), GoError> {
         match &resolver {
             Some(res) => res
-                .function(name)
+                .function(name)?
                 .map(|f| (f.addr, f.size))
                 .ok_or_else(|| malformed(format!("{name} is not in .gopclntab"))),
             None => {
                 let mut want = [(name, None)];
-                super::find_symbols_sized(file, &mut want)?;
+                super::find_symbols_sized(file, &mut want, bin.budget())?;
                 want[0].1.ok_or_else(|| GoError::MissingSymbol {
                     version: version.clone(),
                     symbol: name,
@@ -125,7 +125,7 @@ pub(super) fn plan_for<'d, R: ReadRef<'d>>(bin: &GoBinary<'d, R>) -> Result<Even
         }
         None => {
             let mut want = [(WAIT_REASONS, None)];
-            super::find_symbols_sized(file, &mut want)?;
+            super::find_symbols_sized(file, &mut want, bin.budget())?;
             let reasons = want[0].1.ok_or_else(|| GoError::MissingSymbol {
                 version: version.clone(),
                 symbol: WAIT_REASONS,
@@ -209,13 +209,13 @@ fn place<'d, R: ReadRef<'d>>(
     if size == 0 || size > probesite::MAX_FUNCTION as u64 {
         return Err(malformed(format!("{name} has size {size}")));
     }
-    // Only the function's bytes (data_range reads just them through ReadCache).
+    // Only the function's bytes.
     let code = super::section_by_name(file, ".text")
         .filter(|s| {
             s.address() <= vaddr
                 && vaddr.saturating_add(size) <= s.address().saturating_add(s.size())
         })
-        .and_then(|s| s.data_range(vaddr, size).ok().flatten())
+        .and_then(|s| super::section_bytes(file, &s, vaddr, size))
         .ok_or_else(|| malformed(format!("{name} is not inside .text")))?;
     let site = probesite::choose(code, vaddr, keep).map_err(|e| GoError::Unsupported {
         what: format!("no uprobe site in {name} that avoids single-stepping: {e}"),

@@ -9,7 +9,7 @@ use std::{fs::File, os::unix::fs::MetadataExt, path::Path};
 
 use serde::Serialize;
 
-use super::{GoError, Layout, MAX_BINARY, Scheme};
+use super::{GoError, Layout, MAX_BINARY, Scheme, budget::BudgetedFile};
 
 /// Most Ps (GOMAXPROCS) we walk in runtime.allp; the runtime caps GOMAXPROCS at 1<<8 ... 1<<16
 /// depending on version (runtime/proc.go _MaxGomaxprocs).
@@ -124,19 +124,165 @@ pub fn open_exe(pid: u32) -> Result<(File, std::fs::Metadata), GoError> {
     Ok((f, meta))
 }
 
-/// Analyse the process's executable, reading only the parts parsed (ELF headers, .symtab,
-/// .go.buildinfo, DWARF): Go binaries run to hundreds of MiB, the daemon's memory is capped.
-pub fn analyse_exe(pid: u32) -> Result<(Layout, std::fs::Metadata), GoError> {
-    let (f, meta) = open_exe(pid)?;
-    let cache = object::ReadCache::new(f);
-    let layout = super::analyse(&cache)?;
-    Ok((layout, meta))
+/// An executable file's identity: what the daemon caches analyses by, and what a reading is
+/// checked against (a file replaced in place keeps neither its mtime nor, usually, its size).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ExeKey {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime: (i64, i64),
 }
 
-/// Analyse the process's executable and read its statistics.
+impl ExeKey {
+    pub fn of(m: &std::fs::Metadata) -> Self {
+        Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+        }
+    }
+}
+
+/// One process and the executable it ran when opened: a pidfd taken first, the process's
+/// start time, and /proc/PID/exe opened once. Everything about the process is read by pid
+/// (process_vm_readv, /proc/PID/maps), so [`Self::verify`] after reading discards a reading
+/// of another process that reused the pid, or of a new program after an exec.
+#[derive(Debug)]
+pub struct Target {
+    pub pid: u32,
+    /// None where pidfd_open(2) is missing (before 5.3): the start time still tells reuse.
+    pidfd: Option<std::os::fd::OwnedFd>,
+    start_time: u64,
+    pub exe: File,
+    pub meta: std::fs::Metadata,
+}
+
+impl Target {
+    pub fn open(pid: u32) -> Result<Self, GoError> {
+        // SAFETY: pidfd_open takes a pid and flags; a returned descriptor is ours to own.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        let pidfd = if fd >= 0 {
+            use std::os::fd::FromRawFd as _;
+            // SAFETY: a fresh descriptor nothing else owns.
+            Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+        } else {
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::ENOSYS) => None,
+                Some(libc::ESRCH) => return Err(GoError::ProcessGone { pid }),
+                _ => return Err(gone_or(pid, e, format!("pidfd_open({pid})"))),
+            }
+        };
+        let start_time = start_time(pid)?;
+        let (exe, meta) = open_exe(pid)?;
+        Ok(Self {
+            pid,
+            pidfd,
+            start_time,
+            exe,
+            meta,
+        })
+    }
+
+    pub fn key(&self) -> ExeKey {
+        ExeKey::of(&self.meta)
+    }
+
+    /// `read` (of this process, by pid) if the pid still names the process opened, running
+    /// the file opened; otherwise why not (also when the read failed: reading another
+    /// process's memory with this layout fails for that reason).
+    pub fn checked<T>(&self, read: Result<T, GoError>) -> Result<T, GoError> {
+        match read {
+            Ok(v) => self.verify().map(|()| v),
+            Err(e) => Err(self.verify().err().unwrap_or(e)),
+        }
+    }
+
+    /// Whether the pid still names the process opened, running the executable opened: call
+    /// after reading, and discard the reading on error (`ProcessGone` if it exited,
+    /// `ProcessChanged` if the pid was reused or the process exec'd another program).
+    pub fn verify(&self) -> Result<(), GoError> {
+        let pid = self.pid;
+        let exited = self.pidfd.as_ref().is_some_and(|fd| {
+            use std::os::fd::AsRawFd as _;
+            let mut p = libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one pollfd on a descriptor we own; a pidfd is readable once it exited.
+            let n = unsafe { libc::poll(&mut p, 1, 0) };
+            n > 0 && p.revents & libc::POLLIN != 0
+        });
+        let changed = |what: String| GoError::ProcessChanged { pid, what };
+        // ProcessGone when nothing has the pid now.
+        let now = start_time(pid)?;
+        if exited && now == self.start_time {
+            // Exited, not reaped yet.
+            return Err(GoError::ProcessGone { pid });
+        }
+        if exited || now != self.start_time {
+            return Err(changed(format!(
+                "the process opened exited and another (started {now} ticks after boot, the \
+                 one opened at {}) has its pid",
+                self.start_time
+            )));
+        }
+        let exe = std::fs::metadata(format!("/proc/{pid}/exe"))
+            .map_err(|e| gone_or(pid, e, format!("stat /proc/{pid}/exe")))?;
+        if (exe.dev(), exe.ino()) != (self.meta.dev(), self.meta.ino()) {
+            return Err(changed(
+                "it runs another executable than the one analysed (an exec)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A process's start time (/proc/PID/stat field 22, clock ticks after boot), which a pid
+/// reused by another process does not keep.
+fn start_time(pid: u32) -> Result<u64, GoError> {
+    let path = format!("/proc/{pid}/stat");
+    let stat =
+        std::fs::read_to_string(&path).map_err(|e| gone_or(pid, e, format!("reading {path}")))?;
+    // comm (field 2) may hold spaces and parentheses: fields after it follow the last ')'.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_ascii_whitespace().nth(19)?.parse().ok())
+        .ok_or_else(|| GoError::Malformed {
+            what: format!("{path} has no start time"),
+        })
+}
+
+/// Analyse an opened executable, reading only the parts parsed (ELF headers, .symtab,
+/// .go.buildinfo, DWARF), everything charged to one [`budget::Budget`]: Go binaries run to
+/// hundreds of MiB, the daemon's memory is capped.
+pub fn analyse_file(f: File) -> Result<Layout, GoError> {
+    let bf = BudgetedFile::new(f, Default::default()).map_err(|e| GoError::Io {
+        what: "stat of the executable".into(),
+        cause: e,
+    })?;
+    super::GoBinary::from_file(&bf)?.layout()
+}
+
+/// Analyse the process's executable.
+pub fn analyse_exe(pid: u32) -> Result<(Layout, std::fs::Metadata), GoError> {
+    let (f, meta) = open_exe(pid)?;
+    Ok((analyse_file(f)?, meta))
+}
+
+/// Analyse the process's executable and read its statistics; the reading is discarded if the
+/// pid no longer names that process running that executable afterwards.
 pub fn read(pid: u32) -> Result<Stats, GoError> {
-    let (layout, meta) = analyse_exe(pid)?;
-    read_with(pid, &layout, &meta)
+    let t = Target::open(pid)?;
+    let layout = analyse_file(t.exe.try_clone().map_err(|e| GoError::Io {
+        what: format!("duplicating the descriptor of /proc/{pid}/exe"),
+        cause: e,
+    })?)?;
+    #[cfg(test)]
+    test_hook::between_scan_and_read(pid);
+    t.checked(read_with(pid, &layout, &t.meta))
 }
 
 /// Read statistics with an already-analysed layout (`exe` = metadata of /proc/PID/exe).
@@ -212,6 +358,8 @@ pub fn read_with(pid: u32, layout: &Layout, exe: &std::fs::Metadata) -> Result<S
     read(at(layout.allglen), &mut b8, "runtime.allglen")?;
     let allglen = u64::from_le_bytes(b8);
     let mut allp: Vec<u64> = Vec::new();
+    // Heap words (address -> value) read in batches; see [`prefetch`].
+    let heap_cache: std::cell::RefCell<std::collections::HashMap<u64, u64>> = Default::default();
     let goroutines = match &layout.gcount {
         None => None,
         Some(g) => {
@@ -231,30 +379,47 @@ pub fn read_with(pid: u32, layout: &Layout, exe: &std::fs::Metadata) -> Result<S
                 free = free.saturating_add(field(layout.sched, *f, "runtime.sched.gFree")?);
             }
             let system = field(layout.sched, g.ngsys, "runtime.sched.ngsys")?;
-            // allp is a []*p: {data, len, cap} (runtime2.go).
+            // allp is a []*p: {data, len, cap} (runtime2.go), GOMAXPROCS long (procresize):
+            // bounded by it, so a forged or torn length cannot make us walk 65,536 Ps.
             let mut slice = [0u8; 16];
             read(at(g.allp), &mut slice, "runtime.allp")?;
             let (data, len) = (u(&slice[..8]), u(&slice[8..]));
-            if len > MAX_PROCS {
-                return Err(GoError::Malformed {
-                    what: format!("runtime.allp has {len} entries (over {MAX_PROCS})"),
+            let procs = u64::try_from(gomaxprocs).unwrap_or(0).max(1);
+            if len > MAX_PROCS || len > procs {
+                return Err(GoError::Inconsistent {
+                    what: format!(
+                        "runtime.allp has {len} entries but GOMAXPROCS is {gomaxprocs} (a \
+                         resize in progress, or not a Go runtime's memory)"
+                    ),
                 });
             }
             let mut ptrs = vec![0u8; 8 * len as usize];
-            // allp's backing array is heap memory: absolute address, no bias.
+            // allp's backing array is heap memory: absolute address, no bias. One call.
             read_abs(&mem, data, &mut ptrs, pid, path)?;
             allp = ptrs.chunks_exact(8).map(u).collect();
-            for p in ptrs.chunks_exact(8) {
-                let p = u(p);
-                if p == 0 {
-                    continue;
-                }
-                let mut b = [0u8; 8];
+            // Every field of every P read, in one process_vm_readv per 1,024 fields: the free
+            // list sizes here, and what the state counts need (below).
+            let mut fields = vec![g.p_free];
+            if let Some(l) = &layout.sched_stats {
+                fields.extend([
+                    l.p_status,
+                    l.p_created,
+                    l.p_m,
+                    l.p_runqhead,
+                    l.p_runqtail,
+                    l.p_runnext,
+                ]);
+            }
+            let ps: Vec<u64> = allp.iter().copied().filter(|p| *p != 0).collect();
+            prefetch(&mem, &heap_cache, &ps, &fields, pid, path)?;
+            for &p in &ps {
                 let f = g.p_free;
-                let b = &mut b[..f.size as usize];
-                read_abs(&mem, p.wrapping_add(f.offset), b, pid, path)?;
-                let v = i64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-                free = free.saturating_add(v);
+                let v = heap_cache
+                    .borrow()
+                    .get(&p.wrapping_add(f.offset))
+                    .copied()
+                    .unwrap_or(0);
+                free = free.saturating_add(i64::from(v as u32 as i32));
             }
             let live = (allglen as i64).saturating_sub(free);
             Some(super::live::Goroutines {
@@ -281,8 +446,35 @@ pub fn read_with(pid: u32, layout: &Layout, exe: &std::fs::Metadata) -> Result<S
                 read(at(addr), &mut b, what)?;
                 Ok(u64::from(u32::from_le_bytes(b)))
             };
-            // Heap objects (p, m, g): absolute addresses.
+            // The Ms of running Ps, then their current goroutines: one batch each.
+            let running: Vec<u64> = allp
+                .iter()
+                .copied()
+                .take_while(|p| *p != 0)
+                .filter(|p| {
+                    heap_cache
+                        .borrow()
+                        .get(&p.wrapping_add(l.p_status.offset))
+                        .copied()
+                        == Some(u64::from(l.p_running))
+                })
+                .collect();
+            let field_of = |objs: &[u64], f: super::Field| -> Vec<u64> {
+                let c = heap_cache.borrow();
+                objs.iter()
+                    .filter_map(|o| c.get(&o.wrapping_add(f.offset)).copied())
+                    .filter(|v| *v != 0)
+                    .collect()
+            };
+            let ms = field_of(&running, l.p_m);
+            prefetch(&mem, &heap_cache, &ms, &[l.m_curg, l.m_p], pid, path)?;
+            let gs = field_of(&ms, l.m_curg);
+            prefetch(&mem, &heap_cache, &gs, &[l.g_status, l.g_m], pid, path)?;
+            // Heap objects (p, m, g): absolute addresses; prefetched above, read if not.
             let heap = |addr: u64, f: super::Field| -> Result<u64, GoError> {
+                if let Some(v) = heap_cache.borrow().get(&addr.wrapping_add(f.offset)) {
+                    return Ok(*v);
+                }
                 let mut b = [0u8; 8];
                 read_abs(
                     &mem,
@@ -508,6 +700,46 @@ pub fn pause_hist(scheme: Scheme, durations_ns: &[u64]) -> LatencyHist {
     }
 }
 
+/// Read field `f` of each object in `objs` (heap addresses) into `cache` (address of the
+/// field -> value), with as few process_vm_readv calls as the iovec limit allows.
+fn prefetch(
+    mem: &Mem,
+    cache: &std::cell::RefCell<std::collections::HashMap<u64, u64>>,
+    objs: &[u64],
+    fields: &[super::Field],
+    pid: u32,
+    path: &str,
+) -> Result<(), GoError> {
+    let want: Vec<(u64, usize)> = objs
+        .iter()
+        .flat_map(|o| {
+            fields
+                .iter()
+                .map(move |f| (o.wrapping_add(f.offset), f.size as usize))
+        })
+        .collect();
+    let mut buf = vec![0u8; want.iter().map(|w| w.1).sum()];
+    mem.read_many(&want, &mut buf).map_err(|e| {
+        gone_or(
+            pid,
+            e,
+            format!(
+                "reading {} fields of the runtime's Ps, Ms and Gs from {path}",
+                want.len()
+            ),
+        )
+    })?;
+    let mut c = cache.borrow_mut();
+    let mut at = 0;
+    for (addr, size) in want {
+        let mut w = [0u8; 8];
+        w[..size.min(8)].copy_from_slice(&buf[at..at + size.min(8)]);
+        c.insert(addr, u64::from_le_bytes(w));
+        at += size;
+    }
+    Ok(())
+}
+
 fn read_abs(mem: &Mem, addr: u64, buf: &mut [u8], pid: u32, path: &str) -> Result<(), GoError> {
     mem.read_exact_at(buf, addr).map_err(|e| {
         gone_or(
@@ -521,7 +753,62 @@ fn read_abs(mem: &Mem, addr: u64, buf: &mut [u8], pid: u32, path: &str) -> Resul
 /// Another process's memory, read with process_vm_readv(2).
 struct Mem(u32);
 
+// process_vm_readv calls made by this thread (tests count them per reading).
+#[cfg(test)]
+thread_local! {
+    pub static READV_CALLS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Most iovecs per process_vm_readv (UIO_MAXIOV).
+const MAX_IOV: usize = 1024;
+
 impl Mem {
+    /// Read each (address, length) into consecutive parts of `buf`, up to MAX_IOV ranges a
+    /// call. Fails if any range is not mapped.
+    fn read_many(&self, ranges: &[(u64, usize)], buf: &mut [u8]) -> std::io::Result<()> {
+        let mut at = 0usize;
+        for chunk in ranges.chunks(MAX_IOV) {
+            let total: usize = chunk.iter().map(|r| r.1).sum();
+            let local = libc::iovec {
+                iov_base: buf[at..at + total].as_mut_ptr().cast(),
+                iov_len: total,
+            };
+            let remote: Vec<libc::iovec> = chunk
+                .iter()
+                .map(|&(addr, len)| libc::iovec {
+                    iov_base: addr as usize as *mut libc::c_void,
+                    iov_len: len,
+                })
+                .collect();
+            #[cfg(test)]
+            READV_CALLS.with(|c| c.set(c.get() + 1));
+            // SAFETY: `local` covers `total` bytes of `buf`, which we exclusively borrow; the
+            // remote ranges are checked by the kernel (EFAULT, or a short count).
+            let n = unsafe {
+                libc::process_vm_readv(
+                    self.0 as libc::pid_t,
+                    &local,
+                    1,
+                    remote.as_ptr(),
+                    remote.len() as libc::c_ulong,
+                    0,
+                )
+            };
+            if n < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // A short count: a range not mapped (the kernel stops at the first).
+            if n as usize != total {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "address not mapped in the process",
+                ));
+            }
+            at += total;
+        }
+        Ok(())
+    }
+
     fn read_exact_at(&self, buf: &mut [u8], addr: u64) -> std::io::Result<()> {
         let mut done = 0usize;
         while done < buf.len() {
@@ -533,6 +820,8 @@ impl Mem {
                 iov_base: (addr.wrapping_add(done as u64)) as usize as *mut libc::c_void,
                 iov_len: buf.len() - done,
             };
+            #[cfg(test)]
+            READV_CALLS.with(|c| c.set(c.get() + 1));
             // SAFETY: `local` covers the unread tail of `buf`, which we exclusively borrow; the
             // kernel checks the remote range and fails with EFAULT rather than touching ours.
             let n =
@@ -593,6 +882,26 @@ fn gone_or(pid: u32, e: std::io::Error, what: String) -> GoError {
         return GoError::ProcessGone { pid };
     }
     GoError::Io { what, cause: e }
+}
+
+/// A test-only hook run between opening a process (and analysing its executable) and reading
+/// it, where a pid reuse or an exec does harm.
+#[cfg(test)]
+pub mod test_hook {
+    use std::sync::Mutex;
+
+    type Hook = Box<dyn FnMut(u32) + Send>;
+    static HOOK: Mutex<Option<Hook>> = Mutex::new(None);
+
+    pub fn set(h: Option<Hook>) {
+        *HOOK.lock().unwrap_or_else(|e| e.into_inner()) = h;
+    }
+
+    pub fn between_scan_and_read(pid: u32) {
+        if let Some(h) = HOOK.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            h(pid);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -718,6 +1027,34 @@ mod tests {
         let e = read_gc_ring(&m.layout(), Scheme::SuperSub, &read).unwrap_err();
         assert!(matches!(e, GoError::Inconsistent { .. }), "{e}");
         assert!(e.to_string().contains("pause_end"), "{e}");
+    }
+
+    /// One reading walks every P of allp: a bounded number of process_vm_readv calls, the
+    /// same for 2 Ps as for 64 (it was several calls per P: up to 65,536 Ps).
+    #[test]
+    fn reading_a_process_makes_few_calls_whatever_gomaxprocs() {
+        let Some(dirs) = crate::goruntime::tests::fixture_versions() else {
+            return;
+        };
+        for dir in [dirs.first().unwrap(), dirs.last().unwrap()] {
+            let mut calls = Vec::new();
+            for procs in [2, 64] {
+                let fx = crate::goruntime::tests::Fixture::start(&dir.join("gosched"), procs);
+                let before = READV_CALLS.with(|c| c.get());
+                let s = read(fx.pid()).unwrap();
+                assert_eq!(s.gomaxprocs, procs as i32);
+                calls.push(READV_CALLS.with(|c| c.get()) - before);
+            }
+            eprintln!(
+                "{}: process_vm_readv calls at GOMAXPROCS 2, 64: {calls:?}",
+                dir.display()
+            );
+            assert!(
+                calls.iter().all(|c| *c <= 24),
+                "{}: process_vm_readv calls for GOMAXPROCS 2 and 64: {calls:?}",
+                dir.display()
+            );
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //!
 //! The binaries parsed here may be planted by anyone while we run as root: nothing in this
 //! module panics or allocates without a cap on malformed input.
+pub mod budget;
 pub mod buildinfo;
 pub mod dwarf;
 pub mod events;
@@ -26,7 +27,8 @@ use serde::{Deserialize, Serialize};
 
 pub use self::{buildinfo::GoVersion, hist::Scheme};
 
-/// Largest executable we parse (read fully into memory).
+/// Largest executable we open. Only the parts parsed are read, each charged to the analysis'
+/// [`budget`]: the file's size alone costs nothing.
 pub const MAX_BINARY: u64 = 2 << 30;
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +71,13 @@ pub enum GoError {
     },
     #[error("malformed binary: {what}")]
     Malformed { what: String },
+    #[error(
+        "refusing to analyse the executable: {what} (schedlat caps one analysis at {budget} \
+         bytes of memory, well inside the daemon's 256 MiB limit, and bounds the bytes it \
+         scans; a real Go binary needs far less unless its DWARF is huge: rebuild with \
+         -ldflags=-w to drop DWARF, and the layout table reads it if its release is known)"
+    )]
+    OverBudget { what: String, budget: u64 },
     #[error("unsupported binary: {what}")]
     Unsupported { what: String },
     #[error(
@@ -78,6 +87,8 @@ pub enum GoError {
     Inconsistent { what: String },
     #[error("no process with pid {pid} (it exited, or never existed)")]
     ProcessGone { pid: u32 },
+    #[error("pid {pid} no longer names the process read: {what}; its reading was discarded")]
+    ProcessChanged { pid: u32, what: String },
     #[error("{what}: {cause}")]
     Io { what: String, cause: std::io::Error },
 }
@@ -85,7 +96,10 @@ pub enum GoError {
 impl GoError {
     /// Errors about the target the user chose (exit code 2), not failures of schedlat.
     pub fn is_usage(&self) -> bool {
-        !matches!(self, GoError::Io { .. } | GoError::Inconsistent { .. })
+        !matches!(
+            self,
+            GoError::Io { .. } | GoError::Inconsistent { .. } | GoError::ProcessChanged { .. }
+        )
     }
 }
 
@@ -227,7 +241,7 @@ pub const EXTRA_M_LENGTH: &str = "runtime.extraMLength";
 /// Whether `data` is a Go program, and its version.
 pub fn go_version<'d, R: ReadRef<'d>>(data: R) -> Result<String, GoError> {
     let file = parse_elf(data)?;
-    table::version(&file)
+    table::version(&file, &Default::default())
 }
 
 fn parse_elf<'d, R: ReadRef<'d>>(data: R) -> Result<object::File<'d, R>, GoError> {
@@ -261,18 +275,38 @@ pub struct GoBinary<'d, R: ReadRef<'d>> {
     file: object::File<'d, R>,
     version: String,
     types: std::cell::OnceCell<dwarf::Types>,
+    budget: std::rc::Rc<budget::Budget>,
+}
+
+impl<'d> GoBinary<'d, &'d budget::BudgetedFile> {
+    /// Parse an executable read on demand, charging the file's budget for everything.
+    pub fn from_file(file: &'d budget::BudgetedFile) -> Result<Self, GoError> {
+        Self::parse_with(file, file.budget().clone())
+    }
 }
 
 impl<'d, R: ReadRef<'d>> GoBinary<'d, R> {
-    /// Parse the ELF headers and find the Go release (`NotGo` for anything else).
+    /// Parse the ELF headers and find the Go release (`NotGo` for anything else), with the
+    /// default budget for what the analysis allocates and scans.
     pub fn parse(data: R) -> Result<Self, GoError> {
-        let file = parse_elf(data)?;
-        let version = table::version(&file)?;
+        Self::parse_with(data, Default::default())
+    }
+
+    /// [`Self::parse`] charging `budget` (shared with a [`budget::BudgetedFile`] `data`).
+    pub fn parse_with(data: R, budget: std::rc::Rc<budget::Budget>) -> Result<Self, GoError> {
+        let explain = |e| budget.explain(e);
+        let file = parse_elf(data).map_err(explain)?;
+        let version = table::version(&file, &budget).map_err(explain)?;
         Ok(Self {
             file,
             version,
             types: std::cell::OnceCell::new(),
+            budget,
         })
+    }
+
+    pub fn budget(&self) -> &budget::Budget {
+        &self.budget
     }
 
     pub fn version(&self) -> &str {
@@ -288,18 +322,22 @@ impl<'d, R: ReadRef<'d>> GoBinary<'d, R> {
         if let Some(t) = self.types.get() {
             return Ok(t);
         }
-        let t = dwarf::Types::load(&self.file)?;
+        let t = dwarf::Types::load(&self.file, &self.budget)?;
         Ok(self.types.get_or_init(|| t))
     }
 
     /// Plan the per-event probe (see [`events`]).
     pub fn event_plan(&self) -> Result<events::EventPlan, GoError> {
-        events::plan_for(self)
+        events::plan_for(self).map_err(|e| self.budget.explain(e))
     }
 
     /// Where the runtime's statistics live: from .symtab and DWARF, or for a stripped binary
     /// from .gopclntab and the layout table.
     pub fn layout(&self) -> Result<Layout, GoError> {
+        self.layout_inner().map_err(|e| self.budget.explain(e))
+    }
+
+    fn layout_inner(&self) -> Result<Layout, GoError> {
         let (file, version) = (&self.file, self.version.clone());
         let (source, [sched, gomaxprocs, allglen], layouts) = if symbolic(file) {
             let mut want: [(&'static str, Option<u64>); 7] = [
@@ -311,7 +349,7 @@ impl<'d, R: ReadRef<'d>> GoBinary<'d, R> {
                 (EXTRA_M_IN_USE, None),
                 (EXTRA_M_LENGTH, None),
             ];
-            find_symbols(file, &mut want)?;
+            find_symbols(file, &mut want, &self.budget)?;
             let sym = |i: usize| {
                 want[i].1.ok_or(GoError::MissingSymbol {
                     version: version.clone(),
@@ -334,7 +372,7 @@ impl<'d, R: ReadRef<'d>> GoBinary<'d, R> {
             ("DWARF".to_owned(), addrs, layouts)
         } else {
             let entry = table::lookup(&version)?;
-            let res = table::Resolver::new(file)?;
+            let res = table::Resolver::new(file, &self.budget)?;
             let sym = |name: &str| res.symbol(entry, name);
             let addrs = [
                 sym("runtime.sched")?,
@@ -407,6 +445,47 @@ pub(crate) fn base_vaddr<'d, R: ReadRef<'d>>(file: &object::File<'d, R>) -> Resu
         })
 }
 
+/// `size` bytes at link-time address `addr` inside `section`, read from the file on their
+/// own. Not `section.data_range`: that reads the whole section first (through a
+/// [`budget::BudgetedFile`], all of .text for one function, all of .go.buildinfo for its
+/// header). None outside the section's bytes in the file.
+pub(crate) fn section_bytes<'d, R: ReadRef<'d>>(
+    file: &object::File<'d, R>,
+    section: &object::Section<'d, '_, R>,
+    addr: u64,
+    size: u64,
+) -> Option<&'d [u8]> {
+    let (off, len) = section.file_range()?;
+    let rel = addr.checked_sub(section.address())?;
+    if rel.checked_add(size)? > len {
+        return None;
+    }
+    let object::File::Elf64(elf) = file else {
+        return None;
+    };
+    elf.data().read_bytes_at(off.checked_add(rel)?, size).ok()
+}
+
+/// `len` bytes at virtual address `addr`, from whichever loadable segment holds them in the
+/// file, read on their own (not `segment.data_range`, which reads the whole segment).
+pub(crate) fn segment_bytes<'d, R: ReadRef<'d>>(
+    file: &object::File<'d, R>,
+    addr: u64,
+    len: u64,
+) -> Option<&'d [u8]> {
+    let object::File::Elf64(elf) = file else {
+        return None;
+    };
+    file.segments().find_map(|seg| {
+        let (off, flen) = seg.file_range();
+        let rel = addr.checked_sub(seg.address())?;
+        if rel.checked_add(len)? > flen {
+            return None;
+        }
+        elf.data().read_bytes_at(off.checked_add(rel)?, len).ok()
+    })
+}
+
 /// Whether `addr` lies in a section whose ELF flags include all of `flags` (SHF_*).
 pub(crate) fn in_section_with<'d, R: ReadRef<'d>>(
     file: &object::File<'d, R>,
@@ -455,8 +534,9 @@ pub(crate) fn section_by_name<'d, 'f, R: ReadRef<'d>>(
     file.section_by_index(object::SectionIndex(index)).ok()
 }
 
-/// Largest symbol string table we read (a large Go binary's is a few MiB).
-const MAX_STRTAB: u64 = 256 << 20;
+/// Largest symbol string table we read (a large Go binary's is a few MiB): the whole budget
+/// (through a [`budget::BudgetedFile`] its read is charged too).
+const MAX_STRTAB: u64 = budget::MEMORY;
 
 /// Fill in the addresses of the `want`ed names from .symtab, comparing names in place in its
 /// string table, read once. Not `file.symbols()` + `name_bytes()`: through ReadCache (the
@@ -465,10 +545,11 @@ const MAX_STRTAB: u64 = 256 << 20;
 pub(crate) fn find_symbols<'d, R: ReadRef<'d>>(
     file: &object::File<'d, R>,
     want: &mut [(&'static str, Option<u64>)],
+    budget: &budget::Budget,
 ) -> Result<(), GoError> {
     let mut sized: Vec<(&'static str, Option<(u64, u64)>)> =
         want.iter().map(|w| (w.0, None)).collect();
-    find_symbols_sized(file, &mut sized)?;
+    find_symbols_sized(file, &mut sized, budget)?;
     for (w, s) in want.iter_mut().zip(sized) {
         w.1 = w.1.or(s.1.map(|(addr, _)| addr));
     }
@@ -479,6 +560,7 @@ pub(crate) fn find_symbols<'d, R: ReadRef<'d>>(
 pub(crate) fn find_symbols_sized<'d, R: ReadRef<'d>>(
     file: &object::File<'d, R>,
     want: &mut [(&'static str, Option<(u64, u64)>)],
+    budget: &budget::Budget,
 ) -> Result<(), GoError> {
     let object::File::Elf64(elf) = file else {
         return Ok(());
@@ -504,6 +586,12 @@ pub(crate) fn find_symbols_sized<'d, R: ReadRef<'d>>(
         what: "the symbol string table lies outside the file".into(),
     })?;
     let endian = elf.endian();
+    // Each symbol: its 24-byte entry, and at most the longest wanted name compared.
+    let longest = want.iter().map(|w| w.0.len() as u64 + 1).max().unwrap_or(0);
+    budget.scan(
+        (table.symbols().len() as u64).saturating_mul(24 + longest),
+        "reading .symtab",
+    )?;
     for sym in table.symbols() {
         let Some(name) = names.get(sym.st_name(endian) as usize..) else {
             continue;
@@ -614,7 +702,7 @@ pub fn layouts_from_dwarf(
     abbrev: &[u8],
     version: &str,
 ) -> Result<DwarfLayouts, GoError> {
-    let types = dwarf::Types::from_sections(info, abbrev, &[])?;
+    let types = dwarf::Types::from_sections(info, abbrev, &[], &Default::default())?;
     dwarf_layouts(&types, version, Some(0), Some(0))
 }
 
@@ -763,4 +851,7 @@ fn sched_stats_layout(types: &dwarf::Types) -> Option<SchedStatsLayout> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
+
+#[cfg(test)]
+mod crafted;

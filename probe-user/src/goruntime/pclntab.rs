@@ -11,7 +11,7 @@ use object::{
     read::elf::SectionHeader as _,
 };
 
-use super::GoError;
+use super::{GoError, budget::Budget};
 
 /// Go 1.2-1.15 and 1.16-1.17 (symtab.go go12magic, go116magic): Go, but a format not read.
 const MAGIC_12: u32 = 0xffff_fffb;
@@ -28,6 +28,9 @@ const MAX_PCLNTAB: u64 = 128 << 20;
 const MAX_FUNCS: usize = 1 << 21;
 /// Longest function name compared.
 const MAX_NAME: usize = 4096;
+/// Longest name [`Pclntab::find`] looks up: every function schedlat needs has a short name,
+/// so the index holds only names up to this long and reads at most this much of each.
+pub const MAX_LOOKUP_NAME: usize = 128;
 
 /// A function's link-time address range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +46,11 @@ pub struct Pclntab<'d> {
     text_start: u64,
     funcnames: usize,
     functab: usize,
+    /// (keyed hash of the name, function index), sorted: built on the first lookup, so
+    /// each name is read once per analysis, not once per lookup (a forged table whose
+    /// 2^21 names share one long unterminated run made each lookup scan gigabytes).
+    index: std::cell::OnceCell<Vec<(u32, u32)>>,
+    hasher: std::hash::RandomState,
 }
 
 fn malformed(what: impl Into<String>) -> GoError {
@@ -63,7 +71,10 @@ fn u64_at(data: &[u8], off: usize) -> Option<u64> {
 
 impl<'d> Pclntab<'d> {
     /// The table of `file`, read from `.gopclntab` (or `.data.rel.ro.gopclntab` in PIE).
-    pub fn load<R: ReadRef<'d>>(file: &object::File<'d, R>) -> Result<Pclntab<'d>, GoError> {
+    pub fn load<R: ReadRef<'d>>(
+        file: &object::File<'d, R>,
+        budget: &Budget,
+    ) -> Result<Pclntab<'d>, GoError> {
         let section = super::section_by_name(file, ".gopclntab")
             .or_else(|| super::section_by_name(file, ".data.rel.ro.gopclntab"))
             .ok_or_else(|| malformed("no .gopclntab section: not a Go binary the linker made?"))?;
@@ -84,7 +95,7 @@ impl<'d> Pclntab<'d> {
         // start: with external linking (cgo) C code comes first.
         let header_text = u64_at(data, 24).unwrap_or(0);
         let text = if header_text == 0 {
-            moduledata_text(file, section.address())
+            moduledata_text(file, section.address(), budget)?
         } else {
             None
         };
@@ -150,12 +161,55 @@ impl<'d> Pclntab<'d> {
             text_start,
             funcnames,
             functab,
+            index: std::cell::OnceCell::new(),
+            hasher: std::hash::RandomState::new(),
         })
     }
 
-    /// The function called `name`; None if absent (or its entry is malformed).
-    pub fn find(&self, name: &str) -> Option<Func> {
-        (0..self.nfunc).find_map(|i| (self.name(i)? == name.as_bytes()).then(|| self.func(i))?)
+    fn hash(&self, name: &[u8]) -> u32 {
+        use std::hash::BuildHasher as _;
+        // Keyed (SipHash, a random key per table): a planted table cannot aim collisions.
+        self.hasher.hash_one(name) as u32
+    }
+
+    /// The name index, built once: each function's name read once, at most
+    /// MAX_LOOKUP_NAME + 1 bytes of it, both charged to `budget` first.
+    fn index(&self, budget: &Budget) -> Result<&[(u32, u32)], GoError> {
+        if let Some(ix) = self.index.get() {
+            return Ok(ix);
+        }
+        let n = self.nfunc as u64;
+        budget.charge(n * 8, "the .gopclntab name index")?;
+        budget.scan(
+            n * (16 + MAX_LOOKUP_NAME as u64 + 1),
+            "indexing .gopclntab names",
+        )?;
+        let mut ix: Vec<(u32, u32)> = Vec::with_capacity(self.nfunc);
+        for i in 0..self.nfunc {
+            if let Some(name) = self.name_within(i, MAX_LOOKUP_NAME) {
+                ix.push((self.hash(name), i as u32));
+            }
+        }
+        ix.sort_unstable();
+        Ok(self.index.get_or_init(|| ix))
+    }
+
+    /// The function called `name`: the first in table order that is well formed; None if
+    /// absent (names over MAX_LOOKUP_NAME bytes are never found).
+    pub fn find(&self, name: &str, budget: &Budget) -> Result<Option<Func>, GoError> {
+        if name.len() > MAX_LOOKUP_NAME {
+            return Ok(None);
+        }
+        let ix = self.index(budget)?;
+        let h = self.hash(name.as_bytes());
+        let from = ix.partition_point(|e| e.0 < h);
+        Ok(ix[from..]
+            .iter()
+            .take_while(|e| e.0 == h)
+            .find_map(|&(_, i)| {
+                let i = i as usize;
+                (self.name_within(i, MAX_LOOKUP_NAME)? == name.as_bytes()).then(|| self.func(i))?
+            }))
     }
 
     /// Every function, as (name, range), in address order; entries that do not parse are
@@ -170,12 +224,17 @@ impl<'d> Pclntab<'d> {
     }
 
     fn name(&self, i: usize) -> Option<&'d [u8]> {
+        self.name_within(i, MAX_NAME)
+    }
+
+    /// Function `i`'s name if it ends (NUL) within `max` bytes; reads at most `max + 1`.
+    fn name_within(&self, i: usize, max: usize) -> Option<&'d [u8]> {
         let (_, funcoff) = self.entry(i)?;
         let f = self.functab.checked_add(funcoff as usize)?;
         let name_off = u32_at(self.data, f.checked_add(4)?)?;
         let start = self.funcnames.checked_add(name_off as usize)?;
         let tail = self.data.get(start..)?;
-        let tail = &tail[..tail.len().min(MAX_NAME)];
+        let tail = &tail[..tail.len().min(max + 1)];
         let end = tail.iter().position(|b| *b == 0)?;
         Some(&tail[..end])
     }
@@ -205,23 +264,34 @@ const MAX_CANDIDATES: usize = 16;
 /// runtime.text from runtime.firstmoduledata: the data word that points at the pcHeader (the
 /// start of .gopclntab) and whose minpc/maxpc/text/etext are consistent. In PIE those words are
 /// 0 in the file and filled by R_X86_64_RELATIVE relocations, whose addends are the values.
-fn moduledata_text<'d, R: ReadRef<'d>>(file: &object::File<'d, R>, pcheader: u64) -> Option<u64> {
+fn moduledata_text<'d, R: ReadRef<'d>>(
+    file: &object::File<'d, R>,
+    pcheader: u64,
+    budget: &Budget,
+) -> Result<Option<u64>, GoError> {
     let flags = |s: &object::Section<'d, '_, R>| match s.flags() {
         SectionFlags::Elf { sh_flags } => sh_flags,
         _ => 0,
     };
     let alloc_write = u64::from(elf::SHF_ALLOC | elf::SHF_WRITE);
     // Sizes are checked before any section is read (through ReadCache, data() reads it all).
-    let mut budget = MAX_SCAN;
+    let mut left = MAX_SCAN;
     let mut data_sections: Vec<(u64, &'d [u8])> = Vec::new();
     for s in file.sections() {
         if flags(&s) & alloc_write != alloc_write || s.file_range().is_none() {
             continue;
         }
-        budget = budget.checked_sub(s.size())?;
-        data_sections.push((s.address(), s.data().ok()?));
+        let Some(l) = left.checked_sub(s.size()) else {
+            return Ok(None);
+        };
+        left = l;
+        budget.scan(s.size(), "looking for runtime.firstmoduledata")?;
+        let Ok(d) = s.data() else {
+            return Ok(None);
+        };
+        data_sections.push((s.address(), d));
     }
-    let relocs = relative_relocations(file);
+    let relocs = relative_relocations(file, budget);
     // The value of the word at `addr`: in the file, or (0 there) its relocation's addend.
     let word = |addr: u64| -> Option<u64> {
         let in_file = data_sections.iter().find_map(|(a, d)| {
@@ -249,7 +319,7 @@ fn moduledata_text<'d, R: ReadRef<'d>>(file: &object::File<'d, R>, pcheader: u64
             .map(|(at, _)| *at),
     );
     candidates.truncate(MAX_CANDIDATES);
-    candidates.into_iter().find_map(|m| {
+    Ok(candidates.into_iter().find_map(|m| {
         let f = |i: u64| word(m.wrapping_add(MD_MINPC + 8 * i));
         let (minpc, maxpc, text, etext) = (f(0)?, f(1)?, f(2)?, f(3)?);
         (text <= minpc
@@ -257,13 +327,14 @@ fn moduledata_text<'d, R: ReadRef<'d>>(file: &object::File<'d, R>, pcheader: u64
             && maxpc <= etext
             && super::in_section_with(file, text, elf::SHF_EXECINSTR))
         .then_some(text)
-    })
+    }))
 }
 
 /// The R_X86_64_RELATIVE relocations (address, addend) of a PIE: the values of pointer words
 /// the file holds as 0. Empty when the relocation tables exceed the cap (MAX_RELA).
 pub(crate) fn relative_relocations<'d, R: ReadRef<'d>>(
     file: &object::File<'d, R>,
+    budget: &Budget,
 ) -> Vec<(u64, u64)> {
     let rela_size: u64 = match file {
         object::File::Elf64(e) => {
@@ -276,7 +347,12 @@ pub(crate) fn relative_relocations<'d, R: ReadRef<'d>>(
         }
         _ => u64::MAX,
     };
-    if rela_size <= MAX_RELA {
+    // Each 24-byte Elf64_Rela read (through a BudgetedFile, charged there) becomes 16 bytes
+    // here; scanned once.
+    let fits = rela_size <= MAX_RELA
+        && budget.charge(rela_size / 24 * 16, "relocations").is_ok()
+        && budget.scan(rela_size, "reading relocations").is_ok();
+    if fits {
         file.dynamic_relocations()
             .into_iter()
             .flatten()
@@ -298,7 +374,7 @@ pub(crate) fn relative_relocations<'d, R: ReadRef<'d>>(
 pub fn magic<'d, R: ReadRef<'d>>(file: &object::File<'d, R>) -> Option<u32> {
     let section = super::section_by_name(file, ".gopclntab")
         .or_else(|| super::section_by_name(file, ".data.rel.ro.gopclntab"))?;
-    let head = section.data_range(section.address(), 4).ok().flatten()?;
+    let head = super::section_bytes(file, &section, section.address(), 4)?;
     let m = u32_at(head, 0)?;
     [MAGIC_12, MAGIC_116, MAGIC_118, MAGIC_120]
         .contains(&m)

@@ -13,12 +13,14 @@
 use std::{collections::BTreeMap, sync::LazyLock};
 
 use iced_x86::{Decoder, DecoderOptions};
-use object::{ObjectSection, ReadRef, elf};
+use object::{ReadRef, elf};
 use serde::{Deserialize, Serialize};
 
 use super::{
     DwarfLayouts, EXTRA_M_IN_USE, EXTRA_M_LENGTH, GCountLayout, GcRingLayout, GoError, GoVersion,
-    HistLayout, SchedStatsLayout, StwLayout, dwarf,
+    HistLayout, SchedStatsLayout, StwLayout,
+    budget::Budget,
+    dwarf,
     pclntab::{Func, Pclntab},
     probesite::MAX_FUNCTION,
     status::{self, Statuses},
@@ -116,20 +118,26 @@ pub struct Resolver<'d, 'f, R: ReadRef<'d>> {
     file: &'f object::File<'d, R>,
     pcln: Pclntab<'d>,
     text: object::Section<'d, 'f, R>,
+    budget: &'f Budget,
 }
 
 impl<'d, 'f, R: ReadRef<'d>> Resolver<'d, 'f, R> {
-    pub fn new(file: &'f object::File<'d, R>) -> Result<Self, GoError> {
-        let pcln = Pclntab::load(file)?;
+    pub fn new(file: &'f object::File<'d, R>, budget: &'f Budget) -> Result<Self, GoError> {
+        let pcln = Pclntab::load(file, budget)?;
         let text = super::section_by_name(file, ".text").ok_or_else(|| GoError::Malformed {
             what: "no .text section".into(),
         })?;
-        Ok(Resolver { file, pcln, text })
+        Ok(Resolver {
+            file,
+            pcln,
+            text,
+            budget,
+        })
     }
 
-    /// A function's range from .gopclntab.
-    pub fn function(&self, name: &str) -> Option<Func> {
-        self.pcln.find(name)
+    /// A function's range from .gopclntab (its name index is built on the first call).
+    pub fn function(&self, name: &str) -> Result<Option<Func>, GoError> {
+        self.pcln.find(name, self.budget)
     }
 
     /// A function's code (None if it is not inside .text or over the size cap).
@@ -137,12 +145,19 @@ impl<'d, 'f, R: ReadRef<'d>> Resolver<'d, 'f, R> {
         if f.size > MAX_FUNCTION as u64 {
             return None;
         }
-        self.text.data_range(f.addr, f.size).ok().flatten()
+        super::section_bytes(self.file, &self.text, f.addr, f.size)
     }
 
-    fn targets(&self, function: &str) -> Option<Vec<u64>> {
-        let f = self.function(function)?;
-        Some(rip_targets(self.code(f)?, f.addr))
+    fn targets(&self, function: &str) -> Result<Option<Vec<u64>>, GoError> {
+        let Some(f) = self.function(function)? else {
+            return Ok(None);
+        };
+        let Some(code) = self.code(f) else {
+            return Ok(None);
+        };
+        self.budget
+            .scan(code.len() as u64, "decoding runtime functions")?;
+        Ok(Some(rip_targets(code, f.addr)))
     }
 
     /// Whether `addr` lies in an allocated, writable section (where Go's globals live:
@@ -168,7 +183,7 @@ impl<'d, 'f, R: ReadRef<'d>> Resolver<'d, 'f, R> {
             .ok_or_else(|| unsupported("has no recipe in the table".into()))?;
         let mut found: Option<u64> = None;
         for r in recipes {
-            let Some(targets) = self.targets(&r.function) else {
+            let Some(targets) = self.targets(&r.function)? else {
                 continue;
             };
             let addr = targets
@@ -206,10 +221,13 @@ impl<'d, 'f, R: ReadRef<'d>> Resolver<'d, 'f, R> {
 /// The version string of a Go binary: from its build info, or for a Go binary whose
 /// .go.buildinfo was removed, from the runtime's own version string
 /// ([`version_without_buildinfo`]); `GoError::NotGo` if it is not Go at all.
-pub fn version<'d, R: ReadRef<'d>>(file: &object::File<'d, R>) -> Result<String, GoError> {
+pub fn version<'d, R: ReadRef<'d>>(
+    file: &object::File<'d, R>,
+    budget: &Budget,
+) -> Result<String, GoError> {
     match super::buildinfo::from_section(file)? {
         Some(v) => Ok(v),
-        None => version_without_buildinfo(file),
+        None => version_without_buildinfo(file, budget),
     }
 }
 
@@ -224,6 +242,7 @@ const MAX_BUILD_VERSION: u64 = 64;
 /// Go .gopclntab.
 pub fn version_without_buildinfo<'d, R: ReadRef<'d>>(
     file: &object::File<'d, R>,
+    budget: &Budget,
 ) -> Result<String, GoError> {
     use super::pclntab::{MAGIC_118, MAGIC_120};
     let magic = super::pclntab::magic(file).ok_or(GoError::NotGo {
@@ -254,8 +273,11 @@ pub fn version_without_buildinfo<'d, R: ReadRef<'d>>(
         )));
     }
     let mut sym = [(BUILD_VERSION, None)];
-    super::find_symbols(file, &mut sym)?;
-    let res = Resolver::new(file).map_err(|e| refuse(format!("its .gopclntab: {e}")))?;
+    super::find_symbols(file, &mut sym, budget)?;
+    let res = Resolver::new(file, budget).map_err(|e| match e {
+        e @ GoError::OverBudget { .. } => e,
+        e => refuse(format!("its .gopclntab: {e}")),
+    })?;
     let relocs = std::cell::OnceCell::new();
     let mut found: Vec<String> = Vec::new();
     let mut unknown: Vec<String> = Vec::new();
@@ -266,23 +288,23 @@ pub fn version_without_buildinfo<'d, R: ReadRef<'d>>(
         // a release string of the entry's own minor counts, and all must agree (below).
         let addrs: Vec<u64> = match sym[0].1 {
             Some(a) => vec![a],
-            None => entry
-                .symbols
-                .get(BUILD_VERSION)
-                .into_iter()
-                .flatten()
-                .flat_map(|r| {
-                    res.targets(&r.function)
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter_map(|t| t.checked_sub(r.addend))
-                })
-                .filter(|a| res.in_data(*a))
-                .collect(),
+            None => {
+                let mut addrs = Vec::new();
+                for r in entry.symbols.get(BUILD_VERSION).into_iter().flatten() {
+                    let targets = res.targets(&r.function)?.unwrap_or_default();
+                    addrs.extend(
+                        targets
+                            .into_iter()
+                            .filter_map(|t| t.checked_sub(r.addend))
+                            .filter(|a| res.in_data(*a)),
+                    );
+                }
+                addrs
+            }
         };
         for addr in addrs {
             let Some(v) = read_string(file, addr, || {
-                relocs.get_or_init(|| super::pclntab::relative_relocations(file))
+                relocs.get_or_init(|| super::pclntab::relative_relocations(file, budget))
             }) else {
                 continue;
             };
@@ -350,10 +372,12 @@ pub fn learn(binaries: &[&[u8]]) -> Result<Entry, GoError> {
         what: "learn needs at least one binary".into(),
     })?;
     let file = super::parse_elf(*first)?;
-    let version = version(&file)?;
-    let mut entry = dwarf_entry(&file, &version)?;
+    // The project's own fixtures, read whole: no budget.
+    let budget = Budget::new(u64::MAX, u64::MAX);
+    let version = version(&file, &budget)?;
+    let mut entry = dwarf_entry(&file, &version, &budget)?;
     // Every RIP-relative reference in every function, once.
-    let res = Resolver::new(&file)?;
+    let res = Resolver::new(&file, &budget)?;
     let mut refs: Vec<(u64, &[u8], Vec<u64>)> = res
         .pcln
         .funcs()
@@ -374,7 +398,7 @@ pub fn learn(binaries: &[&[u8]]) -> Result<Entry, GoError> {
     };
     let mut want: Vec<(&'static str, Option<(u64, u64)>)> =
         SYMBOLS.iter().chain(extra).map(|s| (*s, None)).collect();
-    super::find_symbols_sized(&file, &mut want)?;
+    super::find_symbols_sized(&file, &mut want, &budget)?;
     for (symbol, sym) in want {
         let (addr, size) = sym.ok_or_else(|| GoError::MissingSymbol {
             version: version.clone(),
@@ -399,7 +423,7 @@ pub fn learn(binaries: &[&[u8]]) -> Result<Entry, GoError> {
             };
             let holds = others
                 .iter()
-                .all(|o| holds_in(o, &r, symbol).unwrap_or(false));
+                .all(|o| holds_in(o, &r, symbol, &budget).unwrap_or(false));
             if holds {
                 recipes.push(r);
             }
@@ -453,11 +477,12 @@ fn holds_in<'d, R: ReadRef<'d>>(
     file: &object::File<'d, R>,
     r: &Recipe,
     symbol: &'static str,
+    budget: &Budget,
 ) -> Result<bool, GoError> {
     let mut want = [(symbol, None)];
-    super::find_symbols(file, &mut want)?;
-    let res = Resolver::new(file)?;
-    Ok(match (want[0].1, res.targets(&r.function)) {
+    super::find_symbols(file, &mut want, budget)?;
+    let res = Resolver::new(file, budget)?;
+    Ok(match (want[0].1, res.targets(&r.function)?) {
         (Some(addr), Some(targets)) => targets.get(r.operand) == Some(&(addr + r.addend)),
         _ => false,
     })
@@ -467,8 +492,9 @@ fn holds_in<'d, R: ReadRef<'d>>(
 fn dwarf_entry<'d, R: ReadRef<'d>>(
     file: &object::File<'d, R>,
     version: &str,
+    budget: &Budget,
 ) -> Result<Entry, GoError> {
-    let types = dwarf::Types::load(file)?;
+    let types = dwarf::Types::load(file, budget)?;
     // Addresses are per binary: 0 here, filled in from recipes.
     let DwarfLayouts {
         hist,
@@ -479,7 +505,7 @@ fn dwarf_entry<'d, R: ReadRef<'d>>(
     } = super::dwarf_layouts(&types, version, Some(0), Some(0))?;
     let ev = status::dwarf_facts(&types, version)?;
     let mut want = [(status::WAIT_REASONS, None)];
-    super::find_symbols_sized(file, &mut want)?;
+    super::find_symbols_sized(file, &mut want, budget)?;
     let (_, size) = want[0].1.ok_or_else(|| GoError::MissingSymbol {
         version: version.to_owned(),
         symbol: status::WAIT_REASONS,

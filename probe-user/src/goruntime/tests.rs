@@ -4,8 +4,52 @@ use std::path::PathBuf;
 
 use super::*;
 
+/// A Go fixture (gosched) started and waiting for its first command, killed on drop.
+pub(crate) struct Fixture(pub std::process::Child);
+
+impl Fixture {
+    pub(crate) fn start(exe: &std::path::Path, maxprocs: u32) -> Fixture {
+        use std::io::BufRead as _;
+        let mut c = std::process::Command::new(exe)
+            .env("GOSCHED_MAXPROCS", maxprocs.to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", exe.display()));
+        let mut line = String::new();
+        std::io::BufReader::new(c.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.contains("\"ready\""), "{}: {line}", exe.display());
+        Fixture(c)
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether a test needing root can run: under CI it must; elsewhere it says loudly it skips.
+pub(crate) fn root_or_skip(test: &str) -> bool {
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test} needs root under CI");
+    }
+    eprintln!("\n*** SKIPPED {test}: needs root ***\n");
+    false
+}
+
 /// Every `<dir>/<go version>/` under the fixture root; None (skip) outside CI when unset.
-fn fixture_versions() -> Option<Vec<PathBuf>> {
+pub(crate) fn fixture_versions() -> Option<Vec<PathBuf>> {
     let Some(root) = std::env::var_os("SCHEDLAT_GO_FIXTURES") else {
         if std::env::var("CI").as_deref() == Ok("true") {
             panic!("SCHEDLAT_GO_FIXTURES is unset under CI: run the tests via `cargo xtask test`");
@@ -303,7 +347,8 @@ fn disagreeing_recipes_are_refused() {
     for dir in dirs {
         let bytes = read(&dir.join("gosched-stripped"));
         let file = object::File::parse(&bytes[..]).unwrap();
-        let res = table::Resolver::new(&file).unwrap();
+        let budget = budget::Budget::default();
+        let res = table::Resolver::new(&file, &budget).unwrap();
         let v = go_version(&bytes[..]).unwrap();
         let mut entry = table::lookup(&v).unwrap().clone();
         let good = res.symbol(&entry, "runtime.sched").unwrap();
@@ -812,7 +857,8 @@ fn pclntab_agrees_with_symtab() {
         for name in ["gosched", "gosched-pie", "gosched-cgo"] {
             let bytes = read(&dir.join(name));
             let file = object::File::parse(&bytes[..]).unwrap();
-            let pcln = pclntab::Pclntab::load(&file).unwrap();
+            let budget = budget::Budget::default();
+            let pcln = pclntab::Pclntab::load(&file, &budget).unwrap();
             let names = [
                 "runtime.casgstatus",
                 "runtime.main",
@@ -821,10 +867,13 @@ fn pclntab_agrees_with_symtab() {
             ];
             let mut want: Vec<(&'static str, Option<(u64, u64)>)> =
                 names.iter().map(|n| (*n, None)).collect();
-            find_symbols_sized(&file, &mut want).unwrap();
+            find_symbols_sized(&file, &mut want, &Default::default()).unwrap();
             for (n, sym) in want {
                 let (addr, size) = sym.unwrap();
-                let f = pcln.find(n).unwrap_or_else(|| panic!("{name}: {n}"));
+                let f = pcln
+                    .find(n, &budget)
+                    .unwrap()
+                    .unwrap_or_else(|| panic!("{name}: {n}"));
                 // pclntab sizes run to the next function, so they include alignment padding.
                 assert_eq!(f.addr, addr, "{}/{name}: {n}", dir.display());
                 assert!(f.size >= size && f.size < size + 64, "{n}: {f:?} vs {size}");

@@ -57,6 +57,38 @@ fn is_cgroup2(p: &Path) -> bool {
     }
 }
 
+/// The root field (4th) of the mountinfo line mounted at `mount_point`: for cgroup2, the
+/// mount's root relative to the reader's cgroup namespace root ("/" on the host; "/../.." for
+/// the host's hierarchy seen from a container two levels down, as kernfs_path_from_node
+/// writes it).
+pub fn mount_root_from_mountinfo(mountinfo: &str, mount_point: &Path) -> Option<String> {
+    mountinfo.lines().find_map(|l| {
+        let (left, _) = l.split_once(" - ")?;
+        let mut f = left.split_whitespace();
+        let root = f.nth(3)?;
+        (Path::new(f.next()?) == mount_point).then(|| root.to_owned())
+    })
+}
+
+/// A cgroup path as /proc/PID/cgroup gives it (relative to the reader's cgroup namespace
+/// root, so "/../../kubepods/..." when the reader sits in a container's namespace) made
+/// relative to the cgroup2 mount whose root is `mount_root` (same frame): the host's path when
+/// the host's hierarchy is mounted, the label the kernel-side series use. None when the
+/// process's cgroup is not under the mount's root lexically (inside the reader's own
+/// namespace while the mount is above it: the names above the namespace root are not known).
+pub fn host_view(ns_path: &str, mount_root: &str) -> Option<String> {
+    let parts = |p: &str| -> Vec<String> {
+        p.split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .map(str::to_owned)
+            .collect()
+    };
+    let (path, root) = (parts(ns_path), parts(mount_root));
+    let rest = path.strip_prefix(&root[..])?;
+    // A ".." left after the mount's root would climb above it.
+    (!rest.iter().any(|c| c == "..")).then(|| format!("/{}", rest.join("/")))
+}
+
 pub fn v2_mount() -> Result<PathBuf, CgroupError> {
     let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     v2_mount_from_mountinfo(&mi, is_cgroup2).ok_or(CgroupError::NoV2Mount)
@@ -207,6 +239,27 @@ impl CgroupNames {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cgroup_paths_from_a_namespace_in_the_hosts_view() {
+        // The reader in the host's namespace: paths are the host's.
+        assert_eq!(host_view("/a/b", "/").as_deref(), Some("/a/b"));
+        assert_eq!(host_view("/", "/").as_deref(), Some("/"));
+        // The reader in a cgroup namespace two levels down, the host's hierarchy mounted.
+        assert_eq!(
+            host_view("/../../kubepods/pod1/c1", "/../..").as_deref(),
+            Some("/kubepods/pod1/c1")
+        );
+        assert_eq!(host_view("/../..", "/../..").as_deref(), Some("/"));
+        // Inside the reader's own namespace: the names above it are unknown.
+        assert_eq!(host_view("/child", "/../.."), None);
+        assert_eq!(host_view("/../x", "/../.."), None);
+        let mi = "30 25 0:26 /../.. /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            mount_root_from_mountinfo(mi, Path::new("/sys/fs/cgroup")).as_deref(),
+            Some("/../..")
+        );
+    }
 
     #[test]
     fn finds_cgroup2_in_hybrid_and_v2_only_mountinfo() {
