@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod gofixture;
+pub mod inject;
 pub mod scrape;
 
 /// How long [`Workload`] waits for each protocol line and for the workload to exit.

@@ -609,16 +609,23 @@ fn assert_unprivileged(status: &str) {
         );
     }
     assert_eq!(status_field(status, "NoNewPrivs:"), "1", "{status}");
+    // Its own seccomp filter (host/sandbox.rs), in every thread.
+    assert_eq!(status_field(status, "Seccomp:"), "2", "{status}");
 }
 
+/// Started as root with no config, the daemon leaves root for nobody once attached: uid 0
+/// without capabilities could still write root's files (block devices, core_pattern) and
+/// signal root's processes.
 #[test]
-fn daemon_drops_every_capability_after_attaching_and_keeps_working() {
-    if !privileged_or_skip("daemon_drops_every_capability_after_attaching_and_keeps_working") {
+fn daemon_leaves_root_and_drops_every_capability_after_attaching_and_keeps_working() {
+    if !privileged_or_skip(
+        "daemon_leaves_root_and_drops_every_capability_after_attaching_and_keeps_working",
+    ) {
         return;
     }
     let d = Daemon::start();
-    // Every thread, after a scrape (blocking threads exist then): capabilities and
-    // no_new_privs are per thread.
+    // Every thread, after a scrape (blocking threads exist then): ids, capabilities,
+    // no_new_privs and seccomp are per thread.
     get(&d.addr, "/metrics").unwrap();
     let threads = thread_statuses(d.child.id());
     assert!(
@@ -627,6 +634,16 @@ fn daemon_drops_every_capability_after_attaching_and_keeps_working() {
         threads.len()
     );
     for status in &threads {
+        for ids in ["Uid:", "Gid:"] {
+            assert_eq!(
+                status_field(status, ids)
+                    .split_whitespace()
+                    .collect::<Vec<_>>(),
+                ["65534"; 4],
+                "{status}"
+            );
+        }
+        assert_eq!(status_field(status, "Groups:"), "65534", "{status}");
         assert_unprivileged(status);
     }
     // Reading maps still works without privileges.

@@ -682,8 +682,8 @@ fn daemon_drops_an_exited_go_programs_series_after_its_ttl() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// The daemon drops its capabilities after attaching but keeps CAP_SYS_PTRACE for [go]:
-/// without it, /proc/PID/mem of another user's process is refused.
+/// The daemon leaves root and drops its capabilities after attaching but keeps
+/// CAP_SYS_PTRACE for [go]: without it, the memory of another user's process is refused.
 #[test]
 fn daemon_reads_other_users_go_processes() {
     if !privileged_or_skip("daemon_reads_other_users_go_processes") {
@@ -692,16 +692,17 @@ fn daemon_reads_other_users_go_processes() {
     let (_, new_dir) = go_fixture_versions().pop().unwrap();
     let cg = TestCgroup::create("go-user");
     let (d, dir) = go_daemon("schedlat-gouser", &cg, "");
+    // A user that is neither root nor the daemon's (nobody).
     let mut cmd = Command::new("setpriv");
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+    cmd.args(["--reuid=61234", "--regid=61234", "--clear-groups"])
         .arg(new_dir.join("gosched"));
     let mut fx = GoFixture::start_command(cmd);
     let status = std::fs::read_to_string(format!("/proc/{}/status", fx.pid)).unwrap();
     assert!(
         status
             .lines()
-            .any(|l| l.starts_with("Uid:") && l.contains("65534")),
-        "fixture not running as nobody:\n{status}"
+            .any(|l| l.starts_with("Uid:") && l.contains("61234")),
+        "fixture not running as uid 61234:\n{status}"
     );
     cg.add(fx.pid);
     fx.go();
@@ -713,23 +714,156 @@ fn daemon_reads_other_users_go_processes() {
         None,
         "permission errors reading a nobody-owned process"
     );
-    // Every thread kept CAP_SYS_PTRACE (bit 19) and nothing else.
+    // Every thread is nobody and kept CAP_SYS_PTRACE (bit 19) and nothing else.
     for t in std::fs::read_dir(format!("/proc/{}/task", d.child.id())).unwrap() {
         let status = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap();
-        let eff = status
-            .lines()
-            .find_map(|l| l.strip_prefix("CapEff:"))
-            .unwrap()
-            .trim();
-        assert_eq!(
-            u64::from_str_radix(eff, 16).unwrap(),
-            1 << 19,
-            "CapEff {eff}"
-        );
+        let field = |f: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(f))
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        assert_eq!(field("Uid:"), "65534\t65534\t65534\t65534", "{status}");
+        for set in ["CapEff:", "CapPrm:"] {
+            assert_eq!(
+                u64::from_str_radix(&field(set), 16).unwrap(),
+                1 << 19,
+                "{set} {status}"
+            );
+        }
     }
     fx.exit();
     d.stop();
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// With [go] the daemon holds CAP_SYS_PTRACE, which reads any process's memory and, without
+/// its seccomp filter, would write it too. The test makes a thread of the running daemon
+/// execute system calls through ptrace (tests/src/inject.rs): no hook in the daemon, its own
+/// credentials, capabilities and filter. Reading another (root's) process works; every way of
+/// writing into it fails with EPERM, and so does opening core_pattern for writing.
+#[test]
+fn daemon_with_go_reads_other_processes_but_cannot_write_into_them() {
+    if !privileged_or_skip("daemon_with_go_reads_other_processes_but_cannot_write_into_them") {
+        return;
+    }
+    let cg = TestCgroup::create("go-nowrite");
+    let (d, dir) = go_daemon("schedlat-gonowrite", &cg, "");
+    // The victim: root's, started by the test. Its stack mapping's lowest page is never used
+    // (the stack grows down towards it), so a write that got through would harm nothing.
+    let mut victim = Command::new("sleep").arg("120").spawn().unwrap();
+    let vpid = victim.id();
+    let maps = std::fs::read_to_string(format!("/proc/{vpid}/maps")).unwrap();
+    let stack_lo = maps
+        .lines()
+        .find(|l| l.ends_with("[stack]"))
+        .and_then(|l| l.split('-').next())
+        .map(|a| u64::from_str_radix(a, 16).unwrap())
+        .unwrap_or_else(|| panic!("no [stack] in\n{maps}"));
+    // The daemon's main thread, blocked in the runtime's wait.
+    let t = schedlat_tests::inject::Tracee::seize(d.child.id() as i32);
+    let buf = t.put(0, &0x5eed_5eed_u64.to_le_bytes());
+    let mut iov = Vec::new();
+    iov.extend_from_slice(&buf.to_le_bytes());
+    iov.extend_from_slice(&8u64.to_le_bytes());
+    iov.extend_from_slice(&stack_lo.to_le_bytes());
+    iov.extend_from_slice(&8u64.to_le_bytes());
+    let local = t.put(16, &iov);
+    let remote = local + 16;
+    let path = |off: u64, p: &str| {
+        let mut b = p.as_bytes().to_vec();
+        b.push(0);
+        t.put(off, &b)
+    };
+    let mem = path(64, &format!("/proc/{vpid}/mem"));
+    let core_pattern = path(128, "/proc/sys/kernel/core_pattern");
+    let at_fdcwd = libc::AT_FDCWD as i64 as u64;
+    let vpid64 = vpid as u64;
+    let results = [
+        (
+            "process_vm_readv",
+            t.syscall(libc::SYS_process_vm_readv, [vpid64, local, 1, remote, 1, 0]),
+        ),
+        (
+            "process_vm_writev",
+            t.syscall(
+                libc::SYS_process_vm_writev,
+                [vpid64, local, 1, remote, 1, 0],
+            ),
+        ),
+        (
+            "openat /proc/PID/mem O_RDWR",
+            t.syscall(
+                libc::SYS_openat,
+                [at_fdcwd, mem, libc::O_RDWR as u64, 0, 0, 0],
+            ),
+        ),
+        (
+            "openat /proc/PID/mem O_RDONLY",
+            t.syscall(
+                libc::SYS_openat,
+                [at_fdcwd, mem, libc::O_RDONLY as u64, 0, 0, 0],
+            ),
+        ),
+        (
+            "openat core_pattern O_WRONLY",
+            t.syscall(
+                libc::SYS_openat,
+                [at_fdcwd, core_pattern, libc::O_WRONLY as u64, 0, 0, 0],
+            ),
+        ),
+        (
+            "ptrace PTRACE_SEIZE",
+            t.syscall(
+                libc::SYS_ptrace,
+                [libc::PTRACE_SEIZE as u64, vpid64, 0, 0, 0, 0],
+            ),
+        ),
+    ];
+    let pidfd = t.syscall(libc::SYS_pidfd_open, [vpid64, 0, 0, 0, 0, 0]);
+    let getfd = t.syscall(libc::SYS_pidfd_getfd, [pidfd as u64, 0, 0, 0, 0, 0]);
+    // Close what the daemon opened on our behalf.
+    for (what, r) in &results {
+        if what.starts_with("openat") && *r >= 0 {
+            t.syscall(libc::SYS_close, [*r as u64, 0, 0, 0, 0, 0]);
+        }
+    }
+    if pidfd >= 0 {
+        t.syscall(libc::SYS_close, [pidfd as u64, 0, 0, 0, 0, 0]);
+    }
+    drop(t);
+    // Still serving after being borrowed.
+    let m = get(&d.addr, "/metrics");
+    // The daemon first: had its ptrace got through, it would be the victim's tracer, and the
+    // victim's exit would wait for it.
+    d.stop();
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    eprintln!("from inside the daemon: {results:?}, pidfd_open {pidfd}, pidfd_getfd {getfd}");
+    assert!(
+        m.is_some(),
+        "daemon stopped serving after the injected calls"
+    );
+    let eperm = -(libc::EPERM as i64);
+    let want = [
+        ("process_vm_readv", 8),
+        ("process_vm_writev", eperm),
+        ("openat /proc/PID/mem O_RDWR", eperm),
+        ("openat core_pattern O_WRONLY", eperm),
+        ("ptrace PTRACE_SEIZE", eperm),
+    ];
+    for (what, r) in want {
+        let got = results.iter().find(|(w, _)| *w == what).unwrap().1;
+        assert_eq!(got, r, "{what}: {results:?}");
+    }
+    // Opening root's /proc/PID/mem even for reading is refused by its mode (0600) to nobody:
+    // EACCES, not the filter's EPERM. The daemon reads with process_vm_readv.
+    assert_eq!(results[3].1, -(libc::EACCES as i64), "{results:?}");
+    assert!(pidfd >= 0, "pidfd_open: {pidfd}");
+    assert_eq!(getfd, eperm, "pidfd_getfd");
 }
 
 #[test]

@@ -472,7 +472,13 @@ fn a_renewed_certificate_is_served_without_restart_and_bad_files_keep_the_old_on
     let dir = TempDir::new("rotate");
     // As a Kubernetes secret volume lays them out: `tls` is a symlink to the current version's
     // directory, and an update swaps the symlink atomically.
+    // The daemon reads renewals as the user it became after attaching (nobody): the files are
+    // that user's, as a renewal hook (or a secret volume's fsGroup) makes them.
     let swap_to = |version: &str| {
+        for f in ["server.crt", "server.key"] {
+            let p = dir.0.join(version).join(f);
+            std::os::unix::fs::chown(&p, Some(65534), Some(65534)).unwrap();
+        }
         let link = dir.0.join("tls.new");
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(version, &link).unwrap();

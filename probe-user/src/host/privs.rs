@@ -91,8 +91,8 @@ pub fn drop_all_capabilities() -> std::io::Result<()> {
 const CAP_SETGID: u32 = 6;
 const CAP_SETUID: u32 = 7;
 
-/// Whether this thread's effective set holds `cap` (bit number, include/uapi/linux/capability.h).
-fn has_effective(cap: u32) -> std::io::Result<bool> {
+/// This thread's capability sets (capget(2), version 3).
+fn capget() -> std::io::Result<[CapData; 2]> {
     let header = CapHeader {
         version: CAP_VERSION_3,
         pid: 0,
@@ -109,7 +109,17 @@ fn has_effective(cap: u32) -> std::io::Result<bool> {
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(data[(cap / 32) as usize].effective & (1 << (cap % 32)) != 0)
+    Ok(data)
+}
+
+/// Whether this thread's effective set holds `cap` (bit number, include/uapi/linux/capability.h).
+fn has_effective(cap: u32) -> std::io::Result<bool> {
+    Ok(cap < 64 && capget()?[(cap / 32) as usize].effective & (1 << (cap % 32)) != 0)
+}
+
+/// Whether this thread's permitted set holds `cap`.
+fn has_permitted(cap: u32) -> std::io::Result<bool> {
+    Ok(cap < 64 && capget()?[(cap / 32) as usize].permitted & (1 << (cap % 32)) != 0)
 }
 
 /// A user to run as once attached, from the passwd database.
@@ -130,12 +140,14 @@ pub enum UserError {
     #[error("user = {spec:?}: looking it up failed: {cause}")]
     Lookup { spec: String, cause: std::io::Error },
     #[error(
-        "switching to user {name} (uid {uid}, gid {gid}) failed at {step}: {cause}; this needs CAP_SETUID and CAP_SETGID (run as root with both in the bounding set, e.g. add them to the unit's CapabilityBoundingSet, or remove `user` and let the service manager pick the user)"
+        "switching to user {name} (uid {uid}, gid {gid}; {origin}) after attaching failed at {step}: {cause}; leaving root needs CAP_SETUID and CAP_SETGID: add both to the bounding set (a unit's CapabilityBoundingSet, a container's capabilities.add: SETUID, SETGID), or start schedlat as a non-root user with ambient CAP_BPF and CAP_PERFMON (the shipped unit's DynamicUser=yes), or set user = \"root\" to stay root (not recommended)"
     )]
     Switch {
         name: String,
         uid: u32,
         gid: u32,
+        /// Where the user came from: the `user` key or the default.
+        origin: &'static str,
         step: &'static str,
         cause: std::io::Error,
     },
@@ -194,15 +206,46 @@ pub fn lookup_user(spec: &str) -> Result<Account, UserError> {
     }
 }
 
+/// The user a daemon started as root becomes once attached when `user` is unset: "nobody"
+/// from the passwd database, else the kernel's overflow ids (65534, /proc/sys/kernel/overflowuid),
+/// which every Linux reserves for "no one" (a minimal image or initramfs may have no passwd).
+pub const DEFAULT_USER: &str = "nobody";
+
+pub fn default_account() -> Account {
+    lookup_user(DEFAULT_USER).unwrap_or_else(|_| Account {
+        name: DEFAULT_USER.to_string(),
+        uid: 65534,
+        gid: 65534,
+    })
+}
+
+/// `user = "..."` in the config, or the default ([`DEFAULT_USER`]).
+pub const ORIGIN_CONFIG: &str = "the `user` key";
+pub const ORIGIN_DEFAULT: &str = "the default when started as root without a `user` key";
+
+/// Whether this process already runs as `a` (real, effective and saved ids): then there is
+/// nothing to switch, and no CAP_SETUID/CAP_SETGID is needed.
+pub fn is_current(a: &Account) -> bool {
+    let (mut r, mut e, mut s) = (0, 0, 0);
+    let (mut rg, mut eg, mut sg) = (0, 0, 0);
+    // SAFETY: getresuid/getresgid write three ids into live locals.
+    let ok = unsafe {
+        libc::getresuid(&mut r, &mut e, &mut s) == 0
+            && libc::getresgid(&mut rg, &mut eg, &mut sg) == 0
+    };
+    ok && [r, e, s] == [a.uid; 3] && [rg, eg, sg] == [a.gid; 3]
+}
+
 /// Fail before anything is attached if [`switch_user`] is bound to fail for lack of
 /// CAP_SETUID/CAP_SETGID (e.g. under a unit whose bounding set lacks them).
-pub fn check_can_switch(a: &Account) -> Result<(), UserError> {
+pub fn check_can_switch(a: &Account, origin: &'static str) -> Result<(), UserError> {
     for (cap, step) in [(CAP_SETGID, "CAP_SETGID"), (CAP_SETUID, "CAP_SETUID")] {
         if !has_effective(cap).unwrap_or(false) {
             return Err(UserError::Switch {
                 name: a.name.clone(),
                 uid: a.uid,
                 gid: a.gid,
+                origin,
                 step,
                 cause: std::io::Error::from_raw_os_error(libc::EPERM),
             });
@@ -211,14 +254,40 @@ pub fn check_can_switch(a: &Account) -> Result<(), UserError> {
     Ok(())
 }
 
+/// Set this thread's permitted and effective sets to `caps` (inheritable and so ambient
+/// cleared). Only ever lowers: capset(2) refuses to add what is not permitted.
+fn set_caps(caps: &[u32]) -> std::io::Result<()> {
+    let header = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    for &c in caps {
+        let bit = 1 << (c % 32);
+        data[(c / 32) as usize].permitted |= bit;
+        data[(c / 32) as usize].effective |= bit;
+    }
+    // SAFETY: capset(2) reads one header and two data structs (version 3) that outlive the call.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Become `a`: supplementary groups first (to just its primary group: root's go), then the
-/// gid, then the uid (after which the first two would be refused). glibc applies each to every
-/// thread. Leaving uid 0 clears the permitted and effective capability sets.
-pub fn switch_user(a: &Account) -> Result<(), UserError> {
+/// gid, then the uid (after which the first two would be refused). glibc and musl apply each
+/// to every thread. Leaving uid 0 clears the permitted and effective capability sets, except
+/// that those of `keep` that are permitted now stay (PR_SET_KEEPCAPS keeps the permitted set
+/// across the uid change; they are made effective again): CAP_SYS_PTRACE for [go], CAP_BPF
+/// where the kernel checks it on map reads. The kernel also marks the process non-dumpable
+/// (suid_dumpable), so its /proc files become root's and no core dump is written.
+pub fn switch_user(a: &Account, keep: &[u32], origin: &'static str) -> Result<(), UserError> {
     let fail = |step, source| UserError::Switch {
         name: a.name.clone(),
         uid: a.uid,
         gid: a.gid,
+        origin,
         step,
         cause: source,
     };
@@ -229,12 +298,32 @@ pub fn switch_user(a: &Account) -> Result<(), UserError> {
             Err(fail(step, std::io::Error::last_os_error()))
         }
     };
+    let keep: Vec<u32> = keep
+        .iter()
+        .copied()
+        .filter(|&c| has_permitted(c).unwrap_or(false))
+        .collect();
     let groups = [a.gid];
-    // SAFETY: plain syscalls; `groups` outlives setgroups.
+    // SAFETY: plain syscalls with integer arguments; `groups` outlives setgroups.
     unsafe {
+        if !keep.is_empty() {
+            check(
+                libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0),
+                "PR_SET_KEEPCAPS",
+            )?;
+        }
         check(libc::setgroups(1, groups.as_ptr()), "setgroups")?;
         check(libc::setresgid(a.gid, a.gid, a.gid), "setresgid")?;
         check(libc::setresuid(a.uid, a.uid, a.uid), "setresuid")?;
+        if !keep.is_empty() {
+            check(
+                libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0),
+                "PR_SET_KEEPCAPS",
+            )?;
+        }
+    }
+    if !keep.is_empty() {
+        set_caps(&keep).map_err(|e| fail("capset", e))?;
     }
     // Root cannot come back (unless the target is root itself).
     // SAFETY: setuid with an integer argument.
@@ -243,6 +332,17 @@ pub fn switch_user(a: &Account) -> Result<(), UserError> {
             "verification",
             std::io::Error::other("could regain uid 0 after switching"),
         ));
+    }
+    Ok(())
+}
+
+/// Not dumpable: no core dump (it would hold the TLS key and whatever Go memory was read),
+/// /proc/PID files owned by root, and no ptrace from processes of the same uid. Leaving root
+/// does this already; a daemon started unprivileged (a unit's DynamicUser) needs it said.
+pub fn make_undumpable() -> std::io::Result<()> {
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }

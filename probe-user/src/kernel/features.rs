@@ -244,11 +244,19 @@ pub fn spec(f: Feature) -> &'static Spec {
         .expect("every Feature has a TABLE row")
 }
 
-/// `uname -r` of the running kernel.
+/// `uname -r` of the running kernel (uname(2): /proc/sys may be hidden, e.g. by a unit's
+/// ProcSubset=pid).
 pub fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".into())
+    // SAFETY: an all-zero utsname is a valid out-parameter for uname(2).
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` outlives the call; on success `release` is NUL-terminated.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return "unknown".into();
+    }
+    // SAFETY: NUL-terminated by uname(2), inside `u`.
+    unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// A kernel of the VM matrix (`cargo xtask vmtest`) and the features it lacks. The README's
