@@ -1,6 +1,9 @@
-//! Histogram math on the kernel's log-linear buckets (schedlat_common::hist): merging,
+//! Histogram math on the kernel's buckets (schedlat_common::hist, native schema 3): merging,
 //! percentiles, and re-bucketing for Prometheus. Pure functions, unit tested.
-use schedlat_common::{Hist, NUM_BUCKETS, bucket_lower_ns, bucket_upper_ns, hist::OVERFLOW};
+use schedlat_common::{
+    Hist, NUM_BUCKETS, bucket_lower_ns, bucket_upper_ns,
+    hist::{BUCKETS_PER_OCTAVE, OVERFLOW},
+};
 use serde::Serialize;
 
 /// A histogram of nanosecond values in the kernel's bucket layout.
@@ -114,7 +117,9 @@ impl Histogram {
     /// bucket is present even when empty, so `rate()` and `histogram_quantile()` see a stable
     /// layout across scrapes.
     pub fn prometheus_buckets(&self, per_octave: u32) -> Vec<(f64, u64)> {
-        let step = (schedlat_common::hist::SUBS as u32 / per_octave.clamp(1, 8)) as usize;
+        // Kernel bucket k is native bucket k - 160 (a multiple of 8), so every `step`-th
+        // kernel bucket ends on a power of 2^(step/8) seconds: per_octave 2 gives le = 2^(n/2) s.
+        let step = (BUCKETS_PER_OCTAVE as u32 / per_octave.clamp(1, 8)) as usize;
         let mut out = Vec::with_capacity(2 + (NUM_BUCKETS - 2) / step);
         let mut cum = 0u64;
         for (i, &c) in self.buckets.iter().enumerate().take(OVERFLOW) {
@@ -187,12 +192,111 @@ pub fn fmt_ns(ns: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use num_bigint::BigUint;
     use schedlat_common::{
         bucket_index,
-        hist::{MAX_SHIFT, MIN_SHIFT},
+        hist::{MANTISSA, NATIVE_OFFSET, TOP_NS, ZERO_NS, ZERO_THRESHOLD_SECONDS, native_index},
     };
 
     use super::*;
+
+    /// Exact reference: `ns` nanoseconds is at most the native schema-3 boundary `2^(n/8)` s iff
+    /// `ns^8 <= 1e72 * 2^n` (both sides integers after moving 2^n to the side it is whole on).
+    fn at_most_boundary(ns: u64, n: i32) -> bool {
+        let lhs = BigUint::from(ns).pow(8);
+        let e72 = BigUint::from(10u32).pow(72);
+        if n >= 0 {
+            lhs <= e72 << n as usize
+        } else {
+            lhs << (-n) as usize <= e72
+        }
+    }
+
+    /// The native bucket index of `ns` by the definition, `(2^((n-1)/8), 2^(n/8)]` seconds.
+    fn native_bucket_exact(ns: u64) -> i32 {
+        // Bisection over the index range around the value's rough position.
+        let (mut lo, mut hi) = (-400i32, 400i32);
+        while lo < hi {
+            let mid = (lo + hi).div_euclid(2);
+            if at_most_boundary(ns, mid) {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        lo
+    }
+
+    /// The same as Prometheus' Go client computes it for a float observation (client_golang
+    /// histogram.go: `frexp`, then a search in the schema's bounds table).
+    fn native_bucket_go(ns: u64) -> i32 {
+        const BOUNDS: [f64; 8] = [
+            0.5,
+            0.5452538663326288,
+            0.5946035575013605,
+            0.6484197773255048,
+            0.7071067811865475,
+            0.7711054127039704,
+            0.8408964152537144,
+            0.9170040432046711,
+        ];
+        let v = ns as f64 / 1e9;
+        // frexp: v = frac * 2^exp, frac in [0.5, 1).
+        let exp = v.log2().floor() as i32 + 1;
+        let mut frac = v / 2f64.powi(exp);
+        let mut exp = exp;
+        if frac >= 1.0 {
+            frac /= 2.0;
+            exp += 1;
+        } else if frac < 0.5 {
+            frac *= 2.0;
+            exp -= 1;
+        }
+        // sort.SearchFloat64s: the first bound >= frac, or 8 past the last one.
+        BOUNDS.iter().position(|&b| b >= frac).unwrap_or(8) as i32 + (exp - 1) * 8
+    }
+
+    #[test]
+    fn mantissas_are_exact_eighth_roots() {
+        // MANTISSA[s] = floor(m * 2^63) with m^8 = 1953125^8 * 2^j / 2^(8k): check
+        // M^8 <= m^8 * 2^504 < (M + 1)^8 with integers only.
+        for (s, &m) in MANTISSA.iter().enumerate() {
+            let (j, k) = if s == 7 { (0, 20) } else { (s + 1, 21) };
+            let target = (BigUint::from(1_953_125u32).pow(8) << (j + 8 * (63 - k))) as BigUint;
+            assert!(BigUint::from(m).pow(8) <= target, "MANTISSA[{s}] too large");
+            assert!(
+                BigUint::from(m + 1).pow(8) > target,
+                "MANTISSA[{s}] too small"
+            );
+        }
+    }
+
+    #[test]
+    fn every_boundary_is_a_native_schema3_boundary() {
+        // Each bucket's largest value is the integer part of 2^(n/8) s: it and the value below
+        // are in native bucket n, the value above in n + 1, by the exact definition and by
+        // Prometheus' own float computation alike.
+        for i in 0..OVERFLOW {
+            let top = inclusive_upper_ns(i);
+            let n = native_index(i);
+            for (v, want) in [(top - 1, n), (top, n), (top + 1, n + 1)] {
+                assert_eq!(native_bucket_exact(v), want, "{v} ns (kernel bucket {i})");
+                assert_eq!(native_bucket_go(v), want, "{v} ns, Go client's way");
+            }
+            assert_eq!(bucket_index(top), i, "top of {i}");
+            assert_eq!(bucket_index(top + 1), i + 1, "above the top of {i}");
+        }
+        // Bucket 0 is native's zero bucket: [0, 2^-20 s].
+        assert_eq!(ZERO_NS, (ZERO_THRESHOLD_SECONDS * 1e9) as u64);
+        assert_eq!(native_bucket_exact(ZERO_NS), -NATIVE_OFFSET);
+        assert_eq!(bucket_index(0), 0);
+        assert_eq!(bucket_index(ZERO_NS), 0);
+        assert_eq!(bucket_index(ZERO_NS + 1), 1);
+        assert_eq!(inclusive_upper_ns(NATIVE_OFFSET as usize), 1_000_000_000);
+        assert_eq!(bucket_index(TOP_NS), OVERFLOW - 1);
+        assert_eq!(bucket_index(TOP_NS + 1), OVERFLOW);
+        assert_eq!(bucket_index(u64::MAX), OVERFLOW);
+    }
 
     #[test]
     fn bucket_bounds_contain_their_values() {
@@ -206,31 +310,23 @@ mod tests {
                 assert_eq!(bucket_upper_ns(i), bucket_lower_ns(i + 1));
             }
         }
-        assert_eq!(bucket_index(0), 0);
-        assert_eq!(bucket_index((1 << MIN_SHIFT) - 1), 0);
-        assert_eq!(bucket_index(1 << MIN_SHIFT), 1);
-        assert_eq!(bucket_index(u64::MAX), OVERFLOW);
-        assert_eq!(bucket_index(1 << MAX_SHIFT), OVERFLOW);
-        assert_eq!(bucket_index((1 << MAX_SHIFT) - 1), OVERFLOW - 1);
     }
 
     #[test]
-    fn buckets_are_log_linear_and_cover_the_range() {
-        // At least 4 sub-buckets per power of two: width <= 1/4 of the lower bound.
+    fn buckets_are_eight_per_octave_and_cover_the_range() {
         for i in 1..OVERFLOW {
             let (lo, hi) = (bucket_lower_ns(i), bucket_upper_ns(i));
             assert!(hi > lo);
-            assert!(
-                (hi - lo) * 8 <= lo,
-                "bucket {i} [{lo},{hi}) wider than 12.5%"
-            );
+            // 2^(1/8) - 1 = 9.05%, give or take the integer rounding at the bottom.
+            let width = (hi - lo) as f64 / (lo - 1) as f64;
+            assert!(width < 0.0915, "bucket {i} [{lo},{hi}) wider than 2^(1/8)");
         }
-        assert!(bucket_upper_ns(0) <= 1_100); // ~1 µs resolution at the bottom
+        assert!(bucket_upper_ns(0) <= 1_000); // 1 µs or finer at the bottom
         assert!(bucket_lower_ns(OVERFLOW) >= 30_000_000_000); // >= 30 s before overflow
     }
 
     #[test]
-    fn brute_force_index_matches_ranges() {
+    fn index_matches_the_exact_definition_between_boundaries() {
         let mut v = 1u64;
         while v < 1 << 40 {
             for d in [0, 1, 7, 999] {
@@ -240,6 +336,9 @@ mod tests {
                     bucket_lower_ns(i) <= x && (x < bucket_upper_ns(i) || i == OVERFLOW),
                     "{x}"
                 );
+                if (1..OVERFLOW).contains(&i) {
+                    assert_eq!(native_bucket_exact(x), native_index(i), "{x}");
+                }
             }
             v = v * 3 / 2 + 1;
         }
@@ -293,10 +392,7 @@ mod tests {
         }
         for per_octave in [1, 2, 4, 8] {
             let b = h.prometheus_buckets(per_octave);
-            assert_eq!(
-                b.len(),
-                1 + (MAX_SHIFT - MIN_SHIFT) as usize * per_octave as usize
-            );
+            assert_eq!(b.len(), 1 + (OVERFLOW - 1) / 8 * per_octave as usize);
             for w in b.windows(2) {
                 assert!(w[0].0 < w[1].0, "le increasing");
                 assert!(w[0].1 <= w[1].1, "cumulative");
