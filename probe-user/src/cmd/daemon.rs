@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use axum::{
     Router,
     extract::State,
-    http::{StatusCode, header},
+    http::{HeaderMap, StatusCode, header},
     middleware,
     response::IntoResponse,
     routing::get,
@@ -24,6 +24,7 @@ use crate::{
     cli::{Cli, DaemonArgs},
     config::DaemonConfig,
     exporter::metrics::{self, ExpoInput, LabelCap},
+    exporter::proto::Format,
     exporter::series::SeriesKeeper,
     host::cgroup::{CgroupNames, v2_mount},
     host::privs::{check_can_switch, lookup_user, switch_user},
@@ -106,7 +107,7 @@ impl AppState {
         }))
     }
 
-    fn render(&mut self) -> anyhow::Result<String> {
+    fn render(&mut self, format: Format) -> anyhow::Result<Vec<u8>> {
         let Self {
             source,
             cap,
@@ -179,7 +180,7 @@ impl AppState {
             .map(|(k, _)| cap.label(k.cgroup_id, |id| cgroups.name(id)))
             .collect();
         keeper.prune(&in_use);
-        Ok(metrics::encode(&fams)?)
+        Ok(fams.encode(format)?)
     }
 }
 
@@ -195,17 +196,18 @@ pub fn router(state: Shared, auth: Option<Arc<BasicAuth>>) -> Router {
         .with_state(state)
 }
 
-async fn metrics_handler(State(state): State<Shared>) -> impl IntoResponse {
+async fn metrics_handler(State(state): State<Shared>, headers: HeaderMap) -> impl IntoResponse {
+    let format = Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     // Map reads are a few syscalls per entry: fine inline, but keep them off the async workers.
     let res = tokio::task::spawn_blocking(move || {
         state
             .lock()
             .map_err(|_| anyhow::anyhow!("state poisoned"))?
-            .render()
+            .render(format)
     })
     .await;
     match res {
-        Ok(Ok(body)) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response(),
+        Ok(Ok(body)) => ([(header::CONTENT_TYPE, format.content_type())], body).into_response(),
         Ok(Err(e)) => {
             error!(error = %e, "scrape failed");
             (
