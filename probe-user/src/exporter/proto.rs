@@ -252,9 +252,15 @@ mod tests {
 
     #[test]
     fn prometheus_with_native_histograms_gets_protobuf_and_others_text() {
-        // Prometheus 2.42 with --enable-feature=native-histograms, and without it.
+        // Prometheus 2.42 with --enable-feature=native-histograms (as seen on the wire), a
+        // later one, and without the feature.
         let native = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;\
-                      encoding=delimited;q=0.7,text/plain;version=0.0.4;q=0.3,*/*;q=0.1";
+                      encoding=delimited,application/openmetrics-text;version=1.0.0;q=0.8,\
+                      application/openmetrics-text;version=0.0.1;q=0.75,\
+                      text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        let later = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;\
+                     encoding=delimited;q=0.7,text/plain;version=0.0.4;q=0.3,*/*;q=0.1";
+        assert_eq!(Format::negotiate(Some(later)), Format::Protobuf);
         let classic = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
                        version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
         assert_eq!(Format::negotiate(Some(native)), Format::Protobuf);
