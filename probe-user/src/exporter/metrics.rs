@@ -12,6 +12,7 @@ use schedlat_common::{drop_reason, kind};
 use super::proto::{self, Format, NativeHists, native_key};
 use crate::{
     hist::Histogram,
+    host::cgroup::{Identity, identity},
     kernel::probes::{Attached, RawSnapshot},
     model::FUTEX_OUTCOME_NAMES,
 };
@@ -77,6 +78,24 @@ pub(crate) fn label(name: &str, value: &str) -> LabelPair {
     let mut l = LabelPair::default();
     l.set_name(name.to_string());
     l.set_value(value.to_string());
+    l
+}
+
+/// `cgroup`, then the Kubernetes / container identity its path gives (`pod_uid`,
+/// `container_id`; absent, i.e. empty to Prometheus, where the path has none). Functions of the
+/// cgroup path, so they never add series.
+pub(crate) fn cgroup_labels(cgroup: &str) -> Vec<LabelPair> {
+    let Identity {
+        pod_uid,
+        container_id,
+    } = identity(cgroup);
+    let mut l = vec![label("cgroup", cgroup)];
+    if !pod_uid.is_empty() {
+        l.push(label("pod_uid", &pod_uid));
+    }
+    if !container_id.is_empty() {
+        l.push(label("container_id", &container_id));
+    }
     l
 }
 
@@ -233,17 +252,18 @@ pub fn families(
         "schedlat_runqueue_latency_seconds",
         "Time from runnable (woken, or preempted while runnable) to running, by the waiting task's cgroup and cause.",
         runq.iter()
-            .map(|((cg, cause), h)| (vec![label("cgroup", cg), label("cause", cause)], h))
+            .map(|((cg, cause), h)| {
+                let mut l = cgroup_labels(cg);
+                l.push(label("cause", cause));
+                (l, h)
+            })
             .collect(),
         input.per_octave,
     );
     out.native_family(
         "schedlat_futex_wait_seconds",
         "Time blocked in futex wait operations (timeouts and interruptions included), by cgroup.",
-        futex
-            .iter()
-            .map(|(cg, h)| (vec![label("cgroup", cg)], h))
-            .collect(),
+        futex.iter().map(|(cg, h)| (cgroup_labels(cg), h)).collect(),
         input.per_octave,
     );
     out.extend(input.futex_outcomes.then(|| family(
@@ -260,7 +280,7 @@ pub fn families(
         "schedlat_wakeups_total",
         "Wakeups that made a task runnable, by the cgroup of the task woken (each ends one cause=\"woken\" run-queue wait).",
         MetricType::COUNTER,
-        wakeups.iter().map(|(cg, n)| counter(vec![label("cgroup", cg)], *n as f64)).collect(),
+        wakeups.iter().map(|(cg, n)| counter(cgroup_labels(cg), *n as f64)).collect(),
     ));
     let mut cpu_waits = Vec::new();
     let mut cpu_secs = Vec::new();
@@ -650,6 +670,57 @@ pub(crate) mod tests {
                 .iter()
                 .all(|(_, l, _)| !l.contains_key("pid") && !l.contains_key("tid"))
         );
+    }
+
+    #[test]
+    fn kubernetes_identity_labels_follow_the_cgroup_and_add_no_series() {
+        let uid = "5c1e7f1a-2b3c-4d5e-8f90-0123456789ab";
+        let cid = "ab".repeat(32);
+        let pod_cg = format!(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{cid}.scope",
+            uid.replace('-', "_")
+        );
+        let docker_cg = format!("/system.slice/docker-{cid}.scope");
+        let names = [
+            (1, pod_cg.clone()),
+            (2, docker_cg.clone()),
+            (3, "/".to_string()),
+        ];
+        let fams = families(
+            &snap(),
+            &ExpoInput {
+                attached: &[],
+                per_octave: 2,
+                version: "test",
+                futex_outcomes: true,
+                base: &[],
+                retired_cgroups: 0,
+            },
+            &mut LabelCap::new(100),
+            |id| names.iter().find(|(i, _)| *i == id).map(|(_, n)| n.clone()),
+        );
+        let samples = parse(&encode(&fams.families).unwrap());
+        let with_cgroup: Vec<_> = samples
+            .iter()
+            .filter(|(_, l, _)| l.contains_key("cgroup"))
+            .collect();
+        assert!(!with_cgroup.is_empty());
+        for (n, l, _) in with_cgroup {
+            let (want_pod, want_cid) = match l["cgroup"].as_str() {
+                c if c == pod_cg => (Some(uid), Some(cid.as_str())),
+                c if c == docker_cg => (None, Some(cid.as_str())),
+                _ => (None, None),
+            };
+            assert_eq!(l.get("pod_uid").map(String::as_str), want_pod, "{n} {l:?}");
+            assert_eq!(
+                l.get("container_id").map(String::as_str),
+                want_cid,
+                "{n} {l:?}"
+            );
+        }
+        // The same number of series as without the labels: one per cgroup (and cause).
+        let (plain, _) = render(100);
+        assert_eq!(samples.len(), parse(&plain).len());
     }
 
     #[test]
