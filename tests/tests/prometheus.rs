@@ -75,6 +75,11 @@ impl Prometheus {
 
     /// [`Prometheus::start`] with more command-line flags, e.g. a feature flag.
     fn start_with(target: &str, flags: &[&str]) -> Self {
+        Self::start_jobs(target, flags, "")
+    }
+
+    /// [`Prometheus::start_with`] with more scrape jobs (YAML list items, indented by 2).
+    fn start_jobs(target: &str, flags: &[&str], jobs: &str) -> Self {
         static STARTED: AtomicU64 = AtomicU64::new(0);
         let dir = std::env::temp_dir().join(format!(
             "schedlat-prom-{}-{}",
@@ -96,7 +101,8 @@ impl Prometheus {
             .replace("127.0.0.1:9725", target)
             .replace("scrape_interval: 15s", "scrape_interval: 1s")
             .replace("evaluation_interval: 15s", "evaluation_interval: 1s")
-            .replace("- schedlat-rules.yml", &format!("- {}", rules.display()));
+            .replace("- schedlat-rules.yml", &format!("- {}", rules.display()))
+            + jobs;
         std::fs::write(dir.join("prometheus.yml"), cfg).unwrap();
         let addr = TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -431,6 +437,316 @@ fn a_real_prometheus_stores_native_histograms_that_agree_with_the_classic_ones()
     assert!(d.stop().success());
 }
 
+/// Serves `body` as a Prometheus text exposition to every request on a loopback port until
+/// dropped (kube-state-metrics for the tests: it has no state to fake beyond its output).
+struct StaticExposition {
+    addr: String,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StaticExposition {
+    fn start(body: String) -> Self {
+        use std::io::{Read as _, Write as _};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((mut c, _)) = listener.accept() else {
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    };
+                    let _ = c.set_nonblocking(false);
+                    let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                    // The request head fits one read for Prometheus; its content is not needed.
+                    let mut buf = [0u8; 8192];
+                    let _ = c.read(&mut buf);
+                    let _ = write!(
+                        c,
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n\
+                         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                }
+            })
+        };
+        Self {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for StaticExposition {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn recording_rules_name_kubernetes_pods_and_containers_of_real_cgroups() {
+    if !privileged_or_skip("recording_rules_name_kubernetes_pods_and_containers_of_real_cgroups") {
+        return;
+    }
+    // Real cgroups with the kubelet's and the runtimes' path shapes (each under a test root of
+    // its own, as a kubelet nested in a node container would be), a spinner in each.
+    struct Case {
+        shape: &'static str,
+        rel: String,
+        pod_uid: &'static str,
+        container_id: String,
+        // kube-state-metrics: namespace, pod, container, runtime prefix of container_id.
+        kube: Option<(&'static str, &'static str, &'static str, &'static str)>,
+    }
+    let hex = |c: char| c.to_string().repeat(64);
+    let cases = [
+        Case {
+            shape: "systemd driver, containerd, burstable",
+            rel: format!(
+                "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1b4e28ba_2fa1_11d2_883f_0016d3cca427.slice/cri-containerd-{}.scope",
+                hex('a')
+            ),
+            pod_uid: "1b4e28ba-2fa1-11d2-883f-0016d3cca427",
+            container_id: hex('a'),
+            kube: Some(("shop", "cart-7d9f5", "cart", "containerd")),
+        },
+        Case {
+            shape: "systemd driver, CRI-O, guaranteed",
+            rel: format!(
+                "kubepods.slice/kubepods-pod2c5f39cb_3fb2_42e3_994f_1127e4ddb538.slice/crio-{}.scope",
+                hex('b')
+            ),
+            pod_uid: "2c5f39cb-3fb2-42e3-994f-1127e4ddb538",
+            container_id: hex('b'),
+            kube: Some(("db", "postgres-0", "postgres", "cri-o")),
+        },
+        Case {
+            shape: "cgroupfs driver, Docker, besteffort",
+            rel: format!(
+                "kubepods/besteffort/pod3d6a4adc-40c3-43f4-aa50-2238f5eec649/{}",
+                hex('c')
+            ),
+            pod_uid: "3d6a4adc-40c3-43f4-aa50-2238f5eec649",
+            container_id: hex('c'),
+            kube: Some(("batch", "report-28391", "report", "docker")),
+        },
+        Case {
+            shape: "Docker outside Kubernetes",
+            rel: format!("system.slice/docker-{}.scope", hex('d')),
+            pod_uid: "",
+            container_id: hex('d'),
+            kube: None,
+        },
+        Case {
+            shape: "Podman",
+            rel: format!("machine.slice/libpod-{}.scope", hex('e')),
+            pod_uid: "",
+            container_id: hex('e'),
+            kube: None,
+        },
+    ];
+    /// A test root and the cgroups below it, removed leaf first.
+    struct Chain(Vec<TestCgroup>);
+    impl Drop for Chain {
+        fn drop(&mut self) {
+            while let Some(c) = self.0.pop() {
+                drop(c);
+            }
+        }
+    }
+    let mut roots = Vec::new();
+    let mut leaves = Vec::new();
+    for (i, c) in cases.iter().enumerate() {
+        let mut chain = Chain(vec![TestCgroup::create(&format!("k8s{i}"))]);
+        for name in c.rel.split('/') {
+            let next = chain.0.last().unwrap().child(name);
+            chain.0.push(next);
+        }
+        leaves.push(chain.0.last().unwrap().path().to_string());
+        roots.push(chain);
+    }
+    let mut ksm =
+        String::from("# HELP kube_pod_info Information about pod.\n# TYPE kube_pod_info gauge\n");
+    for c in &cases {
+        if let Some((ns, pod, _, _)) = c.kube {
+            ksm += &format!(
+                "kube_pod_info{{namespace=\"{ns}\",pod=\"{pod}\",uid=\"{}\",host_ip=\"10.0.0.1\",pod_ip=\"10.1.0.7\",node=\"node1\",created_by_kind=\"ReplicaSet\",created_by_name=\"x\",priority_class=\"\",host_network=\"false\"}} 1\n",
+                c.pod_uid
+            );
+        }
+    }
+    ksm += "# HELP kube_pod_container_info Information about a container in a pod.\n\
+            # TYPE kube_pod_container_info gauge\n";
+    for c in &cases {
+        if let Some((ns, pod, container, runtime)) = c.kube {
+            ksm += &format!(
+                "kube_pod_container_info{{namespace=\"{ns}\",pod=\"{pod}\",container=\"{container}\",image_spec=\"x\",image=\"x\",image_id=\"x\",container_id=\"{runtime}://{}\"}} 1\n",
+                c.container_id
+            );
+            // A sidecar not started yet: no id, matches no cgroup.
+            ksm += &format!(
+                "kube_pod_container_info{{namespace=\"{ns}\",pod=\"{pod}\",container=\"sidecar\",image_spec=\"x\",image=\"x\",image_id=\"\",container_id=\"\"}} 1\n"
+            );
+        }
+    }
+    let ksm = StaticExposition::start(ksm);
+
+    let d = Daemon::start();
+    let prom = Prometheus::start_jobs(
+        &d.addr,
+        &["--enable-feature=native-histograms"],
+        &format!(
+            "  - job_name: kube-state-metrics\n    static_configs:\n      - targets: [\"{}\"]\n",
+            ksm.addr
+        ),
+    );
+    let mut spins = Vec::new();
+    for chain in &roots {
+        let w = Workload::start(&["spin", "--threads", "1", "--cpu", "0", "--secs", "8"]);
+        chain.0.last().unwrap().add(w.pid);
+        spins.push(w);
+    }
+    for w in &mut spins {
+        w.go();
+    }
+    let wait = Duration::from_secs(30);
+    assert_eq!(
+        prom.finite("up{job=\"kube-state-metrics\"}", wait),
+        1.0,
+        "the static kube-state-metrics is scraped"
+    );
+
+    // The daemon's own labels, from the path alone.
+    let text = get(&d.addr, "/metrics").unwrap();
+    for (c, leaf) in cases.iter().zip(&leaves) {
+        let line = text
+            .lines()
+            .find(|l| {
+                l.starts_with("schedlat_runqueue_latency_seconds_count{")
+                    && l.contains(&format!("cgroup=\"{leaf}\""))
+            })
+            .unwrap_or_else(|| panic!("{}: no series for {leaf}", c.shape));
+        let pod_label = format!("pod_uid=\"{}\"", c.pod_uid);
+        assert_eq!(
+            line.contains(&pod_label),
+            !c.pod_uid.is_empty(),
+            "{}: {line}",
+            c.shape
+        );
+        assert_eq!(
+            c.pod_uid.is_empty(),
+            !line.contains("pod_uid="),
+            "{}: {line}",
+            c.shape
+        );
+        assert!(
+            line.contains(&format!("container_id=\"{}\"", c.container_id)),
+            "{}: {line}",
+            c.shape
+        );
+    }
+
+    // The recording rules join them with kube-state-metrics: each cgroup's namespace, pod
+    // and container, and the p99s by container.
+    for (c, leaf) in cases.iter().zip(&leaves) {
+        let q = format!("cgroup:schedlat_kube:info{{cgroup=\"{leaf}\"}}");
+        let deadline = Instant::now() + wait;
+        let labels = loop {
+            let r = prom.query(&q);
+            let done = match c.kube {
+                Some(_) => r.iter().any(|(m, _)| m["pod"].is_string()),
+                None => !r.is_empty(),
+            };
+            if done {
+                break r[0].0.clone();
+            }
+            assert!(Instant::now() < deadline, "{}: {q} gave {r:?}", c.shape);
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        match c.kube {
+            Some((ns, pod, container, _)) => {
+                assert_eq!(labels["namespace"], ns, "{}: {labels}", c.shape);
+                assert_eq!(labels["pod"], pod, "{}: {labels}", c.shape);
+                assert_eq!(labels["container"], container, "{}: {labels}", c.shape);
+                let p99 = prom.finite(
+                    &format!(
+                        "namespace_pod_container:schedlat_runqueue_latency_seconds:p99_5m\
+                         {{namespace=\"{ns}\",pod=\"{pod}\",container=\"{container}\"}}"
+                    ),
+                    wait,
+                );
+                eprintln!(
+                    "figure: {}: {ns}/{pod}/{container} run-queue p99 {p99:.6} s",
+                    c.shape
+                );
+                // Five spinners share CPU 0 on a machine that runs other work: some delay.
+                assert!(p99 > 0.0, "{}: p99 {p99}", c.shape);
+            }
+            None => {
+                assert!(
+                    labels["pod"].is_null() && labels["namespace"].is_null(),
+                    "{}: {labels}",
+                    c.shape
+                );
+                assert_eq!(
+                    labels["container_id"],
+                    c.container_id.as_str(),
+                    "{}: {labels}",
+                    c.shape
+                );
+            }
+        }
+    }
+
+    // The dashboard's pod variable offers exactly these pods (as Grafana asks with All
+    // instances and namespaces).
+    let dash: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../deploy/grafana/schedlat-dashboard.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let pod_var = dash["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "pod")
+        .expect("a pod variable");
+    let inner = pod_var["query"]["query"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("label_values(")
+        .and_then(|q| q.strip_suffix(", pod)"))
+        .expect("label_values(..., pod)");
+    let offered: std::collections::BTreeSet<String> = prom
+        .query(&format!("count by (pod) ({})", substitute(inner)))
+        .into_iter()
+        .filter_map(|(m, _)| m["pod"].as_str().map(str::to_string))
+        .collect();
+    let want: std::collections::BTreeSet<String> = cases
+        .iter()
+        .filter_map(|c| c.kube.map(|k| k.1.to_string()))
+        .collect();
+    assert_eq!(offered, want);
+
+    for w in spins {
+        w.result();
+    }
+    assert!(d.stop().success());
+    drop(ksm);
+    drop(roots);
+}
+
 // ------------------------------------------------------------------------- deploy/grafana
 
 /// The `schedlat_*` metric names in a PromQL expression (recording rules excepted: they
@@ -458,6 +774,9 @@ fn substitute(expr: &str) -> String {
     let s = expr
         .replace("$__rate_interval", "5s")
         .replace("$instance", ".+")
+        .replace("$namespace", ".*")
+        .replace("$container", ".*")
+        .replace("$pod", ".*")
         .replace("$cgroup", ".+");
     assert!(!s.contains('$'), "unknown template variable in {expr}");
     s
