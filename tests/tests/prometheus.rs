@@ -747,6 +747,112 @@ fn recording_rules_name_kubernetes_pods_and_containers_of_real_cgroups() {
     drop(roots);
 }
 
+#[test]
+fn series_budget_per_cgroup_in_each_exposition_mode() {
+    if !privileged_or_skip("series_budget_per_cgroup_in_each_exposition_mode") {
+        return;
+    }
+    // N busy cgroups, each with every kind of series: a thread preempted on CPU 0 and
+    // futex waits (woken ones make wakeups).
+    const N: usize = 4;
+    let d = Daemon::start();
+    let native = Prometheus::start_with(&d.addr, &["--enable-feature=native-histograms"]);
+    let classic = Prometheus::start(&d.addr);
+    let wait = Duration::from_secs(30);
+    for p in [&native, &classic] {
+        assert_eq!(p.finite("up{job=\"schedlat\"}", wait), 1.0, "target up");
+    }
+    let cgs: Vec<TestCgroup> = (0..N)
+        .map(|i| TestCgroup::create(&format!("budget{i}")))
+        .collect();
+    let mut work = Vec::new();
+    for cg in &cgs {
+        for args in [
+            &["spin", "--threads", "1", "--cpu", "0", "--secs", "3"][..],
+            &[
+                "futex",
+                "--timeouts",
+                "20",
+                "--woken",
+                "20",
+                "--wait-ms",
+                "20",
+            ][..],
+        ] {
+            let w = Workload::start(args);
+            cg.add(w.pid);
+            work.push(w);
+        }
+    }
+    for w in &mut work {
+        w.go();
+    }
+    for w in work {
+        w.result();
+    }
+    let re = "/schedlat-test-budget[0-9]+-[0-9]+";
+    // Series per cgroup as each server stores them, once every cgroup has all of its own.
+    let per_cgroup = |p: &Prometheus| -> Vec<f64> {
+        let q = format!("count by (cgroup) ({{job=\"schedlat\", cgroup=~\"{re}\"}})");
+        let deadline = Instant::now() + wait;
+        loop {
+            let r: Vec<f64> = p.query(&q).into_iter().map(|(_, v)| v).collect();
+            let families = p.query(&format!(
+                "count(count by (cgroup, __name__) ({{job=\"schedlat\", cgroup=~\"{re}\", __name__=~\"schedlat_(runqueue_latency_seconds|futex_wait_seconds|wakeups_total).*\"}}))"
+            ));
+            // Three histograms (four in classic mode's names) and wakeups per cgroup.
+            if r.len() == N && families.first().is_some_and(|f| f.1 >= 3.0 * N as f64) {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "{q}: {r:?}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    let (n_native, n_classic) = (per_cgroup(&native), per_cgroup(&classic));
+    // The rest of a node's series: no cgroup label (per CPU, per program, per map, ...).
+    let rest = |p: &Prometheus| {
+        p.finite(
+            "count({job=\"schedlat\", cgroup=\"\", __name__=~\"schedlat_.+\"})",
+            wait,
+        )
+    };
+    let (r_native, r_classic) = (rest(&native), rest(&classic));
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    eprintln!(
+        "figure: series per busy cgroup: native {n_native:?}, classic {n_classic:?}; \
+         per node without cgroups: native {r_native}, classic {r_classic} ({cpus} CPUs)"
+    );
+    // Native: one series per histogram (run-queue woken and preempted, futex) and the
+    // wakeups counter. Classic (2 buckets per power of two): 51 finite le, +Inf, _sum and
+    // _count per histogram.
+    for n in &n_native {
+        assert!(*n <= 15.0, "native budget is 15 per active cgroup: {n}");
+        assert_eq!(*n, 4.0, "native series of a busy cgroup");
+    }
+    for n in &n_classic {
+        assert_eq!(
+            *n,
+            3.0 * (51.0 + 3.0) + 1.0,
+            "classic series of a busy cgroup"
+        );
+    }
+    // The protobuf and text answers describe the same series (counted by a third reader,
+    // the daemon's own text, for the classic side).
+    let text = get(&d.addr, "/metrics").unwrap();
+    for cg in &cgs {
+        let lines = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.contains(&format!("cgroup=\"{}\"", cg.path())))
+            .count();
+        assert_eq!(lines as f64, n_classic[0], "{}", cg.path());
+    }
+    assert_eq!(
+        r_native, r_classic,
+        "series without a cgroup are the same in both modes"
+    );
+    assert!(d.stop().success());
+}
+
 // ------------------------------------------------------------------------- deploy/grafana
 
 /// The `schedlat_*` metric names in a PromQL expression (recording rules excepted: they
