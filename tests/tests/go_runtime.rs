@@ -1017,13 +1017,15 @@ fn capture_go_probes_agree_with_the_runtime_and_see_known_blocking() {
                     .iter()
                     .find(|r| r["reason"] == reason)
                     .unwrap_or_else(|| panic!("{what}: no `{reason}` in {}", ev["blocked"]));
-                // In [ms, 1.25 ms] give or take one of our buckets (1/8 of a power of two).
-                // Emulated, the fixture's timer is armed long before the goroutine parks, so
-                // a wait can be one bucket shorter, and timers fire late by any amount.
+                // In [ms, 1.25 ms] give or take one of our buckets (2^(1/8)): up to the top of
+                // the bucket holding 1.25 ms. Emulated, the fixture's timer is armed long
+                // before the goroutine parks, so a wait can be one bucket shorter, and timers
+                // fire late by any amount.
                 let (lo, hi) = if schedlat_tests::emulated() {
                     (ms * 1_000_000 * 7 / 8, u64::MAX)
                 } else {
-                    (ms * 1_000_000, ms * 1_000_000 * 5 / 4 * 9 / 8)
+                    let top = schedlat_common::bucket_index(ms * 1_000_000 * 5 / 4);
+                    (ms * 1_000_000, schedlat_common::bucket_upper_ns(top) - 1)
                 };
                 let n: u64 = buckets(row)
                     .iter()
