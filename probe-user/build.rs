@@ -26,7 +26,7 @@ fn main() {
     }
     println!("cargo:rerun-if-env-changed=SCHEDLAT_EBPF_RUSTC");
     println!("cargo:rerun-if-env-changed=SCHEDLAT_EBPF_CARGO");
-    let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("schedlat-probes");
+    let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
 
     let rustc = env::var("SCHEDLAT_EBPF_RUSTC").unwrap_or_else(|_| "/usr/bin/rustc".into());
     let cargo = env::var("SCHEDLAT_EBPF_CARGO").unwrap_or_else(|_| "/usr/bin/cargo".into());
@@ -49,41 +49,66 @@ fn main() {
     }
 
     let target_dir = root.join("target").join("ebpf");
-    let mut cmd = Command::new(&cargo);
-    cmd.current_dir(&root)
-        .args(["build", "-p", "schedlat-ebpf", "--bins", "--release"])
-        .args(["--target", "bpfel-unknown-none", "--target-dir"])
-        .arg(&target_dir);
-    // Start from a clean slate: the outer cargo's settings are for the host build.
-    for (k, _) in env::vars() {
-        if k.starts_with("CARGO_") && k != "CARGO_HOME"
-            || k.starts_with("RUSTC")
-            || k == "RUSTFLAGS"
-            || k == "RUSTDOCFLAGS"
-            || k == "RUSTUP_TOOLCHAIN"
-        {
-            cmd.env_remove(&k);
+    let release = target_dir.join("bpfel-unknown-none/release");
+    // Every bin with task-local storage (schedlat-floor: the same hooks with empty bodies, for
+    // the benchmark's floor row), then the programs again with per-task state in a hash map for
+    // kernels without task storage in tracing programs (feature hash-stamps).
+    /// (cargo arguments, [(bin built, name in OUT_DIR)]).
+    type Build<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)]);
+    let builds: [Build; 2] = [
+        (
+            &["--bins"],
+            &[
+                ("schedlat-probes", "schedlat-probes"),
+                ("schedlat-floor", "schedlat-floor"),
+            ],
+        ),
+        (
+            &["--bin", "schedlat-probes", "--features", "hash-stamps"],
+            &[("schedlat-probes", "schedlat-probes-hash")],
+        ),
+    ];
+    for (args, outputs) in builds {
+        let mut cmd = Command::new(&cargo);
+        cmd.current_dir(&root)
+            .args(["build", "-p", "schedlat-ebpf", "--release"])
+            .args(args)
+            .args(["--target", "bpfel-unknown-none", "--target-dir"])
+            .arg(&target_dir);
+        // Start from a clean slate: the outer cargo's settings are for the host build.
+        for (k, _) in env::vars() {
+            if k.starts_with("CARGO_") && k != "CARGO_HOME"
+                || k.starts_with("RUSTC")
+                || k == "RUSTFLAGS"
+                || k == "RUSTDOCFLAGS"
+                || k == "RUSTUP_TOOLCHAIN"
+            {
+                cmd.env_remove(&k);
+            }
+        }
+        cmd.env("RUSTC", &rustc)
+            // aya-ebpf and our crate use asm on the bpf target (an unstable feature).
+            .env("RUSTC_BOOTSTRAP", "aya_ebpf,schedlat_probes")
+            .env(
+                "CARGO_ENCODED_RUSTFLAGS",
+                [
+                    "--cfg=bpf_target_arch=\"x86_64\"",
+                    "-Cdebuginfo=2",
+                    "-Clink-arg=--btf",
+                ]
+                .join("\x1f"),
+            );
+        let status = cmd
+            .status()
+            .unwrap_or_else(|e| panic!("running {cargo}: {e}"));
+        if !status.success() {
+            panic!("building the eBPF programs (probe-ebpf {args:?}) failed: see the errors above");
+        }
+        for (bin, name) in outputs {
+            let obj = release.join(bin);
+            let out = out_dir.join(name);
+            std::fs::copy(&obj, &out)
+                .unwrap_or_else(|e| panic!("copy {} -> {}: {e}", obj.display(), out.display()));
         }
     }
-    cmd.env("RUSTC", &rustc)
-        // aya-ebpf and our crate use asm on the bpf target (an unstable feature).
-        .env("RUSTC_BOOTSTRAP", "aya_ebpf,schedlat_probes")
-        .env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            [
-                "--cfg=bpf_target_arch=\"x86_64\"",
-                "-Cdebuginfo=2",
-                "-Clink-arg=--btf",
-            ]
-            .join("\x1f"),
-        );
-    let status = cmd
-        .status()
-        .unwrap_or_else(|e| panic!("running {cargo}: {e}"));
-    if !status.success() {
-        panic!("building the eBPF programs (probe-ebpf) failed: see the errors above");
-    }
-    let obj = target_dir.join("bpfel-unknown-none/release/schedlat-probes");
-    std::fs::copy(&obj, &out)
-        .unwrap_or_else(|e| panic!("copy {} -> {}: {e}", obj.display(), out.display()));
 }

@@ -21,15 +21,18 @@ use aya_ebpf::{
         bpf_probe_read_user, bpf_task_pt_regs,
     },
     macros::{btf_tracepoint, map, tracepoint, uprobe},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, Queue, RingBuf},
     programs::{BtfTracePointContext, ProbeContext, TracePointContext},
 };
 use aya_log_ebpf::debug;
 use schedlat_common::{
     COMM_LEN, Config, CpuStat, FutexStart, GoConfig, GoGState, GoRunqRing, Hist, HistKey,
-    RateWindow, RunqStart, SlowEvent, TaskStat, WakeCount, WakePair, bucket_index, drop_reason,
-    flags, futex_op, futex_outcome, go, kind,
+    RateWindow, RunqHists, RunqStart, SlowEvent, TaskStat, WakeCount, WakePair, bucket_index,
+    drop_reason, flags, futex_op, futex_outcome, go, kind,
 };
+
+mod stamps;
+use stamps::{consume, forget, stamp, stamp_woken, state_of};
 
 /// Set by the loader before load (read-only data: the verifier sees the values as constants).
 #[unsafe(no_mangle)]
@@ -57,18 +60,25 @@ static CONFIG: Config = Config {
 
 // Map sizes here are defaults; the loader resizes them from config (set_max_entries).
 
-/// task_struct address -> when it became runnable. Keyed by task, not tid: an exiting task's
-/// tid is freed (release_task, in exit_notify or the parent's wait) before its last
-/// switch-out, and a new task may take it at once (pid_max is 32768 on many hosts), so two
-/// live tasks can share a tid; a task_struct is not freed before its last switch.
-#[map]
-static RUNQ_START: HashMap<u64, RunqStart> = HashMap::with_max_entries(65536, 0);
+// Per-task run-queue state (RunqStart) lives in src/stamps.rs: task-local storage, or a hash
+// by task_struct address on kernels without task storage for tracing programs.
+
 /// task_struct address -> when it entered a blocking futex op.
 #[map]
 static FUTEX_START: HashMap<u64, FutexStart> = HashMap::with_max_entries(65536, 0);
-/// (cgroup, kind, op) -> histogram.
+/// (cgroup, kind::FUTEX, op) -> histogram. Run-queue series are in RQ_HISTS.
 #[map]
 static HISTS: HashMap<HistKey, Hist> = HashMap::with_max_entries(4096, 0);
+/// cgroup id -> its slot in RQ_HISTS. Looked up only when a task's cached slot is stale.
+#[map]
+static RQ_SLOTS: HashMap<u64, u32> = HashMap::with_max_entries(2048, 0);
+/// Free RQ_HISTS slots: the loader pushes them all; the daemon pushes back the slots of
+/// removed cgroups after zeroing them.
+#[map]
+static RQ_FREE: Queue<u32> = Queue::with_max_entries(2048, 0);
+/// Run-queue histograms by slot (one cgroup each, woken and preempted).
+#[map]
+static RQ_HISTS: Array<RunqHists> = Array::with_max_entries(2048, 0);
 /// One zeroed histogram: the value used to create HISTS entries (too big for the stack).
 #[map]
 static ZERO_HIST: Array<Hist> = Array::with_max_entries(1, 0);
@@ -271,43 +281,59 @@ fn hist_bump(h: *mut Hist, ns: u64) {
     }
 }
 
-/// Stamp `task` (tid `tid`) as runnable from now (or, for FUTEX_BLOCKED, blocked from now).
+/// The RQ_HISTS slot of `cgroup_id`, found in RQ_SLOTS or taken from RQ_FREE.
 #[inline(always)]
-fn stamp(task: u64, tid: u32, cause: u32, op: u32, now: u64) {
-    let v = RunqStart {
-        ts_ns: now,
-        cause,
-        futex_op: op,
-        futex_ns: 0,
-        tid,
-        _pad: 0,
+fn rq_slot(cgroup_id: u64) -> Option<u32> {
+    if let Some(s) = unsafe { RQ_SLOTS.get(&cgroup_id) } {
+        return Some(*s);
+    }
+    let Ok(Some(slot)) = RQ_FREE.pop() else {
+        count_drop(drop_reason::HIST_FULL);
+        return None;
     };
-    if RUNQ_START.insert(&task, &v, 0).is_err() {
-        count_drop(drop_reason::RUNQ_START_FULL);
+    if RQ_SLOTS
+        .insert(&cgroup_id, &slot, BPF_NOEXIST as u64)
+        .is_ok()
+    {
+        if let Some(h) = RQ_HISTS.get_ptr_mut(slot) {
+            unsafe { (*h).cgroup_id = cgroup_id };
+        }
+        return Some(slot);
+    }
+    // Another CPU gave this cgroup a slot meanwhile (or RQ_SLOTS is full): return ours.
+    let _ = RQ_FREE.push(slot, 0);
+    match unsafe { RQ_SLOTS.get(&cgroup_id) } {
+        Some(s) => Some(*s),
+        None => {
+            count_drop(drop_reason::HIST_FULL);
+            None
+        }
     }
 }
 
-/// Stamp a woken task. With FUTEX_SCHED, a task that was blocked in futex gets the length of
-/// that wait carried to its switch-in, where its cgroup is known.
+/// `cgroup_id`'s run-queue histograms. With task storage the slot is cached in the task's
+/// state `st` and used while the slot still belongs to that cgroup: no hash lookup on the
+/// steady path. A task that moved to another cgroup, or a slot the daemon freed and gave to
+/// another cgroup, fails the check and is resolved again.
 #[inline(always)]
-fn stamp_woken(task: u64, tid: u32, f: u32, now: u64) {
-    if f & flags::FUTEX_SCHED != 0
-        && let Some(s) = RUNQ_START.get_ptr_mut(&task)
-    {
-        unsafe {
-            // Any other existing stamp is stale (woken while still on CPU, then it slept).
-            (*s).futex_ns = if (*s).cause == kind::FUTEX_BLOCKED {
-                now.saturating_sub((*s).ts_ns) + 1
-            } else {
-                0
-            };
-            (*s).ts_ns = now;
-            (*s).cause = kind::RUNQ_WOKEN;
-            (*s).tid = tid;
+fn runq_hists(st: Option<*mut RunqStart>, cgroup_id: u64) -> Option<*mut RunqHists> {
+    if let Some(st) = st {
+        let (cached_cg, cached_slot) = unsafe { ((*st).cgroup_id, (*st).slot) };
+        if cached_cg == cgroup_id
+            && let Some(h) = RQ_HISTS.get_ptr_mut(cached_slot)
+            && unsafe { (*h).cgroup_id } == cgroup_id
+        {
+            return Some(h);
         }
-        return;
     }
-    stamp(task, tid, kind::RUNQ_WOKEN, 0, now);
+    let slot = rq_slot(cgroup_id)?;
+    if let Some(st) = st {
+        unsafe {
+            (*st).cgroup_id = cgroup_id;
+            (*st).slot = slot;
+        }
+    }
+    RQ_HISTS.get_ptr_mut(slot)
 }
 
 /// The futex op `task` is blocking in, from its saved user registers: the syscall number and
@@ -320,9 +346,10 @@ fn futex_block_op(task: *const u8) -> Option<u32> {
     if regs.is_null() {
         return None;
     }
-    let nr = unsafe { read_field::<u64>(regs, c.regs_syscall_nr) }.ok()?;
+    // bpf_task_pt_regs returns a BTF pointer (struct pt_regs): direct loads, no helper call.
+    let nr = unsafe { btf_load::<u64>(regs, c.regs_syscall_nr) };
     if nr == c.nr_futex as u64 {
-        let op = unsafe { read_field::<u64>(regs, c.regs_arg2) }.ok()?;
+        let op = unsafe { btf_load::<u64>(regs, c.regs_arg2) };
         let cmd = op as u32 & !futex_op::FLAG_MASK;
         return if futex_op::is_blocking(cmd) {
             Some(cmd)
@@ -358,7 +385,7 @@ fn on_wake(p: *const u8, count_waker: bool) -> Result<(), i32> {
     if !wanted(f, tgid, cgroup_id) {
         return Ok(());
     }
-    stamp_woken(p as u64, tid, f, unsafe { bpf_ktime_get_ns() });
+    stamp_woken(p, tid, f, unsafe { bpf_ktime_get_ns() });
     if !count_waker {
         return Ok(());
     }
@@ -416,7 +443,7 @@ fn on_switch(preempt: bool, prev: *const u8, next: *const u8, prev_state: u64) -
         // a wakeup that raced its exit, and the futex stamp its saved registers would earn a
         // thread killed while blocked in futex (they still show that syscall). Two deletes
         // per task exit, whatever the filter.
-        let _ = RUNQ_START.remove(&(prev as u64));
+        forget(prev);
         let _ = FUTEX_START.remove(&(prev as u64));
         // A Go capture's thread ring too (a reused tid must not inherit old waits).
         if unsafe { read_volatile(addr_of!(GO_CONFIG.tgid)) } != 0 {
@@ -433,11 +460,11 @@ fn on_switch(preempt: bool, prev: *const u8, next: *const u8, prev_state: u64) -
         };
         if wanted_prev {
             if runnable {
-                stamp(prev as u64, prev_tid, kind::RUNQ_PREEMPTED, 0, now);
+                stamp(prev, prev_tid, kind::RUNQ_PREEMPTED, 0, now);
             } else if let Some(op) = futex_block_op(prev) {
                 // Overwrites a stale stamp; a waking that raced ahead of this switch-out is
                 // handled at switch-in (cause still FUTEX_BLOCKED).
-                stamp(prev as u64, prev_tid, kind::FUTEX_BLOCKED, op, now);
+                stamp(prev, prev_tid, kind::FUTEX_BLOCKED, op, now);
             }
         }
     }
@@ -447,12 +474,12 @@ fn on_switch(preempt: bool, prev: *const u8, next: *const u8, prev_state: u64) -
         // The idle task is always "runnable"; it has no run-queue delay.
         return Ok(());
     }
-    let Some(start) = (unsafe { RUNQ_START.get(&(next as u64)) }) else {
+    let Some(st) = state_of(next) else {
         return Ok(());
     };
     let (ts, cause, futex_op, mut futex_ns) =
-        (start.ts_ns, start.cause, start.futex_op, start.futex_ns);
-    let _ = RUNQ_START.remove(&(next as u64));
+        unsafe { ((*st).ts_ns, (*st).cause, (*st).futex_op, (*st).futex_ns) };
+    let st = consume(next, st);
     // A task woken on one CPU and switched in on another at once can read an earlier time
     // there: bpf_ktime_get_ns (ktime_get_mono_fast_ns) is not guaranteed ordered across
     // CPUs. Its delay is ~0, and it must still count: saturate, never drop.
@@ -482,14 +509,12 @@ fn on_switch(preempt: bool, prev: *const u8, next: *const u8, prev_state: u64) -
         go_runq_interval(tid, ts, now);
     }
     let cgroup_id = task_cgroup_id(next)?;
-    hist_add(
-        &HistKey {
-            cgroup_id,
-            kind: cause,
-            op: 0,
-        },
-        delay,
-    );
+    if let Some(h) = runq_hists(st, cgroup_id) {
+        hist_bump(
+            unsafe { core::ptr::addr_of_mut!((*h).hists[(cause & 1) as usize]) },
+            delay,
+        );
+    }
     if futex_ns != 0 {
         let wait = futex_ns - 1;
         hist_add(
@@ -911,14 +936,24 @@ pub fn go_casgstatus(ctx: ProbeContext) -> u32 {
     // One hash lookup per hit in the steady state: a g's entry is updated in place and only
     // deleted when the goroutine ends. Transitions of one g are serialised by the status CAS
     // (casgstatus spins until it owns the change), so no other CPU writes this entry meanwhile.
+    if old == c.st_syscall {
+        go_count(go::counter::SYSCALL_EXITS);
+    }
     let entry = GO_G.get_ptr_mut(&gp);
+    let mut prev_state = 0;
     if let Some(st) = entry {
         let (ts, state, reason) = unsafe { ((*st).ts_ns, (*st).state, (*st).reason) };
+        prev_state = state;
         let d = now.saturating_sub(ts);
         if old == c.st_waiting && state == go::SINCE_WAITING {
             go_hist(go::hist::BLOCKED + (reason & 0xff), d);
+        } else if old == c.st_syscall && state == go::SINCE_SYSCALL {
+            go_hist(go::hist::SYSCALL, d);
         } else if old == c.st_runnable && state == go::SINCE_RUNNABLE && new == c.st_running {
             go_hist(go::hist::SCHED_LATENCY, d);
+            if reason == go::RUNNABLE_AFTER_SYSCALL {
+                go_hist(go::hist::SYSCALL_LOST_P_LATENCY, d);
+            }
             let tid = bpf_get_current_pid_tgid() as u32;
             let m = go_runq_overlap(tid, ts, now);
             let m = if m > d { d } else { m };
@@ -931,7 +966,20 @@ pub fn go_casgstatus(ctx: ProbeContext) -> u32 {
         if old == c.st_dead || old == c.st_idle {
             go_count(go::counter::CREATED);
         }
-        (go::SINCE_RUNNABLE, 0)
+        if old == c.st_syscall {
+            // exitsyscall0 (runtime/proc.go, Go <= 1.25): back without a P, to be scheduled
+            // again.
+            go_count(go::counter::SYSCALL_LOST_P);
+            (go::SINCE_RUNNABLE, go::RUNNABLE_AFTER_SYSCALL)
+        } else if prev_state == go::SYSCALL_NO_P {
+            // exitsyscallNoP (Go >= 1.26), counted by its own probe.
+            (go::SINCE_RUNNABLE, go::RUNNABLE_AFTER_SYSCALL)
+        } else {
+            (go::SINCE_RUNNABLE, 0)
+        }
+    } else if new == c.st_syscall {
+        // entersyscall / entersyscallblock (runtime/proc.go): _Grunning -> _Gsyscall.
+        (go::SINCE_SYSCALL, 0)
     } else if new == c.st_waiting {
         // gopark stored the reason before mcall(park_m) (runtime/proc.go).
         let p = (gp + c.g_waitreason as u64) as *const u8;
@@ -953,7 +1001,7 @@ pub fn go_casgstatus(ctx: ProbeContext) -> u32 {
         if old == c.st_syscall && new == c.st_running {
             go_count(go::counter::SYSCALL_FAST_RETURNS);
         }
-        // Running, syscall, ...: nothing to time from here; mark the entry stale.
+        // Running, ...: nothing to time from here; mark the entry stale.
         if let Some(st) = entry {
             unsafe { (*st).state = 0 };
         }
@@ -975,6 +1023,63 @@ pub fn go_casgstatus(ctx: ProbeContext) -> u32 {
                 go_count(go::counter::G_MAP_FULL);
             }
         }
+    }
+    0
+}
+
+// ---- Go >= 1.26 syscalls: three more uprobes ----
+//
+// Go 1.26 switches _Grunning <-> _Gsyscall with a plain CAS in reentersyscall and exitsyscall
+// (runtime/proc.go), around casgstatus, so the probe above no longer sees syscalls. These see
+// them instead: reentersyscall and exitsyscall (the current g in R14, Go's ABIInternal g
+// register) and exitsyscallNoP(gp) (gp in RAX), which sends a goroutine that lost its P back
+// to a run queue through casgstatus(_Grunning, _Grunnable).
+
+#[uprobe]
+pub fn go_syscall_enter(ctx: ProbeContext) -> u32 {
+    let gp = unsafe { (*ctx.regs).r14 };
+    let now = unsafe { bpf_ktime_get_ns() };
+    match GO_G.get_ptr_mut(&gp) {
+        Some(st) => unsafe {
+            (*st).ts_ns = now;
+            (*st).state = go::SINCE_SYSCALL;
+            (*st).reason = 0;
+        },
+        None => {
+            let v = GoGState {
+                ts_ns: now,
+                state: go::SINCE_SYSCALL,
+                reason: 0,
+            };
+            if GO_G.insert(&gp, &v, 0).is_err() {
+                go_count(go::counter::G_MAP_FULL);
+            }
+        }
+    }
+    0
+}
+
+#[uprobe]
+pub fn go_syscall_exit(ctx: ProbeContext) -> u32 {
+    let gp = unsafe { (*ctx.regs).r14 };
+    let now = unsafe { bpf_ktime_get_ns() };
+    go_count(go::counter::SYSCALL_EXITS);
+    if let Some(st) = GO_G.get_ptr_mut(&gp) {
+        let (ts, state) = unsafe { ((*st).ts_ns, (*st).state) };
+        if state == go::SINCE_SYSCALL {
+            go_hist(go::hist::SYSCALL, now.saturating_sub(ts));
+        }
+        unsafe { (*st).state = 0 };
+    }
+    0
+}
+
+#[uprobe]
+pub fn go_syscall_exit_no_p(ctx: ProbeContext) -> u32 {
+    let gp = unsafe { (*ctx.regs).rax };
+    go_count(go::counter::SYSCALL_LOST_P);
+    if let Some(st) = GO_G.get_ptr_mut(&gp) {
+        unsafe { (*st).state = go::SYSCALL_NO_P };
     }
     0
 }

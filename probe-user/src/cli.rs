@@ -3,7 +3,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::model::FutexMode;
+use crate::model::{Buckets, FutexMode, SortKey};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -12,9 +12,16 @@ use crate::model::FutexMode;
     about = "Scheduler latency from eBPF: run-queue delay, futex blocking and wakeups"
 )]
 pub struct Cli {
-    /// Log filter (tracing EnvFilter syntax), e.g. info, debug, schedlat=debug.
-    #[arg(long, global = true, default_value = "info", env = "SCHEDLAT_LOG")]
-    pub log: String,
+    /// Log filter (tracing EnvFilter syntax), e.g. info, debug, schedlat=debug [default:
+    /// `info` for the daemon; `warn` for the other commands, so a capture that has nothing
+    /// to warn about prints only its report; `info` adds the "capturing" line scripts can
+    /// wait for].
+    #[arg(long, global = true, env = "SCHEDLAT_LOG")]
+    pub log: Option<String>,
+    /// More detail on stderr: -v is `--log debug` (what was attached where, kernel features,
+    /// offsets), -vv `--log trace`. Overrides --log.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
     /// tracefs mount point (default: /sys/kernel/tracing, then /sys/kernel/debug/tracing).
     #[arg(long, global = true)]
     pub tracefs: Option<PathBuf>,
@@ -23,6 +30,19 @@ pub struct Cli {
     pub btf: PathBuf,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The log filter in effect: -v, else --log / SCHEDLAT_LOG, else the command's default.
+    pub fn log_filter(&self) -> &str {
+        match (self.verbose, &self.log) {
+            (1, _) => "debug",
+            (2.., _) => "trace",
+            (0, Some(f)) => f,
+            (0, None) if matches!(self.command, Command::Daemon(_)) => "info",
+            (0, None) => "warn",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -34,10 +54,17 @@ pub enum Command {
     /// A Go program's own scheduler statistics read from its memory (GOMAXPROCS, goroutines,
     /// the runtime's scheduling-latency histogram); no eBPF, needs ptrace access to PID.
     GoStats(GoStatsArgs),
+    /// Live view of run-queue delay per cgroup, task and CPU and futex waits, refreshed
+    /// every interval; keys sort (d delay, w waits, m max, p preempted, f futex), q quits.
+    Top(TopArgs),
     /// What this kernel and these privileges allow: kernel features (present, missing, the
     /// fallback in use), capabilities, mounts, and whether capture, daemon and Go probes work
     /// here (loaded and attached for real, then detached). Exit 2 if one does not.
     Check(CheckArgs),
+    /// Benchmark only (`cargo xtask bench`): schedlat's hooks with empty bodies, attached
+    /// until SIGINT/SIGTERM (the cost of attaching at all).
+    #[command(hide = true)]
+    BenchFloor(BenchFloorArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -48,9 +75,24 @@ pub enum Format {
 
 #[derive(Debug, Args)]
 pub struct CaptureArgs {
-    /// How long to capture (e.g. 10s, 500ms, 2m). Ctrl-C stops early and still prints.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub duration: Duration,
+    /// How long to capture (e.g. 10s, 500ms, 2m) [default: 10s; with --interval, until
+    /// --count blocks or Ctrl-C]. Ctrl-C stops early and still prints.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Print a report block every INTERVAL (e.g. 1s), each covering only that interval, like
+    /// runqlat's `runqlat 1 10`; with `--format json`, one JSON object per line (JSON Lines).
+    /// Ctrl-C prints the current (shorter) block and exits.
+    #[arg(long, value_name = "INTERVAL", value_parser = parse_duration)]
+    pub interval: Option<Duration>,
+    /// Also write a self-contained HTML report to FILE (no network needed to view it):
+    /// latency heatmaps over the capture's intervals (--interval, or about 120 columns of at
+    /// least 1 s) beside the summary tables.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+    /// With --interval: stop after N blocks.
+    #[arg(long, value_name = "N", requires = "interval",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
     /// Only tasks of this process (repeatable).
     #[arg(long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
@@ -60,11 +102,15 @@ pub struct CaptureArgs {
     /// Report run-queue delays at or above this as slow events, with who ran instead.
     #[arg(long, default_value = "10ms", value_parser = parse_duration)]
     pub threshold: Duration,
-    /// Rows in each "top" table of the text output.
-    #[arg(long, default_value_t = 10)]
-    pub top: usize,
+    /// Rows in each "top" table of the text output [default: 10; 5 per --interval block].
+    #[arg(long)]
+    pub top: Option<usize>,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    /// Histogram rows in the text output: `compact` (one per power of two) or `fine` (every
+    /// kernel bucket, 8 per power of two). JSON always has every bucket.
+    #[arg(long, value_enum, default_value_t = Buckets::Compact)]
+    pub buckets: Buckets,
     /// How to trace futex waits: `syscall` (exact, with how each wait ended; slows every
     /// syscall on the host by ~125 ns while the capture runs), `sched` (from the scheduler
     /// probes: no extra cost, no return codes; x86_64) or `off`.
@@ -125,6 +171,34 @@ pub struct CheckArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Refresh every INTERVAL.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Only tasks of this process (repeatable).
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Only tasks in this cgroup v2 path (relative to the cgroup2 mount) or below it.
+    #[arg(long)]
+    pub cgroup: Option<String>,
+    /// Sort cgroups and tasks by this at start (keys change it while running).
+    #[arg(long, value_enum, default_value_t = SortKey::Delay)]
+    pub sort: SortKey,
+    /// How to trace futex waits (as `capture --futex`); `auto` is `sched` where the kernel
+    /// allows it (no extra cost), else `off`.
+    #[arg(long, value_enum, default_value_t = FutexMode::Auto)]
+    pub futex: FutexMode,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchFloorArgs {
+    /// Instead, only an empty uprobe at the runtime.casgstatus instruction a Go capture of
+    /// PID probes.
+    #[arg(long, value_name = "PID")]
+    pub go_pid: Option<u32>,
+}
+
+#[derive(Debug, Args)]
 pub struct GoStatsArgs {
     /// Process id of a running Go program (built without -ldflags='-s -w').
     #[arg(long)]
@@ -179,12 +253,47 @@ mod tests {
             Command::Capture(a) => {
                 assert_eq!(a.pids, vec![1, 2]);
                 assert_eq!(a.format, Format::Json);
-                assert_eq!(a.duration, Duration::from_secs(10));
+                assert_eq!(a.duration, None);
+                assert_eq!((a.interval, a.count), (None, None));
                 assert_eq!(a.threshold, Duration::from_millis(10));
             }
             _ => panic!("wrong subcommand"),
         }
         assert!(Cli::try_parse_from(["schedlat", "capture", "--duration", "soon"]).is_err());
+        let c = Cli::try_parse_from(["schedlat", "capture", "--interval", "1s", "--count", "3"])
+            .unwrap();
+        match c.command {
+            Command::Capture(a) => {
+                assert_eq!(a.interval, Some(Duration::from_secs(1)));
+                assert_eq!(a.count, Some(3));
+            }
+            _ => panic!("wrong subcommand"),
+        }
+        // --count needs --interval, and at least one block.
+        assert!(Cli::try_parse_from(["schedlat", "capture", "--count", "3"]).is_err());
+        assert!(
+            Cli::try_parse_from(["schedlat", "capture", "--interval", "1s", "--count", "0"])
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn log_levels_per_command_and_verbosity() {
+        let filter = |args: &[&str]| {
+            let mut full = vec!["schedlat"];
+            full.extend_from_slice(args);
+            Cli::try_parse_from(full).unwrap().log_filter().to_string()
+        };
+        // Not read from the environment here: SCHEDLAT_LOG would change the defaults.
+        if std::env::var_os("SCHEDLAT_LOG").is_some() {
+            return;
+        }
+        assert_eq!(filter(&["capture"]), "warn");
+        assert_eq!(filter(&["daemon"]), "info");
+        assert_eq!(filter(&["capture", "-v"]), "debug");
+        assert_eq!(filter(&["-vv", "check"]), "trace");
+        assert_eq!(filter(&["--log", "info", "capture"]), "info");
+        assert_eq!(filter(&["--log", "info", "capture", "-v"]), "debug");
     }
 
     impl Cli {

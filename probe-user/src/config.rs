@@ -6,7 +6,10 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::kernel::probes::{FutexMode, MapSizes};
+use crate::{
+    http::HttpLimits,
+    kernel::probes::{FutexMode, MapSizes},
+};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9725";
 
@@ -32,6 +35,8 @@ pub struct DaemonConfig {
     pub user: Option<String>,
     /// Web config (YAML, the Prometheus exporters' format): TLS and basic auth for /metrics.
     pub web_config: Option<PathBuf>,
+    /// What HTTP clients may cost: connections, timeouts, shared renders.
+    pub http: HttpLimits,
     pub maps: MapSizes,
     /// Go programs' own scheduler statistics, read from their memory at scrape time.
     pub go: GoConfig,
@@ -84,6 +89,7 @@ impl Default for DaemonConfig {
             drop_capabilities: true,
             user: None,
             web_config: None,
+            http: HttpLimits::default(),
             maps: MapSizes::default(),
             go: GoConfig::default(),
         }
@@ -155,6 +161,18 @@ impl DaemonConfig {
             "web_config",
             "use the path of a YAML web config, e.g. \"/etc/schedlat/web.yml\"",
         ),
+        (
+            "http",
+            "[http] is a table: max_connections, header_read_timeout_secs, idle_timeout_secs, \
+             tls_handshake_timeout_secs, metrics_cache_ms, render_timeout_secs, max_waiting_scrapes",
+        ),
+        ("http.max_connections", "use 8..=65536"),
+        ("http.header_read_timeout_secs", "use 1..=3600 seconds"),
+        ("http.idle_timeout_secs", "use 1..=3600 seconds"),
+        ("http.tls_handshake_timeout_secs", "use 1..=3600 seconds"),
+        ("http.metrics_cache_ms", "use 0..=60000 milliseconds"),
+        ("http.render_timeout_secs", "use 1..=3600 seconds"),
+        ("http.max_waiting_scrapes", "use 1..=65536"),
         ("maps", "[maps] is a table of map sizes"),
         ("maps.runq_start", MAP_FIX),
         ("maps.futex_start", MAP_FIX),
@@ -236,6 +254,9 @@ impl DaemonConfig {
                 g.max_series.to_string(),
                 "use 1..=100000",
             ));
+        }
+        if let Some((key, value, fix)) = self.http.invalid() {
+            return Err(err(key, value, fix));
         }
         let m = &self.maps;
         for (key, v) in [
@@ -444,6 +465,42 @@ mod tests {
             ("[maps]\nhists = 0", "maps.hists", "16..=4194304"),
             ("[maps]\ntasks = \"big\"", "maps.tasks", "16..=4194304"),
             ("[maps]\nwake_pairs = -1", "maps.wake_pairs", "16..=4194304"),
+            ("http = 5", "http", "table"),
+            (
+                "[http]\nmax_connections = 7",
+                "http.max_connections",
+                "8..=65536",
+            ),
+            (
+                "[http]\nheader_read_timeout_secs = 0",
+                "http.header_read_timeout_secs",
+                "1..=3600",
+            ),
+            (
+                "[http]\nidle_timeout_secs = \"1m\"",
+                "http.idle_timeout_secs",
+                "1..=3600",
+            ),
+            (
+                "[http]\ntls_handshake_timeout_secs = 3601",
+                "http.tls_handshake_timeout_secs",
+                "1..=3600",
+            ),
+            (
+                "[http]\nmetrics_cache_ms = 60001",
+                "http.metrics_cache_ms",
+                "0..=60000",
+            ),
+            (
+                "[http]\nrender_timeout_secs = -1",
+                "http.render_timeout_secs",
+                "1..=3600",
+            ),
+            (
+                "[http]\nmax_waiting_scrapes = 0",
+                "http.max_waiting_scrapes",
+                "1..=65536",
+            ),
         ] {
             let e = DaemonConfig::parse(text, "t.toml")
                 .expect_err(text)

@@ -75,6 +75,32 @@ impl Histogram {
         self.max_ns = self.max_ns.max(other.max_ns);
     }
 
+    /// What was recorded after `prev` (an earlier reading of the same cumulative histogram):
+    /// bucket counts and sum subtract exactly. The kernel keeps only a running maximum, so the
+    /// interval's maximum is exact when it rose past `prev`'s; otherwise it is bounded by the
+    /// inclusive upper bound of the highest bucket that grew (within one bucket, 12.5%).
+    pub fn since(&self, prev: &Histogram) -> Histogram {
+        let buckets: Vec<u64> = self
+            .buckets
+            .iter()
+            .zip(prev.buckets.iter().chain(std::iter::repeat(&0)))
+            .map(|(a, b)| a.saturating_sub(*b))
+            .collect();
+        let max_ns = if self.max_ns > prev.max_ns {
+            self.max_ns
+        } else {
+            buckets
+                .iter()
+                .rposition(|&c| c > 0)
+                .map_or(0, |i| inclusive_upper_ns(i).min(self.max_ns))
+        };
+        Histogram {
+            buckets,
+            sum_ns: self.sum_ns.saturating_sub(prev.sum_ns),
+            max_ns,
+        }
+    }
+
     pub fn count(&self) -> u64 {
         self.buckets.iter().fold(0u64, |a, b| a.saturating_add(*b))
     }
@@ -172,6 +198,82 @@ impl From<&Histogram> for HistSummary {
             buckets: h.nonzero_buckets(),
         }
     }
+}
+
+/// One row of a compact histogram: the values in `[lo_ns, hi_ns)`; `hi_ns` None for the
+/// overflow row (no upper bound).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OctaveRow {
+    pub lo_ns: u64,
+    pub hi_ns: Option<u64>,
+    pub count: u64,
+}
+
+/// Rows of a compact histogram: the zero bucket (up to 2^-20 s), one per power of two of
+/// seconds up to 32 s (8 kernel buckets each), and the overflow.
+pub const OCTAVE_ROWS: usize = 2 + (OVERFLOW - 1) / BUCKETS_PER_OCTAVE;
+
+/// The compact row of kernel bucket `i`. A power of two of seconds is a kernel bucket
+/// boundary, so a row is a sum of whole buckets and its bounds ([`octave_bounds`]) are exact.
+pub fn octave_of_bucket(i: usize) -> usize {
+    match i {
+        0 => 0,
+        OVERFLOW.. => OCTAVE_ROWS - 1,
+        _ => 1 + (i - 1) / BUCKETS_PER_OCTAVE,
+    }
+}
+
+/// `[lo, hi)` in ns of compact row `r`: `[0, 954)` (up to 2^-20 s), then the integers in
+/// `(2^(k-1), 2^k]` s; `hi` None for the overflow row.
+pub fn octave_bounds(r: usize) -> (u64, Option<u64>) {
+    if r == 0 {
+        return (0, Some(bucket_upper_ns(0)));
+    }
+    if r >= OCTAVE_ROWS - 1 {
+        return (bucket_lower_ns(OVERFLOW), None);
+    }
+    (
+        bucket_lower_ns(1 + (r - 1) * BUCKETS_PER_OCTAVE),
+        Some(bucket_upper_ns(r * BUCKETS_PER_OCTAVE)),
+    )
+}
+
+/// A histogram's counts per compact row.
+pub fn octave_counts(h: &Histogram) -> [u64; OCTAVE_ROWS] {
+    let mut counts = [0u64; OCTAVE_ROWS];
+    for (i, &c) in h.buckets.iter().enumerate() {
+        let r = octave_of_bucket(i);
+        counts[r] = counts[r].saturating_add(c);
+    }
+    counts
+}
+
+/// Folds kernel buckets (as [`HistSummary::buckets`]: inclusive upper bounds) into one row per
+/// power of two of seconds, runqlat's shape: the zero bucket, then `(2^(k-1), 2^k]` s up to
+/// 32 s, then the overflow row. Rows run from the first non-empty one to the last,
+/// empty rows between them kept so the shape reads true.
+pub fn fold_octaves(buckets: &[BucketCount]) -> Vec<OctaveRow> {
+    let mut counts = [0u64; OCTAVE_ROWS];
+    for b in buckets {
+        let r = octave_of_bucket(schedlat_common::bucket_index(b.le_ns));
+        counts[r] = counts[r].saturating_add(b.count);
+    }
+    let (Some(first), Some(last)) = (
+        counts.iter().position(|&c| c > 0),
+        counts.iter().rposition(|&c| c > 0),
+    ) else {
+        return Vec::new();
+    };
+    (first..=last)
+        .map(|r| {
+            let (lo_ns, hi_ns) = octave_bounds(r);
+            OctaveRow {
+                lo_ns,
+                hi_ns,
+                count: counts[r],
+            }
+        })
+        .collect()
 }
 
 /// Human-readable duration: 1.23ms, 45.6µs, 2.00s.
@@ -405,6 +507,85 @@ mod tests {
             // The overflow value is only in +Inf (count minus the last bucket).
             assert_eq!(h.count() - b.last().unwrap().1, 1);
         }
+    }
+
+    #[test]
+    fn octaves_fold_whole_buckets_and_keep_the_gaps() {
+        let mut h = Histogram::default();
+        // In the zero bucket (<= 953 ns), three values in (2^-19 s, 2^-18 s] = [1908, 3814]
+        // ns from different buckets, one exactly at 2^-10 s (its row's top), one just above it
+        // (the next row's bottom), and one overflow.
+        let top = 976_562; // floor(2^-10 s in ns)
+        for v in [5, 953, 1908, 3000, 3814, top, top + 1, 1 << 40] {
+            h.record(v);
+        }
+        let rows = fold_octaves(&HistSummary::from(&h).buckets);
+        assert_eq!(
+            rows.len(),
+            27,
+            "zero bucket through overflow, every row in between"
+        );
+        assert_eq!(
+            rows[0],
+            OctaveRow {
+                lo_ns: 0,
+                hi_ns: Some(954),
+                count: 2
+            }
+        );
+        assert_eq!(rows[1].count, 0, "(2^-20 s, 2^-19 s] is empty but shown");
+        assert_eq!(
+            (rows[2].lo_ns, rows[2].hi_ns, rows[2].count),
+            (1908, Some(3815), 3)
+        );
+        let at = |lo: u64| rows.iter().find(|r| r.lo_ns == lo).unwrap().count;
+        assert_eq!(at(488_282), 1, "2^-10 s ends its row (2^-11 s, 2^-10 s]");
+        assert_eq!(at(top + 1), 1, "just above 2^-10 s starts the next row");
+        let last = rows.last().unwrap();
+        assert_eq!((last.lo_ns, last.hi_ns, last.count), (TOP_NS + 1, None, 1));
+        assert_eq!(rows.iter().map(|r| r.count).sum::<u64>(), h.count());
+        // Rows tile the range: each starts where the previous ended.
+        for w in rows.windows(2) {
+            assert_eq!(w[0].hi_ns, Some(w[1].lo_ns));
+        }
+    }
+
+    #[test]
+    fn octaves_of_a_narrow_histogram_start_and_end_at_its_data() {
+        let mut h = Histogram::default();
+        h.record(5_000);
+        h.record(40_000);
+        let rows = fold_octaves(&HistSummary::from(&h).buckets);
+        // 5 µs is in (2^-18 s, 2^-17 s] = [3815, 7629] ns, 40 µs in (2^-15 s, 2^-14 s] =
+        // [30518, 61035] ns: 4 rows, 2 empty between.
+        let got: Vec<(u64, u64)> = rows.iter().map(|r| (r.lo_ns, r.count)).collect();
+        assert_eq!(got, [(3815, 1), (7630, 0), (15259, 0), (30518, 1)]);
+        assert!(fold_octaves(&[]).is_empty());
+    }
+
+    #[test]
+    fn since_subtracts_and_bounds_the_max() {
+        let mut before = Histogram::default();
+        before.record(50_000_000);
+        before.record(3_000);
+        let mut after = before.clone();
+        after.record(3_100);
+        after.record(10_000);
+        let d = after.since(&before);
+        assert_eq!(d.count(), 2);
+        assert_eq!(d.sum_ns, 13_100);
+        // The running max (50 ms) is from before: the interval's max is its highest bucket's
+        // upper bound, which holds 10 µs.
+        assert!(
+            d.max_ns >= 10_000 && d.max_ns < 10_000 * 9 / 8 + 1,
+            "{}",
+            d.max_ns
+        );
+        assert_eq!(bucket_index(d.max_ns), bucket_index(10_000));
+        // A new maximum is exact.
+        after.record(60_000_000);
+        assert_eq!(after.since(&before).max_ns, 60_000_000);
+        assert_eq!(after.since(&after), Histogram::default());
     }
 
     #[test]

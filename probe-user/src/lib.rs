@@ -2,7 +2,7 @@
 //!
 //! Layers, each importing only those below it:
 //! - `cli` (clap types) and `cmd` (one module per subcommand) on top;
-//! - outputs: `exporter` (Prometheus exposition), `web` (the HTTP server), `report` (the
+//! - outputs: `exporter` (Prometheus exposition), `http` (the HTTP server), `report` (the
 //!   capture report), `go` (a capture's and the daemon's view of Go processes);
 //! - `kernel`: the feature table and the loader (`kernel::probes`, the only aya user);
 //! - pure ground: `model` (plain shared types), `hist`, `config`, `host` (procfs, cgroups,
@@ -17,20 +17,22 @@ pub mod go;
 pub mod goruntime;
 pub mod hist;
 pub mod host;
+pub mod http;
 pub mod kernel;
 pub mod model;
 pub mod report;
-pub mod web;
 
 /// Parse the command line, set up logging and run the command.
 pub fn run() -> anyhow::Result<()> {
     let cli = <cli::Cli as clap::Parser>::parse();
-    init_logging(&cli.log)?;
+    init_logging(cli.log_filter())?;
     match &cli.command {
         cli::Command::Capture(a) => crate::cmd::capture::run(&cli, a),
         cli::Command::Daemon(a) => crate::cmd::daemon::run(&cli, a),
         cli::Command::GoStats(a) => crate::cmd::go_stats::run(a),
         cli::Command::Check(a) => crate::cmd::check::run(&cli, a),
+        cli::Command::Top(a) => crate::cmd::top::run(&cli, a),
+        cli::Command::BenchFloor(a) => crate::cmd::floor::run(a),
     }
 }
 
@@ -56,7 +58,7 @@ pub fn exit_code_for(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
         if cause.is::<model::UsageError>()
             || cause.is::<crate::config::ConfigError>()
-            || cause.is::<crate::web::WebConfigError>()
+            || cause.is::<crate::http::WebConfigError>()
             || cause.is::<crate::host::privs::UserError>()
             || cause.is::<crate::kernel::features::MissingFeature>()
         {

@@ -41,6 +41,32 @@ impl std::fmt::Display for FutexMode {
     }
 }
 
+/// Histogram rows in the text output (JSON always carries every kernel bucket).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Buckets {
+    /// One row per power of two (runqlat's shape).
+    #[default]
+    Compact,
+    /// Every kernel bucket: 8 per power of two (9% resolution).
+    Fine,
+}
+
+/// What `schedlat top` sorts cgroups and tasks by (largest first).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SortKey {
+    /// Time waited on a run queue per second.
+    #[default]
+    Delay,
+    /// Run-queue waits per second.
+    Waits,
+    /// Longest run-queue wait.
+    Max,
+    /// Share of the delay after preemption.
+    Preempted,
+    /// Time blocked in futex waits per second.
+    Futex,
+}
+
 /// Names of the futex wait outcomes, indexed as the kernel side counts them
 /// (`schedlat_common::futex_outcome`).
 pub const FUTEX_OUTCOME_NAMES: [&str; schedlat_common::futex_outcome::COUNT] =

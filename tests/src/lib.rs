@@ -30,7 +30,8 @@ pub mod scrape;
 pub const WORKLOAD_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default time [`Running::stop`] / [`Running::wait`] / [`run_schedlat`] give schedlat to exit.
 pub const SCHEDLAT_EXIT_TIMEOUT: Duration = Duration::from_secs(120);
-/// The stderr line `schedlat capture` prints once its programs are attached.
+/// The stderr line `schedlat capture` prints once its programs are attached (at `--log info`,
+/// which [`Running`] sets through `SCHEDLAT_LOG`).
 pub const CAPTURE_READY_MARKER: &str = "schedlat: capturing";
 
 const BUILD_HINT: &str = "build it with `cargo xtask build` / run tests via `cargo xtask test`";
@@ -420,6 +421,9 @@ impl Running {
     fn spawn_bin(bin: PathBuf, args: &[&str]) -> Running {
         let mut child = Command::new(&bin)
             .args(args)
+            // The "capturing" line is an info event; a capture's default level is warn.
+            // A `--log` argument still wins over this.
+            .env("SCHEDLAT_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -573,8 +577,9 @@ impl Drop for Running {
     }
 }
 
-/// Runs `schedlat <args>` to completion (stdin null, output captured), killing it and
-/// panicking after [`SCHEDLAT_EXIT_TIMEOUT`]. For one-shot commands and invalid-input tests.
+/// Runs `schedlat <args>` to completion (stdin null, output captured, the command's default log
+/// level), killing it and panicking after [`SCHEDLAT_EXIT_TIMEOUT`]. For one-shot commands and
+/// invalid-input tests.
 pub fn run_schedlat(args: &[&str]) -> Output {
     run_schedlat_timeout(args, SCHEDLAT_EXIT_TIMEOUT)
 }
@@ -584,6 +589,8 @@ pub fn run_schedlat_timeout(args: &[&str], timeout: Duration) -> Output {
     let bin = schedlat_bin();
     let mut child = Command::new(&bin)
         .args(args)
+        // Each command's own default log level, whatever the test's environment says.
+        .env_remove("SCHEDLAT_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

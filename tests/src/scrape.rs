@@ -26,19 +26,44 @@ impl Daemon {
     /// Starts the daemon and waits (up to 60 s) until `ready(addr)` holds, e.g. an HTTPS
     /// /healthz for a daemon with TLS. Panics if the daemon exits first.
     pub fn start_until(extra: &[&str], ready: impl Fn(&str) -> bool) -> Self {
+        Self::start_limited(extra, None, ready)
+    }
+
+    /// [`Daemon::start_until`], with its open-files limit (soft and hard) set to `nofile`
+    /// when given, as a unit's `LimitNOFILE=` or a container runtime would.
+    pub fn start_limited(
+        extra: &[&str],
+        nofile: Option<u64>,
+        ready: impl Fn(&str) -> bool,
+    ) -> Self {
         // Find a free port; the daemon binds it right after.
         let addr = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .to_string();
-        let child = Command::new(schedlat_bin())
-            .args(["daemon", "--listen", &addr])
+        let mut cmd = Command::new(schedlat_bin());
+        cmd.args(["daemon", "--listen", &addr])
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start schedlat daemon");
+            .stderr(Stdio::inherit());
+        if let Some(n) = nofile {
+            let lim = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            // SAFETY: setrlimit is async-signal-safe; `lim` is a plain value moved in.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let child = cmd.spawn().expect("start schedlat daemon");
         let mut d = Self { child, addr };
         let deadline = Instant::now() + Duration::from_secs(60);
         while !ready(&d.addr) {

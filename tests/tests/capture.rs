@@ -280,18 +280,19 @@ fn wakeups_between_two_threads_are_attributed_to_the_pair() {
     assert!(row["runqueue_count"].as_u64().unwrap() >= woken);
 }
 
+/// At the default log level a capture on a healthy host writes its report to stdout and
+/// nothing at all to stderr (no banner, no attach details): pipes and files get the report
+/// alone. Text histograms are compact: one row per power of two.
 #[test]
-fn host_wide_text_capture_shows_every_section() {
-    if !privileged_or_skip("host_wide_text_capture_shows_every_section") {
+fn host_wide_text_capture_shows_every_section_and_nothing_on_stderr() {
+    if !privileged_or_skip("host_wide_text_capture_shows_every_section_and_nothing_on_stderr") {
         return;
     }
     let out = schedlat_tests::run_schedlat(&["capture", "--duration", "1s", "--top", "3"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr, "", "a healthy capture printed on stderr");
     for s in [
         "Run-queue delay",
         "Futex waits",
@@ -304,6 +305,37 @@ fn host_wide_text_capture_shows_every_section() {
         assert!(text.contains(s), "missing section {s}:\n{text}");
     }
     assert!(text.contains("p50=") && text.contains("p99="));
+    // The run-queue histogram: a header, then rows whose bounds are consecutive powers of two
+    // (each row's upper bound is the next row's lower bound, twice its own lower bound).
+    let hist: Vec<&str> = text
+        .split("\nall: ")
+        .nth(1)
+        .expect("an `all:` summary")
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    assert!(
+        hist[0].contains("from .. to") && hist[0].contains("count"),
+        "{hist:?}"
+    );
+    let bounds: Vec<(&str, &str)> = hist[1..]
+        .iter()
+        .map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next().unwrap(), w.nth(1).unwrap())
+        })
+        .collect();
+    assert!(!bounds.is_empty() && bounds.len() <= 27, "{hist:#?}");
+    for w in bounds.windows(2) {
+        assert_eq!(w[0].1, w[1].0, "rows must tile: {hist:#?}");
+    }
+
+    let out = schedlat_tests::run_schedlat(&["capture", "--duration", "1s", "--format", "json"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON document");
+    assert!(v["runqueue"]["buckets"].as_array().is_some());
 }
 
 #[test]
@@ -476,8 +508,13 @@ fn churn_of_10000_tasks_under_capture_is_all_reported_and_leaves_no_stale_stamps
     );
     assert_eq!(report["dropped"]["total"], 0, "{}", report["dropped"]);
     // The per-task stamps of tasks that exited are gone: only tasks runnable or in a futex at
-    // the end can hold one, a handful at most.
+    // the end can hold one, a handful at most. (RUNQ_START only exists without task storage
+    // for tracing programs; task storage is freed with its task.)
     for map in ["RUNQ_START", "FUTEX_START"] {
+        if map == "RUNQ_START" && schedlat_tests::kernel_has("task_storage") {
+            assert!(report["maps"].get(map).is_none(), "{}", report["maps"]);
+            continue;
+        }
         let n = report["maps"][map]["entries"].as_u64().unwrap();
         assert!(n <= 64, "{map} holds {n} entries after the churn");
     }
@@ -510,5 +547,361 @@ fn a_process_exiting_mid_capture_is_reported_without_errors() {
     }
     assert!(report["duration_s"].as_f64().unwrap() >= 2.9);
     assert_eq!(report["dropped"]["total"], 0);
-    assert!(report["maps"]["RUNQ_START"]["entries"].as_u64().unwrap() <= 64);
+    if !schedlat_tests::kernel_has("task_storage") {
+        assert!(report["maps"]["RUNQ_START"]["entries"].as_u64().unwrap() <= 64);
+    }
+}
+
+/// The rows of `tid` in every interval line.
+fn task_rows(lines: &[Value], tid: u64) -> Vec<&Value> {
+    lines
+        .iter()
+        .filter_map(|l| {
+            l["tasks"]
+                .as_array()
+                .expect("tasks array")
+                .iter()
+                .find(|t| t["tid"].as_u64() == Some(tid))
+        })
+        .collect()
+}
+
+fn sum(rows: &[&Value], key: &str) -> u64 {
+    rows.iter().map(|r| r[key].as_u64().unwrap()).sum()
+}
+
+/// Each line of `stdout` as JSON (JSON Lines); panics naming a line that is not whole.
+fn json_lines(stdout: &str) -> Vec<Value> {
+    assert!(stdout.ends_with('\n'), "output ends mid-line: {stdout:?}");
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect()
+}
+
+/// `--interval 1s --count 3 --format json`: three JSON lines, back to back in time, each
+/// covering only its interval, which add up to what two workloads did inside the capture:
+/// futex waits exactly (the workload's own count), run-queue delay of two threads sharing a
+/// CPU against schedstat.
+#[test]
+fn interval_json_lines_add_up_to_the_workloads() {
+    if !privileged_or_skip("interval_json_lines_add_up_to_the_workloads") {
+        return;
+    }
+    // Both run for over 1 s, so each crosses at least one interval boundary, and end well
+    // inside the 3 s the capture covers.
+    let mut spin = Workload::start(&["spin", "--threads", "2", "--cpu", "0", "--secs", "1.2"]);
+    let (timeouts, woken) = (12u64, 4u64);
+    let mut futex = Workload::start(&[
+        "futex",
+        "--timeouts",
+        &timeouts.to_string(),
+        "--woken",
+        &woken.to_string(),
+        "--wait-ms",
+        "100",
+    ]);
+    let (sp, fp) = (spin.pid.to_string(), futex.pid.to_string());
+    let cap = Schedlat::capture(&[
+        "--interval",
+        "1s",
+        "--count",
+        "3",
+        "--format",
+        "json",
+        "--pid",
+        &sp,
+        "--pid",
+        &fp,
+    ]);
+    cap.wait_ready(Duration::from_secs(60));
+    let ready = std::time::Instant::now();
+    spin.go();
+    futex.go();
+    let (spun, waited) = (spin.result(), futex.result());
+    let done = ready.elapsed();
+    let (status, stdout, stderr) = cap.wait();
+    assert!(status.success(), "capture failed: {status}\n{stderr}");
+    assert!(
+        done < Duration::from_millis(2900),
+        "the workloads took {done:?}, beyond the 3 s the capture covers: cannot judge the sums"
+    );
+    let lines = json_lines(&stdout);
+    assert_eq!(lines.len(), 3, "--count 3: {stdout}");
+    for (i, l) in lines.iter().enumerate() {
+        for k in [
+            "runqueue",
+            "futex",
+            "tasks",
+            "cgroups",
+            "slow_events",
+            "dropped",
+        ] {
+            assert!(l.get(k).is_some(), "line {i} lacks {k}");
+        }
+        let (start, end) = (
+            l["interval_start"].as_str().unwrap(),
+            l["interval_end"].as_str().unwrap(),
+        );
+        assert!(start < end, "line {i}: {start} .. {end}");
+        if i > 0 {
+            assert_eq!(
+                lines[i - 1]["interval_end"].as_str().unwrap(),
+                start,
+                "intervals are back to back"
+            );
+        }
+        // Each line is its own interval: its histogram adds up to its own count.
+        let rq = &l["runqueue"];
+        let in_buckets: u64 = rq["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(in_buckets, rq["count"].as_u64().unwrap(), "line {i}");
+        assert_eq!(l["dropped"]["total"], 0, "line {i}");
+    }
+
+    let waiter = waited["waiter_tid"].as_u64().unwrap();
+    let rows = task_rows(&lines, waiter);
+    let waits = timeouts + woken - waited["eagain"].as_u64().unwrap();
+    eprintln!(
+        "figure: interval futex waits {} over {} lines, {waits} made",
+        sum(&rows, "futex_count"),
+        rows.len()
+    );
+    assert_eq!(sum(&rows, "futex_count"), waits, "{rows:?}");
+    assert_eq!(sum(&rows, "futex_timeouts"), timeouts, "{rows:?}");
+    assert!(
+        rows.len() >= 2,
+        "1.2 s of waits fit in one 1 s interval? {rows:?}"
+    );
+
+    for t in spun["threads"].as_array().unwrap() {
+        let tid = t["tid"].as_u64().unwrap();
+        let oracle = t["run_delay_ns"].as_u64().unwrap() as f64;
+        let rows = task_rows(&lines, tid);
+        let got = sum(&rows, "runqueue_sum_ns") as f64;
+        let err = (got - oracle).abs() / oracle;
+        eprintln!(
+            "figure: interval run-queue delay tid {tid}: {got:.0} ns over {} lines, schedstat {oracle:.0} ns, error {:.3}%",
+            rows.len(),
+            err * 100.0
+        );
+        assert!(oracle > 0.3e9, "tid {tid}: the threads did not contend");
+        assert!(
+            rows.len() >= 2,
+            "1.2 s of spinning in one 1 s interval? {rows:?}"
+        );
+        assert!(
+            err <= 0.02,
+            "tid {tid}: {got} ns summed over the lines vs schedstat {oracle} ns"
+        );
+    }
+}
+
+/// SIGINT in the middle of an interval ends the capture at once with exit 0, after printing
+/// the interval cut short: every line on stdout is a whole JSON object. Text blocks carry
+/// their time range.
+#[test]
+fn interval_capture_stops_on_sigint_with_whole_blocks() {
+    if !privileged_or_skip("interval_capture_stops_on_sigint_with_whole_blocks") {
+        return;
+    }
+    let cap = Schedlat::capture(&["--interval", "1s", "--format", "json"]);
+    cap.wait_ready(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(2500));
+    let (status, stdout, stderr) = cap.stop();
+    assert!(status.success(), "SIGINT: {status}\n{stderr}");
+    let lines = json_lines(&stdout);
+    assert!(lines.len() >= 2, "{stdout}");
+    let last = lines.last().unwrap()["duration_s"].as_f64().unwrap();
+    assert!(
+        last < 1.0,
+        "the last block was cut short by SIGINT: {last} s"
+    );
+
+    let out = schedlat_tests::run_schedlat(&["capture", "--interval", "0.5s", "--count", "2"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let headers: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("schedlat capture: host-wide, "))
+        .collect();
+    assert_eq!(headers.len(), 2, "{text}");
+    assert!(headers.iter().all(|h| h.contains(" to ")), "{headers:?}");
+}
+
+/// Timed-out futex waits are woken by their timer's interrupt: on an idle CPU the idle task
+/// (pid 0) is current then, and the report says `(irq on an idle CPU)` instead of naming the
+/// idle task (`swapper/N`) as the waker. Every timeout is a wakeup of the waiter.
+#[test]
+fn timer_wakeups_on_an_idle_cpu_are_labelled_as_interrupts() {
+    if !privileged_or_skip("timer_wakeups_on_an_idle_cpu_are_labelled_as_interrupts") {
+        return;
+    }
+    let timeouts = 20u64;
+    let (result, report) = capture_workload(
+        &[
+            "futex",
+            "--timeouts",
+            &timeouts.to_string(),
+            "--woken",
+            "0",
+            "--wait-ms",
+            "5",
+        ],
+        &[],
+    );
+    let waiter = result["waiter_tid"].as_u64().unwrap();
+    let pairs: Vec<&Value> = report["wakeups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["wakee_tid"].as_u64() == Some(waiter))
+        .collect();
+    let total: u64 = pairs.iter().map(|w| w["count"].as_u64().unwrap()).sum();
+    assert!(
+        total >= timeouts,
+        "{timeouts} timeouts, {total} wakeups: {pairs:?}"
+    );
+    let irq: u64 = pairs
+        .iter()
+        .filter(|w| w["waker_tid"] == 0)
+        .map(|w| {
+            assert_eq!(w["waker_comm"], "(irq on an idle CPU)", "{w}");
+            w["count"].as_u64().unwrap()
+        })
+        .sum();
+    eprintln!(
+        "figure: {irq} of {total} wakeups of the timed-out waiter from an idle CPU's interrupt"
+    );
+    for w in report["wakeups"].as_array().unwrap() {
+        let comm = w["waker_comm"].as_str().unwrap();
+        assert!(!comm.starts_with("swapper/"), "idle task as a waker: {w}");
+    }
+}
+
+/// Runs headless Chromium (Debian's `chromium`, installed by `cargo xtask setup`) on `page`
+/// with `args`; returns (stdout, stderr). Panics with a setup hint when it is missing.
+fn chromium(profile: &std::path::Path, args: &[&str], page: &std::path::Path) -> (String, String) {
+    let out = std::process::Command::new("timeout")
+        .args([
+            "120",
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        // Console messages of the page land on stderr as `...:CONSOLE:...` lines.
+        .args(["--enable-logging=stderr", "--v=0"])
+        .args(args)
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect("running chromium (`cargo xtask setup` installs Debian's chromium)");
+    assert!(
+        out.status.success(),
+        "chromium {args:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `--html FILE`: one self-contained page (nothing fetched at view time). In headless
+/// Chromium it loads without a single console message, its script runs to the end, each
+/// heatmap has one column per interval, and a screenshot of it is not blank.
+#[test]
+fn html_report_renders_in_headless_chromium() {
+    if !privileged_or_skip("html_report_renders_in_headless_chromium") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("schedlat-html-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let page = dir.join("capture.html");
+    let out = schedlat_tests::run_schedlat(&[
+        "capture",
+        "--interval",
+        "1s",
+        "--count",
+        "3",
+        "--format",
+        "json",
+        "--html",
+        page.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    assert_eq!(json_lines(&String::from_utf8_lossy(&out.stdout)).len(), 3);
+    let html = std::fs::read_to_string(&page).expect("the HTML report");
+    for remote in ["src=\"http", "href=\"http", "@import", "url(http"] {
+        assert!(
+            !html.contains(remote),
+            "the page loads {remote}...: not self-contained"
+        );
+    }
+
+    let profile = dir.join("profile");
+    let (dom, log) = chromium(&profile, &["--dump-dom"], &page);
+    let console: Vec<&str> = log.lines().filter(|l| l.contains(":CONSOLE")).collect();
+    assert!(console.is_empty(), "console messages: {console:#?}");
+    assert!(
+        dom.contains("data-rendered=\"1\""),
+        "the page's script did not run to its end"
+    );
+    for id in ["runq_woken", "runq_preempted", "futex"] {
+        let fig = dom
+            .split(&format!("<figure class=\"heatmap\" id=\"{id}\""))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no heatmap {id}"))
+            .split("</figure>")
+            .next()
+            .unwrap();
+        assert_eq!(
+            fig.matches("<g class=\"column\"").count(),
+            3,
+            "heatmap {id}: one column per interval"
+        );
+    }
+    assert!(dom.contains("Top tasks by run-queue delay"));
+
+    let shot = dir.join("shot.png");
+    let arg = format!("--screenshot={}", shot.display());
+    chromium(&profile, &[&arg, "--window-size=1280,900"], &page);
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&shot).unwrap()));
+    let mut reader = decoder.read_info().expect("a PNG screenshot");
+    let mut buf = vec![0; reader.output_buffer_size().expect("a sane PNG size")];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let px = info.color_type.samples();
+    let pixels: Vec<&[u8]> = buf[..info.buffer_size()].chunks(px).collect();
+    // Not blank: a share of the pixels is neither white nor near it, in many colours (the
+    // heatmap's scale, text).
+    let inked = pixels
+        .iter()
+        .filter(|p| p[..3].iter().any(|&c| c < 200))
+        .count();
+    let colours: std::collections::HashSet<&[u8]> = pixels.iter().copied().collect();
+    eprintln!(
+        "figure: screenshot {}x{}: {:.1}% inked, {} colours",
+        info.width,
+        info.height,
+        100.0 * inked as f64 / pixels.len() as f64,
+        colours.len()
+    );
+    assert!(
+        inked * 50 > pixels.len(),
+        "under 2% of the screenshot is inked"
+    );
+    assert!(colours.len() > 20, "{} colours only", colours.len());
+    let _ = std::fs::remove_dir_all(&dir);
 }

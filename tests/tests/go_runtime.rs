@@ -957,6 +957,83 @@ fn capture_goevents(mut cmd: Command, what: &str) -> (Value, Value) {
     (done, go)
 }
 
+/// Syscalls of the goevents fixture under a capture: (its `done` line, go.events.syscalls).
+fn capture_syscalls(dir: &std::path::Path, name: &str, mode: &str, what: &str) -> (Value, Value) {
+    let mut cmd = Command::new(dir.join(name));
+    cmd.args(["syscalls", mode]);
+    let (done, go) = capture_goevents(cmd, what);
+    (done, go["events"]["syscalls"].clone())
+}
+
+/// Count of values in buckets whose upper bound is at least `ns`.
+fn at_least(h: &Value, ns: u64) -> u64 {
+    buckets(h)
+        .iter()
+        .filter(|(le, _)| *le >= ns)
+        .map(|b| b.1)
+        .sum()
+}
+
+#[test]
+fn capture_go_probes_see_blocking_syscalls_lose_their_p() {
+    if !privileged_or_skip("capture_go_probes_see_blocking_syscalls_lose_their_p") {
+        return;
+    }
+    for (version, dir) in go_fixture_versions() {
+        // Stripped PIE: every probe placed from .gopclntab (Go >= 1.26 needs three more for
+        // syscalls, which it switches by CAS around casgstatus).
+        let name = "goevents-pie-stripped";
+        // Long: 10 nanosleeps of 50 ms with a spinner waiting for the only P. Each loses the
+        // P to the spinner (sysmon's retake) and waits to run again.
+        let what = format!("{version}/{name} long");
+        let (done, s) = capture_syscalls(&dir, name, "long", &what);
+        let (n, ms) = (
+            done["syscalls"].as_u64().unwrap(),
+            done["ms"].as_u64().unwrap(),
+        );
+        println!("{what}: {s}");
+        // Bucket bounds: a 50 ms sleep lands in a bucket ending at >= 20 ms.
+        let long = at_least(&s["time"], ms * 1_000_000);
+        assert!(
+            long >= n && long <= n + 2,
+            "{what}: {long} syscalls of >= {ms} ms, the fixture made {n}: {s}"
+        );
+        let lost = s["lost_p"].as_u64().unwrap();
+        assert!(
+            lost >= n,
+            "{what}: {lost} returns lost their P, want >= {n}: {s}"
+        );
+        // Each of those went back to the run queue and its wait was timed (how long depends on
+        // when sysmon preempts the spinner: up to 10 ms, less on a busy host).
+        let paid = s["lost_p_sched_latency"]["count"].as_u64().unwrap();
+        assert!(
+            paid >= n,
+            "{what}: {paid} lost-P returns timed, want >= {n}: {s}"
+        );
+
+        // Short: 2000 one-byte writes to /dev/null, each over in microseconds: they keep
+        // their P; no syscall is long.
+        let what = format!("{version}/{name} short");
+        let (done, s) = capture_syscalls(&dir, name, "short", &what);
+        let n = done["syscalls"].as_u64().unwrap();
+        println!("{what}: {s}");
+        let (count, kept, lost) = (
+            s["time"]["count"].as_u64().unwrap(),
+            s["kept_p"].as_u64().unwrap(),
+            s["lost_p"].as_u64().unwrap(),
+        );
+        assert!(
+            count >= n,
+            "{what}: {count} syscalls seen, the fixture made {n}: {s}"
+        );
+        assert!(
+            kept >= n * 95 / 100 && lost <= n / 20,
+            "{what}: short syscalls should keep their P: kept {kept}, lost {lost} of {n}: {s}"
+        );
+        assert_eq!(at_least(&s["time"], 20_000_000), 0, "{what}: {s}");
+    }
+}
+
 #[test]
 fn capture_go_probes_agree_with_the_runtime_and_see_known_blocking() {
     if !privileged_or_skip("capture_go_probes_agree_with_the_runtime_and_see_known_blocking") {
@@ -1704,4 +1781,152 @@ fn go_stats_and_capture_see_a_cfs_quota_and_its_throttling() {
     );
     fx.exit();
     drop(cg);
+}
+
+/// A Prometheus server (a Go program) running on its own, for as long as the value lives.
+struct Prometheus {
+    child: std::process::Child,
+    addr: String,
+    dir: PathBuf,
+}
+
+impl Prometheus {
+    /// Starts `exe` with GOMAXPROCS=3 (a value no default gives here) and waits until ready.
+    fn start(exe: &Path, name: &str) -> Prometheus {
+        let dir = tempfile_dir(&format!("schedlat-{name}"));
+        let config = dir.join("prometheus.yml");
+        std::fs::write(&config, "global:\n  scrape_interval: 1h\n").unwrap();
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string();
+        let child = Command::new(exe)
+            .env("GOMAXPROCS", "3")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", exe.display()));
+        let p = Prometheus { child, addr, dir };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while get(&p.addr, "/-/ready").is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} not ready on {} within 60 s",
+                exe.display(),
+                p.addr
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        p
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Go programs built and stripped by Debian's packaging, not by this project (xtask/src/
+/// gofix.rs THIRD_PARTY, plus the machine's own prometheus): read where the release is known
+/// (a later patch of a minor in the layout table), refused with the known releases where not.
+/// Oracle: the program's own Go runtime metrics (client_golang) on its /metrics, read between
+/// two go-stats readings.
+#[test]
+fn go_stats_reads_go_programs_built_by_others() {
+    if !privileged_or_skip("go_stats_reads_go_programs_built_by_others") {
+        return;
+    }
+    let dir = PathBuf::from(std::env::var("SCHEDLAT_GO_THIRDPARTY").expect(
+        "SCHEDLAT_GO_THIRDPARTY unset: run through `cargo xtask test` (setup fetches them)",
+    ));
+    let manifest = std::fs::read_to_string(dir.join("manifest.tsv")).unwrap();
+    let mut programs: Vec<(String, PathBuf, Option<String>)> = manifest
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (f[0].to_owned(), PathBuf::from(f[1]), Some(f[2].to_owned()))
+        })
+        .collect();
+    // Debian 12's own prometheus, which setup installs for promtool (its release is whatever
+    // the package was built with).
+    programs.push((
+        "prometheus-bookworm".into(),
+        "/usr/bin/prometheus".into(),
+        None,
+    ));
+    assert!(programs.len() >= 3, "{manifest}");
+    let mut read = 0;
+    for (name, exe, go) in programs {
+        let p = Prometheus::start(&exe, &name);
+        let pid = p.child.id();
+        let known = go.as_deref().is_none_or(|v| go_minor(v) >= 19);
+        if !known {
+            let out = run_schedlat(&["go-stats", "--pid", &pid.to_string()]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            let v = go.unwrap();
+            assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+            assert!(
+                err.contains(&v) && err.contains("go1.19.8") && err.contains("go1.27.3"),
+                "{name}: the error should name {v} and the releases known: {err}"
+            );
+            println!("{name} ({v}): refused: {}", err.trim());
+            continue;
+        }
+        let a = go_stats(pid);
+        let m = get(&p.addr, "/metrics").unwrap_or_else(|| panic!("{name}: no /metrics"));
+        let b = go_stats(pid);
+        if let Some(v) = &go {
+            assert_eq!(a["go_version"], v.as_str(), "{name}");
+        }
+        assert!(
+            a["layout"].as_str().unwrap().starts_with("layout table"),
+            "{name}: Debian strips its binaries, so the table must be what read it: {}",
+            a["layout"]
+        );
+        assert_eq!(
+            a["gomaxprocs"], 3,
+            "{name}: GOMAXPROCS=3 in its environment"
+        );
+        if let Some(g) = sample(&m, "go_sched_gomaxprocs_threads") {
+            assert_eq!(g, 3.0, "{name}: its own go_sched_gomaxprocs_threads");
+        }
+        // Its scrape handler runs a few goroutines of its own while it counts.
+        let ours = a["goroutines"]["num_goroutine"].as_f64().unwrap();
+        let theirs = sample(&m, "go_goroutines").unwrap();
+        assert!(
+            (ours - theirs).abs() <= 10.0,
+            "{name}: {ours} goroutines, its own go_goroutines {theirs}"
+        );
+        // GC cycles completed, between our two readings: each cycle has two stop-the-world
+        // pauses (Go >= 1.22's histograms), or one entry in memstats' ring (older).
+        let cycles = sample(&m, "go_gc_duration_seconds_count").unwrap() as u64;
+        let (lo, hi) = if a["stw_pauses"].is_object() {
+            let n = |v: &Value| v["stw_pauses"]["total_gc"]["total"].as_u64().unwrap();
+            (n(&a), n(&b) + 1)
+        } else {
+            let n = |v: &Value| v["gc_pauses"]["num_gc"].as_u64().unwrap();
+            (n(&a) * 2, n(&b) * 2)
+        };
+        assert!(
+            lo <= 2 * cycles + 1 && 2 * cycles <= hi,
+            "{name}: {cycles} GC cycles by its own count, ours between {lo}/2 and {hi}/2"
+        );
+        println!(
+            "{name} ({}): read through {}: GOMAXPROCS 3, {ours} goroutines (its own count \
+             {theirs}), {cycles} GC cycles",
+            a["go_version"], a["layout"]
+        );
+        read += 1;
+    }
+    assert!(read >= 2, "at least two programs built by others were read");
 }

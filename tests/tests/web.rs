@@ -665,3 +665,387 @@ fn failed_logins_get_429_after_a_burst_and_are_counted() {
     assert_eq!(sample("no_credentials"), Some(0.0));
     assert!(d.stop().success());
 }
+
+// ------------------------------------------------------------------ slow clients and storms
+
+/// `n` TCP connections to `addr` that send nothing (as a port scanner or a stalled client).
+fn idle_connections(addr: &str, n: usize) -> Vec<std::net::TcpStream> {
+    (0..n)
+        .map(|i| {
+            std::net::TcpStream::connect(addr)
+                .unwrap_or_else(|e| panic!("idle connection {i} to {addr}: {e}"))
+        })
+        .collect()
+}
+
+/// Whether the server closed `c` (a read sees EOF or a reset rather than nothing yet).
+fn closed_by_server(c: &std::net::TcpStream) -> bool {
+    use std::io::Read as _;
+    c.set_nonblocking(true).unwrap();
+    let mut b = [0u8; 64];
+    let closed = match (&*c).read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    };
+    c.set_nonblocking(false).unwrap();
+    closed
+}
+
+/// curl `url` (trusting `ca` for https) with a hard 2 s limit: (exit code, status, body, s).
+fn curl_2s(ca: Option<&str>, url: &str, creds: Option<&str>) -> (i32, u16, String, f64) {
+    let mut args = vec!["-sS", "--max-time", "2", "-w", "\n%{http_code}"];
+    if let Some(ca) = ca {
+        args.extend(["--cacert", ca]);
+    }
+    if let Some(c) = creds {
+        args.extend(["-u", c]);
+    }
+    args.push(url);
+    let t = std::time::Instant::now();
+    let out = run("curl", &args);
+    let secs = t.elapsed().as_secs_f64();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (
+        out.status.code().unwrap_or(-1),
+        code.trim().parse().unwrap_or(0),
+        body.to_string(),
+        secs,
+    )
+}
+
+fn metric(body: &str, series: &str) -> f64 {
+    schedlat_tests::scrape::sample(body, &format!("{series} "))
+        .unwrap_or_else(|| panic!("no {series} in:\n{body}"))
+}
+
+fn dropped(body: &str, reason: &str) -> f64 {
+    metric(
+        body,
+        &format!("schedlat_http_connections_dropped_total{{reason=\"{reason}\"}}"),
+    )
+}
+
+/// 300 silent connections, then a scrape: it must be answered within 2 s, the connections
+/// over the cap closed (least recently active first) and each one counted. Checked against
+/// the kernel's view: the connections curl's scrape found closed are exactly those counted.
+fn idle_connections_then_scrape(d: &Daemon, ca: Option<&str>, scheme: &str) {
+    let conns = idle_connections(&d.addr, 300);
+    // Let the daemon accept them all before the scrape arrives.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let url = format!("{scheme}://{}/metrics", d.addr);
+    let (rc, status, body, secs) = curl_2s(ca, &url, None);
+    eprintln!(
+        "{scheme}: scrape behind 300 idle connections: curl exit {rc}, {status}, {secs:.3} s"
+    );
+    assert_eq!((rc, status), (0, 200), "{body}");
+    assert!(
+        body.contains("schedlat_program_attached{program=\"sched_switch\""),
+        "{body}"
+    );
+    let max = metric(&body, "schedlat_http_connections_max");
+    let evicted = dropped(&body, "evicted_idle");
+    let open = metric(&body, "schedlat_http_connections");
+    let closed = conns.iter().filter(|c| closed_by_server(c)).count();
+    eprintln!(
+        "{scheme}: cap {max}, open {open}, evicted {evicted}, closed as the client sees it {closed}"
+    );
+    assert!((8.0..300.0).contains(&max), "cap in effect {max}");
+    assert!(open <= max, "{open} open over the cap {max}");
+    assert!(
+        evicted >= 301.0 - max,
+        "300 idle + curl's over a cap of {max}: only {evicted} evicted"
+    );
+    assert_eq!(closed as f64, evicted, "closed connections vs counted");
+    assert_eq!(dropped(&body, "over_limit"), 0.0, "no connection was busy");
+}
+
+#[test]
+fn idle_connections_do_not_block_plain_scrapes_and_are_counted() {
+    if !privileged_or_skip("idle_connections_do_not_block_plain_scrapes_and_are_counted") {
+        return;
+    }
+    // 256 open files, as a small LimitNOFILE would give: held connections must not use up
+    // the descriptors the next scrape needs.
+    let d = Daemon::start_limited(&[], Some(256), |addr| get(addr, "/healthz").is_some());
+    idle_connections_then_scrape(&d, None, "http");
+    assert!(d.stop().success());
+}
+
+#[test]
+fn idle_connections_do_not_block_tls_scrapes_and_are_counted() {
+    if !privileged_or_skip("idle_connections_do_not_block_tls_scrapes_and_are_counted") {
+        return;
+    }
+    let dir = TempDir::new("web-idle-tls");
+    self_signed(&dir);
+    let web = dir.path("web.yml");
+    std::fs::write(
+        &web,
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n",
+    )
+    .unwrap();
+    let ca = dir.path("server.crt");
+    let d = Daemon::start_until(&["--web.config.file", &web], |addr| {
+        curl(&ca, &format!("https://{addr}/healthz"), None).1 == 200
+    });
+    // Silent connections never send a ClientHello: each holds a handshake.
+    idle_connections_then_scrape(&d, Some(&ca), "https");
+    assert!(d.stop().success());
+}
+
+/// Polls until `cond` holds, at most `secs`; false if it never did.
+fn within(secs: f64, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64(secs);
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn silent_slow_and_idle_clients_are_cut_off_by_the_timeouts_and_counted() {
+    if !privileged_or_skip("silent_slow_and_idle_clients_are_cut_off_by_the_timeouts_and_counted") {
+        return;
+    }
+    use std::io::{Read as _, Write as _};
+    let dir = TempDir::new("web-timeouts");
+    let cfg = dir.path("schedlat.toml");
+    std::fs::write(
+        &cfg,
+        "[http]\nheader_read_timeout_secs = 1\nidle_timeout_secs = 4\n",
+    )
+    .unwrap();
+    let d = Daemon::start_with(&["--config", &cfg]);
+    let t0 = std::time::Instant::now();
+    // Silent from the start.
+    let silent = std::net::TcpStream::connect(&d.addr).unwrap();
+    // Slowloris: a header byte every 200 ms, never the end of the headers.
+    let slow = std::net::TcpStream::connect(&d.addr).unwrap();
+    let dribble = {
+        let mut s = slow.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n");
+            for _ in 0..25 {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                if s.write_all(b"X").is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    // Keep-alive: one whole request and its answer, then quiet.
+    let mut idle = std::net::TcpStream::connect(&d.addr).unwrap();
+    write!(idle, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut buf = [0u8; 256];
+    let n = idle.read(&mut buf).unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    let idle_since = std::time::Instant::now();
+    assert!(
+        within(3.0, || closed_by_server(&silent) && closed_by_server(&slow)),
+        "silent and slow clients still connected after {:?} (header_read_timeout_secs 1)",
+        t0.elapsed()
+    );
+    eprintln!(
+        "silent and slowloris clients closed after {:?}",
+        t0.elapsed()
+    );
+    assert!(
+        idle_since.elapsed().as_secs_f64() < 3.5 && !closed_by_server(&idle),
+        "keep-alive connection closed before idle_timeout_secs 4"
+    );
+    assert!(
+        within(6.0, || closed_by_server(&idle)),
+        "keep-alive connection open after {:?} idle (idle_timeout_secs 4)",
+        idle_since.elapsed()
+    );
+    eprintln!("idle keep-alive closed after {:?}", idle_since.elapsed());
+    dribble.join().unwrap();
+    let body = get(&d.addr, "/metrics").unwrap();
+    assert_eq!(dropped(&body, "header_timeout"), 2.0, "{body}");
+    assert_eq!(dropped(&body, "idle_timeout"), 1.0);
+    assert!(d.stop().success());
+}
+
+#[test]
+fn a_silent_tls_client_is_cut_off_by_the_handshake_timeout_and_counted() {
+    if !privileged_or_skip("a_silent_tls_client_is_cut_off_by_the_handshake_timeout_and_counted") {
+        return;
+    }
+    let dir = TempDir::new("web-hs-timeout");
+    self_signed(&dir);
+    let web = dir.path("web.yml");
+    std::fs::write(
+        &web,
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n",
+    )
+    .unwrap();
+    let cfg = dir.path("schedlat.toml");
+    std::fs::write(
+        &cfg,
+        format!("web_config = \"{web}\"\n[http]\ntls_handshake_timeout_secs = 1\n"),
+    )
+    .unwrap();
+    let ca = dir.path("server.crt");
+    let d = Daemon::start_until(&["--config", &cfg], |addr| {
+        curl(&ca, &format!("https://{addr}/healthz"), None).1 == 200
+    });
+    let t0 = std::time::Instant::now();
+    let silent = std::net::TcpStream::connect(&d.addr).unwrap();
+    assert!(
+        within(3.0, || closed_by_server(&silent)),
+        "silent TLS client still connected after {:?}",
+        t0.elapsed()
+    );
+    eprintln!("silent TLS client closed after {:?}", t0.elapsed());
+    let (rc, status, body, _) = curl_2s(Some(&ca), &format!("https://{}/metrics", d.addr), None);
+    assert_eq!((rc, status), (0, 200), "{body}");
+    assert_eq!(dropped(&body, "tls_handshake_timeout"), 1.0, "{body}");
+    assert!(d.stop().success());
+}
+
+#[test]
+fn concurrent_scrapes_share_renders() {
+    if !privileged_or_skip("concurrent_scrapes_share_renders") {
+        return;
+    }
+    let d = Daemon::start();
+    let renders = |body: &str| metric(body, "schedlat_http_renders_total{result=\"ok\"}");
+    let before = renders(&get(&d.addr, "/metrics").unwrap());
+    // 32 scrapers at once, as a storm (or many Prometheus replicas) would.
+    let start = std::sync::Arc::new(std::sync::Barrier::new(32));
+    let scrapers: Vec<_> = (0..32)
+        .map(|_| {
+            let (addr, start) = (d.addr.clone(), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                get(&addr, "/metrics").expect("scrape in the storm")
+            })
+        })
+        .collect();
+    let bodies: Vec<String> = scrapers.into_iter().map(|s| s.join().unwrap()).collect();
+    for b in &bodies {
+        assert!(b.contains("schedlat_program_attached{program=\"sched_switch\""));
+    }
+    let after = get(&d.addr, "/metrics").unwrap();
+    let made = renders(&after) - before;
+    let shared = metric(&after, "schedlat_http_scrapes_shared_total");
+    eprintln!("32 concurrent scrapes: {made} renders, {shared} answered with a shared body");
+    assert!(
+        (1.0..=9.0).contains(&made),
+        "{made} renders for 32 concurrent scrapes"
+    );
+    assert!(shared >= 24.0, "{shared} shared");
+    assert!(d.stop().success());
+}
+
+#[test]
+fn a_flood_of_wrong_passwords_at_bcrypt_cost_12_does_not_starve_scrapes() {
+    if !privileged_or_skip("a_flood_of_wrong_passwords_at_bcrypt_cost_12_does_not_starve_scrapes") {
+        return;
+    }
+    let dir = TempDir::new("web-bcrypt12");
+    self_signed(&dir);
+    let line = ok("htpasswd", &["-nbBC", "12", "prom", "s3cret"]);
+    let hash = line.trim().split_once(':').unwrap().1.to_string();
+    let web = dir.path("web.yml");
+    std::fs::write(
+        &web,
+        format!(
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n\
+             basic_auth_users:\n  prom: '{hash}'\n"
+        ),
+    )
+    .unwrap();
+    let ca = dir.path("server.crt");
+    let d = Daemon::start_until(&["--web.config.file", &web], |addr| {
+        curl(&ca, &format!("https://{addr}/healthz"), None).1 == 200
+    });
+    let url = format!("https://{}/metrics", d.addr);
+    // The scraper's credentials verify once, before the flood.
+    assert_eq!(curl(&ca, &url, Some("prom:s3cret")).1, 200);
+
+    // 8 client addresses guessing as fast as the daemon answers, for 8 s: the per-client
+    // limits let ~10 checks a second through in total, each ~0.2-0.4 s of bcrypt.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooders: Vec<_> = (1..=8)
+        .map(|i| {
+            let (ca, url, stop) = (ca.clone(), url.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut codes = std::collections::BTreeMap::<String, u32>::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let out = run(
+                        "curl",
+                        &[
+                            "-s",
+                            "--max-time",
+                            "30",
+                            "--cacert",
+                            &ca,
+                            "--interface",
+                            &format!("127.0.0.{}", 10 + i),
+                            "-u",
+                            "prom:wrong",
+                            "-o",
+                            "/dev/null",
+                            "-w",
+                            "%{http_code}",
+                            &url,
+                        ],
+                    );
+                    *codes
+                        .entry(String::from_utf8_lossy(&out.stdout).into_owned())
+                        .or_default() += 1;
+                }
+                codes
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let mut latencies = Vec::new();
+    for _ in 0..8 {
+        let (rc, status, body, secs) = curl_2s(Some(&ca), &url, Some("prom:s3cret"));
+        latencies.push(secs);
+        assert_eq!(
+            (rc, status),
+            (0, 200),
+            "valid scrape during the flood after {latencies:?} s: {body}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut codes = std::collections::BTreeMap::<String, u32>::new();
+    for f in flooders {
+        for (c, n) in f.join().unwrap() {
+            *codes.entry(c).or_default() += n;
+        }
+    }
+    eprintln!("valid scrapes during the flood took {latencies:?} s; the flood got {codes:?}");
+    let (_, _, body, _) = curl_2s(Some(&ca), &url, Some("prom:s3cret"));
+    let wrong = metric(
+        &body,
+        "schedlat_web_auth_failures_total{reason=\"wrong_credentials\"}",
+    );
+    let shed = metric(
+        &body,
+        "schedlat_http_requests_shed_total{reason=\"auth_queue_full\"}",
+    );
+    eprintln!("{wrong} wrong passwords checked, {shed} refused with 503 (checks queue full)");
+    assert!(wrong >= 4.0, "the flood's passwords were checked: {wrong}");
+    assert_eq!(
+        codes.get("503").copied().unwrap_or(0) as f64,
+        shed,
+        "503s seen vs counted"
+    );
+    assert!(d.stop().success());
+}

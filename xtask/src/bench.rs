@@ -1,9 +1,10 @@
 //! `cargo xtask bench`: what does tracing cost the traced workload?
 //!
 //! Method (shared/docs/toolchain.md, "Benchmarking here"): this machine is small and noisy, so
-//! runs are interleaved (bare, schedlat, runqlat, bpftrace, bare, ...) and compared as medians of
-//! per-round ratios. The anchors: libbpf-tools runqlat, the classic tool for the same question,
-//! and bpftrace's runqlat.bt script.
+//! runs are interleaved (bare, floor, schedlat, runqlat, bpftrace, bare, ...) and compared as
+//! medians of per-round ratios. The anchors: the floor (schedlat's own hooks with empty bodies,
+//! `schedlat bench-floor`: what attaching at all costs), libbpf-tools runqlat, the classic tool
+//! for the same question, and bpftrace's runqlat.bt script.
 //!
 //! A last section measures the daemon itself: CPU and RSS while idle with a scrape every 15 s,
 //! and scrape latency under a wrk flood of /metrics.
@@ -28,11 +29,14 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{Workspace, build, capture, cmdline, gofix, is_root, probe, setup};
+use crate::{
+    cmd::capture, cmd::cmdline, cmd::is_root, cmd::probe, gofix, release::build, setup,
+    ws::Workspace,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Interleaved rounds of (bare, schedlat, runqlat, bpftrace) per workload [default: 5, 2 with --quick]
+    /// Interleaved rounds of (bare, floor, schedlat, runqlat, bpftrace) per workload [default: 5, 2 with --quick]
     #[arg(long, value_name = "N")]
     pairs: Option<usize>,
     /// Smoke test: 2 rounds and short workloads (numbers are not meaningful)
@@ -46,17 +50,26 @@ pub struct Args {
 #[derive(Clone, Copy)]
 enum Arm {
     Bare,
+    /// schedlat's hooks with empty bodies (probe-ebpf/src/floor.rs).
+    Floor,
     Schedlat,
     Runqlat,
     Bpftrace,
 }
 
-const ARMS: [Arm; 4] = [Arm::Bare, Arm::Schedlat, Arm::Runqlat, Arm::Bpftrace];
+const ARMS: [Arm; 5] = [
+    Arm::Bare,
+    Arm::Floor,
+    Arm::Schedlat,
+    Arm::Runqlat,
+    Arm::Bpftrace,
+];
 
 impl fmt::Display for Arm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(match self {
             Arm::Bare => "bare",
+            Arm::Floor => "floor",
             Arm::Schedlat => "schedlat",
             Arm::Runqlat => "runqlat",
             Arm::Bpftrace => "bpftrace",
@@ -221,7 +234,7 @@ struct WorkloadResult {
     switches_per_op: f64,
     switch_rate: f64,
     /// Indexed like ARMS.
-    samples: [Vec<Sample>; 4],
+    samples: [Vec<Sample>; ARMS.len()],
 }
 
 pub fn bench(ws: &Workspace, args: Args) -> Result<()> {
@@ -261,7 +274,7 @@ pub fn bench(ws: &Workspace, args: Args) -> Result<()> {
         println!(
             "sched_switch: {switches_per_op:.2} per op, {switch_rate:.0}/s (separate untimed perf stat -a run)"
         );
-        let mut samples: [Vec<Sample>; 4] = Default::default();
+        let mut samples: [Vec<Sample>; ARMS.len()] = Default::default();
         for round in 1..=pairs {
             for (i, arm) in ARMS.into_iter().enumerate() {
                 let s = match arm {
@@ -270,6 +283,7 @@ pub fn bench(ws: &Workspace, args: Args) -> Result<()> {
                         tracer_cpu: None,
                         bpf: None,
                     },
+                    Arm::Floor => with_floor(&bin, w)?,
                     Arm::Schedlat => with_schedlat(&bin, w)?,
                     Arm::Runqlat => with_runqlat(&runqlat, w)?,
                     Arm::Bpftrace => with_bpftrace(&bpftrace_script, w)?,
@@ -399,6 +413,20 @@ fn with_schedlat(bin: &Path, w: &Workload) -> Result<Sample> {
         "schedlat daemon",
         c,
         "serving metrics on",
+        Duration::from_secs(30),
+    )?;
+    traced_run(&mut tracer, w, libc::SIGTERM, "SIGTERM")
+}
+
+/// schedlat's hooks with empty bodies: the cost of attaching at all.
+fn with_floor(bin: &Path, w: &Workload) -> Result<Sample> {
+    let mut c = Command::new(bin);
+    c.arg("bench-floor");
+    let _stats = BpfStatsGuard::enable()?;
+    let mut tracer = Tracer::start(
+        "schedlat bench-floor",
+        c,
+        "floor attached",
         Duration::from_secs(30),
     )?;
     traced_run(&mut tracer, w, libc::SIGTERM, "SIGTERM")
@@ -1138,7 +1166,9 @@ fn go_server_cost(ws: &Workspace, bin: &Path, pairs: usize, quick: bool) -> Resu
 /// returned once attached.
 fn start_go_capture(bin: &Path, pid: u32, probes: bool) -> Result<Tracer> {
     let mut c = Command::new(bin);
-    c.args(["capture", "--duration", "1h", "--pid", &pid.to_string()]);
+    // --log info: the "capturing" line the tracer waits for.
+    c.args(["--log", "info", "capture", "--duration", "1h"]);
+    c.args(["--pid", &pid.to_string()]);
     c.args(["--go-probes", if probes { "on" } else { "off" }]);
     c.env("RUST_LOG", "warn");
     Tracer::start("schedlat capture", c, "capturing", Duration::from_secs(60))
@@ -1163,14 +1193,24 @@ fn stop_go_capture(mut c: Tracer) -> Result<u64> {
 struct PingPongCost {
     rounds: u64,
     /// ns per round trip, per round, indexed like PINGPONG_ARMS.
-    ns_per_rt: [Vec<f64>; 3],
+    ns_per_rt: [Vec<f64>; PINGPONG_ARMS.len()],
     /// Probe hits per round trip (median).
     hits_per_rt: f64,
     /// Extra ns per probe hit: (probes - no probes) / hits, per round.
     ns_per_hit: Vec<f64>,
+    /// The same for an empty uprobe at the same instruction (the floor), per round.
+    floor_ns_per_hit: Vec<f64>,
 }
 
-const PINGPONG_ARMS: [&str; 3] = ["bare", "capture, probes off", "capture + Go probes"];
+/// The last arm is the floor: the capture without probes plus an empty uprobe at the very
+/// instruction schedlat probes (`schedlat bench-floor --go-pid`), i.e. what the kernel's
+/// uprobe machinery costs per hit before schedlat's program does anything.
+const PINGPONG_ARMS: [&str; 4] = [
+    "bare",
+    "capture, probes off",
+    "capture + Go probes",
+    "capture, probes off + empty uprobe (floor)",
+];
 
 fn go_pingpong_cost(ws: &Workspace, bin: &Path, pairs: usize, quick: bool) -> Result<PingPongCost> {
     let fixtures = gofix::build_fixtures(ws)?;
@@ -1180,10 +1220,11 @@ fn go_pingpong_cost(ws: &Workspace, bin: &Path, pairs: usize, quick: bool) -> Re
         "\n==> Go channel ping-pong ({}), {rounds} round trips per run",
         fixture.display()
     );
-    let mut ns: [Vec<f64>; 3] = Default::default();
-    let (mut hits_per_rt, mut ns_per_hit) = (Vec::new(), Vec::new());
+    let mut ns: [Vec<f64>; PINGPONG_ARMS.len()] = Default::default();
+    let (mut hits_per_rt, mut ns_per_hit, mut floor_ns_per_hit) =
+        (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=pairs {
-        let mut no_probe_ns = f64::NAN;
+        let (mut no_probe_ns, mut round_hits_per_rt) = (f64::NAN, f64::NAN);
         for (i, arm) in PINGPONG_ARMS.iter().enumerate() {
             let mut child = Command::new(&fixture)
                 .args(["pingpong", &rounds.to_string()])
@@ -1203,8 +1244,23 @@ fn go_pingpong_cost(ws: &Workspace, bin: &Path, pairs: usize, quick: bool) -> Re
             } else {
                 None
             };
+            let floor = if i == 3 {
+                let mut c = Command::new(bin);
+                c.args(["bench-floor", "--go-pid", &child.id().to_string()]);
+                Some(Tracer::start(
+                    "schedlat bench-floor",
+                    c,
+                    "floor attached",
+                    Duration::from_secs(60),
+                )?)
+            } else {
+                None
+            };
             std::io::Write::write_all(&mut stdin, b"go\n").context("writing `go` to goevents")?;
             let out = next()?;
+            if let Some(mut f) = floor {
+                f.stop(libc::SIGTERM, "SIGTERM")?;
+            }
             let hits = match cap {
                 Some(c) => stop_go_capture(c)?,
                 None => 0,
@@ -1222,8 +1278,11 @@ fn go_pingpong_cost(ws: &Workspace, bin: &Path, pairs: usize, quick: bool) -> Re
                     }
                     let per_rt = hits as f64 / rounds as f64;
                     hits_per_rt.push(per_rt);
+                    round_hits_per_rt = per_rt;
                     ns_per_hit.push((t - no_probe_ns) / per_rt);
                 }
+                // The empty probe sits at the same instruction: as many hits as schedlat's.
+                3 => floor_ns_per_hit.push((t - no_probe_ns) / round_hits_per_rt),
                 _ => {}
             }
             ns[i].push(t);
@@ -1234,6 +1293,7 @@ fn go_pingpong_cost(ws: &Workspace, bin: &Path, pairs: usize, quick: bool) -> Re
         ns_per_rt: ns,
         hits_per_rt: median(hits_per_rt),
         ns_per_hit,
+        floor_ns_per_hit,
     })
 }
 
@@ -1257,18 +1317,21 @@ fn render_pingpong(s: &mut String, p: &PingPongCost) {
         let m = median(p.ns_per_rt[i].clone());
         let _ = writeln!(s, "| {arm} | {m:.1} | {:.2}x |", m / bare);
     }
-    let min = p.ns_per_hit.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = p
-        .ns_per_hit
-        .iter()
-        .copied()
-        .fold(f64::NEG_INFINITY, f64::max);
+    let range = |v: &[f64]| {
+        let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        format!("{min:.0}-{max:.0}")
+    };
     let _ = writeln!(
         s,
         "\n{:.1} probe hits per round trip; each hit costs the program **{:.0} ns** (median; \
-         {min:.0}-{max:.0}), measured as (probes - no probes) / hits.\n",
+         {}), measured as (probes - no probes) / hits; an empty uprobe at the same instruction \
+         (the floor: the kernel's uprobe trap and return alone) **{:.0} ns** ({}).\n",
         p.hits_per_rt,
         median(p.ns_per_hit.clone()),
+        range(&p.ns_per_hit),
+        median(p.floor_ns_per_hit.clone()),
+        range(&p.floor_ns_per_hit),
     );
 }
 
@@ -1476,15 +1539,21 @@ fn render(workloads: &[Workload], results: &[WorkloadResult], pairs: usize, quic
     );
     let _ = writeln!(
         s,
-        "| workload | bare throughput (median) | sched_switch/s | tracer | traced/bare | tracer CPU s/run | extra ns/switch | BPF ns/switch |"
+        "| workload | bare throughput (median) | sched_switch/s | tracer | traced/bare | traced/floor | tracer CPU s/run | extra ns/switch | BPF ns/switch |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
     for (w, r) in workloads.iter().zip(results) {
         let bare = &r.samples[0];
         let bare_med = median(bare.iter().map(|x| x.throughput).collect());
         for (k, arm) in traced.iter().enumerate() {
             let t = &r.samples[k + 1];
             let (ratio, min, max) = ratios(bare, t);
+            let vs_floor = if matches!(arm, Arm::Floor) {
+                "-".to_string()
+            } else {
+                let (r, lo, hi) = ratios(&r.samples[1], t);
+                format!("{r:.3} ({lo:.2}-{hi:.2})")
+            };
             let cpu = median(t.iter().filter_map(|x| x.tracer_cpu).collect());
             let (name, thr, rate) = if k == 0 {
                 (
@@ -1497,7 +1566,7 @@ fn render(workloads: &[Workload], results: &[WorkloadResult], pairs: usize, quic
             };
             let _ = writeln!(
                 s,
-                "| {name} | {thr} | {rate} | {arm} | {ratio:.3} ({min:.2}-{max:.2}) | {cpu:.3} | {:.0} | {} |",
+                "| {name} | {thr} | {rate} | {arm} | {ratio:.3} ({min:.2}-{max:.2}) | {vs_floor} | {cpu:.3} | {:.0} | {} |",
                 ns_per_switch(w, r, bare_med, ratio),
                 bpf_switch_summary(t),
             );
@@ -1506,6 +1575,8 @@ fn render(workloads: &[Workload], results: &[WorkloadResult], pairs: usize, quic
     let _ = writeln!(
         s,
         "\n- traced/bare: median of per-round throughput ratios (min-max in brackets); higher is better, 1 = free.\n\
+         - floor: schedlat's hooks with empty bodies (`schedlat bench-floor`), what attaching at all costs;\n  \
+           traced/floor: the same per-round ratios against the floor of the same round.\n\
          - Tracer CPU: the tracer process's own utime+stime during the workload. The probes' cost is charged\n  \
            to the traced tasks and shows up in the ratio, not here.\n\
          - sched_switch/s: system-wide, from a separate untimed `perf stat -e sched:sched_switch -a` run.\n\

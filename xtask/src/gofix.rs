@@ -22,7 +22,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
-use crate::{Workspace, capture, run_cmd};
+use crate::{cmd::capture, cmd::run_cmd, ws::Workspace};
 
 pub const GO_DEBIAN: crate::apt::Group = crate::apt::Group {
     name: "go",
@@ -214,6 +214,73 @@ pub fn fixtures_dir(ws: &Workspace) -> PathBuf {
 /// The earlier patch releases' fixtures, one directory per release.
 pub fn patch_fixtures_dir(ws: &Workspace) -> PathBuf {
     ws.target.join("go-fixtures-patch")
+}
+
+/// A Go program built and stripped by someone else (Debian's packaging): the oracle that
+/// schedlat reads binaries it did not build. Pinned to one package version each.
+pub struct ThirdParty {
+    /// Directory under target/go-thirdparty, and the name the tests know it by.
+    pub name: &'static str,
+    pub suite: &'static str,
+    pub package: &'static str,
+    pub version: &'static str,
+    /// The executable inside the package.
+    pub path: &'static str,
+    /// Its Go release (`go version` on the binary), which the tests expect schedlat to report.
+    pub go: &'static str,
+}
+
+pub const THIRD_PARTY: &[ThirdParty] = &[
+    // A later patch release (1.24.4) of a minor in the layout table (1.24.11).
+    ThirdParty {
+        name: "prometheus-trixie",
+        suite: "trixie",
+        package: "prometheus",
+        version: "2.53.3+ds1-2",
+        path: "usr/bin/prometheus",
+        go: "go1.24.4",
+    },
+    // Older than any release schedlat reads stripped: refused, with the releases it knows.
+    ThirdParty {
+        name: "prometheus-bullseye",
+        suite: "bullseye",
+        package: "prometheus",
+        version: "2.24.1+ds-1+b7",
+        path: "usr/bin/prometheus",
+        go: "go1.15.9",
+    },
+];
+
+/// Where [`THIRD_PARTY`] is unpacked; the tests read `manifest.tsv` there (name, executable,
+/// Go release per line).
+pub const THIRD_PARTY_ENV: &str = "SCHEDLAT_GO_THIRDPARTY";
+
+pub fn third_party_dir(ws: &Workspace) -> PathBuf {
+    ws.target.join("go-thirdparty")
+}
+
+/// Download and unpack [`THIRD_PARTY`] (once), then write the manifest the tests read.
+pub fn fetch_third_party(ws: &Workspace) -> Result<PathBuf> {
+    let dir = third_party_dir(ws);
+    let mut manifest = String::new();
+    for t in THIRD_PARTY {
+        let into = dir.join(format!("{}-{}", t.name, t.version));
+        let exe = into.join(t.path);
+        if !exe.is_file() {
+            println!(
+                "setup: fetching {} {} from Debian {} (a Go program built by others, for the tests)",
+                t.package, t.version, t.suite
+            );
+            crate::apt::fetch_deb(&dir.join("apt"), t.suite, t.package, t.version, &into)?;
+            if !exe.is_file() {
+                bail!("{} {} has no {}", t.package, t.version, t.path);
+            }
+        }
+        manifest.push_str(&format!("{}\t{}\t{}\n", t.name, exe.display(), t.go));
+    }
+    fs::write(dir.join("manifest.tsv"), manifest)
+        .with_context(|| format!("writing {}", dir.join("manifest.tsv").display()))?;
+    Ok(dir)
 }
 
 /// One build: output name, fixture (tests/go/<fixture>), `go build` flags, cgo.

@@ -22,7 +22,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
-use crate::{Workspace, capture};
+use crate::{cmd::capture, ws::Workspace};
 
 /// The image's name (the OCI layout's directory) and tag (its ref.name).
 pub const NAME: &str = "schedlat";
@@ -37,7 +37,7 @@ pub fn layout_dir(ws: &Workspace) -> PathBuf {
 
 /// Build the release binary, then the image; returns the layout directory.
 pub fn image(ws: &Workspace) -> Result<PathBuf> {
-    let bin = crate::build(ws)?;
+    let bin = crate::release::build(ws)?;
     from_binary(ws, &bin)
 }
 

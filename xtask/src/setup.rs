@@ -9,9 +9,12 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use crate::{
-    Workspace,
     apt::{Group, ensure_packages, require_root},
-    capture, gofix, probe, run_cmd,
+    cmd::capture,
+    cmd::probe,
+    cmd::run_cmd,
+    gofix,
+    ws::Workspace,
 };
 
 pub const BUILD_LINKER: Group = Group {
@@ -42,7 +45,9 @@ pub const TEST: Group = Group {
           project's Python tools (deploy/kubernetes validation); openssl (test certificates), \
           curl (HTTPS scrapes) and apache2-utils (htpasswd: bcrypt hashes) for the TLS and \
           basic-auth tests; umoci unpacks and skopeo inspects and converts the OCI image of \
-          `cargo xtask image` (the container image test)",
+          `cargo xtask image` (the container image test); chromium (headless) loads the HTML \
+          report of `capture --html` and screenshots it; tmux runs `schedlat top` in a pane the \
+          test reads and types into",
     packages: &[
         "prometheus",
         "util-linux",
@@ -55,6 +60,8 @@ pub const TEST: Group = Group {
         "apache2-utils",
         "umoci",
         "skopeo",
+        "chromium",
+        "tmux",
     ],
 };
 pub const BENCH: Group = Group {
@@ -96,12 +103,13 @@ const PYTOOLS: &[(&str, &str, &str)] = &[
 /// and the Go fixtures (built from tests/go, so they follow source changes).
 pub fn setup(ws: &Workspace) -> Result<()> {
     ensure_packages(&[&BUILD_LINKER, &BUILD_EBPF, &BUILD_STATIC, &TEST])?;
-    ensure_rust_target(crate::STATIC_TARGET)?;
+    ensure_rust_target(crate::ws::STATIC_TARGET)?;
     let linker_llvm = ensure_bpf_linker(ws)?;
     check_llvm_rule(linker_llvm)?;
     ensure_tracefs()?;
     ensure_pytools(ws)?;
     gofix::build_fixtures(ws)?;
+    gofix::fetch_third_party(ws)?;
     println!("setup: ok");
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{Workspace, cmdline, fuzz, gofix, image, is_root, run_cmd, setup};
+use crate::{cmd::cmdline, cmd::is_root, cmd::run_cmd, fuzz, gofix, image, setup, ws::Workspace};
 
 pub fn test(ws: &Workspace, args: &[String]) -> Result<()> {
     header("setup");
@@ -77,7 +77,7 @@ pub fn test(ws: &Workspace, args: &[String]) -> Result<()> {
             .args(["build", "--release", "-p", "schedlat-tests"]),
         "fix the build errors above, then re-run `cargo xtask test`",
     )?;
-    let bin = crate::build_static(ws)?;
+    let bin = crate::release::build_static(ws)?;
     let workload = ws.release_bin("schedlat-workload");
     for p in [&bin, &workload] {
         if !p.exists() {
@@ -98,6 +98,7 @@ pub fn test(ws: &Workspace, args: &[String]) -> Result<()> {
         ("SCHEDLAT_WORKLOAD", &workload),
         ("SCHEDLAT_PYTOOLS", &pytools),
         (gofix::FIXTURES_ENV, &go_fixtures),
+        (gofix::THIRD_PARTY_ENV, &gofix::third_party_dir(ws)),
         ("SCHEDLAT_IMAGE", &image),
     ];
     let hint = "see the failing integration tests above";
@@ -121,7 +122,7 @@ pub fn test(ws: &Workspace, args: &[String]) -> Result<()> {
         // Build as the user (no root-owned files in target/), run only the test binaries as root.
         println!("not root: building the integration tests, then running them through `sudo`");
         let mut errors = Vec::new();
-        for exe in crate::integration_test_binaries(ws)? {
+        for exe in crate::release::integration_test_binaries(ws)? {
             let mut c = Command::new("sudo");
             c.args(["--preserve-env", "env"]);
             for (k, v) in envs {
@@ -156,7 +157,7 @@ pub fn test(ws: &Workspace, args: &[String]) -> Result<()> {
         let built = crate::vmtest::Built {
             schedlat: bin.clone(),
             workload: workload.clone(),
-            test_exes: crate::integration_test_binaries(ws)?,
+            test_exes: crate::release::integration_test_binaries(ws)?,
         };
         if let Err(e) = crate::vmtest::run(ws, &built, &[]) {
             eprintln!("error: {e:#}");

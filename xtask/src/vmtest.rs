@@ -22,7 +22,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{Workspace, capture, gofix, image::parse_ldd, run_cmd, setup};
+use crate::{cmd::capture, cmd::run_cmd, gofix, image::parse_ldd, setup, ws::Workspace};
 
 pub const VM: crate::apt::Group = crate::apt::Group {
     name: "vmtest",
@@ -133,9 +133,9 @@ pub struct Built {
 pub fn vmtest(ws: &Workspace, args: &Args) -> Result<()> {
     setup::setup(ws)?;
     let built = Built {
-        schedlat: crate::build_static(ws)?,
+        schedlat: crate::release::build_static(ws)?,
         workload: ws.release_bin("schedlat-workload"),
-        test_exes: crate::integration_test_binaries(ws)?,
+        test_exes: crate::release::integration_test_binaries(ws)?,
     };
     run(ws, &built, &args.kernels)
 }
@@ -336,7 +336,7 @@ fn boot(vmlinuz: &Path, initrd: &Path, log_path: &Path) -> Result<String> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    let line = crate::cmdline(&c);
+    let line = crate::cmd::cmdline(&c);
     println!("+ {line}");
     let mut child = c.spawn().with_context(|| format!("starting `{line}`"))?;
     let mut out = child.stdout.take().expect("piped");
@@ -376,44 +376,6 @@ fn boot(vmlinuz: &Path, initrd: &Path, log_path: &Path) -> Result<String> {
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
-/// The private apt configuration's arguments, rooted at `dir`.
-fn apt_opts(dir: &Path) -> Vec<String> {
-    vec![
-        format!(
-            "-oDir::Etc::sourcelist={}",
-            dir.join("sources.list").display()
-        ),
-        "-oDir::Etc::sourceparts=/dev/null".into(),
-        format!("-oDir::State::Lists={}", dir.join("lists").display()),
-        format!("-oDir::Cache={}", dir.join("cache").display()),
-        // Its own lists and cache: no lock on the machine's apt state is needed.
-        "-oDebug::NoLocking=1".into(),
-        "-oAPT::Sandbox::User=root".into(),
-    ]
-}
-
-/// The Debian archive this machine's apt uses (the first `.../debian` URI of its sources).
-fn debian_mirror() -> Result<String> {
-    let mut texts = vec![fs::read_to_string("/etc/apt/sources.list").unwrap_or_default()];
-    if let Ok(rd) = fs::read_dir("/etc/apt/sources.list.d") {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.extension().is_some_and(|x| x == "sources" || x == "list") {
-                texts.push(fs::read_to_string(&p).unwrap_or_default());
-            }
-        }
-    }
-    texts
-        .iter()
-        .flat_map(|t| t.split_whitespace())
-        .find(|w| (w.starts_with("http://") || w.starts_with("https://")) && w.ends_with("/debian"))
-        .map(str::to_owned)
-        .context(
-            "no Debian archive (a URI ending in /debian) in /etc/apt/sources.list{,.d}: vmtest \
-             fetches kernel packages from the same archive",
-        )
-}
-
 /// The kernel's vmlinuz, downloading and unpacking its package once.
 fn fetch_kernel(dir: &Path, k: &Kernel) -> Result<PathBuf> {
     let kdir = dir.join("kernels").join(k.name);
@@ -424,7 +386,7 @@ fn fetch_kernel(dir: &Path, k: &Kernel) -> Result<PathBuf> {
     for d in ["lists/partial", "cache/archives/partial"] {
         fs::create_dir_all(apt.join(d))?;
     }
-    let mirror = debian_mirror()?;
+    let mirror = crate::apt::debian_mirror()?;
     let key = "/usr/share/keyrings/debian-archive-keyring.gpg";
     let sources: String = KERNELS
         .iter()
@@ -439,7 +401,7 @@ fn fetch_kernel(dir: &Path, k: &Kernel) -> Result<PathBuf> {
         .map(|s| format!("deb [signed-by={key}] {mirror} {s} main\n"))
         .collect();
     fs::write(apt.join("sources.list"), sources)?;
-    let opts = apt_opts(&apt);
+    let opts = crate::apt::private_opts(&apt);
     let hint = "the Debian archive must be reachable; cached kernels under target/vmtest/kernels \
                 make reruns offline";
     run_cmd(

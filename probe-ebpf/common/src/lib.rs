@@ -67,11 +67,13 @@ pub mod futex_outcome {
 
 /// Reasons an event was lost. Every drop is counted in the `DROPS` per-CPU array.
 pub mod drop_reason {
-    /// RUNQ_START (run-queue start stamps) was full: one delay lost.
+    /// A run-queue start stamp could not be kept: RUNQ_START was full (the hash fallback), or
+    /// the task's local storage could not be allocated. One delay lost.
     pub const RUNQ_START_FULL: u32 = 0;
     /// FUTEX_START was full: one futex wait lost.
     pub const FUTEX_START_FULL: u32 = 1;
-    /// HISTS was full: a (cgroup, kind) series could not be created; one value lost.
+    /// HISTS (futex series) or the run-queue slots (RQ_SLOTS) were full: a cgroup's series
+    /// could not be created; one value lost.
     pub const HIST_FULL: u32 = 2;
     /// TASK_STATS was full (captures): per-task totals for one event lost.
     pub const TASK_FULL: u32 = 3;
@@ -193,11 +195,13 @@ impl Hist {
     };
 }
 
-/// Value of RUNQ_START: when a task became runnable, and why.
+/// A task's run-queue state: its task-local storage (TASK_STORE), or on kernels without task
+/// storage for tracing programs the value of RUNQ_START: when it became runnable, and why.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RunqStart {
-    /// When it became runnable (or, for kind::FUTEX_BLOCKED, when it blocked).
+    /// When it became runnable (or, for kind::FUTEX_BLOCKED, when it blocked); 0 = no stamp
+    /// (task storage: consumed at switch-in; RUNQ_START deletes the entry instead).
     pub ts_ns: u64,
     /// kind::RUNQ_WOKEN, kind::RUNQ_PREEMPTED or kind::FUTEX_BLOCKED
     pub cause: u32,
@@ -207,9 +211,31 @@ pub struct RunqStart {
     pub futex_ns: u64,
     /// The task's tid (the map is keyed by task_struct address; this is for inspection).
     pub tid: u32,
-    pub _pad: u32,
+    /// Task storage only: the RQ_HISTS slot of `cgroup_id`, cached so that a switch-in finds
+    /// its cgroup's histograms without a hash lookup (checked against the slot's owner).
+    pub slot: u32,
+    /// The cgroup `slot` was resolved for (0: none yet; cgroup ids start at 1).
+    pub cgroup_id: u64,
 }
-const _: () = assert!(core::mem::size_of::<RunqStart>() == 32);
+const _: () = assert!(core::mem::size_of::<RunqStart>() == 40);
+
+/// One cgroup's run-queue histograms (RQ_HISTS, indexed by the slot RQ_SLOTS gives it), by
+/// kind::RUNQ_WOKEN / kind::RUNQ_PREEMPTED.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RunqHists {
+    /// The cgroup that owns the slot (0: free). A cached slot is used only while it matches.
+    pub cgroup_id: u64,
+    pub hists: [Hist; 2],
+}
+const _: () = assert!(core::mem::size_of::<RunqHists>() == 8 + 2 * core::mem::size_of::<Hist>());
+
+impl RunqHists {
+    pub const ZERO: Self = Self {
+        cgroup_id: 0,
+        hists: [Hist::ZERO; 2],
+    };
+}
 
 /// Value of FUTEX_START: when a task entered a blocking futex op.
 #[repr(C)]
@@ -313,6 +339,12 @@ pub mod go {
         pub const WAIT_P: u32 = 1;
         /// The part of SCHED_LATENCY its M spent runnable on the kernel run queue.
         pub const WAIT_M_RUNQ: u32 = 2;
+        /// Time in a system call: _Grunning -> _Gsyscall (entersyscall) until the goroutine
+        /// leaves _Gsyscall (exitsyscall), whether it kept its P or not.
+        pub const SYSCALL: u32 = 3;
+        /// Runnable -> running of goroutines whose syscall returned without a P (exitsyscall0:
+        /// _Gsyscall -> _Grunnable): the scheduling latency a blocking syscall cost them.
+        pub const SYSCALL_LOST_P_LATENCY: u32 = 4;
         /// Blocked (waiting) time by wait reason: `BLOCKED + reason` (runtime.waitReason, u8).
         pub const BLOCKED: u32 = 16;
         pub const COUNT: u32 = BLOCKED + 256;
@@ -337,13 +369,26 @@ pub mod go {
         /// _Gsyscall -> _Grunning: a syscall return that kept its P (exitsyscall's fast
         /// path). Not a scheduling latency, but runtime/metrics counts these as 0 s samples.
         pub const SYSCALL_FAST_RETURNS: u32 = 7;
-        pub const COUNT: usize = 8;
+        /// _Gsyscall -> _Grunnable: a syscall return that found its P taken (the runtime
+        /// handed it to another M while the thread was blocked) and had to be scheduled again.
+        pub const SYSCALL_LOST_P: u32 = 8;
+        /// Syscall returns (a goroutine leaving _Gsyscall): from casgstatus up to Go 1.25,
+        /// from the uprobe on runtime.exitsyscall on Go >= 1.26.
+        pub const SYSCALL_EXITS: u32 = 9;
+        pub const COUNT: usize = 10;
     }
     /// Run-queue intervals kept per thread of the target ([`super::GoRunqRing`]).
     pub const RING: usize = 8;
     /// GoGState::state values.
     pub const SINCE_RUNNABLE: u32 = 1;
     pub const SINCE_WAITING: u32 = 2;
+    pub const SINCE_SYSCALL: u32 = 3;
+    /// Go >= 1.26: exitsyscallNoP is putting the goroutine back on a run queue (its next
+    /// casgstatus, _Grunning -> _Grunnable, is a lost-P return, not a preemption).
+    pub const SYSCALL_NO_P: u32 = 4;
+    /// GoGState::reason of a SINCE_RUNNABLE entry whose goroutine came back from a syscall
+    /// without its P.
+    pub const RUNNABLE_AFTER_SYSCALL: u32 = 1;
 }
 
 /// Load-time configuration of the Go uprobe (`GO_CONFIG`). Goroutine status values and the
@@ -396,6 +441,7 @@ mod pod {
     unsafe impl aya::Pod for HistKey {}
     unsafe impl aya::Pod for Hist {}
     unsafe impl aya::Pod for RunqStart {}
+    unsafe impl aya::Pod for RunqHists {}
     unsafe impl aya::Pod for FutexStart {}
     unsafe impl aya::Pod for TaskStat {}
     unsafe impl aya::Pod for WakePair {}

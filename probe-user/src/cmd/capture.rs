@@ -1,22 +1,22 @@
 //! `schedlat capture`: load, wait for the duration (or Ctrl-C), print the report.
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     cli::{CaptureArgs, Cli, Format, OnOff},
     go::capture as gocapture,
     goruntime::GoError,
     host::cgroup::{CgroupNames, v2_mount},
-    kernel::probes::{FutexMode, ProbeOptions, Probes},
+    kernel::probes::{FutexMode, ProbeOptions, Probes, RawSnapshot},
     model::UsageError,
     report::{self, Filter, ReportInput},
 };
 
 /// The tgid of `pid`, or a usage error naming it when there is no such process.
-fn resolve_pid(pid: u32) -> Result<u32, UsageError> {
+pub(crate) fn resolve_pid(pid: u32) -> Result<u32, UsageError> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .map_err(|_| UsageError(format!("no process with pid {pid} (it may have exited)")))?;
     let tgid = status
@@ -38,6 +38,17 @@ fn resolve_pid(pid: u32) -> Result<u32, UsageError> {
     Ok(tgid)
 }
 
+/// "The programs are attached from here on": an info event scripts and tests can wait for
+/// (`--log info`); at the default level, a person at a terminal still sees it, while a pipe or
+/// a file gets nothing but the report.
+fn announce(what: &str) {
+    if tracing::enabled!(tracing::Level::INFO) {
+        info!("schedlat: {what}");
+    } else if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprintln!("schedlat: {what}");
+    }
+}
+
 pub fn run(cli: &Cli, a: &CaptureArgs) -> anyhow::Result<()> {
     let mut pids = Vec::new();
     for &p in &a.pids {
@@ -46,7 +57,7 @@ pub fn run(cli: &Cli, a: &CaptureArgs) -> anyhow::Result<()> {
             pids.push(t);
         }
     }
-    let mut names = CgroupNames::new(v2_mount().map_err(|e| UsageError(e.to_string()))?);
+    let names = CgroupNames::new(v2_mount().map_err(|e| UsageError(e.to_string()))?);
     let filter_cgroups = match &a.cgroup {
         Some(path) => names
             .subtree_ids(path)
@@ -86,58 +97,260 @@ pub fn run(cli: &Cli, a: &CaptureArgs) -> anyhow::Result<()> {
         return Err(UsageError("--go needs --pid PID (the Go program to read)".into()).into());
     }
     opts.go_events = go.iter().find_map(|g| g.probe_target());
-    let mut probes = Probes::load(&opts).context("starting the capture")?;
+    // Created before attaching: a path that cannot be written fails now, not after the capture.
+    let html = match &a.html {
+        Some(p) => Some((
+            std::fs::File::create(p)
+                .map_err(|e| UsageError(format!("--html: cannot create {}: {e}", p.display())))?,
+            p.as_path(),
+        )),
+        None => None,
+    };
+    let probes = Probes::load(&opts).context("starting the capture")?;
     if let Some(t) = &opts.go_events {
-        info!(pid = t.pid, site = %t.site, file_offset = t.file_offset, "Go uprobe attached");
+        debug!(pid = t.pid, site = %t.site, file_offset = t.file_offset, "Go uprobe attached");
     }
     let scope = if pids.is_empty() && a.cgroup.is_none() {
-        "host-wide".to_string()
+        "host-wide"
     } else {
-        "filtered".to_string()
+        "filtered"
     };
-    // Tests and scripts wait for this line: the programs are attached from here on.
-    eprintln!(
-        "schedlat: capturing {scope} for {} (Ctrl-C to stop early)",
-        humantime::format_duration(a.duration)
-    );
+    let total = match (a.duration, a.interval) {
+        (Some(d), _) => Some(d),
+        (None, None) => Some(Duration::from_secs(10)),
+        (None, Some(_)) => None,
+    };
+    announce(&match (a.interval, total) {
+        (None, total) => format!(
+            "capturing {scope} for {} (Ctrl-C to stop early)",
+            humantime::format_duration(total.unwrap_or_default())
+        ),
+        (Some(i), total) => format!(
+            "capturing {scope}, a report every {}{}{} (Ctrl-C to stop)",
+            humantime::format_duration(i),
+            a.count
+                .map_or_else(String::new, |n| format!(", {n} of them")),
+            total.map_or_else(String::new, |d| format!(
+                " for at most {}",
+                humantime::format_duration(d)
+            )),
+        ),
+    });
 
-    let started = Instant::now();
-    let mut slow = Vec::new();
-    let mut slow_dropped = 0;
+    let ctx = BlockContext {
+        a,
+        opts: &opts,
+        filter: Filter {
+            pids,
+            cgroup: a.cgroup.clone(),
+        },
+        mount: mount.as_deref(),
+        text: report::TextOptions {
+            top: a.top.unwrap_or(if a.interval.is_some() { 5 } else { 10 }),
+            buckets: a.buckets,
+            block: a.interval.is_some(),
+        },
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async {
-        let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
-        let deadline = tokio::time::sleep(a.duration);
-        tokio::pin!(deadline);
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
+    rt.block_on(capture_blocks(&ctx, probes, go, names, total, html))
+}
+
+/// What every block of a capture shares.
+struct BlockContext<'a> {
+    a: &'a CaptureArgs,
+    opts: &'a ProbeOptions,
+    filter: Filter,
+    mount: Option<&'a std::path::Path>,
+    text: report::TextOptions,
+}
+
+/// Run the capture: one block for the whole duration, or one per `--interval` until
+/// `--count`, the duration, SIGINT or SIGTERM (which end the current block early and print
+/// it: every block printed is whole). With `--html`, the maps are also read once per column
+/// of the heatmaps (the interval, or an automatic one) and the page is written at the end.
+async fn capture_blocks(
+    ctx: &BlockContext<'_>,
+    probes: Probes,
+    mut go: Vec<gocapture::GoStart>,
+    mut names: CgroupNames,
+    total: Option<Duration>,
+    html: Option<(std::fs::File, &std::path::Path)>,
+) -> anyhow::Result<()> {
+    let a = ctx.a;
+    let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let started = tokio::time::Instant::now();
+    let started_wall = SystemTime::now();
+    let end = total.map(|d| started + d);
+    // Heatmap columns: the blocks, or ~120 columns of at least 1 s over the duration.
+    let column = a.interval.or_else(|| {
+        a.html.as_ref().map(|_| {
+            total
+                .map_or(Duration::from_secs(1), |d| d / 120)
+                .max(Duration::from_secs(1))
+        })
+    });
+    let mut timeline = a
+        .html
+        .as_ref()
+        .map(|_| report::timeline::Timeline::new(ctx.opts.go_events.is_some()));
+    let mut probes = Some(probes);
+    let mut prev = RawSnapshot::default();
+    let mut block_start = (started, started_wall);
+    let mut blocks = 0u64;
+    // Slow events of the whole capture (its report, the page), bounded as one block's are.
+    let mut all_slow = Vec::new();
+    let mut all_slow_dropped = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut stdout_gone = false;
+    // Where the last block ended (the snapshot): the end of the whole capture.
+    let mut finished;
+    let now = loop {
+        let p = probes.as_mut().expect("attached until the last block");
+        let block_end = match (column, end) {
+            (Some(i), Some(e)) => (block_start.0 + i).min(e),
+            (Some(i), None) => block_start.0 + i,
+            (None, e) => e.expect("a duration without --interval"),
+        };
+        let mut slow = Vec::new();
+        let mut slow_dropped = 0;
+        let mut stop = false;
         loop {
             tokio::select! {
-                _ = &mut deadline => break,
-                _ = tokio::signal::ctrl_c() => break,
-                _ = term.recv() => break,
-                _ = tick.tick() => slow_dropped += probes.drain_slow_events(&mut slow, a.max_slow_events),
+                _ = tokio::time::sleep_until(block_end) => break,
+                _ = int.recv() => { stop = true; break }
+                _ = term.recv() => { stop = true; break }
+                _ = tick.tick() => slow_dropped += p.drain_slow_events(&mut slow, a.max_slow_events),
             }
         }
-        anyhow::Ok(())
-    })?;
-    let elapsed = started.elapsed();
-    slow_dropped += probes.drain_slow_events(&mut slow, a.max_slow_events);
-    probes.flush_kernel_log();
-    let snap = probes.snapshot().context("reading the capture maps")?;
-    drop(probes); // detach before the (possibly slow) output
-    // The Go end readings right after the maps, so both cover the same window.
+        slow_dropped += p.drain_slow_events(&mut slow, a.max_slow_events);
+        p.flush_kernel_log();
+        let now = p.snapshot().context("reading the capture maps")?;
+        // The block ends at this reading (not after the detaching below, which takes time).
+        let at = (tokio::time::Instant::now(), SystemTime::now());
+        let window = (block_start.1, at.1);
+        let elapsed = at.0 - block_start.0;
+        blocks += 1;
+        let last = stop
+            || column.is_none()
+            || a.count.is_some_and(|n| blocks >= n)
+            || end.is_some_and(|e| at.0 + Duration::from_millis(1) >= e);
+        if last {
+            drop(probes.take()); // detach before the (possibly slow) output
+        }
+        block_start = at;
+        finished = at;
+        let snap = report::since(&now, &prev);
+        if let Some(t) = timeline.as_mut() {
+            t.push(report::timeline::Column::of(&snap, window));
+        }
+        if a.interval.is_some() {
+            let r = build_block(
+                ctx,
+                &snap,
+                &mut go,
+                &mut names,
+                BlockInput {
+                    elapsed,
+                    window,
+                    slow: &slow,
+                    slow_dropped,
+                },
+            )?;
+            let out = match a.format {
+                // JSON Lines: one object per line.
+                Format::Json => serde_json::to_string(&r)? + "\n",
+                Format::Text => format!(
+                    "{}{}\n",
+                    report::render_text(&r, &ctx.text),
+                    gocapture::render_text(&r.go)
+                ),
+            };
+            // A closed pipe (`| head`) ends the capture like Ctrl-C.
+            stdout_gone = !emit(&out)?;
+        }
+        all_slow_dropped += slow_dropped;
+        let room = a.max_slow_events.saturating_sub(all_slow.len());
+        all_slow_dropped += slow.len().saturating_sub(room) as u64;
+        all_slow.extend(slow.into_iter().take(room));
+        if last || stdout_gone {
+            drop(probes.take());
+            break now;
+        }
+        prev = now;
+    };
+
+    // The whole capture: the report (without --interval) and the page.
+    if a.interval.is_some() && a.html.is_none() {
+        return Ok(());
+    }
+    // Go sections cover the whole capture only when no block has taken a reading.
+    let mut no_go = Vec::new();
+    let whole = build_block(
+        ctx,
+        &now,
+        if a.interval.is_none() {
+            &mut go
+        } else {
+            &mut no_go
+        },
+        &mut names,
+        BlockInput {
+            elapsed: finished.0 - started,
+            window: (started_wall, finished.1),
+            slow: &all_slow,
+            slow_dropped: all_slow_dropped,
+        },
+    )?;
+    if let (Some((mut file, path)), Some(mut t)) = (html, timeline) {
+        t.finish();
+        use std::io::Write as _;
+        file.write_all(report::render_html(&whole, &t).as_bytes())
+            .with_context(|| format!("writing the HTML report to {}", path.display()))?;
+    }
+    if a.interval.is_none() {
+        let out = match a.format {
+            Format::Json => serde_json::to_string_pretty(&whole)? + "\n",
+            Format::Text => format!(
+                "{}{}",
+                report::render_text(&whole, &ctx.text),
+                gocapture::render_text(&whole.go)
+            ),
+        };
+        emit(&out)?;
+    }
+    Ok(())
+}
+
+struct BlockInput<'a> {
+    elapsed: Duration,
+    window: (SystemTime, SystemTime),
+    slow: &'a [schedlat_common::SlowEvent],
+    slow_dropped: u64,
+}
+
+/// The report of one block from the maps' growth over it (`snap`), with the Go programs'
+/// readings over the same interval (taken right after the maps, so both cover the same time).
+fn build_block(
+    ctx: &BlockContext<'_>,
+    snap: &RawSnapshot,
+    go: &mut Vec<gocapture::GoStart>,
+    names: &mut CgroupNames,
+    b: BlockInput<'_>,
+) -> anyhow::Result<report::CaptureReport> {
     let mut go_sections = Vec::new();
-    for g in go {
+    let mut gone = Vec::new();
+    for (i, g) in go.iter_mut().enumerate() {
         let pid = g.pid;
         let raw = snap
             .go
             .as_ref()
-            .filter(|_| opts.go_events.as_ref().is_some_and(|t| t.pid == pid));
-        match g.finish(mount.as_deref(), raw) {
+            .filter(|_| ctx.opts.go_events.as_ref().is_some_and(|t| t.pid == pid));
+        match g.next(ctx.mount, raw) {
             Ok(mut sec) => {
-                if let Some(t) = opts.go_events.as_ref().filter(|t| t.pid != pid) {
+                if let Some(t) = ctx.opts.go_events.as_ref().filter(|t| t.pid != pid) {
                     sec.warnings.push(format!(
                         "no per-event Go probes for this program: one Go program per capture \
                          gets them (pid {}); capture it on its own for its events",
@@ -146,22 +359,25 @@ pub fn run(cli: &Cli, a: &CaptureArgs) -> anyhow::Result<()> {
                 }
                 go_sections.push(sec)
             }
-            // Exited during the window: its start reading alone says nothing of the window.
-            Err(e) => warn!(pid, error = %e, "Go program not readable at the end of the capture"),
+            // Exited: its last reading alone says nothing of this interval.
+            Err(e) => {
+                warn!(pid, error = %e, "Go program no longer readable; no Go section for it");
+                gone.push(i);
+            }
         }
     }
-
+    for i in gone.into_iter().rev() {
+        go.remove(i);
+    }
     let mut r = report::build(
-        &snap,
+        snap,
         ReportInput {
-            duration_s: elapsed.as_secs_f64(),
-            filter: Filter {
-                pids,
-                cgroup: a.cgroup.clone(),
-            },
-            slow_events: &slow,
-            slow_threshold_ns: a.threshold.as_nanos() as u64,
-            slow_dropped_user: slow_dropped,
+            duration_s: b.elapsed.as_secs_f64(),
+            window: b.window,
+            filter: ctx.filter.clone(),
+            slow_events: b.slow,
+            slow_threshold_ns: ctx.a.threshold.as_nanos() as u64,
+            slow_dropped_user: b.slow_dropped,
         },
         |id| names.label(id),
     );
@@ -172,13 +388,17 @@ pub fn run(cli: &Cli, a: &CaptureArgs) -> anyhow::Result<()> {
         }
         r.go.push(sec);
     }
-    match a.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&r)?),
-        Format::Text => print!(
-            "{}{}",
-            report::render_text(&r, a.top),
-            gocapture::render_text(&r.go)
-        ),
+    Ok(r)
+}
+
+/// Write one whole block to stdout. `Ok(false)` when the reader has gone (a closed pipe, as
+/// with `| head`): the capture ends quietly, as other command-line tools do.
+fn emit(block: &str) -> anyhow::Result<bool> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(block.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e).context("writing the report to stdout"),
     }
-    Ok(())
 }

@@ -7,18 +7,9 @@ use std::{
 };
 
 use anyhow::Context as _;
-use axum::{
-    Router,
-    extract::State,
-    http::{HeaderMap, StatusCode, header},
-    middleware,
-    response::IntoResponse,
-    routing::get,
-    serve::ListenerExt as _,
-};
-use schedlat_common::HistKey;
+use schedlat_common::{HistKey, kind};
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::{
     cli::{Cli, DaemonArgs},
@@ -28,9 +19,9 @@ use crate::{
     exporter::series::SeriesKeeper,
     host::cgroup::{CgroupNames, v2_mount},
     host::privs::{check_can_switch, lookup_user, switch_user},
+    http::{BasicAuth, Render, Renders, TlsReloader, WebConfig, WebStats},
     kernel::probes::{Attached, FutexMode, ProbeOptions, Probes, RawSnapshot},
     model::UsageError,
-    web::{BasicAuth, TlsListener, TlsReloader, WebConfig, WebStats},
 };
 
 /// What a scrape needs. The kernel side is behind a trait so the HTTP layer is testable
@@ -80,8 +71,6 @@ pub struct AppState {
     futex_outcomes: bool,
     /// Go programs read at scrape time (config [go]).
     pub go: Option<crate::go::watch::GoWatcher>,
-    /// TLS reloads and refused logins (with a web config).
-    pub web: Option<Arc<WebStats>>,
 }
 
 pub type Shared = Arc<Mutex<AppState>>;
@@ -103,7 +92,6 @@ impl AppState {
             per_octave,
             futex_outcomes,
             go: None,
-            web: None,
         }))
     }
 
@@ -116,7 +104,6 @@ impl AppState {
             per_octave,
             futex_outcomes,
             go,
-            web,
         } = self;
         let mut snap = source.snapshot()?;
         let now = Instant::now();
@@ -144,9 +131,20 @@ impl AppState {
                 }
                 keeper.retire(gone, now);
                 snap.hists = live;
+                // Futex series leave HISTS; a cgroup's run-queue series free its RQ_SLOTS entry.
+                let futex = keys.iter().filter(|k| k.kind == kind::FUTEX).count();
+                let mut slots: Vec<u64> = keys
+                    .iter()
+                    .filter(|k| k.kind != kind::FUTEX)
+                    .map(|k| k.cgroup_id)
+                    .collect();
+                slots.sort_unstable();
+                slots.dedup();
                 for (map, n, _) in &mut snap.map_entries {
-                    if *map == "HISTS" {
-                        *n = n.saturating_sub(keys.len());
+                    match *map {
+                        "HISTS" => *n = n.saturating_sub(futex),
+                        "RQ_SLOTS" => *n = n.saturating_sub(slots.len()),
+                        _ => {}
                     }
                 }
             }
@@ -171,9 +169,6 @@ impl AppState {
             go.scrape();
             fams.extend(go.families());
         }
-        if let Some(web) = web {
-            fams.extend(web.families());
-        }
         let in_use: HashSet<String> = snap
             .hists
             .iter()
@@ -184,43 +179,16 @@ impl AppState {
     }
 }
 
-/// The HTTP app: GET /metrics (behind basic auth when `auth` is set) and /healthz (never:
-/// liveness probes carry no credentials, and it reveals nothing).
-pub fn router(state: Shared, auth: Option<Arc<BasicAuth>>) -> Router {
-    let app = Router::new().route("/metrics", get(metrics_handler));
-    let app = match auth {
-        Some(a) => app.route_layer(middleware::from_fn_with_state(a, crate::web::require_auth)),
-        None => app,
-    };
-    app.route("/healthz", get(|| async { "ok\n" }))
-        .with_state(state)
-}
-
-async fn metrics_handler(State(state): State<Shared>, headers: HeaderMap) -> impl IntoResponse {
-    let format = Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
-    // Map reads are a few syscalls per entry: fine inline, but keep them off the async workers.
-    let res = tokio::task::spawn_blocking(move || {
-        state
-            .lock()
-            .map_err(|_| anyhow::anyhow!("state poisoned"))?
-            .render(format)
-    })
-    .await;
-    match res {
-        Ok(Ok(body)) => ([(header::CONTENT_TYPE, format.content_type())], body).into_response(),
-        Ok(Err(e)) => {
-            error!(error = %e, "scrape failed");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("scrape failed: {e:#}\n"),
-            )
-                .into_response()
-        }
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("scrape task failed: {e}\n"),
-        )
-            .into_response(),
+/// Renders run on the blocking pool, one at a time (http::render); a render that panicked
+/// left the state as it was mid-render, which the next render takes over.
+impl Render for Mutex<AppState> {
+    fn render(&self, format: Format) -> anyhow::Result<Vec<u8>> {
+        let mut st = self.lock().unwrap_or_else(|e| {
+            warn!("the previous render panicked: rendering from the state it left");
+            self.clear_poison();
+            e.into_inner()
+        });
+        st.render(format)
     }
 }
 
@@ -255,9 +223,9 @@ pub fn run(cli: &Cli, a: &DaemonArgs) -> anyhow::Result<()> {
             if tls.is_none() && !web.users.is_empty() {
                 warn!(web_config = %origin, "basic auth without TLS sends passwords in the clear");
             }
-            (tls, BasicAuth::new(&web.users, stats.clone()), Some(stats))
+            (tls, BasicAuth::new(&web.users, stats.clone()), stats)
         }
-        None => (None, None, None),
+        None => (None, None, WebStats::new(false, false)),
     };
     let account = cfg.user.as_deref().map(lookup_user).transpose()?;
     if let Some(a) = &account {
@@ -279,6 +247,7 @@ pub fn run(cli: &Cli, a: &DaemonArgs) -> anyhow::Result<()> {
         }
     })?;
     listener.set_nonblocking(true)?;
+    crate::http::server::raise_open_files_limit();
     let opts = ProbeOptions {
         track_tasks: false,
         futex: cfg.futex,
@@ -354,17 +323,37 @@ pub fn run(cli: &Cli, a: &DaemonArgs) -> anyhow::Result<()> {
                 cfg.buckets_per_octave,
             ));
         }
-        st.web = web_stats;
+    }
+    // Connections each hold a descriptor: leave room for what the daemon opens itself.
+    let max_connections = crate::http::server::connection_cap(cfg.http.max_connections);
+    if max_connections < cfg.http.max_connections {
+        warn!(
+            max_connections,
+            configured = cfg.http.max_connections,
+            "the open-files limit allows fewer HTTP connections than http.max_connections: \
+             raise LimitNOFILE (or the container's nofile limit) for more"
+        );
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        // Renders are serialized by the state mutex: more blocking threads would only wait on
-        // it, each with its stack and malloc arena (a scrape flood grew RSS by ~30 MB). Also
-        // bounds the CPU that bcrypt checks of wrong passwords can take.
+        // Renders run one at a time (http::render) and bcrypt on a thread of its own: more
+        // blocking threads would only cost their stacks and malloc arenas.
         .max_blocking_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(serve(listener, tls, auth, state, &cfg))
+    let res = rt.block_on(serve(
+        listener,
+        tls,
+        auth,
+        state,
+        web_stats,
+        max_connections,
+        &cfg,
+    ));
+    // A render stuck in the blocking pool must not hold up the exit (the programs detach
+    // when the process ends).
+    rt.shutdown_timeout(Duration::from_secs(5));
+    res
 }
 
 async fn serve(
@@ -372,6 +361,8 @@ async fn serve(
     tls: Option<Arc<TlsReloader>>,
     auth: Option<Arc<BasicAuth>>,
     state: Shared,
+    stats: Arc<WebStats>,
+    max_connections: usize,
     cfg: &DaemonConfig,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
@@ -392,24 +383,30 @@ async fn serve(
         basic_auth = auth.is_some(),
         futex = %cfg.futex,
         max_cgroups = cfg.max_cgroups,
+        max_connections,
         "daemon ready"
     );
-    // The peer address reaches the basic-auth middleware, which limits failed logins by it.
-    let app = router(state.clone(), auth).into_make_service_with_connect_info::<SocketAddr>();
-    match tls {
-        Some(tls) => {
-            // tap_io: axum hands a custom listener's peer address to ConnectInfo through it.
-            axum::serve(TlsListener::new(listener, tls)?.tap_io(|_| {}), app)
-                .with_graceful_shutdown(shutdown)
-                .await?
-        }
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await?
-        }
-    }
-    // Dropping the state drops the programs and links: everything is detached.
+    let l = &cfg.http;
+    let renders = Renders::new(
+        state.clone(),
+        l.metrics_cache(),
+        l.render_timeout(),
+        l.max_waiting_scrapes,
+        stats.clone(),
+    );
+    let app = crate::http::router(renders, auth, stats.clone());
+    crate::http::server::serve(
+        listener,
+        app,
+        tls,
+        l.clone(),
+        max_connections,
+        stats,
+        shutdown,
+    )
+    .await;
+    // Dropping the state drops the programs and links: everything is detached (a render
+    // still running holds it until it ends).
     drop(state);
     info!("detached; bye");
     Ok(())
@@ -417,9 +414,12 @@ async fn serve(
 
 #[cfg(test)]
 mod tests {
-    use axum::body::Body;
+    use axum::{
+        body::Body,
+        http::{StatusCode, header},
+    };
     use http_body_util::BodyExt as _;
-    use schedlat_common::{HistKey, kind};
+    use schedlat_common::HistKey;
     use tower::ServiceExt as _;
 
     use super::*;
@@ -489,6 +489,28 @@ mod tests {
 
     type Shared<T = AppState> = Arc<Mutex<T>>;
 
+    /// The app over `state`, with `stats` for the HTTP layer's own counters. Each call is an
+    /// app of its own: no body is shared between the tests' requests.
+    fn router_with(
+        state: Shared,
+        auth: Option<Arc<BasicAuth>>,
+        stats: Arc<WebStats>,
+    ) -> axum::Router {
+        let renders = Renders::new(
+            state,
+            Duration::ZERO,
+            Duration::from_secs(10),
+            100,
+            stats.clone(),
+        );
+        crate::http::router(renders, auth, stats)
+    }
+
+    fn router(state: Shared, auth: Option<Arc<BasicAuth>>) -> axum::Router {
+        let stats = WebStats::new(auth.is_some(), false);
+        router_with(state, auth, stats)
+    }
+
     fn state(cgroups: Vec<u64>, ttl: Duration) -> (Shared, Shared<Vec<u64>>, Shared<Vec<HistKey>>) {
         let dead = Arc::new(Mutex::new(Vec::new()));
         let removed = Arc::new(Mutex::new(Vec::new()));
@@ -507,7 +529,7 @@ mod tests {
         (st, dead, removed)
     }
 
-    async fn get(app: Router, path: &str) -> (StatusCode, String, Option<String>) {
+    async fn get(app: axum::Router, path: &str) -> (StatusCode, String, Option<String>) {
         let resp = app
             .oneshot(axum::http::Request::get(path).body(Body::empty()).unwrap())
             .await
@@ -588,7 +610,6 @@ mod tests {
     async fn failed_logins_are_limited_and_counted_while_known_credentials_still_work() {
         let (state, _, _) = state(vec![1], Duration::from_secs(600));
         let stats = WebStats::new(true, false);
-        state.lock().unwrap().web = Some(stats.clone());
         let users = std::collections::BTreeMap::from([(
             "prom".to_string(),
             bcrypt::hash("s3cret", 4).unwrap(),
@@ -599,7 +620,8 @@ mod tests {
             if let Some(a) = authz {
                 r = r.header(header::AUTHORIZATION, a);
             }
-            router(state.clone(), auth.clone()).oneshot(r.body(Body::empty()).unwrap())
+            router_with(state.clone(), auth.clone(), stats.clone())
+                .oneshot(r.body(Body::empty()).unwrap())
         };
         let good = "Basic cHJvbTpzM2NyZXQ="; // prom:s3cret
         let wrong = "Basic cHJvbTp3cm9uZw=="; // prom:wrong
@@ -641,7 +663,7 @@ mod tests {
         }
         assert!(!body.contains("schedlat_web_tls"), "no TLS configured");
         assert_eq!(
-            stats.auth_failures(crate::web::AuthFailure::NoCredentials),
+            stats.auth_failures(crate::http::AuthFailure::NoCredentials),
             1
         );
     }

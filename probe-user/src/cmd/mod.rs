@@ -2,4 +2,6 @@
 pub mod capture;
 pub mod check;
 pub mod daemon;
+pub mod floor;
 pub mod go_stats;
+pub mod top;

@@ -30,6 +30,17 @@ pub enum Format {
 }
 
 impl Format {
+    /// How many formats there are ([`Format::index`] is below it).
+    pub const COUNT: usize = 2;
+
+    /// A dense index, for per-format state.
+    pub fn index(self) -> usize {
+        match self {
+            Self::Text => 0,
+            Self::Protobuf => 1,
+        }
+    }
+
     /// The format a scraper's `Accept` header asks for: protobuf when a delimited
     /// `io.prometheus.client.MetricFamily` ranks at least as high as text (as Prometheus asks
     /// with native histograms enabled); text otherwise, and for anything unparsable.

@@ -10,12 +10,12 @@ use schedlat_common::{GoConfig, go};
 use crate::{
     goruntime::{
         GoBinary, GoError,
-        events::{self, EventPlan},
+        events::{self, EventPlan, SyscallPlan},
         live::{self, GcPauses, LatencyHist, SchedStats, Stats},
     },
     hist::{HistSummary, quantile},
     host::cpulimit::{self, CpuBudget, Throttling},
-    kernel::probes::{GoEventTarget, GoRaw},
+    kernel::probes::{GoEventTarget, GoProbe, GoRaw},
 };
 
 /// Summary of a runtime histogram's growth over the window.
@@ -183,8 +183,29 @@ pub struct GoEvents {
     /// Syscall returns that kept their P (_Gsyscall -> _Grunning): no scheduling latency, but
     /// runtime/metrics' /sched/latencies counts each as a 0 s sample.
     pub syscall_fast_returns: u64,
+    /// Time goroutines spent in system calls and what the blocking ones cost them; null when
+    /// the probes they need on Go >= 1.26 cannot be placed (the reason is among the warnings).
+    pub syscalls: Option<GoSyscalls>,
     /// Lost or approximate: by reason (see schedlat_common::go::counter).
     pub dropped: GoEventDrops,
+}
+
+/// System calls: entersyscall (_Grunning -> _Gsyscall) until exitsyscall, back to _Grunning
+/// with a P, or to _Grunnable without one (exitsyscall0; exitsyscallNoP on Go >= 1.26). Up to
+/// Go 1.25 casgstatus carries these; Go 1.26 switches by CAS, so three more probes
+/// (reentersyscall, exitsyscall, exitsyscallNoP) see them there.
+#[derive(Clone, Debug, Serialize)]
+pub struct GoSyscalls {
+    /// Time in the syscall, per syscall that returned in the window.
+    pub time: HistSummary,
+    /// Returns that kept (or at once re-took) a P: the goroutine ran on.
+    pub kept_p: u64,
+    /// Returns that found no P (the runtime handed it to another thread while this one was
+    /// blocked): the goroutine went back to the run queue, the classic "goroutines starve
+    /// although CPUs are idle" sign of blocking syscalls under a small GOMAXPROCS.
+    pub lost_p: u64,
+    /// The scheduling latency those `lost_p` returns then paid (runnable -> running).
+    pub lost_p_sched_latency: HistSummary,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -267,6 +288,18 @@ pub fn events_section(raw: &GoRaw, plan: &EventPlan, reasons: &[String]) -> GoEv
         goroutines_created: raw.counts[c::CREATED as usize],
         goroutines_exited: raw.counts[c::EXITED as usize],
         syscall_fast_returns: raw.counts[c::SYSCALL_FAST_RETURNS as usize],
+        syscalls: match plan.syscalls {
+            SyscallPlan::Unavailable(_) => None,
+            SyscallPlan::Casgstatus | SyscallPlan::Probes(_) => {
+                let lost_p = raw.counts[c::SYSCALL_LOST_P as usize];
+                Some(GoSyscalls {
+                    time: summary(h::SYSCALL),
+                    kept_p: raw.counts[c::SYSCALL_EXITS as usize].saturating_sub(lost_p),
+                    lost_p,
+                    lost_p_sched_latency: summary(h::SYSCALL_LOST_P_LATENCY),
+                })
+            }
+        },
         dropped: GoEventDrops {
             g_map_full: raw.counts[c::G_MAP_FULL as usize],
             reason_read_failed: raw.counts[c::REASON_READ_FAILED as usize],
@@ -353,6 +386,20 @@ impl GoStart {
                 p.site.offset,
                 p.site.instruction
             ),
+            syscall_probes: match &p.syscalls {
+                SyscallPlan::Probes(probes) => probes
+                    .iter()
+                    .map(|s| GoProbe {
+                        program: s.program,
+                        file_offset: s.probe_file_offset(),
+                        site: format!(
+                            "{}+{:#x} ({})",
+                            s.function, s.site.offset, s.site.instruction
+                        ),
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            },
             config: GoConfig {
                 tgid: self.pid,
                 g_waitreason: p.g_waitreason as u32,
@@ -371,7 +418,18 @@ impl GoStart {
     /// the capture report afterwards ([`GoSection::threads_runqueue_delay_ns`]).
     /// `raw`: the Go maps, when this process's uprobe was attached.
     pub fn finish(
-        self,
+        mut self,
+        cgroup_mount: Option<&std::path::Path>,
+        raw: Option<&GoRaw>,
+    ) -> Result<GoSection, GoError> {
+        self.next(cgroup_mount, raw)
+    }
+
+    /// [`finish`](Self::finish) for one interval of a capture: the section covers the time
+    /// since the previous call (or the start), and this reading starts the next interval.
+    /// `raw`: the Go maps' growth over the same interval.
+    pub fn next(
+        &mut self,
         cgroup_mount: Option<&std::path::Path>,
         raw: Option<&GoRaw>,
     ) -> Result<GoSection, GoError> {
@@ -439,12 +497,20 @@ impl GoStart {
         if let Some(why) = &self.events_unavailable {
             warnings.push(why.clone());
         }
+        if let Some((plan, _)) = &self.events {
+            if let SyscallPlan::Unavailable(why) = &plan.syscalls {
+                warnings.push(format!(
+                    "system calls not seen (Go >= 1.26 needs three more probes): {why}"
+                ));
+            }
+        }
         warnings.extend(exited);
         let events = match (&self.events, raw) {
             (Some((plan, names)), Some(raw)) => Some(events_section(raw, plan, names)),
             _ => None,
         };
-        Ok(GoSection {
+        let sched_latency = window(&self.before.sched_latencies, &after.sched_latencies);
+        let section = GoSection {
             pid: self.pid,
             go_version: after.go_version.clone(),
             layout: after.layout.clone(),
@@ -452,16 +518,19 @@ impl GoStart {
             goroutines: after.goroutines.as_ref().map(|g| g.live),
             goroutines_ever_allocated: after.goroutines.as_ref().map_or(0, |g| g.allglen),
             sched_stats: after.sched_stats.clone(),
-            sched_latency: window(&self.before.sched_latencies, &after.sched_latencies),
+            sched_latency,
             stw_pauses,
             gc_pauses,
-            cpu_budget: budget,
+            cpu_budget: budget.clone(),
             throttling,
             threads_runqueue_delay_ns: 0,
             threads_runqueue_waits: 0,
             events,
             warnings,
-        })
+        };
+        self.before = after;
+        self.budget_before = budget;
+        Ok(section)
     }
 }
 
@@ -618,6 +687,21 @@ fn render_events(o: &mut String, e: &GoEvents) {
         "  goroutines created {}, ended {}; syscall returns without a wait {}",
         e.goroutines_created, e.goroutines_exited, e.syscall_fast_returns
     );
+    match &e.syscalls {
+        Some(s) => {
+            let _ = writeln!(o, "  in system calls: {}", line(&s.time));
+            let _ = writeln!(
+                o,
+                "    returns that kept their P {}, that lost it {}; those then waited to run: {}",
+                s.kept_p,
+                s.lost_p,
+                line(&s.lost_p_sched_latency)
+            );
+        }
+        None => {
+            let _ = writeln!(o, "  system calls: not seen (see the warnings)");
+        }
+    }
     if !e.blocked.is_empty() {
         let _ = writeln!(o, "  blocked, by wait reason:");
         for b in &e.blocked {
@@ -711,6 +795,7 @@ mod tests {
             },
             wait_reasons_vaddr: 0x686f00,
             wait_reasons_len: 3,
+            syscalls: SyscallPlan::Probes(Vec::new()),
         }
     }
 
@@ -772,6 +857,50 @@ mod tests {
         assert!(text.contains("58.7% of the time"), "{text}");
         assert!(
             text.contains("1 latencies with the thread share a lower bound"),
+            "{text}"
+        );
+        // No syscall in the maps: an empty section, not a missing one.
+        assert_eq!(e.syscalls.as_ref().map(|s| s.time.count), Some(0));
+    }
+
+    #[test]
+    fn events_section_reports_syscalls_unless_their_probes_are_missing() {
+        use crate::hist::Histogram;
+        let mut hists = vec![Histogram::default(); go::hist::COUNT as usize];
+        for ns in [2_000, 20_000_000, 21_000_000] {
+            hists[go::hist::SYSCALL as usize].record(ns);
+        }
+        for ns in [4_000_000, 9_000_000] {
+            hists[go::hist::SYSCALL_LOST_P_LATENCY as usize].record(ns);
+        }
+        let mut counts = [0u64; go::counter::COUNT];
+        counts[go::counter::SYSCALL_EXITS as usize] = 3;
+        counts[go::counter::SYSCALL_LOST_P as usize] = 2;
+        let raw = GoRaw { hists, counts };
+        for (syscalls, seen) in [
+            (SyscallPlan::Casgstatus, true),
+            (SyscallPlan::Probes(Vec::new()), true),
+            (SyscallPlan::Unavailable("no site".into()), false),
+        ] {
+            let e = events_section(
+                &raw,
+                &EventPlan {
+                    syscalls: syscalls.clone(),
+                    ..plan()
+                },
+                &[],
+            );
+            assert_eq!(e.syscalls.is_some(), seen, "{syscalls:?}");
+        }
+        let e = events_section(&raw, &plan(), &[]);
+        let s = e.syscalls.as_ref().unwrap();
+        assert_eq!((s.time.count, s.kept_p, s.lost_p), (3, 1, 2));
+        assert_eq!(s.lost_p_sched_latency.count, 2);
+        let mut text = String::new();
+        render_events(&mut text, &e);
+        assert!(text.contains("in system calls: 3 "), "{text}");
+        assert!(
+            text.contains("that kept their P 1, that lost it 2"),
             "{text}"
         );
     }

@@ -30,6 +30,34 @@ pub struct EventPlan {
     /// runtime.waitReasonStrings: [N]string at this link-time address.
     pub wait_reasons_vaddr: u64,
     pub wait_reasons_len: u64,
+    /// How syscalls are seen.
+    pub syscalls: SyscallPlan,
+}
+
+/// How a capture sees a goroutine's system calls.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyscallPlan {
+    /// Go <= 1.25: casgstatus carries _Grunning -> _Gsyscall and back.
+    Casgstatus,
+    /// Go >= 1.26: one more probe on each of these functions.
+    Probes(Vec<SyscallProbe>),
+    /// Go >= 1.26, but the probes cannot be placed: why.
+    Unavailable(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyscallProbe {
+    /// The eBPF program (probe-ebpf's `go_syscall_*`).
+    pub program: &'static str,
+    pub function: &'static str,
+    pub function_file_offset: u64,
+    pub site: ProbeSite,
+}
+
+impl SyscallProbe {
+    pub fn probe_file_offset(&self) -> u64 {
+        self.function_file_offset + self.site.offset
+    }
 }
 
 impl EventPlan {
@@ -54,7 +82,8 @@ pub(super) fn plan_for<'d, R: ReadRef<'d>>(bin: &GoBinary<'d, R>) -> Result<Even
         )));
     }
     // The register ABI (ABIInternal) arrived on amd64 in Go 1.17 (cmd/compile/abi-internal.md).
-    if GoVersion::parse(&version).is_some_and(|v| !v.at_least(1, 17)) {
+    let parsed = GoVersion::parse(&version);
+    if parsed.as_ref().is_some_and(|v| !v.at_least(1, 17)) {
         return Err(unsupported(format!(
             "{version} passes arguments on the stack; per-event probes need Go >= 1.17"
         )));
@@ -62,65 +91,83 @@ pub(super) fn plan_for<'d, R: ReadRef<'d>>(bin: &GoBinary<'d, R>) -> Result<Even
     // Unstripped: .symtab and DWARF. Stripped: .gopclntab and the layout table.
     let stripped = !super::symbolic(file);
     let malformed = |what: String| GoError::Malformed { what };
-    let (func, reasons, g_waitreason, statuses) = if stripped {
-        let entry = table::lookup(&version)?;
-        let res = table::Resolver::new(file)?;
-        let f = res
-            .function(FUNCTION)
-            .ok_or_else(|| malformed(format!("{FUNCTION} is not in .gopclntab")))?;
-        let reasons = res.symbol(entry, WAIT_REASONS)?;
-        (
-            (f.addr, f.size),
-            (reasons, entry.wait_reasons_len * 16),
-            entry.g_waitreason,
-            entry.statuses,
-        )
+    let resolver = if stripped {
+        Some(table::Resolver::new(file)?)
     } else {
-        // One read of the string table (super::find_symbols_sized says why).
-        let mut want = [(FUNCTION, None), (WAIT_REASONS, None)];
-        super::find_symbols_sized(file, &mut want)?;
-        let [(_, func), (_, reasons)] = want;
-        let missing_sym = |symbol| GoError::MissingSymbol {
-            version: version.clone(),
-            symbol,
-        };
-        let (g_waitreason, statuses) = dwarf_facts(bin.types()?, &version)?;
-        (
-            func.ok_or_else(|| missing_sym(FUNCTION))?,
-            reasons.ok_or_else(|| missing_sym(WAIT_REASONS))?,
-            g_waitreason,
-            statuses,
-        )
+        None
     };
-    let ((fvaddr, fsize), (rvaddr, rsize)) = (func, reasons);
-    if fsize == 0 || fsize > probesite::MAX_FUNCTION as u64 {
-        return Err(malformed(format!("{FUNCTION} has size {fsize}")));
-    }
+    // Address and size of a runtime function, from .symtab or .gopclntab.
+    let function = |name: &'static str| -> Result<(u64, u64), GoError> {
+        match &resolver {
+            Some(res) => res
+                .function(name)
+                .map(|f| (f.addr, f.size))
+                .ok_or_else(|| malformed(format!("{name} is not in .gopclntab"))),
+            None => {
+                let mut want = [(name, None)];
+                super::find_symbols_sized(file, &mut want)?;
+                want[0].1.ok_or_else(|| GoError::MissingSymbol {
+                    version: version.clone(),
+                    symbol: name,
+                })
+            }
+        }
+    };
+    let (reasons, g_waitreason, statuses) = match &resolver {
+        Some(res) => {
+            let entry = table::lookup(&version)?;
+            let reasons = res.symbol(entry, WAIT_REASONS)?;
+            (
+                (reasons, entry.wait_reasons_len * 16),
+                entry.g_waitreason,
+                entry.statuses,
+            )
+        }
+        None => {
+            let mut want = [(WAIT_REASONS, None)];
+            super::find_symbols_sized(file, &mut want)?;
+            let reasons = want[0].1.ok_or_else(|| GoError::MissingSymbol {
+                version: version.clone(),
+                symbol: WAIT_REASONS,
+            })?;
+            let (g_waitreason, statuses) = dwarf_facts(bin.types()?, &version)?;
+            (reasons, g_waitreason, statuses)
+        }
+    };
+    let (rvaddr, rsize) = reasons;
     let reasons_len = wait_reasons_len(rsize)?;
-
-    // Only the function's bytes (data_range reads just them through ReadCache).
-    let code = super::section_by_name(file, ".text")
-        .filter(|s| {
-            s.address() <= fvaddr
-                && fvaddr.saturating_add(fsize) <= s.address().saturating_add(s.size())
-        })
-        .and_then(|s| s.data_range(fvaddr, fsize).ok().flatten())
-        .ok_or_else(|| malformed(format!("{FUNCTION} is not inside .text")))?;
     // gp, oldval, newval: RAX, RBX, RCX under ABIInternal.
-    let site = probesite::choose(code, fvaddr, &[Register::RAX, Register::RBX, Register::RCX])
-        .map_err(|e| {
-            unsupported(format!(
-                "no uprobe site in {FUNCTION} that avoids single-stepping: {e}"
-            ))
-        })?;
-    let function_file_offset = file
-        .segments()
-        .find_map(|s| {
-            let (off, len) = s.file_range();
-            let rel = fvaddr.checked_sub(s.address())?;
-            (rel.checked_add(fsize)? <= len).then(|| off + rel)
-        })
-        .ok_or_else(|| malformed(format!("{FUNCTION} is not inside a loaded segment")))?;
+    let (fvaddr, fsize) = function(FUNCTION)?;
+    let (function_file_offset, site) = place(
+        file,
+        FUNCTION,
+        fvaddr,
+        fsize,
+        &[Register::RAX, Register::RBX, Register::RCX],
+    )?;
+    // Go 1.26 enters and leaves _Gsyscall by CAS, around casgstatus (runtime/proc.go
+    // reentersyscall, exitsyscall): three more probes see syscalls there.
+    let syscalls = if parsed.is_some_and(|v| v.at_least(1, 26)) {
+        let plan = SYSCALL_PROBES
+            .iter()
+            .map(|&(program, name, keep)| {
+                let (vaddr, size) = function(name)?;
+                let (function_file_offset, site) = place(file, name, vaddr, size, &[keep])?;
+                Ok(SyscallProbe {
+                    program,
+                    function: name,
+                    function_file_offset,
+                    site,
+                })
+            })
+            .collect::<Result<Vec<_>, GoError>>();
+        match plan {
+            Ok(p) => SyscallPlan::Probes(p),
+            Err(e) => SyscallPlan::Unavailable(e.to_string()),
+        }
+    } else {
+        SyscallPlan::Casgstatus
+    };
     let base_vaddr = super::base_vaddr(file)?;
     Ok(EventPlan {
         version,
@@ -133,5 +180,53 @@ pub(super) fn plan_for<'d, R: ReadRef<'d>>(bin: &GoBinary<'d, R>) -> Result<Even
         statuses,
         wait_reasons_vaddr: rvaddr,
         wait_reasons_len: reasons_len,
+        syscalls,
     })
+}
+
+/// The uprobe programs for Go >= 1.26 syscalls, the function each goes on, and the register
+/// it reads there (R14: the current g under ABIInternal; RAX: the first argument).
+const SYSCALL_PROBES: [(&str, &str, Register); 3] = [
+    ("go_syscall_enter", "runtime.reentersyscall", Register::R14),
+    ("go_syscall_exit", "runtime.exitsyscall", Register::R14),
+    (
+        "go_syscall_exit_no_p",
+        "runtime.exitsyscallNoP",
+        Register::RAX,
+    ),
+];
+
+/// The file offset of function `name` (linked at `vaddr`, `size` bytes) and a probe site in it
+/// that leaves `keep` untouched and is never single-stepped.
+fn place<'d, R: ReadRef<'d>>(
+    file: &object::File<'d, R>,
+    name: &str,
+    vaddr: u64,
+    size: u64,
+    keep: &[Register],
+) -> Result<(u64, ProbeSite), GoError> {
+    let malformed = |what: String| GoError::Malformed { what };
+    if size == 0 || size > probesite::MAX_FUNCTION as u64 {
+        return Err(malformed(format!("{name} has size {size}")));
+    }
+    // Only the function's bytes (data_range reads just them through ReadCache).
+    let code = super::section_by_name(file, ".text")
+        .filter(|s| {
+            s.address() <= vaddr
+                && vaddr.saturating_add(size) <= s.address().saturating_add(s.size())
+        })
+        .and_then(|s| s.data_range(vaddr, size).ok().flatten())
+        .ok_or_else(|| malformed(format!("{name} is not inside .text")))?;
+    let site = probesite::choose(code, vaddr, keep).map_err(|e| GoError::Unsupported {
+        what: format!("no uprobe site in {name} that avoids single-stepping: {e}"),
+    })?;
+    let file_offset = file
+        .segments()
+        .find_map(|s| {
+            let (off, len) = s.file_range();
+            let rel = vaddr.checked_sub(s.address())?;
+            (rel.checked_add(size)? <= len).then(|| off + rel)
+        })
+        .ok_or_else(|| malformed(format!("{name} is not inside a loaded segment")))?;
+    Ok((file_offset, site))
 }

@@ -197,6 +197,24 @@ fn stripped_fixtures_resolve_through_the_layout_table() {
                 pa.wait_reasons_vaddr,
                 pb.wait_reasons_vaddr,
             );
+            // Syscalls: casgstatus up to Go 1.25; from 1.26 three more probes, placed alike
+            // from .symtab and from .gopclntab.
+            let new_syscalls = crate::goruntime::GoVersion::parse(&v)
+                .unwrap()
+                .at_least(1, 26);
+            match (&pa.syscalls, &pb.syscalls) {
+                (events::SyscallPlan::Casgstatus, events::SyscallPlan::Casgstatus) => {
+                    assert!(!new_syscalls, "{v}/{name}")
+                }
+                (events::SyscallPlan::Probes(a), events::SyscallPlan::Probes(b)) => {
+                    assert!(new_syscalls, "{v}/{name}");
+                    assert_eq!(a.len(), 3, "{v}/{name}");
+                    for (x, y) in a.iter().zip(b) {
+                        assert_eq!((x.program, &x.site), (y.program, &y.site), "{v}/{name}");
+                    }
+                }
+                other => panic!("{v}/{name}: syscall plans {other:?}"),
+            }
         }
     }
 }

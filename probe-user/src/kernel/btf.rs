@@ -107,6 +107,11 @@ impl KernelBtf {
         })
     }
 
+    /// Whether `struct strukt` has a member `field` (also inside anonymous members).
+    pub fn has_member(&self, strukt: &str, field: &str) -> bool {
+        field_offset(&self.btf, strukt, &[field]).is_ok()
+    }
+
     /// Number of arguments of a tracepoint's BTF typedef (`btf_trace_<name>`), context
     /// included; None if the kernel has no such typedef (no BTF tracepoints).
     pub fn tracepoint_arg_count(&self, typedef: &str) -> Option<usize> {

@@ -15,6 +15,7 @@ pub enum Feature {
     SwitchPrevState,
     TaskPtRegs,
     RingBuf,
+    TaskStorage,
     SyscallTracepoints,
     FutexWaitvTracepoints,
     Futex2Tracepoints,
@@ -67,6 +68,14 @@ pub const TABLE: &[Spec] = &[
         detected_by: "BTF enum bpf_map_type has BPF_MAP_TYPE_RINGBUF",
         used_for: "slow events (with who ran instead)",
         without: "capture and daemon refuse to start (exit 2)",
+    },
+    Spec {
+        feature: Feature::TaskStorage,
+        name: "task storage in tracing programs",
+        since: "5.12",
+        detected_by: "BTF struct task_struct has member bpf_storage",
+        used_for: "per-task run-queue state with no map to fill and a cached histogram slot (the cheap hot path)",
+        without: "per-task state in a hash map (`maps.runq_start` entries, drops counted), one hash lookup more per switch",
     },
     Spec {
         feature: Feature::SyscallTracepoints,
@@ -142,6 +151,10 @@ impl KernelFeatures {
                         btf.has_enum_value("bpf_func_id", "BPF_FUNC_task_pt_regs")
                     }
                     Feature::RingBuf => btf.has_enum_value("bpf_map_type", "BPF_MAP_TYPE_RINGBUF"),
+                    // Task storage came in 5.11 for BPF LSM only, its pointer in the LSM blob;
+                    // 5.12 moved it into task_struct to open it to tracing programs
+                    // (a10787e6d58c, kernel/bpf/bpf_task_storage.c).
+                    Feature::TaskStorage => btf.has_member("task_struct", "bpf_storage"),
                     Feature::SyscallTracepoints => tracefs.has("syscalls", "sys_enter_futex"),
                     Feature::FutexWaitvTracepoints => {
                         tracefs.has("syscalls", "sys_enter_futex_waitv")
@@ -254,6 +267,7 @@ pub const TESTED: &[TestedKernel] = &[
         missing: &[
             Feature::SwitchPrevState,
             Feature::TaskPtRegs,
+            Feature::TaskStorage,
             Feature::FutexWaitvTracepoints,
             Feature::Futex2Tracepoints,
         ],
@@ -326,7 +340,7 @@ mod tests {
                 assert_ne!(a.feature, b.feature, "{} twice", a.name);
             }
         }
-        assert_eq!(TABLE.len(), 8);
+        assert_eq!(TABLE.len(), 9);
     }
 
     #[test]

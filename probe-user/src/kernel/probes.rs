@@ -6,14 +6,14 @@ use std::{path::PathBuf, time::Duration};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, Queue, RingBuf},
     programs::{
         BtfTracePoint, TracePoint, UProbe, uprobe::UProbeAttachLocation, uprobe::UProbeScope,
     },
 };
 use schedlat_common::{
-    Config, CpuStat, GoConfig, Hist, HistKey, SlowEvent, TaskStat, WakeCount, WakePair,
-    drop_reason, flags, futex_outcome, go,
+    Config, CpuStat, GoConfig, Hist, HistKey, RunqHists, SlowEvent, TaskStat, WakeCount, WakePair,
+    drop_reason, flags, futex_outcome, go, kind,
 };
 use tracing::{debug, warn};
 
@@ -27,6 +27,13 @@ use crate::{
 
 /// The compiled eBPF object (probe-ebpf), built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/schedlat-probes"));
+/// The same programs with per-task state in a hash map (RUNQ_START), for kernels without task
+/// storage in tracing programs (probe-ebpf feature hash-stamps; features::Feature::TaskStorage).
+static OBJECT_HASH: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/schedlat-probes-hash"));
+/// The benchmark's floor (probe-ebpf/src/floor.rs): the same hooks with empty bodies.
+static FLOOR_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/schedlat-floor"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -84,11 +91,14 @@ impl ProbeError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MapSizes {
-    /// Tasks runnable but not yet running, at once (a stamp per task).
+    /// Tasks runnable but not yet running, at once (a stamp per task). Only on kernels without
+    /// task storage in tracing programs (before 5.12); elsewhere a task's stamp lives in its
+    /// own storage and there is no such limit.
     pub runq_start: u32,
     /// Tasks inside a blocking futex call, at once.
     pub futex_start: u32,
-    /// (cgroup, kind, futex op) histogram series.
+    /// Histograms: run-queue delay (woken and preempted) of `hists / 2` cgroups (RQ_SLOTS),
+    /// and `hists / 2` futex series, one per cgroup and futex op (HISTS).
     pub hists: u32,
     /// Distinct tids in a capture.
     pub tasks: u32,
@@ -142,7 +152,17 @@ pub struct GoEventTarget {
     pub file_offset: u64,
     /// Shown in errors and `attached`, e.g. "runtime.casgstatus+0x20 (jb)".
     pub site: String,
+    /// Go >= 1.26: the syscall probes (crate::goruntime::events::SyscallPlan).
+    pub syscall_probes: Vec<GoProbe>,
     pub config: GoConfig,
+}
+
+/// One more uprobe in the Go target: which program, where, and how to name it.
+#[derive(Clone, Debug)]
+pub struct GoProbe {
+    pub program: &'static str,
+    pub file_offset: u64,
+    pub site: String,
 }
 
 /// The Go maps at one instant (captures with [`ProbeOptions::go_events`]).
@@ -207,6 +227,8 @@ pub struct Probes {
     pub futex: FutexMode,
     /// What the kernel offers (crate::kernel::features::TABLE), as detected at load.
     pub features: KernelFeatures,
+    /// Per-task state in task-local storage (else in RUNQ_START).
+    task_storage: bool,
     /// The programs' aya-log records (with --log debug only), logged at each snapshot.
     kernel_log: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
@@ -411,6 +433,8 @@ impl Probes {
         }
 
         let s = opts.map_sizes;
+        let task_storage = features.has(Feature::TaskStorage);
+        let rq_slots = rq_slots(&s);
         let filter_tgid = (opts.filter_tgids.len() as u32).max(1);
         let filter_cg = (opts.filter_cgroups.len() as u32).max(1);
         let mut loader = EbpfLoader::new();
@@ -418,7 +442,10 @@ impl Probes {
             .override_global("CONFIG", &config, true)
             .map_max_entries("RUNQ_START", s.runq_start)
             .map_max_entries("FUTEX_START", s.futex_start)
-            .map_max_entries("HISTS", s.hists)
+            .map_max_entries("HISTS", futex_hists(&s))
+            .map_max_entries("RQ_SLOTS", rq_slots)
+            .map_max_entries("RQ_FREE", rq_slots)
+            .map_max_entries("RQ_HISTS", rq_slots)
             // Maps a mode does not use get one entry, not the default thousands.
             .map_max_entries("TASK_STATS", if opts.track_tasks { s.tasks } else { 1 })
             .map_max_entries(
@@ -456,9 +483,23 @@ impl Probes {
                 .map_max_entries("GO_G", GO_G_ENTRIES)
                 .map_max_entries("GO_RUNQ", GO_RUNQ_ENTRIES);
         }
+        debug!(task_storage, "per-task state");
+        // aya has no userspace type for task storage (TASK_STORE); nothing here reads it.
+        loader.allow_unsupported_maps();
         let mut ebpf = loader
-            .load(OBJECT)
+            .load(if task_storage { OBJECT } else { OBJECT_HASH })
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
+
+        // Every run-queue histogram slot is free; in before anything is attached.
+        {
+            let mut q: Queue<_, u32> = map_mut(&mut ebpf, "RQ_FREE")?;
+            for slot in 0..rq_slots {
+                q.push(slot, 0).map_err(|e| ProbeError::Map {
+                    map: "RQ_FREE",
+                    detail: e.to_string(),
+                })?;
+            }
+        }
 
         // Filters go in before anything is attached.
         if !opts.filter_tgids.is_empty() {
@@ -539,7 +580,7 @@ impl Probes {
             }
         }
         if let Some(g) = &opts.go_events {
-            attached.push(attach_go(&mut ebpf, g)?);
+            attached.extend(attach_go(&mut ebpf, g)?);
         }
         for a in &attached {
             if a.attached {
@@ -585,6 +626,7 @@ impl Probes {
             go: opts.go_events.is_some(),
             futex,
             features,
+            task_storage,
             kernel_log,
         })
     }
@@ -635,10 +677,44 @@ impl Probes {
         dropped
     }
 
-    /// Delete HISTS entries (of removed cgroups). Missing keys are not an error.
+    /// Delete the series of removed cgroups: futex series from HISTS; a run-queue series
+    /// frees its cgroup's slot (out of RQ_SLOTS, zeroed, back on RQ_FREE). Missing keys are
+    /// not an error.
     pub fn remove_hists(&mut self, keys: &[HistKey]) -> Result<(), ProbeError> {
+        let err = |map: &'static str, what: &'static str| {
+            move |e: aya::maps::MapError| ProbeError::Map {
+                map,
+                detail: format!("{what}: {e}"),
+            }
+        };
+        let mut cgroups: Vec<u64> = keys
+            .iter()
+            .filter(|k| k.kind != kind::FUTEX)
+            .map(|k| k.cgroup_id)
+            .collect();
+        cgroups.sort_unstable();
+        cgroups.dedup();
+        for cg in cgroups {
+            let mut slots: BpfHashMap<_, u64, u32> = map_mut(&mut self.ebpf, "RQ_SLOTS")?;
+            let slot = match slots.get(&cg, 0) {
+                Ok(s) => s,
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(e) => return Err(err("RQ_SLOTS", "lookup")(e)),
+            };
+            // Out of the index first: a switch-in that finds the cgroup again gets a new slot.
+            match slots.remove(&cg) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(err("RQ_SLOTS", "delete")(e)),
+            }
+            let mut hists: Array<_, RunqHists> = map_mut(&mut self.ebpf, "RQ_HISTS")?;
+            hists
+                .set(slot, RunqHists::ZERO, 0)
+                .map_err(err("RQ_HISTS", "zero"))?;
+            let mut free: Queue<_, u32> = map_mut(&mut self.ebpf, "RQ_FREE")?;
+            free.push(slot, 0).map_err(err("RQ_FREE", "push"))?;
+        }
         let mut m: BpfHashMap<_, HistKey, Hist> = map_mut(&mut self.ebpf, "HISTS")?;
-        for k in keys {
+        for k in keys.iter().filter(|k| k.kind == kind::FUTEX) {
             match m.remove(k) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(e) => {
@@ -668,15 +744,42 @@ impl Probes {
             snap.hists.push((k, Histogram::from(&v)));
         }
         snap.map_entries
-            .push(("HISTS", snap.hists.len(), self.sizes.hists));
+            .push(("HISTS", snap.hists.len(), futex_hists(&self.sizes)));
+        // Run-queue series: each cgroup's slot holds woken and preempted; a kind that never
+        // had a value is not a series (as when HISTS held them).
+        let slots: BpfHashMap<_, u64, u32> = map_ref(&self.ebpf, "RQ_SLOTS")?;
+        let rq: Array<_, RunqHists> = map_ref(&self.ebpf, "RQ_HISTS")?;
+        let mut used = 0;
+        for (cgroup_id, slot) in slots.iter().flatten() {
+            used += 1;
+            let Ok(h) = rq.get(&slot, 0) else { continue };
+            for (i, kind) in [kind::RUNQ_WOKEN, kind::RUNQ_PREEMPTED]
+                .into_iter()
+                .enumerate()
+            {
+                let hist = Histogram::from(&h.hists[i]);
+                if hist.count() > 0 {
+                    let key = HistKey {
+                        cgroup_id,
+                        kind,
+                        op: 0,
+                    };
+                    snap.hists.push((key, hist));
+                }
+            }
+        }
+        snap.map_entries
+            .push(("RQ_SLOTS", used, rq_slots(&self.sizes)));
         let tasks: BpfHashMap<_, u32, TaskStat> = map_ref(&self.ebpf, "TASK_STATS")?;
         snap.tasks = tasks.iter().filter_map(Result::ok).collect();
         let pairs: BpfHashMap<_, WakePair, WakeCount> = map_ref(&self.ebpf, "WAKE_PAIRS")?;
         snap.wake_pairs = pairs.iter().filter_map(Result::ok).collect();
-        let runq: BpfHashMap<_, u64, schedlat_common::RunqStart> =
-            map_ref(&self.ebpf, "RUNQ_START")?;
-        snap.map_entries
-            .push(("RUNQ_START", runq.keys().count(), self.sizes.runq_start));
+        if !self.task_storage {
+            let runq: BpfHashMap<_, u64, schedlat_common::RunqStart> =
+                map_ref(&self.ebpf, "RUNQ_START")?;
+            snap.map_entries
+                .push(("RUNQ_START", runq.keys().count(), self.sizes.runq_start));
+        }
         let futex: BpfHashMap<_, u64, schedlat_common::FutexStart> =
             map_ref(&self.ebpf, "FUTEX_START")?;
         snap.map_entries
@@ -749,6 +852,16 @@ impl Probes {
     }
 }
 
+/// Run-queue histogram slots (one cgroup each, woken and preempted): half of `hists`.
+fn rq_slots(s: &MapSizes) -> u32 {
+    (s.hists / 2).max(1)
+}
+
+/// HISTS entries (futex series): the other half.
+fn futex_hists(s: &MapSizes) -> u32 {
+    (s.hists - s.hists / 2).max(1)
+}
+
 /// BPF_MAP_LOOKUP_ELEM of a u32 `key` in the map behind `fd`, by the raw syscall (the probe
 /// above runs it in a thread that has dropped its capabilities).
 fn lookup_raw(fd: i32, key: u32, value_size: usize) -> bool {
@@ -787,35 +900,103 @@ const GO_G_ENTRIES: u32 = 65536;
 /// Capacity of GO_RUNQ (threads of the Go target whose run-queue waits are kept).
 const GO_RUNQ_ENTRIES: u32 = 4096;
 
-/// Attach the Go uprobe to one process, at the planned instruction.
-fn attach_go(ebpf: &mut Ebpf, g: &GoEventTarget) -> Result<Attached, ProbeError> {
-    let name = "go_casgstatus";
-    let exe = format!("/proc/{}/exe", g.pid);
-    let target = format!("uprobe:{exe}:{} (file offset {:#x})", g.site, g.file_offset);
-    let p: &mut UProbe = program(ebpf, name)?;
-    p.load().map_err(prog_err(name))?;
+/// Attach the Go uprobes to one process, at the planned instructions.
+fn attach_go(ebpf: &mut Ebpf, g: &GoEventTarget) -> Result<Vec<Attached>, ProbeError> {
     let pid = std::num::NonZeroU32::new(g.pid).ok_or_else(|| ProbeError::Map {
         map: "programs",
         detail: "Go target pid 0".into(),
     })?;
-    // /proc/PID/exe: the kernel resolves the magic link to the process's own binary, also
-    // when it lives in another mount namespace (a container).
-    p.attach(
-        UProbeAttachLocation::AbsoluteOffset(g.file_offset),
-        &exe,
-        UProbeScope::OneProcess(pid),
-    )
-    .map_err(|source| ProbeError::Attach {
-        program: name.into(),
-        target: target.clone(),
-        source: Box::new(source),
-    })?;
-    Ok(Attached {
-        program: name.into(),
-        target,
-        attached: true,
-        note: None,
-    })
+    let main = GoProbe {
+        program: "go_casgstatus",
+        file_offset: g.file_offset,
+        site: g.site.clone(),
+    };
+    let mut out = Vec::new();
+    for probe in std::iter::once(&main).chain(&g.syscall_probes) {
+        let name = probe.program;
+        let exe = format!("/proc/{}/exe", g.pid);
+        let target = format!(
+            "uprobe:{exe}:{} (file offset {:#x})",
+            probe.site, probe.file_offset
+        );
+        let p: &mut UProbe = program(ebpf, name)?;
+        p.load().map_err(prog_err(name))?;
+        // /proc/PID/exe: the kernel resolves the magic link to the process's own binary,
+        // also when it lives in another mount namespace (a container).
+        p.attach(
+            UProbeAttachLocation::AbsoluteOffset(probe.file_offset),
+            &exe,
+            UProbeScope::OneProcess(pid),
+        )
+        .map_err(|source| ProbeError::Attach {
+            program: name.into(),
+            target: target.clone(),
+            source: Box::new(source),
+        })?;
+        out.push(Attached {
+            program: name.into(),
+            target,
+            attached: true,
+            note: None,
+        });
+    }
+    Ok(out)
+}
+
+/// schedlat's hooks with empty bodies, attached where schedlat attaches them: what attaching
+/// at all costs (`schedlat bench-floor`, for `cargo xtask bench`). Dropping it detaches.
+pub struct Floor {
+    _ebpf: Ebpf,
+    pub attached: Vec<Attached>,
+}
+
+impl Floor {
+    /// The three scheduler hooks; with `go`, instead, only the Go uprobe at the same site a
+    /// capture would probe (the benchmark runs it beside a capture without Go probes, which
+    /// has the scheduler hooks already).
+    pub fn load(go: Option<&GoEventTarget>) -> Result<Self, ProbeError> {
+        check_privileges()?;
+        let mut ebpf = EbpfLoader::new()
+            .load(FLOOR_OBJECT)
+            .map_err(|e| ProbeError::Load(Box::new(e)))?;
+        let btf = Btf::from_sys_fs().map_err(|e| {
+            ProbeError::Btf(BtfError::Other(format!(
+                "reading /sys/kernel/btf/vmlinux for tp_btf: {e}"
+            )))
+        })?;
+        let mut attached = Vec::new();
+        if let Some(g) = go {
+            // The floor of the casgstatus probe only (its object has no syscall programs).
+            let g = GoEventTarget {
+                syscall_probes: Vec::new(),
+                ..g.clone()
+            };
+            attached.extend(attach_go(&mut ebpf, &g)?);
+            return Ok(Self {
+                _ebpf: ebpf,
+                attached,
+            });
+        }
+        for name in ["sched_waking", "sched_wakeup_new", "sched_switch"] {
+            let p: &mut BtfTracePoint = program(&mut ebpf, name)?;
+            p.load(name, &btf).map_err(prog_err(name))?;
+            p.attach().map_err(|source| ProbeError::Attach {
+                program: name.into(),
+                target: format!("tp_btf/{name}"),
+                source: Box::new(source),
+            })?;
+            attached.push(Attached {
+                program: name.into(),
+                target: format!("tp_btf/{name}"),
+                attached: true,
+                note: None,
+            });
+        }
+        Ok(Self {
+            _ebpf: ebpf,
+            attached,
+        })
+    }
 }
 
 fn map_ref<'a, V: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>>(

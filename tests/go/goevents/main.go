@@ -4,6 +4,10 @@
 // Modes:
 //
 //	goevents            protocol below
+//	goevents syscalls long|short
+//	                    prints the ready line, waits for `go`, makes known long (blocking) or
+//	                    short system calls (see syscalls), prints {"done":true,"syscalls":N,
+//	                    "ms":M} and waits for `exit`
 //	goevents pingpong N prints the ready line, waits for `go`, then two goroutines hand a
 //	                    token over unbuffered channels N round trips; prints
 //	                    {"rounds":N,"ns":T} and waits for `exit` (the benchmark's workload)
@@ -29,6 +33,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -47,6 +52,15 @@ func main() {
 		expect(in, "go")
 		emit(map[string]any{"rounds": n, "ns": pingpong(n).Nanoseconds()})
 		// Stay alive until told, so a capture can read the runtime at its end.
+		expect(in, "exit")
+		return
+	}
+	if len(os.Args) == 3 && os.Args[1] == "syscalls" {
+		in := bufio.NewScanner(os.Stdin)
+		emit(map[string]any{"ready": true, "pid": os.Getpid(), "go_version": runtime.Version()})
+		expect(in, "go")
+		n, ms := syscalls(os.Args[2])
+		emit(map[string]any{"done": true, "syscalls": n, "ms": ms})
 		expect(in, "exit")
 		return
 	}
@@ -145,6 +159,63 @@ func blocking() {
 	for i := 0; i < reps; i++ {
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// syscalls makes system calls under GOMAXPROCS=1 while one CPU-bound goroutine waits for the
+// P: "long" sleeps 50 ms in nanosleep 10 times (sysmon, which may sleep 10 ms between looks
+// and retakes a P seen twice in one syscall, hands the P to the spinner, so each
+// return finds it taken: runtime/proc.go retake, exitsyscall0), "short" writes one byte to
+// /dev/null 2000 times (over before sysmon looks). Returns how many and how long each (ms).
+func syscalls(mode string) (int, int) {
+	prev := runtime.GOMAXPROCS(1)
+	defer runtime.GOMAXPROCS(prev)
+	var stop atomic.Bool
+	done := make(chan struct{})
+	go func() {
+		x := uint64(1)
+		for !stop.Load() {
+			for j := 0; j < 20000; j++ {
+				x = x*6364136223846793005 + 1442695040888963407
+			}
+		}
+		sinkV.Store(x)
+		close(done)
+	}()
+	runtime.Gosched() // the spinner runs, then waits on the run queue
+	n, ms := 0, 0
+	switch mode {
+	case "long":
+		ms = 50
+		for i := 0; i < 10; i++ {
+			ts := syscall.Timespec{Nsec: int64(ms) * 1e6}
+			if err := syscall.Nanosleep(&ts, nil); err != nil {
+				fmt.Fprintln(os.Stderr, "goevents: nanosleep:", err)
+				os.Exit(1)
+			}
+			n++
+		}
+	case "short":
+		fd, err := syscall.Open("/dev/null", syscall.O_WRONLY, 0)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "goevents: open /dev/null:", err)
+			os.Exit(1)
+		}
+		b := []byte{0}
+		for i := 0; i < 2000; i++ {
+			if _, err := syscall.Write(fd, b); err != nil {
+				fmt.Fprintln(os.Stderr, "goevents: write:", err)
+				os.Exit(1)
+			}
+			n++
+		}
+		syscall.Close(fd)
+	default:
+		fmt.Fprintln(os.Stderr, "goevents: syscalls needs long or short")
+		os.Exit(2)
+	}
+	stop.Store(true)
+	<-done
+	return n, ms
 }
 
 // Keeps the spin loops from being optimised away (sync/atomic.Uint64: Go >= 1.19).

@@ -1,20 +1,31 @@
-//! Capture reports: pure aggregation of a [`RawSnapshot`] into the text and JSON output.
-use std::{collections::BTreeMap, fmt::Write as _};
+//! Capture reports: pure aggregation of a [`RawSnapshot`] into the report model (serialized
+//! as the JSON output; [`text`] renders it for people).
+use std::collections::BTreeMap;
 
 use schedlat_common::{COMM_LEN, SlowEvent, drop_reason, futex_op, kind};
-
-use crate::model::FUTEX_OUTCOME_NAMES;
 use serde::Serialize;
 
-use crate::hist::fmt_ns;
 use crate::{
     hist::{HistSummary, Histogram},
     kernel::probes::RawSnapshot,
+    model::FUTEX_OUTCOME_NAMES,
 };
+
+mod delta;
+mod html;
+mod text;
+pub mod timeline;
+pub use delta::since;
+pub use html::render_html;
+pub use text::{TextOptions, render_text};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct CaptureReport {
     pub duration_s: f64,
+    /// Wall-clock bounds of what the report covers (RFC 3339, UTC, milliseconds): the whole
+    /// capture, or one interval of `--interval`.
+    pub interval_start: String,
+    pub interval_end: String,
     pub filter: Filter,
     pub runqueue: RunqSection,
     pub futex: FutexSection,
@@ -140,6 +151,12 @@ pub fn comm_str(c: &[u8; COMM_LEN]) -> String {
     String::from_utf8_lossy(&c[..end]).into_owned()
 }
 
+/// The waker of a wakeup raised while a CPU's idle task was current (pid 0): an interrupt
+/// (a timer expiring, a device, a softirq run on the way out of one) on an idle CPU. The
+/// kernel's comm for it, `swapper/N`, names the idle task of whichever CPU was first seen; all
+/// CPUs' idle tasks share pid 0 and so one row.
+pub const IRQ_ON_IDLE_CPU: &str = "(irq on an idle CPU)";
+
 pub fn futex_op_name(op: u32) -> String {
     match op {
         futex_op::WAIT => "wait".into(),
@@ -164,6 +181,8 @@ pub fn cause_name(cause: u32) -> &'static str {
 /// Inputs besides the maps.
 pub struct ReportInput<'a> {
     pub duration_s: f64,
+    /// Wall-clock start and end of what the maps cover.
+    pub window: (std::time::SystemTime, std::time::SystemTime),
     pub filter: Filter,
     pub slow_events: &'a [SlowEvent],
     pub slow_threshold_ns: u64,
@@ -264,7 +283,11 @@ pub fn build(
         .iter()
         .map(|(k, v)| WakeRow {
             waker_tid: k.waker_tid,
-            waker_comm: comm_str(&v.waker_comm),
+            waker_comm: if k.waker_tid == 0 {
+                IRQ_ON_IDLE_CPU.to_string()
+            } else {
+                comm_str(&v.waker_comm)
+            },
             wakee_tid: k.wakee_tid,
             wakee_comm: comm_str(&v.wakee_comm),
             count: v.count,
@@ -307,6 +330,8 @@ pub fn build(
 
     CaptureReport {
         duration_s: input.duration_s,
+        interval_start: humantime::format_rfc3339_millis(input.window.0).to_string(),
+        interval_end: humantime::format_rfc3339_millis(input.window.1).to_string(),
         filter: input.filter,
         runqueue: RunqSection {
             all: HistSummary::from(&all),
@@ -343,237 +368,12 @@ pub fn build(
     }
 }
 
-fn write_hist(out: &mut String, title: &str, h: &HistSummary, bars: bool) {
-    let _ = writeln!(
-        out,
-        "{title}: count={} total={} p50={} p90={} p99={} max={}",
-        h.count,
-        fmt_ns(h.sum_ns),
-        fmt_ns(h.p50_ns),
-        fmt_ns(h.p90_ns),
-        fmt_ns(h.p99_ns),
-        fmt_ns(h.max_ns)
-    );
-    if h.count == 0 || !bars {
-        return;
-    }
-    let peak = h.buckets.iter().map(|b| b.count).max().unwrap_or(1);
-    for b in &h.buckets {
-        let lower = schedlat_common::bucket_lower_ns(schedlat_common::bucket_index(b.le_ns));
-        let bar = ((b.count as f64 / peak as f64) * 40.0).ceil() as usize;
-        let _ = writeln!(
-            out,
-            "  {:>9} .. {:<9} {:>9} |{:<40}|",
-            fmt_ns(lower),
-            fmt_ns(b.le_ns),
-            b.count,
-            "*".repeat(bar)
-        );
-    }
-}
-
-/// The text report, with the top `top` tasks, pairs, cgroups and slow events.
-pub fn render_text(r: &CaptureReport, top: usize) -> String {
-    let mut out = String::new();
-    let scope = match (&r.filter.pids.is_empty(), &r.filter.cgroup) {
-        (true, None) => "host-wide".to_string(),
-        (_, cg) => {
-            let mut s = Vec::new();
-            if !r.filter.pids.is_empty() {
-                s.push(format!(
-                    "pid {}",
-                    r.filter
-                        .pids
-                        .iter()
-                        .map(u32::to_string)
-                        .collect::<Vec<_>>()
-                        .join(",")
-                ));
-            }
-            if let Some(c) = cg {
-                s.push(format!("cgroup {c}"));
-            }
-            s.join(", ")
-        }
-    };
-    let _ = writeln!(out, "schedlat capture: {scope}, {:.2}s\n", r.duration_s);
-    let _ = writeln!(out, "== Run-queue delay (runnable -> running) ==");
-    write_hist(&mut out, "woken", &r.runqueue.by_cause.woken, false);
-    write_hist(&mut out, "preempted", &r.runqueue.by_cause.preempted, false);
-    write_hist(&mut out, "all", &r.runqueue.all, true);
-    let _ = writeln!(out, "\n== Futex waits ==");
-    write_hist(&mut out, "all", &r.futex.all, true);
-    for (op, h) in &r.futex.by_op {
-        let _ = writeln!(
-            out,
-            "  {op}: count={} p50={} p99={} max={}",
-            h.count,
-            fmt_ns(h.p50_ns),
-            fmt_ns(h.p99_ns),
-            fmt_ns(h.max_ns)
-        );
-    }
-    let outcomes: Vec<String> = r
-        .futex
-        .outcomes
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    let _ = writeln!(out, "  ended: {}", outcomes.join(" "));
-
-    let _ = writeln!(out, "\n== Per CPU ==");
-    let _ = writeln!(
-        out,
-        "  {:>4} {:>9} {:>11} {:>10} {:>9} {:>9}",
-        "CPU", "WAITS", "TOTAL", "MAX", "WOKEN", "PREEMPTED"
-    );
-    for c in &r.per_cpu {
-        let _ = writeln!(
-            out,
-            "  {:>4} {:>9} {:>11} {:>10} {:>9} {:>9}",
-            c.cpu,
-            c.count,
-            fmt_ns(c.sum_ns),
-            fmt_ns(c.max_ns),
-            c.woken_count,
-            c.preempted_count
-        );
-    }
-
-    let _ = writeln!(out, "\n== Top cgroups by run-queue delay ==");
-    for c in r.cgroups.iter().take(top) {
-        let _ = writeln!(
-            out,
-            "  {:>11} waits={:<8} p99={:<9} futex={} ({})  {}",
-            fmt_ns(c.runqueue.sum_ns),
-            c.runqueue.count,
-            fmt_ns(c.runqueue.p99_ns),
-            c.futex_count,
-            fmt_ns(c.futex_sum_ns),
-            c.cgroup
-        );
-    }
-
-    let _ = writeln!(
-        out,
-        "\n== Top tasks by run-queue delay ({} tasks seen) ==",
-        r.tasks.len()
-    );
-    let _ = writeln!(
-        out,
-        "  {:>8} {:>8} {:<16} {:>8} {:>11} {:>10} {:>10} {:>8} {:>11}",
-        "TID",
-        "PID",
-        "COMM",
-        "WAITS",
-        "RUNQ TOTAL",
-        "RUNQ MAX",
-        "PREEMPTED",
-        "FUTEX",
-        "FUTEX TOTAL"
-    );
-    for t in r.tasks.iter().take(top) {
-        let pre = if t.runqueue_sum_ns > 0 {
-            format!(
-                "{:.0}%",
-                100.0 * t.runqueue_preempted_sum_ns as f64 / t.runqueue_sum_ns as f64
-            )
-        } else {
-            "-".into()
-        };
-        let _ = writeln!(
-            out,
-            "  {:>8} {:>8} {:<16} {:>8} {:>11} {:>10} {:>10} {:>8} {:>11}",
-            t.tid,
-            t.pid,
-            t.comm,
-            t.runqueue_count,
-            fmt_ns(t.runqueue_sum_ns),
-            fmt_ns(t.runqueue_max_ns),
-            pre,
-            t.futex_count,
-            fmt_ns(t.futex_sum_ns)
-        );
-    }
-    let mut by_futex: Vec<&TaskRow> = r.tasks.iter().filter(|t| t.futex_count > 0).collect();
-    by_futex.sort_by_key(|t| std::cmp::Reverse(t.futex_sum_ns));
-    if !by_futex.is_empty() {
-        let _ = writeln!(out, "\n== Top tasks by futex wait ==");
-        for t in by_futex.iter().take(top) {
-            let _ = writeln!(
-                out,
-                "  {:>8} {:>8} {:<16} waits={:<7} total={:<10} max={:<10} timeouts={}",
-                t.tid,
-                t.pid,
-                t.comm,
-                t.futex_count,
-                fmt_ns(t.futex_sum_ns),
-                fmt_ns(t.futex_max_ns),
-                t.futex_timeouts
-            );
-        }
-    }
-
-    let _ = writeln!(out, "\n== Top wakeups (waker -> wakee) ==");
-    for w in r.wakeups.iter().take(top) {
-        let _ = writeln!(
-            out,
-            "  {:>9}  {}[{}] -> {}[{}]",
-            w.count, w.waker_comm, w.waker_tid, w.wakee_comm, w.wakee_tid
-        );
-    }
-
-    let _ = writeln!(
-        out,
-        "\n== Slow run-queue delays (>= {}): {} ==",
-        fmt_ns(r.slow_threshold_ns),
-        r.slow_events.len()
-    );
-    let mut slow: Vec<&SlowRow> = r.slow_events.iter().collect();
-    slow.sort_by_key(|e| std::cmp::Reverse(e.delay_ns));
-    for e in slow.iter().take(top) {
-        let _ = writeln!(
-            out,
-            "  {:>10} {}[{}] cpu{} {} — ran instead: {}[{}]",
-            fmt_ns(e.delay_ns),
-            e.comm,
-            e.tid,
-            e.cpu,
-            e.cause,
-            e.ran_instead.comm,
-            e.ran_instead.tid
-        );
-    }
-
-    let lost: Vec<String> = r
-        .dropped
-        .iter()
-        .filter(|(k, v)| **v > 0 && k.as_str() != "total")
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    let _ = writeln!(
-        out,
-        "\n== Dropped events: {} ==",
-        if lost.is_empty() {
-            "none".to_string()
-        } else {
-            lost.join(" ")
-        }
-    );
-    let maps: Vec<String> = r
-        .maps
-        .iter()
-        .map(|(k, m)| format!("{k} {}/{}", m.entries, m.capacity))
-        .collect();
-    let _ = writeln!(out, "maps (entries/capacity): {}", maps.join(", "));
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use schedlat_common::{CpuStat, HistKey, TaskStat, WakeCount, WakePair};
 
     use super::*;
+    use crate::{hist::fmt_ns, model::Buckets};
 
     fn comm(s: &str) -> [u8; COMM_LEN] {
         let mut c = [0; COMM_LEN];
@@ -640,17 +440,30 @@ mod tests {
                     },
                 ),
             ],
-            wake_pairs: vec![(
-                WakePair {
-                    waker_tid: 10,
-                    wakee_tid: 11,
-                },
-                WakeCount {
-                    count: 4,
-                    waker_comm: comm("a"),
-                    wakee_comm: comm("b"),
-                },
-            )],
+            wake_pairs: vec![
+                (
+                    WakePair {
+                        waker_tid: 10,
+                        wakee_tid: 11,
+                    },
+                    WakeCount {
+                        count: 4,
+                        waker_comm: comm("a"),
+                        wakee_comm: comm("b"),
+                    },
+                ),
+                (
+                    WakePair {
+                        waker_tid: 0,
+                        wakee_tid: 11,
+                    },
+                    WakeCount {
+                        count: 2,
+                        waker_comm: comm("swapper/1"),
+                        wakee_comm: comm("b"),
+                    },
+                ),
+            ],
             cpus: vec![
                 CpuStat {
                     count: [2, 1],
@@ -672,6 +485,7 @@ mod tests {
             &snap,
             ReportInput {
                 duration_s: 1.0,
+                window: (std::time::UNIX_EPOCH, std::time::UNIX_EPOCH),
                 filter: Filter::default(),
                 slow_events: &[],
                 slow_threshold_ns: 10_000_000,
@@ -701,13 +515,132 @@ mod tests {
                 capacity: 65536
             }
         );
-        assert!(render_text(&r, 5).contains("RUNQ_START 3/65536, TASK_STATS 2/65536"));
-        let text = render_text(&r, 10);
+        let opts = |top| TextOptions {
+            top,
+            buckets: Buckets::Compact,
+            block: false,
+        };
+        assert!(render_text(&r, &opts(5)).contains("RUNQ_START 3/65536, TASK_STATS 2/65536"));
+        let text = render_text(&r, &opts(10));
         assert!(
             text.contains("Run-queue delay") && text.contains("a[10] -> b[11]"),
             "{text}"
         );
         assert!(text.contains("runq_start_map_full=3"), "{text}");
+        // Woken from an interrupt on an idle CPU (the idle task, pid 0, was current): said so,
+        // not as the idle task waking someone.
+        assert_eq!(r.wakeups[1].waker_comm, IRQ_ON_IDLE_CPU);
+        assert!(
+            text.contains("        2  (irq on an idle CPU) -> b[11]\n")
+                && !text.contains("swapper"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn text_histograms_compact_by_default_fine_on_request() {
+        let r = build(
+            &snapshot(),
+            ReportInput {
+                duration_s: 1.0,
+                window: (std::time::UNIX_EPOCH, std::time::UNIX_EPOCH),
+                filter: Filter::default(),
+                slow_events: &[],
+                slow_threshold_ns: 1,
+                slow_dropped_user: 0,
+            },
+            |id| format!("/cg{id}"),
+        );
+        let rows = |buckets| {
+            let t = render_text(
+                &r,
+                &TextOptions {
+                    top: 10,
+                    buckets,
+                    block: false,
+                },
+            );
+            // The run-queue histogram: the rows after "all:" up to the blank line.
+            let section = t.split("== Run-queue delay").nth(1).unwrap();
+            let hist = section.split("\nall:").nth(1).unwrap();
+            hist.split("\n\n")
+                .next()
+                .unwrap()
+                .lines()
+                .skip(2)
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        // 2 µs, 4 µs and 3 ms: compact is one row per power of two of seconds from
+        // (2^-19 s, 2^-18 s] to (2^-9 s, 2^-8 s], empty ones included; fine is the three
+        // kernel buckets.
+        let compact = rows(Buckets::Compact);
+        assert_eq!(compact.len(), 11, "{compact:#?}");
+        assert!(
+            compact[0].starts_with("      1.9µs .. 3.8µs             1 |*"),
+            "{compact:#?}"
+        );
+        assert!(
+            compact[1].contains("3.8µs .. 7.6µs             1 |*"),
+            "{compact:#?}"
+        );
+        assert!(
+            compact[2].ends_with("0 |                                        |"),
+            "empty row: {compact:#?}"
+        );
+        assert!(
+            compact[10].contains("1.95ms .. 3.91ms            1 |*"),
+            "{compact:#?}"
+        );
+        let fine = rows(Buckets::Fine);
+        assert_eq!(fine.len(), 3, "{fine:#?}");
+        assert_eq!(
+            fine.iter()
+                .map(|l| l.split_whitespace().nth(3).unwrap())
+                .collect::<Vec<_>>(),
+            ["1", "1", "1"]
+        );
+    }
+
+    #[test]
+    fn interval_blocks_are_timestamped_and_short() {
+        let r = build(
+            &snapshot(),
+            ReportInput {
+                duration_s: 1.0,
+                window: (
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_000),
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(2_000),
+                ),
+                filter: Filter::default(),
+                slow_events: &[],
+                slow_threshold_ns: 1,
+                slow_dropped_user: 0,
+            },
+            |id| format!("/cg{id}"),
+        );
+        assert_eq!(r.interval_start, "1970-01-01T00:00:01.000Z");
+        let t = render_text(
+            &r,
+            &TextOptions {
+                top: 5,
+                buckets: Buckets::Compact,
+                block: true,
+            },
+        );
+        assert!(
+            t.starts_with(
+                "schedlat capture: host-wide, 1970-01-01T00:00:01.000Z to \
+                 1970-01-01T00:00:02.000Z (1.00s)\n"
+            ),
+            "{t}"
+        );
+        for kept in ["Run-queue delay", "Futex waits", "Top cgroups", "Top tasks"] {
+            assert!(t.contains(kept), "{kept}: {t}");
+        }
+        for left_out in ["Per CPU", "Top wakeups", "maps (entries"] {
+            assert!(!t.contains(left_out), "{left_out}: {t}");
+        }
     }
 
     #[test]
@@ -716,6 +649,7 @@ mod tests {
             &snapshot(),
             ReportInput {
                 duration_s: 1.0,
+                window: (std::time::UNIX_EPOCH, std::time::UNIX_EPOCH),
                 filter: Filter::default(),
                 slow_events: &[],
                 slow_threshold_ns: 1,
@@ -726,6 +660,8 @@ mod tests {
         let v = serde_json::to_value(&r).unwrap();
         for k in [
             "duration_s",
+            "interval_start",
+            "interval_end",
             "runqueue",
             "futex",
             "tasks",
