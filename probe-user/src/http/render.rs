@@ -1,4 +1,6 @@
-//! /metrics bodies: one render at a time, shared by the scrapes that arrive meanwhile; a body
+//! /metrics bodies: one render at a time per exposition format (text, protobuf: each has its
+//! own single flight and shared body; the renders themselves queue on the daemon's state),
+//! shared by the scrapes that arrive meanwhile; a body
 //! that several scrapes shared answers further scrapes for a short time; a render that
 //! panics fails its scrapes only, and one that hangs makes /healthz unhealthy instead of
 //! piling up scrapes.
@@ -6,7 +8,7 @@
 //! A lone scraper always gets a render started after its request arrived (what it sees
 //! reflects everything before it asked); only once scrapes overlap (a storm, or several
 //! Prometheus replicas at once) may one get a body up to `metrics_cache_ms` old. The
-//! blocking pool never holds more than this one render: waiting scrapes are tasks, bounded
+//! blocking pool never holds more than one render per format: waiting scrapes are tasks, bounded
 //! by `max_waiting_scrapes` and the render timeout, and answered 503 beyond them.
 use std::{
     panic::AssertUnwindSafe,
