@@ -1,6 +1,9 @@
-//! Histogram math on the kernel's log-linear buckets (schedlat_common::hist): merging,
+//! Histogram math on the kernel's buckets (schedlat_common::hist, native schema 3): merging,
 //! percentiles, and re-bucketing for Prometheus. Pure functions, unit tested.
-use schedlat_common::{Hist, NUM_BUCKETS, bucket_lower_ns, bucket_upper_ns, hist::OVERFLOW};
+use schedlat_common::{
+    Hist, NUM_BUCKETS, bucket_lower_ns, bucket_upper_ns,
+    hist::{BUCKETS_PER_OCTAVE, OVERFLOW},
+};
 use serde::Serialize;
 
 /// A histogram of nanosecond values in the kernel's bucket layout.
@@ -140,7 +143,9 @@ impl Histogram {
     /// bucket is present even when empty, so `rate()` and `histogram_quantile()` see a stable
     /// layout across scrapes.
     pub fn prometheus_buckets(&self, per_octave: u32) -> Vec<(f64, u64)> {
-        let step = (schedlat_common::hist::SUBS as u32 / per_octave.clamp(1, 8)) as usize;
+        // Kernel bucket k is native bucket k - 160 (a multiple of 8), so every `step`-th
+        // kernel bucket ends on a power of 2^(step/8) seconds: per_octave 2 gives le = 2^(n/2) s.
+        let step = (BUCKETS_PER_OCTAVE as u32 / per_octave.clamp(1, 8)) as usize;
         let mut out = Vec::with_capacity(2 + (NUM_BUCKETS - 2) / step);
         let mut cum = 0u64;
         for (i, &c) in self.buckets.iter().enumerate().take(OVERFLOW) {
@@ -204,32 +209,32 @@ pub struct OctaveRow {
     pub count: u64,
 }
 
-/// Rows of a compact histogram: below 2^MIN_SHIFT, one per power of two up to 2^MAX_SHIFT,
-/// and the overflow.
-pub const OCTAVE_ROWS: usize =
-    2 + (schedlat_common::hist::MAX_SHIFT - schedlat_common::hist::MIN_SHIFT) as usize;
+/// Rows of a compact histogram: the zero bucket (up to 2^-20 s), one per power of two of
+/// seconds up to 32 s (8 kernel buckets each), and the overflow.
+pub const OCTAVE_ROWS: usize = 2 + (OVERFLOW - 1) / BUCKETS_PER_OCTAVE;
 
-/// The compact row of kernel bucket `i`. The kernel's sub-buckets never straddle a power of
-/// two, so a row is a sum of whole buckets and its bounds ([`octave_bounds`]) are exact.
+/// The compact row of kernel bucket `i`. A power of two of seconds is a kernel bucket
+/// boundary, so a row is a sum of whole buckets and its bounds ([`octave_bounds`]) are exact.
 pub fn octave_of_bucket(i: usize) -> usize {
     match i {
         0 => 0,
         OVERFLOW.. => OCTAVE_ROWS - 1,
-        _ => 1 + (i - 1) / schedlat_common::hist::SUBS,
+        _ => 1 + (i - 1) / BUCKETS_PER_OCTAVE,
     }
 }
 
-/// `[lo, hi)` of compact row `r`: `[0, 2^MIN_SHIFT)`, then `[2^k, 2^(k+1))`; `hi` None for
-/// the overflow row.
+/// `[lo, hi)` in ns of compact row `r`: `[0, 954)` (up to 2^-20 s), then the integers in
+/// `(2^(k-1), 2^k]` s; `hi` None for the overflow row.
 pub fn octave_bounds(r: usize) -> (u64, Option<u64>) {
-    use schedlat_common::hist::MIN_SHIFT;
+    if r == 0 {
+        return (0, Some(bucket_upper_ns(0)));
+    }
+    if r >= OCTAVE_ROWS - 1 {
+        return (bucket_lower_ns(OVERFLOW), None);
+    }
     (
-        if r == 0 {
-            0
-        } else {
-            1 << (MIN_SHIFT + r as u32 - 1)
-        },
-        (r < OCTAVE_ROWS - 1).then(|| 1 << (MIN_SHIFT + r as u32)),
+        bucket_lower_ns(1 + (r - 1) * BUCKETS_PER_OCTAVE),
+        Some(bucket_upper_ns(r * BUCKETS_PER_OCTAVE)),
     )
 }
 
@@ -244,36 +249,47 @@ pub fn octave_counts(h: &Histogram) -> [u64; OCTAVE_ROWS] {
 }
 
 /// Folds kernel buckets (as [`HistSummary::buckets`]: inclusive upper bounds) into one row per
-/// power of two, runqlat's shape (see [`fold_by_lower`]).
+/// power of two of seconds, runqlat's shape: the zero bucket, then `(2^(k-1), 2^k]` s up to
+/// 32 s, then the overflow row.
 pub fn fold_octaves(buckets: &[BucketCount]) -> Vec<OctaveRow> {
-    fold_by_lower(buckets.iter().map(|b| {
-        let i = schedlat_common::bucket_index(b.le_ns);
-        (schedlat_common::bucket_lower_ns(i), b.count)
-    }))
-}
-
-/// The compact row holding values from `lo_ns` on: `[0, 2^MIN_SHIFT)`, then `[2^k, 2^(k+1))`,
-/// then the overflow row from 2^MAX_SHIFT.
-pub fn octave_of_ns(lo_ns: u64) -> usize {
-    let min = schedlat_common::hist::MIN_SHIFT;
-    if lo_ns < 1 << min {
-        0
-    } else {
-        ((1 + (63 - lo_ns.leading_zeros()) - min) as usize).min(OCTAVE_ROWS - 1)
-    }
-}
-
-/// Folds buckets given as (lower bound in ns, count) into one row per power of two:
-/// `[0, 2^MIN_SHIFT)`, then `[2^k, 2^(k+1))` up to `2^MAX_SHIFT`, then the overflow row. Exact
-/// for any bucket layout whose buckets do not straddle a power of two (the kernel's, and the Go
-/// runtime's timeHistogram). Rows run from the first non-empty one to the last, empty rows
-/// between them kept so the shape reads true.
-pub fn fold_by_lower(buckets: impl IntoIterator<Item = (u64, u64)>) -> Vec<OctaveRow> {
     let mut counts = [0u64; OCTAVE_ROWS];
+    for b in buckets {
+        let r = octave_of_bucket(schedlat_common::bucket_index(b.le_ns));
+        counts[r] = counts[r].saturating_add(b.count);
+    }
+    trimmed_rows(&counts, octave_bounds)
+}
+
+/// Rows for a power of two of nanoseconds: `[0, 1024)`, then `[2^k, 2^(k+1))` ns.
+const POW2_NS_ROWS: usize = 64 - 10 + 1;
+
+/// Folds buckets given as (lower bound in ns, count) into one row per power of two of
+/// nanoseconds: `[0, 1024)`, then `[2^k, 2^(k+1))`. Exact for bucket layouts that never straddle
+/// a power of two of ns, such as the Go runtime's timeHistogram (runtime/histogram.go); the
+/// kernel's buckets fold by seconds instead ([`fold_octaves`]).
+pub fn fold_pow2_ns(buckets: impl IntoIterator<Item = (u64, u64)>) -> Vec<OctaveRow> {
+    let mut counts = [0u64; POW2_NS_ROWS];
     for (lo, count) in buckets {
-        let r = octave_of_ns(lo);
+        let r = if lo < 1024 {
+            0
+        } else {
+            (63 - lo.leading_zeros()) as usize - 9
+        };
         counts[r] = counts[r].saturating_add(count);
     }
+    trimmed_rows(&counts, |r| {
+        if r == 0 {
+            (0, Some(1024))
+        } else {
+            let lo = 1u64 << (r + 9);
+            (lo, lo.checked_mul(2))
+        }
+    })
+}
+
+/// Rows from the first non-empty one to the last, empty rows between them kept so the shape
+/// reads true.
+fn trimmed_rows(counts: &[u64], bounds: impl Fn(usize) -> (u64, Option<u64>)) -> Vec<OctaveRow> {
     let (Some(first), Some(last)) = (
         counts.iter().position(|&c| c > 0),
         counts.iter().rposition(|&c| c > 0),
@@ -282,7 +298,7 @@ pub fn fold_by_lower(buckets: impl IntoIterator<Item = (u64, u64)>) -> Vec<Octav
     };
     (first..=last)
         .map(|r| {
-            let (lo_ns, hi_ns) = octave_bounds(r);
+            let (lo_ns, hi_ns) = bounds(r);
             OctaveRow {
                 lo_ns,
                 hi_ns,
@@ -310,25 +326,128 @@ pub fn fmt_ns(ns: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use num_bigint::BigUint;
     use schedlat_common::{
         bucket_index,
-        hist::{MAX_SHIFT, MIN_SHIFT},
+        hist::{MANTISSA, NATIVE_OFFSET, TOP_NS, ZERO_NS, ZERO_THRESHOLD_SECONDS, native_index},
     };
 
     use super::*;
 
+    /// Exact reference: `ns` nanoseconds is at most the native schema-3 boundary `2^(n/8)` s iff
+    /// `ns^8 <= 1e72 * 2^n` (both sides integers after moving 2^n to the side it is whole on).
+    fn at_most_boundary(ns: u64, n: i32) -> bool {
+        let lhs = BigUint::from(ns).pow(8);
+        let e72 = BigUint::from(10u32).pow(72);
+        if n >= 0 {
+            lhs <= e72 << n as usize
+        } else {
+            lhs << (-n) as usize <= e72
+        }
+    }
+
+    /// The native bucket index of `ns` by the definition, `(2^((n-1)/8), 2^(n/8)]` seconds.
+    fn native_bucket_exact(ns: u64) -> i32 {
+        // Bisection over the index range around the value's rough position.
+        let (mut lo, mut hi) = (-400i32, 400i32);
+        while lo < hi {
+            let mid = (lo + hi).div_euclid(2);
+            if at_most_boundary(ns, mid) {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        lo
+    }
+
+    /// The same as Prometheus' Go client computes it for a float observation (client_golang
+    /// histogram.go: `frexp`, then a search in the schema's bounds table).
+    fn native_bucket_go(ns: u64) -> i32 {
+        const BOUNDS: [f64; 8] = [
+            0.5,
+            0.5452538663326288,
+            0.5946035575013605,
+            0.6484197773255048,
+            0.7071067811865475,
+            0.7711054127039704,
+            0.8408964152537144,
+            0.9170040432046711,
+        ];
+        let v = ns as f64 / 1e9;
+        // frexp: v = frac * 2^exp, frac in [0.5, 1).
+        let exp = v.log2().floor() as i32 + 1;
+        let mut frac = v / 2f64.powi(exp);
+        let mut exp = exp;
+        if frac >= 1.0 {
+            frac /= 2.0;
+            exp += 1;
+        } else if frac < 0.5 {
+            frac *= 2.0;
+            exp -= 1;
+        }
+        // sort.SearchFloat64s: the first bound >= frac, or 8 past the last one.
+        BOUNDS.iter().position(|&b| b >= frac).unwrap_or(8) as i32 + (exp - 1) * 8
+    }
+
     #[test]
-    fn the_octave_of_a_lower_bound_is_the_octave_of_its_bucket() {
-        for i in 0..NUM_BUCKETS {
-            let lo = schedlat_common::bucket_lower_ns(i);
-            assert_eq!(
-                octave_of_ns(lo),
-                octave_of_bucket(i),
-                "bucket {i} from {lo} ns"
+    fn mantissas_are_exact_eighth_roots() {
+        // MANTISSA[s] = floor(m * 2^63) with m^8 = 1953125^8 * 2^j / 2^(8k): check
+        // M^8 <= m^8 * 2^504 < (M + 1)^8 with integers only.
+        for (s, &m) in MANTISSA.iter().enumerate() {
+            let (j, k) = if s == 7 { (0, 20) } else { (s + 1, 21) };
+            let target = (BigUint::from(1_953_125u32).pow(8) << (j + 8 * (63 - k))) as BigUint;
+            assert!(BigUint::from(m).pow(8) <= target, "MANTISSA[{s}] too large");
+            assert!(
+                BigUint::from(m + 1).pow(8) > target,
+                "MANTISSA[{s}] too small"
             );
         }
-        assert_eq!(octave_of_ns(0), 0);
-        assert_eq!(octave_of_ns(u64::MAX), OCTAVE_ROWS - 1);
+    }
+
+    #[test]
+    fn every_boundary_is_a_native_schema3_boundary() {
+        // Each bucket's largest value is the integer part of 2^(n/8) s: it and the value below
+        // are in native bucket n, the value above in n + 1, by the exact definition and by
+        // Prometheus' own float computation alike.
+        for i in 0..OVERFLOW {
+            let top = inclusive_upper_ns(i);
+            let n = native_index(i);
+            for (v, want) in [(top - 1, n), (top, n), (top + 1, n + 1)] {
+                assert_eq!(native_bucket_exact(v), want, "{v} ns (kernel bucket {i})");
+                assert_eq!(native_bucket_go(v), want, "{v} ns, Go client's way");
+            }
+            assert_eq!(bucket_index(top), i, "top of {i}");
+            assert_eq!(bucket_index(top + 1), i + 1, "above the top of {i}");
+        }
+        // Bucket 0 is native's zero bucket: [0, 2^-20 s].
+        assert_eq!(ZERO_NS, (ZERO_THRESHOLD_SECONDS * 1e9) as u64);
+        assert_eq!(native_bucket_exact(ZERO_NS), -NATIVE_OFFSET);
+        assert_eq!(bucket_index(0), 0);
+        assert_eq!(bucket_index(ZERO_NS), 0);
+        assert_eq!(bucket_index(ZERO_NS + 1), 1);
+        assert_eq!(inclusive_upper_ns(NATIVE_OFFSET as usize), 1_000_000_000);
+        assert_eq!(bucket_index(TOP_NS), OVERFLOW - 1);
+        assert_eq!(bucket_index(TOP_NS + 1), OVERFLOW);
+        assert_eq!(bucket_index(u64::MAX), OVERFLOW);
+    }
+
+    #[test]
+    fn powers_of_two_of_ns_fold_go_buckets_exactly() {
+        let rows = fold_pow2_ns([(0, 1), (512, 2), (1024, 3), (1536, 4), (4096, 5)]);
+        let got: Vec<(u64, Option<u64>, u64)> =
+            rows.iter().map(|r| (r.lo_ns, r.hi_ns, r.count)).collect();
+        assert_eq!(
+            got,
+            [
+                (0, Some(1024), 3),
+                (1024, Some(2048), 7),
+                (2048, Some(4096), 0),
+                (4096, Some(8192), 5)
+            ]
+        );
+        assert_eq!(fold_pow2_ns([(u64::MAX, 1)])[0].hi_ns, None);
+        assert!(fold_pow2_ns([]).is_empty());
     }
 
     #[test]
@@ -343,31 +462,23 @@ mod tests {
                 assert_eq!(bucket_upper_ns(i), bucket_lower_ns(i + 1));
             }
         }
-        assert_eq!(bucket_index(0), 0);
-        assert_eq!(bucket_index((1 << MIN_SHIFT) - 1), 0);
-        assert_eq!(bucket_index(1 << MIN_SHIFT), 1);
-        assert_eq!(bucket_index(u64::MAX), OVERFLOW);
-        assert_eq!(bucket_index(1 << MAX_SHIFT), OVERFLOW);
-        assert_eq!(bucket_index((1 << MAX_SHIFT) - 1), OVERFLOW - 1);
     }
 
     #[test]
-    fn buckets_are_log_linear_and_cover_the_range() {
-        // At least 4 sub-buckets per power of two: width <= 1/4 of the lower bound.
+    fn buckets_are_eight_per_octave_and_cover_the_range() {
         for i in 1..OVERFLOW {
             let (lo, hi) = (bucket_lower_ns(i), bucket_upper_ns(i));
             assert!(hi > lo);
-            assert!(
-                (hi - lo) * 8 <= lo,
-                "bucket {i} [{lo},{hi}) wider than 12.5%"
-            );
+            // 2^(1/8) - 1 = 9.05%, give or take the integer rounding at the bottom.
+            let width = (hi - lo) as f64 / (lo - 1) as f64;
+            assert!(width < 0.0915, "bucket {i} [{lo},{hi}) wider than 2^(1/8)");
         }
-        assert!(bucket_upper_ns(0) <= 1_100); // ~1 µs resolution at the bottom
+        assert!(bucket_upper_ns(0) <= 1_000); // 1 µs or finer at the bottom
         assert!(bucket_lower_ns(OVERFLOW) >= 30_000_000_000); // >= 30 s before overflow
     }
 
     #[test]
-    fn brute_force_index_matches_ranges() {
+    fn index_matches_the_exact_definition_between_boundaries() {
         let mut v = 1u64;
         while v < 1 << 40 {
             for d in [0, 1, 7, 999] {
@@ -377,6 +488,9 @@ mod tests {
                     bucket_lower_ns(i) <= x && (x < bucket_upper_ns(i) || i == OVERFLOW),
                     "{x}"
                 );
+                if (1..OVERFLOW).contains(&i) {
+                    assert_eq!(native_bucket_exact(x), native_index(i), "{x}");
+                }
             }
             v = v * 3 / 2 + 1;
         }
@@ -430,10 +544,7 @@ mod tests {
         }
         for per_octave in [1, 2, 4, 8] {
             let b = h.prometheus_buckets(per_octave);
-            assert_eq!(
-                b.len(),
-                1 + (MAX_SHIFT - MIN_SHIFT) as usize * per_octave as usize
-            );
+            assert_eq!(b.len(), 1 + (OVERFLOW - 1) / 8 * per_octave as usize);
             for w in b.windows(2) {
                 assert!(w[0].0 < w[1].0, "le increasing");
                 assert!(w[0].1 <= w[1].1, "cumulative");
@@ -451,38 +562,37 @@ mod tests {
     #[test]
     fn octaves_fold_whole_buckets_and_keep_the_gaps() {
         let mut h = Histogram::default();
-        // below 1 µs, two values in [2048, 4096) from different sub-buckets, one exactly at a
-        // power of two (its own row's lower bound), one just below it, and one overflow.
-        for v in [5, 1023, 2048, 3000, 4095, 1 << 20, (1 << 20) - 1, 1 << 40] {
+        // In the zero bucket (<= 953 ns), three values in (2^-19 s, 2^-18 s] = [1908, 3814]
+        // ns from different buckets, one exactly at 2^-10 s (its row's top), one just above it
+        // (the next row's bottom), and one overflow.
+        let top = 976_562; // floor(2^-10 s in ns)
+        for v in [5, 953, 1908, 3000, 3814, top, top + 1, 1 << 40] {
             h.record(v);
         }
         let rows = fold_octaves(&HistSummary::from(&h).buckets);
         assert_eq!(
             rows.len(),
             27,
-            "0..1µs through overflow, every row in between"
+            "zero bucket through overflow, every row in between"
         );
         assert_eq!(
             rows[0],
             OctaveRow {
                 lo_ns: 0,
-                hi_ns: Some(1024),
+                hi_ns: Some(954),
                 count: 2
             }
         );
-        assert_eq!(rows[1].count, 0, "[1024, 2048) is empty but shown");
+        assert_eq!(rows[1].count, 0, "(2^-20 s, 2^-19 s] is empty but shown");
         assert_eq!(
             (rows[2].lo_ns, rows[2].hi_ns, rows[2].count),
-            (2048, Some(4096), 3)
+            (1908, Some(3815), 3)
         );
         let at = |lo: u64| rows.iter().find(|r| r.lo_ns == lo).unwrap().count;
-        assert_eq!(at(1 << 19), 1, "2^20 - 1 ends the row below 2^20");
-        assert_eq!(at(1 << 20), 1, "2^20 starts its own row");
+        assert_eq!(at(488_282), 1, "2^-10 s ends its row (2^-11 s, 2^-10 s]");
+        assert_eq!(at(top + 1), 1, "just above 2^-10 s starts the next row");
         let last = rows.last().unwrap();
-        assert_eq!(
-            (last.lo_ns, last.hi_ns, last.count),
-            (1 << MAX_SHIFT, None, 1)
-        );
+        assert_eq!((last.lo_ns, last.hi_ns, last.count), (TOP_NS + 1, None, 1));
         assert_eq!(rows.iter().map(|r| r.count).sum::<u64>(), h.count());
         // Rows tile the range: each starts where the previous ended.
         for w in rows.windows(2) {
@@ -496,9 +606,10 @@ mod tests {
         h.record(5_000);
         h.record(40_000);
         let rows = fold_octaves(&HistSummary::from(&h).buckets);
-        // 5 µs is in [4096, 8192), 40 µs in [32768, 65536): 4 rows, 2 empty between.
+        // 5 µs is in (2^-18 s, 2^-17 s] = [3815, 7629] ns, 40 µs in (2^-15 s, 2^-14 s] =
+        // [30518, 61035] ns: 4 rows, 2 empty between.
         let got: Vec<(u64, u64)> = rows.iter().map(|r| (r.lo_ns, r.count)).collect();
-        assert_eq!(got, [(4096, 1), (8192, 0), (16384, 0), (32768, 1)]);
+        assert_eq!(got, [(3815, 1), (7630, 0), (15259, 0), (30518, 1)]);
         assert!(fold_octaves(&[]).is_empty());
     }
 

@@ -47,7 +47,7 @@ pub enum Buckets {
     /// One row per power of two (runqlat's shape).
     #[default]
     Compact,
-    /// Every kernel bucket: 8 per power of two (12.5% resolution).
+    /// Every kernel bucket: 8 per power of two (9% resolution).
     Fine,
 }
 

@@ -660,6 +660,17 @@ impl TestCgroup {
             .ino()
     }
 
+    /// Create `name` (one level) below this cgroup; drop it before its parent.
+    pub fn child(&self, name: &str) -> Self {
+        assert!(!name.contains('/'), "one level at a time: {name}");
+        let dir = self.dir.join(name);
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        Self {
+            dir,
+            rel: format!("{}/{name}", self.rel),
+        }
+    }
+
     /// Move process `pid` (all its threads) into this cgroup.
     pub fn add(&self, pid: u32) {
         std::fs::write(self.dir.join("cgroup.procs"), pid.to_string())

@@ -194,6 +194,9 @@ fn check_futex_waits(mode: &str) {
     // the bucket holding `wait_ms`, or a later one when the machine is slow, never earlier.
     let d = wait_ms * 1_000_000;
     let first_ok_le = schedlat_common::hist::bucket_upper_ns(schedlat_common::bucket_index(d)) - 1;
+    // The bucket after D's: buckets are 9% wide (2^(1/8)), and D = 5 ms sits 66 µs below the
+    // top of its own, less than a timed-out wait's timer slack and wake-up.
+    let next_le = schedlat_common::hist::bucket_upper_ns(schedlat_common::bucket_index(d) + 1) - 1;
     let mut in_bucket_of_d = 0;
     for b in f["buckets"].as_array().unwrap() {
         let (le, n) = (b["le_ns"].as_u64().unwrap(), b["count"].as_u64().unwrap());
@@ -201,15 +204,16 @@ fn check_futex_waits(mode: &str) {
             le >= first_ok_le,
             "{n} futex waits ended before {wait_ms} ms (bucket le {le} ns): {f}"
         );
-        if le == first_ok_le {
+        if le == first_ok_le || le == next_le {
             in_bucket_of_d += n;
         }
     }
-    // Timed-out waits are precise (hrtimer + default 50 µs slack): they are in D's own bucket.
-    // Not under emulation, where timers fire late by whole buckets (that is the machine).
+    // Timed-out waits are precise (hrtimer + default 50 µs slack): they are in D's own bucket or
+    // the next (D + 10%). Not under emulation, where timers fire late by whole buckets (that
+    // is the machine).
     assert!(
         schedlat_tests::emulated() || in_bucket_of_d >= timeouts,
-        "only {in_bucket_of_d} of {timeouts} timed-out waits in the {wait_ms} ms bucket: {f}"
+        "only {in_bucket_of_d} of {timeouts} timed-out waits within a bucket of {wait_ms} ms: {f}"
     );
     assert!(row["futex_max_ns"].as_u64().unwrap() >= d);
 }
@@ -339,8 +343,9 @@ fn slow_events_name_who_ran_instead_and_none_are_lost_silently() {
     if !privileged_or_skip("slow_events_name_who_ran_instead_and_none_are_lost_silently") {
         return;
     }
-    // 2^20 ns is a bucket boundary, so the histogram says exactly how many delays reached it.
-    let threshold_ns: u64 = 1 << 20;
+    // The lower bound of a bucket (~1 ms), so the histogram says exactly how many delays
+    // reached it.
+    let threshold_ns = schedlat_common::bucket_lower_ns(schedlat_common::bucket_index(1 << 20));
     let (result, report) = capture_workload(
         &["spin", "--threads", "2", "--cpu", "0", "--secs", "1"],
         &[

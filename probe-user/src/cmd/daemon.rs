@@ -15,6 +15,7 @@ use crate::{
     cli::{Cli, DaemonArgs},
     config::DaemonConfig,
     exporter::metrics::{self, ExpoInput, LabelCap},
+    exporter::proto::Format,
     exporter::series::SeriesKeeper,
     host::cgroup::{CgroupNames, v2_mount},
     host::privs::{
@@ -97,7 +98,7 @@ impl AppState {
         }))
     }
 
-    fn render(&mut self) -> anyhow::Result<String> {
+    fn render(&mut self, format: Format) -> anyhow::Result<Vec<u8>> {
         let Self {
             source,
             cap,
@@ -177,20 +178,20 @@ impl AppState {
             .map(|(k, _)| cap.label(k.cgroup_id, |id| cgroups.name(id)))
             .collect();
         keeper.prune(&in_use);
-        Ok(metrics::encode(&fams)?)
+        Ok(fams.encode(format)?)
     }
 }
 
 /// Renders run on the blocking pool, one at a time (http::render); a render that panicked
 /// left the state as it was mid-render, which the next render takes over.
 impl Render for Mutex<AppState> {
-    fn render(&self) -> anyhow::Result<String> {
+    fn render(&self, format: Format) -> anyhow::Result<Vec<u8>> {
         let mut st = self.lock().unwrap_or_else(|e| {
             warn!("the previous render panicked: rendering from the state it left");
             self.clear_poison();
             e.into_inner()
         });
-        st.render()
+        st.render(format)
     }
 }
 
@@ -584,7 +585,10 @@ mod tests {
         let (state, _, _) = state(vec![1], Duration::from_secs(600));
         let (s, body, ct) = get(router(state.clone(), None), "/metrics").await;
         assert_eq!(s, StatusCode::OK);
-        assert_eq!(ct.as_deref(), Some(metrics::CONTENT_TYPE));
+        assert_eq!(
+            ct.as_deref(),
+            Some(crate::exporter::proto::TEXT_CONTENT_TYPE)
+        );
         assert!(
             body.contains(
                 "schedlat_runqueue_latency_seconds_count{cgroup=\"/\",cause=\"woken\"} 1"

@@ -12,7 +12,7 @@ use crate::{
     cli::{Format, GoStatsArgs},
     go::capture::{WindowHist, window},
     goruntime::live::{self, LatencyHist, Stats},
-    hist::{fmt_ns, fold_by_lower, quantile},
+    hist::{fmt_ns, fold_pow2_ns, quantile},
     host::cgroup::v2_mount,
     host::cpulimit::{self, CpuBudget},
     model::Buckets,
@@ -193,7 +193,7 @@ fn hist(o: &mut String, title: &str, h: &LatencyHist, buckets: Buckets) {
     };
     let lo = |i: usize| ns(h.boundaries[i]);
     let rows: Vec<(u64, String, u64)> = match buckets {
-        Buckets::Compact => fold_by_lower(h.counts.iter().enumerate().map(|(i, &c)| (lo(i), c)))
+        Buckets::Compact => fold_pow2_ns(h.counts.iter().enumerate().map(|(i, &c)| (lo(i), c)))
             .into_iter()
             .map(|r| {
                 (

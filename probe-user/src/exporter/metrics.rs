@@ -9,8 +9,10 @@ use prometheus::proto::{
 };
 use schedlat_common::{drop_reason, kind};
 
+use super::proto::{self, Format, NativeHists, native_key};
 use crate::{
     hist::Histogram,
+    host::cgroup::{Identity, identity},
     kernel::probes::{Attached, RawSnapshot},
     model::FUTEX_OUTCOME_NAMES,
 };
@@ -79,6 +81,24 @@ pub(crate) fn label(name: &str, value: &str) -> LabelPair {
     l
 }
 
+/// `cgroup`, then the Kubernetes / container identity its path gives (`pod_uid`,
+/// `container_id`; absent, i.e. empty to Prometheus, where the path has none). Functions of the
+/// cgroup path, so they never add series.
+pub(crate) fn cgroup_labels(cgroup: &str) -> Vec<LabelPair> {
+    let Identity {
+        pod_uid,
+        container_id,
+    } = identity(cgroup);
+    let mut l = vec![label("cgroup", cgroup)];
+    if !pod_uid.is_empty() {
+        l.push(label("pod_uid", &pod_uid));
+    }
+    if !container_id.is_empty() {
+        l.push(label("container_id", &container_id));
+    }
+    l
+}
+
 pub(crate) fn family(
     name: &str,
     help: &str,
@@ -136,6 +156,47 @@ fn histogram(labels: Vec<LabelPair>, h: &Histogram, per_octave: u32) -> Metric {
     m
 }
 
+/// The metric families of one scrape, and the kernel histograms among them, which the
+/// protobuf exposition also sends as native histograms.
+#[derive(Default)]
+pub struct Exposition {
+    pub families: Vec<MetricFamily>,
+    pub native: NativeHists,
+}
+
+impl Extend<MetricFamily> for Exposition {
+    fn extend<T: IntoIterator<Item = MetricFamily>>(&mut self, iter: T) {
+        self.families.extend(iter);
+    }
+}
+
+impl Exposition {
+    /// The body of GET /metrics in `format`.
+    pub fn encode(&self, format: Format) -> Result<Vec<u8>, prometheus::Error> {
+        Ok(match format {
+            Format::Text => encode(&self.families)?.into_bytes(),
+            Format::Protobuf => proto::encode(&self.families, &self.native),
+        })
+    }
+
+    /// A histogram family whose series also go out natively.
+    fn native_family(
+        &mut self,
+        name: &str,
+        help: &str,
+        series: Vec<(Vec<LabelPair>, &Histogram)>,
+        per_octave: u32,
+    ) {
+        let mut metrics = Vec::with_capacity(series.len());
+        for (labels, h) in series {
+            self.native.insert(native_key(name, &labels), h.clone());
+            metrics.push(histogram(labels, h, per_octave));
+        }
+        self.families
+            .extend(family(name, help, MetricType::HISTOGRAM, metrics));
+    }
+}
+
 /// Everything the exposition needs besides the maps.
 pub struct ExpoInput<'a> {
     pub attached: &'a [Attached],
@@ -155,7 +216,7 @@ pub fn families(
     input: &ExpoInput<'_>,
     cap: &mut LabelCap,
     mut cgroup_name: impl FnMut(u64) -> Option<String>,
-) -> Vec<MetricFamily> {
+) -> Exposition {
     // Aggregate by label first: several ids can share a label ("other", or a path reused by a
     // re-created cgroup), and a label set must appear once.
     let mut runq: BTreeMap<(String, &'static str), Histogram> = BTreeMap::new();
@@ -186,24 +247,25 @@ pub fn families(
         }
     }
 
-    let mut out = Vec::new();
-    out.extend(family(
+    let mut out = Exposition::default();
+    out.native_family(
         "schedlat_runqueue_latency_seconds",
         "Time from runnable (woken, or preempted while runnable) to running, by the waiting task's cgroup and cause.",
-        MetricType::HISTOGRAM,
         runq.iter()
-            .map(|((cg, cause), h)| histogram(vec![label("cgroup", cg), label("cause", cause)], h, input.per_octave))
+            .map(|((cg, cause), h)| {
+                let mut l = cgroup_labels(cg);
+                l.push(label("cause", cause));
+                (l, h)
+            })
             .collect(),
-    ));
-    out.extend(family(
+        input.per_octave,
+    );
+    out.native_family(
         "schedlat_futex_wait_seconds",
         "Time blocked in futex wait operations (timeouts and interruptions included), by cgroup.",
-        MetricType::HISTOGRAM,
-        futex
-            .iter()
-            .map(|(cg, h)| histogram(vec![label("cgroup", cg)], h, input.per_octave))
-            .collect(),
-    ));
+        futex.iter().map(|(cg, h)| (cgroup_labels(cg), h)).collect(),
+        input.per_octave,
+    );
     out.extend(input.futex_outcomes.then(|| family(
         "schedlat_futex_waits_total",
         "Blocking futex calls by how they ended; value_changed calls never slept and are not in schedlat_futex_wait_seconds.",
@@ -218,7 +280,7 @@ pub fn families(
         "schedlat_wakeups_total",
         "Wakeups that made a task runnable, by the cgroup of the task woken (each ends one cause=\"woken\" run-queue wait).",
         MetricType::COUNTER,
-        wakeups.iter().map(|(cg, n)| counter(vec![label("cgroup", cg)], *n as f64)).collect(),
+        wakeups.iter().map(|(cg, n)| counter(cgroup_labels(cg), *n as f64)).collect(),
     ));
     let mut cpu_waits = Vec::new();
     let mut cpu_secs = Vec::new();
@@ -316,8 +378,6 @@ pub fn encode(families: &[MetricFamily]) -> Result<String, prometheus::Error> {
     prometheus::TextEncoder::new().encode(families, &mut buf)?;
     Ok(String::from_utf8(buf).expect("text encoder writes UTF-8"))
 }
-
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 #[cfg(test)]
 pub(crate) mod tests {
@@ -419,7 +479,7 @@ pub(crate) mod tests {
             &mut cap,
             |id| Some(format!("/cg{id}")),
         );
-        (encode(&fams).unwrap(), cap)
+        (encode(&fams.families).unwrap(), cap)
     }
 
     #[test]
@@ -467,6 +527,116 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn protobuf_has_the_text_families_and_native_histograms_of_the_kernel_buckets() {
+        use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model as pb;
+        use prost::Message as _;
+        let fams = families(
+            &snap(),
+            &ExpoInput {
+                attached: &[],
+                per_octave: 2,
+                version: "test",
+                futex_outcomes: true,
+                base: &[],
+                retired_cgroups: 0,
+            },
+            &mut LabelCap::new(100),
+            |id| Some(format!("/cg{id}")),
+        );
+        let text = fams.encode(Format::Text).unwrap();
+        assert_eq!(
+            text,
+            encode(&fams.families).unwrap().into_bytes(),
+            "text unchanged"
+        );
+        let body = fams.encode(Format::Protobuf).unwrap();
+        let mut buf = body.as_slice();
+        let mut decoded = Vec::new();
+        while !buf.is_empty() {
+            decoded.push(pb::MetricFamily::decode_length_delimited(&mut buf).unwrap());
+        }
+        let names: Vec<_> = fams.families.iter().map(|f| f.name().to_string()).collect();
+        assert_eq!(
+            decoded.iter().map(|f| f.name.clone()).collect::<Vec<_>>(),
+            names,
+            "the same families, in order"
+        );
+        let samples = parse(&String::from_utf8(text).unwrap());
+        for f in &decoded {
+            for m in &f.metric {
+                let labels: BTreeMap<String, String> = m
+                    .label
+                    .iter()
+                    .map(|l| (l.name.clone(), l.value.clone()))
+                    .collect();
+                let value = |suffix: &str| {
+                    samples
+                        .iter()
+                        .find(|(n, l, _)| *n == format!("{}{suffix}", f.name) && *l == labels)
+                        .unwrap_or_else(|| panic!("{}{suffix} {labels:?} not in the text", f.name))
+                        .2
+                };
+                match pb::MetricType::try_from(f.r#type).unwrap() {
+                    pb::MetricType::Counter => {
+                        assert_eq!(m.counter.as_ref().unwrap().value, value(""))
+                    }
+                    pb::MetricType::Gauge => assert_eq!(m.gauge.as_ref().unwrap().value, value("")),
+                    pb::MetricType::Histogram => {
+                        let h = m.histogram.as_ref().unwrap();
+                        assert_eq!(h.sample_count as f64, value("_count"));
+                        assert_eq!(h.sample_sum, value("_sum"));
+                        // Classic buckets as in the text, +Inf aside.
+                        let text_buckets = samples
+                            .iter()
+                            .filter(|(n, l, _)| {
+                                *n == format!("{}_bucket", f.name)
+                                    && l.iter().filter(|(k, _)| *k != "le").eq(labels.iter())
+                                    && l["le"] != "+Inf"
+                            })
+                            .count();
+                        assert_eq!(h.bucket.len(), text_buckets);
+                        // Native: schema 3, the zero bucket and the kernel's buckets.
+                        assert_eq!(h.schema, 3);
+                        assert_eq!(h.zero_threshold, 2f64.powi(-20));
+                        let mut want = Histogram::default();
+                        for v in [1_500u64, 20_000, 3_000_000, 50_000_000_000] {
+                            want.record(v);
+                        }
+                        let n = proto::Native::of(&want);
+                        assert_eq!(h.zero_count, n.zero_count);
+                        let spans: Vec<_> = h
+                            .positive_span
+                            .iter()
+                            .map(|s| (s.offset, s.length))
+                            .collect();
+                        assert_eq!(spans, n.spans);
+                        assert_eq!(h.positive_delta, n.deltas);
+                        let native_total: i64 = h
+                            .positive_delta
+                            .iter()
+                            .scan(0i64, |c, d| {
+                                *c += d;
+                                Some(*c)
+                            })
+                            .sum();
+                        assert_eq!(native_total as u64 + h.zero_count, h.sample_count);
+                    }
+                    t => panic!("unexpected type {t:?}"),
+                }
+            }
+        }
+        // 1.5 µs is native bucket ceil(8 * log2(1.5e-6)) = -154, 20 µs -124, 3 ms -67,
+        // 50 s (overflow) 41; offsets after the first count from the end of the span before.
+        let h = decoded[0].metric[0].histogram.as_ref().unwrap();
+        let spans: Vec<_> = h
+            .positive_span
+            .iter()
+            .map(|s| (s.offset, s.length))
+            .collect();
+        assert_eq!(spans, vec![(-154, 1), (29, 1), (56, 1), (107, 1)]);
+    }
+
+    #[test]
     fn label_cap_folds_into_other_and_counts() {
         let (text, cap) = render(1);
         assert_eq!(cap.folded(), 2);
@@ -498,6 +668,57 @@ pub(crate) mod tests {
                 .iter()
                 .all(|(_, l, _)| !l.contains_key("pid") && !l.contains_key("tid"))
         );
+    }
+
+    #[test]
+    fn kubernetes_identity_labels_follow_the_cgroup_and_add_no_series() {
+        let uid = "5c1e7f1a-2b3c-4d5e-8f90-0123456789ab";
+        let cid = "ab".repeat(32);
+        let pod_cg = format!(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{cid}.scope",
+            uid.replace('-', "_")
+        );
+        let docker_cg = format!("/system.slice/docker-{cid}.scope");
+        let names = [
+            (1, pod_cg.clone()),
+            (2, docker_cg.clone()),
+            (3, "/".to_string()),
+        ];
+        let fams = families(
+            &snap(),
+            &ExpoInput {
+                attached: &[],
+                per_octave: 2,
+                version: "test",
+                futex_outcomes: true,
+                base: &[],
+                retired_cgroups: 0,
+            },
+            &mut LabelCap::new(100),
+            |id| names.iter().find(|(i, _)| *i == id).map(|(_, n)| n.clone()),
+        );
+        let samples = parse(&encode(&fams.families).unwrap());
+        let with_cgroup: Vec<_> = samples
+            .iter()
+            .filter(|(_, l, _)| l.contains_key("cgroup"))
+            .collect();
+        assert!(!with_cgroup.is_empty());
+        for (n, l, _) in with_cgroup {
+            let (want_pod, want_cid) = match l["cgroup"].as_str() {
+                c if c == pod_cg => (Some(uid), Some(cid.as_str())),
+                c if c == docker_cg => (None, Some(cid.as_str())),
+                _ => (None, None),
+            };
+            assert_eq!(l.get("pod_uid").map(String::as_str), want_pod, "{n} {l:?}");
+            assert_eq!(
+                l.get("container_id").map(String::as_str),
+                want_cid,
+                "{n} {l:?}"
+            );
+        }
+        // The same number of series as without the labels: one per cgroup (and cause).
+        let (plain, _) = render(100);
+        assert_eq!(samples.len(), parse(&plain).len());
     }
 
     #[test]

@@ -1,4 +1,5 @@
 //! Prometheus exposition: metric families from snapshots, and the retirement of series whose
 //! subject is gone.
 pub mod metrics;
+pub mod proto;
 pub mod series;

@@ -94,6 +94,83 @@ pub fn v2_mount() -> Result<PathBuf, CgroupError> {
     v2_mount_from_mountinfo(&mi, is_cgroup2).ok_or(CgroupError::NoV2Mount)
 }
 
+/// Kubernetes and container identity of a cgroup, parsed from its path: empty where the path
+/// says nothing (not in a pod, not a container). A function of the path, so labels made from
+/// it never add series.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// The pod's UID (with dashes, as `kube_pod_info{uid}` has it).
+    pub pod_uid: String,
+    /// The container's 64-hex id (as `kube_pod_container_info{container_id}` has it after
+    /// the `<runtime>://` prefix).
+    pub container_id: String,
+}
+
+/// The pod and container a cgroup belongs to, from the path shapes the kubelet and the
+/// runtimes make (cgroup v2; the same names on v1):
+/// - kubelet, systemd driver: `/kubepods.slice/kubepods-<qos>.slice/kubepods-<qos>-pod<UID,
+///   '-' as '_'>.slice/<runtime>-<64 hex>.scope` (Guaranteed pods have no qos level), with
+///   runtime `cri-containerd` (containerd), `crio` (CRI-O) or `docker` (cri-dockerd);
+/// - kubelet, cgroupfs driver: `/kubepods/<qos>/pod<UID>/<64 hex>` (CRI-O: `crio-<64 hex>`);
+/// - outside Kubernetes: Docker `/system.slice/docker-<64 hex>.scope` (cgroupfs driver:
+///   `/docker/<64 hex>`), Podman `/machine.slice/libpod-<64 hex>.scope` (also under a user's
+///   slice when rootless; cgroupfs: `/libpod_parent/libpod-<64 hex>`).
+///
+/// The deepest component that names a container wins (a container may make cgroups of its
+/// own below its scope); the pod is any `pod<UID>` component under a `kubepods` one, so a
+/// kubelet nested in another cgroup (kind, a node in a VM slice) is recognised. CRI-O's
+/// `crio-conmon-<id>.scope` is its monitor process, not the container: no container id.
+pub fn identity(path: &str) -> Identity {
+    let mut id = Identity::default();
+    let mut in_kubepods = false;
+    for comp in path.split('/').filter(|c| !c.is_empty()) {
+        let name = comp
+            .strip_suffix(".slice")
+            .or_else(|| comp.strip_suffix(".scope"))
+            .unwrap_or(comp);
+        // `kubepods`, `kubepods-*`, or with a cgroup root prefix (`kubelet-kubepods-*`).
+        if name == "kubepods" || name.starts_with("kubepods-") || name.contains("-kubepods") {
+            in_kubepods = true;
+        }
+        if in_kubepods {
+            // `kubepods-burstable-pod<uid_>` (systemd) or `pod<uid>` (cgroupfs).
+            let pod = name
+                .rsplit_once("-pod")
+                .filter(|(head, _)| head.starts_with("kubepods") || head.contains("-kubepods"))
+                .map(|(_, uid)| uid)
+                .or_else(|| name.strip_prefix("pod"));
+            if let Some(uid) = pod.map(|u| u.replace('_', "-")).filter(|u| is_uid(u)) {
+                id.pod_uid = uid;
+                continue;
+            }
+        }
+        let container = ["cri-containerd-", "crio-", "docker-", "libpod-"]
+            .iter()
+            .find_map(|p| name.strip_prefix(p))
+            .or(Some(name))
+            .filter(|h| is_container_id(h));
+        if let Some(c) = container {
+            id.container_id = c.to_string();
+        }
+    }
+    id
+}
+
+/// 64 lowercase hex digits: a container id of containerd, CRI-O, Docker and Podman.
+fn is_container_id(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A UUID as Kubernetes writes pod UIDs: 8-4-4-4-12 hex digits.
+fn is_uid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// Most cgroup names remembered, removed ones included.
 const MAX_REMEMBERED: usize = 100_000;
 
@@ -290,6 +367,106 @@ mod tests {
             v2_mount_from_mountinfo(container, covered),
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
+    }
+
+    const UID: &str = "5c1e7f1a-2b3c-4d5e-8f90-0123456789ab";
+    const CID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn ident(pod_uid: &str, container_id: &str) -> Identity {
+        Identity {
+            pod_uid: pod_uid.into(),
+            container_id: container_id.into(),
+        }
+    }
+
+    #[test]
+    fn kubelet_and_runtime_paths_give_pod_and_container() {
+        let u = UID.replace('-', "_");
+        for (path, want) in [
+            // kubelet, systemd driver: containerd, CRI-O, cri-dockerd; burstable, besteffort,
+            // guaranteed (no qos level); the pod's own slice; a cgroup a container made.
+            (
+                format!(
+                    "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice/cri-containerd-{CID}.scope"
+                ),
+                ident(UID, CID),
+            ),
+            (
+                format!(
+                    "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{u}.slice/crio-{CID}.scope"
+                ),
+                ident(UID, CID),
+            ),
+            (
+                format!("/kubepods.slice/kubepods-pod{u}.slice/docker-{CID}.scope"),
+                ident(UID, CID),
+            ),
+            (
+                format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice"),
+                ident(UID, ""),
+            ),
+            (
+                format!(
+                    "/kubepods.slice/kubepods-pod{u}.slice/cri-containerd-{CID}.scope/init.scope"
+                ),
+                ident(UID, CID),
+            ),
+            // CRI-O's monitor process is not the container.
+            (
+                format!("/kubepods.slice/kubepods-pod{u}.slice/crio-conmon-{CID}.scope"),
+                ident(UID, ""),
+            ),
+            // kubelet, cgroupfs driver: containerd/Docker (bare id), CRI-O; guaranteed.
+            (
+                format!("/kubepods/burstable/pod{UID}/{CID}"),
+                ident(UID, CID),
+            ),
+            (
+                format!("/kubepods/besteffort/pod{UID}/crio-{CID}"),
+                ident(UID, CID),
+            ),
+            (format!("/kubepods/pod{UID}/{CID}"), ident(UID, CID)),
+            (format!("/kubepods/pod{UID}"), ident(UID, "")),
+            // A kubelet nested in another cgroup (kind's node container).
+            (
+                format!(
+                    "/system.slice/docker-{CID}.scope/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod{u}.slice/cri-containerd-{}.scope",
+                    "f".repeat(64)
+                ),
+                ident(UID, &"f".repeat(64)),
+            ),
+            // Outside Kubernetes: Docker (systemd and cgroupfs drivers), Podman (root,
+            // rootless, cgroupfs).
+            (format!("/system.slice/docker-{CID}.scope"), ident("", CID)),
+            (format!("/docker/{CID}"), ident("", CID)),
+            (format!("/machine.slice/libpod-{CID}.scope"), ident("", CID)),
+            (
+                format!(
+                    "/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{CID}.scope"
+                ),
+                ident("", CID),
+            ),
+            (format!("/libpod_parent/libpod-{CID}"), ident("", CID)),
+            // Not a pod, not a container.
+            ("/".into(), ident("", "")),
+            ("/system.slice/sshd.service".into(), ident("", "")),
+            (
+                "/user.slice/user-1000.slice/session-3.scope".into(),
+                ident("", ""),
+            ),
+            ("other".into(), ident("", "")),
+            ("unknown".into(), ident("", "")),
+            // Look-alikes: a pod outside kubepods, a short or upper-case id, a bad UID.
+            (format!("/pod{UID}"), ident("", "")),
+            (
+                format!("/system.slice/docker-{}.scope", &CID[..63]),
+                ident("", ""),
+            ),
+            (format!("/docker/{}", CID.to_uppercase()), ident("", "")),
+            ("/kubepods/burstable/podnot-a-uid".into(), ident("", "")),
+        ] {
+            assert_eq!(identity(&path), want, "{path}");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::{
     Router,
     extract::State,
-    http::{StatusCode, header},
+    http::{HeaderMap, StatusCode, header},
     middleware,
     response::{IntoResponse, Response},
     routing::get,
@@ -16,7 +16,10 @@ use super::{
     render::{Answer, Renders},
     stats::WebStats,
 };
-use crate::exporter::metrics;
+use crate::exporter::{
+    metrics,
+    proto::{self, Format},
+};
 
 #[derive(Clone)]
 struct App {
@@ -35,16 +38,22 @@ pub fn router(renders: Arc<Renders>, auth: Option<Arc<BasicAuth>>, stats: Arc<We
         .with_state(App { renders, stats })
 }
 
-async fn metrics_handler(State(app): State<App>) -> Response {
-    match app.renders.scrape().await {
+async fn metrics_handler(State(app): State<App>, headers: HeaderMap) -> Response {
+    // Text, or protobuf with native histograms when the scraper asks for it.
+    let format = Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    match app.renders.scrape(format).await {
         Answer::Body(body) => {
             // The HTTP layer's own counters are never from a shared body: they are cheap,
-            // and a refused login shows at the next scrape.
-            let own = metrics::encode(&app.stats.families()).unwrap_or_default();
+            // and a refused login shows at the next scrape. Both formats concatenate.
+            let families = app.stats.families();
+            let own = match format {
+                Format::Text => metrics::encode(&families).unwrap_or_default().into_bytes(),
+                Format::Protobuf => proto::encode(&families, &Default::default()),
+            };
             let mut out = Vec::with_capacity(body.len() + own.len());
             out.extend_from_slice(&body);
-            out.extend_from_slice(own.as_bytes());
-            ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], out).into_response()
+            out.extend_from_slice(&own);
+            ([(header::CONTENT_TYPE, format.content_type())], out).into_response()
         }
         Answer::Failed(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
         Answer::Shed(why) => (
@@ -95,7 +104,13 @@ mod tests {
     }
 
     impl Render for Planted {
-        fn render(&self) -> anyhow::Result<String> {
+        fn render(&self, _: Format) -> anyhow::Result<Vec<u8>> {
+            self.text().map(String::into_bytes)
+        }
+    }
+
+    impl Planted {
+        fn text(&self) -> anyhow::Result<String> {
             match self.n.fetch_add(1, Ordering::SeqCst) + 1 {
                 1 => panic!("planted"),
                 2 => {

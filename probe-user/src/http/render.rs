@@ -1,4 +1,6 @@
-//! /metrics bodies: one render at a time, shared by the scrapes that arrive meanwhile; a body
+//! /metrics bodies: one render at a time per exposition format (text, protobuf: each has its
+//! own single flight and shared body; the renders themselves queue on the daemon's state),
+//! shared by the scrapes that arrive meanwhile; a body
 //! that several scrapes shared answers further scrapes for a short time; a render that
 //! panics fails its scrapes only, and one that hangs makes /healthz unhealthy instead of
 //! piling up scrapes.
@@ -6,7 +8,7 @@
 //! A lone scraper always gets a render started after its request arrived (what it sees
 //! reflects everything before it asked); only once scrapes overlap (a storm, or several
 //! Prometheus replicas at once) may one get a body up to `metrics_cache_ms` old. The
-//! blocking pool never holds more than this one render: waiting scrapes are tasks, bounded
+//! blocking pool never holds more than one render per format: waiting scrapes are tasks, bounded
 //! by `max_waiting_scrapes` and the render timeout, and answered 503 beyond them.
 use std::{
     panic::AssertUnwindSafe,
@@ -19,10 +21,12 @@ use tokio::sync::watch;
 use tracing::error;
 
 use super::stats::{RenderResult, Shed, WebStats};
+use crate::exporter::proto::Format;
 
-/// What makes a /metrics body (the daemon's kernel maps and Go readings).
+/// What makes a /metrics body (the daemon's kernel maps and Go readings), in the exposition
+/// format a scraper asked for.
 pub trait Render: Send + Sync + 'static {
-    fn render(&self) -> anyhow::Result<String>;
+    fn render(&self, format: Format) -> anyhow::Result<Vec<u8>>;
 }
 
 /// How a scrape is answered.
@@ -43,7 +47,8 @@ pub struct Renders {
     timeout: Duration,
     max_waiting: usize,
     stats: Arc<WebStats>,
-    state: Mutex<State>,
+    /// One single flight and shared body per exposition format ([`Format::index`]).
+    state: Mutex<[State; Format::COUNT]>,
 }
 
 #[derive(Default)]
@@ -79,19 +84,20 @@ impl Renders {
             timeout,
             max_waiting,
             stats,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(Default::default()),
         })
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+    fn state(&self) -> std::sync::MutexGuard<'_, [State; Format::COUNT]> {
         // Never held across a render: a panic cannot poison it, but do not trust that.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The body for one scrape.
-    pub async fn scrape(self: &Arc<Self>) -> Answer {
+    /// The body for one scrape in `format`.
+    pub async fn scrape(self: &Arc<Self>, format: Format) -> Answer {
         let (generation, mut done) = {
-            let mut st = self.state();
+            let mut all = self.state();
+            let st = &mut all[format.index()];
             if let Some(r) = &mut st.running {
                 if r.waiting >= self.max_waiting {
                     self.stats.count_shed(Shed::RenderQueueFull);
@@ -121,7 +127,7 @@ impl Renders {
                 });
                 let me = self.clone();
                 // Single flight: this is the only task the blocking pool gets from scrapes.
-                tokio::task::spawn_blocking(move || me.run(generation, tx));
+                tokio::task::spawn_blocking(move || me.run(format, generation, tx));
                 (generation, done)
             }
         };
@@ -131,8 +137,7 @@ impl Renders {
             Ok(Err(_)) => Some(Err("the render task ended without an answer".into())),
             Err(_) => None,
         };
-        if let Some(r) = self
-            .state()
+        if let Some(r) = self.state()[format.index()]
             .running
             .as_mut()
             .filter(|r| r.generation == generation)
@@ -149,8 +154,8 @@ impl Renders {
         }
     }
 
-    fn run(&self, generation: u64, tx: watch::Sender<Option<Outcome>>) {
-        let out = std::panic::catch_unwind(AssertUnwindSafe(|| self.source.render()));
+    fn run(&self, format: Format, generation: u64, tx: watch::Sender<Option<Outcome>>) {
+        let out = std::panic::catch_unwind(AssertUnwindSafe(|| self.source.render(format)));
         let outcome: Outcome = match out {
             Ok(Ok(s)) => {
                 self.stats.count_render(RenderResult::Ok);
@@ -173,7 +178,8 @@ impl Renders {
             }
         };
         {
-            let mut st = self.state();
+            let mut all = self.state();
+            let st = &mut all[format.index()];
             let ours = st.running.take_if(|r| r.generation == generation);
             if let Ok(b) = &outcome {
                 let shared = ours.is_some_and(|r| r.shared);
@@ -185,8 +191,11 @@ impl Renders {
 
     /// How long the render in progress has run, if longer than the render timeout.
     pub fn stuck(&self) -> Option<Duration> {
-        let st = self.state();
-        let age = st.running.as_ref()?.started.elapsed();
+        let all = self.state();
+        let age = all
+            .iter()
+            .filter_map(|st| Some(st.running.as_ref()?.started.elapsed()))
+            .max()?;
         (age > self.timeout).then_some(age)
     }
 
@@ -214,7 +223,13 @@ mod tests {
     }
 
     impl Render for Fake {
-        fn render(&self) -> anyhow::Result<String> {
+        fn render(&self, _: Format) -> anyhow::Result<Vec<u8>> {
+            self.text().map(String::into_bytes)
+        }
+    }
+
+    impl Fake {
+        fn text(&self) -> anyhow::Result<String> {
             let n = self.renders.fetch_add(1, Ordering::SeqCst) + 1;
             let mut g = self.gate.lock().unwrap();
             while *g == Some(false) {
@@ -268,8 +283,8 @@ mod tests {
     async fn a_lone_scraper_always_gets_a_fresh_render() {
         let fake = Arc::new(Fake::default());
         let r = renders(&fake, 60_000, 5_000, 10);
-        assert_eq!(body(r.scrape().await), "render 1\n");
-        assert_eq!(body(r.scrape().await), "render 2\n");
+        assert_eq!(body(r.scrape(Format::Text).await), "render 1\n");
+        assert_eq!(body(r.scrape(Format::Text).await), "render 2\n");
         assert_eq!(fake.renders.load(Ordering::SeqCst), 2);
     }
 
@@ -281,10 +296,10 @@ mod tests {
         let scrapes: Vec<_> = (0..20)
             .map(|_| {
                 let r = r.clone();
-                tokio::spawn(async move { r.scrape().await })
+                tokio::spawn(async move { r.scrape(Format::Text).await })
             })
             .collect();
-        while r.state().running.as_ref().map_or(0, |x| x.waiting) < 20 {
+        while r.state()[0].running.as_ref().map_or(0, |x| x.waiting) < 20 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         fake.open();
@@ -292,8 +307,8 @@ mod tests {
             assert_eq!(body(s.await.unwrap()), "render 1\n");
         }
         // A body 20 scrapes shared answers the next ones for a while, without a render.
-        assert_eq!(body(r.scrape().await), "render 1\n");
-        assert_eq!(body(r.scrape().await), "render 1\n");
+        assert_eq!(body(r.scrape(Format::Text).await), "render 1\n");
+        assert_eq!(body(r.scrape(Format::Text).await), "render 1\n");
         assert_eq!(
             fake.renders.load(Ordering::SeqCst),
             1,
@@ -309,20 +324,20 @@ mod tests {
         fake.close();
         let first = {
             let r = r.clone();
-            tokio::spawn(async move { r.scrape().await })
+            tokio::spawn(async move { r.scrape(Format::Text).await })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(r.stuck(), None, "not stuck before the render timeout");
         let more: Vec<_> = (0..2)
             .map(|_| {
                 let r = r.clone();
-                tokio::spawn(async move { r.scrape().await })
+                tokio::spawn(async move { r.scrape(Format::Text).await })
             })
             .collect();
         tokio::time::sleep(Duration::from_millis(30)).await;
         // Three waiting: the fourth is refused at once.
         assert!(matches!(
-            r.scrape().await,
+            r.scrape(Format::Text).await,
             Answer::Shed(Shed::RenderQueueFull)
         ));
         // The waiting ones give up after the render timeout, with 503.
@@ -342,13 +357,13 @@ mod tests {
         // Unstuck: healthy again, and the next scrape renders.
         fake.open();
         for _ in 0..100 {
-            if r.stuck().is_none() && r.state().running.is_none() {
+            if r.stuck().is_none() && r.state()[0].running.is_none() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(r.stuck(), None);
-        assert_eq!(body(r.scrape().await), "render 2\n");
+        assert_eq!(body(r.scrape(Format::Text).await), "render 2\n");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -356,12 +371,12 @@ mod tests {
         let fake = Arc::new(Fake::default());
         fake.panics_left.store(1, Ordering::SeqCst);
         let r = renders(&fake, 0, 5_000, 10);
-        match r.scrape().await {
+        match r.scrape(Format::Text).await {
             Answer::Failed(e) => assert!(e.contains("planted panic in render 1"), "{e}"),
             other => panic!("{other:?}"),
         }
-        assert_eq!(body(r.scrape().await), "render 2\n");
-        assert_eq!(body(r.scrape().await), "render 3\n");
+        assert_eq!(body(r.scrape(Format::Text).await), "render 2\n");
+        assert_eq!(body(r.scrape(Format::Text).await), "render 3\n");
         assert_eq!(r.stats.renders(RenderResult::Panic), 1);
         assert_eq!(r.stats.renders(RenderResult::Ok), 2);
     }

@@ -571,16 +571,17 @@ mod tests {
                 .map(str::to_string)
                 .collect::<Vec<_>>()
         };
-        // 2 µs, 4 µs and 3 ms: compact is one row per power of two from [1024, 2048) to
-        // [2^21, 2^22), empty ones included; fine is the three kernel buckets.
+        // 2 µs, 4 µs and 3 ms: compact is one row per power of two of seconds from
+        // (2^-19 s, 2^-18 s] to (2^-9 s, 2^-8 s], empty ones included; fine is the three
+        // kernel buckets.
         let compact = rows(Buckets::Compact);
-        assert_eq!(compact.len(), 12, "{compact:#?}");
+        assert_eq!(compact.len(), 11, "{compact:#?}");
         assert!(
-            compact[0].starts_with("      1.0µs .. 2.0µs             1 |*"),
+            compact[0].starts_with("      1.9µs .. 3.8µs             1 |*"),
             "{compact:#?}"
         );
         assert!(
-            compact[1].contains("2.0µs .. 4.1µs             1 |*"),
+            compact[1].contains("3.8µs .. 7.6µs             1 |*"),
             "{compact:#?}"
         );
         assert!(
@@ -588,7 +589,7 @@ mod tests {
             "empty row: {compact:#?}"
         );
         assert!(
-            compact[11].contains("2.10ms .. 4.19ms            1 |*"),
+            compact[10].contains("1.95ms .. 3.91ms            1 |*"),
             "{compact:#?}"
         );
         let fine = rows(Buckets::Fine);

@@ -177,12 +177,21 @@ mod tests {
             ..woken(&[5_000, 6_000, 2_000_000])
         };
         let c = Column::of(&snap, (at(0), at(1)));
-        let row = |lo: u64| (0..OCTAVE_ROWS).find(|&r| crate::hist::octave_bounds(r).0 == lo);
-        assert_eq!(c.rows[0][row(4096).unwrap()], 2);
-        assert_eq!(c.rows[0][row(1 << 20).unwrap()], 1);
+        // The row holding a value: its bounds hold it.
+        let row = |v: u64| {
+            (0..OCTAVE_ROWS)
+                .find(|&r| {
+                    let (lo, hi) = crate::hist::octave_bounds(r);
+                    lo <= v && hi.is_none_or(|hi| v < hi)
+                })
+                .unwrap()
+        };
+        assert_eq!(row(5_000), row(6_000), "(2^-18 s, 2^-17 s]");
+        assert_eq!(c.rows[0][row(5_000)], 2);
+        assert_eq!(c.rows[0][row(2_000_000)], 1);
         assert_eq!(c.rows[0].iter().sum::<u64>(), 3);
         assert_eq!(c.rows[1].iter().sum::<u64>(), 0);
-        assert_eq!(c.rows[GO][row(2048).unwrap()], 1);
+        assert_eq!(c.rows[GO][row(3_000)], 1);
     }
 
     #[test]
