@@ -55,6 +55,8 @@ static CONFIG: Config = Config {
     nr_futex: u32::MAX,
     nr_futex_waitv: u32::MAX,
     nr_futex_wait: u32::MAX,
+    task_nvcsw: 0,
+    task_pcount: 0,
     _pad: 0,
 };
 
@@ -204,6 +206,23 @@ unsafe fn read_field<T>(base: *const u8, off: u32) -> Result<T, i32> {
 #[inline(always)]
 unsafe fn btf_load<T: Copy>(base: *const u8, off: u32) -> T {
     unsafe { read_volatile(base.add(off as usize) as *const T) }
+}
+
+/// The task's generation: voluntary switch-outs plus switch-ins so far (task_struct.nvcsw,
+/// sched_info.pcount). At sched_switch both of prev's counts are already updated for this
+/// switch-out (`++*switch_count` precedes the tracepoint) and next's pcount is not yet
+/// (sched_info_arrive runs in context_switch after it; kernel/sched/core.c __schedule).
+#[inline(always)]
+fn task_generation(task: *const u8) -> u64 {
+    let c = cfg();
+    let mut g = 0u64;
+    if c.task_nvcsw != 0 {
+        g = g.wrapping_add(unsafe { btf_load::<u64>(task, c.task_nvcsw) });
+    }
+    if c.task_pcount != 0 {
+        g = g.wrapping_add(unsafe { btf_load::<u64>(task, c.task_pcount) });
+    }
+    g
 }
 
 #[inline(always)]
@@ -382,7 +401,7 @@ fn on_wake(p: *const u8, count_waker: bool) -> Result<(), i32> {
     if !wanted(f, tgid, cgroup_id) {
         return Ok(());
     }
-    stamp_woken(p, tid, f, unsafe { bpf_ktime_get_ns() });
+    stamp_woken(p, tid, f, unsafe { bpf_ktime_get_ns() }, task_generation(p));
     if !count_waker {
         return Ok(());
     }
@@ -457,11 +476,25 @@ fn on_switch(preempt: bool, prev: *const u8, next: *const u8, prev_state: u64) -
         };
         if wanted_prev {
             if runnable {
-                stamp(prev, prev_tid, kind::RUNQ_PREEMPTED, 0, now);
+                stamp(
+                    prev,
+                    prev_tid,
+                    kind::RUNQ_PREEMPTED,
+                    0,
+                    now,
+                    task_generation(prev),
+                );
             } else if let Some(op) = futex_block_op(prev) {
                 // Overwrites a stale stamp; a waking that raced ahead of this switch-out is
                 // handled at switch-in (cause still FUTEX_BLOCKED).
-                stamp(prev, prev_tid, kind::FUTEX_BLOCKED, op, now);
+                stamp(
+                    prev,
+                    prev_tid,
+                    kind::FUTEX_BLOCKED,
+                    op,
+                    now,
+                    task_generation(prev),
+                );
             }
         }
     }
@@ -474,9 +507,20 @@ fn on_switch(preempt: bool, prev: *const u8, next: *const u8, prev_state: u64) -
     let Some(st) = state_of(next) else {
         return Ok(());
     };
-    let (ts, cause, futex_op, mut futex_ns) =
-        unsafe { ((*st).ts_ns, (*st).cause, (*st).futex_op, (*st).futex_ns) };
+    let (ts, cause, futex_op, mut futex_ns, generation) = unsafe {
+        (
+            (*st).ts_ns,
+            (*st).cause,
+            (*st).futex_op,
+            (*st).futex_ns,
+            (*st).generation,
+        )
+    };
     let st = consume(next, st);
+    if generation != task_generation(next) {
+        count_drop(drop_reason::STALE_STAMP);
+        return Ok(());
+    }
     // A task woken on one CPU and switched in on another at once can read an earlier time
     // there: bpf_ktime_get_ns (ktime_get_mono_fast_ns) is not guaranteed ordered across
     // CPUs. Its delay is ~0, and it must still count: saturate, never drop.

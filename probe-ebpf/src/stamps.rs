@@ -80,7 +80,7 @@ mod storage {
 
     /// Stamp `task` (tid `tid`) as runnable from now (or, for FUTEX_BLOCKED, blocked from now).
     #[inline(always)]
-    pub fn stamp(task: *const u8, tid: u32, cause: u32, op: u32, now: u64) {
+    pub fn stamp(task: *const u8, tid: u32, cause: u32, op: u32, now: u64, generation: u64) {
         let s = get(task, F_CREATE);
         if s.is_null() {
             count_drop(drop_reason::RUNQ_START_FULL);
@@ -92,13 +92,14 @@ mod storage {
             (*s).futex_op = op;
             (*s).futex_ns = 0;
             (*s).tid = tid;
+            (*s).generation = generation;
         }
     }
 
     /// Stamp a woken task. With FUTEX_SCHED, a task that was blocked in futex gets the length
     /// of that wait carried to its switch-in, where its cgroup is known.
     #[inline(always)]
-    pub fn stamp_woken(task: *const u8, tid: u32, f: u32, now: u64) {
+    pub fn stamp_woken(task: *const u8, tid: u32, f: u32, now: u64, generation: u64) {
         let s = get(task, F_CREATE);
         if s.is_null() {
             count_drop(drop_reason::RUNQ_START_FULL);
@@ -117,6 +118,7 @@ mod storage {
             (*s).ts_ns = now;
             (*s).cause = kind::RUNQ_WOKEN;
             (*s).tid = tid;
+            (*s).generation = generation;
         }
     }
 
@@ -159,7 +161,7 @@ mod hash {
 
     /// Stamp `task` (tid `tid`) as runnable from now (or, for FUTEX_BLOCKED, blocked from now).
     #[inline(always)]
-    pub fn stamp(task: *const u8, tid: u32, cause: u32, op: u32, now: u64) {
+    pub fn stamp(task: *const u8, tid: u32, cause: u32, op: u32, now: u64, generation: u64) {
         let v = RunqStart {
             ts_ns: now,
             cause,
@@ -168,6 +170,7 @@ mod hash {
             tid,
             slot: 0,
             cgroup_id: 0,
+            generation,
         };
         if RUNQ_START.insert(task as u64, v, 0).is_err() {
             count_drop(drop_reason::RUNQ_START_FULL);
@@ -177,7 +180,7 @@ mod hash {
     /// Stamp a woken task. With FUTEX_SCHED, a task that was blocked in futex gets the length
     /// of that wait carried to its switch-in, where its cgroup is known.
     #[inline(always)]
-    pub fn stamp_woken(task: *const u8, tid: u32, f: u32, now: u64) {
+    pub fn stamp_woken(task: *const u8, tid: u32, f: u32, now: u64, generation: u64) {
         if f & flags::FUTEX_SCHED != 0
             && let Some(s) = RUNQ_START.get_ptr_mut(task as u64)
         {
@@ -191,10 +194,11 @@ mod hash {
                 (*s).ts_ns = now;
                 (*s).cause = kind::RUNQ_WOKEN;
                 (*s).tid = tid;
+                (*s).generation = generation;
             }
             return;
         }
-        stamp(task, tid, kind::RUNQ_WOKEN, 0, now);
+        stamp(task, tid, kind::RUNQ_WOKEN, 0, now, generation);
     }
 
     /// `task`'s stamp, if it has one.

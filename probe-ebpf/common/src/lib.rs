@@ -85,7 +85,10 @@ pub mod drop_reason {
     pub const SLOW_RINGBUF_FULL: u32 = 6;
     /// bpf_probe_read_kernel of a task field failed; the event was skipped.
     pub const READ_FAILED: u32 = 7;
-    pub const COUNT: usize = 8;
+    /// A switch-in found a stamp older than the task's last switch-in or sleep (an earlier
+    /// write was lost): discarded, one delay lost rather than a wrong one counted.
+    pub const STALE_STAMP: u32 = 8;
+    pub const COUNT: usize = 9;
 
     /// Label values, in index order.
     pub const NAMES: [&str; COUNT] = [
@@ -97,6 +100,7 @@ pub mod drop_reason {
         "slow_event_rate_limited",
         "slow_event_ringbuf_full",
         "kernel_read_failed",
+        "stale_stamp",
     ];
 }
 
@@ -158,9 +162,13 @@ pub struct Config {
     pub nr_futex: u32,
     pub nr_futex_waitv: u32,
     pub nr_futex_wait: u32,
+    /// task_struct.nvcsw and task_struct.sched_info.pcount (both unsigned long; 0 = absent):
+    /// together a task's "generation", which any switch-in or voluntary switch-out moves on.
+    pub task_nvcsw: u32,
+    pub task_pcount: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 80);
+const _: () = assert!(core::mem::size_of::<Config>() == 88);
 
 /// Key of the HISTS map.
 #[repr(C)]
@@ -216,8 +224,13 @@ pub struct RunqStart {
     pub slot: u32,
     /// The cgroup `slot` was resolved for (0: none yet; cgroup ids start at 1).
     pub cgroup_id: u64,
+    /// The task's generation (nvcsw + sched_info.pcount) when stamped. A stamp is valid only
+    /// at the switch-in that follows it with no other switch-in and no sleep between: if a
+    /// write was lost (task storage busy, a full map), an older stamp must not be taken for
+    /// this wait, or the time the task ran or slept would count as run-queue delay.
+    pub generation: u64,
 }
-const _: () = assert!(core::mem::size_of::<RunqStart>() == 40);
+const _: () = assert!(core::mem::size_of::<RunqStart>() == 48);
 
 /// One cgroup's run-queue histograms (RQ_HISTS, indexed by the slot RQ_SLOTS gives it), by
 /// kind::RUNQ_WOKEN / kind::RUNQ_PREEMPTED.

@@ -36,6 +36,10 @@ pub struct KernelOffsets {
     pub css_set_dfl_cgrp: u32,
     pub cgroup_kn: u32,
     pub kernfs_node_id: u32,
+    /// task_struct.nvcsw, and task_struct.sched_info.pcount where the kernel has
+    /// CONFIG_SCHED_INFO: a task's generation, which tells a stamp from an older one.
+    pub task_nvcsw: u32,
+    pub task_pcount: Option<u32>,
     /// pt_regs fields with the syscall number and its second argument (x86_64 only), for
     /// futex tracking from sched_switch. None where the arch or BTF lacks them.
     pub regs_syscall_nr: Option<u32>,
@@ -70,6 +74,10 @@ impl KernelBtf {
             css_set_dfl_cgrp: off("css_set", &["dfl_cgrp"])?,
             cgroup_kn: off("cgroup", &["kn"])?,
             kernfs_node_id: off("kernfs_node", &["id"])?,
+            task_nvcsw: off("task_struct", &["nvcsw"])?,
+            task_pcount: off("task_struct", &["sched_info"])
+                .and_then(|s| Ok(s + off("sched_info", &["pcount"])?))
+                .ok(),
             // x86_64 struct pt_regs (arch/x86/include/asm/ptrace.h): the syscall number is
             // saved in orig_ax, arguments in di, si, dx, r10, r8, r9.
             regs_syscall_nr: if cfg!(target_arch = "x86_64") {

@@ -410,6 +410,8 @@ impl Probes {
             css_set_dfl_cgrp: offs.css_set_dfl_cgrp,
             cgroup_kn: offs.cgroup_kn,
             kernfs_node_id: offs.kernfs_node_id,
+            task_nvcsw: offs.task_nvcsw,
+            task_pcount: offs.task_pcount.unwrap_or(0),
             tp_futex_op,
             tp_exit_ret,
             flags: f,
