@@ -55,9 +55,7 @@ static CONFIG: Config = Config {
     nr_futex: u32::MAX,
     nr_futex_waitv: u32::MAX,
     nr_futex_wait: u32::MAX,
-    task_nvcsw: 0,
     task_pcount: 0,
-    _pad: 0,
 };
 
 // Map sizes here are defaults; the loader resizes them from config (set_max_entries).
@@ -208,21 +206,18 @@ unsafe fn btf_load<T: Copy>(base: *const u8, off: u32) -> T {
     unsafe { read_volatile(base.add(off as usize) as *const T) }
 }
 
-/// The task's generation: voluntary switch-outs plus switch-ins so far (task_struct.nvcsw,
-/// sched_info.pcount). At sched_switch both of prev's counts are already updated for this
-/// switch-out (`++*switch_count` precedes the tracepoint) and next's pcount is not yet
-/// (sched_info_arrive runs in context_switch after it; kernel/sched/core.c __schedule).
+/// The task's generation: its switch-ins so far (task_struct.sched_info.pcount), 0 without
+/// CONFIG_SCHED_INFO (no check then). At sched_switch next's count does not include this
+/// switch-in yet: sched_info_arrive runs in context_switch, after the tracepoint
+/// (kernel/sched/core.c __schedule). Not nvcsw: a wakeup racing a task's switch-out can stamp
+/// it before its nvcsw moves, and that stamp is good.
 #[inline(always)]
 fn task_generation(task: *const u8) -> u64 {
-    let c = cfg();
-    let mut g = 0u64;
-    if c.task_nvcsw != 0 {
-        g = g.wrapping_add(unsafe { btf_load::<u64>(task, c.task_nvcsw) });
+    let off = cfg().task_pcount;
+    if off == 0 {
+        return 0;
     }
-    if c.task_pcount != 0 {
-        g = g.wrapping_add(unsafe { btf_load::<u64>(task, c.task_pcount) });
-    }
-    g
+    unsafe { btf_load::<u64>(task, off) }
 }
 
 #[inline(always)]

@@ -83,7 +83,7 @@ mod storage {
     pub fn stamp(task: *const u8, tid: u32, cause: u32, op: u32, now: u64, generation: u64) {
         let s = get(task, F_CREATE);
         if s.is_null() {
-            count_drop(drop_reason::RUNQ_START_FULL);
+            count_drop(drop_reason::TASK_STORAGE_BUSY);
             return;
         }
         unsafe {
@@ -102,7 +102,7 @@ mod storage {
     pub fn stamp_woken(task: *const u8, tid: u32, f: u32, now: u64, generation: u64) {
         let s = get(task, F_CREATE);
         if s.is_null() {
-            count_drop(drop_reason::RUNQ_START_FULL);
+            count_drop(drop_reason::TASK_STORAGE_BUSY);
             return;
         }
         unsafe {
@@ -122,11 +122,17 @@ mod storage {
         }
     }
 
-    /// `task`'s state if it holds a stamp.
+    /// `task`'s state if it holds a stamp. Created if absent, so that NULL means a refused
+    /// access (counted), never "no stamp": a task that ran before without one gets an empty
+    /// entry here, freed with it.
     #[inline(always)]
     pub fn state_of(task: *const u8) -> Option<*mut RunqStart> {
-        let s = get(task, 0);
-        if s.is_null() || unsafe { (*s).ts_ns } == 0 {
+        let s = get(task, F_CREATE);
+        if s.is_null() {
+            count_drop(drop_reason::TASK_STORAGE_BUSY);
+            return None;
+        }
+        if unsafe { (*s).ts_ns } == 0 {
             return None;
         }
         Some(s)

@@ -67,8 +67,8 @@ pub mod futex_outcome {
 
 /// Reasons an event was lost. Every drop is counted in the `DROPS` per-CPU array.
 pub mod drop_reason {
-    /// A run-queue start stamp could not be kept: RUNQ_START was full (the hash fallback), or
-    /// the task's local storage could not be allocated. One delay lost.
+    /// A run-queue start stamp could not be kept: RUNQ_START was full (the hash fallback).
+    /// One delay lost.
     pub const RUNQ_START_FULL: u32 = 0;
     /// FUTEX_START was full: one futex wait lost.
     pub const FUTEX_START_FULL: u32 = 1;
@@ -85,10 +85,14 @@ pub mod drop_reason {
     pub const SLOW_RINGBUF_FULL: u32 = 6;
     /// bpf_probe_read_kernel of a task field failed; the event was skipped.
     pub const READ_FAILED: u32 = 7;
-    /// A switch-in found a stamp older than the task's last switch-in or sleep (an earlier
-    /// write was lost): discarded, one delay lost rather than a wrong one counted.
+    /// A switch-in found a stamp from before the task's previous switch-in (a consume and a
+    /// stamp were lost since): discarded, one delay lost rather than a wrong one counted.
     pub const STALE_STAMP: u32 = 8;
-    pub const COUNT: usize = 9;
+    /// The task's local storage refused an access (bpf_task_storage_get returned NULL: its
+    /// per-CPU lock was held, e.g. by a task exit freeing storage on this CPU, or no memory):
+    /// one stamp or one delay lost.
+    pub const TASK_STORAGE_BUSY: u32 = 9;
+    pub const COUNT: usize = 10;
 
     /// Label values, in index order.
     pub const NAMES: [&str; COUNT] = [
@@ -101,6 +105,7 @@ pub mod drop_reason {
         "slow_event_ringbuf_full",
         "kernel_read_failed",
         "stale_stamp",
+        "task_storage_busy",
     ];
 }
 
@@ -162,13 +167,11 @@ pub struct Config {
     pub nr_futex: u32,
     pub nr_futex_waitv: u32,
     pub nr_futex_wait: u32,
-    /// task_struct.nvcsw and task_struct.sched_info.pcount (both unsigned long; 0 = absent):
-    /// together a task's "generation", which any switch-in or voluntary switch-out moves on.
-    pub task_nvcsw: u32,
+    /// task_struct.sched_info.pcount (unsigned long; 0 = absent, no CONFIG_SCHED_INFO): how
+    /// many times the task was switched in, its "generation".
     pub task_pcount: u32,
-    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 88);
+const _: () = assert!(core::mem::size_of::<Config>() == 80);
 
 /// Key of the HISTS map.
 #[repr(C)]
@@ -224,10 +227,10 @@ pub struct RunqStart {
     pub slot: u32,
     /// The cgroup `slot` was resolved for (0: none yet; cgroup ids start at 1).
     pub cgroup_id: u64,
-    /// The task's generation (nvcsw + sched_info.pcount) when stamped. A stamp is valid only
-    /// at the switch-in that follows it with no other switch-in and no sleep between: if a
-    /// write was lost (task storage busy, a full map), an older stamp must not be taken for
-    /// this wait, or the time the task ran or slept would count as run-queue delay.
+    /// The task's generation (sched_info.pcount, its switch-ins so far) when stamped. A stamp
+    /// is valid only at the next switch-in: if a consume was lost there (task storage busy)
+    /// and the next stamp too, the older stamp must not be taken for a later wait, or the
+    /// time the task ran in between would count as run-queue delay.
     pub generation: u64,
 }
 const _: () = assert!(core::mem::size_of::<RunqStart>() == 48);

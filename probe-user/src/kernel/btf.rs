@@ -36,9 +36,8 @@ pub struct KernelOffsets {
     pub css_set_dfl_cgrp: u32,
     pub cgroup_kn: u32,
     pub kernfs_node_id: u32,
-    /// task_struct.nvcsw, and task_struct.sched_info.pcount where the kernel has
-    /// CONFIG_SCHED_INFO: a task's generation, which tells a stamp from an older one.
-    pub task_nvcsw: u32,
+    /// task_struct.sched_info.pcount where the kernel has CONFIG_SCHED_INFO: a task's
+    /// generation, which tells a stamp from an older one.
     pub task_pcount: Option<u32>,
     /// pt_regs fields with the syscall number and its second argument (x86_64 only), for
     /// futex tracking from sched_switch. None where the arch or BTF lacks them.
@@ -74,7 +73,6 @@ impl KernelBtf {
             css_set_dfl_cgrp: off("css_set", &["dfl_cgrp"])?,
             cgroup_kn: off("cgroup", &["kn"])?,
             kernfs_node_id: off("kernfs_node", &["id"])?,
-            task_nvcsw: off("task_struct", &["nvcsw"])?,
             task_pcount: off("task_struct", &["sched_info"])
                 .and_then(|s| Ok(s + off("sched_info", &["pcount"])?))
                 .ok(),

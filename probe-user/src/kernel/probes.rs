@@ -410,7 +410,6 @@ impl Probes {
             css_set_dfl_cgrp: offs.css_set_dfl_cgrp,
             cgroup_kn: offs.cgroup_kn,
             kernfs_node_id: offs.kernfs_node_id,
-            task_nvcsw: offs.task_nvcsw,
             task_pcount: offs.task_pcount.unwrap_or(0),
             tp_futex_op,
             tp_exit_ret,
@@ -424,7 +423,6 @@ impl Probes {
             nr_futex: nrs.0,
             nr_futex_waitv: nrs.1,
             nr_futex_wait: nrs.2,
-            _pad: 0,
         };
 
         // Pre-6.x kernels charge BPF memory to RLIMIT_MEMLOCK; 5.11+ uses memcg and this fails
