@@ -890,8 +890,11 @@ pub fn sys_exit_futex_wait(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn go_count(i: u32) {
+    // Atomic although per CPU: uprobe programs run with migration, not preemption, disabled
+    // on newer kernels, so another task's probe can interleave on this CPU (a plain += would
+    // lose counts).
     if let Some(p) = GO_COUNTS.get_ptr_mut(i) {
-        unsafe { *p += 1 };
+        atomic_add(p, 1);
     }
 }
 
