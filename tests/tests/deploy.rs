@@ -300,8 +300,11 @@ fn the_unit_runs_the_daemon_under_systemd() {
             "ExecStart=/usr/local/bin/schedlat daemon --config /etc/schedlat/schedlat.toml"
         )
     );
+    // The binary goes to /run inside, like the config: the unit's PrivateTmp and ProtectHome
+    // would hide it where the tests found it (a clone under /tmp or /root).
+    std::fs::copy(schedlat_bin(), dir.join("schedlat")).unwrap();
     let unit = unit
-        .replace("/usr/local/bin/schedlat", schedlat_bin().to_str().unwrap())
+        .replace("/usr/local/bin/schedlat", "/run/schedlat-test/schedlat")
         .replace(
             "/etc/schedlat/schedlat.toml",
             "/run/schedlat-test/schedlat.toml",
@@ -345,7 +348,7 @@ fn the_unit_runs_the_daemon_under_systemd() {
         mkdir -p /run/systemd/system/schedlat.service.d /run/schedlat-test
         cp "$1/schedlat.service" /run/systemd/system/
         cp "$1/test.conf" /run/systemd/system/schedlat.service.d/
-        cp "$1/schedlat.toml" /run/schedlat-test/
+        cp "$1/schedlat.toml" "$1/schedlat" /run/schedlat-test/
         # PrivateTmp= directories, and nothing else, land here, not on the host.
         mount -t tmpfs tmpfs /tmp
         mount -t tmpfs tmpfs /var/tmp
