@@ -66,6 +66,11 @@ mod linux {
             /// (the kernel clears it), so preemption hits mostly kernel mode.
             #[arg(long)]
             kernel: bool,
+            /// Run the threads SCHED_RR (priority 1): they then take turns on the CPU every RR
+            /// timeslice (100 ms) and ordinary tasks get it only when RT time runs out, so
+            /// "who ran instead" is the sibling whatever else the machine runs.
+            #[arg(long)]
+            rr: bool,
         },
         /// The main thread does TIMEOUTS timed-out FUTEX_WAIT_PRIVATE calls, then WOKEN waits that a
         /// waker thread ends with FUTEX_WAKE_PRIVATE after WAIT_MS ms.
@@ -102,7 +107,8 @@ mod linux {
                 cpu,
                 secs,
                 kernel,
-            } => spin(threads, cpu, secs, kernel),
+                rr,
+            } => spin(threads, cpu, secs, kernel, rr),
             Cmd::Futex {
                 timeouts,
                 woken,
@@ -343,6 +349,16 @@ mod linux {
         Ok(())
     }
 
+    /// Make the calling thread SCHED_RR at priority 1, the lowest real-time priority.
+    fn round_robin() -> Result<()> {
+        let param = libc::sched_param { sched_priority: 1 };
+        // SAFETY: pid 0 is the calling thread; param is a valid sched_param.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_RR, &param) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("sched_setscheduler(SCHED_RR)");
+        }
+        Ok(())
+    }
+
     /// Reads /proc/self/task/<tid>/schedstat without allocating (no malloc arena contention).
     fn schedstat_raw(tid: u32) -> Result<(u64, u64, u64)> {
         use std::io::Write;
@@ -371,7 +387,7 @@ mod linux {
 
     // ---------------------------------------------------------------- spin
 
-    fn spin(threads: u32, cpu: usize, secs: f64, kernel: bool) -> Result<Value> {
+    fn spin(threads: u32, cpu: usize, secs: f64, kernel: bool, rr: bool) -> Result<Value> {
         ensure!(threads >= 1, "--threads must be at least 1");
         ensure!(
             cpu < libc::CPU_SETSIZE as usize,
@@ -384,7 +400,7 @@ mod linux {
         );
         let dur = Duration::from_secs_f64(secs);
         let tids: Arc<Vec<AtomicU32>> = Arc::new((0..threads).map(|_| AtomicU32::new(0)).collect());
-        // 0 = pending, 1 = pinned OK, 2 = pinning failed.
+        // 0 = pending, 1 = pinned OK, 2 = pinning failed, 3 = SCHED_RR refused.
         let pinned: Arc<Vec<AtomicU32>> =
             Arc::new((0..threads).map(|_| AtomicU32::new(0)).collect());
         let mut handles = Vec::new();
@@ -408,9 +424,20 @@ mod linux {
                 .spawn(move || -> Result<(u64, u64, u64)> {
                     let tid = gettid();
                     let pin = pin_self(cpu);
-                    pinned[i].store(if pin.is_ok() { 1 } else { 2 }, SeqCst);
+                    let policy = if rr && pin.is_ok() {
+                        round_robin()
+                    } else {
+                        Ok(())
+                    };
+                    let status = match (&pin, &policy) {
+                        (Err(_), _) => 2,
+                        (_, Err(_)) => 3,
+                        _ => 1,
+                    };
+                    pinned[i].store(status, SeqCst);
                     tids[i].store(tid, SeqCst);
                     pin?;
+                    policy?;
                     let zero = if kernel {
                         Some(std::fs::File::open("/dev/zero").context("opening /dev/zero")?)
                     } else {
@@ -442,6 +469,13 @@ mod linux {
         }
         for (t, p) in tids.iter().zip(pinned.iter()) {
             poll_until(|| t.load(SeqCst) != 0);
+            if p.load(SeqCst) == 3 {
+                bail!(
+                    "sched_setscheduler(SCHED_RR) failed for thread {}: --rr needs root \
+                     (CAP_SYS_NICE) and RT time (kernel.sched_rt_runtime_us > 0)",
+                    t.load(SeqCst)
+                );
+            }
             if p.load(SeqCst) != 1 {
                 // The process exits with this message; the other threads die with it.
                 bail!(
