@@ -349,7 +349,16 @@ fn slow_events_name_who_ran_instead_and_none_are_lost_silently() {
     let (result, report) = capture_workload(
         // SCHED_RR: the two threads take turns every 100 ms whatever else runs on CPU 0 (a
         // loaded machine's CFS tasks only get the CPU when RT time runs out).
-        &["spin", "--threads", "2", "--cpu", "0", "--secs", "1", "--rr"],
+        &[
+            "spin",
+            "--threads",
+            "2",
+            "--cpu",
+            "0",
+            "--secs",
+            "1",
+            "--rr",
+        ],
         &[
             "--threshold",
             &format!("{threshold_ns}ns"),

@@ -407,9 +407,10 @@ mod linux {
         let gates = (0..threads)
             .map(|_| Gate::new())
             .collect::<Result<Vec<_>>>()?;
-        // Spun out, each thread parks on its end gate, so main reads its schedstat while it
-        // neither runs nor waits: the window is exactly [its `before`, main's read], and the
-        // wait to be switched in after the start gate is inside it (as in the capture).
+        // Spun out, each thread parks on its end gate until main has seen every thread done;
+        // woken, it reads its schedstat once more: the window [`before`, that read] holds the
+        // wait to be switched in after the start gate and after the end gate, as the capture
+        // does.
         let ends = (0..threads)
             .map(|_| Gate::new())
             .collect::<Result<Vec<_>>>()?;
@@ -421,7 +422,7 @@ mod linux {
             let (tids, pinned) = (tids.clone(), pinned.clone());
             let h = thread::Builder::new()
                 .name(format!("spin{i}"))
-                .spawn(move || -> Result<(u64, u64, u64)> {
+                .spawn(move || -> Result<((u64, u64, u64), (u64, u64, u64))> {
                     let tid = gettid();
                     let pin = pin_self(cpu);
                     let policy = if rr && pin.is_ok() {
@@ -462,7 +463,9 @@ mod linux {
                     }
                     done.open()?;
                     end.wait();
-                    Ok(before)
+                    // Read after being switched in again: the wait after `end` opened is
+                    // in run_delay too, as it is in the capture.
+                    Ok((before, schedstat_raw(tid)?))
                 })
                 .context("spawning a spin thread")?;
             handles.push(h);
@@ -494,16 +497,12 @@ mod linux {
         for d in &spun {
             d.wait();
         }
-        let afters = tid_list
-            .iter()
-            .map(|&t| schedstat_raw(t))
-            .collect::<Result<Vec<_>>>()?;
-        for e in &ends {
-            e.open()?;
-        }
+        // One at a time, each joined before the next wakes: a thread between its last read
+        // and its exit has CPU 0 to itself, so no wait escapes the oracle's window.
         let mut out = Vec::new();
-        for ((h, tid), after) in handles.into_iter().zip(&tid_list).zip(afters) {
-            let before = h
+        for ((h, tid), e) in handles.into_iter().zip(&tid_list).zip(&ends) {
+            e.open()?;
+            let (before, after) = h
                 .join()
                 .map_err(|_| anyhow::anyhow!("spin thread panicked"))??;
             out.push(json!({
