@@ -66,11 +66,12 @@ mod linux {
             /// (the kernel clears it), so preemption hits mostly kernel mode.
             #[arg(long)]
             kernel: bool,
-            /// Run the threads SCHED_RR (priority 1): they then take turns on the CPU every RR
-            /// timeslice (100 ms) and ordinary tasks get it only when RT time runs out, so
-            /// "who ran instead" is the sibling whatever else the machine runs.
+            /// Run the threads at nice -20: with 87x an ordinary task's weight they take nearly
+            /// all of the CPU between them, so "who ran instead" is mostly the sibling whatever
+            /// else the machine runs (unlike SCHED_RR, no RT throttling hands the CPU to
+            /// others every second).
             #[arg(long)]
-            rr: bool,
+            favoured: bool,
         },
         /// The main thread does TIMEOUTS timed-out FUTEX_WAIT_PRIVATE calls, then WOKEN waits that a
         /// waker thread ends with FUTEX_WAKE_PRIVATE after WAIT_MS ms.
@@ -107,8 +108,8 @@ mod linux {
                 cpu,
                 secs,
                 kernel,
-                rr,
-            } => spin(threads, cpu, secs, kernel, rr),
+                favoured,
+            } => spin(threads, cpu, secs, kernel, favoured),
             Cmd::Futex {
                 timeouts,
                 woken,
@@ -349,12 +350,12 @@ mod linux {
         Ok(())
     }
 
-    /// Make the calling thread SCHED_RR at priority 1, the lowest real-time priority.
-    fn round_robin() -> Result<()> {
-        let param = libc::sched_param { sched_priority: 1 };
-        // SAFETY: pid 0 is the calling thread; param is a valid sched_param.
-        if unsafe { libc::sched_setscheduler(0, libc::SCHED_RR, &param) } != 0 {
-            return Err(std::io::Error::last_os_error()).context("sched_setscheduler(SCHED_RR)");
+    /// Give thread `tid` nice -20, the highest weight of the fair class (Linux nice values are
+    /// per thread: setpriority(PRIO_PROCESS, tid)).
+    fn nice_minus_20(tid: u32) -> Result<()> {
+        // SAFETY: no pointers; `tid` is this process's own thread.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, -20) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("setpriority(-20)");
         }
         Ok(())
     }
@@ -387,7 +388,7 @@ mod linux {
 
     // ---------------------------------------------------------------- spin
 
-    fn spin(threads: u32, cpu: usize, secs: f64, kernel: bool, rr: bool) -> Result<Value> {
+    fn spin(threads: u32, cpu: usize, secs: f64, kernel: bool, favoured: bool) -> Result<Value> {
         ensure!(threads >= 1, "--threads must be at least 1");
         ensure!(
             cpu < libc::CPU_SETSIZE as usize,
@@ -400,7 +401,7 @@ mod linux {
         );
         let dur = Duration::from_secs_f64(secs);
         let tids: Arc<Vec<AtomicU32>> = Arc::new((0..threads).map(|_| AtomicU32::new(0)).collect());
-        // 0 = pending, 1 = pinned OK, 2 = pinning failed, 3 = SCHED_RR refused.
+        // 0 = pending, 1 = pinned OK, 2 = pinning failed, 3 = nice -20 refused.
         let pinned: Arc<Vec<AtomicU32>> =
             Arc::new((0..threads).map(|_| AtomicU32::new(0)).collect());
         let mut handles = Vec::new();
@@ -425,8 +426,8 @@ mod linux {
                 .spawn(move || -> Result<((u64, u64, u64), (u64, u64, u64))> {
                     let tid = gettid();
                     let pin = pin_self(cpu);
-                    let policy = if rr && pin.is_ok() {
-                        round_robin()
+                    let policy = if favoured && pin.is_ok() {
+                        nice_minus_20(tid)
                     } else {
                         Ok(())
                     };
@@ -474,8 +475,8 @@ mod linux {
             poll_until(|| t.load(SeqCst) != 0);
             if p.load(SeqCst) == 3 {
                 bail!(
-                    "sched_setscheduler(SCHED_RR) failed for thread {}: --rr needs root \
-                     (CAP_SYS_NICE) and RT time (kernel.sched_rt_runtime_us > 0)",
+                    "setpriority(-20) failed for thread {}: --favoured needs root \
+                     (CAP_SYS_NICE)",
                     t.load(SeqCst)
                 );
             }
