@@ -72,10 +72,68 @@ pub enum SortKey {
 pub const FUTEX_OUTCOME_NAMES: [&str; schedlat_common::futex_outcome::COUNT] =
     ["woken", "timeout", "interrupted", "value_changed", "error"];
 
+/// Whose problem an error is; it decides the process' exit code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The user's to fix (bad argument or config, missing privilege, unsupported kernel or
+    /// binary): exit 2.
+    Usage,
+    /// A failure at run time: exit 1.
+    Runtime,
+}
+
+impl ErrorClass {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Self::Usage => 2,
+            Self::Runtime => 1,
+        }
+    }
+
+    /// The class of the outermost cause in the chain whose type has one; runtime if none has.
+    pub fn of(e: &anyhow::Error) -> Self {
+        e.chain()
+            .find_map(|cause| {
+                inventory::iter::<ClassOf>
+                    .into_iter()
+                    .find_map(|c| (c.0)(cause))
+            })
+            .unwrap_or(Self::Runtime)
+    }
+}
+
+/// An error type that decides its own [`ErrorClass`]. Beside the impl, register the type with
+/// `inventory::submit!(ClassOf::of::<T>())` so that [`ErrorClass::of`] finds it in any
+/// error chain (each type's unit test goes through `ErrorClass::of`, so a missing one fails).
+pub trait Classify: std::error::Error + 'static {
+    fn class(&self) -> ErrorClass;
+}
+
+/// The class of one registered error type, if a cause is of that type.
+pub struct ClassOf(fn(&(dyn std::error::Error + 'static)) -> Option<ErrorClass>);
+
+impl ClassOf {
+    pub const fn of<E: Classify>() -> Self {
+        fn ask<E: Classify>(e: &(dyn std::error::Error + 'static)) -> Option<ErrorClass> {
+            e.downcast_ref::<E>().map(E::class)
+        }
+        Self(ask::<E>)
+    }
+}
+
+inventory::collect!(ClassOf);
+
 /// An error the user must fix (bad argument, missing privilege, unsupported kernel): exit 2.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
+
+impl Classify for UsageError {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Usage
+    }
+}
+inventory::submit!(ClassOf::of::<UsageError>());
 
 /// An error and its causes on one line, as anyhow's `{:#}` prints them: for errors shown
 /// outside an anyhow chain (check verdicts, log fields).
@@ -88,4 +146,21 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cause = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The outermost classified cause decides, whatever context wraps it; a chain with no
+    /// classified cause is a runtime failure.
+    #[test]
+    fn the_outermost_classified_cause_decides() {
+        let usage = anyhow::Error::from(UsageError("bad --pid".into())).context("capture");
+        assert_eq!(ErrorClass::of(&usage), ErrorClass::Usage);
+        assert_eq!(ErrorClass::of(&usage).exit_code(), 2);
+        let plain = anyhow::anyhow!("disk full").context("writing the report");
+        assert_eq!(ErrorClass::of(&plain), ErrorClass::Runtime);
+        assert_eq!(ErrorClass::of(&plain).exit_code(), 1);
+    }
 }

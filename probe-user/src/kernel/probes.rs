@@ -23,6 +23,7 @@ use crate::{
     kernel::btf::{BtfError, KernelBtf},
     kernel::features::{Feature, KernelFeatures, MissingFeature},
     kernel::tracefs::{Tracefs, TracefsError},
+    model::{ClassOf, Classify, ErrorClass},
 };
 
 /// The compiled eBPF object (probe-ebpf), built by build.rs.
@@ -77,15 +78,19 @@ pub enum ProbeError {
     Missing(#[from] MissingFeature),
 }
 
-impl ProbeError {
-    /// Errors that are the user's to fix (exit code 2) rather than runtime failures.
-    pub fn is_usage(&self) -> bool {
-        matches!(
-            self,
-            Self::Privileges { .. } | Self::Tracefs(_) | Self::Btf(_) | Self::Missing(_)
-        )
+impl Classify for ProbeError {
+    /// Privileges, tracefs, BTF and kernel features are the user's to fix; a load, verifier,
+    /// attach or map failure is a runtime one.
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::Privileges { .. } | Self::Tracefs(_) | Self::Btf(_) | Self::Missing(_) => {
+                ErrorClass::Usage
+            }
+            _ => ErrorClass::Runtime,
+        }
     }
 }
+inventory::submit!(ClassOf::of::<ProbeError>());
 
 /// Map capacities. Defaults fit a busy host; every overflow is counted in DROPS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -1058,6 +1063,23 @@ fn map_mut<'a, V: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>>(
 
 #[cfg(test)]
 mod tests {
+    use crate::{kernel::probes::ProbeError, model::ErrorClass};
+
+    /// Privileges and kernel features are the user's to fix (exit 2); a map that fails is a
+    /// runtime failure (exit 1).
+    #[test]
+    fn probe_errors_decide_their_class() {
+        let usage = ProbeError::Privileges {
+            have: "cap_net_bind_service".into(),
+        };
+        assert_eq!(ErrorClass::of(&usage.into()), ErrorClass::Usage);
+        let runtime = ProbeError::Map {
+            map: "DROPS",
+            detail: "lookup failed".into(),
+        };
+        assert_eq!(ErrorClass::of(&runtime.into()), ErrorClass::Runtime);
+    }
+
     /// A walk that keeps starting over (its current key deleted each time) ends, with at
     /// most the capacity counted.
     #[test]
