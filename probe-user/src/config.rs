@@ -8,8 +8,7 @@ use serde::Deserialize;
 
 use crate::{
     http::HttpLimits,
-    kernel::probes::{FutexMode, MapSizes},
-    model::{ClassOf, Classify, ErrorClass},
+    model::{ClassOf, Classify, ErrorClass, FutexMode, MapSizes},
 };
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9725";

@@ -1,4 +1,11 @@
-//! Plain types shared by the loader, the config, the CLI and the outputs (no aya, no I/O).
+//! Plain types shared by the loader, the config, the CLI and the outputs (no aya, no I/O):
+//! what the loader reads out of the kernel ([`RawSnapshot`]) and what it attached, map sizes,
+//! modes, error classes. The outputs import these, never `kernel::probes`.
+use schedlat_common::{
+    CpuStat, HistKey, TaskStat, WakeCount, WakePair, drop_reason, futex_outcome, go,
+};
+
+use crate::hist::Histogram;
 
 /// How futex waits are traced.
 #[derive(
@@ -71,6 +78,71 @@ pub enum SortKey {
 /// (`schedlat_common::futex_outcome`).
 pub const FUTEX_OUTCOME_NAMES: [&str; schedlat_common::futex_outcome::COUNT] =
     ["woken", "timeout", "interrupted", "value_changed", "error"];
+
+/// Map capacities. Defaults fit a busy host; every overflow is counted in DROPS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MapSizes {
+    /// Tasks runnable but not yet running, at once (a stamp per task). Only on kernels without
+    /// task storage in tracing programs (before 5.12); elsewhere a task's stamp lives in its
+    /// own storage and there is no such limit.
+    pub runq_start: u32,
+    /// Tasks inside a blocking futex call, at once.
+    pub futex_start: u32,
+    /// Histograms: run-queue delay (woken and preempted) of `hists / 2` cgroups (RQ_SLOTS),
+    /// and `hists / 2` futex series, one per cgroup and futex op (HISTS).
+    pub hists: u32,
+    /// Distinct tids in a capture.
+    pub tasks: u32,
+    /// Distinct waker->wakee pairs in a capture.
+    pub wake_pairs: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self {
+            runq_start: 65536,
+            futex_start: 65536,
+            hists: 8192,
+            tasks: 65536,
+            wake_pairs: 65536,
+        }
+    }
+}
+
+/// A program and where it is attached.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Attached {
+    pub program: String,
+    pub target: String,
+    pub attached: bool,
+    /// Why it is not attached, when it is not.
+    pub note: Option<String>,
+}
+
+/// Everything read from the maps at one instant.
+#[derive(Clone, Debug, Default)]
+pub struct RawSnapshot {
+    pub hists: Vec<(HistKey, Histogram)>,
+    pub tasks: Vec<(u32, TaskStat)>,
+    pub wake_pairs: Vec<(WakePair, WakeCount)>,
+    /// Indexed by CPU id.
+    pub cpus: Vec<CpuStat>,
+    pub drops: [u64; drop_reason::COUNT],
+    pub futex_outcomes: [u64; futex_outcome::COUNT],
+    /// Current entry counts, for self-metrics.
+    pub map_entries: Vec<(&'static str, usize, u32)>,
+    pub go: Option<GoRaw>,
+}
+
+/// The Go maps at one instant (captures with `kernel::probes::ProbeOptions::go_events`).
+#[derive(Clone, Debug)]
+pub struct GoRaw {
+    /// Indexed by schedlat_common::go::hist.
+    pub hists: Vec<Histogram>,
+    /// Indexed by schedlat_common::go::counter.
+    pub counts: [u64; go::counter::COUNT],
+}
 
 /// Whose problem an error is; it decides the process' exit code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -6,6 +6,18 @@
 
 use crate::model::{ClassOf, Classify, ErrorClass};
 
+/// Effective capability bits of this process (/proc/self/status CapEff).
+pub fn effective_caps() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
 /// _LINUX_CAPABILITY_VERSION_3 (include/uapi/linux/capability.h): two 32-bit data words.
 const CAP_VERSION_3: u32 = 0x2008_0522;
 
