@@ -13,7 +13,7 @@ fn tls_and_basic_auth_guard_metrics() {
     }
     // Relative paths: taken relative to the web config's directory.
     let site = TlsSite::new("web", &[("prom", "s3cret")], 10);
-    let ca = &site.ca;
+    let ca = site.ca.clone();
     let d = site.start_daemon(&["--web.config.file", &site.web]);
     let url = format!("https://{}/metrics", d.addr);
 
@@ -464,7 +464,7 @@ fn failed_logins_get_429_after_a_burst_and_are_counted() {
         return;
     }
     let site = TlsSite::new("authlimit", &[("prom", "s3cret")], 10);
-    let ca = &site.ca;
+    let ca = site.ca.clone();
     let d = site.start_daemon(&["--web.config.file", &site.web]);
     let url = format!("https://{}/metrics", d.addr);
     // The scraper's credentials verify once (and are remembered).
@@ -658,7 +658,7 @@ fn idle_connections_do_not_block_tls_scrapes_and_are_counted() {
         return;
     }
     let site = TlsSite::new("web-idle-tls", &[], 10);
-    let ca = &site.ca;
+    let ca = site.ca.clone();
     let d = site.start_daemon(&["--web.config.file", &site.web]);
     // Silent connections never send a ClientHello: each holds a handshake.
     idle_connections_then_scrape(&d, Some(&ca), "https");
@@ -762,7 +762,7 @@ fn a_silent_tls_client_is_cut_off_by_the_handshake_timeout_and_counted() {
         ),
     )
     .unwrap();
-    let ca = &site.ca;
+    let ca = site.ca.clone();
     let d = site.start_daemon(&["--config", &cfg]);
     let t0 = std::time::Instant::now();
     let silent = std::net::TcpStream::connect(&d.addr).unwrap();
@@ -819,7 +819,7 @@ fn a_flood_of_wrong_passwords_at_bcrypt_cost_12_does_not_starve_scrapes() {
         return;
     }
     let site = TlsSite::new("web-bcrypt12", &[("prom", "s3cret")], 12);
-    let ca = &site.ca;
+    let ca = site.ca.clone();
     let d = site.start_daemon(&["--web.config.file", &site.web]);
     let url = format!("https://{}/metrics", d.addr);
     // The scraper's credentials verify once, before the flood.
