@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use crate::{
     http::HttpLimits,
-    kernel::probes::{FutexMode, MapSizes},
+    model::{ClassOf, Classify, ErrorClass, FutexMode, MapSizes},
 };
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9725";
@@ -110,6 +110,14 @@ pub enum ConfigError {
         fix: &'static str,
     },
 }
+
+impl Classify for ConfigError {
+    /// A config the user wrote or pointed at.
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Usage
+    }
+}
+inventory::submit!(ClassOf::of::<ConfigError>());
 
 impl DaemonConfig {
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
@@ -304,6 +312,17 @@ fn hint_for(key: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A config the user wrote is theirs to fix: exit 2, also under added context.
+    #[test]
+    fn config_errors_are_usage() {
+        let e = ConfigError::Parse {
+            path: "/etc/schedlat/schedlat.toml".into(),
+            message: "expected a table".into(),
+        };
+        let e = anyhow::Error::from(e).context("starting the daemon");
+        assert_eq!(ErrorClass::of(&e), ErrorClass::Usage);
+    }
 
     /// Errors put their cause in the message and do not return it again as `source()`, so
     /// the chain the CLI prints (`{:#}`) names it once.

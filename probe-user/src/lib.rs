@@ -53,23 +53,8 @@ fn init_logging(filter: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Exit code for an error chain: 2 for the user's problems, 1 for runtime failures.
+/// Exit code for an error chain: 2 for the user's problems, 1 for runtime failures; each
+/// error type decides its own class where it is defined (`model::Classify`).
 pub fn exit_code_for(e: &anyhow::Error) -> u8 {
-    for cause in e.chain() {
-        if cause.is::<model::UsageError>()
-            || cause.is::<crate::config::ConfigError>()
-            || cause.is::<crate::http::WebConfigError>()
-            || cause.is::<crate::host::privs::UserError>()
-            || cause.is::<crate::kernel::features::MissingFeature>()
-        {
-            return 2;
-        }
-        if let Some(g) = cause.downcast_ref::<crate::goruntime::GoError>() {
-            return if g.is_usage() { 2 } else { 1 };
-        }
-        if let Some(p) = cause.downcast_ref::<crate::kernel::probes::ProbeError>() {
-            return if p.is_usage() { 2 } else { 1 };
-        }
-    }
-    1
+    model::ErrorClass::of(e).exit_code()
 }

@@ -1,4 +1,11 @@
-//! Plain types shared by the loader, the config, the CLI and the outputs (no aya, no I/O).
+//! Plain types shared by the loader, the config, the CLI and the outputs (no aya, no I/O):
+//! what the loader reads out of the kernel ([`RawSnapshot`]) and what it attached, map sizes,
+//! modes, error classes. The outputs import these, never `kernel::probes`.
+use schedlat_common::{
+    CpuStat, HistKey, TaskStat, WakeCount, WakePair, drop_reason, futex_outcome, go,
+};
+
+use crate::hist::Histogram;
 
 /// How futex waits are traced.
 #[derive(
@@ -72,10 +79,133 @@ pub enum SortKey {
 pub const FUTEX_OUTCOME_NAMES: [&str; schedlat_common::futex_outcome::COUNT] =
     ["woken", "timeout", "interrupted", "value_changed", "error"];
 
+/// Map capacities. Defaults fit a busy host; every overflow is counted in DROPS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MapSizes {
+    /// Tasks runnable but not yet running, at once (a stamp per task). Only on kernels without
+    /// task storage in tracing programs (before 5.12); elsewhere a task's stamp lives in its
+    /// own storage and there is no such limit.
+    pub runq_start: u32,
+    /// Tasks inside a blocking futex call, at once.
+    pub futex_start: u32,
+    /// Histograms: run-queue delay (woken and preempted) of `hists / 2` cgroups (RQ_SLOTS),
+    /// and `hists / 2` futex series, one per cgroup and futex op (HISTS).
+    pub hists: u32,
+    /// Distinct tids in a capture.
+    pub tasks: u32,
+    /// Distinct waker->wakee pairs in a capture.
+    pub wake_pairs: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self {
+            runq_start: 65536,
+            futex_start: 65536,
+            hists: 8192,
+            tasks: 65536,
+            wake_pairs: 65536,
+        }
+    }
+}
+
+/// A program and where it is attached.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Attached {
+    pub program: String,
+    pub target: String,
+    pub attached: bool,
+    /// Why it is not attached, when it is not.
+    pub note: Option<String>,
+}
+
+/// Everything read from the maps at one instant.
+#[derive(Clone, Debug, Default)]
+pub struct RawSnapshot {
+    pub hists: Vec<(HistKey, Histogram)>,
+    pub tasks: Vec<(u32, TaskStat)>,
+    pub wake_pairs: Vec<(WakePair, WakeCount)>,
+    /// Indexed by CPU id.
+    pub cpus: Vec<CpuStat>,
+    pub drops: [u64; drop_reason::COUNT],
+    pub futex_outcomes: [u64; futex_outcome::COUNT],
+    /// Current entry counts, for self-metrics.
+    pub map_entries: Vec<(&'static str, usize, u32)>,
+    pub go: Option<GoRaw>,
+}
+
+/// The Go maps at one instant (captures with `kernel::probes::ProbeOptions::go_events`).
+#[derive(Clone, Debug)]
+pub struct GoRaw {
+    /// Indexed by schedlat_common::go::hist.
+    pub hists: Vec<Histogram>,
+    /// Indexed by schedlat_common::go::counter.
+    pub counts: [u64; go::counter::COUNT],
+}
+
+/// Whose problem an error is; it decides the process' exit code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The user's to fix (bad argument or config, missing privilege, unsupported kernel or
+    /// binary): exit 2.
+    Usage,
+    /// A failure at run time: exit 1.
+    Runtime,
+}
+
+impl ErrorClass {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Self::Usage => 2,
+            Self::Runtime => 1,
+        }
+    }
+
+    /// The class of the outermost cause in the chain whose type has one; runtime if none has.
+    pub fn of(e: &anyhow::Error) -> Self {
+        e.chain()
+            .find_map(|cause| {
+                inventory::iter::<ClassOf>
+                    .into_iter()
+                    .find_map(|c| (c.0)(cause))
+            })
+            .unwrap_or(Self::Runtime)
+    }
+}
+
+/// An error type that decides its own [`ErrorClass`]. Beside the impl, register the type with
+/// `inventory::submit!(ClassOf::of::<T>())` so that [`ErrorClass::of`] finds it in any
+/// error chain (each type's unit test goes through `ErrorClass::of`, so a missing one fails).
+pub trait Classify: std::error::Error + 'static {
+    fn class(&self) -> ErrorClass;
+}
+
+/// The class of one registered error type, if a cause is of that type.
+pub struct ClassOf(fn(&(dyn std::error::Error + 'static)) -> Option<ErrorClass>);
+
+impl ClassOf {
+    pub const fn of<E: Classify>() -> Self {
+        fn ask<E: Classify>(e: &(dyn std::error::Error + 'static)) -> Option<ErrorClass> {
+            e.downcast_ref::<E>().map(E::class)
+        }
+        Self(ask::<E>)
+    }
+}
+
+inventory::collect!(ClassOf);
+
 /// An error the user must fix (bad argument, missing privilege, unsupported kernel): exit 2.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
+
+impl Classify for UsageError {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Usage
+    }
+}
+inventory::submit!(ClassOf::of::<UsageError>());
 
 /// An error and its causes on one line, as anyhow's `{:#}` prints them: for errors shown
 /// outside an anyhow chain (check verdicts, log fields).
@@ -88,4 +218,21 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cause = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The outermost classified cause decides, whatever context wraps it; a chain with no
+    /// classified cause is a runtime failure.
+    #[test]
+    fn the_outermost_classified_cause_decides() {
+        let usage = anyhow::Error::from(UsageError("bad --pid".into())).context("capture");
+        assert_eq!(ErrorClass::of(&usage), ErrorClass::Usage);
+        assert_eq!(ErrorClass::of(&usage).exit_code(), 2);
+        let plain = anyhow::anyhow!("disk full").context("writing the report");
+        assert_eq!(ErrorClass::of(&plain), ErrorClass::Runtime);
+        assert_eq!(ErrorClass::of(&plain).exit_code(), 1);
+    }
 }

@@ -5,7 +5,7 @@
 //! * driving `schedlat-workload` through its ready/go/result protocol: [`Workload`];
 //! * running `schedlat capture` in the background: [`Schedlat`] / [`Running`], and one-shot
 //!   invocations: [`run_schedlat`];
-//! * `schedlat daemon` and its /metrics: [`scrape`];
+//! * `schedlat daemon` and its /metrics: [`scrape`]; its HTTPS set-up (TLS, basic auth): [`tls`];
 //! * the project's Python tools and YAML reading: [`pytools_bin`], [`yaml_documents`];
 //! * reading a thread's `/proc/<pid>/task/<tid>/schedstat`: [`read_schedstat`], [`parse_schedstat`].
 //!
@@ -26,6 +26,7 @@ use serde_json::Value;
 pub mod gofixture;
 pub mod inject;
 pub mod scrape;
+pub mod tls;
 
 /// How long [`Workload`] waits for each protocol line and for the workload to exit.
 pub const WORKLOAD_TIMEOUT: Duration = Duration::from_secs(60);
@@ -123,13 +124,22 @@ json.dump(docs, sys.stdout)
 
 /// True when running as root (the capture tests need CAP_BPF + CAP_PERFMON). Otherwise panics
 /// under CI (`CI=true`: a skipped privileged test there is a failure) or prints a loud SKIPPED
-/// line and returns false; use as `if !privileged_or_skip("name") { return; }`.
-pub fn privileged_or_skip(test: &str) -> bool {
+/// line and returns false; use as `if !privileged_or_skip() { return; }` at the top of a test.
+/// The test is named by its thread: libtest runs each test on a thread named after it, also
+/// with `--test-threads=1`.
+pub fn privileged_or_skip() -> bool {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    let root = unsafe { libc::geteuid() } == 0;
+    privileged_or_skip_as(root, std::env::var("CI").as_deref() == Ok("true"))
+}
+
+fn privileged_or_skip_as(root: bool, ci: bool) -> bool {
+    if root {
         return true;
     }
-    if std::env::var("CI").as_deref() == Ok("true") {
+    let thread = thread::current();
+    let test = thread.name().unwrap_or("(a test off its own thread)");
+    if ci {
         panic!("privileged test {test} cannot run: not root; under CI this is a failure");
     }
     eprintln!("\n*** SKIPPED {test}: needs root (CAP_BPF+CAP_PERFMON) ***\n");
@@ -697,6 +707,21 @@ impl Drop for TestCgroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The gate names the test it guards from its thread's name, with no argument.
+    #[test]
+    #[should_panic(
+        expected = "privileged test tests::a_privileged_test_names_itself_under_ci cannot run"
+    )]
+    fn a_privileged_test_names_itself_under_ci() {
+        privileged_or_skip_as(false, true);
+    }
+
+    #[test]
+    fn a_privileged_test_runs_as_root_and_skips_otherwise() {
+        assert!(privileged_or_skip_as(true, true));
+        assert!(!privileged_or_skip_as(false, false));
+    }
 
     #[test]
     fn parses_schedstat() {

@@ -137,14 +137,14 @@ fn check_preemption(kernel: bool) {
 
 #[test]
 fn preemption_delay_matches_schedstat() {
-    if privileged_or_skip("preemption_delay_matches_schedstat") {
+    if privileged_or_skip() {
         check_preemption(false);
     }
 }
 
 #[test]
 fn kernel_mode_preemption_delay_matches_schedstat() {
-    if privileged_or_skip("kernel_mode_preemption_delay_matches_schedstat") {
+    if privileged_or_skip() {
         check_preemption(true);
     }
 }
@@ -220,14 +220,14 @@ fn check_futex_waits(mode: &str) {
 
 #[test]
 fn futex_waits_counted_exactly_from_syscall_tracepoints() {
-    if privileged_or_skip("futex_waits_counted_exactly_from_syscall_tracepoints") {
+    if privileged_or_skip() {
         check_futex_waits("syscall");
     }
 }
 
 #[test]
 fn futex_waits_counted_exactly_from_sched_switch() {
-    if !privileged_or_skip("futex_waits_counted_exactly_from_sched_switch") {
+    if !privileged_or_skip() {
         return;
     }
     if !schedlat_tests::kernel_has("task_pt_regs") {
@@ -250,7 +250,7 @@ fn futex_waits_counted_exactly_from_sched_switch() {
 
 #[test]
 fn wakeups_between_two_threads_are_attributed_to_the_pair() {
-    if !privileged_or_skip("wakeups_between_two_threads_are_attributed_to_the_pair") {
+    if !privileged_or_skip() {
         return;
     }
     let n = 200u64;
@@ -285,7 +285,7 @@ fn wakeups_between_two_threads_are_attributed_to_the_pair() {
 /// alone. Text histograms are compact: one row per power of two.
 #[test]
 fn host_wide_text_capture_shows_every_section_and_nothing_on_stderr() {
-    if !privileged_or_skip("host_wide_text_capture_shows_every_section_and_nothing_on_stderr") {
+    if !privileged_or_skip() {
         return;
     }
     let out = schedlat_tests::run_schedlat(&["capture", "--duration", "1s", "--top", "3"]);
@@ -340,7 +340,7 @@ fn host_wide_text_capture_shows_every_section_and_nothing_on_stderr() {
 
 #[test]
 fn slow_events_name_who_ran_instead_and_none_are_lost_silently() {
-    if !privileged_or_skip("slow_events_name_who_ran_instead_and_none_are_lost_silently") {
+    if !privileged_or_skip() {
         return;
     }
     // The lower bound of a bucket (~1 ms), so the histogram says exactly how many delays
@@ -431,7 +431,7 @@ fn slow_events_name_who_ran_instead_and_none_are_lost_silently() {
 
 #[test]
 fn cgroup_filter_captures_only_that_cgroup_and_names_it() {
-    if !privileged_or_skip("cgroup_filter_captures_only_that_cgroup_and_names_it") {
+    if !privileged_or_skip() {
         return;
     }
     let (cg, result, report) = capture_cgroup_workload(
@@ -462,9 +462,7 @@ fn cgroup_filter_captures_only_that_cgroup_and_names_it() {
 
 #[test]
 fn churn_of_10000_tasks_under_capture_is_all_reported_and_leaves_no_stale_stamps() {
-    if !privileged_or_skip(
-        "churn_of_10000_tasks_under_capture_is_all_reported_and_leaves_no_stale_stamps",
-    ) {
+    if !privileged_or_skip() {
         return;
     }
     // Forked children have tgids of their own: filter by cgroup, which they inherit.
@@ -536,7 +534,7 @@ fn churn_of_10000_tasks_under_capture_is_all_reported_and_leaves_no_stale_stamps
 
 #[test]
 fn a_process_exiting_mid_capture_is_reported_without_errors() {
-    if !privileged_or_skip("a_process_exiting_mid_capture_is_reported_without_errors") {
+    if !privileged_or_skip() {
         return;
     }
     let mut w = Workload::start(&["spin", "--threads", "2", "--cpu", "0", "--secs", "0.5"]);
@@ -598,7 +596,7 @@ fn json_lines(stdout: &str) -> Vec<Value> {
 /// CPU against schedstat.
 #[test]
 fn interval_json_lines_add_up_to_the_workloads() {
-    if !privileged_or_skip("interval_json_lines_add_up_to_the_workloads") {
+    if !privileged_or_skip() {
         return;
     }
     // Both run for over 1 s, so each crosses at least one interval boundary, and end well
@@ -719,7 +717,7 @@ fn interval_json_lines_add_up_to_the_workloads() {
 /// their time range.
 #[test]
 fn interval_capture_stops_on_sigint_with_whole_blocks() {
-    if !privileged_or_skip("interval_capture_stops_on_sigint_with_whole_blocks") {
+    if !privileged_or_skip() {
         return;
     }
     let cap = Schedlat::capture(&["--interval", "1s", "--format", "json"]);
@@ -752,7 +750,7 @@ fn interval_capture_stops_on_sigint_with_whole_blocks() {
 /// idle task (`swapper/N`) as the waker. Every timeout is a wakeup of the waiter.
 #[test]
 fn timer_wakeups_on_an_idle_cpu_are_labelled_as_interrupts() {
-    if !privileged_or_skip("timer_wakeups_on_an_idle_cpu_are_labelled_as_interrupts") {
+    if !privileged_or_skip() {
         return;
     }
     let timeouts = 20u64;
@@ -832,7 +830,7 @@ fn chromium(profile: &std::path::Path, args: &[&str], page: &std::path::Path) ->
 /// heatmap has one column per interval, and a screenshot of it is not blank.
 #[test]
 fn html_report_renders_in_headless_chromium() {
-    if !privileged_or_skip("html_report_renders_in_headless_chromium") {
+    if !privileged_or_skip() {
         return;
     }
     let dir = std::env::temp_dir().join(format!("schedlat-html-test-{}", std::process::id()));

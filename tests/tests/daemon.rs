@@ -11,7 +11,7 @@ use schedlat_tests::{
 
 #[test]
 fn daemon_metrics_grow_under_load_and_pass_promtool() {
-    if !privileged_or_skip("daemon_metrics_grow_under_load_and_pass_promtool") {
+    if !privileged_or_skip() {
         return;
     }
     let d = Daemon::start();
@@ -129,7 +129,7 @@ fn programs_of(pid: u32) -> Vec<u64> {
 
 #[test]
 fn sigkill_leaves_no_programs_attached() {
-    if !privileged_or_skip("sigkill_leaves_no_programs_attached") {
+    if !privileged_or_skip() {
         return;
     }
     let mut d = Daemon::start();
@@ -198,7 +198,7 @@ fn overflow_rq_slots() {
 
 #[test]
 fn a_full_map_drops_are_counted_and_the_daemon_keeps_serving() {
-    if !privileged_or_skip("a_full_map_drops_are_counted_and_the_daemon_keeps_serving") {
+    if !privileged_or_skip() {
         return;
     }
     let (dir, cfg) = tiny_hists_config("mapfull");
@@ -226,7 +226,7 @@ fn a_full_map_drops_are_counted_and_the_daemon_keeps_serving() {
 
 #[test]
 fn a_removed_cgroup_leaves_the_kernel_map_and_keeps_its_final_counts() {
-    if !privileged_or_skip("a_removed_cgroup_leaves_the_kernel_map_and_keeps_its_final_counts") {
+    if !privileged_or_skip() {
         return;
     }
     let d = Daemon::start();
@@ -457,7 +457,7 @@ fn map_entries(m: &str, map: &str) -> f64 {
 
 #[test]
 fn churn_of_10000_tasks_leaves_no_stale_entries_and_flat_memory() {
-    if !privileged_or_skip("churn_of_10000_tasks_leaves_no_stale_entries_and_flat_memory") {
+    if !privileged_or_skip() {
         return;
     }
     // [go] on for the churn's cgroup: every short-lived process is also a candidate of the
@@ -638,9 +638,7 @@ fn assert_unprivileged(status: &str) {
 /// signal root's processes.
 #[test]
 fn daemon_leaves_root_and_drops_every_capability_after_attaching_and_keeps_working() {
-    if !privileged_or_skip(
-        "daemon_leaves_root_and_drops_every_capability_after_attaching_and_keeps_working",
-    ) {
+    if !privileged_or_skip() {
         return;
     }
     let d = Daemon::start();
@@ -673,7 +671,7 @@ fn daemon_leaves_root_and_drops_every_capability_after_attaching_and_keeps_worki
 
 #[test]
 fn a_wrk_flood_of_scrapes_leaves_the_daemon_serving_with_bounded_memory() {
-    if !privileged_or_skip("a_wrk_flood_of_scrapes_leaves_the_daemon_serving_with_bounded_memory") {
+    if !privileged_or_skip() {
         return;
     }
     let d = Daemon::start();
@@ -748,9 +746,7 @@ fn a_wrk_flood_of_scrapes_leaves_the_daemon_serving_with_bounded_memory() {
 
 #[test]
 fn daemon_switches_to_an_unprivileged_user_after_attaching_and_keeps_working() {
-    if !privileged_or_skip(
-        "daemon_switches_to_an_unprivileged_user_after_attaching_and_keeps_working",
-    ) {
+    if !privileged_or_skip() {
         return;
     }
     let ids = |flag: &str| -> String {
@@ -794,7 +790,7 @@ fn daemon_switches_to_an_unprivileged_user_after_attaching_and_keeps_working() {
 /// program the first time only, and surfaces in the daemon's log at its next scrape.
 #[test]
 fn a_map_filling_up_is_logged_from_the_kernel_once_at_debug_level() {
-    if !privileged_or_skip("a_map_filling_up_is_logged_from_the_kernel_once_at_debug_level") {
+    if !privileged_or_skip() {
         return;
     }
     let (dir, cfg) = tiny_hists_config("kernlog");

@@ -155,7 +155,7 @@ fn systemd_unit_is_rated_3_or_lower_by_systemd_analyze_security() {
 /// capabilities. The daemon attaches, drops them all and serves.
 #[test]
 fn daemon_works_as_a_non_root_user_with_the_units_ambient_capabilities() {
-    if !privileged_or_skip("daemon_works_as_a_non_root_user_with_the_units_ambient_capabilities") {
+    if !privileged_or_skip() {
         return;
     }
     let caps: Vec<String> = unit_values("AmbientCapabilities")
@@ -282,7 +282,7 @@ fn remove_cgroup_tree(dir: &std::path::Path) {
 /// with no capability left, no_new_privs and seccomp in every thread.
 #[test]
 fn the_unit_runs_the_daemon_under_systemd() {
-    if !privileged_or_skip("the_unit_runs_the_daemon_under_systemd") {
+    if !privileged_or_skip() {
         return;
     }
     let name = format!("schedlat-systemd-{}", std::process::id());
@@ -944,7 +944,7 @@ fn container_args_and_config_are_accepted(docs: &[Value]) {
 /// daemon must attach there and label a host cgroup by its host path.
 #[test]
 fn daemon_runs_in_the_daemonset_container_layout() {
-    if !privileged_or_skip("daemon_runs_in_the_daemonset_container_layout") {
+    if !privileged_or_skip() {
         return;
     }
     let docs = yaml_documents(&k8s_manifests());
@@ -1092,7 +1092,7 @@ fn daemon_runs_in_the_daemonset_container_layout() {
 /// attaching anything, whether `user` is set or left to its default.
 #[test]
 fn leaving_root_without_cap_setuid_fails_early_and_says_what_to_add() {
-    if !privileged_or_skip("leaving_root_without_cap_setuid_fails_early_and_says_what_to_add") {
+    if !privileged_or_skip() {
         return;
     }
     let dir = std::env::temp_dir().join(format!("schedlat-unituser-{}", std::process::id()));
@@ -1372,7 +1372,7 @@ fn enter_container(
 /// (Not reproduced: the seccomp profile and the pod network namespace.)
 #[test]
 fn the_container_image_runs_the_daemon_with_the_daemonsets_mounts() {
-    if !privileged_or_skip("the_container_image_runs_the_daemon_with_the_daemonsets_mounts") {
+    if !privileged_or_skip() {
         return;
     }
     let layout = image_layout();

@@ -434,7 +434,7 @@ fn check_hist(metrics: &str, series: &str, ms: &[&Value]) {
 
 #[test]
 fn daemon_exports_go_runtime_metrics() {
-    if !privileged_or_skip("daemon_exports_go_runtime_metrics") {
+    if !privileged_or_skip() {
         return;
     }
     let versions = go_fixture_versions();
@@ -622,7 +622,7 @@ fn daemon_exports_go_runtime_metrics() {
 
 #[test]
 fn daemon_drops_an_exited_go_programs_series_after_its_ttl() {
-    if !privileged_or_skip("daemon_drops_an_exited_go_programs_series_after_its_ttl") {
+    if !privileged_or_skip() {
         return;
     }
     let versions = go_fixture_versions();
@@ -686,7 +686,7 @@ fn daemon_drops_an_exited_go_programs_series_after_its_ttl() {
 /// CAP_SYS_PTRACE for [go]: without it, the memory of another user's process is refused.
 #[test]
 fn daemon_reads_other_users_go_processes() {
-    if !privileged_or_skip("daemon_reads_other_users_go_processes") {
+    if !privileged_or_skip() {
         return;
     }
     let (_, new_dir) = go_fixture_versions().pop().unwrap();
@@ -746,7 +746,7 @@ fn daemon_reads_other_users_go_processes() {
 /// writing into it fails with EPERM, and so does opening core_pattern for writing.
 #[test]
 fn daemon_with_go_reads_other_processes_but_cannot_write_into_them() {
-    if !privileged_or_skip("daemon_with_go_reads_other_processes_but_cannot_write_into_them") {
+    if !privileged_or_skip() {
         return;
     }
     let cg = TestCgroup::create("go-nowrite");
@@ -923,9 +923,7 @@ fn total_of(m: &Value, key: &str) -> u64 {
 
 #[test]
 fn capture_of_a_go_program_has_a_go_section_that_agrees_with_runtime_metrics() {
-    if !privileged_or_skip(
-        "capture_of_a_go_program_has_a_go_section_that_agrees_with_runtime_metrics",
-    ) {
+    if !privileged_or_skip() {
         return;
     }
     // Also a stripped cgo build: runtime/cgo linked, C code before runtime.text, read and
@@ -1110,7 +1108,7 @@ fn at_least(h: &Value, ns: u64) -> u64 {
 
 #[test]
 fn capture_go_probes_see_blocking_syscalls_lose_their_p() {
-    if !privileged_or_skip("capture_go_probes_see_blocking_syscalls_lose_their_p") {
+    if !privileged_or_skip() {
         return;
     }
     for (version, dir) in go_fixture_versions() {
@@ -1170,7 +1168,7 @@ fn capture_go_probes_see_blocking_syscalls_lose_their_p() {
 
 #[test]
 fn capture_go_probes_agree_with_the_runtime_and_see_known_blocking() {
-    if !privileged_or_skip("capture_go_probes_agree_with_the_runtime_and_see_known_blocking") {
+    if !privileged_or_skip() {
         return;
     }
     for (version, dir) in go_fixture_versions() {
@@ -1387,7 +1385,7 @@ impl Drop for Hogs {
 
 #[test]
 fn capture_go_probes_split_p_wait_from_cpu_contention() {
-    if !privileged_or_skip("capture_go_probes_split_p_wait_from_cpu_contention") {
+    if !privileged_or_skip() {
         return;
     }
     let (_, dir) = go_fixture_versions().pop().unwrap();
@@ -1423,7 +1421,7 @@ fn capture_go_probes_split_p_wait_from_cpu_contention() {
 
 #[test]
 fn capture_go_probes_off_and_a_program_exiting_mid_capture() {
-    if !privileged_or_skip("capture_go_probes_off_and_a_program_exiting_mid_capture") {
+    if !privileged_or_skip() {
         return;
     }
     let (_, dir) = go_fixture_versions().pop().unwrap();
@@ -1482,7 +1480,7 @@ fn capture_go_probes_off_and_a_program_exiting_mid_capture() {
 
 #[test]
 fn capture_go_probes_reach_a_program_in_another_mount_namespace() {
-    if !privileged_or_skip("capture_go_probes_reach_a_program_in_another_mount_namespace") {
+    if !privileged_or_skip() {
         return;
     }
     let (_, dir) = go_fixture_versions().pop().unwrap();
@@ -1642,7 +1640,7 @@ fn go_stats_gc_pauses_equal_memstats_before_go_1_22() {
 
 #[test]
 fn capture_reports_each_gc_pause_of_the_window_before_go_1_22() {
-    if !privileged_or_skip("capture_reports_each_gc_pause_of_the_window_before_go_1_22") {
+    if !privileged_or_skip() {
         return;
     }
     for (version, dir) in old_go_fixtures() {
@@ -1771,7 +1769,7 @@ fn check_pause_hist(metrics: &str, series: &str, pauses: &[u64]) {
 
 #[test]
 fn daemon_accumulates_gc_pauses_before_go_1_22() {
-    if !privileged_or_skip("daemon_accumulates_gc_pauses_before_go_1_22") {
+    if !privileged_or_skip() {
         return;
     }
     let (version, dir) = old_go_fixtures().remove(0);
@@ -1883,7 +1881,7 @@ impl Drop for QuotaCgroup {
 
 #[test]
 fn go_stats_and_capture_see_a_cfs_quota_and_its_throttling() {
-    if !privileged_or_skip("go_stats_and_capture_see_a_cfs_quota_and_its_throttling") {
+    if !privileged_or_skip() {
         return;
     }
     let (_, dir) = go_fixture_versions().pop().unwrap();
@@ -1968,7 +1966,7 @@ fn forged_go_sections(dir: &Path) -> (PathBuf, PathBuf) {
 /// within 2 s: names are indexed once, and executables are classified off the scrape path.
 #[test]
 fn daemon_refuses_a_forged_pclntab_quickly_and_keeps_serving() {
-    if !privileged_or_skip("daemon_refuses_a_forged_pclntab_quickly_and_keeps_serving") {
+    if !privileged_or_skip() {
         return;
     }
     let dir = tempfile_dir("schedlat-forged-bin");
@@ -2050,7 +2048,7 @@ fn daemon_refuses_a_forged_pclntab_quickly_and_keeps_serving() {
 /// selected and labelled by its host cgroup path, as the kernel-side series are.
 #[test]
 fn daemon_in_a_cgroup_namespace_labels_go_programs_by_their_host_cgroup() {
-    if !privileged_or_skip("daemon_in_a_cgroup_namespace_labels_go_programs_by_their_host_cgroup") {
+    if !privileged_or_skip() {
         return;
     }
     let versions = go_fixture_versions();
@@ -2185,7 +2183,7 @@ impl Drop for Prometheus {
 /// two go-stats readings.
 #[test]
 fn go_stats_reads_go_programs_built_by_others() {
-    if !privileged_or_skip("go_stats_reads_go_programs_built_by_others") {
+    if !privileged_or_skip() {
         return;
     }
     let dir = PathBuf::from(std::env::var("SCHEDLAT_GO_THIRDPARTY").expect(

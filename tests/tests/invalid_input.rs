@@ -144,7 +144,7 @@ fn listen_address_in_use() {
 
 #[test]
 fn missing_privileges_names_the_capabilities() {
-    if !privileged_or_skip("missing_privileges_names_the_capabilities") {
+    if !privileged_or_skip() {
         return;
     }
     // Drop to nobody with no capabilities (setpriv is in util-linux).
@@ -166,7 +166,7 @@ fn missing_privileges_names_the_capabilities() {
 
 #[test]
 fn kernel_lacking_a_tracepoint() {
-    if !privileged_or_skip("kernel_lacking_a_tracepoint") {
+    if !privileged_or_skip() {
         return;
     }
     // A tracefs that has the sched tracepoints but no futex syscall tracepoints, as on a kernel

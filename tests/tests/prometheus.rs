@@ -213,7 +213,7 @@ fn encode(s: &str) -> String {
 
 #[test]
 fn a_real_prometheus_computes_runqueue_p99_per_cgroup() {
-    if !privileged_or_skip("a_real_prometheus_computes_runqueue_p99_per_cgroup") {
+    if !privileged_or_skip() {
         return;
     }
     let d = Daemon::start();
@@ -315,9 +315,7 @@ const ACCEPT_PROTOBUF: &str = "application/vnd.google.protobuf;\
 
 #[test]
 fn a_real_prometheus_stores_native_histograms_that_agree_with_the_classic_ones() {
-    if !privileged_or_skip(
-        "a_real_prometheus_stores_native_histograms_that_agree_with_the_classic_ones",
-    ) {
+    if !privileged_or_skip() {
         return;
     }
     let d = Daemon::start();
@@ -493,7 +491,7 @@ impl Drop for StaticExposition {
 
 #[test]
 fn recording_rules_name_kubernetes_pods_and_containers_of_real_cgroups() {
-    if !privileged_or_skip("recording_rules_name_kubernetes_pods_and_containers_of_real_cgroups") {
+    if !privileged_or_skip() {
         return;
     }
     // Real cgroups with the kubelet's and the runtimes' path shapes (each under a test root of
@@ -749,7 +747,7 @@ fn recording_rules_name_kubernetes_pods_and_containers_of_real_cgroups() {
 
 #[test]
 fn series_budget_per_cgroup_in_each_exposition_mode() {
-    if !privileged_or_skip("series_budget_per_cgroup_in_each_exposition_mode") {
+    if !privileged_or_skip() {
         return;
     }
     // N busy cgroups, each with every kind of series: a thread preempted on CPU 0 and
@@ -890,7 +888,7 @@ fn substitute(expr: &str) -> String {
 
 #[test]
 fn grafana_dashboard_queries_run_on_a_real_prometheus() {
-    if !privileged_or_skip("grafana_dashboard_queries_run_on_a_real_prometheus") {
+    if !privileged_or_skip() {
         return;
     }
     let path =

@@ -89,7 +89,7 @@ fn first_task_tid(screen: &str) -> Option<u64> {
 /// the sleeper on top; `q` quits with exit 0 and the terminal back.
 #[test]
 fn top_shows_the_contended_task_first_sorts_by_key_and_quits_on_q() {
-    if !privileged_or_skip("top_shows_the_contended_task_first_sorts_by_key_and_quits_on_q") {
+    if !privileged_or_skip() {
         return;
     }
     let mut spin = Workload::start(&["spin", "--threads", "2", "--cpu", "0", "--secs", "8"]);

@@ -1,132 +1,20 @@
 //! Privileged: `schedlat daemon` with a web config (TLS + basic auth), scraped with Debian's
 //! curl against a certificate made by Debian's openssl and a hash made by htpasswd.
-use std::{
-    path::PathBuf,
-    process::{Command, Output},
-};
-
 use schedlat_tests::{
     privileged_or_skip,
     scrape::{Daemon, get},
+    tls::{TempDir, TlsSite, curl, ok, run, self_signed},
 };
-
-fn run(cmd: &str, args: &[&str]) -> Output {
-    Command::new(cmd).args(args).output().unwrap_or_else(|e| {
-        panic!("running {cmd}: {e} (`cargo xtask setup` installs openssl, curl, apache2-utils)")
-    })
-}
-
-fn ok(cmd: &str, args: &[&str]) -> String {
-    let out = run(cmd, args);
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let d = std::env::temp_dir().join(format!("schedlat-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Self(d)
-    }
-    fn path(&self, f: &str) -> String {
-        self.0.join(f).to_str().unwrap().to_string()
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A self-signed server certificate for 127.0.0.1 (it is its own CA for curl).
-fn self_signed(dir: &TempDir) {
-    ok(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=schedlat-test",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            &dir.path("server.key"),
-            "-out",
-            &dir.path("server.crt"),
-        ],
-    );
-}
-
-/// bcrypt hash of `password` by htpasswd (an implementation other than the daemon's).
-fn htpasswd(user: &str, password: &str) -> String {
-    let line = ok("htpasswd", &["-nbBC", "10", user, password]);
-    let (u, hash) = line.trim().split_once(':').expect("user:hash");
-    assert_eq!(u, user);
-    hash.to_string()
-}
-
-/// curl over HTTPS trusting only `ca`: (exit code, HTTP status, response headers + body).
-fn curl(ca: &str, url: &str, creds: Option<&str>) -> (i32, u16, String) {
-    let mut args = vec![
-        "-sS",
-        "--max-time",
-        "30",
-        "--cacert",
-        ca,
-        "-i",
-        "-w",
-        "\n%{http_code}",
-    ];
-    if let Some(c) = creds {
-        args.extend(["-u", c]);
-    }
-    args.push(url);
-    let out = run("curl", &args);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let status = text
-        .rsplit('\n')
-        .next()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0);
-    (out.status.code().unwrap_or(-1), status, text)
-}
 
 #[test]
 fn tls_and_basic_auth_guard_metrics() {
-    if !privileged_or_skip("tls_and_basic_auth_guard_metrics") {
+    if !privileged_or_skip() {
         return;
     }
-    let dir = TempDir::new("web");
-    self_signed(&dir);
-    let hash = htpasswd("prom", "s3cret");
     // Relative paths: taken relative to the web config's directory.
-    let web = dir.path("web.yml");
-    std::fs::write(
-        &web,
-        format!(
-            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n\
-             basic_auth_users:\n  prom: '{hash}'\n"
-        ),
-    )
-    .unwrap();
-    let ca = dir.path("server.crt");
-    let d = Daemon::start_until(&["--web.config.file", &web], |addr| {
-        curl(&ca, &format!("https://{addr}/healthz"), None).1 == 200
-    });
+    let site = TlsSite::new("web", &[("prom", "s3cret")], 10);
+    let ca = site.ca.clone();
+    let d = site.start_daemon(&["--web.config.file", &site.web]);
     let url = format!("https://{}/metrics", d.addr);
 
     let (rc, status, body) = curl(&ca, &url, Some("prom:s3cret"));
@@ -194,7 +82,7 @@ fn tls_and_basic_auth_guard_metrics() {
 
 #[test]
 fn min_version_tls13_refuses_tls12_clients() {
-    if !privileged_or_skip("min_version_tls13_refuses_tls12_clients") {
+    if !privileged_or_skip() {
         return;
     }
     let dir = TempDir::new("web13");
@@ -330,7 +218,7 @@ fn curl_cert(dir: &TempDir, url: &str, name: Option<&str>) -> (i32, String) {
 
 #[test]
 fn client_certificates_are_verified_against_client_ca_file() {
-    if !privileged_or_skip("client_certificates_are_verified_against_client_ca_file") {
+    if !privileged_or_skip() {
         return;
     }
     let dir = TempDir::new("mtls");
@@ -464,9 +352,7 @@ fn web_metric(ca: &str, addr: &str, series: &str) -> Option<f64> {
 
 #[test]
 fn a_renewed_certificate_is_served_without_restart_and_bad_files_keep_the_old_one() {
-    if !privileged_or_skip(
-        "a_renewed_certificate_is_served_without_restart_and_bad_files_keep_the_old_one",
-    ) {
+    if !privileged_or_skip() {
         return;
     }
     let dir = TempDir::new("rotate");
@@ -574,25 +460,12 @@ fn a_renewed_certificate_is_served_without_restart_and_bad_files_keep_the_old_on
 
 #[test]
 fn failed_logins_get_429_after_a_burst_and_are_counted() {
-    if !privileged_or_skip("failed_logins_get_429_after_a_burst_and_are_counted") {
+    if !privileged_or_skip() {
         return;
     }
-    let dir = TempDir::new("authlimit");
-    self_signed(&dir);
-    let hash = htpasswd("prom", "s3cret");
-    let web = dir.path("web.yml");
-    std::fs::write(
-        &web,
-        format!(
-            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n\
-             basic_auth_users:\n  prom: '{hash}'\n"
-        ),
-    )
-    .unwrap();
-    let ca = dir.path("server.crt");
-    let d = Daemon::start_until(&["--web.config.file", &web], |addr| {
-        curl(&ca, &format!("https://{addr}/healthz"), None).1 == 200
-    });
+    let site = TlsSite::new("authlimit", &[("prom", "s3cret")], 10);
+    let ca = site.ca.clone();
+    let d = site.start_daemon(&["--web.config.file", &site.web]);
     let url = format!("https://{}/metrics", d.addr);
     // The scraper's credentials verify once (and are remembered).
     assert_eq!(curl(&ca, &url, Some("prom:s3cret")).1, 200);
@@ -769,7 +642,7 @@ fn idle_connections_then_scrape(d: &Daemon, ca: Option<&str>, scheme: &str) {
 
 #[test]
 fn idle_connections_do_not_block_plain_scrapes_and_are_counted() {
-    if !privileged_or_skip("idle_connections_do_not_block_plain_scrapes_and_are_counted") {
+    if !privileged_or_skip() {
         return;
     }
     // 256 open files, as a small LimitNOFILE would give: held connections must not use up
@@ -781,21 +654,12 @@ fn idle_connections_do_not_block_plain_scrapes_and_are_counted() {
 
 #[test]
 fn idle_connections_do_not_block_tls_scrapes_and_are_counted() {
-    if !privileged_or_skip("idle_connections_do_not_block_tls_scrapes_and_are_counted") {
+    if !privileged_or_skip() {
         return;
     }
-    let dir = TempDir::new("web-idle-tls");
-    self_signed(&dir);
-    let web = dir.path("web.yml");
-    std::fs::write(
-        &web,
-        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n",
-    )
-    .unwrap();
-    let ca = dir.path("server.crt");
-    let d = Daemon::start_until(&["--web.config.file", &web], |addr| {
-        curl(&ca, &format!("https://{addr}/healthz"), None).1 == 200
-    });
+    let site = TlsSite::new("web-idle-tls", &[], 10);
+    let ca = site.ca.clone();
+    let d = site.start_daemon(&["--web.config.file", &site.web]);
     // Silent connections never send a ClientHello: each holds a handshake.
     idle_connections_then_scrape(&d, Some(&ca), "https");
     assert!(d.stop().success());
@@ -817,7 +681,7 @@ fn within(secs: f64, mut cond: impl FnMut() -> bool) -> bool {
 
 #[test]
 fn silent_slow_and_idle_clients_are_cut_off_by_the_timeouts_and_counted() {
-    if !privileged_or_skip("silent_slow_and_idle_clients_are_cut_off_by_the_timeouts_and_counted") {
+    if !privileged_or_skip() {
         return;
     }
     use std::io::{Read as _, Write as _};
@@ -885,27 +749,21 @@ fn silent_slow_and_idle_clients_are_cut_off_by_the_timeouts_and_counted() {
 
 #[test]
 fn a_silent_tls_client_is_cut_off_by_the_handshake_timeout_and_counted() {
-    if !privileged_or_skip("a_silent_tls_client_is_cut_off_by_the_handshake_timeout_and_counted") {
+    if !privileged_or_skip() {
         return;
     }
-    let dir = TempDir::new("web-hs-timeout");
-    self_signed(&dir);
-    let web = dir.path("web.yml");
-    std::fs::write(
-        &web,
-        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n",
-    )
-    .unwrap();
-    let cfg = dir.path("schedlat.toml");
+    let site = TlsSite::new("web-hs-timeout", &[], 10);
+    let cfg = site.dir.path("schedlat.toml");
     std::fs::write(
         &cfg,
-        format!("web_config = \"{web}\"\n[http]\ntls_handshake_timeout_secs = 1\n"),
+        format!(
+            "web_config = \"{}\"\n[http]\ntls_handshake_timeout_secs = 1\n",
+            site.web
+        ),
     )
     .unwrap();
-    let ca = dir.path("server.crt");
-    let d = Daemon::start_until(&["--config", &cfg], |addr| {
-        curl(&ca, &format!("https://{addr}/healthz"), None).1 == 200
-    });
+    let ca = site.ca.clone();
+    let d = site.start_daemon(&["--config", &cfg]);
     let t0 = std::time::Instant::now();
     let silent = std::net::TcpStream::connect(&d.addr).unwrap();
     assert!(
@@ -922,7 +780,7 @@ fn a_silent_tls_client_is_cut_off_by_the_handshake_timeout_and_counted() {
 
 #[test]
 fn concurrent_scrapes_share_renders() {
-    if !privileged_or_skip("concurrent_scrapes_share_renders") {
+    if !privileged_or_skip() {
         return;
     }
     let d = Daemon::start();
@@ -957,26 +815,12 @@ fn concurrent_scrapes_share_renders() {
 
 #[test]
 fn a_flood_of_wrong_passwords_at_bcrypt_cost_12_does_not_starve_scrapes() {
-    if !privileged_or_skip("a_flood_of_wrong_passwords_at_bcrypt_cost_12_does_not_starve_scrapes") {
+    if !privileged_or_skip() {
         return;
     }
-    let dir = TempDir::new("web-bcrypt12");
-    self_signed(&dir);
-    let line = ok("htpasswd", &["-nbBC", "12", "prom", "s3cret"]);
-    let hash = line.trim().split_once(':').unwrap().1.to_string();
-    let web = dir.path("web.yml");
-    std::fs::write(
-        &web,
-        format!(
-            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n\
-             basic_auth_users:\n  prom: '{hash}'\n"
-        ),
-    )
-    .unwrap();
-    let ca = dir.path("server.crt");
-    let d = Daemon::start_until(&["--web.config.file", &web], |addr| {
-        curl(&ca, &format!("https://{addr}/healthz"), None).1 == 200
-    });
+    let site = TlsSite::new("web-bcrypt12", &[("prom", "s3cret")], 12);
+    let ca = site.ca.clone();
+    let d = site.start_daemon(&["--web.config.file", &site.web]);
     let url = format!("https://{}/metrics", d.addr);
     // The scraper's credentials verify once, before the flood.
     assert_eq!(curl(&ca, &url, Some("prom:s3cret")).1, 200);

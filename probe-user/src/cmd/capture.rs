@@ -10,8 +10,8 @@ use crate::{
     go::capture as gocapture,
     goruntime::GoError,
     host::cgroup::{CgroupNames, v2_mount},
-    kernel::probes::{FutexMode, ProbeOptions, Probes, RawSnapshot},
-    model::UsageError,
+    kernel::probes::{ProbeOptions, Probes},
+    model::{FutexMode, RawSnapshot, UsageError},
     report::{self, Filter, ReportInput},
 };
 

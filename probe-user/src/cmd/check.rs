@@ -6,9 +6,10 @@ use std::path::Path;
 use crate::{
     cli::{CheckArgs, Cli, Format},
     config::DaemonConfig,
+    host::privs::effective_caps,
     kernel::btf::KernelBtf,
     kernel::features::{Feature, KernelFeatures},
-    kernel::probes::{ProbeOptions, Probes, effective_caps},
+    kernel::probes::{ProbeOptions, Probes},
     kernel::tracefs::Tracefs,
     model::UsageError,
 };

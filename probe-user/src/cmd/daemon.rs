@@ -23,8 +23,8 @@ use crate::{
         switch_user,
     },
     http::{BasicAuth, Render, Renders, TlsReloader, WebConfig, WebStats},
-    kernel::probes::{Attached, FutexMode, ProbeOptions, Probes, RawSnapshot},
-    model::UsageError,
+    kernel::probes::{ProbeOptions, Probes},
+    model::{Attached, FutexMode, RawSnapshot, UsageError},
 };
 
 /// What a scrape needs. The kernel side is behind a trait so the HTTP layer is testable

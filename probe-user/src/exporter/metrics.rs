@@ -13,8 +13,7 @@ use super::proto::{self, Format, NativeHists, native_key};
 use crate::{
     hist::Histogram,
     host::cgroup::{Identity, identity},
-    kernel::probes::{Attached, RawSnapshot},
-    model::FUTEX_OUTCOME_NAMES,
+    model::{Attached, FUTEX_OUTCOME_NAMES, RawSnapshot},
 };
 
 /// Label given to cgroups beyond the cap.

@@ -17,7 +17,8 @@ use crate::{
     },
     hist::{HistSummary, quantile},
     host::cpulimit::{self, CpuBudget, Throttling},
-    kernel::probes::{GoEventTarget, GoProbe, GoRaw},
+    kernel::probes::{GoEventTarget, GoProbe},
+    model::GoRaw,
 };
 
 /// Summary of a runtime histogram's growth over the window.

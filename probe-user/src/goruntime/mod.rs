@@ -26,6 +26,7 @@ use object::{
 use serde::{Deserialize, Serialize};
 
 pub use self::{buildinfo::GoVersion, hist::Scheme};
+use crate::model::{ClassOf, Classify, ErrorClass};
 
 /// Largest executable we open. Only the parts parsed are read, each charged to the analysis'
 /// [`budget`]: the file's size alone costs nothing.
@@ -93,15 +94,18 @@ pub enum GoError {
     Io { what: String, cause: std::io::Error },
 }
 
-impl GoError {
-    /// Errors about the target the user chose (exit code 2), not failures of schedlat.
-    pub fn is_usage(&self) -> bool {
-        !matches!(
-            self,
-            GoError::Io { .. } | GoError::Inconsistent { .. } | GoError::ProcessChanged { .. }
-        )
+impl Classify for GoError {
+    /// Errors about the target the user chose are theirs; failing to read it is a runtime one.
+    fn class(&self) -> ErrorClass {
+        match self {
+            GoError::Io { .. } | GoError::Inconsistent { .. } | GoError::ProcessChanged { .. } => {
+                ErrorClass::Runtime
+            }
+            _ => ErrorClass::Usage,
+        }
     }
 }
+inventory::submit!(ClassOf::of::<GoError>());
 
 /// A field to read: offset and size (4 or 8 bytes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

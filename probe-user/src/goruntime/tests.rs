@@ -1071,3 +1071,19 @@ fn replace_all(bytes: &mut [u8], from: &[u8], to: &[u8]) -> usize {
     }
     n
 }
+
+/// The target the user chose is theirs to fix (exit 2); failing to read it is a runtime
+/// failure (exit 1).
+#[test]
+fn go_errors_decide_their_class() {
+    use crate::model::ErrorClass;
+    let usage = GoError::NotGo {
+        why: "no .gopclntab",
+    };
+    assert_eq!(ErrorClass::of(&usage.into()), ErrorClass::Usage);
+    let runtime = GoError::ProcessChanged {
+        pid: 1,
+        what: "its start time changed".into(),
+    };
+    assert_eq!(ErrorClass::of(&runtime.into()), ErrorClass::Runtime);
+}

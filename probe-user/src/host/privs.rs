@@ -4,6 +4,20 @@
 //! already holds, reads cgroupfs (world-readable) and serves HTTP: none of that needs a
 //! capability, so a compromised daemon should not keep CAP_BPF/CAP_PERFMON (or root's full set).
 
+use crate::model::{ClassOf, Classify, ErrorClass};
+
+/// Effective capability bits of this process (/proc/self/status CapEff).
+pub fn effective_caps() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
 /// _LINUX_CAPABILITY_VERSION_3 (include/uapi/linux/capability.h): two 32-bit data words.
 const CAP_VERSION_3: u32 = 0x2008_0522;
 
@@ -152,6 +166,14 @@ pub enum UserError {
         cause: std::io::Error,
     },
 }
+
+impl Classify for UserError {
+    /// The account to run as, or the privileges to switch to it, are the deployment's to fix.
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Usage
+    }
+}
+inventory::submit!(ClassOf::of::<UserError>());
 
 /// Look up `spec`, a user name or a numeric uid (which must have a passwd entry: its group
 /// comes from there).
@@ -350,6 +372,13 @@ pub fn make_undumpable() -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Who to run as is the deployment's to fix: exit 2.
+    #[test]
+    fn user_errors_are_usage() {
+        let e = UserError::Unknown("no-such-user".into());
+        assert_eq!(ErrorClass::of(&e.into()), ErrorClass::Usage);
+    }
 
     #[test]
     fn looks_up_users_by_name_and_uid() {

@@ -24,6 +24,8 @@ use std::{
 
 use serde::Deserialize;
 
+use crate::model::{ClassOf, Classify, ErrorClass};
+
 #[derive(Debug, thiserror::Error)]
 pub enum WebConfigError {
     #[error("cannot read web config file {path}: {cause}")]
@@ -45,6 +47,14 @@ pub enum WebConfigError {
         message: String,
     },
 }
+
+impl Classify for WebConfigError {
+    /// A web config the user wrote or pointed at.
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Usage
+    }
+}
+inventory::submit!(ClassOf::of::<WebConfigError>());
 
 /// Deepest flow nesting accepted. The YAML scanner (unsafe-libyaml, a port of libyaml) takes
 /// time quadratic in the open flow collections: 64,000 unclosed `[` took 10 s here.
@@ -303,6 +313,16 @@ impl WebConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A web config the user wrote is theirs to fix: exit 2.
+    #[test]
+    fn web_config_errors_are_usage() {
+        let e = WebConfigError::Parse {
+            path: "/etc/schedlat/web.yml".into(),
+            message: "expected a mapping".into(),
+        };
+        assert_eq!(ErrorClass::of(&e.into()), ErrorClass::Usage);
+    }
 
     fn parse(text: &str) -> Result<WebConfig, String> {
         WebConfig::parse(text, "/etc/schedlat/web.yml", Path::new("/etc/schedlat"))

@@ -6,7 +6,11 @@
 //! README's Requirements table is checked against it by a unit test. No aya here.
 use std::path::Path;
 
-use crate::{kernel::btf::KernelBtf, kernel::tracefs::Tracefs, model::FutexMode};
+use crate::{
+    kernel::btf::KernelBtf,
+    kernel::tracefs::Tracefs,
+    model::{ClassOf, Classify, ErrorClass, FutexMode},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -133,6 +137,14 @@ pub struct MissingFeature {
     pub release: String,
     pub way_out: String,
 }
+
+impl Classify for MissingFeature {
+    /// The user asked for what this kernel cannot do.
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Usage
+    }
+}
+inventory::submit!(ClassOf::of::<MissingFeature>());
 
 impl KernelFeatures {
     /// Detect every row of [`TABLE`] on the running kernel.
@@ -329,6 +341,20 @@ pub fn requirements_table() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A feature the user asked for and the kernel lacks: exit 2.
+    #[test]
+    fn a_missing_feature_is_usage() {
+        let e = MissingFeature {
+            what: "--futex syscall".into(),
+            name: "futex syscall tracepoints",
+            since: "2.6.30",
+            detected_by: "tracefs",
+            release: "5.10.0".into(),
+            way_out: "use --futex off".into(),
+        };
+        assert_eq!(ErrorClass::of(&e.into()), ErrorClass::Usage);
+    }
 
     #[test]
     fn readme_requirements_table_is_the_code_table() {

@@ -1,7 +1,7 @@
 //! Loading, attaching and reading schedlat's eBPF programs (the only module that uses aya).
 //!
-//! Everything read out of the kernel is turned into plain structs ([`RawSnapshot`]) so the
-//! aggregation and reporting code needs no root and no aya types.
+//! Everything read out of the kernel is turned into plain structs ([`RawSnapshot`], in
+//! `crate::model`) so the aggregation and reporting code needs no root and no aya types.
 use std::{path::PathBuf, time::Duration};
 
 use aya::{
@@ -13,16 +13,17 @@ use aya::{
 };
 use schedlat_common::{
     Config, CpuStat, GoConfig, Hist, HistKey, RunqHists, SlowEvent, TaskStat, WakeCount, WakePair,
-    drop_reason, flags, futex_outcome, go, kind,
+    flags, go, kind,
 };
 use tracing::{debug, warn};
 
-pub use crate::model::FutexMode;
 use crate::{
     hist::Histogram,
+    host::privs::effective_caps,
     kernel::btf::{BtfError, KernelBtf},
     kernel::features::{Feature, KernelFeatures, MissingFeature},
     kernel::tracefs::{Tracefs, TracefsError},
+    model::{Attached, ClassOf, Classify, ErrorClass, FutexMode, GoRaw, MapSizes, RawSnapshot},
 };
 
 /// The compiled eBPF object (probe-ebpf), built by build.rs.
@@ -77,46 +78,19 @@ pub enum ProbeError {
     Missing(#[from] MissingFeature),
 }
 
-impl ProbeError {
-    /// Errors that are the user's to fix (exit code 2) rather than runtime failures.
-    pub fn is_usage(&self) -> bool {
-        matches!(
-            self,
-            Self::Privileges { .. } | Self::Tracefs(_) | Self::Btf(_) | Self::Missing(_)
-        )
-    }
-}
-
-/// Map capacities. Defaults fit a busy host; every overflow is counted in DROPS.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MapSizes {
-    /// Tasks runnable but not yet running, at once (a stamp per task). Only on kernels without
-    /// task storage in tracing programs (before 5.12); elsewhere a task's stamp lives in its
-    /// own storage and there is no such limit.
-    pub runq_start: u32,
-    /// Tasks inside a blocking futex call, at once.
-    pub futex_start: u32,
-    /// Histograms: run-queue delay (woken and preempted) of `hists / 2` cgroups (RQ_SLOTS),
-    /// and `hists / 2` futex series, one per cgroup and futex op (HISTS).
-    pub hists: u32,
-    /// Distinct tids in a capture.
-    pub tasks: u32,
-    /// Distinct waker->wakee pairs in a capture.
-    pub wake_pairs: u32,
-}
-
-impl Default for MapSizes {
-    fn default() -> Self {
-        Self {
-            runq_start: 65536,
-            futex_start: 65536,
-            hists: 8192,
-            tasks: 65536,
-            wake_pairs: 65536,
+impl Classify for ProbeError {
+    /// Privileges, tracefs, BTF and kernel features are the user's to fix; a load, verifier,
+    /// attach or map failure is a runtime one.
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::Privileges { .. } | Self::Tracefs(_) | Self::Btf(_) | Self::Missing(_) => {
+                ErrorClass::Usage
+            }
+            _ => ErrorClass::Runtime,
         }
     }
 }
+inventory::submit!(ClassOf::of::<ProbeError>());
 
 /// Syscall numbers of futex, futex_waitv and futex_wait (futex2) on this arch
 /// (arch/x86/entry/syscalls/syscall_64.tbl).
@@ -168,15 +142,6 @@ pub struct GoProbe {
     pub site: String,
 }
 
-/// The Go maps at one instant (captures with [`ProbeOptions::go_events`]).
-#[derive(Clone, Debug)]
-pub struct GoRaw {
-    /// Indexed by schedlat_common::go::hist.
-    pub hists: Vec<Histogram>,
-    /// Indexed by schedlat_common::go::counter.
-    pub counts: [u64; go::counter::COUNT],
-}
-
 impl Default for ProbeOptions {
     fn default() -> Self {
         Self {
@@ -194,31 +159,6 @@ impl Default for ProbeOptions {
     }
 }
 
-/// A program and where it is attached.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Attached {
-    pub program: String,
-    pub target: String,
-    pub attached: bool,
-    /// Why it is not attached, when it is not.
-    pub note: Option<String>,
-}
-
-/// Everything read from the maps at one instant.
-#[derive(Clone, Debug, Default)]
-pub struct RawSnapshot {
-    pub hists: Vec<(HistKey, Histogram)>,
-    pub tasks: Vec<(u32, TaskStat)>,
-    pub wake_pairs: Vec<(WakePair, WakeCount)>,
-    /// Indexed by CPU id.
-    pub cpus: Vec<CpuStat>,
-    pub drops: [u64; drop_reason::COUNT],
-    pub futex_outcomes: [u64; futex_outcome::COUNT],
-    /// Current entry counts, for self-metrics.
-    pub map_entries: Vec<(&'static str, usize, u32)>,
-    pub go: Option<GoRaw>,
-}
-
 pub struct Probes {
     ebpf: Ebpf,
     slow: Option<RingBuf<MapData>>,
@@ -234,18 +174,6 @@ pub struct Probes {
     task_storage: bool,
     /// The programs' aya-log records (with --log debug only), logged at each snapshot.
     kernel_log: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
-}
-
-/// Effective capability bits of this process (/proc/self/status CapEff).
-pub fn effective_caps() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .unwrap_or(0)
 }
 
 const CAP_SYS_ADMIN: u64 = 21;
@@ -1058,6 +986,23 @@ fn map_mut<'a, V: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>>(
 
 #[cfg(test)]
 mod tests {
+    use crate::{kernel::probes::ProbeError, model::ErrorClass};
+
+    /// Privileges and kernel features are the user's to fix (exit 2); a map that fails is a
+    /// runtime failure (exit 1).
+    #[test]
+    fn probe_errors_decide_their_class() {
+        let usage = ProbeError::Privileges {
+            have: "cap_net_bind_service".into(),
+        };
+        assert_eq!(ErrorClass::of(&usage.into()), ErrorClass::Usage);
+        let runtime = ProbeError::Map {
+            map: "DROPS",
+            detail: "lookup failed".into(),
+        };
+        assert_eq!(ErrorClass::of(&runtime.into()), ErrorClass::Runtime);
+    }
+
     /// A walk that keeps starting over (its current key deleted each time) ends, with at
     /// most the capacity counted.
     #[test]

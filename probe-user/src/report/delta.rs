@@ -10,7 +10,7 @@ use schedlat_common::{CpuStat, TaskStat};
 
 use crate::{
     hist::Histogram,
-    kernel::probes::{GoRaw, RawSnapshot},
+    model::{GoRaw, RawSnapshot},
 };
 
 /// What happened between `prev` and `now` (two snapshots of the same loaded programs).

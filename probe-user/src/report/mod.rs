@@ -7,8 +7,7 @@ use serde::Serialize;
 
 use crate::{
     hist::{HistSummary, Histogram},
-    kernel::probes::RawSnapshot,
-    model::FUTEX_OUTCOME_NAMES,
+    model::{FUTEX_OUTCOME_NAMES, RawSnapshot},
 };
 
 mod delta;

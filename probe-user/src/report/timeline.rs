@@ -8,7 +8,7 @@ use schedlat_common::{go, kind};
 
 use crate::{
     hist::{Histogram, OCTAVE_ROWS, octave_counts},
-    kernel::probes::RawSnapshot,
+    model::RawSnapshot,
 };
 
 /// Most columns kept (a day of 1 s intervals would otherwise be 86,400).
@@ -129,7 +129,7 @@ mod tests {
     use schedlat_common::HistKey;
 
     use super::*;
-    use crate::kernel::probes::GoRaw;
+    use crate::model::GoRaw;
 
     fn at(s: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(s)

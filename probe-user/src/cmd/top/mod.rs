@@ -10,8 +10,8 @@ use crate::{
     cli::{Cli, TopArgs},
     cmd::capture::resolve_pid,
     host::cgroup::{CgroupNames, v2_mount},
-    kernel::probes::{ProbeOptions, Probes, RawSnapshot},
-    model::{SortKey, UsageError},
+    kernel::probes::{ProbeOptions, Probes},
+    model::{RawSnapshot, SortKey, UsageError},
     report::{self, Filter, ReportInput},
 };
 

@@ -376,7 +376,7 @@ mod tests {
     use super::*;
     use crate::{
         hist::Histogram,
-        kernel::probes::RawSnapshot,
+        model::RawSnapshot,
         report::{Filter, ReportInput, build},
     };
 
