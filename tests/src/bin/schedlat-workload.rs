@@ -360,8 +360,11 @@ mod linux {
         Ok(())
     }
 
+    /// A thread's /proc schedstat: CPU time, run-queue delay (ns), timeslices.
+    type Schedstat = (u64, u64, u64);
+
     /// Reads /proc/self/task/<tid>/schedstat without allocating (no malloc arena contention).
-    fn schedstat_raw(tid: u32) -> Result<(u64, u64, u64)> {
+    fn schedstat_raw(tid: u32) -> Result<Schedstat> {
         use std::io::Write;
         let mut path = [0u8; 64];
         {
@@ -423,7 +426,7 @@ mod linux {
             let (tids, pinned) = (tids.clone(), pinned.clone());
             let h = thread::Builder::new()
                 .name(format!("spin{i}"))
-                .spawn(move || -> Result<((u64, u64, u64), (u64, u64, u64))> {
+                .spawn(move || -> Result<(Schedstat, Schedstat)> {
                     let tid = gettid();
                     let pin = pin_self(cpu);
                     let policy = if favoured && pin.is_ok() {
