@@ -28,6 +28,10 @@ pub struct Cli {
     /// Kernel BTF file.
     #[arg(long, global = true, default_value = "/sys/kernel/btf/vmlinux")]
     pub btf: PathBuf,
+    /// Tests only: per-task run-queue state in the hash map (RUNQ_START) of the build for
+    /// kernels without task storage (before 5.12), even where the kernel has task storage.
+    #[arg(long, global = true, hide = true)]
+    pub hash_stamps: bool,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -91,9 +91,11 @@ impl ProbeError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MapSizes {
-    /// Tasks runnable but not yet running, at once (a stamp per task). Only on kernels without
-    /// task storage in tracing programs (before 5.12); elsewhere a task's stamp lives in its
-    /// own storage and there is no such limit.
+    /// Tasks with a stamp at once: runnable but not yet running, and, with futex mode
+    /// `sched`, blocked in a futex (a parked thread keeps its stamp while it sleeps). Only on
+    /// kernels without task storage in tracing programs (before 5.12); elsewhere a task's
+    /// stamp lives in its own storage and there is no such limit. 0: as many as the host can
+    /// have tasks ([`runq_start_for_host`]).
     pub runq_start: u32,
     /// Tasks inside a blocking futex call, at once.
     pub futex_start: u32,
@@ -109,13 +111,53 @@ pub struct MapSizes {
 impl Default for MapSizes {
     fn default() -> Self {
         Self {
-            runq_start: 65536,
+            runq_start: 0,
             futex_start: 65536,
             hists: 8192,
             tasks: 65536,
             wake_pairs: 65536,
         }
     }
+}
+
+/// RUNQ_START entries when `maps.runq_start` is 0 and the host's task limit cannot be read.
+pub const RUNQ_START_FALLBACK: u32 = 65536;
+/// At most this many RUNQ_START entries chosen automatically (~96 bytes each, preallocated:
+/// 24 MiB); `maps.runq_start` may set more.
+pub const RUNQ_START_AUTO_MAX: u32 = 262_144;
+
+/// RUNQ_START's capacity for this host: every task can hold a stamp at once (runnable, or
+/// parked in a futex with futex mode `sched`), and a host has at most min(kernel.threads-max,
+/// kernel.pid_max) tasks; at least [`RUNQ_START_FALLBACK`], at most [`RUNQ_START_AUTO_MAX`].
+/// With /proc/sys unreadable (e.g. a unit's ProcSubset=pid), the fallback and a warning.
+pub fn runq_start_for_host() -> u32 {
+    let read = |k: &str| -> Option<u64> {
+        std::fs::read_to_string(format!("/proc/sys/kernel/{k}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    match (read("threads-max"), read("pid_max")) {
+        (Some(t), Some(p)) => runq_start_for(t, p),
+        _ => {
+            warn!(
+                entries = RUNQ_START_FALLBACK,
+                "cannot read kernel.threads-max and kernel.pid_max: the run-queue stamp map \
+                 (RUNQ_START, kernels before 5.12) keeps the fallback size; set maps.runq_start \
+                 to the most tasks this host runs at once"
+            );
+            RUNQ_START_FALLBACK
+        }
+    }
+}
+
+/// [`runq_start_for_host`] from the two sysctls.
+pub fn runq_start_for(threads_max: u64, pid_max: u64) -> u32 {
+    threads_max.min(pid_max).clamp(
+        u64::from(RUNQ_START_FALLBACK),
+        u64::from(RUNQ_START_AUTO_MAX),
+    ) as u32
 }
 
 /// Syscall numbers of futex, futex_waitv and futex_wait (futex2) on this arch
@@ -142,6 +184,9 @@ pub struct ProbeOptions {
     pub btf: PathBuf,
     /// A Go process to trace per event (captures): a uprobe on its runtime.casgstatus.
     pub go_events: Option<GoEventTarget>,
+    /// Tests: per-task state in the hash map (RUNQ_START) of the build for kernels without
+    /// task storage, even where the kernel has it.
+    pub hash_stamps: bool,
 }
 
 /// Where the Go uprobe goes and what it needs to know (crate::goruntime::events::EventPlan).
@@ -190,6 +235,7 @@ impl Default for ProbeOptions {
             tracefs: None,
             btf: PathBuf::from("/sys/kernel/btf/vmlinux"),
             go_events: None,
+            hash_stamps: false,
         }
     }
 }
@@ -435,8 +481,11 @@ impl Probes {
             debug!("setrlimit(RLIMIT_MEMLOCK) failed; fine on kernels with memcg accounting");
         }
 
-        let s = opts.map_sizes;
-        let task_storage = features.has(Feature::TaskStorage);
+        let mut s = opts.map_sizes;
+        let task_storage = features.has(Feature::TaskStorage) && !opts.hash_stamps;
+        if !task_storage && s.runq_start == 0 {
+            s.runq_start = runq_start_for_host();
+        }
         let rq_slots = rq_slots(&s);
         let filter_tgid = (opts.filter_tgids.len() as u32).max(1);
         let filter_cg = (opts.filter_cgroups.len() as u32).max(1);
@@ -486,7 +535,11 @@ impl Probes {
                 .map_max_entries("GO_G", GO_G_ENTRIES)
                 .map_max_entries("GO_RUNQ", GO_RUNQ_ENTRIES);
         }
-        debug!(task_storage, "per-task state");
+        debug!(
+            task_storage,
+            runq_start = if task_storage { 0 } else { s.runq_start },
+            "per-task state (in task storage, else in RUNQ_START of this capacity)"
+        );
         // aya has no userspace type for task storage (TASK_STORE); nothing here reads it.
         loader.allow_unsupported_maps();
         let mut ebpf = loader
@@ -1058,6 +1111,20 @@ fn map_mut<'a, V: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>>(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// Sized for every task the host can have (parked threads hold stamps too), bounded.
+    #[test]
+    fn runq_start_sized_from_the_hosts_task_limit() {
+        // pid_max 32768 (a common default): the floor.
+        assert_eq!(runq_start_for(192_730, 32_768), RUNQ_START_FALLBACK);
+        // Raised pid_max: threads-max or pid_max, whichever is lower.
+        assert_eq!(runq_start_for(192_730, 4_194_304), 192_730);
+        assert_eq!(runq_start_for(1_000_000, 150_000), 150_000);
+        // A large host: capped.
+        assert_eq!(runq_start_for(4_000_000, 4_194_304), RUNQ_START_AUTO_MAX);
+    }
+
     /// A walk that keeps starting over (its current key deleted each time) ends, with at
     /// most the capacity counted.
     #[test]

@@ -47,6 +47,7 @@ pub fn run(cli: &Cli, a: &TopArgs) -> anyhow::Result<()> {
         filter_cgroups,
         tracefs: cli.tracefs.clone(),
         btf: cli.btf.clone(),
+        hash_stamps: cli.hash_stamps,
         ..Default::default()
     };
     let probes = Probes::load(&opts).context("starting schedlat top")?;
