@@ -779,8 +779,8 @@ fn manifests_fit_together(docs: &[Value], go: bool) {
         .as_str()
         .unwrap();
     assert_eq!(cfg.contains("[go]\nenabled = true"), go, "{cfg}");
-    // The daemon leaves root: no `user = "root"`.
-    assert!(!cfg.contains("user ="), "{cfg}");
+    // The daemon leaves root for a uid of its own, not root and not the shared nobody.
+    assert!(cfg.contains("\nuser = \"9725\"\n"), "{cfg}");
 
     // Host paths the daemon reads, mounted read-only at the same place.
     let volumes = spec["volumes"].as_array().unwrap();
