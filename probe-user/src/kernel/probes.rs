@@ -12,8 +12,8 @@ use aya::{
     },
 };
 use schedlat_common::{
-    Config, CpuStat, GoConfig, Hist, HistKey, RunqHists, SlowEvent, TaskStat, WakeCount, WakePair,
-    drop_reason, flags, futex_outcome, go, kind,
+    Config, CpuStat, GoConfig, Hist, HistKey, PreemptKey, RunqHists, SlowEvent, TaskStat, WakeCount,
+    WakePair, drop_reason, flags, futex_outcome, go, kind,
 };
 use tracing::{debug, warn};
 
@@ -104,6 +104,9 @@ pub struct MapSizes {
     pub tasks: u32,
     /// Distinct waker->wakee pairs in a capture.
     pub wake_pairs: u32,
+    /// Distinct (cgroup, preempting cgroup) pairs the daemon counts involuntary switches of
+    /// (`schedlat_preemptions_total`); entries of removed cgroups are deleted at each scrape.
+    pub preempts: u32,
 }
 
 impl Default for MapSizes {
@@ -114,6 +117,7 @@ impl Default for MapSizes {
             hists: 8192,
             tasks: 65536,
             wake_pairs: 65536,
+            preempts: 4096,
         }
     }
 }
@@ -142,6 +146,8 @@ pub struct ProbeOptions {
     pub btf: PathBuf,
     /// A Go process to trace per event (captures): a uprobe on its runtime.casgstatus.
     pub go_events: Option<GoEventTarget>,
+    /// Count involuntary switches by (cgroup, preempting cgroup) (the daemon).
+    pub preemptors: bool,
 }
 
 /// Where the Go uprobe goes and what it needs to know (crate::goruntime::events::EventPlan).
@@ -190,6 +196,7 @@ impl Default for ProbeOptions {
             tracefs: None,
             btf: PathBuf::from("/sys/kernel/btf/vmlinux"),
             go_events: None,
+            preemptors: false,
         }
     }
 }
@@ -217,6 +224,8 @@ pub struct RawSnapshot {
     /// Current entry counts, for self-metrics.
     pub map_entries: Vec<(&'static str, usize, u32)>,
     pub go: Option<GoRaw>,
+    /// Involuntary switches by (cgroup, preempting cgroup) (the daemon).
+    pub preempts: Vec<(PreemptKey, u64)>,
 }
 
 pub struct Probes {
@@ -232,6 +241,8 @@ pub struct Probes {
     pub features: KernelFeatures,
     /// Per-task state in task-local storage (else in RUNQ_START).
     task_storage: bool,
+    /// PREEMPTS is in use (the daemon).
+    preemptors: bool,
     /// The programs' aya-log records (with --log debug only), logged at each snapshot.
     kernel_log: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
@@ -387,6 +398,9 @@ impl Probes {
         if opts.slow_threshold.is_some() {
             f |= flags::SLOW_EVENTS;
         }
+        if opts.preemptors {
+            f |= flags::PREEMPTORS;
+        }
         let (mut regs_syscall_nr, mut regs_arg2, mut nrs) = (0, 0, (u32::MAX, u32::MAX, u32::MAX));
         if futex == FutexMode::Sched {
             let (Some(n), Some(a), Some(s)) =
@@ -455,6 +469,7 @@ impl Probes {
                 "WAKE_PAIRS",
                 if opts.track_tasks { s.wake_pairs } else { 1 },
             )
+            .map_max_entries("PREEMPTS", if opts.preemptors { s.preempts } else { 1 })
             .map_max_entries("FILTER_TGID", filter_tgid)
             .map_max_entries("FILTER_CG", filter_cg);
         let go_cfg = opts.go_events.as_ref().map_or(
@@ -619,6 +634,7 @@ impl Probes {
         let sizes = MapSizes {
             tasks: if opts.track_tasks { s.tasks } else { 1 },
             wake_pairs: if opts.track_tasks { s.wake_pairs } else { 1 },
+            preempts: if opts.preemptors { s.preempts } else { 1 },
             ..s
         };
         Ok(Self {
@@ -630,6 +646,7 @@ impl Probes {
             futex,
             features,
             task_storage,
+            preemptors: opts.preemptors,
             kernel_log,
         })
     }
@@ -731,6 +748,24 @@ impl Probes {
         Ok(())
     }
 
+    /// Delete the involuntary-switch counts of pairs with a removed cgroup (PREEMPTS). Missing
+    /// keys are not an error.
+    pub fn remove_preempts(&mut self, keys: &[PreemptKey]) -> Result<(), ProbeError> {
+        let mut m: BpfHashMap<_, PreemptKey, u64> = map_mut(&mut self.ebpf, "PREEMPTS")?;
+        for k in keys {
+            match m.remove(k) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => {
+                    return Err(ProbeError::Map {
+                        map: "PREEMPTS",
+                        detail: format!("delete: {e}"),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Log what the programs reported (kernel-side diagnostics; debug level).
     pub fn flush_kernel_log(&mut self) {
         if let Some(l) = self.kernel_log.as_mut() {
@@ -797,6 +832,13 @@ impl Probes {
             .push(("TASK_STATS", snap.tasks.len(), self.sizes.tasks));
         snap.map_entries
             .push(("WAKE_PAIRS", snap.wake_pairs.len(), self.sizes.wake_pairs));
+        if self.preemptors {
+            // Only the daemon deletes entries (of removed cgroups), never during this walk.
+            let preempts: BpfHashMap<_, PreemptKey, u64> = map_ref(&self.ebpf, "PREEMPTS")?;
+            snap.preempts = preempts.iter().filter_map(Result::ok).collect();
+            snap.map_entries
+                .push(("PREEMPTS", snap.preempts.len(), self.sizes.preempts));
+        }
 
         let cpu: PerCpuArray<_, CpuStat> = map_ref(&self.ebpf, "CPU_STATS")?;
         let per_cpu = cpu.get(&0, 0).map_err(|e| ProbeError::Map {

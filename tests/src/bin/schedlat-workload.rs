@@ -369,6 +369,36 @@ mod linux {
         schedlat_tests::parse_schedstat(s).with_context(|| format!("unparsable schedstat {s:?}"))
     }
 
+    /// The kernel's count of involuntary switches of thread `tid`
+    /// (/proc/self/task/<tid>/status `nonvoluntary_ctxt_switches`: nivcsw), without allocating.
+    fn nivcsw_raw(tid: u32) -> Result<u64> {
+        use std::io::Write;
+        let mut path = [0u8; 64];
+        {
+            let mut w = &mut path[..];
+            write!(w, "/proc/self/task/{tid}/status\0").expect("path fits");
+        }
+        let mut buf = [0u8; 4096];
+        // SAFETY: path is NUL-terminated; buf is writable for its length.
+        let n = unsafe {
+            let fd = libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error()).context("opening status");
+            }
+            let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+            libc::close(fd);
+            n
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error()).context("reading status");
+        }
+        let s = std::str::from_utf8(&buf[..n as usize]).context("status is not UTF-8")?;
+        s.lines()
+            .find_map(|l| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("no nonvoluntary_ctxt_switches in {s:?}"))
+    }
+
     // ---------------------------------------------------------------- spin
 
     fn spin(threads: u32, cpu: usize, secs: f64, kernel: bool) -> Result<Value> {
@@ -405,7 +435,7 @@ mod linux {
             let (tids, pinned) = (tids.clone(), pinned.clone());
             let h = thread::Builder::new()
                 .name(format!("spin{i}"))
-                .spawn(move || -> Result<(u64, u64, u64)> {
+                .spawn(move || -> Result<((u64, u64, u64), u64)> {
                     let tid = gettid();
                     let pin = pin_self(cpu);
                     pinned[i].store(if pin.is_ok() { 1 } else { 2 }, SeqCst);
@@ -417,7 +447,7 @@ mod linux {
                         None
                     };
                     let mut buf = vec![0u8; if kernel { 1 << 20 } else { 0 }];
-                    let before = schedstat_raw(tid)?;
+                    let before = (schedstat_raw(tid)?, nivcsw_raw(tid)?);
                     gate.wait();
                     let t0 = Instant::now();
                     while t0.elapsed() < dur {
@@ -462,14 +492,14 @@ mod linux {
         }
         let afters = tid_list
             .iter()
-            .map(|&t| schedstat_raw(t))
+            .map(|&t| Ok((schedstat_raw(t)?, nivcsw_raw(t)?)))
             .collect::<Result<Vec<_>>>()?;
         for e in &ends {
             e.open()?;
         }
         let mut out = Vec::new();
-        for ((h, tid), after) in handles.into_iter().zip(&tid_list).zip(afters) {
-            let before = h
+        for ((h, tid), (after, nivcsw_after)) in handles.into_iter().zip(&tid_list).zip(afters) {
+            let (before, nivcsw_before) = h
                 .join()
                 .map_err(|_| anyhow::anyhow!("spin thread panicked"))??;
             out.push(json!({
@@ -477,6 +507,7 @@ mod linux {
                 "cpu_ns": after.0.saturating_sub(before.0),
                 "run_delay_ns": after.1.saturating_sub(before.1),
                 "timeslices": after.2.saturating_sub(before.2),
+                "nonvoluntary_switches": nivcsw_after.saturating_sub(nivcsw_before),
             }));
         }
         Ok(json!({ "threads": out, "cpu": cpu, "secs": secs, "kernel": kernel }))
