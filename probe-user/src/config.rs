@@ -440,8 +440,16 @@ mod tests {
             ("max_cgroups = 100001", "max_cgroups", "1..=100000"),
             ("max_cgroups = -1", "max_cgroups", "1..=100000"),
             ("max_cgroups = \"5\"", "max_cgroups", "1..=100000"),
-            ("preemptors_per_cgroup = 0", "preemptors_per_cgroup", "1..=100"),
-            ("preemptors_per_cgroup = 101", "preemptors_per_cgroup", "1..=100"),
+            (
+                "preemptors_per_cgroup = 0",
+                "preemptors_per_cgroup",
+                "1..=100",
+            ),
+            (
+                "preemptors_per_cgroup = 101",
+                "preemptors_per_cgroup",
+                "1..=100",
+            ),
             (
                 "preemptors_per_cgroup = \"all\"",
                 "preemptors_per_cgroup",

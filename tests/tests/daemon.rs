@@ -855,7 +855,10 @@ fn preemptions_of(m: &str, cg: &str) -> std::collections::BTreeMap<String, f64> 
                 .and_then(|(_, r)| r.split_once('"'))
                 .unwrap_or_else(|| panic!("no by label in {l}"))
                 .0;
-            (by.to_string(), l.rsplit(' ').next().unwrap().parse().unwrap())
+            (
+                by.to_string(),
+                l.rsplit(' ').next().unwrap().parse().unwrap(),
+            )
         })
         .collect()
 }
@@ -863,11 +866,7 @@ fn preemptions_of(m: &str, cg: &str) -> std::collections::BTreeMap<String, f64> 
 /// `threads` spinning threads per cgroup, pinned to its CPU, all spinning at once; returns
 /// each workload's involuntary switches in its window by the kernel
 /// (/proc/PID/task/TID/status nonvoluntary_ctxt_switches).
-fn spin_in(
-    cgroups: &[(&schedlat_tests::TestCgroup, &str)],
-    threads: &str,
-    secs: &str,
-) -> Vec<u64> {
+fn spin_in(cgroups: &[(&schedlat_tests::TestCgroup, &str)], threads: &str, secs: &str) -> Vec<u64> {
     let mut spins: Vec<Workload> = cgroups
         .iter()
         .map(|(cg, cpu)| {
@@ -970,8 +969,11 @@ fn preemptors_beyond_the_cap_fold_into_other_and_are_counted() {
     let cfg = dir.join("fold.toml");
     std::fs::write(&cfg, "preemptors_per_cgroup = 1\n").unwrap();
     let d = Daemon::start_with(&["--config", cfg.to_str().unwrap()]);
-    let folded_before = sample(&get(&d.addr, "/metrics").unwrap(), "schedlat_preemptors_folded")
-        .unwrap_or(0.0);
+    let folded_before = sample(
+        &get(&d.addr, "/metrics").unwrap(),
+        "schedlat_preemptors_folded",
+    )
+    .unwrap_or(0.0);
     // A's two neighbours, B and C, on its CPU.
     let (a, b, c) = (
         schedlat_tests::TestCgroup::create("foldA"),
@@ -1031,7 +1033,10 @@ fn preemptors_beyond_the_cap_fold_into_other_and_are_counted() {
                 || ids.contains(&dumped_int(e, "key", "by_cgroup_id", 8, 8))
         })
         .collect();
-    assert!(left.is_empty(), "PREEMPTS entries of removed cgroups: {left:?}");
+    assert!(
+        left.is_empty(),
+        "PREEMPTS entries of removed cgroups: {left:?}"
+    );
     assert!(d.stop().success());
     std::fs::remove_dir_all(&dir).unwrap();
 }

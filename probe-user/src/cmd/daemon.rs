@@ -214,9 +214,7 @@ impl AppState {
             retired_cgroups: keeper.retired_count(),
         };
         let mut fams = metrics::families(&snap, &input, cap, |id| cgroups.name(id));
-        fams.extend(preemptors.families(&snap.preempts, |id| {
-            cap.label(id, |id| cgroups.name(id))
-        }));
+        fams.extend(preemptors.families(&snap.preempts, |id| cap.label(id, |id| cgroups.name(id))));
         if let Some(go) = go {
             go.scrape();
             fams.extend(go.families());

@@ -216,9 +216,9 @@ impl Preemptors {
         let mut by_victim: BTreeMap<&str, BTreeMap<&str, u64>> = BTreeMap::new();
         for ((cg, by), n) in &counts {
             by_victim
-            .entry(cg.as_str())
-            .or_default()
-            .insert(by.as_str(), *n);
+                .entry(cg.as_str())
+                .or_default()
+                .insert(by.as_str(), *n);
         }
         self.victims
             .retain(|cg, _| by_victim.contains_key(cg.as_str()));
@@ -227,12 +227,11 @@ impl Preemptors {
         for (cg, now) in &by_victim {
             let v = self.victims.entry(cg.to_string()).or_default();
             v.update(now, self.keep);
-            let mut kept: Vec<(&String, u64)> = v
-                .by
-                .iter()
-                .filter(|(_, s)| s.kept)
-                .map(|(b, s)| (b, s.count.saturating_sub(s.offset)))
-                .collect();
+            let mut kept: Vec<(&String, u64)> =
+                v.by.iter()
+                    .filter(|(_, s)| s.kept)
+                    .map(|(b, s)| (b, s.count.saturating_sub(s.offset)))
+                    .collect();
             kept.sort();
             for (by, n) in kept {
                 metrics.push(counter(pair_labels(cg, by), n as f64));
@@ -390,18 +389,30 @@ mod tests {
         assert_eq!((s["/cg2"], s["other"]), (10.0, 19.0));
         // cg3 at 20: promoted, its own series from 0; cg2 folded from its 10 on.
         let (s, folded) = scrape(&mut p, &[(key(1, 2), 10), (key(1, 3), 20)], "/cg1");
-        assert_eq!(s, BTreeMap::from([("/cg3".into(), 0.0), ("other".into(), 20.0)]));
+        assert_eq!(
+            s,
+            BTreeMap::from([("/cg3".into(), 0.0), ("other".into(), 20.0)])
+        );
         assert_eq!(folded, 1.0);
         // Both grow: each increase lands in one series, other never decreased.
         let (s, _) = scrape(&mut p, &[(key(1, 2), 13), (key(1, 3), 27)], "/cg1");
-        assert_eq!(s, BTreeMap::from([("/cg3".into(), 7.0), ("other".into(), 23.0)]));
+        assert_eq!(
+            s,
+            BTreeMap::from([("/cg3".into(), 7.0), ("other".into(), 23.0)])
+        );
         // The folded preemptor goes (removed, past its ttl): what it added stays in other.
         let (s, folded) = scrape(&mut p, &[(key(1, 3), 27)], "/cg1");
-        assert_eq!(s, BTreeMap::from([("/cg3".into(), 7.0), ("other".into(), 23.0)]));
+        assert_eq!(
+            s,
+            BTreeMap::from([("/cg3".into(), 7.0), ("other".into(), 23.0)])
+        );
         assert_eq!(folded, 0.0);
         // A newcomer with no room is folded from its first count.
         let (s, folded) = scrape(&mut p, &[(key(1, 3), 28), (key(1, 4), 2)], "/cg1");
-        assert_eq!(s, BTreeMap::from([("/cg3".into(), 8.0), ("other".into(), 25.0)]));
+        assert_eq!(
+            s,
+            BTreeMap::from([("/cg3".into(), 8.0), ("other".into(), 25.0)])
+        );
         assert_eq!(folded, 1.0);
     }
 
@@ -432,7 +443,13 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Preemptors::new(5, Duration::ZERO);
         // Two cgroups folded into cgroup="other" by the label cap, both preempted by cg1.
-        let label = |id: u64| if id >= 10 { OTHER.to_string() } else { name(id) };
+        let label = |id: u64| {
+            if id >= 10 {
+                OTHER.to_string()
+            } else {
+                name(id)
+            }
+        };
         let s = |p: &mut Preemptors, live: &[(PreemptKey, u64)]| {
             parse(&encode(&p.families(live, label)).unwrap())
                 .into_iter()

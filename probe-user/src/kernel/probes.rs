@@ -12,8 +12,8 @@ use aya::{
     },
 };
 use schedlat_common::{
-    Config, CpuStat, GoConfig, Hist, HistKey, PreemptKey, RunqHists, SlowEvent, TaskStat, WakeCount,
-    WakePair, drop_reason, flags, futex_outcome, go, kind,
+    Config, CpuStat, GoConfig, Hist, HistKey, PreemptKey, RunqHists, SlowEvent, TaskStat,
+    WakeCount, WakePair, drop_reason, flags, futex_outcome, go, kind,
 };
 use tracing::{debug, warn};
 
