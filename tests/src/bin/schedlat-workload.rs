@@ -399,6 +399,15 @@ mod linux {
             .with_context(|| format!("no nonvoluntary_ctxt_switches in {s:?}"))
     }
 
+    /// getrusage(RUSAGE_SELF).ru_nivcsw: the kernel's count of involuntary switches of every
+    /// thread of this process, exited ones included.
+    fn process_nivcsw() -> u64 {
+        // SAFETY: rusage is plain data, filled by the kernel.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+        ru.ru_nivcsw as u64
+    }
+
     // ---------------------------------------------------------------- spin
 
     fn spin(threads: u32, cpu: usize, secs: f64, kernel: bool) -> Result<Value> {
@@ -482,6 +491,9 @@ mod linux {
             }
         }
         let tid_list: Vec<u32> = tids.iter().map(|t| t.load(SeqCst)).collect();
+        // The whole process's involuntary switches from here (every thread pinned, before the
+        // test moves it into a cgroup) until all spinners are joined, exited ones included.
+        let nivcsw_start = process_nivcsw();
         ready_then_wait(json!({ "tids": tid_list }))?;
         for g in &gates {
             g.open()?;
@@ -510,7 +522,14 @@ mod linux {
                 "nonvoluntary_switches": nivcsw_after.saturating_sub(nivcsw_before),
             }));
         }
-        Ok(json!({ "threads": out, "cpu": cpu, "secs": secs, "kernel": kernel }))
+        let process_nivcsw = process_nivcsw().saturating_sub(nivcsw_start);
+        Ok(json!({
+            "threads": out,
+            "cpu": cpu,
+            "secs": secs,
+            "kernel": kernel,
+            "process_nonvoluntary_switches": process_nivcsw,
+        }))
     }
 
     // ---------------------------------------------------------------- futex
