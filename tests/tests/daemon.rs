@@ -905,13 +905,13 @@ fn spin_in(cgroups: &[(&schedlat_tests::TestCgroup, &str)], threads: &str, secs:
 
 /// A cgroup's series add up to the kernel's own count of its involuntary switches. After the
 /// count's end, still in the cgroup, the main thread printing its result and the spinners'
-/// last steps of exiting may add a few.
+/// last steps of exiting may add a few (up to 8 seen on PREEMPT_RT, 1 to 4 elsewhere).
 fn assert_matches_nivcsw(cg: &str, series: &std::collections::BTreeMap<String, f64>, nivcsw: u64) {
     let sum: f64 = series.values().sum();
     let n = nivcsw as f64;
     println!("figure: {cg}: {sum} involuntary switches by schedlat, {n} by the kernel (nivcsw)");
     assert!(
-        n >= 20.0 && sum >= n * 0.98 - 2.0 && sum <= n * 1.02 + 5.0,
+        n >= 20.0 && sum >= n * 0.98 - 2.0 && sum <= n * 1.02 + 10.0,
         "{cg}: schedlat counts {sum} involuntary switches {series:?}, the kernel {n}"
     );
 }
