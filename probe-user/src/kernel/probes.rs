@@ -12,8 +12,8 @@ use aya::{
     },
 };
 use schedlat_common::{
-    Config, CpuStat, GoConfig, Hist, HistKey, RunqHists, SlowEvent, TaskStat, WakeCount, WakePair,
-    flags, go, kind,
+    Config, CpuStat, GoConfig, Hist, HistKey, PreemptKey, RunqHists, SlowEvent, TaskStat,
+    WakeCount, WakePair, flags, go, kind,
 };
 use tracing::{debug, warn};
 
@@ -159,6 +159,8 @@ pub struct ProbeOptions {
     /// Tests: per-task state in the hash map (RUNQ_START) of the build for kernels without
     /// task storage, even where the kernel has it.
     pub hash_stamps: bool,
+    /// Count involuntary switches by (cgroup, preempting cgroup) (the daemon).
+    pub preemptors: bool,
 }
 
 /// Where the Go uprobe goes and what it needs to know (crate::goruntime::events::EventPlan).
@@ -199,6 +201,7 @@ impl Default for ProbeOptions {
             btf: PathBuf::from("/sys/kernel/btf/vmlinux"),
             go_events: None,
             hash_stamps: false,
+            preemptors: false,
         }
     }
 }
@@ -216,6 +219,8 @@ pub struct Probes {
     pub features: KernelFeatures,
     /// Per-task state in task-local storage (else in RUNQ_START).
     task_storage: bool,
+    /// PREEMPTS is in use (the daemon).
+    preemptors: bool,
     /// The programs' aya-log records (with --log debug only), logged at each snapshot.
     kernel_log: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
@@ -359,6 +364,9 @@ impl Probes {
         if opts.slow_threshold.is_some() {
             f |= flags::SLOW_EVENTS;
         }
+        if opts.preemptors {
+            f |= flags::PREEMPTORS;
+        }
         let (mut regs_syscall_nr, mut regs_arg2, mut nrs) = (0, 0, (u32::MAX, u32::MAX, u32::MAX));
         if futex == FutexMode::Sched {
             let (Some(n), Some(a), Some(s)) =
@@ -430,6 +438,7 @@ impl Probes {
                 "WAKE_PAIRS",
                 if opts.track_tasks { s.wake_pairs } else { 1 },
             )
+            .map_max_entries("PREEMPTS", if opts.preemptors { s.preempts } else { 1 })
             .map_max_entries("FILTER_TGID", filter_tgid)
             .map_max_entries("FILTER_CG", filter_cg);
         let go_cfg = opts.go_events.as_ref().map_or(
@@ -598,6 +607,7 @@ impl Probes {
         let sizes = MapSizes {
             tasks: if opts.track_tasks { s.tasks } else { 1 },
             wake_pairs: if opts.track_tasks { s.wake_pairs } else { 1 },
+            preempts: if opts.preemptors { s.preempts } else { 1 },
             ..s
         };
         Ok(Self {
@@ -609,6 +619,7 @@ impl Probes {
             futex,
             features,
             task_storage,
+            preemptors: opts.preemptors,
             kernel_log,
         })
     }
@@ -710,6 +721,24 @@ impl Probes {
         Ok(())
     }
 
+    /// Delete the involuntary-switch counts of pairs with a removed cgroup (PREEMPTS). Missing
+    /// keys are not an error.
+    pub fn remove_preempts(&mut self, keys: &[PreemptKey]) -> Result<(), ProbeError> {
+        let mut m: BpfHashMap<_, PreemptKey, u64> = map_mut(&mut self.ebpf, "PREEMPTS")?;
+        for k in keys {
+            match m.remove(k) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => {
+                    return Err(ProbeError::Map {
+                        map: "PREEMPTS",
+                        detail: format!("delete: {e}"),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Log what the programs reported (kernel-side diagnostics; debug level).
     pub fn flush_kernel_log(&mut self) {
         if let Some(l) = self.kernel_log.as_mut() {
@@ -776,6 +805,13 @@ impl Probes {
             .push(("TASK_STATS", snap.tasks.len(), self.sizes.tasks));
         snap.map_entries
             .push(("WAKE_PAIRS", snap.wake_pairs.len(), self.sizes.wake_pairs));
+        if self.preemptors {
+            // Only the daemon deletes entries (of removed cgroups), never during this walk.
+            let preempts: BpfHashMap<_, PreemptKey, u64> = map_ref(&self.ebpf, "PREEMPTS")?;
+            snap.preempts = preempts.iter().filter_map(Result::ok).collect();
+            snap.map_entries
+                .push(("PREEMPTS", snap.preempts.len(), self.sizes.preempts));
+        }
 
         let cpu: PerCpuArray<_, CpuStat> = map_ref(&self.ebpf, "CPU_STATS")?;
         let per_cpu = cpu.get(&0, 0).map_err(|e| ProbeError::Map {

@@ -77,6 +77,8 @@ pub fn since(now: &RawSnapshot, prev: &RawSnapshot) -> RawSnapshot {
             (Some(n), Some(p)) => Some(go_since(n, p)),
             (n, _) => n.clone(),
         },
+        // The daemon's only (never in a capture's windows).
+        preempts: Vec::new(),
     }
 }
 
