@@ -141,6 +141,17 @@ pub struct RawSnapshot {
     pub go: Option<GoRaw>,
     /// Involuntary switches by (cgroup, preempting cgroup) (the daemon).
     pub preempts: Vec<(PreemptKey, u64)>,
+    /// The kernel's run-time accounting of each attached program, by program name (empty
+    /// unless `ProbeOptions::run_stats` and the kernel has BPF_ENABLE_STATS, 5.8+).
+    pub programs: Vec<(String, ProgStats)>,
+}
+
+/// What the kernel counted for one program while its statistics were on (bpf_prog_info
+/// run_time_ns and run_cnt: every run, on every CPU).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProgStats {
+    pub run_time_ns: u64,
+    pub run_count: u64,
 }
 
 /// The Go maps at one instant (captures with `kernel::probes::ProbeOptions::go_events`).

@@ -23,7 +23,9 @@ use crate::{
     kernel::btf::{BtfError, KernelBtf},
     kernel::features::{Feature, KernelFeatures, MissingFeature},
     kernel::tracefs::{Tracefs, TracefsError},
-    model::{Attached, ClassOf, Classify, ErrorClass, FutexMode, GoRaw, MapSizes, RawSnapshot},
+    model::{
+        Attached, ClassOf, Classify, ErrorClass, FutexMode, GoRaw, MapSizes, ProgStats, RawSnapshot,
+    },
 };
 
 /// The compiled eBPF object (probe-ebpf), built by build.rs.
@@ -161,6 +163,9 @@ pub struct ProbeOptions {
     pub hash_stamps: bool,
     /// Count involuntary switches by (cgroup, preempting cgroup) (the daemon).
     pub preemptors: bool,
+    /// Turn on the kernel's run-time accounting of BPF programs (BPF_ENABLE_STATS) while the
+    /// programs are loaded, so that snapshots carry their own cost (captures).
+    pub run_stats: bool,
 }
 
 /// Where the Go uprobe goes and what it needs to know (crate::goruntime::events::EventPlan).
@@ -202,6 +207,7 @@ impl Default for ProbeOptions {
             go_events: None,
             hash_stamps: false,
             preemptors: false,
+            run_stats: false,
         }
     }
 }
@@ -223,6 +229,9 @@ pub struct Probes {
     preemptors: bool,
     /// The programs' aya-log records (with --log debug only), logged at each snapshot.
     kernel_log: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// Holds the kernel's BPF run-time accounting on ([`ProbeOptions::run_stats`]): it ends
+    /// when this descriptor closes, with the programs.
+    run_stats: Option<std::os::fd::OwnedFd>,
 }
 
 const CAP_SYS_ADMIN: u64 = 21;
@@ -512,6 +521,24 @@ impl Probes {
             }
         }
 
+        // On before the first attach, so that every run is counted. Not fatal: the report
+        // just has no cost then.
+        let run_stats = if opts.run_stats {
+            match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    warn!(
+                        error = %e,
+                        "the kernel's BPF run-time accounting (BPF_ENABLE_STATS, Linux 5.8+) \
+                         could not be turned on: the report will not state its own cost"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+
         let mut attached = Vec::new();
         let btf = Btf::from_sys_fs().map_err(|e| {
             ProbeError::Btf(BtfError::Other(format!(
@@ -621,6 +648,7 @@ impl Probes {
             task_storage,
             preemptors: opts.preemptors,
             kernel_log,
+            run_stats,
         })
     }
 
@@ -746,9 +774,40 @@ impl Probes {
         }
     }
 
+    /// The kernel's run-time accounting of each attached program (empty without
+    /// [`ProbeOptions::run_stats`]). A program attached at several sites is one program.
+    fn program_stats(&self) -> Vec<(String, ProgStats)> {
+        if self.run_stats.is_none() {
+            return Vec::new();
+        }
+        let mut out: Vec<(String, ProgStats)> = Vec::new();
+        for a in self.attached.iter().filter(|a| a.attached) {
+            if out.iter().any(|(n, _)| *n == a.program) {
+                continue;
+            }
+            let Some(p) = self.ebpf.program(&a.program) else {
+                continue;
+            };
+            match p.info() {
+                Ok(i) => out.push((
+                    a.program.clone(),
+                    ProgStats {
+                        run_time_ns: i.run_time().as_nanos() as u64,
+                        run_count: i.run_count(),
+                    },
+                )),
+                Err(e) => debug!(program = %a.program, error = %e, "no program info"),
+            }
+        }
+        out
+    }
+
     /// Read every map.
     pub fn snapshot(&self) -> Result<RawSnapshot, ProbeError> {
-        let mut snap = RawSnapshot::default();
+        let mut snap = RawSnapshot {
+            programs: self.program_stats(),
+            ..Default::default()
+        };
         let hists: BpfHashMap<_, HistKey, Hist> = map_ref(&self.ebpf, "HISTS")?;
         // Entries are never deleted by the kernel, so an error here is transient; skip it.
         for (k, v) in hists.iter().flatten() {
