@@ -55,7 +55,7 @@ fn main() {
     // kernels without task storage in tracing programs (feature hash-stamps).
     /// (cargo arguments, [(bin built, name in OUT_DIR)]).
     type Build<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)]);
-    let builds: [Build; 2] = [
+    let builds: [Build; 3] = [
         (
             &["--bins"],
             &[
@@ -66,6 +66,11 @@ fn main() {
         (
             &["--bin", "schedlat-probes", "--features", "hash-stamps"],
             &[("schedlat-probes", "schedlat-probes-hash")],
+        ),
+        // The benchmark's: the same programs with every log call compiled out.
+        (
+            &["--bin", "schedlat-probes", "--features", "no-log"],
+            &[("schedlat-probes", "schedlat-probes-nolog")],
         ),
     ];
     for (args, outputs) in builds {

@@ -4,6 +4,7 @@
 use core::{borrow::Borrow, ptr::read_volatile};
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_probe_read_kernel, maps::HashMap};
+#[cfg(not(feature = "no-log"))]
 use aya_log_ebpf::debug;
 use schedlat_common::{COMM_LEN, Hist, HistKey, bucket_index, drop_reason, flags};
 
@@ -30,6 +31,7 @@ pub(crate) fn count_drop(reason: u32) {
     if let Some(p) = DROPS.get_ptr_mut(reason) {
         unsafe { *p += 1 };
     }
+    #[cfg(not(feature = "no-log"))]
     if aya_log_ebpf::macro_support::level_enabled(aya_log_ebpf::macro_support::Level::Debug)
         && first(reason)
     {

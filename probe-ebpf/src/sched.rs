@@ -15,6 +15,7 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
+#[cfg(not(feature = "no-log"))]
 use aya_log_ebpf::debug;
 use schedlat_common::{
     COMM_LEN, HistKey, PreemptKey, RunqHists, RunqStart, SlowEvent, TaskStat, WakeCount, WakePair,
@@ -244,6 +245,7 @@ pub(crate) fn on_switch(
     // there: bpf_ktime_get_ns (ktime_get_mono_fast_ns) is not guaranteed ordered across
     // CPUs. Its delay is ~0, and it must still count: saturate, never drop.
     let delay = now.saturating_sub(ts);
+    #[cfg(not(feature = "no-log"))]
     if now < ts
         && aya_log_ebpf::macro_support::level_enabled(aya_log_ebpf::macro_support::Level::Debug)
         && first(LOGGED_CLOCK)

@@ -160,6 +160,10 @@ pub struct DaemonArgs {
     /// [default: the config's `web_config`, else plain HTTP without auth].
     #[arg(long = "web.config.file", value_name = "FILE")]
     pub web_config: Option<PathBuf>,
+    /// Benchmark only (`cargo xtask bench`): load the programs with every kernel log call
+    /// compiled out, to compare with the default (logger off).
+    #[arg(long, hide = true)]
+    pub bench_no_log: bool,
 }
 
 #[derive(Debug, Args)]

@@ -308,6 +308,7 @@ pub fn run(cli: &Cli, a: &DaemonArgs) -> anyhow::Result<()> {
         track_tasks: false,
         preemptors: true,
         futex: cfg.futex,
+        no_log: a.bench_no_log,
         map_sizes: cfg.maps,
         tracefs: cli.tracefs.clone(),
         btf: cli.btf.clone(),

@@ -34,6 +34,10 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sc
 /// storage in tracing programs (probe-ebpf feature hash-stamps; features::Feature::TaskStorage).
 static OBJECT_HASH: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/schedlat-probes-hash"));
+/// The benchmark's proof that log sites cost nothing with the logger off: the programs with
+/// every aya-log call compiled out (probe-ebpf feature no-log; `daemon --bench-no-log`).
+static OBJECT_NOLOG: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/schedlat-probes-nolog"));
 /// The benchmark's floor (probe-ebpf/src/floor.rs): the same hooks with empty bodies.
 static FLOOR_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/schedlat-floor"));
@@ -163,6 +167,9 @@ pub struct ProbeOptions {
     pub hash_stamps: bool,
     /// Count involuntary switches by (cgroup, preempting cgroup) (the daemon).
     pub preemptors: bool,
+    /// Benchmark only: load the programs with their log calls compiled out (task storage
+    /// kernels; no kernel log then).
+    pub no_log: bool,
     /// Turn on the kernel's run-time accounting of BPF programs (BPF_ENABLE_STATS) while the
     /// programs are loaded, so that snapshots carry their own cost (captures).
     pub run_stats: bool,
@@ -207,6 +214,7 @@ impl Default for ProbeOptions {
             go_events: None,
             hash_stamps: false,
             preemptors: false,
+            no_log: false,
             run_stats: false,
         }
     }
@@ -465,9 +473,10 @@ impl Probes {
         loader.override_global("GO_CONFIG", &go_cfg, true);
         // The programs' diagnostics (aya-log) only when someone reads them: at level 0 the
         // verifier removes every log site (the global is read-only data).
-        let kernel_log = tracing::enabled!(tracing::Level::DEBUG);
+        let no_log = opts.no_log && task_storage;
+        let kernel_log = tracing::enabled!(tracing::Level::DEBUG) && !no_log;
         let log_level: u8 = if kernel_log { 4 } else { 0 }; // aya_log_common::Level::Debug
-        loader.override_global("AYA_LOG_LEVEL", &log_level, true);
+        loader.override_global("AYA_LOG_LEVEL", &log_level, !no_log);
         if opts.go_events.is_none() {
             // Not a Go capture: no ~450 KiB of Go histograms in the daemon.
             loader
@@ -487,7 +496,11 @@ impl Probes {
         // aya has no userspace type for task storage (TASK_STORE); nothing here reads it.
         loader.allow_unsupported_maps();
         let mut ebpf = loader
-            .load(if task_storage { OBJECT } else { OBJECT_HASH })
+            .load(match (task_storage, no_log) {
+                (true, true) => OBJECT_NOLOG,
+                (true, false) => OBJECT,
+                (false, _) => OBJECT_HASH,
+            })
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
 
         // Every run-queue histogram slot is free; in before anything is attached.

@@ -139,7 +139,7 @@ fn with_floor(bin: &Path, w: &Workload) -> Result<Sample> {
 }
 
 /// Run the workload under a started tracer: throughput, the tracer's CPU, its programs' stats.
-fn traced_run(
+pub(super) fn traced_run(
     tracer: &mut Tracer,
     w: &Workload,
     sig: libc::c_int,

@@ -26,6 +26,7 @@ use anyhow::{Context, Result, bail};
 use crate::{cmd::is_root, release::build, setup, ws::Workspace};
 
 mod arms;
+mod cost;
 mod daemon;
 mod goserver;
 mod pingpong;
@@ -78,11 +79,14 @@ pub fn bench(ws: &Workspace, args: Args) -> Result<()> {
     }
     let workloads = workload::workloads(quick);
     let results = runner::run(ws, &bin, &workloads, pairs)?;
+    println!("\n==> kernel log sites and a capture's own cost, pinned pipe");
+    let self_cost = cost::self_cost(&bin, &workloads[0], pairs.min(3))?;
     let daemon = daemon::daemon_cost(&bin, quick)?;
     let pp = pingpong::go_pingpong_cost(ws, &bin, pairs, quick)?;
     let go = goserver::go_server_cost(ws, &bin, pairs, quick)?;
 
     let mut report = report::render(&workloads, &results, pairs, quick);
+    cost::render(&mut report, &self_cost);
     daemon::render_daemon(&mut report, &daemon);
     pingpong::render_pingpong(&mut report, &pp);
     goserver::render_go(&mut report, &go);

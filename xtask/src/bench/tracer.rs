@@ -108,7 +108,7 @@ impl Tracer {
         Ok(progs)
     }
 
-    fn tail(&self) -> String {
+    pub(super) fn tail(&self) -> String {
         self.tail
             .lock()
             .unwrap()
@@ -222,7 +222,7 @@ pub(super) fn bpf_ns_per_switch(progs: &BpfProgs) -> f64 {
 /// IDs of the BPF programs process `pid` holds, as program fds or as BPF link fds, from
 /// /proc/<pid>/fd and fdinfo. This is what `bpftool prog show` reports as "pids", which bpftool
 /// builds without skeletons (Debian 12's bpftool 7.1) leave out.
-fn prog_ids_of(pid: u32) -> Result<BTreeSet<u64>> {
+pub(super) fn prog_ids_of(pid: u32) -> Result<BTreeSet<u64>> {
     let dir = format!("/proc/{pid}/fd");
     let mut ids = BTreeSet::new();
     for entry in fs::read_dir(&dir).with_context(|| format!("list {dir}"))? {
