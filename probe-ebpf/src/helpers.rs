@@ -8,12 +8,15 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_probe_read_kernel, maps::Hash
 use aya_log_ebpf::debug;
 use schedlat_common::{COMM_LEN, Hist, HistKey, bucket_index, drop_reason, flags};
 
-use crate::maps::{DROPS, FILTER_CG, FILTER_TGID, HISTS, LOGGED, ZERO_HIST, cfg};
+#[cfg(not(feature = "no-log"))]
+use crate::maps::LOGGED;
+use crate::maps::{DROPS, FILTER_CG, FILTER_TGID, HISTS, ZERO_HIST, cfg};
 
 /// Kernel-side diagnostics go through aya-log at debug level. The loader sets AYA_LOG_LEVEL
 /// (read-only data) to 0 unless schedlat logs at debug, so the verifier removes the log code
 /// and the LOGGED update (callers test the level before calling this, for that reason); a
 /// load and a compare per site stay. Each kind is logged the first time it happens only.
+#[cfg(not(feature = "no-log"))]
 #[inline(always)]
 pub(crate) fn first(slot: u32) -> bool {
     match LOGGED.get_ptr_mut(slot) {

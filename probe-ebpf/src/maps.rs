@@ -134,4 +134,5 @@ pub(crate) fn cfg_flags() -> u32 {
 #[map]
 pub(crate) static LOGGED: Array<u32> = Array::with_max_entries(drop_reason::COUNT as u32 + 1, 0);
 /// LOGGED's slot for "a clock read earlier than the stamp it is compared with".
+#[cfg(not(feature = "no-log"))]
 pub(crate) const LOGGED_CLOCK: u32 = drop_reason::COUNT as u32;

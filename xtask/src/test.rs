@@ -254,7 +254,11 @@ fn header(step: &str) {
 /// (core built from rust-src), with and without its `hash-stamps` feature (the 5.10 build).
 fn lint_ebpf(ws: &Workspace) -> Result<()> {
     let nightly = crate::nightly::ensure_with_clippy()?;
-    for features in [&[][..], &["--features", "hash-stamps"][..]] {
+    for features in [
+        &[][..],
+        &["--features", "hash-stamps"][..],
+        &["--features", "no-log"][..],
+    ] {
         let mut c = Command::new("rustup");
         c.current_dir(&ws.root)
             // The outer (stable) cargo's settings must not leak into the nightly one.
