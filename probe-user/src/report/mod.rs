@@ -579,6 +579,40 @@ mod tests {
     }
 
     #[test]
+    fn cost_is_per_switch_per_futex_exit_and_per_go_hit() {
+        let p = |name: &str, run_time_ns, run_count| {
+            (
+                name.to_string(),
+                ProgStats {
+                    run_time_ns,
+                    run_count,
+                },
+            )
+        };
+        assert_eq!(cost(&[]), None);
+        // The scheduler programs' time over sched_switch runs; futex programs' over exits.
+        let c = cost(&[
+            p("sched_switch", 1_000, 10),
+            p("sched_wakeup", 500, 5),
+            p("sched_waking", 500, 5),
+            p("sys_enter_futex", 300, 4),
+            p("sys_exit_futex", 100, 2),
+        ])
+        .unwrap();
+        assert_eq!((c.switches, c.ns_per_switch), (10, 200.0));
+        assert_eq!((c.futex_exits, c.ns_per_futex_exit), (Some(2), Some(200.0)));
+        assert_eq!((c.go_probe_hits, c.ns_per_go_probe_hit), (None, None));
+        assert_eq!(c.programs["sched_wakeup"].ns_per_run, 100.0);
+        let c = cost(&[p("sched_switch", 0, 0), p("go_casgstatus", 900, 3)]).unwrap();
+        assert_eq!(c.ns_per_switch, 0.0, "no run, no division by zero");
+        assert_eq!(
+            (c.go_probe_hits, c.ns_per_go_probe_hit),
+            (Some(3), Some(300.0))
+        );
+        assert_eq!(c.futex_exits, None);
+    }
+
+    #[test]
     fn aggregates_causes_ops_cgroups_and_drops() {
         let snap = snapshot();
         let r = build(
