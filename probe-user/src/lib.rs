@@ -27,12 +27,12 @@ pub fn run() -> anyhow::Result<()> {
     let cli = <cli::Cli as clap::Parser>::parse();
     init_logging(cli.log_filter())?;
     match &cli.command {
-        cli::Command::Capture(a) => crate::cmd::capture::run(&cli, a),
-        cli::Command::Daemon(a) => crate::cmd::daemon::run(&cli, a),
-        cli::Command::GoStats(a) => crate::cmd::go_stats::run(a),
-        cli::Command::Check(a) => crate::cmd::check::run(&cli, a),
-        cli::Command::Top(a) => crate::cmd::top::run(&cli, a),
-        cli::Command::BenchFloor(a) => crate::cmd::floor::run(a),
+        cli::Command::Capture(a) => cmd::capture::run(&cli, a),
+        cli::Command::Daemon(a) => cmd::daemon::run(&cli, a),
+        cli::Command::GoStats(a) => cmd::go_stats::run(a),
+        cli::Command::Check(a) => cmd::check::run(&cli, a),
+        cli::Command::Top(a) => cmd::top::run(&cli, a),
+        cli::Command::BenchFloor(a) => cmd::floor::run(a),
     }
 }
 

@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use crate::cmd::{cmdline, is_root, run_cmd};
 
 /// Debian packages needed for one purpose.
-pub struct Group {
+pub(crate) struct Group {
     pub name: &'static str,
     pub why: &'static str,
     pub packages: &'static [&'static str],
@@ -22,7 +22,7 @@ pub struct Group {
 static APT_UPDATED: AtomicBool = AtomicBool::new(false);
 
 /// Install whichever packages of `groups` are not installed yet.
-pub fn ensure_packages(groups: &[&Group]) -> Result<()> {
+pub(crate) fn ensure_packages(groups: &[&Group]) -> Result<()> {
     let mut missing = Vec::new();
     for g in groups {
         for &pkg in g.packages {
@@ -89,7 +89,7 @@ fn is_installed(pkg: &str) -> Result<bool> {
         && String::from_utf8_lossy(&out.stdout).trim() == "install ok installed")
 }
 
-pub fn require_root(what: &str) -> Result<()> {
+pub(crate) fn require_root(what: &str) -> Result<()> {
     if !is_root() {
         bail!("{what}: run as root (apt-get/mount need it), e.g. `sudo -E cargo xtask setup`");
     }
@@ -99,7 +99,7 @@ pub fn require_root(what: &str) -> Result<()> {
 // ---- Packages for tests, not for this machine: a private apt (own sources, lists, cache) ----
 
 /// The private apt configuration's arguments, rooted at `dir`.
-pub fn private_opts(dir: &Path) -> Vec<String> {
+pub(crate) fn private_opts(dir: &Path) -> Vec<String> {
     vec![
         format!(
             "-oDir::Etc::sourcelist={}",
@@ -115,7 +115,7 @@ pub fn private_opts(dir: &Path) -> Vec<String> {
 }
 
 /// The Debian archive this machine's apt uses (the first `.../debian` URI of its sources).
-pub fn debian_mirror() -> Result<String> {
+pub(crate) fn debian_mirror() -> Result<String> {
     let mut texts = vec![fs::read_to_string("/etc/apt/sources.list").unwrap_or_default()];
     if let Ok(rd) = fs::read_dir("/etc/apt/sources.list.d") {
         for e in rd.flatten() {
@@ -138,7 +138,13 @@ pub fn debian_mirror() -> Result<String> {
 
 /// Download `package` at exactly `version` from `suite` through the private apt state under
 /// `dir` (the machine's apt sources stay untouched) and unpack it into `into`.
-pub fn fetch_deb(dir: &Path, suite: &str, package: &str, version: &str, into: &Path) -> Result<()> {
+pub(crate) fn fetch_deb(
+    dir: &Path,
+    suite: &str,
+    package: &str,
+    version: &str,
+    into: &Path,
+) -> Result<()> {
     for d in ["lists/partial", "cache/archives/partial"] {
         fs::create_dir_all(dir.join(d))?;
     }

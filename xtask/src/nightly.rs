@@ -14,7 +14,7 @@ const NIGHTLY_COMMIT_DATE: &str = "2026-05-19";
 
 /// The installed toolchain that is the pinned nightly: `nightly-2026-05-19` if installed by
 /// that name, else the preinstalled `nightly` channel when it is that build.
-pub fn ensure() -> Result<String> {
+pub(crate) fn ensure() -> Result<String> {
     for name in [NIGHTLY, "nightly"] {
         let out = probe(
             Command::new("rustup")
@@ -49,7 +49,7 @@ pub fn ensure() -> Result<String> {
 }
 
 /// `ensure()`, plus the components clippy on the eBPF crate needs (rust-src for build-std).
-pub fn ensure_with_clippy() -> Result<String> {
+pub(crate) fn ensure_with_clippy() -> Result<String> {
     let name = ensure()?;
     run_cmd(
         Command::new("rustup")

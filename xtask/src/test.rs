@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{cmd::cmdline, cmd::is_root, cmd::run_cmd, fuzz, gofix, image, setup, ws::Workspace};
 
-pub fn test(ws: &Workspace, args: &[String]) -> Result<()> {
+pub(crate) fn test(ws: &Workspace, args: &[String]) -> Result<()> {
     header("setup");
     // setup also builds the Go fixtures (tests/go) that unit and integration tests read.
     setup::setup(ws)?;
