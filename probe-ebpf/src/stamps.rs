@@ -26,7 +26,7 @@ mod storage {
     use schedlat_common::{drop_reason, flags, kind};
 
     use super::RunqStart;
-    use crate::count_drop;
+    use crate::helpers::count_drop;
 
     /// A BTF-defined task storage map, in the layout libbpf and aya's loader read from
     /// `.maps` (the same as aya-ebpf's own SkStorage/CgrpStorage, which has no task storage
@@ -156,7 +156,7 @@ mod hash {
     use schedlat_common::{drop_reason, flags, kind};
 
     use super::RunqStart;
-    use crate::count_drop;
+    use crate::helpers::count_drop;
 
     /// task_struct address -> when it became runnable. Keyed by task, not tid: an exiting
     /// task's tid is freed (release_task, in exit_notify or the parent's wait) before its last

@@ -1263,8 +1263,11 @@ fn capture_go_probes_agree_with_the_runtime_and_see_known_blocking() {
                 ev["sched_latency"]["count"].as_u64().unwrap() + fast,
                 go["sched_latency"]["count"].as_u64().unwrap(),
             );
+            // An emulated guest on a busy host manages fewer round trips in the window (seen:
+            // 114 samples on 5.10); the shape's tolerance below grows with fewer samples.
+            let min_rt = if schedlat_tests::emulated() { 50 } else { 200 };
             assert!(
-                n_rt > 200 && n_ours >= 4 * n_rt && n_ours <= 16 * n_rt,
+                n_rt > min_rt && n_ours >= 4 * n_rt && n_ours <= 16 * n_rt,
                 "{what}: {n_ours} transitions vs {n_rt} runtime samples (x8 expected)"
             );
             // Tolerance: the runtime's fractions are binomial estimates from n_rt samples, so

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::cmd::{cmdline, is_root, run_cmd};
+use crate::cmd::{capture, cmdline, is_root, run_cmd};
 
 /// Debian packages needed for one purpose.
 pub(crate) struct Group {
@@ -98,24 +98,128 @@ pub(crate) fn require_root(what: &str) -> Result<()> {
 
 // ---- Packages for tests, not for this machine: a private apt (own sources, lists, cache) ----
 
-/// The private apt configuration's arguments, rooted at `dir`.
-pub(crate) fn private_opts(dir: &Path) -> Vec<String> {
-    vec![
-        format!(
-            "-oDir::Etc::sourcelist={}",
-            dir.join("sources.list").display()
-        ),
-        "-oDir::Etc::sourceparts=/dev/null".into(),
-        format!("-oDir::State::Lists={}", dir.join("lists").display()),
-        format!("-oDir::Cache={}", dir.join("cache").display()),
-        // Its own lists and cache: no lock on the machine's apt state is needed.
-        "-oDebug::NoLocking=1".into(),
-        "-oAPT::Sandbox::User=root".into(),
-    ]
+/// An apt configuration of its own under `dir` (sources, lists, cache): test kernels and
+/// programs come from the same Debian archive as the machine's packages, while the machine's
+/// apt state stays untouched.
+pub(crate) struct PrivateApt {
+    opts: Vec<String>,
+    debs: PathBuf,
+    hint: &'static str,
+}
+
+impl PrivateApt {
+    /// Lists `suites` of the machine's Debian archive under `dir` (one `apt-get update`).
+    /// `hint` says what makes reruns offline; it ends every download error.
+    pub(crate) fn new(dir: &Path, suites: &[&str], hint: &'static str) -> Result<Self> {
+        for d in ["lists/partial", "cache/archives/partial", "debs"] {
+            fs::create_dir_all(dir.join(d))?;
+        }
+        let key = "/usr/share/keyrings/debian-archive-keyring.gpg";
+        let mirror = debian_mirror()?;
+        let mut sources = String::new();
+        for (i, s) in suites.iter().enumerate() {
+            if !suites[..i].contains(s) {
+                sources.push_str(&format!("deb [signed-by={key}] {mirror} {s} main\n"));
+            }
+        }
+        fs::write(dir.join("sources.list"), sources)?;
+        let apt = Self {
+            opts: vec![
+                format!(
+                    "-oDir::Etc::sourcelist={}",
+                    dir.join("sources.list").display()
+                ),
+                "-oDir::Etc::sourceparts=/dev/null".into(),
+                format!("-oDir::State::Lists={}", dir.join("lists").display()),
+                format!("-oDir::Cache={}", dir.join("cache").display()),
+                // Its own lists and cache: no lock on the machine's apt state is needed.
+                "-oDebug::NoLocking=1".into(),
+                "-oAPT::Sandbox::User=root".into(),
+            ],
+            debs: dir.join("debs"),
+            hint,
+        };
+        let hint = format!("the Debian archive must be reachable; {hint}");
+        run_cmd(
+            apt.command("apt-get")
+                .args(["-q", "update"])
+                .stdout(Stdio::null()),
+            &hint,
+        )?;
+        Ok(apt)
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.args(&self.opts);
+        c
+    }
+
+    /// Whether the lists hold a version of `package` to download.
+    pub(crate) fn has(&self, package: &str) -> Result<bool> {
+        let policy = capture(self.command("apt-cache").args(["policy", package]))?;
+        Ok(policy.contains("Candidate:") && !policy.contains("Candidate: (none)"))
+    }
+
+    /// Names of the packages whose name matches the regex `pattern`.
+    pub(crate) fn search_names(&self, pattern: &str) -> Result<Vec<String>> {
+        let found = capture(
+            self.command("apt-cache")
+                .args(["search", "--names-only", pattern]),
+        )?;
+        Ok(found
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// Download `package` (`name` or `name=version`) and unpack it into `into`, replacing it;
+    /// the .deb itself is not kept.
+    pub(crate) fn unpack(&self, package: &str, into: &Path) -> Result<()> {
+        let name = package.split('=').next().unwrap_or(package);
+        run_cmd(
+            self.command("apt-get")
+                .current_dir(&self.debs)
+                .args(["-q", "download", package]),
+            &format!(
+                "the Debian archive must be reachable; {}; if the archive no longer has \
+                 {package}, update the pin",
+                self.hint
+            ),
+        )?;
+        // apt-get download names it name_version_arch.deb, with ':' in the version escaped.
+        let deb: PathBuf = fs::read_dir(&self.debs)?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{name}_")))
+            })
+            .with_context(|| {
+                format!(
+                    "apt-get download left no {name}_*.deb in {}",
+                    self.debs.display()
+                )
+            })?;
+        let mut tmp = into.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp)?;
+        run_cmd(
+            Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp),
+            "dpkg-deb is part of Debian's dpkg",
+        )?;
+        let _ = fs::remove_dir_all(into);
+        fs::rename(&tmp, into)?;
+        fs::remove_file(&deb)?;
+        Ok(())
+    }
 }
 
 /// The Debian archive this machine's apt uses (the first `.../debian` URI of its sources).
-pub(crate) fn debian_mirror() -> Result<String> {
+fn debian_mirror() -> Result<String> {
     let mut texts = vec![fs::read_to_string("/etc/apt/sources.list").unwrap_or_default()];
     if let Ok(rd) = fs::read_dir("/etc/apt/sources.list.d") {
         for e in rd.flatten() {
@@ -134,71 +238,4 @@ pub(crate) fn debian_mirror() -> Result<String> {
             "no Debian archive (a URI ending in /debian) in /etc/apt/sources.list{,.d}: the project \
              fetches test kernels and programs from the same archive",
         )
-}
-
-/// Download `package` at exactly `version` from `suite` through the private apt state under
-/// `dir` (the machine's apt sources stay untouched) and unpack it into `into`.
-pub(crate) fn fetch_deb(
-    dir: &Path,
-    suite: &str,
-    package: &str,
-    version: &str,
-    into: &Path,
-) -> Result<()> {
-    for d in ["lists/partial", "cache/archives/partial"] {
-        fs::create_dir_all(dir.join(d))?;
-    }
-    let key = "/usr/share/keyrings/debian-archive-keyring.gpg";
-    let mirror = debian_mirror()?;
-    fs::write(
-        dir.join("sources.list"),
-        format!("deb [signed-by={key}] {mirror} {suite} main\n"),
-    )?;
-    let opts = private_opts(dir);
-    let hint = "the Debian archive must be reachable; the unpacked package is cached, so reruns \
-                are offline";
-    run_cmd(
-        Command::new("apt-get")
-            .args(&opts)
-            .args(["-q", "update"])
-            .stdout(Stdio::null()),
-        hint,
-    )?;
-    let debs = dir.join("debs");
-    fs::create_dir_all(&debs)?;
-    let pin = format!("{package}={version}");
-    run_cmd(
-        Command::new("apt-get")
-            .current_dir(&debs)
-            .args(&opts)
-            .args(["-q", "download", &pin]),
-        &format!("{hint}; if {suite} no longer has {pin}, update the pin"),
-    )?;
-    // apt-get download names it package_version_arch.deb, with ':' in the version escaped.
-    let deb: PathBuf = fs::read_dir(&debs)?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{package}_")))
-        })
-        .with_context(|| {
-            format!(
-                "apt-get download left no {package}_*.deb in {}",
-                debs.display()
-            )
-        })?;
-    let mut tmp = into.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let _ = fs::remove_dir_all(&tmp);
-    fs::create_dir_all(&tmp)?;
-    run_cmd(
-        Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp),
-        "dpkg-deb is part of Debian's dpkg",
-    )?;
-    let _ = fs::remove_dir_all(into);
-    fs::rename(&tmp, into)?;
-    fs::remove_file(&deb)?;
-    Ok(())
 }

@@ -22,7 +22,11 @@ use std::{
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
-use crate::{cmd::capture, cmd::run_cmd, ws::Workspace};
+use crate::{
+    apt::PrivateApt,
+    cmd::{capture, run_cmd},
+    ws::Workspace,
+};
 
 pub(crate) const GO_DEBIAN: crate::apt::Group = crate::apt::Group {
     name: "go",
@@ -263,6 +267,8 @@ pub(crate) fn third_party_dir(ws: &Workspace) -> PathBuf {
 pub(crate) fn fetch_third_party(ws: &Workspace) -> Result<PathBuf> {
     let dir = third_party_dir(ws);
     let mut manifest = String::new();
+    // Listed once, on the first package missing from the cache.
+    let mut apt = None;
     for t in THIRD_PARTY {
         let into = dir.join(format!("{}-{}", t.name, t.version));
         let exe = into.join(t.path);
@@ -271,7 +277,16 @@ pub(crate) fn fetch_third_party(ws: &Workspace) -> Result<PathBuf> {
                 "setup: fetching {} {} from Debian {} (a Go program built by others, for the tests)",
                 t.package, t.version, t.suite
             );
-            crate::apt::fetch_deb(&dir.join("apt"), t.suite, t.package, t.version, &into)?;
+            if apt.is_none() {
+                let suites: Vec<&str> = THIRD_PARTY.iter().map(|t| t.suite).collect();
+                apt = Some(PrivateApt::new(
+                    &dir.join("apt"),
+                    &suites,
+                    "unpacked programs under target/go-thirdparty make reruns offline",
+                )?);
+            }
+            let apt = apt.as_ref().expect("set just above");
+            apt.unpack(&format!("{}={}", t.package, t.version), &into)?;
             if !exe.is_file() {
                 bail!("{} {} has no {}", t.package, t.version, t.path);
             }

@@ -22,7 +22,14 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cmd::capture, cmd::run_cmd, gofix, image::parse_ldd, setup, ws::Workspace};
+use crate::{
+    apt::PrivateApt,
+    cmd::{capture, run_cmd},
+    gofix,
+    image::parse_ldd,
+    setup,
+    ws::Workspace,
+};
 
 pub(crate) const VM: crate::apt::Group = crate::apt::Group {
     name: "vmtest",
@@ -382,54 +389,21 @@ fn fetch_kernel(dir: &Path, k: &Kernel) -> Result<PathBuf> {
     if let Some(v) = find_vmlinuz(&kdir) {
         return Ok(v);
     }
-    let apt = dir.join("apt");
-    for d in ["lists/partial", "cache/archives/partial"] {
-        fs::create_dir_all(apt.join(d))?;
-    }
-    let mirror = crate::apt::debian_mirror()?;
-    let key = "/usr/share/keyrings/debian-archive-keyring.gpg";
-    let sources: String = KERNELS
-        .iter()
-        .map(|k| k.suite)
-        .fold(Vec::<&str>::new(), |mut v, s| {
-            if !v.contains(&s) {
-                v.push(s);
-            }
-            v
-        })
-        .iter()
-        .map(|s| format!("deb [signed-by={key}] {mirror} {s} main\n"))
-        .collect();
-    fs::write(apt.join("sources.list"), sources)?;
-    let opts = crate::apt::private_opts(&apt);
-    let hint = "the Debian archive must be reachable; cached kernels under target/vmtest/kernels \
-                make reruns offline";
-    run_cmd(
-        Command::new("apt-get")
-            .args(&opts)
-            .args(["-q", "update"])
-            .stdout(Stdio::null()),
-        hint,
+    let suites: Vec<&str> = KERNELS.iter().map(|k| k.suite).collect();
+    let apt = PrivateApt::new(
+        &dir.join("apt"),
+        &suites,
+        "cached kernels under target/vmtest/kernels make reruns offline",
     )?;
     let mut package = k.package.to_owned();
-    let policy = capture(
-        Command::new("apt-cache")
-            .args(&opts)
-            .args(["policy", &package]),
-    )?;
-    if !policy.contains("Candidate:") || policy.contains("Candidate: (none)") {
-        let found = capture(Command::new("apt-cache").args(&opts).args([
-            "search",
-            "--names-only",
-            k.fallback,
-        ]))?;
-        let mut names: Vec<&str> = found
-            .lines()
-            .filter_map(|l| l.split_whitespace().next())
+    if !apt.has(&package)? {
+        let mut names: Vec<String> = apt
+            .search_names(k.fallback)?
+            .into_iter()
             .filter(|n| !n.ends_with("-dbg") && !n.ends_with("-unsigned"))
             .collect();
         names.sort_by_key(|n| version_key(n));
-        let newest = names.last().with_context(|| {
+        let newest = names.pop().with_context(|| {
             format!(
                 "the archive has neither {} nor anything like {}",
                 k.package, k.fallback
@@ -439,43 +413,14 @@ fn fetch_kernel(dir: &Path, k: &Kernel) -> Result<PathBuf> {
             "vmtest: WARNING: {} is gone from {}; using {newest} (update KERNELS to pin it)",
             k.package, k.suite
         );
-        package = (*newest).to_owned();
+        package = newest;
     }
-    let debs = dir.join("debs");
-    fs::create_dir_all(&debs)?;
-    run_cmd(
-        Command::new("apt-get")
-            .current_dir(&debs)
-            .args(&opts)
-            .args(["-q", "download", &package]),
-        hint,
-    )?;
-    let deb = fs::read_dir(&debs)?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{package}_")))
-        })
-        .with_context(|| {
-            format!(
-                "apt-get download left no {package}_*.deb in {}",
-                debs.display()
-            )
-        })?;
-    let tmp = kdir.with_extension("tmp");
-    let _ = fs::remove_dir_all(&tmp);
-    fs::create_dir_all(&tmp)?;
-    run_cmd(
-        Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp),
-        "dpkg-deb is part of Debian's dpkg",
-    )?;
-    let v =
-        find_vmlinuz(&tmp).with_context(|| format!("{} holds no boot/vmlinuz-*", deb.display()))?;
+    let tmp = kdir.with_extension("unpacked");
+    apt.unpack(&package, &tmp)?;
+    let v = find_vmlinuz(&tmp).with_context(|| format!("{package} holds no boot/vmlinuz-*"))?;
     fs::create_dir_all(&kdir)?;
     fs::copy(&v, kdir.join(v.file_name().unwrap()))?;
     fs::remove_dir_all(&tmp)?;
-    fs::remove_file(&deb)?;
     find_vmlinuz(&kdir).context("copied vmlinuz vanished")
 }
 

@@ -66,6 +66,12 @@ mod linux {
             /// (the kernel clears it), so preemption hits mostly kernel mode.
             #[arg(long)]
             kernel: bool,
+            /// Run the threads at nice -20: with 87x an ordinary task's weight they take nearly
+            /// all of the CPU between them, so "who ran instead" is mostly the sibling whatever
+            /// else the machine runs (unlike SCHED_RR, no RT throttling hands the CPU to
+            /// others every second).
+            #[arg(long)]
+            favoured: bool,
         },
         /// The main thread does TIMEOUTS timed-out FUTEX_WAIT_PRIVATE calls, then WOKEN waits that a
         /// waker thread ends with FUTEX_WAKE_PRIVATE after WAIT_MS ms.
@@ -102,7 +108,8 @@ mod linux {
                 cpu,
                 secs,
                 kernel,
-            } => spin(threads, cpu, secs, kernel),
+                favoured,
+            } => spin(threads, cpu, secs, kernel, favoured),
             Cmd::Futex {
                 timeouts,
                 woken,
@@ -343,8 +350,21 @@ mod linux {
         Ok(())
     }
 
+    /// Give thread `tid` nice -20, the highest weight of the fair class (Linux nice values are
+    /// per thread: setpriority(PRIO_PROCESS, tid)).
+    fn nice_minus_20(tid: u32) -> Result<()> {
+        // SAFETY: no pointers; `tid` is this process's own thread.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, -20) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("setpriority(-20)");
+        }
+        Ok(())
+    }
+
+    /// A thread's /proc schedstat: CPU time, run-queue delay (ns), timeslices.
+    type Schedstat = (u64, u64, u64);
+
     /// Reads /proc/self/task/<tid>/schedstat without allocating (no malloc arena contention).
-    fn schedstat_raw(tid: u32) -> Result<(u64, u64, u64)> {
+    fn schedstat_raw(tid: u32) -> Result<Schedstat> {
         use std::io::Write;
         let mut path = [0u8; 64];
         {
@@ -371,7 +391,7 @@ mod linux {
 
     // ---------------------------------------------------------------- spin
 
-    fn spin(threads: u32, cpu: usize, secs: f64, kernel: bool) -> Result<Value> {
+    fn spin(threads: u32, cpu: usize, secs: f64, kernel: bool, favoured: bool) -> Result<Value> {
         ensure!(threads >= 1, "--threads must be at least 1");
         ensure!(
             cpu < libc::CPU_SETSIZE as usize,
@@ -384,16 +404,17 @@ mod linux {
         );
         let dur = Duration::from_secs_f64(secs);
         let tids: Arc<Vec<AtomicU32>> = Arc::new((0..threads).map(|_| AtomicU32::new(0)).collect());
-        // 0 = pending, 1 = pinned OK, 2 = pinning failed.
+        // 0 = pending, 1 = pinned OK, 2 = pinning failed, 3 = nice -20 refused.
         let pinned: Arc<Vec<AtomicU32>> =
             Arc::new((0..threads).map(|_| AtomicU32::new(0)).collect());
         let mut handles = Vec::new();
         let gates = (0..threads)
             .map(|_| Gate::new())
             .collect::<Result<Vec<_>>>()?;
-        // Spun out, each thread parks on its end gate, so main reads its schedstat while it
-        // neither runs nor waits: the window is exactly [its `before`, main's read], and the
-        // wait to be switched in after the start gate is inside it (as in the capture).
+        // Spun out, each thread parks on its end gate until main has seen every thread done;
+        // woken, it reads its schedstat once more: the window [`before`, that read] holds the
+        // wait to be switched in after the start gate and after the end gate, as the capture
+        // does.
         let ends = (0..threads)
             .map(|_| Gate::new())
             .collect::<Result<Vec<_>>>()?;
@@ -405,12 +426,23 @@ mod linux {
             let (tids, pinned) = (tids.clone(), pinned.clone());
             let h = thread::Builder::new()
                 .name(format!("spin{i}"))
-                .spawn(move || -> Result<(u64, u64, u64)> {
+                .spawn(move || -> Result<(Schedstat, Schedstat)> {
                     let tid = gettid();
                     let pin = pin_self(cpu);
-                    pinned[i].store(if pin.is_ok() { 1 } else { 2 }, SeqCst);
+                    let policy = if favoured && pin.is_ok() {
+                        nice_minus_20(tid)
+                    } else {
+                        Ok(())
+                    };
+                    let status = match (&pin, &policy) {
+                        (Err(_), _) => 2,
+                        (_, Err(_)) => 3,
+                        _ => 1,
+                    };
+                    pinned[i].store(status, SeqCst);
                     tids[i].store(tid, SeqCst);
                     pin?;
+                    policy?;
                     let zero = if kernel {
                         Some(std::fs::File::open("/dev/zero").context("opening /dev/zero")?)
                     } else {
@@ -435,13 +467,22 @@ mod linux {
                     }
                     done.open()?;
                     end.wait();
-                    Ok(before)
+                    // Read after being switched in again: the wait after `end` opened is
+                    // in run_delay too, as it is in the capture.
+                    Ok((before, schedstat_raw(tid)?))
                 })
                 .context("spawning a spin thread")?;
             handles.push(h);
         }
         for (t, p) in tids.iter().zip(pinned.iter()) {
             poll_until(|| t.load(SeqCst) != 0);
+            if p.load(SeqCst) == 3 {
+                bail!(
+                    "setpriority(-20) failed for thread {}: --favoured needs root \
+                     (CAP_SYS_NICE)",
+                    t.load(SeqCst)
+                );
+            }
             if p.load(SeqCst) != 1 {
                 // The process exits with this message; the other threads die with it.
                 bail!(
@@ -460,16 +501,12 @@ mod linux {
         for d in &spun {
             d.wait();
         }
-        let afters = tid_list
-            .iter()
-            .map(|&t| schedstat_raw(t))
-            .collect::<Result<Vec<_>>>()?;
-        for e in &ends {
-            e.open()?;
-        }
+        // One at a time, each joined before the next wakes: a thread between its last read
+        // and its exit has CPU 0 to itself, so no wait escapes the oracle's window.
         let mut out = Vec::new();
-        for ((h, tid), after) in handles.into_iter().zip(&tid_list).zip(afters) {
-            let before = h
+        for ((h, tid), e) in handles.into_iter().zip(&tid_list).zip(&ends) {
+            e.open()?;
+            let (before, after) = h
                 .join()
                 .map_err(|_| anyhow::anyhow!("spin thread panicked"))??;
             out.push(json!({
