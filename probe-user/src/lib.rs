@@ -5,8 +5,10 @@
 //! - outputs: `exporter` (Prometheus exposition), `http` (the HTTP server), `report` (the
 //!   capture report), `go` (a capture's and the daemon's view of Go processes);
 //! - `kernel`: the feature table and the loader (`kernel::probes`, the only aya user);
-//! - pure ground: `model` (plain shared types), `hist`, `config`, `host` (procfs, cgroups,
-//!   privileges), `goruntime` (Go binary analysis and live reads).
+//! - pure ground: `model` (plain shared types: the snapshot the loader reads, what it
+//!   attached, map sizes, modes, and the error classes that decide the exit code), `hist`,
+//!   `config`, `host` (procfs, cgroups, privileges), `goruntime` (Go binary analysis and live
+//!   reads).
 //!
 //! Everything but `kernel::probes` and `cmd` is unit tested without root.
 pub mod cli;
