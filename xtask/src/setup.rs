@@ -110,6 +110,8 @@ const PYTOOLS: &[(&str, &str, &str)] = &[
 pub(crate) fn setup(ws: &Workspace) -> Result<()> {
     ensure_packages(&[&BUILD_LINKER, &BUILD_EBPF, &BUILD_STATIC, &TEST])?;
     ensure_rust_target(crate::ws::STATIC_TARGET)?;
+    // `cargo xtask fmt` (and the lint step of `test`): rustfmt of the pinned nightly.
+    crate::nightly::ensure_with(&["rustfmt"])?;
     let linker_llvm = ensure_bpf_linker(ws)?;
     check_llvm_rule(linker_llvm)?;
     ensure_tracefs()?;
