@@ -5,8 +5,10 @@
 //! - outputs: `exporter` (Prometheus exposition), `http` (the HTTP server), `report` (the
 //!   capture report), `go` (a capture's and the daemon's view of Go processes);
 //! - `kernel`: the feature table and the loader (`kernel::probes`, the only aya user);
-//! - pure ground: `model` (plain shared types), `hist`, `config`, `host` (procfs, cgroups,
-//!   privileges), `goruntime` (Go binary analysis and live reads).
+//! - pure ground: `model` (plain shared types: the snapshot the loader reads, what it
+//!   attached, map sizes, modes, and the error classes that decide the exit code), `hist`,
+//!   `config`, `host` (procfs, cgroups, privileges), `goruntime` (Go binary analysis and live
+//!   reads).
 //!
 //! Everything but `kernel::probes` and `cmd` is unit tested without root.
 pub mod cli;
@@ -27,12 +29,12 @@ pub fn run() -> anyhow::Result<()> {
     let cli = <cli::Cli as clap::Parser>::parse();
     init_logging(cli.log_filter())?;
     match &cli.command {
-        cli::Command::Capture(a) => crate::cmd::capture::run(&cli, a),
-        cli::Command::Daemon(a) => crate::cmd::daemon::run(&cli, a),
-        cli::Command::GoStats(a) => crate::cmd::go_stats::run(a),
-        cli::Command::Check(a) => crate::cmd::check::run(&cli, a),
-        cli::Command::Top(a) => crate::cmd::top::run(&cli, a),
-        cli::Command::BenchFloor(a) => crate::cmd::floor::run(a),
+        cli::Command::Capture(a) => cmd::capture::run(&cli, a),
+        cli::Command::Daemon(a) => cmd::daemon::run(&cli, a),
+        cli::Command::GoStats(a) => cmd::go_stats::run(a),
+        cli::Command::Check(a) => cmd::check::run(&cli, a),
+        cli::Command::Top(a) => cmd::top::run(&cli, a),
+        cli::Command::BenchFloor(a) => cmd::floor::run(a),
     }
 }
 

@@ -76,7 +76,7 @@ pub enum SortKey {
 
 /// Names of the futex wait outcomes, indexed as the kernel side counts them
 /// (`schedlat_common::futex_outcome`).
-pub const FUTEX_OUTCOME_NAMES: [&str; schedlat_common::futex_outcome::COUNT] =
+pub const FUTEX_OUTCOME_NAMES: [&str; futex_outcome::COUNT] =
     ["woken", "timeout", "interrupted", "value_changed", "error"];
 
 /// Map capacities. Defaults fit a busy host; every overflow is counted in DROPS.

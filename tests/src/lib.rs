@@ -695,7 +695,7 @@ impl Drop for TestCgroup {
             if std::fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(100));
+            thread::sleep(Duration::from_millis(100));
         }
         eprintln!(
             "warning: could not remove test cgroup {}",

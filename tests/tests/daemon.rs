@@ -800,17 +800,17 @@ fn a_map_filling_up_is_logged_from_the_kernel_once_at_debug_level() {
         .local_addr()
         .unwrap()
         .to_string();
-    let mut child = std::process::Command::new(schedlat_tests::schedlat_bin())
+    let mut child = Command::new(schedlat_tests::schedlat_bin())
         .args(["--log", "debug", "daemon", "--listen", &addr, "--config"])
         .arg(&cfg)
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let t0 = std::time::Instant::now();
+    let t0 = Instant::now();
     while get(&addr, "/healthz").is_none() {
         assert!(t0.elapsed().as_secs() < 60, "daemon not ready");
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(100));
     }
     overflow_rq_slots();
     let m = get(&addr, "/metrics").expect("scrape");

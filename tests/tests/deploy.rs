@@ -1320,7 +1320,7 @@ fn enter_container(
                             m.dst.as_ptr(),
                             AT_RECURSIVE,
                             &attr as *const MountAttr,
-                            std::mem::size_of::<MountAttr>(),
+                            size_of::<MountAttr>(),
                         ),
                         b"make read-only recursively",
                         &m.dst,

@@ -1090,7 +1090,7 @@ fn capture_goevents(mut cmd: Command, what: &str) -> (Value, Value) {
 }
 
 /// Syscalls of the goevents fixture under a capture: (its `done` line, go.events.syscalls).
-fn capture_syscalls(dir: &std::path::Path, name: &str, mode: &str, what: &str) -> (Value, Value) {
+fn capture_syscalls(dir: &Path, name: &str, mode: &str, what: &str) -> (Value, Value) {
     let mut cmd = Command::new(dir.join(name));
     cmd.args(["syscalls", mode]);
     let (done, go) = capture_goevents(cmd, what);
@@ -1515,7 +1515,7 @@ fn capture_go_probes_reach_a_program_in_another_mount_namespace() {
 }
 
 /// A fresh empty directory under the system temp dir.
-fn tempfile_dir(prefix: &str) -> std::path::PathBuf {
+fn tempfile_dir(prefix: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
@@ -1534,7 +1534,7 @@ fn go_minor(version: &str) -> u32 {
 }
 
 /// The Go < 1.22 fixtures (the pause ring path); the suite must have at least one.
-fn old_go_fixtures() -> Vec<(String, std::path::PathBuf)> {
+fn old_go_fixtures() -> Vec<(String, PathBuf)> {
     let old: Vec<_> = go_fixture_versions()
         .into_iter()
         .filter(|(v, _)| go_minor(v) < 22)
@@ -1830,7 +1830,7 @@ fn daemon_accumulates_gc_pauses_before_go_1_22() {
 /// A CFS quota of half a CPU on a fresh cgroup of the cpu controller: cgroup v1 where the host
 /// keeps that controller there (hybrid hosts like this one), else v2 `cpu.max`.
 struct QuotaCgroup {
-    dir: std::path::PathBuf,
+    dir: PathBuf,
     v1: bool,
 }
 
@@ -1842,16 +1842,13 @@ impl QuotaCgroup {
             let mut p = post.split_whitespace();
             let (fstype, _, opts) = (p.next()?, p.next()?, p.next()?);
             (fstype == "cgroup" && opts.split(',').any(|o| o == "cpu"))
-                .then(|| pre.split_whitespace().nth(4).map(std::path::PathBuf::from))
+                .then(|| pre.split_whitespace().nth(4).map(PathBuf::from))
                 .flatten()
         });
         let name = format!("schedlat-test-quota-{}", std::process::id());
         let (dir, is_v1) = match v1 {
             Some(m) => (m.join(&name), true),
-            None => (
-                std::path::PathBuf::from("/sys/fs/cgroup").join(&name),
-                false,
-            ),
+            None => (PathBuf::from("/sys/fs/cgroup").join(&name), false),
         };
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
         let write = |f: &str, v: &str| {

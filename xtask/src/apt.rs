@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use crate::cmd::{capture, cmdline, is_root, run_cmd};
 
 /// Debian packages needed for one purpose.
-pub struct Group {
+pub(crate) struct Group {
     pub name: &'static str,
     pub why: &'static str,
     pub packages: &'static [&'static str],
@@ -22,7 +22,7 @@ pub struct Group {
 static APT_UPDATED: AtomicBool = AtomicBool::new(false);
 
 /// Install whichever packages of `groups` are not installed yet.
-pub fn ensure_packages(groups: &[&Group]) -> Result<()> {
+pub(crate) fn ensure_packages(groups: &[&Group]) -> Result<()> {
     let mut missing = Vec::new();
     for g in groups {
         for &pkg in g.packages {
@@ -89,7 +89,7 @@ fn is_installed(pkg: &str) -> Result<bool> {
         && String::from_utf8_lossy(&out.stdout).trim() == "install ok installed")
 }
 
-pub fn require_root(what: &str) -> Result<()> {
+pub(crate) fn require_root(what: &str) -> Result<()> {
     if !is_root() {
         bail!("{what}: run as root (apt-get/mount need it), e.g. `sudo -E cargo xtask setup`");
     }
@@ -101,7 +101,7 @@ pub fn require_root(what: &str) -> Result<()> {
 /// An apt configuration of its own under `dir` (sources, lists, cache): test kernels and
 /// programs come from the same Debian archive as the machine's packages, while the machine's
 /// apt state stays untouched.
-pub struct PrivateApt {
+pub(crate) struct PrivateApt {
     opts: Vec<String>,
     debs: PathBuf,
     hint: &'static str,
@@ -110,7 +110,7 @@ pub struct PrivateApt {
 impl PrivateApt {
     /// Lists `suites` of the machine's Debian archive under `dir` (one `apt-get update`).
     /// `hint` says what makes reruns offline; it ends every download error.
-    pub fn new(dir: &Path, suites: &[&str], hint: &'static str) -> Result<Self> {
+    pub(crate) fn new(dir: &Path, suites: &[&str], hint: &'static str) -> Result<Self> {
         for d in ["lists/partial", "cache/archives/partial", "debs"] {
             fs::create_dir_all(dir.join(d))?;
         }
@@ -156,13 +156,13 @@ impl PrivateApt {
     }
 
     /// Whether the lists hold a version of `package` to download.
-    pub fn has(&self, package: &str) -> Result<bool> {
+    pub(crate) fn has(&self, package: &str) -> Result<bool> {
         let policy = capture(self.command("apt-cache").args(["policy", package]))?;
         Ok(policy.contains("Candidate:") && !policy.contains("Candidate: (none)"))
     }
 
     /// Names of the packages whose name matches the regex `pattern`.
-    pub fn search_names(&self, pattern: &str) -> Result<Vec<String>> {
+    pub(crate) fn search_names(&self, pattern: &str) -> Result<Vec<String>> {
         let found = capture(
             self.command("apt-cache")
                 .args(["search", "--names-only", pattern]),
@@ -176,7 +176,7 @@ impl PrivateApt {
 
     /// Download `package` (`name` or `name=version`) and unpack it into `into`, replacing it;
     /// the .deb itself is not kept.
-    pub fn unpack(&self, package: &str, into: &Path) -> Result<()> {
+    pub(crate) fn unpack(&self, package: &str, into: &Path) -> Result<()> {
         let name = package.split('=').next().unwrap_or(package);
         run_cmd(
             self.command("apt-get")

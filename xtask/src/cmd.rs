@@ -7,13 +7,13 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
 
 /// Shell-like rendering of a command for the `+ ...` trace and error messages.
-pub fn cmdline(c: &Command) -> String {
+pub(crate) fn cmdline(c: &Command) -> String {
     let mut parts: Vec<String> = c
         .get_envs()
         .filter_map(|(k, v)| v.map(|v| format!("{}={}", k.to_string_lossy(), quote(v))))
@@ -43,7 +43,7 @@ fn quote(s: &OsStr) -> String {
 
 /// Print `+ command`, run it with inherited stdio, and fail if it fails. `what_to_do` ends up in
 /// the error so the reader knows the next step.
-pub fn run_cmd(c: &mut Command, what_to_do: &str) -> Result<()> {
+pub(crate) fn run_cmd(c: &mut Command, what_to_do: &str) -> Result<()> {
     let line = cmdline(c);
     println!("+ {line}");
     let status = c
@@ -57,12 +57,12 @@ pub fn run_cmd(c: &mut Command, what_to_do: &str) -> Result<()> {
 
 /// Run a command quietly and return its output, whatever its exit status; `None` if it could
 /// not be started (e.g. not installed). For probing the machine's state.
-pub fn probe(c: &mut Command) -> Option<Output> {
+pub(crate) fn probe(c: &mut Command) -> Option<Output> {
     c.output().ok()
 }
 
 /// Run a command quietly and return its stdout; fail (naming it) if it cannot start or fails.
-pub fn capture(c: &mut Command) -> Result<String> {
+pub(crate) fn capture(c: &mut Command) -> Result<String> {
     let line = cmdline(c);
     let out = c
         .output()

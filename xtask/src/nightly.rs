@@ -1,7 +1,8 @@
-//! The one nightly toolchain the project uses: cargo-fuzz (sanitizers) and clippy on the eBPF
+//! The one nightly toolchain the project uses: cargo-fuzz (sanitizers), clippy on the eBPF
 //! crate (build-std for bpfel-unknown-none, which Debian's eBPF toolchain cannot lint: it ships
-//! no clippy). Pinned by commit date, never a floating `nightly` that could move to another
-//! LLVM (shared/docs/toolchain.md).
+//! no clippy) and rustfmt (rustfmt.toml's import grouping is unstable: `cargo xtask fmt`).
+//! Pinned by commit date, never a floating `nightly` that could move to another LLVM
+//! (shared/docs/toolchain.md).
 use std::process::Command;
 
 use anyhow::Result;
@@ -14,7 +15,7 @@ const NIGHTLY_COMMIT_DATE: &str = "2026-05-19";
 
 /// The installed toolchain that is the pinned nightly: `nightly-2026-05-19` if installed by
 /// that name, else the preinstalled `nightly` channel when it is that build.
-pub fn ensure() -> Result<String> {
+pub(crate) fn ensure() -> Result<String> {
     for name in [NIGHTLY, "nightly"] {
         let out = probe(
             Command::new("rustup")
@@ -49,20 +50,35 @@ pub fn ensure() -> Result<String> {
 }
 
 /// `ensure()`, plus the components clippy on the eBPF crate needs (rust-src for build-std).
-pub fn ensure_with_clippy() -> Result<String> {
+pub(crate) fn ensure_with_clippy() -> Result<String> {
+    ensure_with(&["clippy", "rust-src"])
+}
+
+/// `ensure()`, plus `components` (rustup adds only those missing).
+pub(crate) fn ensure_with(components: &[&str]) -> Result<String> {
     let name = ensure()?;
     run_cmd(
         Command::new("rustup")
-            .args([
-                "component",
-                "add",
-                "--toolchain",
-                &name,
-                "clippy",
-                "rust-src",
-            ])
+            .args(["component", "add", "--toolchain", &name])
+            .args(components)
             .env_remove("RUSTUP_TOOLCHAIN"),
-        "rustup must reach static.rust-lang.org once to add clippy and rust-src to the nightly",
+        &format!(
+            "rustup must reach static.rust-lang.org once to add {} to the nightly",
+            components.join(" and ")
+        ),
     )?;
     Ok(name)
+}
+
+/// `cargo` of the pinned nightly, run in `dir`, with none of the outer (stable) cargo's
+/// settings leaking into it.
+pub(crate) fn cargo(name: &str, dir: &std::path::Path) -> Command {
+    let mut c = Command::new("rustup");
+    c.current_dir(dir)
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC")
+        .env_remove("RUSTDOC")
+        .env_remove("CARGO")
+        .args(["run", name, "cargo"]);
+    c
 }

@@ -10,13 +10,13 @@ use crate::{
 };
 
 /// Setup, then build the release `schedlat` binary (static); returns its path.
-pub fn build(ws: &Workspace) -> Result<PathBuf> {
+pub(crate) fn build(ws: &Workspace) -> Result<PathBuf> {
     setup::setup(ws)?;
     build_static(ws)
 }
 
 /// Build the static release `schedlat` (setup done); returns its path.
-pub fn build_static(ws: &Workspace) -> Result<PathBuf> {
+pub(crate) fn build_static(ws: &Workspace) -> Result<PathBuf> {
     run_cmd(
         ws.cargo().args([
             "build",
@@ -39,7 +39,7 @@ pub fn build_static(ws: &Workspace) -> Result<PathBuf> {
 }
 
 /// Test executables of schedlat-tests, from cargo's JSON build messages.
-pub fn integration_test_binaries(ws: &Workspace) -> Result<Vec<std::path::PathBuf>> {
+pub(crate) fn integration_test_binaries(ws: &Workspace) -> Result<Vec<PathBuf>> {
     let mut c = ws.cargo();
     c.args(["test", "--release", "-p", "schedlat-tests", "--no-run"])
         .arg("--message-format=json-render-diagnostics")

@@ -17,7 +17,7 @@ use crate::{
     ws::Workspace,
 };
 
-pub const BUILD_LINKER: Group = Group {
+pub(crate) const BUILD_LINKER: Group = Group {
     name: "build",
     why: "LLVM 22 libraries to compile bpf-linker",
     packages: &[
@@ -27,17 +27,17 @@ pub const BUILD_LINKER: Group = Group {
         "zlib1g-dev",
     ],
 };
-pub const BUILD_EBPF: Group = Group {
+pub(crate) const BUILD_EBPF: Group = Group {
     name: "build",
     why: "Debian's rustc 1.96 (LLVM 22) with a prebuilt `core` for bpfel-unknown-none compiles probe-ebpf",
     packages: &["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf"],
 };
-pub const BUILD_STATIC: Group = Group {
+pub(crate) const BUILD_STATIC: Group = Group {
     name: "build",
     why: "musl-gcc compiles ring's C and assembly for the static (musl) schedlat that is shipped",
     packages: &["musl-tools"],
 };
-pub const TEST: Group = Group {
+pub(crate) const TEST: Group = Group {
     name: "test",
     why: "promtool checks the /metrics exposition, prometheus scrapes a live daemon; util-linux \
           (setpriv), bpftool (programs left after SIGKILL), systemd-analyze \
@@ -64,7 +64,7 @@ pub const TEST: Group = Group {
         "tmux",
     ],
 };
-pub const BENCH: Group = Group {
+pub(crate) const BENCH: Group = Group {
     name: "bench",
     why: "perf bench/stat and stress-ng workloads, libbpf-tools runqlat and bpftrace's runqlat.bt \
           as the reference tracers, bpftool for the eBPF programs' run-time statistics, wrk for \
@@ -107,9 +107,11 @@ const PYTOOLS: &[(&str, &str, &str)] = &[
 
 /// The full setup: build and test packages, bpf-linker, the LLVM rule, tracefs, Go toolchains
 /// and the Go fixtures (built from tests/go, so they follow source changes).
-pub fn setup(ws: &Workspace) -> Result<()> {
+pub(crate) fn setup(ws: &Workspace) -> Result<()> {
     ensure_packages(&[&BUILD_LINKER, &BUILD_EBPF, &BUILD_STATIC, &TEST])?;
     ensure_rust_target(crate::ws::STATIC_TARGET)?;
+    // `cargo xtask fmt` (and the lint step of `test`): rustfmt of the pinned nightly.
+    crate::nightly::ensure_with(&["rustfmt"])?;
     let linker_llvm = ensure_bpf_linker(ws)?;
     check_llvm_rule(linker_llvm)?;
     ensure_tracefs()?;
@@ -260,7 +262,7 @@ fn ensure_tracefs() -> Result<()> {
 
 /// The project's own Python venv (`target/pytools/venv`): tools from PyPI that the tests run,
 /// pinned, never installed into the system Python.
-pub fn pytools_venv(ws: &Workspace) -> PathBuf {
+pub(crate) fn pytools_venv(ws: &Workspace) -> PathBuf {
     ws.target.join("pytools").join("venv")
 }
 

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{cmd::cmdline, cmd::is_root, cmd::run_cmd, fuzz, gofix, image, setup, ws::Workspace};
 
-pub fn test(ws: &Workspace, args: &[String]) -> Result<()> {
+pub(crate) fn test(ws: &Workspace, args: &[String]) -> Result<()> {
     header("setup");
     // setup also builds the Go fixtures (tests/go) that unit and integration tests read.
     setup::setup(ws)?;
@@ -18,35 +18,32 @@ pub fn test(ws: &Workspace, args: &[String]) -> Result<()> {
     // A unit test failure should not hide the integration results: note it, fail at the end.
     let mut failed = Vec::new();
     let mut totals = Totals::default();
-    header("lint: cargo fmt --check, cargo clippy -D warnings (host crates, and the eBPF crate)");
+    header(
+        "lint: rustfmt --check (pinned nightly), cargo clippy -D warnings (host crates, and the eBPF crate)",
+    );
+    // rustfmt.toml's import grouping is unstable: the pinned nightly's rustfmt applies it.
+    if let Err(e) = crate::fmt::run(ws, true) {
+        eprintln!("error: {e:#}");
+        failed.push("lint");
+    }
     // The eBPF crate builds only for bpfel-unknown-none with Debian's compiler, which ships no
     // clippy: it is linted below with the pinned nightly (build-std), both of its builds.
-    for (args, fix) in [
-        (
-            &["fmt", "--all", "--check"][..],
-            "run `cargo fmt --all` and commit the result",
-        ),
-        (
-            &[
-                "clippy",
-                "--workspace",
-                "--exclude",
-                "schedlat-ebpf",
-                "--exclude",
-                "schedlat-fuzz",
-                "--all-targets",
-                "--",
-                "-D",
-                "warnings",
-            ][..],
-            "fix the clippy findings above",
-        ),
-    ] {
-        if let Err(e) = run_cmd(ws.cargo().args(args), fix) {
-            eprintln!("error: {e:#}");
-            if !failed.contains(&"lint") {
-                failed.push("lint");
-            }
+    let clippy = [
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "schedlat-ebpf",
+        "--exclude",
+        "schedlat-fuzz",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ];
+    if let Err(e) = run_cmd(ws.cargo().args(clippy), "fix the clippy findings above") {
+        eprintln!("error: {e:#}");
+        if !failed.contains(&"lint") {
+            failed.push("lint");
         }
     }
 
@@ -259,15 +256,8 @@ fn lint_ebpf(ws: &Workspace) -> Result<()> {
         &["--features", "hash-stamps"][..],
         &["--features", "no-log"][..],
     ] {
-        let mut c = Command::new("rustup");
-        c.current_dir(&ws.root)
-            // The outer (stable) cargo's settings must not leak into the nightly one.
-            .env_remove("RUSTUP_TOOLCHAIN")
-            .env_remove("RUSTC")
-            .env_remove("RUSTDOC")
-            .env_remove("CARGO")
-            .args(["run", &nightly, "cargo"])
-            .args(["clippy", "-p", "schedlat-ebpf", "--bins", "--release"])
+        let mut c = crate::nightly::cargo(&nightly, &ws.root);
+        c.args(["clippy", "-p", "schedlat-ebpf", "--bins", "--release"])
             .args(["--target", "bpfel-unknown-none", "-Zbuild-std=core"])
             .arg("--target-dir")
             .arg(ws.target.join("ebpf-clippy"))

@@ -31,7 +31,7 @@ use crate::{
     ws::Workspace,
 };
 
-pub const VM: crate::apt::Group = crate::apt::Group {
+pub(crate) const VM: crate::apt::Group = crate::apt::Group {
     name: "vmtest",
     why: "qemu boots the distribution kernels of `cargo xtask vmtest`; cpio and busybox-static \
           build their initramfs",
@@ -39,7 +39,7 @@ pub const VM: crate::apt::Group = crate::apt::Group {
 };
 
 /// A kernel of the matrix.
-pub struct Kernel {
+pub(crate) struct Kernel {
     /// What `--kernel` takes and the report prints.
     pub name: &'static str,
     /// Debian suite and pinned package. If the archive has dropped the pinned build (point
@@ -53,7 +53,7 @@ pub struct Kernel {
     pub column: &'static str,
 }
 
-pub const KERNELS: &[Kernel] = &[
+pub(crate) const KERNELS: &[Kernel] = &[
     Kernel {
         name: "debian11-5.10",
         suite: "bullseye",
@@ -126,21 +126,21 @@ const GO_FIXTURES: &[&str] = &[
 const VM_TIMEOUT: Duration = Duration::from_secs(420);
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Kernels to test (repeatable; default: all): debian11-5.10, debian12-6.1,
     /// debian12-6.1-rt, debian13-6.12.
     #[arg(long = "kernel", value_name = "NAME")]
     pub kernels: Vec<String>,
 }
 
-pub struct Built {
+pub(crate) struct Built {
     pub schedlat: PathBuf,
     pub workload: PathBuf,
     pub test_exes: Vec<PathBuf>,
 }
 
 /// Build what the VMs run, then run the matrix; fails if any kernel fails.
-pub fn vmtest(ws: &Workspace, args: &Args) -> Result<()> {
+pub(crate) fn vmtest(ws: &Workspace, args: &Args) -> Result<()> {
     setup::setup(ws)?;
     let built = Built {
         schedlat: crate::release::build_static(ws)?,
@@ -151,7 +151,7 @@ pub fn vmtest(ws: &Workspace, args: &Args) -> Result<()> {
 }
 
 /// Run the matrix with binaries already built (`cargo xtask test` builds them once).
-pub fn run(ws: &Workspace, built: &Built, only: &[String]) -> Result<()> {
+pub(crate) fn run(ws: &Workspace, built: &Built, only: &[String]) -> Result<()> {
     crate::apt::ensure_packages(&[&VM])?;
     let kernels: Vec<&Kernel> = if only.is_empty() {
         KERNELS.iter().collect()
@@ -613,8 +613,7 @@ mod tests {
     #[test]
     fn every_kernel_has_its_readme_column() {
         let readme =
-            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
-                .unwrap();
+            fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).unwrap();
         for k in KERNELS {
             expected_missing(&readme, k.column).unwrap();
         }

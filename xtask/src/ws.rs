@@ -6,7 +6,7 @@ use std::{
 };
 
 /// Paths of this workspace and the cargo that runs us.
-pub struct Workspace {
+pub(crate) struct Workspace {
     pub root: PathBuf,
     pub target: PathBuf,
     /// Cargo sets `CARGO` for processes it runs; use the same cargo for nested builds.
@@ -14,7 +14,7 @@ pub struct Workspace {
 }
 
 impl Workspace {
-    pub fn locate() -> Self {
+    pub(crate) fn locate() -> Self {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
             .expect("xtask lives one level below the workspace root")
@@ -29,13 +29,13 @@ impl Workspace {
         }
     }
 
-    pub fn release_bin(&self, name: &str) -> PathBuf {
+    pub(crate) fn release_bin(&self, name: &str) -> PathBuf {
         self.target.join("release").join(name)
     }
 
     /// The shipped `schedlat`: static (musl), so it starts on any x86_64 Linux userspace,
     /// glibc or not, old or new (the glibc build needs GLIBC_2.34: not Debian 11's 2.31).
-    pub fn static_bin(&self) -> PathBuf {
+    pub(crate) fn static_bin(&self) -> PathBuf {
         self.target
             .join(STATIC_TARGET)
             .join("release")
@@ -43,7 +43,7 @@ impl Workspace {
     }
 
     /// A `cargo` command run from the workspace root.
-    pub fn cargo(&self) -> Command {
+    pub(crate) fn cargo(&self) -> Command {
         let mut c = Command::new(&self.cargo);
         c.current_dir(&self.root);
         c
@@ -51,12 +51,12 @@ impl Workspace {
 }
 
 /// The Rust target of the shipped binary (setup installs it and musl-gcc, which `ring` needs).
-pub const STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
+pub(crate) const STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
 
 /// bpf-linker is installed by `cargo install` into $CARGO_HOME/bin, which is not on PATH for
 /// e.g. a fresh root shell or CI; rustc (linking the eBPF crate) and probe-user/build.rs look it
 /// up on PATH.
-pub fn add_cargo_bin_to_path() {
+pub(crate) fn add_cargo_bin_to_path() {
     let Some(bin) = cargo_home().map(|h| h.join("bin")) else {
         return;
     };
@@ -70,7 +70,7 @@ pub fn add_cargo_bin_to_path() {
     unsafe { env::set_var("PATH", joined) };
 }
 
-pub fn cargo_home() -> Option<PathBuf> {
+pub(crate) fn cargo_home() -> Option<PathBuf> {
     env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))

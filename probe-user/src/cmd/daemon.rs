@@ -503,7 +503,6 @@ mod tests {
         http::{StatusCode, header},
     };
     use http_body_util::BodyExt as _;
-    use schedlat_common::HistKey;
     use tower::ServiceExt as _;
 
     use super::*;

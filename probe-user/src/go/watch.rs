@@ -157,7 +157,7 @@ struct Series {
     with_states: u64,
     processes: u64,
     /// When the last process of the series was gone; None while one is live.
-    idle_since: Option<std::time::Instant>,
+    idle_since: Option<Instant>,
 }
 
 /// Executables waiting for classification (each an open descriptor): beyond this, new ones
@@ -744,8 +744,8 @@ impl GoWatcher {
         }
         // A series whose processes all exited keeps its final counts for exited_series_ttl_secs
         // (a last scrape sees them), then goes: exited programs must not pile up.
-        let ttl = std::time::Duration::from_secs(self.cfg.exited_series_ttl_secs);
-        let now = std::time::Instant::now();
+        let ttl = Duration::from_secs(self.cfg.exited_series_ttl_secs);
+        let now = Instant::now();
         self.series.retain(|_, s| {
             if s.processes > 0 {
                 s.idle_since = None;
@@ -1018,11 +1018,11 @@ mod tests {
 
         // Between this scrape's scan and its read: the program exits and another takes its
         // pid (the kernel hands out ns_last_pid + 1 next; retried if someone else forks).
-        let a = std::sync::Mutex::new(Some(a));
-        let b: std::sync::Arc<std::sync::Mutex<Option<Fixture>>> = Default::default();
+        let a = Mutex::new(Some(a));
+        let b: Arc<Mutex<Option<Fixture>>> = Default::default();
         let b2 = b.clone();
-        let b_exe2 = b_exe.clone();
-        crate::goruntime::live::test_hook::set(Some(Box::new(move |p| {
+        let b_exe2 = b_exe;
+        goruntime::live::test_hook::set(Some(Box::new(move |p| {
             if p != pid {
                 return;
             }
@@ -1038,7 +1038,7 @@ mod tests {
             panic!("could not start a process at pid {pid}");
         })));
         w.scrape();
-        crate::goruntime::live::test_hook::set(None);
+        goruntime::live::test_hook::set(None);
         assert_eq!(
             b.lock().unwrap().as_ref().map(Fixture::pid),
             Some(pid),

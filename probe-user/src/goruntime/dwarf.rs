@@ -24,8 +24,8 @@ const MAX_HOPS: usize = 16;
 /// not kept, so a forged struct of millions of members costs its DIEs' parsing, not memory.
 pub const MAX_MEMBERS: usize = 4096;
 /// Memory charged per indexed DIE besides its name: the TypeDie or Member and its map slot.
-const DIE_COST: u64 = std::mem::size_of::<TypeDie>() as u64 + 32;
-const MEMBER_COST: u64 = std::mem::size_of::<Member>() as u64;
+const DIE_COST: u64 = size_of::<TypeDie>() as u64 + 32;
+const MEMBER_COST: u64 = size_of::<Member>() as u64;
 
 #[derive(Debug, Default)]
 pub struct TypeDie {

@@ -422,7 +422,7 @@ pub fn read_with(pid: u32, layout: &Layout, exe: &std::fs::Metadata) -> Result<S
                 free = free.saturating_add(i64::from(v as u32 as i32));
             }
             let live = (allglen as i64).saturating_sub(free);
-            Some(super::live::Goroutines {
+            Some(Goroutines {
                 allglen,
                 live,
                 system,
@@ -977,7 +977,7 @@ mod tests {
             m.gc(100 * i, 1_000 + i);
         }
         let r = read_gc_ring(&m.layout(), Scheme::SuperSub, &read).unwrap();
-        assert_eq!((r.num_gc, r.recent_ns.clone()), (3, vec![100, 200, 300]));
+        assert_eq!((r.num_gc, r.recent_ns), (3, vec![100, 200, 300]));
         // Three more: 6 cycles in a ring of 4 keep cycles 3..6, oldest first.
         for i in 4..=6 {
             m.gc(100 * i, 1_000 + i);
@@ -1019,7 +1019,7 @@ mod tests {
             Ok(())
         };
         let r = read_gc_ring(&l, Scheme::MinMaxBits, &read).unwrap();
-        assert_eq!((r.num_gc, r.recent_ns.clone()), (6, vec![30, 40, 50, 777]));
+        assert_eq!((r.num_gc, r.recent_ns), (6, vec![30, 40, 50, 777]));
         assert!(calls.get() >= 10, "the torn first attempt was accepted");
 
         // Never completed: an error that says what changed, not wrong numbers.

@@ -243,9 +243,7 @@ fn stripped_fixtures_resolve_through_the_layout_table() {
             );
             // Syscalls: casgstatus up to Go 1.25; from 1.26 three more probes, placed alike
             // from .symtab and from .gopclntab.
-            let new_syscalls = crate::goruntime::GoVersion::parse(&v)
-                .unwrap()
-                .at_least(1, 26);
+            let new_syscalls = GoVersion::parse(&v).unwrap().at_least(1, 26);
             match (&pa.syscalls, &pb.syscalls) {
                 (events::SyscallPlan::Casgstatus, events::SyscallPlan::Casgstatus) => {
                     assert!(!new_syscalls, "{v}/{name}")
@@ -406,14 +404,14 @@ fn malformed_never_panics() {
         // Mutate where the parser looks: ELF/section headers, buildinfo and DWARF sections.
         let file = object::File::parse(&*orig).unwrap();
         let mut hot: Vec<(usize, usize)> = vec![(0, 64)];
-        for s in object::Object::sections(&file) {
-            let name = object::ObjectSection::name(&s).unwrap_or("");
+        for s in Object::sections(&file) {
+            let name = ObjectSection::name(&s).unwrap_or("");
             if name.contains("debug_info")
                 || name.contains("debug_abbrev")
                 || name == ".go.buildinfo"
                 || name == ".symtab"
             {
-                if let Some((o, l)) = object::ObjectSection::file_range(&s) {
+                if let Some((o, l)) = ObjectSection::file_range(&s) {
                     hot.push((o as usize, (l as usize).min(1 << 20)));
                 }
             }
@@ -453,15 +451,10 @@ fn forged_uncompressed_size_is_refused_before_allocating() {
         let mut data = read(&dir.join("gosched"));
         let (size_at, big_endian, compressed) = {
             let file = object::File::parse(&*data).unwrap();
-            let s = object::Object::sections(&file)
-                .find(|s| {
-                    matches!(
-                        object::ObjectSection::name(s),
-                        Ok(".debug_info" | ".zdebug_info")
-                    )
-                })
+            let s = Object::sections(&file)
+                .find(|s| matches!(ObjectSection::name(s), Ok(".debug_info" | ".zdebug_info")))
                 .unwrap();
-            let (off, len) = object::ObjectSection::file_range(&s).unwrap();
+            let (off, len) = ObjectSection::file_range(&s).unwrap();
             let off = off as usize;
             // Go 1.19: .zdebug_info, "ZLIB" + big-endian u64 size; later: SHF_COMPRESSED,
             // Elf64_Chdr { ch_type u32, ch_reserved u32, ch_size u64, ch_addralign u64 }.
@@ -504,10 +497,8 @@ fn layouts_from_raw_dwarf_sections() {
         let full = analyse(&data[..]).unwrap();
         let file = object::File::parse(&*data).unwrap();
         let section = |name: &str| {
-            let s = object::Object::section_by_name(&file, name).unwrap();
-            object::ObjectSection::uncompressed_data(&s)
-                .unwrap()
-                .into_owned()
+            let s = Object::section_by_name(&file, name).unwrap();
+            ObjectSection::uncompressed_data(&s).unwrap().into_owned()
         };
         let (info, abbrev) = (section(".debug_info"), section(".debug_abbrev"));
         let d = layouts_from_dwarf(&info, &abbrev, &full.version).unwrap();
@@ -537,9 +528,9 @@ fn old_pointer_buildinfo() {
         .raw;
     let (off, addr) = {
         let file = object::File::parse(&*data).unwrap();
-        let s = object::Object::section_by_name(&file, ".go.buildinfo").unwrap();
-        let (off, _) = object::ObjectSection::file_range(&s).unwrap();
-        (off as usize, object::ObjectSection::address(&s))
+        let s = Object::section_by_name(&file, ".go.buildinfo").unwrap();
+        let (off, _) = ObjectSection::file_range(&s).unwrap();
+        (off as usize, ObjectSection::address(&s))
     };
     let b = &mut data[off..off + 64 + want.len()];
     b[14] = 8; // pointer size

@@ -47,7 +47,7 @@ impl Bucket {
 /// back if it succeeds, so only failures count against a client and the total. Credentials
 /// that verified before (cached) never reach it: a scraper with the right password keeps
 /// working while someone else's guesses are refused.
-pub struct FailureLimiter {
+pub(super) struct FailureLimiter {
     state: Mutex<LimiterState>,
 }
 

@@ -1,7 +1,7 @@
 //! Accepting and serving connections with bounds: a connection cap, TLS handshake, header
 //! and idle timeouts (see [`super::conns`]), bounded request buffers, and a graceful
 //! shutdown that waits a bounded time.
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{Router, extract::ConnectInfo};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};

@@ -682,7 +682,7 @@ impl Probes {
                 if crate::host::privs::drop_all_capabilities().is_err() {
                     return false;
                 }
-                lookup_raw(fd, 0, core::mem::size_of::<Hist>())
+                lookup_raw(fd, 0, size_of::<Hist>())
             })
             .join()
             .unwrap_or(false)
@@ -694,7 +694,7 @@ impl Probes {
         let mut dropped = 0;
         if let Some(rb) = self.slow.as_mut() {
             while let Some(item) = rb.next() {
-                if item.len() < core::mem::size_of::<SlowEvent>() {
+                if item.len() < size_of::<SlowEvent>() {
                     warn!(len = item.len(), "short slow event record");
                     continue;
                 }
@@ -988,7 +988,7 @@ fn lookup_raw(fd: i32, key: u32, value_size: usize) -> bool {
             libc::SYS_bpf,
             BPF_MAP_LOOKUP_ELEM,
             &attr as *const ElemAttr,
-            core::mem::size_of::<ElemAttr>(),
+            size_of::<ElemAttr>(),
         )
     };
     rc == 0

@@ -1,5 +1,6 @@
 //! Capture reports: pure aggregation of a [`RawSnapshot`] into the report model (serialized
-//! as the JSON output; [`text`] renders it for people).
+//! as the JSON output; [`text`] renders it for people). Snapshots come as `crate::model`
+//! types: nothing here imports the loader.
 use std::collections::BTreeMap;
 
 use schedlat_common::{COMM_LEN, SlowEvent, drop_reason, futex_op, kind};

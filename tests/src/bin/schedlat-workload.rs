@@ -111,7 +111,7 @@ mod linux {
         },
     }
 
-    pub fn main() {
+    pub(crate) fn main() {
         let cli = Cli::parse();
         let res = match cli.cmd {
             Cmd::Spin {
@@ -813,7 +813,7 @@ mod linux {
         }
         let tids: Vec<u32> = rx.iter().take(n as usize).collect();
         // Asleep (state S in /proc/self/task/TID/stat) means inside the futex wait.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(10);
         for &tid in &tids {
             loop {
                 let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat"))
@@ -823,10 +823,10 @@ mod linux {
                     break;
                 }
                 ensure!(
-                    std::time::Instant::now() < deadline,
+                    Instant::now() < deadline,
                     "parked thread {tid} not asleep after 10 s: {stat}"
                 );
-                thread::sleep(std::time::Duration::from_millis(1));
+                thread::sleep(Duration::from_millis(1));
             }
         }
         Ok(tids)

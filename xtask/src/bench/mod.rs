@@ -39,7 +39,7 @@ mod workload;
 mod wrk;
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Interleaved rounds of (bare, floor, schedlat, runqlat, bpftrace) per workload [default: 5, 2 with --quick]
     #[arg(long, value_name = "N")]
     pairs: Option<usize>,
@@ -51,7 +51,7 @@ pub struct Args {
     go_only: bool,
 }
 
-pub fn bench(ws: &Workspace, args: Args) -> Result<()> {
+pub(crate) fn bench(ws: &Workspace, args: Args) -> Result<()> {
     let Args {
         pairs,
         quick,
