@@ -133,7 +133,7 @@ fn range(v: &[f64]) -> String {
     }
     let min = v.iter().copied().fold(f64::INFINITY, f64::min);
     let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!("{:.0} ({min:.0}-{max:.0})", median(v.clone()))
+    format!("{:.0} ({min:.0}-{max:.0})", median(v))
 }
 
 pub(super) fn render(s: &mut String, c: &SelfCost) {
