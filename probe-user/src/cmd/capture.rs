@@ -483,13 +483,12 @@ mod tests {
         let a = std::sync::Mutex::new(Some(a));
         let b: std::sync::Arc<std::sync::Mutex<Option<Fixture>>> = Default::default();
         let b2 = b.clone();
-        let b_exe2 = b_exe.clone();
         test_hook::set(Some(Box::new(move |p| {
             if p != pid {
                 return;
             }
             drop(a.lock().unwrap().take());
-            *b2.lock().unwrap() = Some(start_at(pid, &b_exe2));
+            *b2.lock().unwrap() = Some(start_at(pid, &b_exe));
         })));
         let refused = load_checked(&opts);
         test_hook::set(None);

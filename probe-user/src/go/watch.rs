@@ -991,7 +991,7 @@ mod tests {
         if !root_or_skip("a_pid_reused_between_scan_and_read_discards_the_reading") {
             return;
         }
-        let _one = crate::goruntime::live::test_hook::exclusive();
+        let _one = goruntime::live::test_hook::exclusive();
         // A copy of its own, so the selector picks no other test's fixture.
         let tmp = std::env::temp_dir().join(format!("schedlat-reuse-{}", std::process::id()));
         std::fs::create_dir_all(&tmp).unwrap();
