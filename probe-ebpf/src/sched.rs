@@ -109,6 +109,11 @@ pub(crate) fn on_wake(p: *const u8, count_waker: bool) -> Result<(), i32> {
         let key = WakePair {
             waker_tid,
             wakee_tid: tid,
+            waker_cpu: if waker_tid == 0 {
+                unsafe { bpf_get_smp_processor_id() }
+            } else {
+                0
+            },
         };
         let pair = get_or_insert(&WAKE_PAIRS, &key, || {
             Some(WakeCount {

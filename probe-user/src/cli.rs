@@ -28,6 +28,10 @@ pub struct Cli {
     /// Kernel BTF file.
     #[arg(long, global = true, default_value = "/sys/kernel/btf/vmlinux")]
     pub btf: PathBuf,
+    /// Tests only: per-task run-queue state in the hash map (RUNQ_START) of the build for
+    /// kernels without task storage (before 5.12), even where the kernel has task storage.
+    #[arg(long, global = true, hide = true)]
+    pub hash_stamps: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -188,6 +192,12 @@ pub struct TopArgs {
     /// allows it (no extra cost), else `off`.
     #[arg(long, value_enum, default_value_t = FutexMode::Auto)]
     pub futex: FutexMode,
+    /// Also show Go processes (those of --pid, else those in --cgroup, else every Go program
+    /// on the host; 64 at most, lowest pids first): GOMAXPROCS against the CPUs each may use,
+    /// goroutines (by state on Go >= 1.26), the runtime's own scheduling latency and GC
+    /// pauses, read from their memory (no probe, no cost to them; needs ptrace access).
+    #[arg(long)]
+    pub go: bool,
 }
 
 #[derive(Debug, Args)]

@@ -182,7 +182,7 @@ impl DaemonConfig {
         ("http.render_timeout_secs", "use 1..=3600 seconds"),
         ("http.max_waiting_scrapes", "use 1..=65536"),
         ("maps", "[maps] is a table of map sizes"),
-        ("maps.runq_start", MAP_FIX),
+        ("maps.runq_start", RUNQ_FIX),
         ("maps.futex_start", MAP_FIX),
         ("maps.hists", MAP_FIX),
         ("maps.tasks", MAP_FIX),
@@ -267,8 +267,11 @@ impl DaemonConfig {
             return Err(err(key, value, fix));
         }
         let m = &self.maps;
+        // 0: sized from the host's task limit (kernel::probes::runq_start_for_host).
+        if m.runq_start != 0 && !(16..=4_194_304).contains(&m.runq_start) {
+            return Err(err("maps.runq_start", m.runq_start.to_string(), RUNQ_FIX));
+        }
         for (key, v) in [
-            ("maps.runq_start", m.runq_start),
             ("maps.futex_start", m.futex_start),
             ("maps.hists", m.hists),
             ("maps.tasks", m.tasks),
@@ -283,6 +286,8 @@ impl DaemonConfig {
 }
 
 const MAP_FIX: &str = "map sizes must be 16..=4194304 entries";
+const RUNQ_FIX: &str =
+    "use 0 (as many as the host can have tasks, the default) or 16..=4194304 entries";
 
 /// The dotted key set on line `line_no` (1-based), e.g. `maps.hists` under `[maps]`.
 fn key_of_line(text: &str, line_no: usize) -> Option<String> {
@@ -475,7 +480,7 @@ mod tests {
             ("web_config = \"\"", "web_config", "YAML"),
             ("web_config = true", "web_config", "YAML"),
             ("maps = 5", "maps", "table"),
-            ("[maps]\nrunq_start = 15", "maps.runq_start", "16..=4194304"),
+            ("[maps]\nrunq_start = 15", "maps.runq_start", "0 (as many"),
             (
                 "[maps]\nfutex_start = 4194305",
                 "maps.futex_start",

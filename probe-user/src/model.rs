@@ -83,9 +83,11 @@ pub const FUTEX_OUTCOME_NAMES: [&str; futex_outcome::COUNT] =
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MapSizes {
-    /// Tasks runnable but not yet running, at once (a stamp per task). Only on kernels without
-    /// task storage in tracing programs (before 5.12); elsewhere a task's stamp lives in its
-    /// own storage and there is no such limit.
+    /// Tasks with a stamp at once: runnable but not yet running, and, with futex mode
+    /// `sched`, blocked in a futex (a parked thread keeps its stamp while it sleeps). Only on
+    /// kernels without task storage in tracing programs (before 5.12); elsewhere a task's
+    /// stamp lives in its own storage and there is no such limit. 0: as many as the host can
+    /// have tasks (`kernel::probes::runq_start_for_host`).
     pub runq_start: u32,
     /// Tasks inside a blocking futex call, at once.
     pub futex_start: u32,
@@ -101,7 +103,7 @@ pub struct MapSizes {
 impl Default for MapSizes {
     fn default() -> Self {
         Self {
-            runq_start: 65536,
+            runq_start: 0,
             futex_start: 65536,
             hists: 8192,
             tasks: 65536,

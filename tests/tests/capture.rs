@@ -746,14 +746,17 @@ fn interval_capture_stops_on_sigint_with_whole_blocks() {
 }
 
 /// Timed-out futex waits are woken by their timer's interrupt: on an idle CPU the idle task
-/// (pid 0) is current then, and the report says `(irq on an idle CPU)` instead of naming the
-/// idle task (`swapper/N`) as the waker. Every timeout is a wakeup of the waiter.
+/// (pid 0) is current then, and the report says `(irq)` with the CPU (`(irq) on CPU N` in
+/// text) instead of naming the idle task (`swapper/N`) as the waker. Every timeout is a
+/// wakeup of the waiter.
 #[test]
 fn timer_wakeups_on_an_idle_cpu_are_labelled_as_interrupts() {
     if !privileged_or_skip() {
         return;
     }
     let timeouts = 20u64;
+    // SAFETY: sysconf has no preconditions.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) } as u64;
     let (result, report) = capture_workload(
         &[
             "futex",
@@ -782,7 +785,11 @@ fn timer_wakeups_on_an_idle_cpu_are_labelled_as_interrupts() {
         .iter()
         .filter(|w| w["waker_tid"] == 0)
         .map(|w| {
-            assert_eq!(w["waker_comm"], "(irq on an idle CPU)", "{w}");
+            assert_eq!(w["waker_comm"], "(irq)", "{w}");
+            let cpu = w["waker_cpu"]
+                .as_u64()
+                .expect("an irq wakeup names its CPU");
+            assert!(cpu < cpus, "CPU {cpu} of {cpus}: {w}");
             w["count"].as_u64().unwrap()
         })
         .sum();

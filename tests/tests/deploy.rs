@@ -779,8 +779,8 @@ fn manifests_fit_together(docs: &[Value], go: bool) {
         .as_str()
         .unwrap();
     assert_eq!(cfg.contains("[go]\nenabled = true"), go, "{cfg}");
-    // The daemon leaves root: no `user = "root"`.
-    assert!(!cfg.contains("user ="), "{cfg}");
+    // The daemon leaves root for a uid of its own, not root and not the shared nobody.
+    assert!(cfg.contains("\nuser = \"9725\"\n"), "{cfg}");
 
     // Host paths the daemon reads, mounted read-only at the same place.
     let volumes = spec["volumes"].as_array().unwrap();
@@ -1079,12 +1079,12 @@ fn daemon_runs_in_the_daemonset_container_layout() {
         status.lines().any(|l| l == "CapEff:\t0000000000000000"),
         "capabilities kept after attaching:\n{status}"
     );
-    // Left root for nobody (the image's /etc/passwd has it; here the host's).
+    // Left root for the ConfigMap's uid of schedlat's own (the host's passwd lacks it: the
+    // group is the same number), not a uid other containers share.
     assert!(
-        status
-            .lines()
-            .any(|l| l == "Uid:\t65534\t65534\t65534\t65534"),
-        "still root after attaching:\n{status}"
+        status.lines().any(|l| l == "Uid:\t9725\t9725\t9725\t9725")
+            && status.lines().any(|l| l == "Gid:\t9725\t9725\t9725\t9725"),
+        "not uid/gid 9725 after attaching:\n{status}"
     );
 }
 
@@ -1367,7 +1367,7 @@ fn enter_container(
 /// (hostPath binds, read-only, recursively where it says so) over what a runtime provides
 /// (/proc of the host pid namespace, sysfs read-only, a tmpfs /dev, a namespaced cgroup2), a
 /// read-only root, uid 0 with only the capabilities it adds, no_new_privs. The daemon must
-/// attach, become nobody, drop them, and serve the host cgroup of a workload by its host path; everything it
+/// attach, become uid 9725 (schedlat's own), drop them, and serve the host cgroup of a workload by its host path; everything it
 /// maps comes from the image, which holds the binary and exactly the libraries ldd lists.
 /// (Not reproduced: the seccomp profile and the pod network namespace.)
 #[test]
@@ -1644,12 +1644,18 @@ fn the_container_image_runs_the_daemon_with_the_daemonsets_mounts() {
     };
     assert_eq!(field("CapBnd:"), keep, "{status}");
     assert_eq!(field("CapEff:"), 0, "{status}");
-    // Became nobody, from the image's /etc/passwd.
+    // Became the ConfigMap's uid, named schedlat in the image's /etc/passwd.
     assert!(
-        status
-            .lines()
-            .any(|l| l == "Uid:\t65534\t65534\t65534\t65534"),
+        status.lines().any(|l| l == "Uid:\t9725\t9725\t9725\t9725")
+            && status.lines().any(|l| l == "Gid:\t9725\t9725\t9725\t9725"),
         "{status}"
+    );
+    assert!(
+        std::fs::read_to_string(rootfs.join("etc/passwd"))
+            .unwrap()
+            .lines()
+            .any(|l| l.starts_with("schedlat:x:9725:9725:")),
+        "the image names uid 9725"
     );
     assert!(status.lines().any(|l| l == "NoNewPrivs:\t1"), "{status}");
     assert!(

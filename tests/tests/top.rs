@@ -158,3 +158,48 @@ fn top_shows_the_contended_task_first_sorts_by_key_and_quits_on_q() {
     spin.result();
     futex.result();
 }
+
+/// `top --go --pid`: a Go fixture (the newest release: goroutines by state) shows up in the
+/// Go panel with its pid, name, GOMAXPROCS and as many goroutines as it reports itself
+/// (runtime.NumGoroutine, stable while it waits for its next command).
+#[test]
+fn top_go_shows_the_go_program_with_its_own_goroutine_count() {
+    if !privileged_or_skip() {
+        return;
+    }
+    let versions = schedlat_tests::gofixture::go_fixture_versions();
+    let (version, dir) = versions.last().unwrap();
+    let mut go = schedlat_tests::gofixture::GoFixture::start(&dir.join("gosched"));
+    let metrics = go.go();
+    let goroutines = metrics["num_goroutine"].as_u64().expect("num_goroutine");
+    let maxprocs = metrics["gomaxprocs"].as_u64().expect("gomaxprocs");
+    let command = format!("{} top --go --pid {}", schedlat_bin().display(), go.pid);
+    let tmux = Tmux::start(&format!("schedlat-topgo-{}", std::process::id()), &command);
+    let pid = go.pid.to_string();
+    // The row: PID, binary, version, GOMAXPROCS (`!` above the CPUs it may use), CPUs,
+    // goroutines, ...
+    let row = |s: &str| -> Option<Vec<String>> {
+        s.lines()
+            .map(|l| {
+                l.split_whitespace()
+                    .map(|w| w.trim_matches('│').to_string())
+                    .filter(|w| !w.is_empty())
+                    .collect::<Vec<_>>()
+            })
+            .find(|w| w.first() == Some(&pid) && w.get(1).map(String::as_str) == Some("gosched"))
+    };
+    let s = tmux.wait_for("the Go program's row", Duration::from_secs(30), |s| {
+        row(s).is_some()
+    });
+    let r = row(&s).unwrap();
+    eprintln!(
+        "figure: top --go row: {r:?}; the program says {goroutines} goroutines, GOMAXPROCS \
+         {maxprocs}"
+    );
+    assert!(s.contains("Go processes (1;"), "{s}");
+    assert_eq!(r[2], *version, "{r:?}");
+    assert_eq!(r[3].trim_end_matches('!'), maxprocs.to_string(), "{r:?}");
+    assert_eq!(r[5], goroutines.to_string(), "goroutines: {r:?}");
+    tmux.keys("q");
+    go.exit();
+}

@@ -1,8 +1,9 @@
 //! `cargo xtask image`: an OCI image of the release `schedlat`, built without a container
 //! engine (this machine has none): one gzip layer holding the binary at
 //! /usr/local/bin/schedlat, exactly the shared libraries `ldd` says it loads (none for the
-//! static musl build that `cargo xtask build` makes), a two-line /etc/passwd and /etc/group (root, nobody: the `user`
-//! setting looks names up) and the DaemonSet's mount points; written as an OCI image layout
+//! static musl build that `cargo xtask build` makes), a three-line /etc/passwd and /etc/group
+//! (root, nobody, and schedlat: uid 9725, the DaemonSet's `user`; the `user` setting looks
+//! names up) and the DaemonSet's mount points; written as an OCI image layout
 //! at target/image/schedlat, tagged with the crate version. `skopeo copy oci:...` pushes or
 //! converts it (README, Deploying).
 //!
@@ -64,11 +65,12 @@ pub(crate) fn from_binary(ws: &Workspace, bin: &Path) -> Result<PathBuf> {
     files.push(LayerFile::text(
         "etc/passwd",
         "root:x:0:0:root:/root:/usr/sbin/nologin\n\
-         nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+         nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n\
+         schedlat:x:9725:9725:schedlat:/nonexistent:/usr/sbin/nologin\n",
     ));
     files.push(LayerFile::text(
         "etc/group",
-        "root:x:0:\nnogroup:x:65534:\n",
+        "root:x:0:\nnogroup:x:65534:\nschedlat:x:9725:\n",
     ));
     // Mount points of the DaemonSet (config, /proc, /sys with BTF, tracefs, cgroup) and /dev:
     // with a read-only root a runtime cannot always create them.

@@ -290,8 +290,11 @@ const _: () = assert!(core::mem::size_of::<TaskStat>() == 104);
 pub struct WakePair {
     pub waker_tid: u32,
     pub wakee_tid: u32,
+    /// With waker_tid 0 (a CPU's idle task was current: an interrupt woke the wakee), the CPU
+    /// it was raised on; 0 otherwise, so that ordinary pairs do not multiply by CPU.
+    pub waker_cpu: u32,
 }
-const _: () = assert!(core::mem::size_of::<WakePair>() == 8);
+const _: () = assert!(core::mem::size_of::<WakePair>() == 12);
 
 /// Value of WAKE_PAIRS. Comms are captured when the pair is first seen.
 #[repr(C)]

@@ -15,6 +15,24 @@ use crate::{
     report::{self, Filter, ReportInput},
 };
 
+/// Load and attach. The Go uprobe goes on the file analysed (its descriptor, not
+/// /proc/PID/exe looked up again) and its scope is the pid: refused (and detached) unless the
+/// pid still names the process analysed, running that file.
+fn load_checked(opts: &ProbeOptions) -> anyhow::Result<Probes> {
+    #[cfg(test)]
+    if let Some(t) = &opts.go_events {
+        crate::goruntime::live::test_hook::between_scan_and_read(t.pid);
+    }
+    let probes = Probes::load(opts).context("starting the capture")?;
+    if let Some(t) = &opts.go_events {
+        t.exe
+            .verify()
+            .with_context(|| format!("after attaching the Go uprobe to pid {}", t.pid))?;
+        debug!(pid = t.pid, site = %t.site, file_offset = t.file_offset, "Go uprobe attached");
+    }
+    Ok(probes)
+}
+
 /// The tgid of `pid`, or a usage error naming it when there is no such process.
 pub(crate) fn resolve_pid(pid: u32) -> Result<u32, UsageError> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -73,6 +91,7 @@ pub fn run(cli: &Cli, a: &CaptureArgs) -> anyhow::Result<()> {
         filter_cgroups,
         tracefs: cli.tracefs.clone(),
         btf: cli.btf.clone(),
+        hash_stamps: cli.hash_stamps,
         ..Default::default()
     };
     // Go programs among the targets: their runtime's own statistics at the window's start.
@@ -106,14 +125,7 @@ pub fn run(cli: &Cli, a: &CaptureArgs) -> anyhow::Result<()> {
         )),
         None => None,
     };
-    let probes = Probes::load(&opts).context("starting the capture")?;
-    if let Some(t) = &opts.go_events {
-        // The uprobe's scope is the pid: refuse if it names another process by now.
-        t.exe
-            .verify()
-            .with_context(|| format!("after attaching the Go uprobe to pid {}", t.pid))?;
-        debug!(pid = t.pid, site = %t.site, file_offset = t.file_offset, "Go uprobe attached");
-    }
+    let probes = load_checked(&opts)?;
     let scope = if pids.is_empty() && a.cgroup.is_none() {
         "host-wide"
     } else {
@@ -404,5 +416,109 @@ fn emit(block: &str) -> anyhow::Result<bool> {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
         Err(e) => Err(e).context("writing the report to stdout"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead as _, Write as _};
+
+    use super::*;
+    use crate::goruntime::{
+        live::test_hook,
+        tests::{Fixture, fixture_versions, root_or_skip},
+    };
+
+    /// Start `exe` as pid `pid` (the kernel hands out ns_last_pid + 1 next; retried when
+    /// another fork takes it first).
+    fn start_at(pid: u32, exe: &std::path::Path) -> Fixture {
+        for _ in 0..200 {
+            std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
+            let fx = Fixture::start(exe, 3);
+            if fx.pid() == pid {
+                return fx;
+            }
+        }
+        panic!("could not start a process at pid {pid}");
+    }
+
+    /// The Go program analysed exits after its analysis and, before the uprobe is attached,
+    /// another one takes its pid: a copy of the same executable (another file, the same
+    /// code), so a uprobe placed through /proc/PID/exe, looked up again, would land on a
+    /// valid instruction of the newcomer and count its goroutines. The capture refuses with an
+    /// error naming the pid reuse; and the uprobe, attached through the descriptor analysed,
+    /// sits on the first program's file: the newcomer's goroutine switches never hit it.
+    #[test]
+    fn a_pid_reused_before_the_go_uprobe_is_attached_is_refused_and_never_probed() {
+        let Some(dirs) = fixture_versions() else {
+            return;
+        };
+        if !root_or_skip(
+            "a_pid_reused_before_the_go_uprobe_is_attached_is_refused_and_never_probed",
+        ) {
+            return;
+        }
+        let _one = test_hook::exclusive();
+        let tmp = std::env::temp_dir().join(format!("schedlat-attach-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).unwrap();
+        // The newest release: its casgstatus is probed at an emulated instruction.
+        let src = dirs.last().unwrap().join("gosched");
+        let (a_exe, b_exe) = (tmp.join("gosched-a"), tmp.join("gosched-b"));
+        std::fs::copy(&src, &a_exe).unwrap();
+        std::fs::copy(&src, &b_exe).unwrap();
+
+        let a = Fixture::start(&a_exe, 3);
+        let pid = a.pid();
+        let g = gocapture::start(pid, None, true).expect("analysing the first program");
+        let opts = ProbeOptions {
+            futex: FutexMode::Off,
+            go_events: Some(
+                g.probe_target()
+                    .expect("a per-event probe plan for this release"),
+            ),
+            ..Default::default()
+        };
+        let a = std::sync::Mutex::new(Some(a));
+        let b: std::sync::Arc<std::sync::Mutex<Option<Fixture>>> = Default::default();
+        let b2 = b.clone();
+        let b_exe2 = b_exe.clone();
+        test_hook::set(Some(Box::new(move |p| {
+            if p != pid {
+                return;
+            }
+            drop(a.lock().unwrap().take());
+            *b2.lock().unwrap() = Some(start_at(pid, &b_exe2));
+        })));
+        let refused = load_checked(&opts);
+        test_hook::set(None);
+        let e = format!(
+            "{:#}",
+            refused.err().expect("the capture attached to a reused pid")
+        );
+        assert!(
+            e.contains(&format!("pid {pid}")) && e.contains("another"),
+            "the error names the pid and its reuse: {e}"
+        );
+
+        // Attached anyway (what the check above refuses), the probe is on the first file.
+        let probes = Probes::load(&opts).expect("loading");
+        let mut guard = b.lock().unwrap();
+        let b = guard.as_mut().expect("the second program took the pid");
+        let mut stdin = b.0.stdin.take().unwrap();
+        writeln!(stdin, "go").unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(b.0.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(
+            line.contains("sched_latencies"),
+            "the newcomer's load ran: {line}"
+        );
+        let hits = probes.snapshot().unwrap().go.unwrap().counts
+            [schedlat_common::go::counter::HITS as usize];
+        assert_eq!(hits, 0, "the uprobe hit the program that reused the pid");
+        drop(probes);
+        drop(guard);
+        let _ = std::fs::remove_dir_all(&tmp);
     }
 }

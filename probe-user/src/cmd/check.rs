@@ -89,6 +89,7 @@ pub fn run(cli: &Cli, a: &CheckArgs) -> anyhow::Result<()> {
         slow_threshold: Some(std::time::Duration::from_millis(10)),
         tracefs: cli.tracefs.clone(),
         btf: cli.btf.clone(),
+        hash_stamps: cli.hash_stamps,
         ..Default::default()
     };
     verdicts.push(trial("capture", &capture));
@@ -97,6 +98,7 @@ pub fn run(cli: &Cli, a: &CheckArgs) -> anyhow::Result<()> {
         map_sizes: daemon_cfg.maps,
         tracefs: cli.tracefs.clone(),
         btf: cli.btf.clone(),
+        hash_stamps: cli.hash_stamps,
         ..Default::default()
     };
     verdicts.push(trial("daemon", &daemon));

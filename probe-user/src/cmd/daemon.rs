@@ -267,6 +267,7 @@ pub fn run(cli: &Cli, a: &DaemonArgs) -> anyhow::Result<()> {
         map_sizes: cfg.maps,
         tracefs: cli.tracefs.clone(),
         btf: cli.btf.clone(),
+        hash_stamps: cli.hash_stamps,
         ..Default::default()
     };
     let probes = Probes::load(&opts).context("starting the daemon")?;

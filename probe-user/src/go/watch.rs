@@ -191,7 +191,9 @@ struct Classifier {
 const CLASSIFY_WAIT: Duration = Duration::from_millis(500);
 
 impl Classifier {
-    fn spawn() -> std::io::Result<Self> {
+    /// `log`: warn about an unreadable Go executable (not from `schedlat top`, whose screen
+    /// a log line would scribble over; it shows the counts instead).
+    fn spawn(log: bool) -> std::io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<(ExeKey, File)>(MAX_QUEUE);
         let shared: Arc<(Mutex<Classified>, Condvar)> = Default::default();
         let out = shared.clone();
@@ -200,7 +202,7 @@ impl Classifier {
             .name("go-classify".into())
             .spawn(move || {
                 while let Ok((key, f)) = rx.recv() {
-                    let class = classify_file(f);
+                    let class = classify_file(f, log);
                     let mut st = out.0.lock().unwrap_or_else(|e| e.into_inner());
                     st.pending.remove(&key);
                     match class {
@@ -241,7 +243,7 @@ impl Classifier {
 
 /// Go or not, and how to read it; Err(reason) for a failure of reading the file, which is
 /// not the executable's fault and not cached.
-fn classify_file(f: File) -> Result<Class, &'static str> {
+fn classify_file(f: File, log: bool) -> Result<Class, &'static str> {
     if !has_go_section(&f) {
         return Ok(Class::NotGo);
     }
@@ -250,7 +252,9 @@ fn classify_file(f: File) -> Result<Class, &'static str> {
         // Counted by the scrape that finds it (each time: it is retried), not logged here.
         Err(e @ GoError::Io { .. }) => Err(reason(&e)),
         Err(e) => {
-            warn!(error = %e, "Go executable not readable; counted in schedlat_go_read_errors_total");
+            if log {
+                warn!(error = %e, "Go executable not readable; counted in schedlat_go_read_errors_total");
+            }
             Ok(Class::Unreadable(reason(&e)))
         }
     }
@@ -272,6 +276,36 @@ pub struct GoWatcher {
     /// The cgroup2 mount's root as our cgroup namespace sees it (e.g. "/../.." inside a
     /// container): process cgroup paths are made relative to it (the host's view).
     mount_root: Option<String>,
+    /// Only these pids are looked at (`schedlat top --go --pid`), instead of all of /proc.
+    only_pids: Option<Vec<u32>>,
+    /// Whether failures are logged (else only counted).
+    log: bool,
+}
+
+/// A selected Go process, opened (pidfd, start time, executable), whose executable's layout
+/// is known: what a scrape reads.
+pub struct Found {
+    pub pid: u32,
+    pub layout: Arc<Layout>,
+    pub target: goruntime::live::Target,
+    /// The executable's file name (the `binary` label).
+    pub binary: String,
+    /// cgroup v2 path in the host's view.
+    pub cgroup: String,
+}
+
+impl Found {
+    /// Its runtime's statistics, read now; an error if the pid no longer names the process
+    /// opened running the file analysed (the reading of another program is discarded).
+    pub fn read(&self) -> Result<goruntime::live::Stats, GoError> {
+        #[cfg(test)]
+        goruntime::live::test_hook::between_scan_and_read(self.pid);
+        self.target.checked(goruntime::live::read_with(
+            self.pid,
+            &self.layout,
+            &self.target.meta,
+        ))
+    }
 }
 
 fn reason(e: &GoError) -> &'static str {
@@ -346,7 +380,17 @@ pub fn has_go_section_at(read_at: impl Fn(&mut [u8], u64) -> std::io::Result<()>
 
 impl GoWatcher {
     pub fn new(cfg: GoConfig, per_octave: u32) -> Self {
-        let classifier = Classifier::spawn()
+        Self::with(cfg, per_octave, None, true)
+    }
+
+    /// `schedlat top --go`: only `pids` when given (else every process the selectors pick),
+    /// failures counted, not logged.
+    pub fn for_top(cfg: GoConfig, pids: Option<Vec<u32>>) -> Self {
+        Self::with(cfg, 4, pids, false)
+    }
+
+    fn with(cfg: GoConfig, per_octave: u32, only_pids: Option<Vec<u32>>, log: bool) -> Self {
+        let classifier = Classifier::spawn(log)
             .inspect_err(|e| {
                 warn!(error = %e, "starting the Go classification thread; no Go process will be read");
             })
@@ -367,7 +411,20 @@ impl GoWatcher {
             warned: HashSet::new(),
             logged: HashSet::new(),
             mount_root,
+            only_pids,
+            log,
         }
+    }
+
+    /// Failures so far, by reason (what schedlat_go_read_errors_total exports).
+    pub fn errors(&self) -> &BTreeMap<&'static str, u64> {
+        &self.errors
+    }
+
+    /// At the last scan: selected Go processes left out by `max_processes`, and processes
+    /// whose executable was still being classified.
+    pub fn left_out(&self) -> (usize, usize) {
+        (self.skipped, self.pending)
     }
 
     fn count_error(&mut self, r: &'static str) {
@@ -376,10 +433,10 @@ impl GoWatcher {
 
     /// Count a failure of one process by reason (at every scrape it happens) and log it once
     /// per process and reason.
-    fn process_error(&mut self, pid: u32, e: &GoError) {
+    pub fn process_error(&mut self, pid: u32, e: &GoError) {
         let r = reason(e);
         self.count_error(r);
-        if r == "exited" {
+        if r == "exited" || !self.log {
             return;
         }
         if self.logged.len() >= MAX_LOGGED {
@@ -489,20 +546,27 @@ impl GoWatcher {
         }
     }
 
-    /// Scan /proc and read every selected Go process whose executable is classified.
-    pub fn scrape(&mut self) {
+    /// Scan /proc (or the given pids) for the selected Go processes whose executable is
+    /// classified, opened, lowest pids first, at most `max_processes` (the rest counted).
+    /// None if /proc cannot be read (counted).
+    pub fn scan(&mut self) -> Option<Vec<Found>> {
         use goruntime::live::Target;
-        let mut found: Vec<(u32, Arc<Layout>, Target, String, String)> = Vec::new();
+        let mut found: Vec<Found> = Vec::new();
         let mut candidates: Vec<(Target, String, String)> = Vec::new();
-        let Ok(dir) = std::fs::read_dir("/proc") else {
-            self.count_error("proc_unreadable");
-            return;
+        let pids: Vec<u32> = match &self.only_pids {
+            Some(p) => p.clone(),
+            None => {
+                let Ok(dir) = std::fs::read_dir("/proc") else {
+                    self.count_error("proc_unreadable");
+                    return None;
+                };
+                dir.flatten()
+                    .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+                    .collect()
+            }
         };
         self.pending = 0;
-        for e in dir.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
+        for pid in pids {
             if pid == self.self_pid {
                 continue;
             }
@@ -540,9 +604,15 @@ impl GoWatcher {
             match class {
                 None => self.pending += 1,
                 Some(Class::NotGo) => {}
-                Some(Class::Go(l)) => {
+                Some(Class::Go(layout)) => {
                     let binary = exe_path.rsplit('/').next().unwrap_or("").to_owned();
-                    found.push((t.pid, l, t, binary, cgroup));
+                    found.push(Found {
+                        pid: t.pid,
+                        layout,
+                        target: t,
+                        binary,
+                        cgroup,
+                    });
                 }
                 // Selected but unreadable: counted once per executable, not per scrape.
                 Some(Class::Unreadable(r)) => {
@@ -555,10 +625,17 @@ impl GoWatcher {
                 }
             }
         }
-        found.sort_by_key(|f| f.0);
+        found.sort_by_key(|f| f.pid);
         self.skipped = found.len().saturating_sub(self.cfg.max_processes);
         found.truncate(self.cfg.max_processes);
+        Some(found)
+    }
 
+    /// Scan /proc and read every selected Go process whose executable is classified.
+    pub fn scrape(&mut self) {
+        let Some(found) = self.scan() else {
+            return;
+        };
         for s in self.series.values_mut() {
             s.seen.clear();
             s.gomaxprocs = 0;
@@ -570,16 +647,15 @@ impl GoWatcher {
             s.with_states = 0;
             s.processes = 0;
         }
-        for (pid, layout, target, binary, cgroup) in found {
-            let mut key = (binary, cgroup);
+        for f in found {
+            let pid = f.pid;
+            // Read, then check the pid still names the process opened, running the file
+            // analysed: otherwise the reading is of another program and is discarded.
+            let read = f.read();
+            let mut key = (f.binary, f.cgroup);
             if !self.series.contains_key(&key) && self.series.len() >= self.cfg.max_series {
                 key = ("other".into(), "other".into());
             }
-            #[cfg(test)]
-            goruntime::live::test_hook::between_scan_and_read(pid);
-            // Read, then check the pid still names the process opened, running the file
-            // analysed: otherwise the reading is of another program and is discarded.
-            let read = target.checked(goruntime::live::read_with(pid, &layout, &target.meta));
             let stats = match read {
                 Ok(s) => s,
                 Err(e) => {
@@ -915,6 +991,7 @@ mod tests {
         if !root_or_skip("a_pid_reused_between_scan_and_read_discards_the_reading") {
             return;
         }
+        let _one = crate::goruntime::live::test_hook::exclusive();
         // A copy of its own, so the selector picks no other test's fixture.
         let tmp = std::env::temp_dir().join(format!("schedlat-reuse-{}", std::process::id()));
         std::fs::create_dir_all(&tmp).unwrap();

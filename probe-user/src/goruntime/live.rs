@@ -902,6 +902,12 @@ pub mod test_hook {
             h(pid);
         }
     }
+
+    /// Held by each test that sets the hook: one at a time (tests run in parallel threads).
+    pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+        static ONE: Mutex<()> = Mutex::new(());
+        ONE.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 #[cfg(test)]

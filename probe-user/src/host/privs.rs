@@ -148,7 +148,7 @@ pub struct Account {
 #[derive(Debug, thiserror::Error)]
 pub enum UserError {
     #[error(
-        "user = {0:?}: no such user in the passwd database; use an existing user name or uid (e.g. \"nobody\")"
+        "user = {0:?}: no such user in the passwd database; use an existing user name, or a uid (1..=2147483647; without a passwd entry its group is the same number)"
     )]
     Unknown(String),
     #[error("user = {spec:?}: looking it up failed: {cause}")]
@@ -175,8 +175,11 @@ impl Classify for UserError {
 }
 inventory::submit!(ClassOf::of::<UserError>());
 
-/// Look up `spec`, a user name or a numeric uid (which must have a passwd entry: its group
-/// comes from there).
+/// Largest uid taken without a passwd entry (Kubernetes' runAsUser range).
+const MAX_BARE_UID: u32 = i32::MAX as u32;
+
+/// Look up `spec`, a user name or a numeric uid: its group comes from its passwd entry; a uid
+/// (1..=2147483647) with no entry gets the group of the same number.
 pub fn lookup_user(spec: &str) -> Result<Account, UserError> {
     let name = std::ffi::CString::new(spec).map_err(|_| UserError::Unknown(spec.to_string()))?;
     let uid = spec.parse::<u32>().ok();
@@ -216,7 +219,16 @@ pub fn lookup_user(spec: &str) -> Result<Account, UserError> {
             });
         }
         if result.is_null() {
-            return Err(UserError::Unknown(spec.to_string()));
+            // A numeric uid needs no entry (a container image's passwd rarely has the uid a
+            // DaemonSet picks): its group is the same number.
+            return match uid {
+                Some(uid @ 1..=MAX_BARE_UID) => Ok(Account {
+                    name: format!("uid {uid}"),
+                    uid,
+                    gid: uid,
+                }),
+                _ => Err(UserError::Unknown(spec.to_string())),
+            };
         }
         // SAFETY: on success pw_name points to a NUL-terminated string inside buf.
         let pw_name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
@@ -387,6 +399,11 @@ mod tests {
         assert_eq!(lookup_user("0").unwrap(), root);
         let nobody = lookup_user("nobody").unwrap();
         assert_eq!(lookup_user(&nobody.uid.to_string()).unwrap(), nobody);
+        // A uid with no passwd entry: that uid, and the group of the same number.
+        let bare = lookup_user("9725").unwrap();
+        if bare.name == "uid 9725" {
+            assert_eq!((bare.uid, bare.gid), (9725, 9725));
+        }
         for bad in ["no-such-user-schedlat", "4000000000", "a\0b", ""] {
             let e = lookup_user(bad).unwrap_err().to_string();
             assert!(

@@ -92,6 +92,46 @@ impl Classify for ProbeError {
 }
 inventory::submit!(ClassOf::of::<ProbeError>());
 
+/// RUNQ_START entries when `maps.runq_start` is 0 and the host's task limit cannot be read.
+pub const RUNQ_START_FALLBACK: u32 = 65536;
+/// At most this many RUNQ_START entries chosen automatically (~96 bytes each, preallocated:
+/// 24 MiB); `maps.runq_start` may set more.
+pub const RUNQ_START_AUTO_MAX: u32 = 262_144;
+
+/// RUNQ_START's capacity for this host: every task can hold a stamp at once (runnable, or
+/// parked in a futex with futex mode `sched`), and a host has at most min(kernel.threads-max,
+/// kernel.pid_max) tasks; at least [`RUNQ_START_FALLBACK`], at most [`RUNQ_START_AUTO_MAX`].
+/// With /proc/sys unreadable (e.g. a unit's ProcSubset=pid), the fallback and a warning.
+pub fn runq_start_for_host() -> u32 {
+    let read = |k: &str| -> Option<u64> {
+        std::fs::read_to_string(format!("/proc/sys/kernel/{k}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    match (read("threads-max"), read("pid_max")) {
+        (Some(t), Some(p)) => runq_start_for(t, p),
+        _ => {
+            warn!(
+                entries = RUNQ_START_FALLBACK,
+                "cannot read kernel.threads-max and kernel.pid_max: the run-queue stamp map \
+                 (RUNQ_START, kernels before 5.12) keeps the fallback size; set maps.runq_start \
+                 to the most tasks this host runs at once"
+            );
+            RUNQ_START_FALLBACK
+        }
+    }
+}
+
+/// [`runq_start_for_host`] from the two sysctls.
+pub fn runq_start_for(threads_max: u64, pid_max: u64) -> u32 {
+    threads_max.min(pid_max).clamp(
+        u64::from(RUNQ_START_FALLBACK),
+        u64::from(RUNQ_START_AUTO_MAX),
+    ) as u32
+}
+
 /// Syscall numbers of futex, futex_waitv and futex_wait (futex2) on this arch
 /// (arch/x86/entry/syscalls/syscall_64.tbl).
 const FUTEX_SYSCALLS: Option<(u32, u32, u32)> = if cfg!(target_arch = "x86_64") {
@@ -116,6 +156,9 @@ pub struct ProbeOptions {
     pub btf: PathBuf,
     /// A Go process to trace per event (captures): a uprobe on its runtime.casgstatus.
     pub go_events: Option<GoEventTarget>,
+    /// Tests: per-task state in the hash map (RUNQ_START) of the build for kernels without
+    /// task storage, even where the kernel has it.
+    pub hash_stamps: bool,
 }
 
 /// Where the Go uprobe goes and what it needs to know (crate::goruntime::events::EventPlan).
@@ -155,6 +198,7 @@ impl Default for ProbeOptions {
             tracefs: None,
             btf: PathBuf::from("/sys/kernel/btf/vmlinux"),
             go_events: None,
+            hash_stamps: false,
         }
     }
 }
@@ -363,8 +407,11 @@ impl Probes {
             debug!("setrlimit(RLIMIT_MEMLOCK) failed; fine on kernels with memcg accounting");
         }
 
-        let s = opts.map_sizes;
-        let task_storage = features.has(Feature::TaskStorage);
+        let mut s = opts.map_sizes;
+        let task_storage = features.has(Feature::TaskStorage) && !opts.hash_stamps;
+        if !task_storage && s.runq_start == 0 {
+            s.runq_start = runq_start_for_host();
+        }
         let rq_slots = rq_slots(&s);
         let filter_tgid = (opts.filter_tgids.len() as u32).max(1);
         let filter_cg = (opts.filter_cgroups.len() as u32).max(1);
@@ -414,7 +461,11 @@ impl Probes {
                 .map_max_entries("GO_G", GO_G_ENTRIES)
                 .map_max_entries("GO_RUNQ", GO_RUNQ_ENTRIES);
         }
-        debug!(task_storage, "per-task state");
+        debug!(
+            task_storage,
+            runq_start = if task_storage { 0 } else { s.runq_start },
+            "per-task state (in task storage, else in RUNQ_START of this capacity)"
+        );
         // aya has no userspace type for task storage (TASK_STORE); nothing here reads it.
         loader.allow_unsupported_maps();
         let mut ebpf = loader
@@ -986,6 +1037,7 @@ fn map_mut<'a, V: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>>(
 
 #[cfg(test)]
 mod tests {
+    use super::{RUNQ_START_AUTO_MAX, RUNQ_START_FALLBACK, runq_start_for};
     use crate::{kernel::probes::ProbeError, model::ErrorClass};
 
     /// Privileges and kernel features are the user's to fix (exit 2); a map that fails is a
@@ -1001,6 +1053,18 @@ mod tests {
             detail: "lookup failed".into(),
         };
         assert_eq!(ErrorClass::of(&runtime.into()), ErrorClass::Runtime);
+    }
+
+    /// Sized for every task the host can have (parked threads hold stamps too), bounded.
+    #[test]
+    fn runq_start_sized_from_the_hosts_task_limit() {
+        // pid_max 32768 (a common default): the floor.
+        assert_eq!(runq_start_for(192_730, 32_768), RUNQ_START_FALLBACK);
+        // Raised pid_max: threads-max or pid_max, whichever is lower.
+        assert_eq!(runq_start_for(192_730, 4_194_304), 192_730);
+        assert_eq!(runq_start_for(1_000_000, 150_000), 150_000);
+        // A large host: capped.
+        assert_eq!(runq_start_for(4_000_000, 4_194_304), RUNQ_START_AUTO_MAX);
     }
 
     /// A walk that keeps starting over (its current key deleted each time) ends, with at

@@ -194,6 +194,7 @@ mod tests {
                 WakePair {
                     waker_tid: 10,
                     wakee_tid: 11,
+                    waker_cpu: 0,
                 },
                 WakeCount {
                     count: 3,

@@ -367,11 +367,7 @@ pub fn render_html(r: &CaptureReport, t: &Timeline) -> String {
             .take(top)
             .map(|w| {
                 vec![
-                    if w.waker_tid == 0 {
-                        w.waker_comm.clone()
-                    } else {
-                        format!("{}[{}]", w.waker_comm, w.waker_tid)
-                    },
+                    super::waker_label(w),
                     format!("{}[{}]", w.wakee_comm, w.wakee_tid),
                     w.count.to_string(),
                 ]

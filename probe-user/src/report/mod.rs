@@ -119,6 +119,8 @@ pub struct TaskRow {
 pub struct WakeRow {
     pub waker_tid: u32,
     pub waker_comm: String,
+    /// The CPU whose interrupt raised the wakeup, when an idle CPU's was (waker_tid 0).
+    pub waker_cpu: Option<u32>,
     pub wakee_tid: u32,
     pub wakee_comm: String,
     pub count: u64,
@@ -152,10 +154,19 @@ pub fn comm_str(c: &[u8; COMM_LEN]) -> String {
 }
 
 /// The waker of a wakeup raised while a CPU's idle task was current (pid 0): an interrupt
-/// (a timer expiring, a device, a softirq run on the way out of one) on an idle CPU. The
-/// kernel's comm for it, `swapper/N`, names the idle task of whichever CPU was first seen; all
-/// CPUs' idle tasks share pid 0 and so one row.
-pub const IRQ_ON_IDLE_CPU: &str = "(irq on an idle CPU)";
+/// (a timer expiring, a device, a softirq run on the way out of one) on an idle CPU, named by
+/// that CPU (the kernel keeps one pid-0 task per CPU, `swapper/N`, all with pid 0). An
+/// interrupt taken while an ordinary task runs is credited to that task: the kernel does not
+/// tell the two apart at sched_waking.
+pub const IRQ_WAKER: &str = "(irq)";
+
+/// How the report names a waker: `comm[tid]`, or `(irq) on CPU N` for an idle CPU's interrupt.
+pub fn waker_label(w: &WakeRow) -> String {
+    match w.waker_cpu {
+        Some(cpu) => format!("{IRQ_WAKER} on CPU {cpu}"),
+        None => format!("{}[{}]", w.waker_comm, w.waker_tid),
+    }
+}
 
 pub fn futex_op_name(op: u32) -> String {
     match op {
@@ -284,10 +295,11 @@ pub fn build(
         .map(|(k, v)| WakeRow {
             waker_tid: k.waker_tid,
             waker_comm: if k.waker_tid == 0 {
-                IRQ_ON_IDLE_CPU.to_string()
+                IRQ_WAKER.to_string()
             } else {
                 comm_str(&v.waker_comm)
             },
+            waker_cpu: (k.waker_tid == 0).then_some(k.waker_cpu),
             wakee_tid: k.wakee_tid,
             wakee_comm: comm_str(&v.wakee_comm),
             count: v.count,
@@ -296,7 +308,11 @@ pub fn build(
     wakeups.sort_by(|a, b| {
         b.count
             .cmp(&a.count)
-            .then((a.waker_tid, a.wakee_tid).cmp(&(b.waker_tid, b.wakee_tid)))
+            .then((a.waker_tid, a.waker_cpu, a.wakee_tid).cmp(&(
+                b.waker_tid,
+                b.waker_cpu,
+                b.wakee_tid,
+            )))
     });
 
     let slow_events = input
@@ -445,6 +461,7 @@ mod tests {
                     WakePair {
                         waker_tid: 10,
                         wakee_tid: 11,
+                        waker_cpu: 0,
                     },
                     WakeCount {
                         count: 4,
@@ -456,6 +473,7 @@ mod tests {
                     WakePair {
                         waker_tid: 0,
                         wakee_tid: 11,
+                        waker_cpu: 1,
                     },
                     WakeCount {
                         count: 2,
@@ -529,10 +547,11 @@ mod tests {
         assert!(text.contains("runq_start_map_full=3"), "{text}");
         // Woken from an interrupt on an idle CPU (the idle task, pid 0, was current): said so,
         // not as the idle task waking someone.
-        assert_eq!(r.wakeups[1].waker_comm, IRQ_ON_IDLE_CPU);
+        assert_eq!(r.wakeups[1].waker_comm, IRQ_WAKER);
+        assert_eq!(r.wakeups[1].waker_cpu, Some(1));
+        assert_eq!(r.wakeups[0].waker_cpu, None);
         assert!(
-            text.contains("        2  (irq on an idle CPU) -> b[11]\n")
-                && !text.contains("swapper"),
+            text.contains("        2  (irq) on CPU 1 -> b[11]\n") && !text.contains("swapper"),
             "{text}"
         );
     }

@@ -308,11 +308,7 @@ fn write_wakeups(out: &mut String, r: &CaptureReport, top: usize) {
             out,
             "  {:>9}  {} -> {}[{}]",
             w.count,
-            if w.waker_tid == 0 {
-                w.waker_comm.clone()
-            } else {
-                format!("{}[{}]", w.waker_comm, w.waker_tid)
-            },
+            super::waker_label(w),
             w.wakee_comm,
             w.wakee_tid
         );

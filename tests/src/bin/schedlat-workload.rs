@@ -98,6 +98,17 @@ mod linux {
             #[arg(long, default_value_t = 0)]
             parked: u32,
         },
+        /// THREADS threads (32 KiB stacks carved from one mapping) each block once in
+        /// FUTEX_WAIT_PRIVATE on one word; once every one sleeps, HOLD_MS ms later, one
+        /// FUTEX_WAKE_PRIVATE wakes them all, and each then waits in pause(2) (no futex) until
+        /// the process exits. No other futex wait happens in the process. The host must allow
+        /// that many tasks (kernel.pid_max, kernel.threads-max).
+        Park {
+            #[arg(long, default_value_t = 1000)]
+            threads: u32,
+            #[arg(long, default_value_t = 100)]
+            hold_ms: u64,
+        },
     }
 
     pub(crate) fn main() {
@@ -121,6 +132,7 @@ mod linux {
                 threads,
                 parked,
             } => churn(procs, threads, parked),
+            Cmd::Park { threads, hold_ms } => park(threads, hold_ms),
         };
         match res {
             Ok(result) => {
@@ -766,5 +778,168 @@ mod linux {
             }
         }
         Ok(tids)
+    }
+
+    // ---------------------------------------------------------------- park
+
+    /// What the parked threads share (leaked: they may outlive `park`'s frame until `_exit`).
+    struct Parked {
+        word: AtomicU32,
+        asleep: AtomicU32,
+        woken: AtomicU32,
+        eagain: AtomicU32,
+        failed: AtomicU32,
+        done: AtomicU32,
+    }
+
+    extern "C" fn parked_thread(arg: *mut libc::c_void) -> *mut libc::c_void {
+        // SAFETY: `park` passes a leaked &'static Parked.
+        let p = unsafe { &*(arg as *const Parked) };
+        p.asleep.fetch_add(1, SeqCst);
+        loop {
+            match futex_wait(&p.word, 0, None) {
+                Ok(()) if p.word.load(SeqCst) != 0 => {
+                    p.woken.fetch_add(1, SeqCst);
+                    break;
+                }
+                // Spurious: sleep again (nothing else wakes this word).
+                Ok(()) | Err(libc::EINTR) => {}
+                Err(libc::EAGAIN) => {
+                    p.eagain.fetch_add(1, SeqCst);
+                    break;
+                }
+                Err(_) => {
+                    p.failed.fetch_add(1, SeqCst);
+                    break;
+                }
+            }
+        }
+        p.done.fetch_add(1, SeqCst);
+        // Never return: 70,000 threads exiting at once contend for glibc's stack-cache lock,
+        // futex waits that are not the one this workload is about. pause(2) is no futex;
+        // the process's _exit ends them.
+        loop {
+            // SAFETY: no preconditions.
+            unsafe { libc::pause() };
+        }
+    }
+
+    /// The state letter of each thread of this process but the caller (/proc/self/task).
+    fn thread_states(me: u32) -> Result<Vec<(u32, u8)>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc/self/task").context("listing /proc/self/task")? {
+            let Some(tid) = e?.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if tid == me {
+                continue;
+            }
+            // A thread that already returned has no entry any more: not asleep, not counted.
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")) else {
+                continue;
+            };
+            let state = stat
+                .rsplit_once(") ")
+                .map_or(b'?', |(_, r)| r.as_bytes()[0]);
+            out.push((tid, state));
+        }
+        Ok(out)
+    }
+
+    fn park(n: u32, hold_ms: u64) -> Result<Value> {
+        const STACK: usize = 32 * 1024;
+        ready_then_wait(json!({}))?;
+        let p: &'static Parked = Box::leak(Box::new(Parked {
+            word: AtomicU32::new(0),
+            asleep: AtomicU32::new(0),
+            woken: AtomicU32::new(0),
+            eagain: AtomicU32::new(0),
+            failed: AtomicU32::new(0),
+            done: AtomicU32::new(0),
+        }));
+        // One mapping for every stack: glibc maps (and guards) a stack per thread otherwise,
+        // two mappings each, past vm.max_map_count at this count. Only touched pages cost.
+        let len = STACK * n as usize;
+        // SAFETY: a fresh private anonymous mapping, never unmapped (the threads use it).
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len.max(STACK),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        ensure!(
+            base != libc::MAP_FAILED,
+            "mmap of {len} bytes of stacks: {}",
+            std::io::Error::last_os_error()
+        );
+        let started = Instant::now();
+        for i in 0..n as usize {
+            // SAFETY: attr is initialised before use and destroyed after; the stack is a
+            // disjoint, aligned slice of the mapping above; the thread gets a 'static pointer.
+            let rc = unsafe {
+                let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+                libc::pthread_attr_init(&mut attr);
+                libc::pthread_attr_setstack(
+                    &mut attr,
+                    base.cast::<u8>().add(i * STACK).cast(),
+                    STACK,
+                );
+                libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
+                let mut t: libc::pthread_t = 0;
+                let rc = libc::pthread_create(
+                    &mut t,
+                    &attr,
+                    parked_thread,
+                    (p as *const Parked).cast_mut().cast(),
+                );
+                libc::pthread_attr_destroy(&mut attr);
+                rc
+            };
+            if rc != 0 {
+                bail!(
+                    "creating parked thread {} of {n}: {} (raise kernel.pid_max and \
+                     kernel.threads-max)",
+                    i + 1,
+                    std::io::Error::from_raw_os_error(rc)
+                );
+            }
+        }
+        let created_s = started.elapsed().as_secs_f64();
+        poll_until(|| p.asleep.load(SeqCst) == n);
+        // Each about to wait; asleep (state S) means inside FUTEX_WAIT.
+        let me = gettid();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let states = thread_states(me)?;
+            let sleeping = states.iter().filter(|(_, s)| *s == b'S').count();
+            if sleeping == n as usize {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{sleeping} of {n} parked threads asleep after 30 s"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+        let parked_s = started.elapsed().as_secs_f64();
+        thread::sleep(Duration::from_millis(hold_ms));
+        p.word.store(1, SeqCst);
+        let woke = futex_wake(&p.word, i32::MAX as u32)
+            .map_err(|e| anyhow::anyhow!("FUTEX_WAKE: {}", errno_name(e)))?;
+        poll_until(|| p.done.load(SeqCst) == n);
+        Ok(json!({
+            "threads": n,
+            "woken": p.woken.load(SeqCst),
+            "eagain": p.eagain.load(SeqCst),
+            "failed": p.failed.load(SeqCst),
+            "wake_returned": woke,
+            "created_s": created_s,
+            "all_asleep_s": parked_s,
+            "total_s": started.elapsed().as_secs_f64(),
+        }))
     }
 }

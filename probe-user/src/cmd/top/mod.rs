@@ -1,7 +1,13 @@
 //! `schedlat top`: a live terminal view, refreshed every interval, of run-queue delay per
-//! cgroup, task and CPU and futex waits, from the capture's programs. `q` (or Esc, Ctrl-C)
-//! quits: the terminal is restored and the programs detach as the process exits.
-use std::time::{Instant, SystemTime};
+//! cgroup, task and CPU and futex waits, from the capture's programs; with `--go`, Go
+//! processes from their runtime's own statistics (the daemon's watcher: crate::go::watch).
+//! `q` (or Esc, Ctrl-C) quits: the terminal is restored and the programs detach as the process
+//! exits.
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    time::{Instant, SystemTime},
+};
 
 use anyhow::Context as _;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
@@ -9,7 +15,11 @@ use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers
 use crate::{
     cli::{Cli, TopArgs},
     cmd::capture::resolve_pid,
+    config::GoConfig,
+    go::watch::GoWatcher,
+    goruntime::live::Stats,
     host::cgroup::{CgroupNames, v2_mount},
+    host::cpulimit,
     kernel::probes::{ProbeOptions, Probes},
     model::{RawSnapshot, SortKey, UsageError},
     report::{self, Filter, ReportInput},
@@ -47,6 +57,7 @@ pub fn run(cli: &Cli, a: &TopArgs) -> anyhow::Result<()> {
         filter_cgroups,
         tracefs: cli.tracefs.clone(),
         btf: cli.btf.clone(),
+        hash_stamps: cli.hash_stamps,
         ..Default::default()
     };
     let probes = Probes::load(&opts).context("starting schedlat top")?;
@@ -58,13 +69,18 @@ pub fn run(cli: &Cli, a: &TopArgs) -> anyhow::Result<()> {
             s.join(", ")
         }
     };
+    let mut go = a.go.then(|| GoView::new(&pids, a.cgroup.as_deref()));
+    if let Some(g) = go.as_mut() {
+        // A first reading, so the first screen has an interval's growth.
+        g.read();
+    }
     let filter = Filter {
         pids,
         cgroup: a.cgroup.clone(),
     };
     // Alternate screen and raw mode; ratatui's panic hook restores the terminal on a panic.
     let mut terminal = ratatui::init();
-    let res = ui(&mut terminal, probes, a, &scope, &filter, &mut names);
+    let res = ui(&mut terminal, probes, a, &scope, &filter, &mut names, go);
     ratatui::restore();
     res
 }
@@ -76,6 +92,7 @@ fn ui(
     scope: &str,
     filter: &Filter,
     names: &mut CgroupNames,
+    mut go: Option<GoView>,
 ) -> anyhow::Result<()> {
     let every = humantime::format_duration(a.interval).to_string();
     let mut sort = a.sort;
@@ -136,9 +153,82 @@ fn ui(
             cpus: now.cpus.iter().map(|c| c.max_ns).collect(),
         };
         let mut m = view::model(&r, &max_since_start, scope);
+        m.go = go.as_mut().map(GoView::read);
         view::sort(&mut m, sort);
         screen = Some(m);
         prev = now;
         start = at;
+    }
+}
+
+/// Most Go processes `top --go` reads per interval.
+const MAX_GO: usize = 64;
+
+/// The Go processes of `top --go`: found and read as the daemon's `[go]` does (pidfd and
+/// identity checks, executables analysed once in the background), one line per process.
+struct GoView {
+    watcher: GoWatcher,
+    /// Each process's previous reading (by pid; a pid reused by another program is told by
+    /// the watcher's identity checks and by the runtime's counters, which only grow).
+    prev: HashMap<u32, Stats>,
+    mount: Option<PathBuf>,
+}
+
+impl GoView {
+    fn new(pids: &[u32], cgroup: Option<&str>) -> Self {
+        let cfg = GoConfig {
+            enabled: true,
+            // The watcher's cgroup selector takes /proc/PID/cgroup's form: a leading slash.
+            cgroups: cgroup
+                .map(|c| format!("/{}", c.trim_start_matches('/')))
+                .into_iter()
+                .collect(),
+            max_processes: MAX_GO,
+            ..Default::default()
+        };
+        Self {
+            watcher: GoWatcher::for_top(cfg, (!pids.is_empty()).then(|| pids.to_vec())),
+            prev: HashMap::new(),
+            mount: v2_mount().ok(),
+        }
+    }
+
+    /// Read every selected Go process now: the panel of the interval since the last call.
+    fn read(&mut self) -> view::GoPanel {
+        let found = self.watcher.scan().unwrap_or_default();
+        let mut lines = Vec::new();
+        let mut now = HashMap::new();
+        for f in &found {
+            match f.read() {
+                Ok(s) => {
+                    let cpus = self
+                        .mount
+                        .as_deref()
+                        .and_then(|m| cpulimit::budget(f.pid, m).ok())
+                        .map(|b| b.usable_cpus);
+                    let prev = self
+                        .prev
+                        .get(&f.pid)
+                        .filter(|p| p.go_version == s.go_version);
+                    lines.push(view::GoLine::new(&f.binary, prev, &s, cpus));
+                    now.insert(f.pid, s);
+                }
+                Err(e) => self.watcher.process_error(f.pid, &e),
+            }
+        }
+        self.prev = now;
+        let (skipped, pending) = self.watcher.left_out();
+        view::GoPanel {
+            lines,
+            skipped,
+            pending,
+            errors: self
+                .watcher
+                .errors()
+                .iter()
+                .filter(|(r, _)| **r != "exited")
+                .map(|(r, n)| (*r, *n))
+                .collect(),
+        }
     }
 }

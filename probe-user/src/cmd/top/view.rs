@@ -1,5 +1,6 @@
 //! What `schedlat top` shows: rates over the last interval per cgroup, task and CPU, from one
-//! interval's report (report::since, report::build), sorted by a key, drawn with ratatui.
+//! interval's report (report::since, report::build), sorted by a key, drawn with ratatui; with
+//! `--go`, Go processes from their runtime's own statistics (crate::goruntime::live).
 //! Pure: rendered into any backend (unit tests use ratatui's TestBackend).
 use std::collections::HashMap;
 
@@ -12,6 +13,8 @@ use ratatui::{
 };
 
 use crate::{
+    go::capture::{gc_window, window},
+    goruntime::live::Stats,
     hist::{HistSummary, fmt_ns},
     model::SortKey,
     report::CaptureReport,
@@ -60,6 +63,87 @@ pub struct CpuLine {
     pub rates: Rates,
 }
 
+/// One Go process (`top --go`): its runtime's own statistics, read from its memory, and the
+/// growth of its cumulative histograms over the interval.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GoLine {
+    pub pid: u32,
+    /// The executable's file name.
+    pub binary: String,
+    pub go_version: String,
+    pub gomaxprocs: i32,
+    /// CPUs the process may use (cgroup quota, affinity); None where unknown.
+    pub usable_cpus: Option<f64>,
+    /// runtime.NumGoroutine.
+    pub goroutines: Option<i64>,
+    /// Go >= 1.26: goroutines runnable, running, waiting, not in Go.
+    pub states: Option<[u64; 4]>,
+    pub threads: Option<u64>,
+    /// The runtime's sampled scheduling latency (1 transition in 8) over the interval; None
+    /// before a process's second reading.
+    pub sched: Option<(u64, Option<u64>)>,
+    /// GC stop-the-world pauses over the interval: how many, the longest (a bucket's upper
+    /// bound on Go >= 1.22, exact before); None before a second reading.
+    pub gc: Option<(u64, Option<u64>)>,
+}
+
+impl GoLine {
+    /// The line for reading `now` of a process, `prev` its reading an interval earlier.
+    pub fn new(binary: &str, prev: Option<&Stats>, now: &Stats, usable_cpus: Option<f64>) -> Self {
+        let sched = prev.map(|p| {
+            let w = window(&p.sched_latencies, &now.sched_latencies);
+            (w.count, w.p99_ns)
+        });
+        let gc = prev.and_then(|p| {
+            match (&p.stw_pauses, &now.stw_pauses, &p.gc_pauses, &now.gc_pauses) {
+                (Some(a), Some(b), _, _) => {
+                    let w = window(&a.total_gc, &b.total_gc);
+                    Some((w.count, w.max_ns))
+                }
+                (_, _, Some(a), Some(b)) => {
+                    let w = gc_window(a, b);
+                    Some((w.count, w.max_ns))
+                }
+                _ => None,
+            }
+        });
+        GoLine {
+            pid: now.pid,
+            binary: binary.to_string(),
+            go_version: now.go_version.clone(),
+            gomaxprocs: now.gomaxprocs,
+            usable_cpus,
+            goroutines: now.goroutines.as_ref().map(|g| g.num_goroutine),
+            states: now
+                .sched_stats
+                .as_ref()
+                .map(|t| [t.runnable, t.running, t.waiting, t.not_in_go]),
+            threads: now.sched_stats.as_ref().map(|t| t.threads),
+            sched,
+            gc,
+        }
+    }
+
+    /// GOMAXPROCS above the CPUs the process may use (half a CPU of slack, as go-stats warns).
+    pub fn oversubscribed(&self) -> bool {
+        self.usable_cpus
+            .is_some_and(|c| f64::from(self.gomaxprocs) > c + 0.5)
+    }
+}
+
+/// The Go panel of `top --go`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GoPanel {
+    pub lines: Vec<GoLine>,
+    /// Selected Go processes left out by the cap, and processes whose executable is still
+    /// being analysed.
+    pub skipped: usize,
+    pub pending: usize,
+    /// Failed reads since top started (stripped or unsupported binaries, permission, ...),
+    /// by reason.
+    pub errors: Vec<(&'static str, u64)>,
+}
+
 /// One screen's data.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TopModel {
@@ -73,6 +157,8 @@ pub struct TopModel {
     pub tasks: Vec<TaskLine>,
     pub cpus: Vec<CpuLine>,
     pub dropped: u64,
+    /// With `--go`.
+    pub go: Option<GoPanel>,
 }
 
 fn share(part: u64, whole: u64) -> f64 {
@@ -169,6 +255,7 @@ pub fn model(r: &CaptureReport, max_since_start: &MaxSinceStart, scope: &str) ->
         tasks,
         cpus,
         dropped: r.dropped.get("total").copied().unwrap_or(0),
+        go: None,
     }
 }
 
@@ -218,13 +305,21 @@ pub fn draw(f: &mut Frame, m: Option<&TopModel>, k: SortKey, every: &str) {
     };
     let ncg = m.cgroups.len().min(8) as u16;
     let ncpu = m.cpus.len().min(16) as u16;
-    let [head, cg, tasks, cpus] = Layout::vertical([
+    // The Go panel (--go) takes a header line more than its rows; none without --go.
+    let ngo =
+        m.go.as_ref()
+            .map_or(0, |g| g.lines.len().clamp(1, 8) as u16 + 3);
+    let [head, cg, tasks, go, cpus] = Layout::vertical([
         Constraint::Length(3),
         Constraint::Length(ncg + 3),
         Constraint::Min(5),
+        Constraint::Length(ngo),
         Constraint::Length(ncpu + 3),
     ])
     .areas(f.area());
+    if let Some(g) = &m.go {
+        draw_go(f, g, go, header_style);
+    }
     let r = &m.runqueue;
     f.render_widget(
         Paragraph::new(vec![
@@ -368,6 +463,98 @@ pub fn draw(f: &mut Frame, m: Option<&TopModel>, k: SortKey, every: &str) {
     );
 }
 
+fn opt_ns(v: Option<u64>) -> String {
+    v.map_or_else(|| "-".into(), fmt_ns)
+}
+
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+fn draw_go(f: &mut Frame, g: &GoPanel, area: ratatui::layout::Rect, header_style: Style) {
+    let rows = g.lines.iter().take(8).map(|l| {
+        let [runnable, running, waiting, _] = l.states.map_or([None; 4], |s| s.map(Some));
+        Row::new(vec![
+            l.pid.to_string(),
+            l.binary.clone(),
+            l.go_version.clone(),
+            format!(
+                "{}{}",
+                l.gomaxprocs,
+                if l.oversubscribed() { "!" } else { "" }
+            ),
+            l.usable_cpus
+                .map_or_else(|| "-".into(), |c| format!("{c:.2}")),
+            opt(l.goroutines),
+            opt(runnable),
+            opt(running),
+            opt(waiting),
+            opt(l.threads),
+            l.sched.map_or_else(
+                || "-".into(),
+                |(n, p99)| if n == 0 { "-".into() } else { opt_ns(p99) },
+            ),
+            l.gc.map_or_else(|| "-".into(), |(n, _)| n.to_string()),
+            l.gc.map_or_else(|| "-".into(), |(_, max)| opt_ns(max)),
+        ])
+    });
+    let mut title = format!(
+        " Go processes ({}; runtime's own statistics; ! GOMAXPROCS above the CPUs it may use",
+        g.lines.len()
+    );
+    if g.skipped > 0 {
+        title.push_str(&format!("; {} more not shown", g.skipped));
+    }
+    if g.pending > 0 {
+        title.push_str(&format!("; {} being analysed", g.pending));
+    }
+    if !g.errors.is_empty() {
+        let e: Vec<String> = g.errors.iter().map(|(r, n)| format!("{r} {n}")).collect();
+        title.push_str(&format!("; not read: {}", e.join(", ")));
+    }
+    title.push_str(") ");
+    f.render_widget(
+        Table::new(
+            rows,
+            [
+                Constraint::Length(8),
+                Constraint::Length(16),
+                Constraint::Length(10),
+                Constraint::Length(10),
+                Constraint::Length(6),
+                Constraint::Length(10),
+                Constraint::Length(8),
+                Constraint::Length(7),
+                Constraint::Length(7),
+                Constraint::Length(7),
+                Constraint::Length(10),
+                Constraint::Length(5),
+                Constraint::Length(9),
+            ],
+        )
+        .header(
+            Row::new(vec![
+                "PID",
+                "GO BINARY",
+                "VERSION",
+                "GOMAXPROCS",
+                "CPUS",
+                "GOROUTINES",
+                "RUNNABLE",
+                "RUNNING",
+                "WAITING",
+                "THREADS",
+                "SCHED P99",
+                "GC",
+                "GC MAX",
+            ])
+            .style(header_style),
+        )
+        .block(Block::bordered().title(title)),
+        area,
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use ratatui::{Terminal, backend::TestBackend};
@@ -454,6 +641,84 @@ mod tests {
     fn first_task(lines: &[String]) -> String {
         let h = lines.iter().position(|l| l.contains("TID")).unwrap();
         lines[h + 1].clone()
+    }
+
+    /// The Go panel: one row per process with what the runtime said, `!` where GOMAXPROCS
+    /// exceeds the CPUs the process may use, `-` for what a release does not keep.
+    #[test]
+    fn go_panel_shows_each_process_and_flags_oversubscription() {
+        let mut m = model(&report(), &MaxSinceStart::default(), "host-wide");
+        let line = |pid, binary: &str, maxprocs, cpus, states| GoLine {
+            pid,
+            binary: binary.into(),
+            go_version: "go1.27.3".into(),
+            gomaxprocs: maxprocs,
+            usable_cpus: cpus,
+            goroutines: Some(42),
+            states,
+            threads: states.map(|_| 7),
+            sched: Some((16, Some(1_500_000))),
+            gc: Some((2, Some(350_000))),
+        };
+        m.go = Some(GoPanel {
+            lines: vec![
+                line(4242, "gosched", 8, Some(2.0), Some([5, 2, 35, 0])),
+                line(4343, "httpserver", 2, None, None),
+            ],
+            errors: vec![("stripped", 1)],
+            ..Default::default()
+        });
+        let mut t = Terminal::new(TestBackend::new(160, 40)).unwrap();
+        t.draw(|f| draw(f, Some(&m), SortKey::Delay, "1s")).unwrap();
+        let buf = t.backend().buffer().clone();
+        let lines: Vec<String> = (0..buf.area.height)
+            .map(|y| {
+                (0..buf.area.width)
+                    .map(|x| buf[(x, y)].symbol().to_string())
+                    .collect()
+            })
+            .collect();
+        let row = |pid: &str| {
+            lines
+                .iter()
+                .find(|l| l.contains(pid))
+                .unwrap_or_else(|| panic!("no row for {pid}: {lines:#?}"))
+                .split_whitespace()
+                .map(|w| w.trim_matches('│'))
+                .filter(|w| !w.is_empty())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            row("4242"),
+            [
+                "4242", "gosched", "go1.27.3", "8!", "2.00", "42", "5", "2", "35", "7", "1.50ms",
+                "2", "350.0µs"
+            ]
+        );
+        assert_eq!(
+            row("4343"),
+            [
+                "4343",
+                "httpserver",
+                "go1.27.3",
+                "2",
+                "-",
+                "42",
+                "-",
+                "-",
+                "-",
+                "-",
+                "1.50ms",
+                "2",
+                "350.0µs"
+            ]
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("Go processes (2;") && l.contains("not read: stripped 1")),
+            "{lines:#?}"
+        );
     }
 
     #[test]
