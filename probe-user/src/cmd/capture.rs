@@ -453,9 +453,7 @@ mod tests {
         let Some(dirs) = fixture_versions() else {
             return;
         };
-        if !root_or_skip(
-            "a_pid_reused_before_the_go_uprobe_is_attached_is_refused_and_never_probed",
-        ) {
+        if !root_or_skip() {
             return;
         }
         let _one = test_hook::exclusive();
@@ -481,7 +479,7 @@ mod tests {
         let a = std::sync::Mutex::new(Some(a));
         let b: std::sync::Arc<std::sync::Mutex<Option<Fixture>>> = Default::default();
         let b2 = b.clone();
-        let b_exe2 = b_exe.clone();
+        let b_exe2 = b_exe;
         test_hook::set(Some(Box::new(move |p| {
             if p != pid {
                 return;

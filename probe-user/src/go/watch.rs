@@ -988,10 +988,10 @@ mod tests {
             return;
         };
         // Placing a process at a given pid (ns_last_pid) needs root.
-        if !root_or_skip("a_pid_reused_between_scan_and_read_discards_the_reading") {
+        if !root_or_skip() {
             return;
         }
-        let _one = crate::goruntime::live::test_hook::exclusive();
+        let _one = goruntime::live::test_hook::exclusive();
         // A copy of its own, so the selector picks no other test's fixture.
         let tmp = std::env::temp_dir().join(format!("schedlat-reuse-{}", std::process::id()));
         std::fs::create_dir_all(&tmp).unwrap();
