@@ -9,8 +9,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, Queue, RingBuf},
 };
 use schedlat_common::{
-    Config, CpuStat, FutexStart, GoConfig, GoGState, GoRunqRing, Hist, HistKey, RateWindow,
-    RunqHists, TaskStat, WakeCount, WakePair, drop_reason, futex_outcome, go,
+    Config, CpuStat, FutexStart, GoConfig, GoGState, GoRunqRing, Hist, HistKey, PreemptKey,
+    RateWindow, RunqHists, TaskStat, WakeCount, WakePair, drop_reason, futex_outcome, go,
 };
 
 /// Set by the loader before load (read-only data: the verifier sees the values as constants).
@@ -58,6 +58,9 @@ pub(crate) static RQ_FREE: Queue<u32> = Queue::with_max_entries(2048, 0);
 /// Run-queue histograms by slot (one cgroup each, woken and preempted).
 #[map]
 pub(crate) static RQ_HISTS: Array<RunqHists> = Array::with_max_entries(2048, 0);
+/// (cgroup, cgroup that got its CPU) -> involuntary switches (flags::PREEMPTORS, the daemon).
+#[map]
+pub(crate) static PREEMPTS: HashMap<PreemptKey, u64> = HashMap::with_max_entries(4096, 0);
 /// One zeroed histogram: the value used to create HISTS entries (too big for the stack).
 #[map]
 pub(crate) static ZERO_HIST: Array<Hist> = Array::with_max_entries(1, 0);

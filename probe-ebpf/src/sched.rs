@@ -17,8 +17,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use schedlat_common::{
-    COMM_LEN, HistKey, RunqHists, RunqStart, SlowEvent, TaskStat, WakeCount, WakePair, drop_reason,
-    flags, kind,
+    COMM_LEN, HistKey, PreemptKey, RunqHists, RunqStart, SlowEvent, TaskStat, WakeCount, WakePair,
+    drop_reason, flags, kind,
 };
 
 use crate::{
@@ -158,6 +158,14 @@ pub(crate) fn on_switch(
     };
     let prev_tid = task_pid(prev)?;
     let runnable = preempt || prev_state == TASK_RUNNING;
+    // Noisy-neighbour attribution (the daemon): prev gave its CPU away still runnable, which
+    // is what the kernel counts in nivcsw; counted against next's cgroup where that is read.
+    // prev is current: its cgroup is one helper call, on involuntary switches only.
+    let preempted_cg = if f & flags::PREEMPTORS != 0 && runnable && prev_tid != 0 {
+        unsafe { bpf_get_current_cgroup_id() }
+    } else {
+        0
+    };
     if prev_tid != 0 && !runnable && prev_state & TASK_DEAD != 0 {
         // prev never switches in again, so nothing else would delete its stamps: one left by
         // a wakeup that raced its exit, and the futex stamp its saved registers would earn a
@@ -205,10 +213,14 @@ pub(crate) fn on_switch(
 
     let tid = task_pid(next)?;
     if tid == 0 {
-        // The idle task is always "runnable"; it has no run-queue delay.
+        // The idle task is always "runnable"; it has no run-queue delay. Nor is a switch to
+        // idle a preemption by a cgroup (a throttled or migrated prev).
         return Ok(());
     }
     let Some(st) = state_of(next) else {
+        if preempted_cg != 0 {
+            count_preemption(preempted_cg, task_cgroup_id(next)?);
+        }
         return Ok(());
     };
     let (ts, cause, futex_op, mut futex_ns, generation) = unsafe {
@@ -223,6 +235,9 @@ pub(crate) fn on_switch(
     let st = consume(next, st);
     if generation != task_generation(next) {
         count_drop(drop_reason::STALE_STAMP);
+        if preempted_cg != 0 {
+            count_preemption(preempted_cg, task_cgroup_id(next)?);
+        }
         return Ok(());
     }
     // A task woken on one CPU and switched in on another at once can read an earlier time
@@ -254,6 +269,9 @@ pub(crate) fn on_switch(
         go_runq_interval(tid, ts, now);
     }
     let cgroup_id = task_cgroup_id(next)?;
+    if preempted_cg != 0 {
+        count_preemption(preempted_cg, cgroup_id);
+    }
     if let Some(h) = runq_hists(st, cgroup_id) {
         hist_bump(
             unsafe { core::ptr::addr_of_mut!((*h).hists[(cause & 1) as usize]) },
@@ -299,6 +317,19 @@ pub(crate) fn on_switch(
         );
     }
     Ok(())
+}
+
+/// One involuntary switch of a task of `cgroup_id` whose CPU went to a task of `by`.
+#[inline(always)]
+fn count_preemption(cgroup_id: u64, by: u64) {
+    let key = PreemptKey {
+        cgroup_id,
+        by_cgroup_id: by,
+    };
+    match get_or_insert(&PREEMPTS, &key, || Some(0u64)) {
+        Some(c) => atomic_add(c, 1),
+        None => count_drop(drop_reason::PREEMPT_FULL),
+    }
 }
 
 #[inline(always)]

@@ -25,6 +25,9 @@ pub struct DaemonConfig {
     pub futex: FutexMode,
     /// Most distinct `cgroup` label values per metric; more are folded into `cgroup="other"`.
     pub max_cgroups: usize,
+    /// Per cgroup, how many preempting cgroups keep their own `by` label in
+    /// `schedlat_preemptions_total` (the most frequent); the rest are counted as `by="other"`.
+    pub preemptors_per_cgroup: usize,
     /// Prometheus buckets per power of two (1, 2, 4 or 8). The kernel keeps 8.
     pub buckets_per_octave: u32,
     /// How long the final counts of a removed cgroup keep being exported under its own label.
@@ -84,6 +87,7 @@ impl Default for DaemonConfig {
             listen: DEFAULT_LISTEN.parse().expect("valid default"),
             futex: FutexMode::Auto,
             max_cgroups: 500,
+            preemptors_per_cgroup: 5,
             buckets_per_octave: 2,
             removed_cgroup_ttl_secs: 600,
             drop_capabilities: true,
@@ -155,6 +159,7 @@ impl DaemonConfig {
         ("listen", "use HOST:PORT, e.g. \"127.0.0.1:9725\""),
         ("futex", "use \"auto\", \"sched\", \"syscall\" or \"off\""),
         ("max_cgroups", "use an integer 1..=100000"),
+        ("preemptors_per_cgroup", "use an integer 1..=100"),
         ("buckets_per_octave", "use 1, 2, 4 or 8"),
         (
             "removed_cgroup_ttl_secs",
@@ -187,6 +192,7 @@ impl DaemonConfig {
         ("maps.hists", MAP_FIX),
         ("maps.tasks", MAP_FIX),
         ("maps.wake_pairs", MAP_FIX),
+        ("maps.preempts", MAP_FIX),
         (
             "go",
             "[go] is a table: enabled, binaries, comms, cgroups, max_processes, max_series",
@@ -228,6 +234,13 @@ impl DaemonConfig {
                 "max_cgroups",
                 self.max_cgroups.to_string(),
                 "use 1..=100000",
+            ));
+        }
+        if !(1..=100).contains(&self.preemptors_per_cgroup) {
+            return Err(err(
+                "preemptors_per_cgroup",
+                self.preemptors_per_cgroup.to_string(),
+                "use 1..=100",
             ));
         }
         if self.user.as_deref().is_some_and(|u| u.trim().is_empty()) {
@@ -276,6 +289,7 @@ impl DaemonConfig {
             ("maps.hists", m.hists),
             ("maps.tasks", m.tasks),
             ("maps.wake_pairs", m.wake_pairs),
+            ("maps.preempts", m.preempts),
         ] {
             if !(16..=4_194_304).contains(&v) {
                 return Err(err(key, v.to_string(), MAP_FIX));
@@ -451,6 +465,21 @@ mod tests {
             ("max_cgroups = -1", "max_cgroups", "1..=100000"),
             ("max_cgroups = \"5\"", "max_cgroups", "1..=100000"),
             (
+                "preemptors_per_cgroup = 0",
+                "preemptors_per_cgroup",
+                "1..=100",
+            ),
+            (
+                "preemptors_per_cgroup = 101",
+                "preemptors_per_cgroup",
+                "1..=100",
+            ),
+            (
+                "preemptors_per_cgroup = \"all\"",
+                "preemptors_per_cgroup",
+                "1..=100",
+            ),
+            (
                 "buckets_per_octave = 3",
                 "buckets_per_octave",
                 "1, 2, 4 or 8",
@@ -489,6 +518,7 @@ mod tests {
             ("[maps]\nhists = 0", "maps.hists", "16..=4194304"),
             ("[maps]\ntasks = \"big\"", "maps.tasks", "16..=4194304"),
             ("[maps]\nwake_pairs = -1", "maps.wake_pairs", "16..=4194304"),
+            ("[maps]\npreempts = 8", "maps.preempts", "16..=4194304"),
             ("http = 5", "http", "table"),
             (
                 "[http]\nmax_connections = 7",

@@ -2,7 +2,7 @@
 //! what the loader reads out of the kernel ([`RawSnapshot`]) and what it attached, map sizes,
 //! modes, error classes. The outputs import these, never `kernel::probes`.
 use schedlat_common::{
-    CpuStat, HistKey, TaskStat, WakeCount, WakePair, drop_reason, futex_outcome, go,
+    CpuStat, HistKey, PreemptKey, TaskStat, WakeCount, WakePair, drop_reason, futex_outcome, go,
 };
 
 use crate::hist::Histogram;
@@ -98,6 +98,9 @@ pub struct MapSizes {
     pub tasks: u32,
     /// Distinct waker->wakee pairs in a capture.
     pub wake_pairs: u32,
+    /// Distinct (cgroup, preempting cgroup) pairs the daemon counts involuntary switches of
+    /// (`schedlat_preemptions_total`); entries of removed cgroups are deleted at each scrape.
+    pub preempts: u32,
 }
 
 impl Default for MapSizes {
@@ -108,6 +111,7 @@ impl Default for MapSizes {
             hists: 8192,
             tasks: 65536,
             wake_pairs: 65536,
+            preempts: 4096,
         }
     }
 }
@@ -135,6 +139,19 @@ pub struct RawSnapshot {
     /// Current entry counts, for self-metrics.
     pub map_entries: Vec<(&'static str, usize, u32)>,
     pub go: Option<GoRaw>,
+    /// Involuntary switches by (cgroup, preempting cgroup) (the daemon).
+    pub preempts: Vec<(PreemptKey, u64)>,
+    /// The kernel's run-time accounting of each attached program, by program name (empty
+    /// unless `ProbeOptions::run_stats` and the kernel has BPF_ENABLE_STATS, 5.8+).
+    pub programs: Vec<(String, ProgStats)>,
+}
+
+/// What the kernel counted for one program while its statistics were on (bpf_prog_info
+/// run_time_ns and run_cnt: every run, on every CPU).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProgStats {
+    pub run_time_ns: u64,
+    pub run_count: u64,
 }
 
 /// The Go maps at one instant (captures with `kernel::probes::ProbeOptions::go_events`).

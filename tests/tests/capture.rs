@@ -133,6 +133,42 @@ fn check_preemption(kernel: bool) {
         "dropped: {}",
         report["dropped"]
     );
+    check_own_cost(&report, threads);
+}
+
+/// The report states the capture's own cost from the kernel's accounting: its sched_switch
+/// program ran at least once per timeslice the spinners got (schedstat's count of their
+/// switch-ins, all inside the capture), at a plausible cost per run.
+fn check_own_cost(report: &Value, threads: &[Value]) {
+    let cost = &report["cost"];
+    let switches = cost["switches"].as_u64().unwrap_or_else(|| panic!("no cost: {cost}"));
+    let slices: u64 = threads
+        .iter()
+        .map(|t| t["timeslices"].as_u64().unwrap())
+        .sum();
+    assert!(slices > 0, "the spinners got no timeslices");
+    assert!(
+        switches >= slices,
+        "sched_switch ran {switches} times, but the spinners alone were switched in {slices} times"
+    );
+    assert_eq!(
+        cost["programs"]["sched_switch"]["runs"].as_u64(),
+        Some(switches),
+        "{cost}"
+    );
+    let ns = cost["ns_per_switch"].as_f64().unwrap();
+    eprintln!(
+        "figure: capture's own cost {ns:.0} ns per sched_switch over {switches} switches (spinners: {slices})"
+    );
+    assert!(
+        ns > 0.0 && ns < 100_000.0,
+        "implausible cost per switch: {ns} ns"
+    );
+    // futex mode `syscall` (the capture's default): its programs are accounted per exit.
+    assert!(
+        cost["ns_per_futex_exit"].as_f64().is_some_and(|v| v >= 0.0),
+        "{cost}"
+    );
 }
 
 #[test]

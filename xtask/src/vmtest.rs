@@ -99,7 +99,10 @@ const TESTS: &[(&str, &[&str])] = &[
     ),
     (
         "daemon",
-        &["daemon_metrics_grow_under_load_and_pass_promtool"],
+        &[
+            "daemon_metrics_grow_under_load_and_pass_promtool",
+            "preemptions_name_the_cgroup_that_took_the_cpu_and_match_the_kernels_count",
+        ],
     ),
     (
         "go_runtime",

@@ -92,7 +92,9 @@ pub mod drop_reason {
     /// per-CPU lock was held, e.g. by a task exit freeing storage on this CPU, or no memory):
     /// one stamp or one delay lost.
     pub const TASK_STORAGE_BUSY: u32 = 9;
-    pub const COUNT: usize = 10;
+    /// PREEMPTS was full: one involuntary switch's (cgroup, preempting cgroup) count lost.
+    pub const PREEMPT_FULL: u32 = 10;
+    pub const COUNT: usize = 11;
 
     /// Label values, in index order.
     pub const NAMES: [&str; COUNT] = [
@@ -106,6 +108,7 @@ pub mod drop_reason {
         "kernel_read_failed",
         "stale_stamp",
         "task_storage_busy",
+        "preempt_map_full",
     ];
 }
 
@@ -125,6 +128,9 @@ pub mod flags {
     /// its syscall (pt_regs) is a futex wait is "blocked in futex" until it is woken. No
     /// syscall tracepoints, so no host-wide syscall slow path; no return codes either.
     pub const FUTEX_SCHED: u32 = 1 << 5;
+    /// Count involuntary switches by (prev's cgroup, next's cgroup) in PREEMPTS (the daemon's
+    /// noisy-neighbour attribution).
+    pub const PREEMPTORS: u32 = 1 << 6;
 }
 
 /// Load-time configuration, one global (`CONFIG`) set by the loader with `override_global`.
@@ -185,6 +191,16 @@ pub struct HistKey {
     pub op: u32,
 }
 const _: () = assert!(core::mem::size_of::<HistKey>() == 16);
+
+/// Key of PREEMPTS: a task of `cgroup_id` switched out still runnable (the kernel's nivcsw)
+/// and the CPU went to a task of `by_cgroup_id` (the idle task is not counted).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PreemptKey {
+    pub cgroup_id: u64,
+    pub by_cgroup_id: u64,
+}
+const _: () = assert!(core::mem::size_of::<PreemptKey>() == 16);
 
 /// A log-linear histogram of nanosecond values (see [`hist`]).
 #[repr(C)]
@@ -463,6 +479,7 @@ mod pod {
     // bit pattern is a valid value.
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for HistKey {}
+    unsafe impl aya::Pod for PreemptKey {}
     unsafe impl aya::Pod for Hist {}
     unsafe impl aya::Pod for RunqStart {}
     unsafe impl aya::Pod for RunqHists {}

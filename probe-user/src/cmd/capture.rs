@@ -92,6 +92,8 @@ pub fn run(cli: &Cli, a: &CaptureArgs) -> anyhow::Result<()> {
         tracefs: cli.tracefs.clone(),
         btf: cli.btf.clone(),
         hash_stamps: cli.hash_stamps,
+        // The report states what the capture itself cost.
+        run_stats: true,
         ..Default::default()
     };
     // Go programs among the targets: their runtime's own statistics at the window's start.

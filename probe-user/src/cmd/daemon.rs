@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use schedlat_common::{HistKey, kind};
+use schedlat_common::{HistKey, PreemptKey, kind};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
@@ -15,6 +15,7 @@ use crate::{
     cli::{Cli, DaemonArgs},
     config::DaemonConfig,
     exporter::metrics::{self, ExpoInput, LabelCap},
+    exporter::preempt::Preemptors,
     exporter::proto::Format,
     exporter::series::SeriesKeeper,
     host::cgroup::{CgroupNames, v2_mount},
@@ -34,6 +35,8 @@ pub trait Source: Send + 'static {
     fn attached(&self) -> &[Attached];
     /// Delete histogram entries (of removed cgroups) from the kernel map.
     fn remove_hists(&mut self, keys: &[HistKey]) -> anyhow::Result<()>;
+    /// Delete involuntary-switch counts (pairs with a removed cgroup) from the kernel map.
+    fn remove_preempts(&mut self, keys: &[PreemptKey]) -> anyhow::Result<()>;
 }
 
 impl Source for Probes {
@@ -46,6 +49,9 @@ impl Source for Probes {
     }
     fn remove_hists(&mut self, keys: &[HistKey]) -> anyhow::Result<()> {
         Ok(Probes::remove_hists(self, keys)?)
+    }
+    fn remove_preempts(&mut self, keys: &[PreemptKey]) -> anyhow::Result<()> {
+        Ok(Probes::remove_preempts(self, keys)?)
     }
 }
 
@@ -70,6 +76,7 @@ pub struct AppState {
     cap: LabelCap,
     cgroups: Box<dyn Cgroups>,
     keeper: SeriesKeeper,
+    preemptors: Preemptors,
     per_octave: u32,
     futex_outcomes: bool,
     /// Go programs read at scrape time (config [go]).
@@ -82,6 +89,7 @@ impl AppState {
     pub fn new(
         source: Box<dyn Source>,
         max_cgroups: usize,
+        preemptors_per_cgroup: usize,
         per_octave: u32,
         futex_outcomes: bool,
         cgroups: Box<dyn Cgroups>,
@@ -92,6 +100,7 @@ impl AppState {
             cap: LabelCap::new(max_cgroups),
             cgroups,
             keeper: SeriesKeeper::new(removed_cgroup_ttl),
+            preemptors: Preemptors::new(preemptors_per_cgroup, removed_cgroup_ttl),
             per_octave,
             futex_outcomes,
             go: None,
@@ -104,6 +113,7 @@ impl AppState {
             cap,
             cgroups,
             keeper,
+            preemptors,
             per_octave,
             futex_outcomes,
             go,
@@ -114,6 +124,11 @@ impl AppState {
         // Removed cgroups: take their entries out of the kernel map (bounded memory under
         // churn) and keep exporting their final counts from userspace (monotonic counters).
         let mut ids: Vec<u64> = snap.hists.iter().map(|(k, _)| k.cgroup_id).collect();
+        ids.extend(
+            snap.preempts
+                .iter()
+                .flat_map(|(k, _)| [k.cgroup_id, k.by_cgroup_id]),
+        );
         ids.sort_unstable();
         ids.dedup();
         let dead: HashSet<u64> = cgroups.dead(&ids).into_iter().collect();
@@ -152,7 +167,34 @@ impl AppState {
                 }
             }
         }
-        for id in keeper.expire(now, |id| cap.label(id, |id| cgroups.name(id))) {
+        // Pairs with a removed cgroup, on either side, likewise.
+        let (gone, live): (Vec<_>, Vec<_>) = std::mem::take(&mut snap.preempts)
+            .into_iter()
+            .partition(|(k, _)| dead.contains(&k.cgroup_id) || dead.contains(&k.by_cgroup_id));
+        snap.preempts = live;
+        if !gone.is_empty() {
+            let keys: Vec<PreemptKey> = gone.iter().map(|(k, _)| *k).collect();
+            if let Err(e) = source.remove_preempts(&keys) {
+                warn!(error = %e, "removing preemption counts of removed cgroups");
+                snap.preempts.extend(gone);
+            } else {
+                for k in &keys {
+                    cap.label(k.cgroup_id, |id| cgroups.name(id));
+                    cap.label(k.by_cgroup_id, |id| cgroups.name(id));
+                }
+                let dead_ids: Vec<u64> = dead.iter().copied().collect();
+                preemptors.retire(gone, &dead_ids, now);
+                for (map, n, _) in &mut snap.map_entries {
+                    if *map == "PREEMPTS" {
+                        *n = n.saturating_sub(keys.len());
+                    }
+                }
+            }
+        }
+        // Labels first (expire names them), then their slots go.
+        let mut expired = preemptors.expire(now, |id| cap.label(id, |id| cgroups.name(id)));
+        expired.extend(keeper.expire(now, |id| cap.label(id, |id| cgroups.name(id))));
+        for id in expired {
             cap.forget(id);
         }
         snap.hists
@@ -168,6 +210,7 @@ impl AppState {
             retired_cgroups: keeper.retired_count(),
         };
         let mut fams = metrics::families(&snap, &input, cap, |id| cgroups.name(id));
+        fams.extend(preemptors.families(&snap.preempts, |id| cap.label(id, |id| cgroups.name(id))));
         if let Some(go) = go {
             go.scrape();
             fams.extend(go.families());
@@ -263,6 +306,7 @@ pub fn run(cli: &Cli, a: &DaemonArgs) -> anyhow::Result<()> {
     crate::http::server::raise_open_files_limit();
     let opts = ProbeOptions {
         track_tasks: false,
+        preemptors: true,
         futex: cfg.futex,
         map_sizes: cfg.maps,
         tracefs: cli.tracefs.clone(),
@@ -348,6 +392,7 @@ pub fn run(cli: &Cli, a: &DaemonArgs) -> anyhow::Result<()> {
     let state = AppState::new(
         Box::new(probes),
         cfg.max_cgroups,
+        cfg.preemptors_per_cgroup,
         cfg.buckets_per_octave,
         cfg.futex == FutexMode::Syscall,
         Box::new(names),
@@ -504,6 +549,9 @@ mod tests {
             self.removed.lock().unwrap().extend_from_slice(keys);
             Ok(())
         }
+        fn remove_preempts(&mut self, _: &[PreemptKey]) -> anyhow::Result<()> {
+            Ok(())
+        }
     }
 
     /// Cgroup `id` is named `/cg<id>`; the ids in `dead` are removed.
@@ -558,6 +606,7 @@ mod tests {
                 removed: removed.clone(),
             }),
             10,
+            5,
             2,
             false,
             Box::new(FakeCgroups { dead: dead.clone() }),

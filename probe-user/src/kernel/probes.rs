@@ -12,8 +12,8 @@ use aya::{
     },
 };
 use schedlat_common::{
-    Config, CpuStat, GoConfig, Hist, HistKey, RunqHists, SlowEvent, TaskStat, WakeCount, WakePair,
-    flags, go, kind,
+    Config, CpuStat, GoConfig, Hist, HistKey, PreemptKey, RunqHists, SlowEvent, TaskStat,
+    WakeCount, WakePair, flags, go, kind,
 };
 use tracing::{debug, warn};
 
@@ -23,7 +23,9 @@ use crate::{
     kernel::btf::{BtfError, KernelBtf},
     kernel::features::{Feature, KernelFeatures, MissingFeature},
     kernel::tracefs::{Tracefs, TracefsError},
-    model::{Attached, ClassOf, Classify, ErrorClass, FutexMode, GoRaw, MapSizes, RawSnapshot},
+    model::{
+        Attached, ClassOf, Classify, ErrorClass, FutexMode, GoRaw, MapSizes, ProgStats, RawSnapshot,
+    },
 };
 
 /// The compiled eBPF object (probe-ebpf), built by build.rs.
@@ -159,6 +161,11 @@ pub struct ProbeOptions {
     /// Tests: per-task state in the hash map (RUNQ_START) of the build for kernels without
     /// task storage, even where the kernel has it.
     pub hash_stamps: bool,
+    /// Count involuntary switches by (cgroup, preempting cgroup) (the daemon).
+    pub preemptors: bool,
+    /// Turn on the kernel's run-time accounting of BPF programs (BPF_ENABLE_STATS) while the
+    /// programs are loaded, so that snapshots carry their own cost (captures).
+    pub run_stats: bool,
 }
 
 /// Where the Go uprobe goes and what it needs to know (crate::goruntime::events::EventPlan).
@@ -199,6 +206,8 @@ impl Default for ProbeOptions {
             btf: PathBuf::from("/sys/kernel/btf/vmlinux"),
             go_events: None,
             hash_stamps: false,
+            preemptors: false,
+            run_stats: false,
         }
     }
 }
@@ -216,8 +225,13 @@ pub struct Probes {
     pub features: KernelFeatures,
     /// Per-task state in task-local storage (else in RUNQ_START).
     task_storage: bool,
+    /// PREEMPTS is in use (the daemon).
+    preemptors: bool,
     /// The programs' aya-log records (with --log debug only), logged at each snapshot.
     kernel_log: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// Holds the kernel's BPF run-time accounting on ([`ProbeOptions::run_stats`]): it ends
+    /// when this descriptor closes, with the programs.
+    run_stats: Option<std::os::fd::OwnedFd>,
 }
 
 const CAP_SYS_ADMIN: u64 = 21;
@@ -359,6 +373,9 @@ impl Probes {
         if opts.slow_threshold.is_some() {
             f |= flags::SLOW_EVENTS;
         }
+        if opts.preemptors {
+            f |= flags::PREEMPTORS;
+        }
         let (mut regs_syscall_nr, mut regs_arg2, mut nrs) = (0, 0, (u32::MAX, u32::MAX, u32::MAX));
         if futex == FutexMode::Sched {
             let (Some(n), Some(a), Some(s)) =
@@ -430,6 +447,7 @@ impl Probes {
                 "WAKE_PAIRS",
                 if opts.track_tasks { s.wake_pairs } else { 1 },
             )
+            .map_max_entries("PREEMPTS", if opts.preemptors { s.preempts } else { 1 })
             .map_max_entries("FILTER_TGID", filter_tgid)
             .map_max_entries("FILTER_CG", filter_cg);
         let go_cfg = opts.go_events.as_ref().map_or(
@@ -502,6 +520,24 @@ impl Probes {
                 })?;
             }
         }
+
+        // On before the first attach, so that every run is counted. Not fatal: the report
+        // just has no cost then.
+        let run_stats = if opts.run_stats {
+            match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    warn!(
+                        error = %e,
+                        "the kernel's BPF run-time accounting (BPF_ENABLE_STATS, Linux 5.8+) \
+                         could not be turned on: the report will not state its own cost"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
 
         let mut attached = Vec::new();
         let btf = Btf::from_sys_fs().map_err(|e| {
@@ -598,6 +634,7 @@ impl Probes {
         let sizes = MapSizes {
             tasks: if opts.track_tasks { s.tasks } else { 1 },
             wake_pairs: if opts.track_tasks { s.wake_pairs } else { 1 },
+            preempts: if opts.preemptors { s.preempts } else { 1 },
             ..s
         };
         Ok(Self {
@@ -609,7 +646,9 @@ impl Probes {
             futex,
             features,
             task_storage,
+            preemptors: opts.preemptors,
             kernel_log,
+            run_stats,
         })
     }
 
@@ -710,6 +749,24 @@ impl Probes {
         Ok(())
     }
 
+    /// Delete the involuntary-switch counts of pairs with a removed cgroup (PREEMPTS). Missing
+    /// keys are not an error.
+    pub fn remove_preempts(&mut self, keys: &[PreemptKey]) -> Result<(), ProbeError> {
+        let mut m: BpfHashMap<_, PreemptKey, u64> = map_mut(&mut self.ebpf, "PREEMPTS")?;
+        for k in keys {
+            match m.remove(k) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => {
+                    return Err(ProbeError::Map {
+                        map: "PREEMPTS",
+                        detail: format!("delete: {e}"),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Log what the programs reported (kernel-side diagnostics; debug level).
     pub fn flush_kernel_log(&mut self) {
         if let Some(l) = self.kernel_log.as_mut() {
@@ -717,9 +774,40 @@ impl Probes {
         }
     }
 
+    /// The kernel's run-time accounting of each attached program (empty without
+    /// [`ProbeOptions::run_stats`]). A program attached at several sites is one program.
+    fn program_stats(&self) -> Vec<(String, ProgStats)> {
+        if self.run_stats.is_none() {
+            return Vec::new();
+        }
+        let mut out: Vec<(String, ProgStats)> = Vec::new();
+        for a in self.attached.iter().filter(|a| a.attached) {
+            if out.iter().any(|(n, _)| *n == a.program) {
+                continue;
+            }
+            let Some(p) = self.ebpf.program(&a.program) else {
+                continue;
+            };
+            match p.info() {
+                Ok(i) => out.push((
+                    a.program.clone(),
+                    ProgStats {
+                        run_time_ns: i.run_time().as_nanos() as u64,
+                        run_count: i.run_count(),
+                    },
+                )),
+                Err(e) => debug!(program = %a.program, error = %e, "no program info"),
+            }
+        }
+        out
+    }
+
     /// Read every map.
     pub fn snapshot(&self) -> Result<RawSnapshot, ProbeError> {
-        let mut snap = RawSnapshot::default();
+        let mut snap = RawSnapshot {
+            programs: self.program_stats(),
+            ..Default::default()
+        };
         let hists: BpfHashMap<_, HistKey, Hist> = map_ref(&self.ebpf, "HISTS")?;
         // Entries are never deleted by the kernel, so an error here is transient; skip it.
         for (k, v) in hists.iter().flatten() {
@@ -776,6 +864,13 @@ impl Probes {
             .push(("TASK_STATS", snap.tasks.len(), self.sizes.tasks));
         snap.map_entries
             .push(("WAKE_PAIRS", snap.wake_pairs.len(), self.sizes.wake_pairs));
+        if self.preemptors {
+            // Only the daemon deletes entries (of removed cgroups), never during this walk.
+            let preempts: BpfHashMap<_, PreemptKey, u64> = map_ref(&self.ebpf, "PREEMPTS")?;
+            snap.preempts = preempts.iter().filter_map(Result::ok).collect();
+            snap.map_entries
+                .push(("PREEMPTS", snap.preempts.len(), self.sizes.preempts));
+        }
 
         let cpu: PerCpuArray<_, CpuStat> = map_ref(&self.ebpf, "CPU_STATS")?;
         let per_cpu = cpu.get(&0, 0).map_err(|e| ProbeError::Map {

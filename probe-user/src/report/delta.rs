@@ -10,7 +10,7 @@ use schedlat_common::{CpuStat, TaskStat};
 
 use crate::{
     hist::Histogram,
-    model::{GoRaw, RawSnapshot},
+    model::{GoRaw, ProgStats, RawSnapshot},
 };
 
 /// What happened between `prev` and `now` (two snapshots of the same loaded programs).
@@ -77,6 +77,24 @@ pub fn since(now: &RawSnapshot, prev: &RawSnapshot) -> RawSnapshot {
             (Some(n), Some(p)) => Some(go_since(n, p)),
             (n, _) => n.clone(),
         },
+        // The daemon's only (never in a capture's windows).
+        preempts: Vec::new(),
+        programs: now
+            .programs
+            .iter()
+            .map(|(name, s)| {
+                let p = prev
+                    .programs
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map_or(ProgStats::default(), |(_, p)| *p);
+                let d = ProgStats {
+                    run_time_ns: s.run_time_ns.saturating_sub(p.run_time_ns),
+                    run_count: s.run_count.saturating_sub(p.run_count),
+                };
+                (name.clone(), d)
+            })
+            .collect(),
     }
 }
 

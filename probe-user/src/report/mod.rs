@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::{
     hist::{HistSummary, Histogram},
-    model::{FUTEX_OUTCOME_NAMES, RawSnapshot},
+    model::{FUTEX_OUTCOME_NAMES, ProgStats, RawSnapshot},
 };
 
 mod delta;
@@ -43,6 +43,88 @@ pub struct CaptureReport {
     pub maps: BTreeMap<String, MapUse>,
     /// Go programs among the --pid processes (crate::go::capture); filled in by the capture.
     pub go: Vec<crate::go::capture::GoSection>,
+    /// What the capture's own eBPF programs cost, from the kernel's accounting; absent where
+    /// the kernel could not turn it on.
+    pub cost: Option<CostSection>,
+}
+
+/// The capture's own cost: the kernel's run-time accounting of its eBPF programs
+/// (bpf_prog_info run_time_ns / run_cnt, BPF_ENABLE_STATS on for the capture's duration).
+/// Every program's run time is added to the event it serves; the host's tasks pay it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CostSection {
+    /// sched_switch runs: every context switch on the host.
+    pub switches: u64,
+    /// Run time of the scheduler programs (sched_switch, sched_waking, sched_wakeup_new)
+    /// per sched_switch.
+    pub ns_per_switch: f64,
+    /// futex mode `syscall`: futex syscall exits, and the futex programs' (enter and exit)
+    /// run time per exit.
+    pub futex_exits: Option<u64>,
+    pub ns_per_futex_exit: Option<f64>,
+    /// Per-event Go probes: their hits, and run time per hit.
+    pub go_probe_hits: Option<u64>,
+    pub ns_per_go_probe_hit: Option<f64>,
+    /// Each program: runs, run time and run time per run.
+    pub programs: BTreeMap<String, ProgramCost>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ProgramCost {
+    pub runs: u64,
+    pub run_time_ns: u64,
+    pub ns_per_run: f64,
+}
+
+/// The cost section from the programs' accounting; None when there is none.
+fn cost(programs: &[(String, ProgStats)]) -> Option<CostSection> {
+    if programs.is_empty() {
+        return None;
+    }
+    // (runs of the program that counts the events, run time of the family)
+    let family = |is: &dyn Fn(&str) -> bool, counter: &dyn Fn(&str) -> bool| {
+        let mut runs = 0;
+        let mut time = 0;
+        for (name, s) in programs.iter().filter(|(n, _)| is(n)) {
+            time += s.run_time_ns;
+            if counter(name) {
+                runs += s.run_count;
+            }
+        }
+        (runs, time)
+    };
+    let per = |(runs, time): (u64, u64)| {
+        if runs == 0 {
+            0.0
+        } else {
+            time as f64 / runs as f64
+        }
+    };
+    let sched = family(&|n| n.starts_with("sched_"), &|n| n == "sched_switch");
+    let futex = family(&|n| n.starts_with("sys_"), &|n| n.starts_with("sys_exit_"));
+    let go = family(&|n| n.starts_with("go_"), &|_| true);
+    let attached = |prefix: &str| programs.iter().any(|(n, _)| n.starts_with(prefix));
+    Some(CostSection {
+        switches: sched.0,
+        ns_per_switch: per(sched),
+        futex_exits: attached("sys_").then_some(futex.0),
+        ns_per_futex_exit: attached("sys_").then(|| per(futex)),
+        go_probe_hits: attached("go_").then_some(go.0),
+        ns_per_go_probe_hit: attached("go_").then(|| per(go)),
+        programs: programs
+            .iter()
+            .map(|(n, s)| {
+                (
+                    n.clone(),
+                    ProgramCost {
+                        runs: s.run_count,
+                        run_time_ns: s.run_time_ns,
+                        ns_per_run: per((s.run_count, s.run_time_ns)),
+                    },
+                )
+            })
+            .collect(),
+    })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -381,6 +463,7 @@ pub fn build(
             .map(|&(name, entries, capacity)| (name.to_string(), MapUse { entries, capacity }))
             .collect(),
         go: Vec::new(),
+        cost: cost(&snap.programs),
     }
 }
 

@@ -258,7 +258,25 @@ pub fn render_text(r: &CaptureReport, o: &TextOptions) -> String {
             .collect();
         let _ = writeln!(out, "maps (entries/capacity): {}", maps.join(", "));
     }
+    if let Some(c) = &r.cost {
+        let _ = writeln!(out, "{}", cost_line(c));
+    }
     out
+}
+
+/// One line: what the capture's programs cost per event, from the kernel's accounting.
+pub fn cost_line(c: &super::CostSection) -> String {
+    let mut s = format!(
+        "capture cost (kernel bpf_stats): {:.0} ns per sched_switch ({} switches)",
+        c.ns_per_switch, c.switches
+    );
+    if let (Some(n), Some(ns)) = (c.futex_exits, c.ns_per_futex_exit) {
+        let _ = write!(s, ", {ns:.0} ns per futex syscall ({n} exits)");
+    }
+    if let (Some(n), Some(ns)) = (c.go_probe_hits, c.ns_per_go_probe_hit) {
+        let _ = write!(s, ", {ns:.0} ns per Go probe hit ({n} hits)");
+    }
+    s
 }
 
 /// The tables only the whole-capture report has: futex waits by op and outcome, per CPU.

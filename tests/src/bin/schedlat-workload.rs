@@ -374,6 +374,8 @@ mod linux {
 
     /// A thread's /proc schedstat: CPU time, run-queue delay (ns), timeslices.
     type Schedstat = (u64, u64, u64);
+    /// A thread's schedstat and involuntary switches (nivcsw) at one instant.
+    type Sample = (Schedstat, u64);
 
     /// Reads /proc/self/task/<tid>/schedstat without allocating (no malloc arena contention).
     fn schedstat_raw(tid: u32) -> Result<Schedstat> {
@@ -399,6 +401,45 @@ mod linux {
         }
         let s = std::str::from_utf8(&buf[..n as usize]).context("schedstat is not UTF-8")?;
         schedlat_tests::parse_schedstat(s).with_context(|| format!("unparsable schedstat {s:?}"))
+    }
+
+    /// The kernel's count of involuntary switches of thread `tid`
+    /// (/proc/self/task/<tid>/status `nonvoluntary_ctxt_switches`: nivcsw), without allocating.
+    fn nivcsw_raw(tid: u32) -> Result<u64> {
+        use std::io::Write;
+        let mut path = [0u8; 64];
+        {
+            let mut w = &mut path[..];
+            write!(w, "/proc/self/task/{tid}/status\0").expect("path fits");
+        }
+        let mut buf = [0u8; 4096];
+        // SAFETY: path is NUL-terminated; buf is writable for its length.
+        let n = unsafe {
+            let fd = libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error()).context("opening status");
+            }
+            let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+            libc::close(fd);
+            n
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error()).context("reading status");
+        }
+        let s = std::str::from_utf8(&buf[..n as usize]).context("status is not UTF-8")?;
+        s.lines()
+            .find_map(|l| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("no nonvoluntary_ctxt_switches in {s:?}"))
+    }
+
+    /// getrusage(RUSAGE_SELF).ru_nivcsw: the kernel's count of involuntary switches of every
+    /// thread of this process, exited ones included.
+    fn process_nivcsw() -> u64 {
+        // SAFETY: rusage is plain data, filled by the kernel.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+        ru.ru_nivcsw as u64
     }
 
     // ---------------------------------------------------------------- spin
@@ -438,7 +479,7 @@ mod linux {
             let (tids, pinned) = (tids.clone(), pinned.clone());
             let h = thread::Builder::new()
                 .name(format!("spin{i}"))
-                .spawn(move || -> Result<(Schedstat, Schedstat)> {
+                .spawn(move || -> Result<(Sample, Sample)> {
                     let tid = gettid();
                     let pin = pin_self(cpu);
                     let policy = if favoured && pin.is_ok() {
@@ -461,7 +502,7 @@ mod linux {
                         None
                     };
                     let mut buf = vec![0u8; if kernel { 1 << 20 } else { 0 }];
-                    let before = schedstat_raw(tid)?;
+                    let before = (schedstat_raw(tid)?, nivcsw_raw(tid)?);
                     gate.wait();
                     let t0 = Instant::now();
                     while t0.elapsed() < dur {
@@ -481,7 +522,7 @@ mod linux {
                     end.wait();
                     // Read after being switched in again: the wait after `end` opened is
                     // in run_delay too, as it is in the capture.
-                    Ok((before, schedstat_raw(tid)?))
+                    Ok((before, (schedstat_raw(tid)?, nivcsw_raw(tid)?)))
                 })
                 .context("spawning a spin thread")?;
             handles.push(h);
@@ -505,6 +546,9 @@ mod linux {
             }
         }
         let tid_list: Vec<u32> = tids.iter().map(|t| t.load(SeqCst)).collect();
+        // The whole process's involuntary switches from here (every thread pinned, before the
+        // test moves it into a cgroup) until all spinners are joined, exited ones included.
+        let nivcsw_start = process_nivcsw();
         ready_then_wait(json!({ "tids": tid_list }))?;
         for g in &gates {
             g.open()?;
@@ -518,7 +562,7 @@ mod linux {
         let mut out = Vec::new();
         for ((h, tid), e) in handles.into_iter().zip(&tid_list).zip(&ends) {
             e.open()?;
-            let (before, after) = h
+            let ((before, nivcsw_before), (after, nivcsw_after)) = h
                 .join()
                 .map_err(|_| anyhow::anyhow!("spin thread panicked"))??;
             out.push(json!({
@@ -526,9 +570,17 @@ mod linux {
                 "cpu_ns": after.0.saturating_sub(before.0),
                 "run_delay_ns": after.1.saturating_sub(before.1),
                 "timeslices": after.2.saturating_sub(before.2),
+                "nonvoluntary_switches": nivcsw_after.saturating_sub(nivcsw_before),
             }));
         }
-        Ok(json!({ "threads": out, "cpu": cpu, "secs": secs, "kernel": kernel }))
+        let process_nivcsw = process_nivcsw().saturating_sub(nivcsw_start);
+        Ok(json!({
+            "threads": out,
+            "cpu": cpu,
+            "secs": secs,
+            "kernel": kernel,
+            "process_nonvoluntary_switches": process_nivcsw,
+        }))
     }
 
     // ---------------------------------------------------------------- futex
