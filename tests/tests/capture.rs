@@ -141,7 +141,9 @@ fn check_preemption(kernel: bool) {
 /// switch-ins, all inside the capture), at a plausible cost per run.
 fn check_own_cost(report: &Value, threads: &[Value]) {
     let cost = &report["cost"];
-    let switches = cost["switches"].as_u64().unwrap_or_else(|| panic!("no cost: {cost}"));
+    let switches = cost["switches"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no cost: {cost}"));
     let slices: u64 = threads
         .iter()
         .map(|t| t["timeslices"].as_u64().unwrap())

@@ -1040,8 +1040,7 @@ fn spin_in(cgroups: &[(&schedlat_tests::TestCgroup, &str)], threads: &str, secs:
             let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
             unsafe { libc::CPU_SET(cpu.parse().unwrap(), &mut set) };
             // SAFETY: a valid cpu_set_t of the size passed, for a pid we spawned.
-            let rc =
-                unsafe { libc::sched_setaffinity(w.pid as i32, std::mem::size_of_val(&set), &set) };
+            let rc = unsafe { libc::sched_setaffinity(w.pid as i32, size_of_val(&set), &set) };
             assert_eq!(rc, 0, "pinning {} to CPU {cpu}", w.pid);
             cg.add(w.pid);
             w
