@@ -14,7 +14,11 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cmd::capture, cmd::probe, cmd::run_cmd, gofix, setup, ws::Workspace, ws::cargo_home};
+use crate::{
+    cmd::{capture, probe, run_cmd},
+    gofix, setup,
+    ws::{Workspace, cargo_home},
+};
 
 /// cargo-fuzz from crates.io, `cargo install --locked`.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";

@@ -10,9 +10,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{
     apt::{Group, ensure_packages, require_root},
-    cmd::capture,
-    cmd::probe,
-    cmd::run_cmd,
+    cmd::{capture, probe, run_cmd},
     gofix,
     ws::Workspace,
 };

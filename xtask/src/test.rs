@@ -7,7 +7,11 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cmd::cmdline, cmd::is_root, cmd::run_cmd, fuzz, gofix, image, setup, ws::Workspace};
+use crate::{
+    cmd::{cmdline, is_root, run_cmd},
+    fuzz, gofix, image, setup,
+    ws::Workspace,
+};
 
 pub(crate) fn test(ws: &Workspace, args: &[String]) -> Result<()> {
     header("setup");

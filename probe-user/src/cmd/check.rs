@@ -7,10 +7,12 @@ use crate::{
     cli::{CheckArgs, Cli, Format},
     config::DaemonConfig,
     host::privs::effective_caps,
-    kernel::btf::KernelBtf,
-    kernel::features::{Feature, KernelFeatures},
-    kernel::probes::{ProbeOptions, Probes},
-    kernel::tracefs::Tracefs,
+    kernel::{
+        btf::KernelBtf,
+        features::{Feature, KernelFeatures},
+        probes::{ProbeOptions, Probes},
+        tracefs::Tracefs,
+    },
     model::UsageError,
 };
 

@@ -14,14 +14,18 @@ use tracing::{info, warn};
 use crate::{
     cli::{Cli, DaemonArgs},
     config::DaemonConfig,
-    exporter::metrics::{self, ExpoInput, LabelCap},
-    exporter::preempt::Preemptors,
-    exporter::proto::Format,
-    exporter::series::SeriesKeeper,
-    host::cgroup::{CgroupNames, v2_mount},
-    host::privs::{
-        ORIGIN_CONFIG, ORIGIN_DEFAULT, check_can_switch, default_account, is_current, lookup_user,
-        switch_user,
+    exporter::{
+        metrics::{self, ExpoInput, LabelCap},
+        preempt::Preemptors,
+        proto::Format,
+        series::SeriesKeeper,
+    },
+    host::{
+        cgroup::{CgroupNames, v2_mount},
+        privs::{
+            ORIGIN_CONFIG, ORIGIN_DEFAULT, check_can_switch, default_account, is_current,
+            lookup_user, switch_user,
+        },
     },
     http::{BasicAuth, Render, Renders, TlsReloader, WebConfig, WebStats},
     kernel::probes::{ProbeOptions, Probes},

@@ -13,8 +13,10 @@ use crate::{
     go::capture::{WindowHist, window},
     goruntime::live::{self, LatencyHist, Stats},
     hist::{fmt_ns, fold_pow2_ns, quantile},
-    host::cgroup::v2_mount,
-    host::cpulimit::{self, CpuBudget},
+    host::{
+        cgroup::v2_mount,
+        cpulimit::{self, CpuBudget},
+    },
     model::Buckets,
     report::text::write_bars,
 };

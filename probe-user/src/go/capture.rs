@@ -5,9 +5,8 @@
 //! stop-the-world pauses; cgroup counters give the window's throttling.
 use std::sync::Arc;
 
-use serde::Serialize;
-
 use schedlat_common::{GoConfig, go};
+use serde::Serialize;
 
 use crate::{
     goruntime::{
@@ -571,8 +570,9 @@ impl GoStart {
 
 /// The text form of the Go sections.
 pub fn render_text(sections: &[GoSection]) -> String {
-    use crate::hist::fmt_ns;
     use std::fmt::Write as _;
+
+    use crate::hist::fmt_ns;
     let mut o = String::new();
     // None with samples means the overflow bucket.
     let opt = |v: Option<u64>| v.map_or_else(|| "+Inf".to_string(), fmt_ns);
@@ -690,8 +690,9 @@ pub fn render_text(sections: &[GoSection]) -> String {
 }
 
 fn render_events(o: &mut String, e: &GoEvents) {
-    use crate::hist::fmt_ns;
     use std::fmt::Write as _;
+
+    use crate::hist::fmt_ns;
     let line = |h: &HistSummary| {
         format!(
             "{} (p50 {} p90 {} p99 {} max {}, total {})",

@@ -7,8 +7,7 @@
 use std::path::Path;
 
 use crate::{
-    kernel::btf::KernelBtf,
-    kernel::tracefs::Tracefs,
+    kernel::{btf::KernelBtf, tracefs::Tracefs},
     model::{ClassOf, Classify, ErrorClass, FutexMode},
 };
 

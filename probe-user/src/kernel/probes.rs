@@ -8,7 +8,8 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, Queue, RingBuf},
     programs::{
-        BtfTracePoint, TracePoint, UProbe, uprobe::UProbeAttachLocation, uprobe::UProbeScope,
+        BtfTracePoint, TracePoint, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeScope},
     },
 };
 use schedlat_common::{
@@ -20,9 +21,11 @@ use tracing::{debug, warn};
 use crate::{
     hist::Histogram,
     host::privs::effective_caps,
-    kernel::btf::{BtfError, KernelBtf},
-    kernel::features::{Feature, KernelFeatures, MissingFeature},
-    kernel::tracefs::{Tracefs, TracefsError},
+    kernel::{
+        btf::{BtfError, KernelBtf},
+        features::{Feature, KernelFeatures, MissingFeature},
+        tracefs::{Tracefs, TracefsError},
+    },
     model::{
         Attached, ClassOf, Classify, ErrorClass, FutexMode, GoRaw, MapSizes, ProgStats, RawSnapshot,
     },

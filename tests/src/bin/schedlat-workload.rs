@@ -32,11 +32,15 @@ fn main() {
 
 #[cfg(target_os = "linux")]
 mod linux {
-    use std::hint::spin_loop;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
-    use std::thread;
-    use std::time::{Duration, Instant};
+    use std::{
+        hint::spin_loop,
+        sync::{
+            Arc,
+            atomic::{AtomicU32, Ordering::SeqCst},
+        },
+        thread,
+        time::{Duration, Instant},
+    };
 
     use anyhow::{Context, Result, bail, ensure};
     use clap::{Parser, Subcommand};

@@ -18,8 +18,10 @@ use crate::{
     config::GoConfig,
     go::watch::GoWatcher,
     goruntime::live::Stats,
-    host::cgroup::{CgroupNames, v2_mount},
-    host::cpulimit,
+    host::{
+        cgroup::{CgroupNames, v2_mount},
+        cpulimit,
+    },
     kernel::probes::{ProbeOptions, Probes},
     model::{RawSnapshot, SortKey, UsageError},
     report::{self, Filter, ReportInput},
