@@ -455,9 +455,7 @@ mod tests {
         let Some(dirs) = fixture_versions() else {
             return;
         };
-        if !root_or_skip(
-            "a_pid_reused_before_the_go_uprobe_is_attached_is_refused_and_never_probed",
-        ) {
+        if !root_or_skip() {
             return;
         }
         let _one = test_hook::exclusive();

@@ -988,7 +988,7 @@ mod tests {
             return;
         };
         // Placing a process at a given pid (ns_last_pid) needs root.
-        if !root_or_skip("a_pid_reused_between_scan_and_read_discards_the_reading") {
+        if !root_or_skip() {
             return;
         }
         let _one = goruntime::live::test_hook::exclusive();

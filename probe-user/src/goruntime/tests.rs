@@ -37,10 +37,13 @@ impl Drop for Fixture {
 }
 
 /// Whether a test needing root can run: under CI it must; elsewhere it says loudly it skips.
-pub(crate) fn root_or_skip(test: &str) -> bool {
+pub(crate) fn root_or_skip() -> bool {
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
+    // libtest runs each test on a thread named after it (also with --test-threads=1).
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("(a test off its own thread)");
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("{test} needs root under CI");
     }
