@@ -86,10 +86,6 @@ pub struct AppState {
 pub type Shared = Arc<Mutex<AppState>>;
 
 impl AppState {
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the daemon's config values, each named at the one call site"
-    )]
     pub fn new(
         source: Box<dyn Source>,
         max_cgroups: usize,
