@@ -11,23 +11,23 @@ use aya_ebpf::{
 };
 
 #[btf_tracepoint(function = "sched_waking")]
-pub fn sched_waking(_ctx: BtfTracePointContext) -> i32 {
+fn sched_waking(_ctx: BtfTracePointContext) -> i32 {
     0
 }
 
 #[btf_tracepoint(function = "sched_wakeup_new")]
-pub fn sched_wakeup_new(_ctx: BtfTracePointContext) -> i32 {
+fn sched_wakeup_new(_ctx: BtfTracePointContext) -> i32 {
     0
 }
 
 #[btf_tracepoint(function = "sched_switch")]
-pub fn sched_switch(_ctx: BtfTracePointContext) -> i32 {
+fn sched_switch(_ctx: BtfTracePointContext) -> i32 {
     0
 }
 
 /// Attached at the same runtime.casgstatus instruction a Go capture probes.
 #[uprobe]
-pub fn go_casgstatus(_ctx: ProbeContext) -> u32 {
+fn go_casgstatus(_ctx: ProbeContext) -> u32 {
     0
 }
 

@@ -69,7 +69,7 @@ pub(crate) fn futex_enter(op: u32) {
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_futex")]
-pub fn sys_enter_futex(ctx: TracePointContext) -> u32 {
+fn sys_enter_futex(ctx: TracePointContext) -> u32 {
     let Ok(op) = (unsafe { ctx.read_at::<u64>(cfg().tp_futex_op as usize) }) else {
         count_drop(drop_reason::READ_FAILED);
         return 0;
@@ -82,20 +82,20 @@ pub fn sys_enter_futex(ctx: TracePointContext) -> u32 {
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_futex_waitv")]
-pub fn sys_enter_futex_waitv(_ctx: TracePointContext) -> u32 {
+fn sys_enter_futex_waitv(_ctx: TracePointContext) -> u32 {
     futex_enter(futex_op::WAITV);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_futex_wait")]
-pub fn sys_enter_futex_wait(_ctx: TracePointContext) -> u32 {
+fn sys_enter_futex_wait(_ctx: TracePointContext) -> u32 {
     futex_enter(futex_op::FUTEX2_WAIT);
     0
 }
 
 /// Shared exit handler for every futex syscall we enter-trace.
 #[tracepoint(category = "syscalls", name = "sys_exit_futex")]
-pub fn sys_exit_futex(ctx: TracePointContext) -> u32 {
+fn sys_exit_futex(ctx: TracePointContext) -> u32 {
     futex_exit(&ctx);
     0
 }
@@ -187,13 +187,13 @@ pub(crate) fn task_futex(
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_futex_waitv")]
-pub fn sys_exit_futex_waitv(ctx: TracePointContext) -> u32 {
+fn sys_exit_futex_waitv(ctx: TracePointContext) -> u32 {
     futex_exit(&ctx);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_futex_wait")]
-pub fn sys_exit_futex_wait(ctx: TracePointContext) -> u32 {
+fn sys_exit_futex_wait(ctx: TracePointContext) -> u32 {
     futex_exit(&ctx);
     0
 }

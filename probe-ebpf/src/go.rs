@@ -85,7 +85,7 @@ pub(crate) fn go_runq_overlap(tid: u32, from: u64, to: u64) -> u64 {
 }
 
 #[uprobe]
-pub fn go_casgstatus(ctx: ProbeContext) -> u32 {
+fn go_casgstatus(ctx: ProbeContext) -> u32 {
     let c = unsafe { &*read_volatile(&addr_of!(GO_CONFIG)) };
     // Go's register ABI (ABIInternal, amd64): arguments in RAX, RBX, RCX.
     let (gp, old, new) = unsafe {
@@ -200,7 +200,7 @@ pub fn go_casgstatus(ctx: ProbeContext) -> u32 {
 // to a run queue through casgstatus(_Grunning, _Grunnable).
 
 #[uprobe]
-pub fn go_syscall_enter(ctx: ProbeContext) -> u32 {
+fn go_syscall_enter(ctx: ProbeContext) -> u32 {
     let gp = unsafe { (*ctx.regs).r14 };
     let now = unsafe { bpf_ktime_get_ns() };
     match GO_G.get_ptr_mut(gp) {
@@ -224,7 +224,7 @@ pub fn go_syscall_enter(ctx: ProbeContext) -> u32 {
 }
 
 #[uprobe]
-pub fn go_syscall_exit(ctx: ProbeContext) -> u32 {
+fn go_syscall_exit(ctx: ProbeContext) -> u32 {
     let gp = unsafe { (*ctx.regs).r14 };
     let now = unsafe { bpf_ktime_get_ns() };
     go_count(go::counter::SYSCALL_EXITS);
@@ -239,7 +239,7 @@ pub fn go_syscall_exit(ctx: ProbeContext) -> u32 {
 }
 
 #[uprobe]
-pub fn go_syscall_exit_no_p(ctx: ProbeContext) -> u32 {
+fn go_syscall_exit_no_p(ctx: ProbeContext) -> u32 {
     let gp = unsafe { (*ctx.regs).rax };
     go_count(go::counter::SYSCALL_LOST_P);
     if let Some(st) = GO_G.get_ptr_mut(gp) {

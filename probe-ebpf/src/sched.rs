@@ -425,7 +425,7 @@ pub(crate) fn slow_event(
 /// sched_waking(struct task_struct *p): fires in the waker's context (kernel/sched/core.c
 /// try_to_wake_up), so the waker is `current`.
 #[btf_tracepoint(function = "sched_waking")]
-pub fn sched_waking(ctx: BtfTracePointContext) -> i32 {
+fn sched_waking(ctx: BtfTracePointContext) -> i32 {
     let p: *const u8 = ctx.arg(0);
     if on_wake(p, true).is_err() {
         count_drop(drop_reason::READ_FAILED);
@@ -435,7 +435,7 @@ pub fn sched_waking(ctx: BtfTracePointContext) -> i32 {
 
 /// sched_wakeup_new(struct task_struct *p): a new task's first enqueue (wake_up_new_task).
 #[btf_tracepoint(function = "sched_wakeup_new")]
-pub fn sched_wakeup_new(ctx: BtfTracePointContext) -> i32 {
+fn sched_wakeup_new(ctx: BtfTracePointContext) -> i32 {
     let p: *const u8 = ctx.arg(0);
     if on_wake(p, false).is_err() {
         count_drop(drop_reason::READ_FAILED);
@@ -446,7 +446,7 @@ pub fn sched_wakeup_new(ctx: BtfTracePointContext) -> i32 {
 /// sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next,
 /// unsigned int prev_state) — prev_state since 5.18 (fa2c3254d7cf).
 #[btf_tracepoint(function = "sched_switch")]
-pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
+fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     let preempt: u64 = ctx.arg(0);
     let prev: *const u8 = ctx.arg(1);
     let next: *const u8 = ctx.arg(2);

@@ -9,10 +9,10 @@
 //! address, bounded, every failed insert counted, entries deleted at switch-in and exit.
 //! The loader picks the object (probe-user/src/features.rs decides).
 #[cfg(feature = "hash-stamps")]
-pub use hash::*;
+pub(crate) use hash::*;
 use schedlat_common::RunqStart;
 #[cfg(not(feature = "hash-stamps"))]
-pub use storage::*;
+pub(crate) use storage::*;
 
 #[cfg(not(feature = "hash-stamps"))]
 mod storage {
@@ -33,7 +33,7 @@ mod storage {
     /// type in 0.2). The kernel requires BTF for local storage maps, key int, no entries
     /// limit and BPF_F_NO_PREALLOC (bpf_local_storage_map_alloc_check).
     #[repr(C)]
-    pub struct TaskStorage<T> {
+    pub(crate) struct TaskStorage<T> {
         r#type: *const [i32; BPF_MAP_TYPE_TASK_STORAGE as usize],
         key: *const i32,
         value: *const T,
@@ -45,7 +45,7 @@ mod storage {
     unsafe impl<T> Sync for TaskStorage<T> {}
 
     impl<T> TaskStorage<T> {
-        pub const fn new() -> Self {
+        pub(crate) const fn new() -> Self {
             Self {
                 r#type: ptr::null(),
                 key: ptr::null(),
@@ -80,7 +80,7 @@ mod storage {
 
     /// Stamp `task` (tid `tid`) as runnable from now (or, for FUTEX_BLOCKED, blocked from now).
     #[inline(always)]
-    pub fn stamp(task: *const u8, tid: u32, cause: u32, op: u32, now: u64, generation: u64) {
+    pub(crate) fn stamp(task: *const u8, tid: u32, cause: u32, op: u32, now: u64, generation: u64) {
         let s = get(task, F_CREATE);
         if s.is_null() {
             count_drop(drop_reason::TASK_STORAGE_BUSY);
@@ -99,7 +99,7 @@ mod storage {
     /// Stamp a woken task. With FUTEX_SCHED, a task that was blocked in futex gets the length
     /// of that wait carried to its switch-in, where its cgroup is known.
     #[inline(always)]
-    pub fn stamp_woken(task: *const u8, tid: u32, f: u32, now: u64, generation: u64) {
+    pub(crate) fn stamp_woken(task: *const u8, tid: u32, f: u32, now: u64, generation: u64) {
         let s = get(task, F_CREATE);
         if s.is_null() {
             count_drop(drop_reason::TASK_STORAGE_BUSY);
@@ -126,7 +126,7 @@ mod storage {
     /// access (counted), never "no stamp": a task that ran before without one gets an empty
     /// entry here, freed with it.
     #[inline(always)]
-    pub fn state_of(task: *const u8) -> Option<*mut RunqStart> {
+    pub(crate) fn state_of(task: *const u8) -> Option<*mut RunqStart> {
         let s = get(task, F_CREATE);
         if s.is_null() {
             count_drop(drop_reason::TASK_STORAGE_BUSY);
@@ -140,14 +140,14 @@ mod storage {
 
     /// Use up `task`'s stamp; the state stays (with its cached slot) for the next one.
     #[inline(always)]
-    pub fn consume(_task: *const u8, s: *mut RunqStart) -> Option<*mut RunqStart> {
+    pub(crate) fn consume(_task: *const u8, s: *mut RunqStart) -> Option<*mut RunqStart> {
         unsafe { (*s).ts_ns = 0 };
         Some(s)
     }
 
     /// At a task's last switch-out: nothing, the kernel frees its storage with it.
     #[inline(always)]
-    pub fn forget(_task: *const u8) {}
+    pub(crate) fn forget(_task: *const u8) {}
 }
 
 #[cfg(feature = "hash-stamps")]
@@ -167,7 +167,7 @@ mod hash {
 
     /// Stamp `task` (tid `tid`) as runnable from now (or, for FUTEX_BLOCKED, blocked from now).
     #[inline(always)]
-    pub fn stamp(task: *const u8, tid: u32, cause: u32, op: u32, now: u64, generation: u64) {
+    pub(crate) fn stamp(task: *const u8, tid: u32, cause: u32, op: u32, now: u64, generation: u64) {
         let v = RunqStart {
             ts_ns: now,
             cause,
@@ -186,7 +186,7 @@ mod hash {
     /// Stamp a woken task. With FUTEX_SCHED, a task that was blocked in futex gets the length
     /// of that wait carried to its switch-in, where its cgroup is known.
     #[inline(always)]
-    pub fn stamp_woken(task: *const u8, tid: u32, f: u32, now: u64, generation: u64) {
+    pub(crate) fn stamp_woken(task: *const u8, tid: u32, f: u32, now: u64, generation: u64) {
         if f & flags::FUTEX_SCHED != 0
             && let Some(s) = RUNQ_START.get_ptr_mut(task as u64)
         {
@@ -209,20 +209,20 @@ mod hash {
 
     /// `task`'s stamp, if it has one.
     #[inline(always)]
-    pub fn state_of(task: *const u8) -> Option<*mut RunqStart> {
+    pub(crate) fn state_of(task: *const u8) -> Option<*mut RunqStart> {
         RUNQ_START.get_ptr_mut(task as u64)
     }
 
     /// Use up `task`'s stamp (read it first): the entry is deleted, nothing is cached.
     #[inline(always)]
-    pub fn consume(task: *const u8, _s: *mut RunqStart) -> Option<*mut RunqStart> {
+    pub(crate) fn consume(task: *const u8, _s: *mut RunqStart) -> Option<*mut RunqStart> {
         let _ = RUNQ_START.remove(task as u64);
         None
     }
 
     /// At a task's last switch-out: delete a stamp left by a wakeup that raced its exit.
     #[inline(always)]
-    pub fn forget(task: *const u8) {
+    pub(crate) fn forget(task: *const u8) {
         let _ = RUNQ_START.remove(task as u64);
     }
 }

@@ -177,7 +177,7 @@ pub struct Config {
     /// many times the task was switched in, its "generation".
     pub task_pcount: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 80);
+const _: () = assert!(size_of::<Config>() == 80);
 
 /// Key of the HISTS map.
 #[repr(C)]
@@ -190,7 +190,7 @@ pub struct HistKey {
     /// For kind::FUTEX, the futex command ([`futex_op`]); 0 otherwise.
     pub op: u32,
 }
-const _: () = assert!(core::mem::size_of::<HistKey>() == 16);
+const _: () = assert!(size_of::<HistKey>() == 16);
 
 /// Key of PREEMPTS: a task of `cgroup_id` switched out still runnable (the kernel's nivcsw)
 /// and the CPU went to a task of `by_cgroup_id` (the idle task is not counted).
@@ -200,7 +200,7 @@ pub struct PreemptKey {
     pub cgroup_id: u64,
     pub by_cgroup_id: u64,
 }
-const _: () = assert!(core::mem::size_of::<PreemptKey>() == 16);
+const _: () = assert!(size_of::<PreemptKey>() == 16);
 
 /// A log-linear histogram of nanosecond values (see [`hist`]).
 #[repr(C)]
@@ -212,7 +212,7 @@ pub struct Hist {
     /// value across CPUs by one update.
     pub max_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<Hist>() == NUM_BUCKETS * 8 + 16);
+const _: () = assert!(size_of::<Hist>() == NUM_BUCKETS * 8 + 16);
 
 impl Hist {
     pub const ZERO: Self = Self {
@@ -249,7 +249,7 @@ pub struct RunqStart {
     /// time the task ran in between would count as run-queue delay.
     pub generation: u64,
 }
-const _: () = assert!(core::mem::size_of::<RunqStart>() == 48);
+const _: () = assert!(size_of::<RunqStart>() == 48);
 
 /// One cgroup's run-queue histograms (RQ_HISTS, indexed by the slot RQ_SLOTS gives it), by
 /// kind::RUNQ_WOKEN / kind::RUNQ_PREEMPTED.
@@ -260,7 +260,7 @@ pub struct RunqHists {
     pub cgroup_id: u64,
     pub hists: [Hist; 2],
 }
-const _: () = assert!(core::mem::size_of::<RunqHists>() == 8 + 2 * core::mem::size_of::<Hist>());
+const _: () = assert!(size_of::<RunqHists>() == 8 + 2 * size_of::<Hist>());
 
 impl RunqHists {
     pub const ZERO: Self = Self {
@@ -278,7 +278,7 @@ pub struct FutexStart {
     /// The task's tid (the map is keyed by task_struct address; this is for inspection).
     pub tid: u32,
 }
-const _: () = assert!(core::mem::size_of::<FutexStart>() == 16);
+const _: () = assert!(size_of::<FutexStart>() == 16);
 
 /// Per-task totals (captures only), keyed by tid.
 #[repr(C)]
@@ -298,7 +298,7 @@ pub struct TaskStat {
     pub futex_timeouts: u64,
     pub comm: [u8; COMM_LEN],
 }
-const _: () = assert!(core::mem::size_of::<TaskStat>() == 104);
+const _: () = assert!(size_of::<TaskStat>() == 104);
 
 /// Key of WAKE_PAIRS.
 #[repr(C)]
@@ -310,7 +310,7 @@ pub struct WakePair {
     /// it was raised on; 0 otherwise, so that ordinary pairs do not multiply by CPU.
     pub waker_cpu: u32,
 }
-const _: () = assert!(core::mem::size_of::<WakePair>() == 12);
+const _: () = assert!(size_of::<WakePair>() == 12);
 
 /// Value of WAKE_PAIRS. Comms are captured when the pair is first seen.
 #[repr(C)]
@@ -320,7 +320,7 @@ pub struct WakeCount {
     pub waker_comm: [u8; COMM_LEN],
     pub wakee_comm: [u8; COMM_LEN],
 }
-const _: () = assert!(core::mem::size_of::<WakeCount>() == 40);
+const _: () = assert!(size_of::<WakeCount>() == 40);
 
 /// Per-CPU run-queue totals (PerCpuArray, one entry).
 #[repr(C)]
@@ -331,7 +331,7 @@ pub struct CpuStat {
     pub sum_ns: [u64; 2],
     pub max_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<CpuStat>() == 40);
+const _: () = assert!(size_of::<CpuStat>() == 40);
 
 /// Per-CPU slow-event rate limiter state.
 #[repr(C)]
@@ -360,7 +360,7 @@ pub struct SlowEvent {
     pub comm: [u8; COMM_LEN],
     pub prev_comm: [u8; COMM_LEN],
 }
-const _: () = assert!(core::mem::size_of::<SlowEvent>() == 80);
+const _: () = assert!(size_of::<SlowEvent>() == 80);
 
 /// Go per-event capture: a uprobe on `runtime.casgstatus` in one target process (captures
 /// only; the daemon reads the runtime's own statistics instead and attaches no uprobe).
@@ -447,7 +447,7 @@ pub struct GoConfig {
     pub st_waiting: u32,
     pub st_dead: u32,
 }
-const _: () = assert!(core::mem::size_of::<GoConfig>() == 32);
+const _: () = assert!(size_of::<GoConfig>() == 32);
 
 /// Value of GO_G, keyed by the g's address: since when it has been runnable or waiting.
 #[repr(C)]
@@ -459,7 +459,7 @@ pub struct GoGState {
     /// runtime.waitReason when waiting.
     pub reason: u32,
 }
-const _: () = assert!(core::mem::size_of::<GoGState>() == 16);
+const _: () = assert!(size_of::<GoGState>() == 16);
 
 /// Value of GO_RUNQ, keyed by tid: the last [`go::RING`] kernel run-queue waits of a target
 /// thread, [start, end) in bpf_ktime_get_ns time; `next` counts every interval ever written.
@@ -470,7 +470,7 @@ pub struct GoRunqRing {
     pub start: [u64; go::RING],
     pub end: [u64; go::RING],
 }
-const _: () = assert!(core::mem::size_of::<GoRunqRing>() == 8 + 16 * go::RING);
+const _: () = assert!(size_of::<GoRunqRing>() == 8 + 16 * go::RING);
 
 #[cfg(feature = "user")]
 mod pod {
