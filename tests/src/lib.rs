@@ -126,6 +126,27 @@ json.dump(docs, sys.stdout)
     }
 }
 
+/// Runs a tool `cargo xtask setup` installs (openssl, curl, htpasswd, ldd, ...); panics naming
+/// it if it cannot start.
+pub fn run(cmd: &str, args: &[&str]) -> Output {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd}: {e} (`cargo xtask setup` installs it)"))
+}
+
+/// [`run`], which must succeed: its stdout.
+pub fn ok(cmd: &str, args: &[&str]) -> String {
+    let out = run(cmd, args);
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// True when running as root (the capture tests need CAP_BPF + CAP_PERFMON). Otherwise panics
 /// under CI (`CI=true`: a skipped privileged test there is a failure) or prints a loud SKIPPED
 /// line and returns false; use as `if !privileged_or_skip() { return; }` at the top of a test.

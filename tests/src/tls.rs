@@ -2,31 +2,9 @@
 //! for 127.0.0.1 made by Debian's openssl, bcrypt hashes made by htpasswd (implementations other
 //! than the daemon's), curl against them, and [`TlsSite`], the TLS + basic-auth web config and
 //! a daemon serving it.
-use std::{
-    path::PathBuf,
-    process::{Command, Output},
-};
+use std::path::PathBuf;
 
-use crate::scrape::Daemon;
-
-/// Runs a tool `cargo xtask setup` installs; panics naming it if it cannot start.
-pub fn run(cmd: &str, args: &[&str]) -> Output {
-    Command::new(cmd).args(args).output().unwrap_or_else(|e| {
-        panic!("running {cmd}: {e} (`cargo xtask setup` installs openssl, curl, apache2-utils)")
-    })
-}
-
-/// [`run`], which must succeed: its stdout.
-pub fn ok(cmd: &str, args: &[&str]) -> String {
-    let out = run(cmd, args);
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use crate::{ok, run, scrape::Daemon};
 
 /// A fresh directory under the temp dir, removed on drop.
 pub struct TempDir(pub PathBuf);
@@ -53,28 +31,39 @@ impl Drop for TempDir {
 /// A self-signed server certificate for 127.0.0.1 (it is its own CA for curl), as
 /// `server.crt` and `server.key` in `dir`.
 pub fn self_signed(dir: &TempDir) {
-    ok(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=schedlat-test",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            &dir.path("server.key"),
-            "-out",
-            &dir.path("server.crt"),
-        ],
-    );
+    cert_into(&dir.0, "schedlat-test", None);
+}
+
+/// A self-signed certificate for 127.0.0.1 with subject CN=`cn` (and serial `serial`, hex,
+/// when given), as `<dir>/server.crt` and `<dir>/server.key`.
+pub fn cert_into(dir: &std::path::Path, cn: &str, serial: Option<&str>) {
+    std::fs::create_dir_all(dir).unwrap();
+    let subject = format!("/CN={cn}");
+    let (key, crt) = (dir.join("server.key"), dir.join("server.crt"));
+    let mut args = vec![
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        &subject,
+        "-addext",
+        "subjectAltName=IP:127.0.0.1",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        crt.to_str().unwrap(),
+    ];
+    let serial = serial.map(|s| format!("0x{s}"));
+    if let Some(s) = &serial {
+        args.extend(["-set_serial", s]);
+    }
+    ok("openssl", &args);
 }
 
 /// bcrypt hash of `password` at `cost` by htpasswd.

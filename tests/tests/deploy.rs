@@ -1147,21 +1147,6 @@ fn image_layout() -> PathBuf {
     p
 }
 
-/// `cmd args`, which must succeed; its stdout.
-fn must(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e} (`cargo xtask setup` installs it)"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Regular files (and symlinks, marked "-> target") under `root`, relative, sorted.
 fn files_under(root: &std::path::Path) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
@@ -1409,7 +1394,7 @@ fn the_container_image_runs_the_daemon_with_the_daemonsets_mounts() {
     let reference = format!("oci:{}:{tag}", layout.display());
     // skopeo reads it the way the README pushes it: platform, digest, and a conversion to a
     // docker-archive (what `docker load` / `kind load image-archive` take).
-    let inspect: Value = serde_json::from_str(&must(
+    let inspect: Value = serde_json::from_str(&schedlat_tests::ok(
         "skopeo",
         &["--insecure-policy", "inspect", &reference],
     ))
@@ -1420,7 +1405,7 @@ fn the_container_image_runs_the_daemon_with_the_daemonsets_mounts() {
         (Some("linux"), Some("amd64"))
     );
     let archive = dir.join("schedlat.tar");
-    must(
+    schedlat_tests::ok(
         "skopeo",
         &[
             "--insecure-policy",
@@ -1437,7 +1422,7 @@ fn the_container_image_runs_the_daemon_with_the_daemonsets_mounts() {
 
     // Unpacked by an independent implementation (umoci checks every digest on the way).
     let bundle = dir.join("bundle");
-    must(
+    schedlat_tests::ok(
         "umoci",
         &[
             "unpack",
@@ -1448,7 +1433,7 @@ fn the_container_image_runs_the_daemon_with_the_daemonsets_mounts() {
     );
     let rootfs = bundle.join("rootfs");
     // The shipped binary is static (musl): the image holds it and nothing for it to load.
-    let ldd = must("ldd", &[schedlat_bin().to_str().unwrap()]);
+    let ldd = schedlat_tests::ok("ldd", &[schedlat_bin().to_str().unwrap()]);
     assert!(ldd.contains("statically linked"), "not static: {ldd}");
     let want: BTreeSet<String> = ["usr/local/bin/schedlat", "etc/passwd", "etc/group"]
         .map(String::from)

@@ -1,9 +1,9 @@
 //! Privileged: `schedlat daemon` with a web config (TLS + basic auth), scraped with Debian's
 //! curl against a certificate made by Debian's openssl and a hash made by htpasswd.
 use schedlat_tests::{
-    privileged_or_skip,
+    ok, privileged_or_skip, run,
     scrape::{Daemon, get},
-    tls::{TempDir, TlsSite, curl, ok, run, self_signed},
+    tls::{TempDir, TlsSite, cert_into, curl, self_signed},
 };
 
 #[test]
@@ -262,36 +262,6 @@ fn client_certificates_are_verified_against_client_ca_file() {
     }
 }
 
-/// A self-signed certificate for 127.0.0.1 with subject CN=`cn` and serial `serial` (hex), as
-/// `<dir>/server.crt` and `<dir>/server.key`.
-fn cert_into(dir: &std::path::Path, cn: &str, serial: &str) {
-    std::fs::create_dir_all(dir).unwrap();
-    ok(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            &format!("/CN={cn}"),
-            "-set_serial",
-            &format!("0x{serial}"),
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            dir.join("server.key").to_str().unwrap(),
-            "-out",
-            dir.join("server.crt").to_str().unwrap(),
-        ],
-    );
-}
-
 /// The certificate curl is served, trusting only `ca`: Ok((subject, serial)) from curl's
 /// `%{certs}`, or Err(curl's exit code) when the handshake or verification failed.
 fn served_cert(ca: &str, addr: &str) -> Result<(String, String), i32> {
@@ -370,7 +340,7 @@ fn a_renewed_certificate_is_served_without_restart_and_bad_files_keep_the_old_on
         std::os::unix::fs::symlink(version, &link).unwrap();
         std::fs::rename(&link, dir.0.join("tls")).unwrap();
     };
-    cert_into(&dir.0.join("v1"), "schedlat-a", "5A1001");
+    cert_into(&dir.0.join("v1"), "schedlat-a", Some("5A1001"));
     swap_to("v1");
     let web = dir.path("web.yml");
     std::fs::write(
@@ -388,7 +358,7 @@ fn a_renewed_certificate_is_served_without_restart_and_bad_files_keep_the_old_on
     );
 
     // Renewed: a new certificate and key, swapped in at once.
-    cert_into(&dir.0.join("v2"), "schedlat-b", "5B1002");
+    cert_into(&dir.0.join("v2"), "schedlat-b", Some("5B1002"));
     swap_to("v2");
     let ca_b = dir.path("v2/server.crt");
     let (subject, serial) = wait_for_cert(&ca_b, &d.addr, "5b1002");
@@ -404,8 +374,8 @@ fn a_renewed_certificate_is_served_without_restart_and_bad_files_keep_the_old_on
 
     // A bad update: a certificate whose key is another one's, then a certificate file that is
     // not PEM. Each is counted, and the renewed certificate keeps being served.
-    cert_into(&dir.0.join("v3"), "schedlat-c", "5C1003");
-    cert_into(&dir.0.join("other"), "schedlat-x", "5F1009");
+    cert_into(&dir.0.join("v3"), "schedlat-c", Some("5C1003"));
+    cert_into(&dir.0.join("other"), "schedlat-x", Some("5F1009"));
     std::fs::copy(dir.0.join("other/server.key"), dir.0.join("v3/server.key")).unwrap();
     swap_to("v3");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
@@ -440,7 +410,7 @@ fn a_renewed_certificate_is_served_without_restart_and_bad_files_keep_the_old_on
     assert_eq!((rc, status), (0, 200));
 
     // Fixed in place (same files rewritten: mtime and size change, not the inode).
-    cert_into(&dir.0.join("v3"), "schedlat-d", "5D1004");
+    cert_into(&dir.0.join("v3"), "schedlat-d", Some("5D1004"));
     let ca_d = dir.path("v3/server.crt");
     let (subject, _) = wait_for_cert(&ca_d, &d.addr, "5d1004");
     assert_eq!(subject, "CN = schedlat-d");
