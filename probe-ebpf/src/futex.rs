@@ -10,7 +10,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use schedlat_common::{
-    COMM_LEN, FutexStart, HistKey, TaskStat, drop_reason, flags, futex_op, futex_outcome, kind,
+    COMM_LEN, FutexStart, HistKey, drop_reason, flags, futex_op, futex_outcome, kind,
 };
 
 use crate::{helpers::*, maps::*};
@@ -162,16 +162,7 @@ pub(crate) fn task_futex(
     delay: u64,
     timeout: bool,
 ) {
-    let init = || {
-        Some(TaskStat {
-            tgid,
-            cgroup_id,
-            comm,
-            ..Default::default()
-        })
-    };
-    let Some(s) = get_or_insert(&TASK_STATS, &tid, init) else {
-        count_drop(drop_reason::TASK_FULL);
+    let Some(s) = task_stat(tid, tgid, cgroup_id, || comm) else {
         return;
     };
     unsafe {

@@ -6,11 +6,11 @@ use core::{borrow::Borrow, ptr::read_volatile};
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_probe_read_kernel, maps::HashMap};
 #[cfg(not(feature = "no-log"))]
 use aya_log_ebpf::debug;
-use schedlat_common::{COMM_LEN, Hist, HistKey, bucket_index, drop_reason, flags};
+use schedlat_common::{COMM_LEN, Hist, HistKey, TaskStat, bucket_index, drop_reason, flags};
 
 #[cfg(not(feature = "no-log"))]
 use crate::maps::LOGGED;
-use crate::maps::{DROPS, FILTER_CG, FILTER_TGID, HISTS, ZERO_HIST, cfg};
+use crate::maps::{DROPS, FILTER_CG, FILTER_TGID, HISTS, TASK_STATS, ZERO_HIST, cfg};
 
 /// Kernel-side diagnostics go through aya-log at debug level. The loader sets AYA_LOG_LEVEL
 /// (read-only data) to 0 unless schedlat logs at debug, so the verifier removes the log code
@@ -131,6 +131,30 @@ pub(crate) fn hist_add(key: &HistKey, ns: u64) {
         Some(h) => hist_bump(h, ns),
         None => count_drop(drop_reason::HIST_FULL),
     }
+}
+
+/// Task `tid`'s totals (captures), created on its first event; None when TASK_STATS is full
+/// (counted). `comm` is read only then.
+#[inline(always)]
+pub(crate) fn task_stat(
+    tid: u32,
+    tgid: u32,
+    cgroup_id: u64,
+    comm: impl FnOnce() -> [u8; COMM_LEN],
+) -> Option<*mut TaskStat> {
+    let init = || {
+        Some(TaskStat {
+            tgid,
+            cgroup_id,
+            comm: comm(),
+            ..Default::default()
+        })
+    };
+    let s = get_or_insert(&TASK_STATS, &tid, init);
+    if s.is_none() {
+        count_drop(drop_reason::TASK_FULL);
+    }
+    s
 }
 
 /// `key`'s entry in `map`, created from `init()` when absent; None when the map is full (the

@@ -95,16 +95,7 @@ pub(crate) static FILTER_CG: HashMap<u64, u8> = HashMap::with_max_entries(4096, 
 
 /// Go capture target (see schedlat_common::GoConfig); all zero unless a Go capture runs.
 #[unsafe(no_mangle)]
-pub(crate) static GO_CONFIG: GoConfig = GoConfig {
-    tgid: 0,
-    g_waitreason: 0,
-    st_idle: u32::MAX,
-    st_runnable: u32::MAX,
-    st_running: u32::MAX,
-    st_syscall: u32::MAX,
-    st_waiting: u32::MAX,
-    st_dead: u32::MAX,
-};
+pub(crate) static GO_CONFIG: GoConfig = GoConfig::NONE;
 /// g address -> since when it is runnable or waiting (Go captures).
 #[map]
 pub(crate) static GO_G: HashMap<u64, GoGState> = HashMap::with_max_entries(65536, 0);

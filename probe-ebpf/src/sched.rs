@@ -18,7 +18,7 @@ use aya_ebpf::{
 #[cfg(not(feature = "no-log"))]
 use aya_log_ebpf::debug;
 use schedlat_common::{
-    COMM_LEN, HistKey, PreemptKey, RunqHists, RunqStart, SlowEvent, TaskStat, WakeCount, WakePair,
+    COMM_LEN, HistKey, PreemptKey, RunqHists, RunqStart, SlowEvent, WakeCount, WakePair,
     drop_reason, flags, kind,
 };
 
@@ -343,16 +343,7 @@ pub(crate) fn task_runq(
     cause: u32,
     delay: u64,
 ) {
-    let init = || {
-        Some(TaskStat {
-            tgid,
-            cgroup_id,
-            comm: task_comm(task),
-            ..Default::default()
-        })
-    };
-    let Some(s) = get_or_insert(&TASK_STATS, &tid, init) else {
-        count_drop(drop_reason::TASK_FULL);
+    let Some(s) = task_stat(tid, tgid, cgroup_id, || task_comm(task)) else {
         return;
     };
     unsafe {

@@ -449,6 +449,20 @@ pub struct GoConfig {
 }
 const _: () = assert!(size_of::<GoConfig>() == 32);
 
+impl GoConfig {
+    /// No Go capture: tgid 0, and statuses no goroutine can have (so no branch matches).
+    pub const NONE: Self = Self {
+        tgid: 0,
+        g_waitreason: 0,
+        st_idle: u32::MAX,
+        st_runnable: u32::MAX,
+        st_running: u32::MAX,
+        st_syscall: u32::MAX,
+        st_waiting: u32::MAX,
+        st_dead: u32::MAX,
+    };
+}
+
 /// Value of GO_G, keyed by the g's address: since when it has been runnable or waiting.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

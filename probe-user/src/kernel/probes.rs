@@ -461,18 +461,7 @@ impl Probes {
             .map_max_entries("PREEMPTS", if opts.preemptors { s.preempts } else { 1 })
             .map_max_entries("FILTER_TGID", filter_tgid)
             .map_max_entries("FILTER_CG", filter_cg);
-        let go_cfg = opts.go_events.as_ref().map_or(
-            GoConfig {
-                st_idle: u32::MAX,
-                st_runnable: u32::MAX,
-                st_running: u32::MAX,
-                st_syscall: u32::MAX,
-                st_waiting: u32::MAX,
-                st_dead: u32::MAX,
-                ..Default::default()
-            },
-            |g| g.config,
-        );
+        let go_cfg = opts.go_events.as_ref().map_or(GoConfig::NONE, |g| g.config);
         loader.override_global("GO_CONFIG", &go_cfg, true);
         // The programs' diagnostics (aya-log) only when someone reads them: at level 0 the
         // verifier removes every log site (the global is read-only data).
