@@ -381,56 +381,44 @@ mod linux {
     /// A thread's schedstat and involuntary switches (nivcsw) at one instant.
     type Sample = (Schedstat, u64);
 
-    /// Reads /proc/self/task/<tid>/schedstat without allocating (no malloc arena contention).
-    fn schedstat_raw(tid: u32) -> Result<Schedstat> {
+    /// Reads /proc/self/task/<tid>/<file> into `buf` without allocating (no malloc arena
+    /// contention while the spinners run): the text read.
+    fn task_file_raw<'a>(tid: u32, file: &str, buf: &'a mut [u8]) -> Result<&'a str> {
         use std::io::Write;
         let mut path = [0u8; 64];
         {
             let mut w = &mut path[..];
-            write!(w, "/proc/self/task/{tid}/schedstat\0").expect("path fits");
+            write!(w, "/proc/self/task/{tid}/{file}\0").expect("path fits");
         }
-        let mut buf = [0u8; 128];
         // SAFETY: path is NUL-terminated; buf is writable for its length.
         let n = unsafe {
             let fd = libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
             if fd < 0 {
-                return Err(std::io::Error::last_os_error()).context("opening schedstat");
+                return Err(std::io::Error::last_os_error())
+                    .with_context(|| format!("opening {file}"));
             }
             let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
             libc::close(fd);
             n
         };
         if n < 0 {
-            return Err(std::io::Error::last_os_error()).context("reading schedstat");
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("reading {file}"));
         }
-        let s = std::str::from_utf8(&buf[..n as usize]).context("schedstat is not UTF-8")?;
+        std::str::from_utf8(&buf[..n as usize]).with_context(|| format!("{file} is not UTF-8"))
+    }
+
+    /// A thread's schedstat, read without allocating.
+    fn schedstat_raw(tid: u32) -> Result<Schedstat> {
+        let mut buf = [0u8; 128];
+        let s = task_file_raw(tid, "schedstat", &mut buf)?;
         schedlat_tests::parse_schedstat(s).with_context(|| format!("unparsable schedstat {s:?}"))
     }
 
     /// The kernel's count of involuntary switches of thread `tid`
     /// (/proc/self/task/<tid>/status `nonvoluntary_ctxt_switches`: nivcsw), without allocating.
     fn nivcsw_raw(tid: u32) -> Result<u64> {
-        use std::io::Write;
-        let mut path = [0u8; 64];
-        {
-            let mut w = &mut path[..];
-            write!(w, "/proc/self/task/{tid}/status\0").expect("path fits");
-        }
         let mut buf = [0u8; 4096];
-        // SAFETY: path is NUL-terminated; buf is writable for its length.
-        let n = unsafe {
-            let fd = libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error()).context("opening status");
-            }
-            let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
-            libc::close(fd);
-            n
-        };
-        if n < 0 {
-            return Err(std::io::Error::last_os_error()).context("reading status");
-        }
-        let s = std::str::from_utf8(&buf[..n as usize]).context("status is not UTF-8")?;
+        let s = task_file_raw(tid, "status", &mut buf)?;
         s.lines()
             .find_map(|l| l.strip_prefix("nonvoluntary_ctxt_switches:"))
             .and_then(|v| v.trim().parse().ok())
