@@ -728,10 +728,7 @@ impl Probes {
                 Err(e) => return Err(err("RQ_SLOTS", "lookup")(e)),
             };
             // Out of the index first: a switch-in that finds the cgroup again gets a new slot.
-            match slots.remove(&cg) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(err("RQ_SLOTS", "delete")(e)),
-            }
+            remove_present(&mut slots, &cg, "RQ_SLOTS")?;
             let mut hists: Array<_, RunqHists> = map_mut(&mut self.ebpf, "RQ_HISTS")?;
             hists
                 .set(slot, RunqHists::ZERO, 0)
@@ -741,15 +738,7 @@ impl Probes {
         }
         let mut m: BpfHashMap<_, HistKey, Hist> = map_mut(&mut self.ebpf, "HISTS")?;
         for k in keys.iter().filter(|k| k.kind == kind::FUTEX) {
-            match m.remove(k) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => {
-                    return Err(ProbeError::Map {
-                        map: "HISTS",
-                        detail: format!("delete: {e}"),
-                    });
-                }
-            }
+            remove_present(&mut m, k, "HISTS")?;
         }
         Ok(())
     }
@@ -759,15 +748,7 @@ impl Probes {
     pub fn remove_preempts(&mut self, keys: &[PreemptKey]) -> Result<(), ProbeError> {
         let mut m: BpfHashMap<_, PreemptKey, u64> = map_mut(&mut self.ebpf, "PREEMPTS")?;
         for k in keys {
-            match m.remove(k) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => {
-                    return Err(ProbeError::Map {
-                        map: "PREEMPTS",
-                        detail: format!("delete: {e}"),
-                    });
-                }
-            }
+            remove_present(&mut m, k, "PREEMPTS")?;
         }
         Ok(())
     }
@@ -1119,6 +1100,22 @@ fn map_ref<'a, V: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>>(
         map: name,
         detail: e.to_string(),
     })
+}
+
+/// Delete `key` from hash map `name`; a key already gone (the kernel or an earlier pass
+/// deleted it) is not an error.
+fn remove_present<K: aya::Pod, V: aya::Pod>(
+    m: &mut BpfHashMap<&mut MapData, K, V>,
+    key: &K,
+    name: &'static str,
+) -> Result<(), ProbeError> {
+    match m.remove(key) {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(ProbeError::Map {
+            map: name,
+            detail: format!("delete: {e}"),
+        }),
+    }
 }
 
 fn map_mut<'a, V: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>>(
