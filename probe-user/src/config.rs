@@ -187,8 +187,8 @@ impl DaemonConfig {
         ("http.render_timeout_secs", "use 1..=3600 seconds"),
         ("http.max_waiting_scrapes", "use 1..=65536"),
         ("maps", "[maps] is a table of map sizes"),
-        ("maps.runq_start", RUNQ_FIX),
-        ("maps.futex_start", MAP_FIX),
+        ("maps.runq_start", TASK_MAP_FIX),
+        ("maps.futex_start", TASK_MAP_FIX),
         ("maps.hists", MAP_FIX),
         ("maps.tasks", MAP_FIX),
         ("maps.wake_pairs", MAP_FIX),
@@ -280,12 +280,16 @@ impl DaemonConfig {
             return Err(err(key, value, fix));
         }
         let m = &self.maps;
-        // 0: sized from the host's task limit (kernel::probes::runq_start_for_host).
-        if m.runq_start != 0 && !(16..=4_194_304).contains(&m.runq_start) {
-            return Err(err("maps.runq_start", m.runq_start.to_string(), RUNQ_FIX));
+        // 0: sized from the host's task limit (kernel::probes::task_map_for_host).
+        for (key, v) in [
+            ("maps.runq_start", m.runq_start),
+            ("maps.futex_start", m.futex_start),
+        ] {
+            if v != 0 && !(16..=4_194_304).contains(&v) {
+                return Err(err(key, v.to_string(), TASK_MAP_FIX));
+            }
         }
         for (key, v) in [
-            ("maps.futex_start", m.futex_start),
             ("maps.hists", m.hists),
             ("maps.tasks", m.tasks),
             ("maps.wake_pairs", m.wake_pairs),
@@ -300,7 +304,7 @@ impl DaemonConfig {
 }
 
 const MAP_FIX: &str = "map sizes must be 16..=4194304 entries";
-const RUNQ_FIX: &str =
+const TASK_MAP_FIX: &str =
     "use 0 (as many as the host can have tasks, the default) or 16..=4194304 entries";
 
 /// The dotted key set on line `line_no` (1-based), e.g. `maps.hists` under `[maps]`.
@@ -513,7 +517,7 @@ mod tests {
             (
                 "[maps]\nfutex_start = 4194305",
                 "maps.futex_start",
-                "16..=4194304",
+                "0 (as many",
             ),
             ("[maps]\nhists = 0", "maps.hists", "16..=4194304"),
             ("[maps]\ntasks = \"big\"", "maps.tasks", "16..=4194304"),

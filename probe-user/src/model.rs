@@ -87,9 +87,10 @@ pub struct MapSizes {
     /// `sched`, blocked in a futex (a parked thread keeps its stamp while it sleeps). Only on
     /// kernels without task storage in tracing programs (before 5.12); elsewhere a task's
     /// stamp lives in its own storage and there is no such limit. 0: as many as the host can
-    /// have tasks (`kernel::probes::runq_start_for_host`).
+    /// have tasks (`kernel::probes::task_map_for_host`).
     pub runq_start: u32,
-    /// Tasks inside a blocking futex call, at once.
+    /// Tasks inside a blocking futex call at once, with futex mode `syscall` (parked threads
+    /// count: thread pools, Go's idle Ms). 0: as many as the host can have tasks.
     pub futex_start: u32,
     /// Histograms: run-queue delay (woken and preempted) of `hists / 2` cgroups (RQ_SLOTS),
     /// and `hists / 2` futex series, one per cgroup and futex op (HISTS).
@@ -107,7 +108,7 @@ impl Default for MapSizes {
     fn default() -> Self {
         Self {
             runq_start: 0,
-            futex_start: 65536,
+            futex_start: 0,
             hists: 8192,
             tasks: 65536,
             wake_pairs: 65536,

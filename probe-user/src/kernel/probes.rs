@@ -101,17 +101,19 @@ impl Classify for ProbeError {
 }
 inventory::submit!(ClassOf::of::<ProbeError>());
 
-/// RUNQ_START entries when `maps.runq_start` is 0 and the host's task limit cannot be read.
-pub const RUNQ_START_FALLBACK: u32 = 65536;
-/// At most this many RUNQ_START entries chosen automatically (~96 bytes each, preallocated:
-/// 24 MiB); `maps.runq_start` may set more.
-pub const RUNQ_START_AUTO_MAX: u32 = 262_144;
+/// Entries of a per-task stamp map sized automatically (`maps.runq_start` or
+/// `maps.futex_start` 0) when the host's task limit cannot be read.
+pub const TASK_MAP_FALLBACK: u32 = 65536;
+/// At most this many entries chosen automatically for a per-task stamp map (RUNQ_START ~96
+/// bytes each, FUTEX_START ~72, preallocated: 24 and 18 MiB); `maps.*` may set more.
+pub const TASK_MAP_AUTO_MAX: u32 = 262_144;
 
-/// RUNQ_START's capacity for this host: every task can hold a stamp at once (runnable, or
-/// parked in a futex with futex mode `sched`), and a host has at most min(kernel.threads-max,
-/// kernel.pid_max) tasks; at least [`RUNQ_START_FALLBACK`], at most [`RUNQ_START_AUTO_MAX`].
-/// With /proc/sys unreadable (e.g. a unit's ProcSubset=pid), the fallback and a warning.
-pub fn runq_start_for_host() -> u32 {
+/// The capacity of a per-task stamp map (RUNQ_START, FUTEX_START) on this host: every task
+/// can hold a stamp at once (runnable, or parked in a futex: thread pools, Go's idle Ms), and a
+/// host has at most min(kernel.threads-max, kernel.pid_max) tasks; at least
+/// [`TASK_MAP_FALLBACK`], at most [`TASK_MAP_AUTO_MAX`]. With /proc/sys unreadable (e.g. a
+/// unit's ProcSubset=pid), the fallback and a warning naming `map`'s setting.
+pub fn task_map_for_host(map: &str, setting: &str) -> u32 {
     let read = |k: &str| -> Option<u64> {
         std::fs::read_to_string(format!("/proc/sys/kernel/{k}"))
             .ok()?
@@ -120,25 +122,24 @@ pub fn runq_start_for_host() -> u32 {
             .ok()
     };
     match (read("threads-max"), read("pid_max")) {
-        (Some(t), Some(p)) => runq_start_for(t, p),
+        (Some(t), Some(p)) => task_map_for(t, p),
         _ => {
             warn!(
-                entries = RUNQ_START_FALLBACK,
-                "cannot read kernel.threads-max and kernel.pid_max: the run-queue stamp map \
-                 (RUNQ_START, kernels before 5.12) keeps the fallback size; set maps.runq_start \
-                 to the most tasks this host runs at once"
+                map,
+                entries = TASK_MAP_FALLBACK,
+                "cannot read kernel.threads-max and kernel.pid_max: the per-task stamp map \
+                 keeps the fallback size; set {setting} to the most tasks this host runs at once"
             );
-            RUNQ_START_FALLBACK
+            TASK_MAP_FALLBACK
         }
     }
 }
 
-/// [`runq_start_for_host`] from the two sysctls.
-pub fn runq_start_for(threads_max: u64, pid_max: u64) -> u32 {
-    threads_max.min(pid_max).clamp(
-        u64::from(RUNQ_START_FALLBACK),
-        u64::from(RUNQ_START_AUTO_MAX),
-    ) as u32
+/// [`task_map_for_host`] from the two sysctls.
+pub fn task_map_for(threads_max: u64, pid_max: u64) -> u32 {
+    threads_max
+        .min(pid_max)
+        .clamp(u64::from(TASK_MAP_FALLBACK), u64::from(TASK_MAP_AUTO_MAX)) as u32
 }
 
 /// Syscall numbers of futex, futex_waitv and futex_wait (futex2) on this arch
@@ -438,8 +439,17 @@ impl Probes {
         let mut s = opts.map_sizes;
         let task_storage = features.has(Feature::TaskStorage) && !opts.hash_stamps;
         if !task_storage && s.runq_start == 0 {
-            s.runq_start = runq_start_for_host();
+            s.runq_start = task_map_for_host("RUNQ_START", "maps.runq_start");
         }
+        // FUTEX_START holds a stamp per task inside a futex call: only futex mode `syscall`
+        // writes it (the other modes delete from it at task exit, a miss).
+        s.futex_start = match futex {
+            FutexMode::Syscall if s.futex_start == 0 => {
+                task_map_for_host("FUTEX_START", "maps.futex_start")
+            }
+            FutexMode::Syscall => s.futex_start,
+            _ => 1,
+        };
         let rq_slots = rq_slots(&s);
         let filter_tgid = (opts.filter_tgids.len() as u32).max(1);
         let filter_cg = (opts.filter_cgroups.len() as u32).max(1);
@@ -839,13 +849,15 @@ impl Probes {
                 self.sizes.runq_start,
             ));
         }
-        let futex: BpfHashMap<_, u64, schedlat_common::FutexStart> =
-            map_ref(&self.ebpf, "FUTEX_START")?;
-        snap.map_entries.push((
-            "FUTEX_START",
-            count_keys(futex.keys(), self.sizes.futex_start),
-            self.sizes.futex_start,
-        ));
+        if self.futex == FutexMode::Syscall {
+            let futex: BpfHashMap<_, u64, schedlat_common::FutexStart> =
+                map_ref(&self.ebpf, "FUTEX_START")?;
+            snap.map_entries.push((
+                "FUTEX_START",
+                count_keys(futex.keys(), self.sizes.futex_start),
+                self.sizes.futex_start,
+            ));
+        }
         snap.map_entries
             .push(("TASK_STATS", snap.tasks.len(), self.sizes.tasks));
         snap.map_entries
@@ -1134,7 +1146,7 @@ fn map_mut<'a, V: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>>(
 
 #[cfg(test)]
 mod tests {
-    use super::{RUNQ_START_AUTO_MAX, RUNQ_START_FALLBACK, runq_start_for};
+    use super::{TASK_MAP_AUTO_MAX, TASK_MAP_FALLBACK, task_map_for};
     use crate::{kernel::probes::ProbeError, model::ErrorClass};
 
     /// Privileges and kernel features are the user's to fix (exit 2); a map that fails is a
@@ -1154,14 +1166,14 @@ mod tests {
 
     /// Sized for every task the host can have (parked threads hold stamps too), bounded.
     #[test]
-    fn runq_start_sized_from_the_hosts_task_limit() {
+    fn task_maps_sized_from_the_hosts_task_limit() {
         // pid_max 32768 (a common default): the floor.
-        assert_eq!(runq_start_for(192_730, 32_768), RUNQ_START_FALLBACK);
+        assert_eq!(task_map_for(192_730, 32_768), TASK_MAP_FALLBACK);
         // Raised pid_max: threads-max or pid_max, whichever is lower.
-        assert_eq!(runq_start_for(192_730, 4_194_304), 192_730);
-        assert_eq!(runq_start_for(1_000_000, 150_000), 150_000);
+        assert_eq!(task_map_for(192_730, 4_194_304), 192_730);
+        assert_eq!(task_map_for(1_000_000, 150_000), 150_000);
         // A large host: capped.
-        assert_eq!(runq_start_for(4_000_000, 4_194_304), RUNQ_START_AUTO_MAX);
+        assert_eq!(task_map_for(4_000_000, 4_194_304), TASK_MAP_AUTO_MAX);
     }
 
     /// A walk that keeps starting over (its current key deleted each time) ends, with at
