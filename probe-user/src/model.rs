@@ -79,6 +79,10 @@ pub enum SortKey {
 pub const FUTEX_OUTCOME_NAMES: [&str; futex_outcome::COUNT] =
     ["woken", "timeout", "interrupted", "value_changed", "error"];
 
+/// The drop reason of program runs the kernel skipped ([`RawSnapshot::skipped`]), beside
+/// schedlat_common::drop_reason's own.
+pub const KERNEL_SKIPPED: &str = "kernel_skipped_recursion";
+
 /// Map capacities. Defaults fit a busy host; every overflow is counted in DROPS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -145,6 +149,11 @@ pub struct RawSnapshot {
     /// The kernel's run-time accounting of each attached program, by program name (empty
     /// unless `ProbeOptions::run_stats` and the kernel has BPF_ENABLE_STATS, 5.8+).
     pub programs: Vec<(String, ProgStats)>,
+    /// Runs of each attached program that the kernel skipped without running it, by program
+    /// name: the same program (tp_btf), or for classic tracepoints any kprobe or tracepoint
+    /// program, was already running on that CPU (bpf_prog_info.recursion_misses). Read
+    /// always, run stats or not. None where the kernel does not report it (before 5.12).
+    pub skipped: Option<Vec<(String, u64)>>,
 }
 
 /// What the kernel counted for one program while its statistics were on (bpf_prog_info

@@ -199,6 +199,23 @@ pub fn kernel_has(feature: &str) -> bool {
     row["present"] == true
 }
 
+/// Whether the running kernel's release (/proc/sys/kernel/osrelease, e.g. "6.1.0-37-amd64")
+/// is at least `major.minor`: for what the kernel reports by version rather than by a feature
+/// `schedlat check` names (a bpf_prog_info field).
+pub fn kernel_release_at_least(major: u32, minor: u32) -> bool {
+    let r = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("reading osrelease");
+    let v = release_version(&r).unwrap_or_else(|| panic!("kernel release {r:?}: no x.y"));
+    v >= (major, minor)
+}
+
+/// (major, minor) of a kernel release string.
+fn release_version(r: &str) -> Option<(u32, u32)> {
+    let mut it = r.trim().split(['.', '-']);
+    let major = it.next()?.parse().ok()?;
+    let minor = it.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
 // ------------------------------------------------------------------------- schedstat
 
 /// Parses the contents of a `schedstat` file: `(on-CPU ns, run-queue wait ns, timeslices)`.
@@ -732,6 +749,15 @@ impl Drop for TestCgroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_release_versions() {
+        assert_eq!(release_version("6.18.44-fc-v657\n"), Some((6, 18)));
+        assert_eq!(release_version("5.10.0-35-amd64"), Some((5, 10)));
+        assert_eq!(release_version("6.1.0-37-rt-amd64"), Some((6, 1)));
+        assert_eq!(release_version("6"), None);
+        assert!((5, 10) < (5, 12) && (6, 1) >= (5, 12));
+    }
 
     /// The gate names the test it guards from its thread's name, with no argument.
     #[test]

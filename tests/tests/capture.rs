@@ -254,6 +254,40 @@ fn check_futex_waits(mode: &str) {
         "only {in_bucket_of_d} of {timeouts} timed-out waits within a bucket of {wait_ms} ms: {f}"
     );
     assert!(row["futex_max_ns"].as_u64().unwrap() >= d);
+    check_kernel_skipped(&report);
+}
+
+/// The runs the kernel skipped, as the capture's JSON reports them: from 5.12 (bpf_prog_info
+/// has recursion_misses) a number for every program the capture ran (the cost section names
+/// them), their sum among the drops; before, `null` and no such drop reason, and no failure.
+fn check_kernel_skipped(report: &Value) {
+    let skipped = &report["kernel_skipped"];
+    let in_dropped = &report["dropped"]["kernel_skipped_recursion"];
+    if !schedlat_tests::kernel_release_at_least(5, 12) {
+        assert!(skipped.is_null(), "kernel_skipped before 5.12: {skipped}");
+        assert!(in_dropped.is_null(), "{}", report["dropped"]);
+        eprintln!("figure: kernel_skipped: not available on this kernel (null)");
+        return;
+    }
+    let by_program = skipped
+        .as_object()
+        .unwrap_or_else(|| panic!("kernel_skipped is {skipped}"));
+    let mut sum = 0;
+    for (program, n) in by_program {
+        sum += n
+            .as_u64()
+            .unwrap_or_else(|| panic!("kernel_skipped.{program} = {n}"));
+    }
+    if let Some(programs) = report["cost"]["programs"].as_object() {
+        let mut ran: Vec<&String> = programs.keys().collect();
+        let mut read: Vec<&String> = by_program.keys().collect();
+        ran.sort();
+        read.sort();
+        assert_eq!(read, ran, "kernel_skipped for each program of the capture");
+    }
+    assert!(by_program.contains_key("sched_switch"), "{skipped}");
+    assert_eq!(in_dropped.as_u64(), Some(sum), "{}", report["dropped"]);
+    eprintln!("figure: kernel_skipped: {skipped}");
 }
 
 #[test]

@@ -165,6 +165,95 @@ fn sigkill_leaves_no_programs_attached() {
     }
 }
 
+/// Each program's bpf_prog_info.recursion_misses as bpftool reads it (`-j prog show`, which
+/// prints the field only when it is not 0), by name, for the programs process `pid` holds.
+fn recursion_misses_by_bpftool(pid: u32) -> Vec<(String, u64)> {
+    programs_of(pid)
+        .iter()
+        .map(|id| {
+            let out = Command::new("bpftool")
+                .args(["-j", "prog", "show", "id", &id.to_string()])
+                .output()
+                .expect("bpftool not found: `cargo xtask setup` installs it");
+            assert!(out.status.success(), "bpftool prog show id {id}");
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            (
+                v["name"].as_str().unwrap().to_string(),
+                v["recursion_misses"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// The runs the kernel skipped (bpf_prog_info.recursion_misses) are exported for every
+/// attached program under reason="kernel_skipped_recursion", and they are the kernel's own
+/// numbers: each lies between bpftool's reading of the same program just before the scrape
+/// and just after it. Nothing found here makes the kernel skip one of schedlat's programs on
+/// purpose (see the README's drop reasons), so on a quiet host they are all 0; the test still
+/// fails on a missing program, a value that is not a number, or one the kernel did not count.
+#[test]
+fn kernel_skipped_runs_are_exported_per_program_as_the_kernel_counts_them() {
+    if !privileged_or_skip() {
+        return;
+    }
+    if !schedlat_tests::kernel_release_at_least(5, 12) {
+        eprintln!("SKIPPED: bpf_prog_info has no recursion_misses before 5.12");
+        return;
+    }
+    let d = Daemon::start();
+    let pid = d.child.id();
+    let mut spin = Workload::start(&["spin", "--threads", "2", "--cpu", "0", "--secs", "1"]);
+    spin.go();
+    spin.result();
+    let before = recursion_misses_by_bpftool(pid);
+    let m = get(&d.addr, "/metrics").expect("scrape");
+    let after = recursion_misses_by_bpftool(pid);
+    let prefix = "schedlat_events_dropped_total{reason=\"kernel_skipped_recursion\",program=\"";
+    let exported: std::collections::BTreeMap<String, f64> = m
+        .lines()
+        .filter_map(|l| l.strip_prefix(prefix))
+        .map(|rest| {
+            let (program, value) = rest.split_once("\"} ").expect("program=\"...\"} value");
+            let v: f64 = value
+                .parse()
+                .unwrap_or_else(|e| panic!("{program}: {value:?} is not a number ({e})"));
+            (program.to_string(), v)
+        })
+        .collect();
+    let attached: std::collections::BTreeSet<String> = m
+        .lines()
+        .filter(|l| l.ends_with(" 1"))
+        .filter_map(|l| l.strip_prefix("schedlat_program_attached{program=\""))
+        .map(|rest| rest.split('"').next().unwrap().to_string())
+        .collect();
+    assert!(attached.len() >= 3, "attached: {attached:?}");
+    assert_eq!(
+        exported
+            .keys()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+        attached,
+        "a kernel_skipped_recursion series for each attached program"
+    );
+    // bpftool names a program by its BTF function name, or the kernel's 15 bytes of it.
+    let by = |readings: &[(String, u64)], program: &str| -> u64 {
+        readings
+            .iter()
+            .find(|(n, _)| program.starts_with(n.as_str()))
+            .unwrap_or_else(|| panic!("bpftool lists no program {program}: {readings:?}"))
+            .1
+    };
+    for (program, v) in &exported {
+        let (lo, hi) = (by(&before, program), by(&after, program));
+        assert!(
+            lo as f64 <= *v && *v <= hi as f64,
+            "{program}: exported {v}, the kernel counted {lo} before the scrape and {hi} after"
+        );
+    }
+    println!("figure: runs skipped by the kernel, by program: {exported:?}");
+    assert!(d.stop().success());
+}
+
 /// A daemon config (in a fresh temp dir, returned with it) with room for 16 histogram series
 /// for the whole host: run-queue histograms of 8 cgroups (and 8 futex series). The per-task
 /// stamps live in task storage here (RUNQ_START only exists on kernels without it), so the

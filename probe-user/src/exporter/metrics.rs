@@ -13,7 +13,7 @@ use super::proto::{self, Format, NativeHists, native_key};
 use crate::{
     hist::Histogram,
     host::cgroup::{Identity, identity},
-    model::{Attached, FUTEX_OUTCOME_NAMES, RawSnapshot},
+    model::{Attached, FUTEX_OUTCOME_NAMES, KERNEL_SKIPPED, RawSnapshot},
 };
 
 /// Label given to cgroups beyond the cap.
@@ -114,6 +114,23 @@ pub(crate) fn family(
     f.set_field_type(t);
     f.set_metric(metrics);
     Some(f)
+}
+
+/// schedlat_events_dropped_total: one series per reason the programs count, and one per
+/// program for the runs the kernel skipped (`program` label; a handful of programs), absent
+/// where the kernel does not report them.
+fn dropped_series(snap: &RawSnapshot) -> Vec<Metric> {
+    let own = drop_reason::NAMES
+        .iter()
+        .zip(snap.drops)
+        .map(|(n, v)| counter(vec![label("reason", n)], v as f64));
+    let skipped = snap.skipped.iter().flatten().map(|(program, n)| {
+        counter(
+            vec![label("reason", KERNEL_SKIPPED), label("program", program)],
+            *n as f64,
+        )
+    });
+    own.chain(skipped).collect()
 }
 
 pub(crate) fn counter(labels: Vec<LabelPair>, v: f64) -> Metric {
@@ -308,13 +325,9 @@ pub fn families(
     ));
     out.extend(family(
         "schedlat_events_dropped_total",
-        "Events lost, by reason (a full map, the slow-event rate limit, a failed kernel read).",
+        "Events lost, by reason (a full map, the slow-event rate limit, a failed kernel read; kernel_skipped_recursion: runs of a program the kernel skipped, by program).",
         MetricType::COUNTER,
-        drop_reason::NAMES
-            .iter()
-            .zip(snap.drops)
-            .map(|(n, v)| counter(vec![label("reason", n)], v as f64))
-            .collect(),
+        dropped_series(snap),
     ));
     out.extend(family(
         "schedlat_cgroups_folded",
@@ -750,5 +763,51 @@ pub(crate) mod tests {
                 "{r}"
             );
         }
+        // No kernel report in this snapshot (a kernel before 5.12): no such series.
+        assert!(
+            !s.iter()
+                .any(|(_, l, _)| l.get("reason").map(String::as_str) == Some(KERNEL_SKIPPED))
+        );
+    }
+
+    /// The runs the kernel skipped: one series per program under their own reason, each
+    /// with its count, zeros included (read, not absent).
+    #[test]
+    fn kernel_skipped_runs_exported_per_program() {
+        let snap = RawSnapshot {
+            skipped: Some(vec![("sched_switch".into(), 3), ("sched_waking".into(), 0)]),
+            ..snap()
+        };
+        let fams = families(
+            &snap,
+            &ExpoInput {
+                attached: &[],
+                per_octave: 2,
+                version: "test",
+                futex_outcomes: true,
+                base: &[],
+                retired_cgroups: 0,
+            },
+            &mut LabelCap::new(10),
+            |id| Some(format!("/cg{id}")),
+        );
+        let s = parse(&encode(&fams.families).unwrap());
+        let skipped: BTreeMap<&str, f64> = s
+            .iter()
+            .filter(|(n, l, _)| {
+                n == "schedlat_events_dropped_total" && l["reason"] == KERNEL_SKIPPED
+            })
+            .map(|(_, l, v)| (l["program"].as_str(), *v))
+            .collect();
+        assert_eq!(
+            skipped,
+            BTreeMap::from([("sched_switch", 3.0), ("sched_waking", 0.0)])
+        );
+        // The programs' own reasons keep their one label.
+        let own = s
+            .iter()
+            .find(|(n, l, _)| n == "schedlat_events_dropped_total" && l["reason"] == "stale_stamp")
+            .unwrap();
+        assert!(!own.1.contains_key("program"));
     }
 }

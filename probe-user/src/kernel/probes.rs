@@ -12,6 +12,7 @@ use aya::{
         uprobe::{UProbeAttachLocation, UProbeScope},
     },
 };
+use aya_obj::generated::{bpf_cmd, bpf_prog_info};
 use schedlat_common::{
     Config, CpuStat, GoConfig, Hist, HistKey, PreemptKey, RunqHists, SlowEvent, TaskStat,
     WakeCount, WakePair, flags, go, kind,
@@ -770,40 +771,52 @@ impl Probes {
         }
     }
 
-    /// The kernel's run-time accounting of each attached program (empty without
-    /// [`ProbeOptions::run_stats`]). A program attached at several sites is one program.
-    fn program_stats(&self) -> Vec<(String, ProgStats)> {
-        if self.run_stats.is_none() {
-            return Vec::new();
-        }
-        let mut out: Vec<(String, ProgStats)> = Vec::new();
+    /// The kernel's accounting of each attached program, one BPF_OBJ_GET_INFO_BY_FD each: run
+    /// time and runs (empty without [`ProbeOptions::run_stats`]), and, always, the runs it
+    /// skipped (None where the kernel does not report them). A program attached at several
+    /// sites is one program. Into `snap.programs` and `snap.skipped`.
+    fn program_stats(&self, snap: &mut RawSnapshot) {
+        let mut skipped: Vec<(String, u64)> = Vec::new();
+        let mut seen: Vec<&str> = Vec::new();
         for a in self.attached.iter().filter(|a| a.attached) {
-            if out.iter().any(|(n, _)| *n == a.program) {
+            if seen.contains(&a.program.as_str()) {
                 continue;
             }
+            seen.push(&a.program);
             let Some(p) = self.ebpf.program(&a.program) else {
                 continue;
             };
-            match p.info() {
-                Ok(i) => out.push((
+            let info = p
+                .fd()
+                .map_err(std::io::Error::other)
+                .and_then(|fd| prog_info(std::os::fd::AsFd::as_fd(fd)));
+            let (info, len) = match info {
+                Ok(i) => i,
+                Err(e) => {
+                    debug!(program = %a.program, error = %e, "no program info");
+                    continue;
+                }
+            };
+            if self.run_stats.is_some() {
+                snap.programs.push((
                     a.program.clone(),
                     ProgStats {
-                        run_time_ns: i.run_time().as_nanos() as u64,
-                        run_count: i.run_count(),
+                        run_time_ns: info.run_time_ns,
+                        run_count: info.run_cnt,
                     },
-                )),
-                Err(e) => debug!(program = %a.program, error = %e, "no program info"),
+                ));
+            }
+            if let Some(n) = recursion_misses(&info, len) {
+                skipped.push((a.program.clone(), n));
             }
         }
-        out
+        snap.skipped = (!skipped.is_empty()).then_some(skipped);
     }
 
     /// Read every map.
     pub fn snapshot(&self) -> Result<RawSnapshot, ProbeError> {
-        let mut snap = RawSnapshot {
-            programs: self.program_stats(),
-            ..Default::default()
-        };
+        let mut snap = RawSnapshot::default();
+        self.program_stats(&mut snap);
         let hists: BpfHashMap<_, HistKey, Hist> = map_ref(&self.ebpf, "HISTS")?;
         // Entries are never deleted by the kernel, so an error here is transient; skip it.
         for (k, v) in hists.iter().flatten() {
@@ -977,6 +990,60 @@ fn lookup_raw(fd: i32, key: u32, value_size: usize) -> bool {
         )
     };
     rc == 0
+}
+
+/// BPF_OBJ_GET_INFO_BY_FD of the program behind `fd`: its bpf_prog_info, and how many bytes of
+/// it the kernel filled (its own struct's size when that is smaller than aya-obj's: older
+/// kernels know fewer fields and leave the rest zero; kernel/bpf/syscall.c
+/// bpf_prog_get_info_by_fd). aya 0.14's ProgramInfo makes the same call but keeps
+/// recursion_misses to itself.
+fn prog_info(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<(bpf_prog_info, u32)> {
+    use std::os::fd::AsRawFd;
+    // union bpf_attr, the BPF_OBJ_GET_INFO_BY_FD member `info` (include/uapi/linux/bpf.h).
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    // SAFETY: bpf_prog_info is plain integers (bindgen output); all zeroes is a valid value,
+    // and the kernel requires the fields it does not know to be zero.
+    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: size_of::<bpf_prog_info>() as u32,
+        info: &raw mut info as u64,
+    };
+    // SAFETY: `attr` points at a live, writable bpf_prog_info of the length it states; the
+    // kernel writes at most that many bytes, then the length it wrote into `attr`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
+            &raw mut attr,
+            size_of::<InfoAttr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((info, attr.info_len))
+}
+
+/// bpf_prog_info.recursion_misses where the kernel has the field (5.12, 9ed9e9ba2337 "bpf:
+/// Count the number of times recursion was prevented"), given the length it filled: the runs
+/// it skipped because the program could not run there. tp_btf and raw tracepoint programs:
+/// the same program already running on that CPU (kernel/trace/bpf_trace.c __bpf_trace_run,
+/// `prog->active`; counted since 6.1, 05b24ff9b2cf "bpf: Prevent bpf program recursion for raw
+/// tracepoint probes": before it such a run was nested, not skipped). Classic tracepoints
+/// (the futex syscall programs): any kprobe or tracepoint program running on that CPU, or a
+/// bpf() map syscall in progress there (preemptible; the per-CPU bpf_prog_active of
+/// trace_call_bpf and of include/linux/bpf.h bpf_disable_instrumentation); skipped on every
+/// kernel, counted since 6.7 (dd8657894c11 "bpf: Count missed stats in trace_call_bpf").
+/// Uprobes have no such check (kernel/trace/trace_uprobe.c, bpf_prog_run_array_uprobe).
+fn recursion_misses(info: &bpf_prog_info, filled: u32) -> Option<u64> {
+    let end = std::mem::offset_of!(bpf_prog_info, recursion_misses) + size_of::<u64>();
+    (filled as usize >= end).then_some(info.recursion_misses)
 }
 
 /// Entries of a hash map that the kernel side keeps changing (start stamps), approximately and
@@ -1174,6 +1241,21 @@ mod tests {
         assert_eq!(task_map_for(1_000_000, 150_000), 150_000);
         // A large host: capped.
         assert_eq!(task_map_for(4_000_000, 4_194_304), TASK_MAP_AUTO_MAX);
+    }
+
+    /// recursion_misses only where the kernel filled it: 5.10's bpf_prog_info ends at run_cnt,
+    /// the field after it is then "not available", not 0.
+    #[test]
+    fn recursion_misses_read_only_where_the_kernel_has_the_field() {
+        use aya_obj::generated::bpf_prog_info;
+        // SAFETY: plain integers; all zeroes is valid.
+        let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+        info.recursion_misses = 7;
+        let full = size_of::<bpf_prog_info>() as u32;
+        assert_eq!(super::recursion_misses(&info, full), Some(7));
+        let before_5_12 = std::mem::offset_of!(bpf_prog_info, recursion_misses) as u32;
+        assert_eq!(super::recursion_misses(&info, before_5_12), None);
+        assert_eq!(super::recursion_misses(&info, before_5_12 + 8), Some(7));
     }
 
     /// A walk that keeps starting over (its current key deleted each time) ends, with at

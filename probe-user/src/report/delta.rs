@@ -95,6 +95,20 @@ pub fn since(now: &RawSnapshot, prev: &RawSnapshot) -> RawSnapshot {
                 (name.clone(), d)
             })
             .collect(),
+        skipped: now.skipped.as_ref().map(|now_s| {
+            now_s
+                .iter()
+                .map(|(name, n)| {
+                    let p = prev
+                        .skipped
+                        .iter()
+                        .flatten()
+                        .find(|(x, _)| x == name)
+                        .map_or(0, |(_, p)| *p);
+                    (name.clone(), n.saturating_sub(p))
+                })
+                .collect()
+        }),
     }
 }
 
@@ -225,6 +239,7 @@ mod tests {
                 max_ns: 5_000,
             }],
             drops,
+            skipped: Some(vec![("sched_switch".into(), 1)]),
             ..Default::default()
         };
         drops[0] = 2;
@@ -243,6 +258,7 @@ mod tests {
             }],
             drops,
             map_entries: vec![("TASK_STATS", 3, 16)],
+            skipped: Some(vec![("sched_switch".into(), 4), ("sched_waking".into(), 1)]),
             ..Default::default()
         };
         let d = since(&second, &first);
@@ -268,6 +284,11 @@ mod tests {
         assert_eq!(d.cpus[0].sum_ns, [7_003_000, 100]);
         assert_eq!(d.cpus[0].max_ns, 7_000_000);
         assert_eq!(d.drops[0], 2);
+        // The kernel's skipped runs by program, a program new since then in full.
+        assert_eq!(
+            d.skipped,
+            Some(vec![("sched_switch".into(), 3), ("sched_waking".into(), 1)])
+        );
         assert_eq!(d.map_entries, second.map_entries);
         // Adding the intervals back gives the whole.
         let mut whole = h1.clone();

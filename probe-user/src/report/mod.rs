@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::{
     hist::{HistSummary, Histogram},
-    model::{FUTEX_OUTCOME_NAMES, ProgStats, RawSnapshot},
+    model::{FUTEX_OUTCOME_NAMES, KERNEL_SKIPPED, ProgStats, RawSnapshot},
 };
 
 mod delta;
@@ -36,8 +36,13 @@ pub struct CaptureReport {
     pub wakeups: Vec<WakeRow>,
     pub slow_events: Vec<SlowRow>,
     pub slow_threshold_ns: u64,
-    /// Lost events by reason; `total` sums them.
+    /// Lost events by reason; `total` sums them. `kernel_skipped_recursion` (where the
+    /// kernel reports it) is the sum of `kernel_skipped`.
     pub dropped: BTreeMap<String, u64>,
+    /// Runs of each program that the kernel skipped (another run of it, or for classic
+    /// tracepoints any kprobe or tracepoint program, already running on that CPU): each is
+    /// one event lost. None where the kernel does not report them (before 5.12).
+    pub kernel_skipped: Option<BTreeMap<String, u64>>,
     /// Kernel map use at the end of the capture: a full map is where drops come from, and
     /// per-task maps (RUNQ_START, FUTEX_START) must not keep entries of exited tasks.
     pub maps: BTreeMap<String, MapUse>,
@@ -423,6 +428,11 @@ pub fn build(
         .map(|(n, v)| (n.to_string(), v))
         .collect();
     dropped.insert("slow_event_report_limit".into(), input.slow_dropped_user);
+    let kernel_skipped: Option<BTreeMap<String, u64>> =
+        snap.skipped.as_ref().map(|s| s.iter().cloned().collect());
+    if let Some(k) = &kernel_skipped {
+        dropped.insert(KERNEL_SKIPPED.into(), k.values().sum());
+    }
     let total = dropped.values().sum();
     dropped.insert("total".into(), total);
 
@@ -457,6 +467,7 @@ pub fn build(
         slow_events,
         slow_threshold_ns: input.slow_threshold_ns,
         dropped,
+        kernel_skipped,
         maps: snap
             .map_entries
             .iter()
@@ -613,6 +624,49 @@ mod tests {
         assert_eq!(c.futex_exits, None);
     }
 
+    /// Runs the kernel skipped are lost events: in `dropped` (and its total) as one reason,
+    /// by program in `kernel_skipped`, zeros included; the text names the programs.
+    #[test]
+    fn kernel_skipped_runs_are_drops_by_program() {
+        let snap = RawSnapshot {
+            skipped: Some(vec![("sched_switch".into(), 2), ("sched_waking".into(), 0)]),
+            ..snapshot()
+        };
+        let r = build(
+            &snap,
+            ReportInput {
+                duration_s: 1.0,
+                window: (std::time::UNIX_EPOCH, std::time::UNIX_EPOCH),
+                filter: Filter::default(),
+                slow_events: &[],
+                slow_threshold_ns: 10_000_000,
+                slow_dropped_user: 0,
+            },
+            |id| format!("/cg{id}"),
+        );
+        assert_eq!(r.dropped[KERNEL_SKIPPED], 2);
+        // runq_start_map_full 3 + these 2.
+        assert_eq!(r.dropped["total"], 5);
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            v["kernel_skipped"],
+            serde_json::json!({"sched_switch": 2, "sched_waking": 0})
+        );
+        let text = render_text(
+            &r,
+            &TextOptions {
+                top: 5,
+                buckets: Buckets::Compact,
+                block: false,
+            },
+        );
+        assert!(text.contains("kernel_skipped_recursion=2"), "{text}");
+        assert!(
+            text.contains("sched_switch=2") && !text.contains("sched_waking=0"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn aggregates_causes_ops_cgroups_and_drops() {
         let snap = snapshot();
@@ -662,6 +716,12 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("runq_start_map_full=3"), "{text}");
+        // No kernel report in this snapshot (before 5.12): no such reason, null in JSON.
+        assert!(!r.dropped.contains_key(KERNEL_SKIPPED));
+        assert_eq!(
+            serde_json::to_value(&r).unwrap()["kernel_skipped"],
+            serde_json::Value::Null
+        );
         // Woken from an interrupt on an idle CPU (the idle task, pid 0, was current): said so,
         // not as the idle task waking someone.
         assert_eq!(r.wakeups[1].waker_comm, IRQ_WAKER);

@@ -250,6 +250,21 @@ pub fn render_text(r: &CaptureReport, o: &TextOptions) -> String {
             lost.join(" ")
         }
     );
+    let skipped: Vec<String> = r
+        .kernel_skipped
+        .iter()
+        .flatten()
+        .filter(|(_, n)| **n > 0)
+        .map(|(p, n)| format!("{p}={n}"))
+        .collect();
+    if !skipped.is_empty() {
+        let _ = writeln!(
+            out,
+            "kernel_skipped_recursion by program (runs the kernel skipped while a BPF program \
+             was running on that CPU): {}",
+            skipped.join(" ")
+        );
+    }
     if !o.block {
         let maps: Vec<String> = r
             .maps
