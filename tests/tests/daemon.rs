@@ -665,13 +665,10 @@ fn churn_of_10000_tasks_leaves_no_stale_entries_and_flat_memory() {
     eprintln!(
         "churn: daemon RSS {rss_before} kB -> {rss_1} kB after 10,000 tasks ({scrapes} scrapes \
          during) -> {rss_2} kB after 10,000 more ({scrapes_2} scrapes); RQ_SLOTS {} -> {} -> {}, \
-         FUTEX_START {} -> {} -> {}, HISTS {} -> {}",
+         HISTS {} -> {}",
         map_entries(&before, "RQ_SLOTS"),
         map_entries(&after, "RQ_SLOTS"),
         map_entries(&after_2, "RQ_SLOTS"),
-        map_entries(&before, "FUTEX_START"),
-        map_entries(&after, "FUTEX_START"),
-        map_entries(&after_2, "FUTEX_START"),
         map_entries(&before, "HISTS"),
         map_entries(&after_2, "HISTS"),
     );
@@ -1308,4 +1305,46 @@ fn preemptors_beyond_the_cap_fold_into_other_and_are_counted() {
     );
     assert!(d.stop().success());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// FUTEX_START holds one stamp per task inside a futex call, parked threads included, so in
+/// futex mode `syscall` it is sized from the host's task limit like RUNQ_START; in the default
+/// mode (`sched`) nothing writes it and it is neither preallocated nor exported.
+#[test]
+fn futex_start_is_sized_for_the_hosts_tasks_in_syscall_mode_only() {
+    if !privileged_or_skip() {
+        return;
+    }
+    let sysctl = |k: &str| -> f64 {
+        std::fs::read_to_string(format!("/proc/sys/kernel/{k}"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let want = sysctl("threads-max")
+        .min(sysctl("pid_max"))
+        .clamp(65_536.0, 262_144.0);
+    let dir = std::env::temp_dir().join(format!("schedlat-futex-start-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("syscall.toml");
+    std::fs::write(&cfg, "futex = \"syscall\"\n").unwrap();
+    let d = Daemon::start_with(&["--config", cfg.to_str().unwrap()]);
+    let m = get(&d.addr, "/metrics").unwrap();
+    assert_eq!(
+        sample(&m, "schedlat_map_capacity{map=\"FUTEX_START\"}"),
+        Some(want),
+        "FUTEX_START capacity in futex mode syscall"
+    );
+    assert!(d.stop().success());
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let d = Daemon::start();
+    let m = get(&d.addr, "/metrics").unwrap();
+    assert_eq!(
+        sample(&m, "schedlat_map_capacity{map=\"FUTEX_START\"}"),
+        None,
+        "FUTEX_START exported in futex mode sched"
+    );
+    assert!(d.stop().success());
 }
