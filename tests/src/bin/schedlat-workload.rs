@@ -674,8 +674,12 @@ mod linux {
         let (gate_a, gate_b) = (Gate::new()?, Gate::new()?);
         let b = thread::Builder::new()
             .name("wakee".into())
-            .spawn(move || -> (u32, u32, u32) {
-                WAKEE_TID.store(gettid(), SeqCst);
+            .spawn(move || -> (u32, u32, u32, u64) {
+                let tid = gettid();
+                WAKEE_TID.store(tid, SeqCst);
+                // Its switch-ins from here to the end: each one a run-queue wait the capture
+                // must count (a wake that lands before B is off its CPU makes none).
+                let before = schedstat_raw(tid).unwrap_or_else(|e| fail(format_args!("{e:#}")));
                 gate_b.wait();
                 let (mut woken, mut eagain, mut eintr) = (0u32, 0u32, 0u32);
                 for i in 1..=count {
@@ -692,7 +696,8 @@ mod linux {
                         )),
                     }
                 }
-                (woken, eagain, eintr)
+                let after = schedstat_raw(tid).unwrap_or_else(|e| fail(format_args!("{e:#}")));
+                (woken, eagain, eintr, after.2.saturating_sub(before.2))
             })
             .context("spawning the wakee thread")?;
         let a = thread::Builder::new()
@@ -726,7 +731,7 @@ mod linux {
         let woke = a
             .join()
             .map_err(|_| anyhow::anyhow!("waker thread panicked"))?;
-        let (woken, eagain, eintr) = b
+        let (woken, eagain, eintr, wakee_timeslices) = b
             .join()
             .map_err(|_| anyhow::anyhow!("wakee thread panicked"))?;
         Ok(json!({
@@ -738,6 +743,7 @@ mod linux {
             "eintr": eintr,
             "wake_calls": count,
             "wake_returned": woke,
+            "wakee_timeslices": wakee_timeslices,
         }))
     }
 
