@@ -32,6 +32,10 @@ pub struct DaemonConfig {
     pub buckets_per_octave: u32,
     /// How long the final counts of a removed cgroup keep being exported under its own label.
     pub removed_cgroup_ttl_secs: u64,
+    /// Export the programs' own run time (`schedlat_program_run_seconds_total`), from the
+    /// kernel's BPF run-time accounting, on while the daemon runs. It is not free: the kernel
+    /// then reads its clock twice around every program run (~50 ns per switch measured here).
+    pub self_cost: bool,
     /// Drop every capability once the programs are attached (nothing after needs one).
     pub drop_capabilities: bool,
     /// Switch to this user (name or uid; group from its passwd entry) once attached.
@@ -90,6 +94,7 @@ impl Default for DaemonConfig {
             preemptors_per_cgroup: 5,
             buckets_per_octave: 2,
             removed_cgroup_ttl_secs: 600,
+            self_cost: false,
             drop_capabilities: true,
             user: None,
             web_config: None,
@@ -165,6 +170,7 @@ impl DaemonConfig {
             "removed_cgroup_ttl_secs",
             "use a whole number of seconds, e.g. 600",
         ),
+        ("self_cost", "use true or false"),
         ("drop_capabilities", "use true or false"),
         (
             "user",

@@ -1348,3 +1348,54 @@ fn futex_start_is_sized_for_the_hosts_tasks_in_syscall_mode_only() {
     );
     assert!(d.stop().success());
 }
+
+/// With `self_cost = true` the daemon exports its programs' own run time from the kernel's
+/// accounting: sched_switch ran at least once per switch-in the spinners had (their schedstat
+/// timeslices, all while the daemon ran), at a plausible cost per run. Without it, nothing.
+#[test]
+fn self_cost_exports_the_kernels_accounting_of_the_programs_only_when_asked() {
+    if !privileged_or_skip() {
+        return;
+    }
+    let series = |m: &str, name: &str| sample(m, &format!("{name}{{program=\"sched_switch\"}}"));
+    let dir = std::env::temp_dir().join(format!("schedlat-self-cost-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("self-cost.toml");
+    std::fs::write(&cfg, "self_cost = true\n").unwrap();
+    let d = Daemon::start_with(&["--config", cfg.to_str().unwrap()]);
+    let before = get(&d.addr, "/metrics").unwrap();
+    let mut spin = Workload::start(&["spin", "--threads", "2", "--cpu", "0", "--secs", "1"]);
+    spin.go();
+    let result = spin.result();
+    let after = get(&d.addr, "/metrics").unwrap();
+    let slices: u64 = result["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["timeslices"].as_u64().unwrap())
+        .sum();
+    let runs = series(&after, "schedlat_program_runs_total").expect("runs of sched_switch")
+        - series(&before, "schedlat_program_runs_total").expect("runs of sched_switch");
+    let secs = series(&after, "schedlat_program_run_seconds_total").expect("run time")
+        - series(&before, "schedlat_program_run_seconds_total").expect("run time");
+    let ns_per_run = secs * 1e9 / runs;
+    eprintln!(
+        "figure: self_cost: sched_switch {runs} runs ({slices} spinner switch-ins), {ns_per_run:.0} ns per run"
+    );
+    assert!(
+        runs >= slices as f64 && slices > 100,
+        "{runs} runs vs {slices} spinner switch-ins"
+    );
+    assert!(
+        (1.0..100_000.0).contains(&ns_per_run),
+        "{ns_per_run} ns per sched_switch run"
+    );
+    assert!(d.stop().success());
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let d = Daemon::start();
+    let m = get(&d.addr, "/metrics").unwrap();
+    assert_eq!(series(&m, "schedlat_program_runs_total"), None);
+    assert_eq!(series(&m, "schedlat_program_run_seconds_total"), None);
+    assert!(d.stop().success());
+}

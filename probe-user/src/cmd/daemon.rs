@@ -317,6 +317,7 @@ pub fn run(cli: &Cli, a: &DaemonArgs) -> anyhow::Result<()> {
         tracefs: cli.tracefs.clone(),
         btf: cli.btf.clone(),
         hash_stamps: cli.hash_stamps,
+        run_stats: cfg.self_cost,
         ..Default::default()
     };
     let probes = Probes::load(&opts).context("starting the daemon")?;

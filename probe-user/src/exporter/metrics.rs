@@ -374,6 +374,25 @@ pub fn families(
             })
             .collect(),
     ));
+    // self_cost: the kernel's accounting of the programs' own run time (absent without it).
+    out.extend(family(
+        "schedlat_program_run_seconds_total",
+        "Time the eBPF program ran, by the kernel's BPF run-time accounting (config self_cost); the traced tasks pay it, as system time.",
+        MetricType::COUNTER,
+        snap.programs
+            .iter()
+            .map(|(p, s)| counter(vec![label("program", p)], s.run_time_ns as f64 / 1e9))
+            .collect(),
+    ));
+    out.extend(family(
+        "schedlat_program_runs_total",
+        "Runs of the eBPF program, by the kernel's BPF run-time accounting (config self_cost).",
+        MetricType::COUNTER,
+        snap.programs
+            .iter()
+            .map(|(p, s)| counter(vec![label("program", p)], s.run_count as f64))
+            .collect(),
+    ));
     out.extend(family(
         "schedlat_build_info",
         "schedlat build information.",
