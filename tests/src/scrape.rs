@@ -98,13 +98,23 @@ impl Drop for Daemon {
 /// `schedlat daemon` reading the Go programs in `cg` (`[go]` plus `extra` lines), with its
 /// config in a directory of its own, returned for removal.
 pub fn go_daemon(name: &str, cg: &TestCgroup, extra: &str) -> (Daemon, std::path::PathBuf) {
+    go_daemon_with(name, cg, "", extra)
+}
+
+/// [`go_daemon`] with top-level config keys `top` too (lines, before the `[go]` table).
+pub fn go_daemon_with(
+    name: &str,
+    cg: &TestCgroup,
+    top: &str,
+    extra: &str,
+) -> (Daemon, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("go.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[go]\nenabled = true\ncgroups = [\"{}\"]\n{extra}",
+            "{top}[go]\nenabled = true\ncgroups = [\"{}\"]\n{extra}",
             cg.path()
         ),
     )

@@ -16,7 +16,7 @@ use schedlat_tests::{
     TestCgroup, Workload,
     gofixture::{GoHttpServer, go_fixture_versions},
     privileged_or_skip,
-    scrape::{Daemon, get, get_response, go_daemon},
+    scrape::{Daemon, get, get_response, go_daemon_with},
 };
 use serde_json::Value;
 
@@ -993,7 +993,8 @@ fn grafana_dashboard_queries_run_on_a_real_prometheus() {
     let go_cg = TestCgroup::create("grafana-go");
     let server = GoHttpServer::start(&go_dir.join("httpserver"));
     go_cg.add(server.pid);
-    let (d, cfg_dir) = go_daemon("schedlat-grafana", &go_cg, "");
+    // self_cost on: the agent's own-cost panel has series.
+    let (d, cfg_dir) = go_daemon_with("schedlat-grafana", &go_cg, "self_cost = true\n", "");
     let stop = Arc::new(AtomicBool::new(false));
     let requests = Arc::new(AtomicU64::new(0));
     let load = {
@@ -1073,6 +1074,15 @@ fn grafana_dashboard_queries_run_on_a_real_prometheus() {
             std::thread::sleep(Duration::from_millis(500));
         };
         eprintln!("dashboard: {title}: {finite:?}");
+        if expr.contains("schedlat_program_run_seconds_total") {
+            // ns per run of each program, by the kernel's accounting: sched_switch ran.
+            assert!(
+                finite
+                    .iter()
+                    .any(|(m, v)| m["program"] == "sched_switch" && (1.0..100_000.0).contains(v)),
+                "panel {title}: no plausible ns per sched_switch run: {finite:?}"
+            );
+        }
         if expr.starts_with("sum by (cgroup, by) (rate(schedlat_preemptions_total") {
             // The spinners' two threads share CPU 0: each takes the other's.
             assert!(
