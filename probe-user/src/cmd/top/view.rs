@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use ratatui::{
     Frame,
-    layout::{Constraint, Layout},
+    layout::{Constraint, Layout, Rect},
     style::{Modifier, Style},
     text::Line,
     widgets::{Block, Paragraph, Row, Table},
@@ -290,10 +290,59 @@ fn ms_per_s(x: f64) -> String {
     format!("{:.1}", x * 1e3)
 }
 
+/// One column of a table: its header and width.
+fn col(header: impl Into<String>, width: u16) -> (String, Constraint) {
+    (header.into(), Constraint::Length(width))
+}
+
+/// The rate columns the cgroup and task tables share, the sort key's header starred; `third`
+/// heads a latency of the row's own (P99, AVG).
+fn rate_columns(k: SortKey, third: &str) -> [(String, Constraint); 7] {
+    let sel = |c: SortKey, header: &str| format!("{}{header}", if c == k { "*" } else { "" });
+    [
+        col(sel(SortKey::Delay, "MS/S"), 10),
+        col(sel(SortKey::Waits, "WAITS/S"), 8),
+        col(third, 9),
+        col(sel(SortKey::Max, "MAX"), 9),
+        col(sel(SortKey::Preempted, "PRE"), 6),
+        col("FUTEX/S", 8),
+        col(sel(SortKey::Futex, "FUTEX MS/S"), 11),
+    ]
+}
+
+/// A row's cells under [`rate_columns`], `third_ns` in the third.
+fn rate_cells(r: &Rates, third_ns: u64) -> [String; 7] {
+    [
+        ms_per_s(r.delay_per_s),
+        format!("{:.0}", r.waits_per_s),
+        fmt_ns(third_ns),
+        fmt_ns(r.max_ns),
+        pct(r.preempted),
+        format!("{:.0}", r.futex_per_s),
+        ms_per_s(r.futex_blocked_per_s),
+    ]
+}
+
+/// A bordered table titled `title` with `columns` (header, width) over `rows`.
+fn table<'a>(
+    f: &mut Frame,
+    area: Rect,
+    title: String,
+    columns: impl IntoIterator<Item = (String, Constraint)>,
+    rows: impl IntoIterator<Item = Row<'a>>,
+) {
+    let (headers, widths): (Vec<String>, Vec<Constraint>) = columns.into_iter().unzip();
+    let header_style = Style::new().add_modifier(Modifier::BOLD | Modifier::REVERSED);
+    f.render_widget(
+        Table::new(rows, widths)
+            .header(Row::new(headers).style(header_style))
+            .block(Block::bordered().title(title)),
+        area,
+    );
+}
+
 /// Draw `m` (None: before the first interval) sorted by `k`.
 pub fn draw(f: &mut Frame, m: Option<&TopModel>, k: SortKey, every: &str) {
-    let header_style = Style::new().add_modifier(Modifier::BOLD | Modifier::REVERSED);
-    let sel = |c: SortKey| if c == k { "*" } else { "" };
     let Some(m) = m else {
         f.render_widget(
             Paragraph::new(format!(
@@ -318,7 +367,7 @@ pub fn draw(f: &mut Frame, m: Option<&TopModel>, k: SortKey, every: &str) {
     ])
     .areas(f.area());
     if let Some(g) = &m.go {
-        draw_go(f, g, go, header_style);
+        draw_go(f, g, go);
     }
     let r = &m.runqueue;
     f.render_widget(
@@ -345,95 +394,29 @@ pub fn draw(f: &mut Frame, m: Option<&TopModel>, k: SortKey, every: &str) {
         head,
     );
     let cg_rows = m.cgroups.iter().take(ncg as usize).map(|c| {
-        Row::new(vec![
-            ms_per_s(c.rates.delay_per_s),
-            format!("{:.0}", c.rates.waits_per_s),
-            fmt_ns(c.p99_ns),
-            fmt_ns(c.rates.max_ns),
-            pct(c.rates.preempted),
-            format!("{:.0}", c.rates.futex_per_s),
-            ms_per_s(c.rates.futex_blocked_per_s),
-            c.cgroup.clone(),
-        ])
+        let cells = rate_cells(&c.rates, c.p99_ns);
+        Row::new(cells.into_iter().chain([c.cgroup.clone()]))
     });
-    let widths = [
-        Constraint::Length(10),
-        Constraint::Length(8),
-        Constraint::Length(9),
-        Constraint::Length(9),
-        Constraint::Length(6),
-        Constraint::Length(8),
-        Constraint::Length(11),
-        Constraint::Min(10),
-    ];
-    f.render_widget(
-        Table::new(cg_rows, widths)
-            .header(
-                Row::new(vec![
-                    format!("{}MS/S", sel(SortKey::Delay)),
-                    format!("{}WAITS/S", sel(SortKey::Waits)),
-                    "P99".to_string(),
-                    format!("{}MAX", sel(SortKey::Max)),
-                    format!("{}PRE", sel(SortKey::Preempted)),
-                    "FUTEX/S".to_string(),
-                    format!("{}FUTEX MS/S", sel(SortKey::Futex)),
-                    "CGROUP".to_string(),
-                ])
-                .style(header_style),
-            )
-            .block(Block::bordered().title(" cgroups: run-queue delay (ms waited per s) ")),
+    table(
+        f,
         cg,
+        " cgroups: run-queue delay (ms waited per s) ".into(),
+        rate_columns(k, "P99")
+            .into_iter()
+            .chain([("CGROUP".to_string(), Constraint::Min(10))]),
+        cg_rows,
     );
     let task_rows = m.tasks.iter().map(|t| {
-        Row::new(vec![
-            t.tid.to_string(),
-            t.pid.to_string(),
-            t.comm.clone(),
-            ms_per_s(t.rates.delay_per_s),
-            format!("{:.0}", t.rates.waits_per_s),
-            fmt_ns(t.avg_ns),
-            fmt_ns(t.rates.max_ns),
-            pct(t.rates.preempted),
-            format!("{:.0}", t.rates.futex_per_s),
-            ms_per_s(t.rates.futex_blocked_per_s),
-        ])
+        let ids = [t.tid.to_string(), t.pid.to_string(), t.comm.clone()];
+        Row::new(ids.into_iter().chain(rate_cells(&t.rates, t.avg_ns)))
     });
-    f.render_widget(
-        Table::new(
-            task_rows,
-            [
-                Constraint::Length(8),
-                Constraint::Length(8),
-                Constraint::Length(16),
-                Constraint::Length(10),
-                Constraint::Length(8),
-                Constraint::Length(9),
-                Constraint::Length(9),
-                Constraint::Length(6),
-                Constraint::Length(8),
-                Constraint::Length(11),
-            ],
-        )
-        .header(
-            Row::new(vec![
-                "TID".to_string(),
-                "PID".to_string(),
-                "COMM".to_string(),
-                format!("{}MS/S", sel(SortKey::Delay)),
-                format!("{}WAITS/S", sel(SortKey::Waits)),
-                "AVG".to_string(),
-                format!("{}MAX", sel(SortKey::Max)),
-                format!("{}PRE", sel(SortKey::Preempted)),
-                "FUTEX/S".to_string(),
-                format!("{}FUTEX MS/S", sel(SortKey::Futex)),
-            ])
-            .style(header_style),
-        )
-        .block(Block::bordered().title(format!(
-            " tasks ({} active; MAX since top started) ",
-            m.tasks.len()
-        ))),
+    let ids = [col("TID", 8), col("PID", 8), col("COMM", 16)];
+    table(
+        f,
         tasks,
+        format!(" tasks ({} active; MAX since top started) ", m.tasks.len()),
+        ids.into_iter().chain(rate_columns(k, "AVG")),
+        task_rows,
     );
     let cpu_rows = m.cpus.iter().take(ncpu as usize).map(|c| {
         Row::new(vec![
@@ -444,22 +427,18 @@ pub fn draw(f: &mut Frame, m: Option<&TopModel>, k: SortKey, every: &str) {
             pct(c.rates.preempted),
         ])
     });
-    f.render_widget(
-        Table::new(
-            cpu_rows,
-            [
-                Constraint::Length(5),
-                Constraint::Length(10),
-                Constraint::Length(8),
-                Constraint::Length(9),
-                Constraint::Length(12),
-            ],
-        )
-        .header(Row::new(vec!["CPU", "MS/S", "WAITS/S", "MAX", "PREEMPTED"]).style(header_style))
-        .block(
-            Block::bordered().title(" per CPU (PREEMPTED: share of waits; MAX since top started) "),
-        ),
+    table(
+        f,
         cpus,
+        " per CPU (PREEMPTED: share of waits; MAX since top started) ".into(),
+        [
+            col("CPU", 5),
+            col("MS/S", 10),
+            col("WAITS/S", 8),
+            col("MAX", 9),
+            col("PREEMPTED", 12),
+        ],
+        cpu_rows,
     );
 }
 
@@ -471,7 +450,7 @@ fn opt<T: ToString>(v: Option<T>) -> String {
     v.map_or_else(|| "-".into(), |v| v.to_string())
 }
 
-fn draw_go(f: &mut Frame, g: &GoPanel, area: ratatui::layout::Rect, header_style: Style) {
+fn draw_go(f: &mut Frame, g: &GoPanel, area: Rect) {
     let rows = g.lines.iter().take(8).map(|l| {
         let [runnable, running, waiting, _] = l.states.map_or([None; 4], |s| s.map(Some));
         Row::new(vec![
@@ -513,46 +492,22 @@ fn draw_go(f: &mut Frame, g: &GoPanel, area: ratatui::layout::Rect, header_style
         title.push_str(&format!("; not read: {}", e.join(", ")));
     }
     title.push_str(") ");
-    f.render_widget(
-        Table::new(
-            rows,
-            [
-                Constraint::Length(8),
-                Constraint::Length(16),
-                Constraint::Length(10),
-                Constraint::Length(10),
-                Constraint::Length(6),
-                Constraint::Length(10),
-                Constraint::Length(8),
-                Constraint::Length(7),
-                Constraint::Length(7),
-                Constraint::Length(7),
-                Constraint::Length(10),
-                Constraint::Length(5),
-                Constraint::Length(9),
-            ],
-        )
-        .header(
-            Row::new(vec![
-                "PID",
-                "GO BINARY",
-                "VERSION",
-                "GOMAXPROCS",
-                "CPUS",
-                "GOROUTINES",
-                "RUNNABLE",
-                "RUNNING",
-                "WAITING",
-                "THREADS",
-                "SCHED P99",
-                "GC",
-                "GC MAX",
-            ])
-            .style(header_style),
-        )
-        .block(Block::bordered().title(title)),
-        area,
-    );
+    let columns = [
+        col("PID", 8),
+        col("GO BINARY", 16),
+        col("VERSION", 10),
+        col("GOMAXPROCS", 10),
+        col("CPUS", 6),
+        col("GOROUTINES", 10),
+        col("RUNNABLE", 8),
+        col("RUNNING", 7),
+        col("WAITING", 7),
+        col("THREADS", 7),
+        col("SCHED P99", 10),
+        col("GC", 5),
+        col("GC MAX", 9),
+    ];
+    table(f, area, title, columns, rows);
 }
 
 #[cfg(test)]
