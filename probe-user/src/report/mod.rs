@@ -479,16 +479,34 @@ pub fn build(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use schedlat_common::{CpuStat, HistKey, TaskStat, WakeCount, WakePair};
 
     use super::*;
     use crate::{hist::fmt_ns, model::Buckets};
 
-    fn comm(s: &str) -> [u8; COMM_LEN] {
+    /// A task's comm as the kernel stores it.
+    pub(crate) fn comm(s: &str) -> [u8; COMM_LEN] {
         let mut c = [0; COMM_LEN];
         c[..s.len()].copy_from_slice(s.as_bytes());
         c
+    }
+
+    /// One second at the epoch, host-wide, no slow event: the input the tests vary.
+    pub(crate) fn one_second() -> ReportInput<'static> {
+        ReportInput {
+            duration_s: 1.0,
+            window: (std::time::UNIX_EPOCH, std::time::UNIX_EPOCH),
+            filter: Filter::default(),
+            slow_events: &[],
+            slow_threshold_ns: 1,
+            slow_dropped_user: 0,
+        }
+    }
+
+    /// The report of [`snapshot`] over `input`, cgroup ids named /cg<id>.
+    fn report(input: ReportInput<'_>) -> CaptureReport {
+        build(&snapshot(), input, |id| format!("/cg{id}"))
     }
 
     fn snapshot() -> RawSnapshot {
@@ -632,18 +650,11 @@ mod tests {
             skipped: Some(vec![("sched_switch".into(), 2), ("sched_waking".into(), 0)]),
             ..snapshot()
         };
-        let r = build(
-            &snap,
-            ReportInput {
-                duration_s: 1.0,
-                window: (std::time::UNIX_EPOCH, std::time::UNIX_EPOCH),
-                filter: Filter::default(),
-                slow_events: &[],
-                slow_threshold_ns: 10_000_000,
-                slow_dropped_user: 0,
-            },
-            |id| format!("/cg{id}"),
-        );
+        let input = ReportInput {
+            slow_threshold_ns: 10_000_000,
+            ..one_second()
+        };
+        let r = build(&snap, input, |id| format!("/cg{id}"));
         assert_eq!(r.dropped[KERNEL_SKIPPED], 2);
         // runq_start_map_full 3 + these 2.
         assert_eq!(r.dropped["total"], 5);
@@ -669,19 +680,11 @@ mod tests {
 
     #[test]
     fn aggregates_causes_ops_cgroups_and_drops() {
-        let snap = snapshot();
-        let r = build(
-            &snap,
-            ReportInput {
-                duration_s: 1.0,
-                window: (std::time::UNIX_EPOCH, std::time::UNIX_EPOCH),
-                filter: Filter::default(),
-                slow_events: &[],
-                slow_threshold_ns: 10_000_000,
-                slow_dropped_user: 2,
-            },
-            |id| format!("/cg{id}"),
-        );
+        let r = report(ReportInput {
+            slow_threshold_ns: 10_000_000,
+            slow_dropped_user: 2,
+            ..one_second()
+        });
         assert_eq!(r.runqueue.all.count, 3);
         assert_eq!(r.runqueue.by_cause.woken.count, 2);
         assert_eq!(r.runqueue.by_cause.preempted.count, 1);
@@ -735,18 +738,7 @@ mod tests {
 
     #[test]
     fn text_histograms_compact_by_default_fine_on_request() {
-        let r = build(
-            &snapshot(),
-            ReportInput {
-                duration_s: 1.0,
-                window: (std::time::UNIX_EPOCH, std::time::UNIX_EPOCH),
-                filter: Filter::default(),
-                slow_events: &[],
-                slow_threshold_ns: 1,
-                slow_dropped_user: 0,
-            },
-            |id| format!("/cg{id}"),
-        );
+        let r = report(one_second());
         let rows = |buckets| {
             let t = render_text(
                 &r,
@@ -800,21 +792,13 @@ mod tests {
 
     #[test]
     fn interval_blocks_are_timestamped_and_short() {
-        let r = build(
-            &snapshot(),
-            ReportInput {
-                duration_s: 1.0,
-                window: (
-                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_000),
-                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(2_000),
-                ),
-                filter: Filter::default(),
-                slow_events: &[],
-                slow_threshold_ns: 1,
-                slow_dropped_user: 0,
-            },
-            |id| format!("/cg{id}"),
-        );
+        let r = report(ReportInput {
+            window: (
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_000),
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(2_000),
+            ),
+            ..one_second()
+        });
         assert_eq!(r.interval_start, "1970-01-01T00:00:01.000Z");
         let t = render_text(
             &r,
@@ -841,18 +825,7 @@ mod tests {
 
     #[test]
     fn json_has_the_documented_keys() {
-        let r = build(
-            &snapshot(),
-            ReportInput {
-                duration_s: 1.0,
-                window: (std::time::UNIX_EPOCH, std::time::UNIX_EPOCH),
-                filter: Filter::default(),
-                slow_events: &[],
-                slow_threshold_ns: 1,
-                slow_dropped_user: 0,
-            },
-            |id| format!("/cg{id}"),
-        );
+        let r = report(one_second());
         let v = serde_json::to_value(&r).unwrap();
         for k in [
             "duration_s",

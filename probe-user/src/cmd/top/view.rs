@@ -513,20 +513,17 @@ fn draw_go(f: &mut Frame, g: &GoPanel, area: Rect) {
 #[cfg(test)]
 mod tests {
     use ratatui::{Terminal, backend::TestBackend};
-    use schedlat_common::{COMM_LEN, HistKey, TaskStat, kind};
+    use schedlat_common::{HistKey, TaskStat, kind};
 
     use super::*;
     use crate::{
         hist::Histogram,
         model::RawSnapshot,
-        report::{Filter, ReportInput, build},
+        report::{
+            build,
+            tests::{comm, one_second},
+        },
     };
-
-    fn comm(s: &str) -> [u8; COMM_LEN] {
-        let mut c = [0; COMM_LEN];
-        c[..s.len()].copy_from_slice(s.as_bytes());
-        c
-    }
 
     fn report() -> CaptureReport {
         let mut h = Histogram::default();
@@ -559,18 +556,7 @@ mod tests {
             ],
             ..Default::default()
         };
-        build(
-            &snap,
-            ReportInput {
-                duration_s: 1.0,
-                window: (std::time::UNIX_EPOCH, std::time::UNIX_EPOCH),
-                filter: Filter::default(),
-                slow_events: &[],
-                slow_threshold_ns: 1,
-                slow_dropped_user: 0,
-            },
-            |_| "/".into(),
-        )
+        build(&snap, one_second(), |_| "/".into())
     }
 
     fn screen(k: SortKey) -> Vec<String> {
