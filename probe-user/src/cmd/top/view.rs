@@ -566,14 +566,19 @@ mod tests {
         };
         let mut m = model(&report(), &max, "host-wide");
         sort(&mut m, k);
-        let mut t = Terminal::new(TestBackend::new(120, 30)).unwrap();
-        t.draw(|f| draw(f, Some(&m), k, "1s")).unwrap();
-        let buf = t.backend().buffer().clone();
+        drawn(&m, k, 120, 30)
+    }
+
+    /// The lines of `m` drawn sorted by `k` on a `width` x `height` terminal.
+    fn drawn(m: &TopModel, k: SortKey, width: u16, height: u16) -> Vec<String> {
+        let mut t = Terminal::new(TestBackend::new(width, height)).unwrap();
+        t.draw(|f| draw(f, Some(m), k, "1s")).unwrap();
+        let buf = t.backend().buffer();
         (0..buf.area.height)
             .map(|y| {
                 (0..buf.area.width)
                     .map(|x| buf[(x, y)].symbol().to_string())
-                    .collect::<String>()
+                    .collect()
             })
             .collect()
     }
@@ -609,16 +614,7 @@ mod tests {
             errors: vec![("stripped", 1)],
             ..Default::default()
         });
-        let mut t = Terminal::new(TestBackend::new(160, 40)).unwrap();
-        t.draw(|f| draw(f, Some(&m), SortKey::Delay, "1s")).unwrap();
-        let buf = t.backend().buffer().clone();
-        let lines: Vec<String> = (0..buf.area.height)
-            .map(|y| {
-                (0..buf.area.width)
-                    .map(|x| buf[(x, y)].symbol().to_string())
-                    .collect()
-            })
-            .collect();
+        let lines = drawn(&m, SortKey::Delay, 160, 40);
         let row = |pid: &str| {
             lines
                 .iter()
