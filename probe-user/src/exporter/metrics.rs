@@ -237,25 +237,20 @@ pub fn families(
     // re-created cgroup), and a label set must appear once.
     let mut runq: BTreeMap<(String, &'static str), Histogram> = BTreeMap::new();
     let mut futex: BTreeMap<String, Histogram> = BTreeMap::new();
+    let mut add = |cg: String, k: u32, h: &Histogram| match k {
+        kind::RUNQ_WOKEN => runq.entry((cg, "woken")).or_default().merge(h),
+        kind::RUNQ_PREEMPTED => runq.entry((cg, "preempted")).or_default().merge(h),
+        kind::FUTEX => futex.entry(cg).or_default().merge(h),
+        _ => {}
+    };
     for (k, h) in &snap.hists {
-        let cg = cap.label(k.cgroup_id, &mut cgroup_name);
-        match k.kind {
-            kind::RUNQ_WOKEN => runq.entry((cg, "woken")).or_default().merge(h),
-            kind::RUNQ_PREEMPTED => runq.entry((cg, "preempted")).or_default().merge(h),
-            kind::FUTEX => futex.entry(cg).or_default().merge(h),
-            _ => {}
-        }
+        add(cap.label(k.cgroup_id, &mut cgroup_name), k.kind, h);
+    }
+    for ((cg, k, _), h) in input.base {
+        add(cg.clone(), *k, h);
     }
     // A wakeup that makes a task runnable ends in exactly one cause=woken wait; counting it
     // there saves reading the wakee's cgroup in the (hot) wakeup handler.
-    for ((cg, k, _), h) in input.base {
-        match *k {
-            kind::RUNQ_WOKEN => runq.entry((cg.clone(), "woken")).or_default().merge(h),
-            kind::RUNQ_PREEMPTED => runq.entry((cg.clone(), "preempted")).or_default().merge(h),
-            kind::FUTEX => futex.entry(cg.clone()).or_default().merge(h),
-            _ => {}
-        }
-    }
     let mut wakeups: BTreeMap<String, u64> = BTreeMap::new();
     for ((cg, cause), h) in &runq {
         if *cause == "woken" {
