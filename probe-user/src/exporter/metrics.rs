@@ -490,21 +490,26 @@ pub(crate) mod tests {
         }
     }
 
+    /// The families of `snap`; `name` resolves cgroup ids.
+    fn exposition(
+        snap: &RawSnapshot,
+        cap: &mut LabelCap,
+        name: impl FnMut(u64) -> Option<String>,
+    ) -> Exposition {
+        let input = ExpoInput {
+            attached: &[],
+            per_octave: 2,
+            version: "test",
+            futex_outcomes: true,
+            base: &[],
+            retired_cgroups: 0,
+        };
+        families(snap, &input, cap, name)
+    }
+
     fn render(max_cgroups: usize) -> (String, LabelCap) {
         let mut cap = LabelCap::new(max_cgroups);
-        let fams = families(
-            &snap(),
-            &ExpoInput {
-                attached: &[],
-                per_octave: 2,
-                version: "test",
-                futex_outcomes: true,
-                base: &[],
-                retired_cgroups: 0,
-            },
-            &mut cap,
-            |id| Some(format!("/cg{id}")),
-        );
+        let fams = exposition(&snap(), &mut cap, |id| Some(format!("/cg{id}")));
         (encode(&fams.families).unwrap(), cap)
     }
 
@@ -556,19 +561,9 @@ pub(crate) mod tests {
     fn protobuf_has_the_text_families_and_native_histograms_of_the_kernel_buckets() {
         use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model as pb;
         use prost::Message as _;
-        let fams = families(
-            &snap(),
-            &ExpoInput {
-                attached: &[],
-                per_octave: 2,
-                version: "test",
-                futex_outcomes: true,
-                base: &[],
-                retired_cgroups: 0,
-            },
-            &mut LabelCap::new(100),
-            |id| Some(format!("/cg{id}")),
-        );
+        let fams = exposition(&snap(), &mut LabelCap::new(100), |id| {
+            Some(format!("/cg{id}"))
+        });
         let text = fams.encode(Format::Text).unwrap();
         assert_eq!(
             text,
@@ -710,19 +705,9 @@ pub(crate) mod tests {
             (2, docker_cg.clone()),
             (3, "/".to_string()),
         ];
-        let fams = families(
-            &snap(),
-            &ExpoInput {
-                attached: &[],
-                per_octave: 2,
-                version: "test",
-                futex_outcomes: true,
-                base: &[],
-                retired_cgroups: 0,
-            },
-            &mut LabelCap::new(100),
-            |id| names.iter().find(|(i, _)| *i == id).map(|(_, n)| n.clone()),
-        );
+        let fams = exposition(&snap(), &mut LabelCap::new(100), |id| {
+            names.iter().find(|(i, _)| *i == id).map(|(_, n)| n.clone())
+        });
         let samples = parse(&encode(&fams.families).unwrap());
         let with_cgroup: Vec<_> = samples
             .iter()
@@ -792,19 +777,7 @@ pub(crate) mod tests {
             skipped: Some(vec![("sched_switch".into(), 3), ("sched_waking".into(), 0)]),
             ..snap()
         };
-        let fams = families(
-            &snap,
-            &ExpoInput {
-                attached: &[],
-                per_octave: 2,
-                version: "test",
-                futex_outcomes: true,
-                base: &[],
-                retired_cgroups: 0,
-            },
-            &mut LabelCap::new(10),
-            |id| Some(format!("/cg{id}")),
-        );
+        let fams = exposition(&snap, &mut LabelCap::new(10), |id| Some(format!("/cg{id}")));
         let s = parse(&encode(&fams.families).unwrap());
         let skipped: BTreeMap<&str, f64> = s
             .iter()
