@@ -43,60 +43,28 @@ pub const CAP_BPF: u32 = 39;
 /// Like [`drop_all_capabilities`], but keep those of `keep` that are currently permitted.
 /// Returns the kept ones.
 pub fn drop_capabilities_except(keep: &[u32]) -> std::io::Result<Vec<u32>> {
-    let header = CapHeader {
-        version: CAP_VERSION_3,
-        pid: 0,
-    };
-    let mut cur = [CapData::default(); 2];
-    // SAFETY: capget(2) writes two data structs (version 3) into `cur`, which outlives the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_capget,
-            &header as *const CapHeader,
-            cur.as_mut_ptr(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let cur = capget()?;
     let kept: Vec<u32> = keep
         .iter()
         .copied()
-        .filter(|&c| c < 64 && cur[(c / 32) as usize].permitted & (1 << (c % 32)) != 0)
+        .filter(|&c| holds(&cur, c, |d| d.permitted))
         .collect();
-    // SAFETY: prctl with integer arguments.
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut data = [CapData::default(); 2];
-    for &c in &kept {
-        let bit = 1 << (c % 32);
-        data[(c / 32) as usize].permitted |= bit;
-        data[(c / 32) as usize].effective |= bit;
-    }
-    // SAFETY: as in drop_all_capabilities.
-    let rc = unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    set_no_new_privs()?;
+    set_caps(&kept)?;
     Ok(kept)
 }
 
 /// Clear this process's effective, permitted and inheritable capability sets (which clears
 /// the ambient set too) and set no_new_privs, so nothing can be regained, even through exec.
 pub fn drop_all_capabilities() -> std::io::Result<()> {
+    set_no_new_privs()?;
+    set_caps(&[])
+}
+
+/// PR_SET_NO_NEW_PRIVS: nothing gained through exec (setuid files, file capabilities).
+fn set_no_new_privs() -> std::io::Result<()> {
     // SAFETY: prctl with integer arguments.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let header = CapHeader {
-        version: CAP_VERSION_3,
-        pid: 0,
-    };
-    let data = [CapData::default(); 2];
-    // SAFETY: capset(2) reads one header and two data structs (version 3) that outlive the call.
-    let rc = unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) };
-    if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
@@ -126,14 +94,20 @@ fn capget() -> std::io::Result<[CapData; 2]> {
     Ok(data)
 }
 
-/// Whether this thread's effective set holds `cap` (bit number, include/uapi/linux/capability.h).
+/// Whether the set `set` picks out of `data` holds `cap` (bit number,
+/// include/uapi/linux/capability.h).
+fn holds(data: &[CapData; 2], cap: u32, set: fn(&CapData) -> u32) -> bool {
+    cap < 64 && set(&data[(cap / 32) as usize]) & (1 << (cap % 32)) != 0
+}
+
+/// Whether this thread's effective set holds `cap`.
 fn has_effective(cap: u32) -> std::io::Result<bool> {
-    Ok(cap < 64 && capget()?[(cap / 32) as usize].effective & (1 << (cap % 32)) != 0)
+    Ok(holds(&capget()?, cap, |d| d.effective))
 }
 
 /// Whether this thread's permitted set holds `cap`.
 fn has_permitted(cap: u32) -> std::io::Result<bool> {
-    Ok(cap < 64 && capget()?[(cap / 32) as usize].permitted & (1 << (cap % 32)) != 0)
+    Ok(holds(&capget()?, cap, |d| d.permitted))
 }
 
 /// A user to run as once attached, from the passwd database.
