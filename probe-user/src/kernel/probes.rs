@@ -854,22 +854,12 @@ impl Probes {
         let pairs: BpfHashMap<_, WakePair, WakeCount> = map_ref(&self.ebpf, "WAKE_PAIRS")?;
         snap.wake_pairs = pairs.iter().filter_map(Result::ok).collect();
         if !self.task_storage {
-            let runq: BpfHashMap<_, u64, schedlat_common::RunqStart> =
-                map_ref(&self.ebpf, "RUNQ_START")?;
-            snap.map_entries.push((
-                "RUNQ_START",
-                count_keys(runq.keys(), self.sizes.runq_start),
-                self.sizes.runq_start,
-            ));
+            let cap = self.sizes.runq_start;
+            self.count_stamps::<u64, schedlat_common::RunqStart>(&mut snap, "RUNQ_START", cap)?;
         }
         if self.futex == FutexMode::Syscall {
-            let futex: BpfHashMap<_, u64, schedlat_common::FutexStart> =
-                map_ref(&self.ebpf, "FUTEX_START")?;
-            snap.map_entries.push((
-                "FUTEX_START",
-                count_keys(futex.keys(), self.sizes.futex_start),
-                self.sizes.futex_start,
-            ));
+            let cap = self.sizes.futex_start;
+            self.count_stamps::<u64, schedlat_common::FutexStart>(&mut snap, "FUTEX_START", cap)?;
         }
         snap.map_entries
             .push(("TASK_STATS", snap.tasks.len(), self.sizes.tasks));
@@ -889,36 +879,43 @@ impl Probes {
             detail: e.to_string(),
         })?;
         snap.cpus = per_cpu.iter().copied().collect();
-        let drops: PerCpuArray<_, u64> = map_ref(&self.ebpf, "DROPS")?;
-        for (i, d) in snap.drops.iter_mut().enumerate() {
-            let v = drops.get(&(i as u32), 0).map_err(|e| ProbeError::Map {
-                map: "DROPS",
-                detail: e.to_string(),
-            })?;
-            *d = v.iter().sum();
-        }
-        let out: PerCpuArray<_, u64> = map_ref(&self.ebpf, "FUTEX_OUT")?;
-        for (i, d) in snap.futex_outcomes.iter_mut().enumerate() {
-            let v = out.get(&(i as u32), 0).map_err(|e| ProbeError::Map {
-                map: "FUTEX_OUT",
-                detail: e.to_string(),
-            })?;
-            *d = v.iter().sum();
-        }
+        self.per_cpu_sums("DROPS", &mut snap.drops)?;
+        self.per_cpu_sums("FUTEX_OUT", &mut snap.futex_outcomes)?;
         if self.go {
             snap.go = Some(self.go_snapshot()?);
-            let g: BpfHashMap<_, u64, schedlat_common::GoGState> = map_ref(&self.ebpf, "GO_G")?;
-            snap.map_entries
-                .push(("GO_G", count_keys(g.keys(), GO_G_ENTRIES), GO_G_ENTRIES));
-            let r: BpfHashMap<_, u32, schedlat_common::GoRunqRing> =
-                map_ref(&self.ebpf, "GO_RUNQ")?;
-            snap.map_entries.push((
-                "GO_RUNQ",
-                count_keys(r.keys(), GO_RUNQ_ENTRIES),
-                GO_RUNQ_ENTRIES,
-            ));
+            self.count_stamps::<u64, schedlat_common::GoGState>(&mut snap, "GO_G", GO_G_ENTRIES)?;
+            let cap = GO_RUNQ_ENTRIES;
+            self.count_stamps::<u32, schedlat_common::GoRunqRing>(&mut snap, "GO_RUNQ", cap)?;
         }
         Ok(snap)
+    }
+
+    /// The map_entries row of hash map `name`, which the kernel keeps changing (start
+    /// stamps): its entries counted in bounded time by [`count_keys`].
+    fn count_stamps<K: aya::Pod, V: aya::Pod>(
+        &self,
+        snap: &mut RawSnapshot,
+        name: &'static str,
+        capacity: u32,
+    ) -> Result<(), ProbeError> {
+        let m: BpfHashMap<_, K, V> = map_ref(&self.ebpf, name)?;
+        let entries = count_keys(m.keys(), capacity);
+        snap.map_entries.push((name, entries, capacity));
+        Ok(())
+    }
+
+    /// Each counter of the per-CPU array `name`, summed over the CPUs, into `out` (as many
+    /// as it holds).
+    fn per_cpu_sums(&self, name: &'static str, out: &mut [u64]) -> Result<(), ProbeError> {
+        let m: PerCpuArray<_, u64> = map_ref(&self.ebpf, name)?;
+        for (i, d) in out.iter_mut().enumerate() {
+            let v = m.get(&(i as u32), 0).map_err(|e| ProbeError::Map {
+                map: name,
+                detail: e.to_string(),
+            })?;
+            *d = v.iter().sum();
+        }
+        Ok(())
     }
 
     fn go_snapshot(&self) -> Result<GoRaw, ProbeError> {
@@ -933,15 +930,8 @@ impl Probes {
         for i in 0..go::hist::COUNT {
             out.push(Histogram::from(&hists.get(&i, 0).map_err(err("GO_HISTS"))?));
         }
-        let counts: PerCpuArray<_, u64> = map_ref(&self.ebpf, "GO_COUNTS")?;
         let mut c = [0u64; go::counter::COUNT];
-        for (i, d) in c.iter_mut().enumerate() {
-            *d = counts
-                .get(&(i as u32), 0)
-                .map_err(err("GO_COUNTS"))?
-                .iter()
-                .sum();
-        }
+        self.per_cpu_sums("GO_COUNTS", &mut c)?;
         Ok(GoRaw {
             hists: out,
             counts: c,
