@@ -7,14 +7,15 @@
 //!   invocations: [`run_schedlat`];
 //! * `schedlat daemon` and its /metrics: [`scrape`]; its HTTPS set-up (TLS, basic auth): [`tls`];
 //! * the project's Python tools and YAML reading: [`pytools_bin`], [`yaml_documents`];
-//! * reading a thread's `/proc/<pid>/task/<tid>/schedstat`: [`read_schedstat`], [`parse_schedstat`].
+//! * reading a thread's `/proc/<pid>/task/<tid>/schedstat`: [`read_schedstat`], [`parse_schedstat`];
+//! * a test's own scratch directory: [`TempDir`].
 //!
 //! Nothing here blocks forever: every read of a child's output has a timeout and panics with
 //! context (what was expected, what the child printed so far) when it expires.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio},
     sync::{
         Arc, Mutex,
@@ -41,6 +42,49 @@ pub const SCHEDLAT_EXIT_TIMEOUT: Duration = Duration::from_secs(120);
 pub const CAPTURE_READY_MARKER: &str = "schedlat: capturing";
 
 const BUILD_HINT: &str = "build it with `cargo xtask build` / run tests via `cargo xtask test`";
+
+/// A fresh directory `schedlat-<tag>-<pid>` under the temp dir (what an earlier run left
+/// there is removed first), removed on drop; kept when the test fails, for a look at what
+/// it wrote. Derefs to its path.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let d = std::env::temp_dir().join(format!("schedlat-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display()));
+        Self(d)
+    }
+
+    /// The path of `f` in the directory, as a string (for command-line arguments).
+    pub fn path(&self, f: &str) -> String {
+        self.0.join(f).to_str().unwrap().to_string()
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!("kept {} (the test failed)", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
 
 fn workspace_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -799,7 +843,7 @@ mod tests {
         // SAFETY: no preconditions.
         let tid = unsafe { libc::gettid() } as u32;
         let path = format!("/proc/{pid}/task/{tid}/schedstat");
-        if !std::path::Path::new(&path).exists() {
+        if !Path::new(&path).exists() {
             eprintln!("no {path} (CONFIG_SCHEDSTATS/SCHED_INFO off?); skipping");
             return;
         }

@@ -1,32 +1,7 @@
-//! The HTTPS set-up of the daemon's web tests: a temporary directory, a self-signed certificate
-//! for 127.0.0.1 made by Debian's openssl, bcrypt hashes made by htpasswd (implementations other
-//! than the daemon's), curl against them, and [`TlsSite`], the TLS + basic-auth web config and
-//! a daemon serving it.
-use std::path::PathBuf;
-
-use crate::{ok, run, scrape::Daemon};
-
-/// A fresh directory under the temp dir, removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> Self {
-        let d = std::env::temp_dir().join(format!("schedlat-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Self(d)
-    }
-
-    pub fn path(&self, f: &str) -> String {
-        self.0.join(f).to_str().unwrap().to_string()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+//! The HTTPS set-up of the daemon's web tests: a self-signed certificate for 127.0.0.1 made by
+//! Debian's openssl, bcrypt hashes made by htpasswd (implementations other than the daemon's),
+//! curl against them, and [`TlsSite`], the TLS + basic-auth web config and a daemon serving it.
+use crate::{TempDir, ok, run, scrape::Daemon};
 
 /// A self-signed server certificate for 127.0.0.1 (it is its own CA for curl), as
 /// `server.crt` and `server.key` in `dir`.

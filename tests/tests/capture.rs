@@ -2,7 +2,7 @@
 //! kernel's own accounting (schedstat) and the workload's own record of what it did.
 use std::time::Duration;
 
-use schedlat_tests::{Schedlat, Workload, privileged_or_skip};
+use schedlat_tests::{Schedlat, TempDir, Workload, privileged_or_skip};
 use serde_json::Value;
 
 fn task(report: &Value, tid: u64) -> &Value {
@@ -918,8 +918,7 @@ fn html_report_renders_in_headless_chromium() {
     if !privileged_or_skip() {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("schedlat-html-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("html-test");
     let page = dir.join("capture.html");
     let out = schedlat_tests::run_schedlat(&[
         "capture",
@@ -999,5 +998,4 @@ fn html_report_renders_in_headless_chromium() {
         "under 2% of the screenshot is inked"
     );
     assert!(colours.len() > 20, "{} colours only", colours.len());
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -5,7 +5,7 @@ use std::{
 };
 
 use schedlat_tests::{
-    Workload, privileged_or_skip,
+    TempDir, Workload, privileged_or_skip,
     scrape::{Daemon, get, promtool_check, sample, total},
 };
 
@@ -258,9 +258,8 @@ fn kernel_skipped_runs_are_exported_per_program_as_the_kernel_counts_them() {
 /// for the whole host: run-queue histograms of 8 cgroups (and 8 futex series). The per-task
 /// stamps live in task storage here (RUNQ_START only exists on kernels without it), so the
 /// map a test can fill is the cgroups'.
-fn tiny_hists_config(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-    let dir = std::env::temp_dir().join(format!("schedlat-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+fn tiny_hists_config(name: &str) -> (TempDir, std::path::PathBuf) {
+    let dir = TempDir::new(name);
     let cfg = dir.join("small.toml");
     std::fs::write(&cfg, "[maps]\nhists = 16\n").unwrap();
     (dir, cfg)
@@ -290,7 +289,7 @@ fn a_full_map_drops_are_counted_and_the_daemon_keeps_serving() {
     if !privileged_or_skip() {
         return;
     }
-    let (dir, cfg) = tiny_hists_config("mapfull");
+    let (_dir, cfg) = tiny_hists_config("mapfull");
     let d = Daemon::start_with(&["--config", cfg.to_str().unwrap()]);
     overflow_rq_slots();
     let m = get(&d.addr, "/metrics").expect("daemon still serves after its map filled");
@@ -310,7 +309,6 @@ fn a_full_map_drops_are_counted_and_the_daemon_keeps_serving() {
     // Whatever fit was still measured.
     assert!(total(&m, "schedlat_runqueue_latency_seconds_count") > 0.0);
     assert!(d.stop().success());
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -854,8 +852,7 @@ fn daemon_switches_to_an_unprivileged_user_after_attaching_and_keeps_working() {
     };
     let (uid, gid) = (ids("-u"), ids("-g"));
     assert_ne!(uid, "0");
-    let dir = std::env::temp_dir().join(format!("schedlat-user-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("user");
     let cfg = dir.join("user.toml");
     std::fs::write(&cfg, "user = \"nobody\"\n").unwrap();
     let d = Daemon::start_with(&["--config", cfg.to_str().unwrap()]);
@@ -881,7 +878,6 @@ fn daemon_switches_to_an_unprivileged_user_after_attaching_and_keeps_working() {
     // Maps are read through the fds opened as root: metrics still grow.
     assert_metrics_grow_under_load(&d);
     assert!(d.stop().success());
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Kernel-side diagnostics (aya-log, --log debug): a map filling up is logged from the eBPF
@@ -935,7 +931,6 @@ fn a_map_filling_up_is_logged_from_the_kernel_once_at_debug_level() {
             .join("\n")
     );
     assert!(lines[0].contains("DEBUG"), "{}", lines[0]);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// A sysctl raised for one test (only if below `min`), restored on drop, even on a panic.
@@ -1080,8 +1075,7 @@ fn seventy_thousand_parked_threads_each_wait_counted_or_dropped_by_name() {
         "{waits} futex waits counted of {PARKED} parked threads"
     );
 
-    let dir = std::env::temp_dir().join(format!("schedlat-park-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("park");
     let cfg = dir.join("small.toml");
     std::fs::write(&cfg, "[maps]\nrunq_start = 20000\n").unwrap();
     let (waits, drops, cap) = park_round(
@@ -1103,7 +1097,6 @@ fn seventy_thousand_parked_threads_each_wait_counted_or_dropped_by_name() {
         waits < n,
         "{waits} waits counted although {drops} stamps were dropped"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// `schedlat_preemptions_total` of cgroup `cg` in a scrape: `by` -> count.
@@ -1230,8 +1223,7 @@ fn preemptors_beyond_the_cap_fold_into_other_and_are_counted() {
     if !privileged_or_skip() {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("schedlat-fold-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("fold");
     let cfg = dir.join("fold.toml");
     std::fs::write(&cfg, "preemptors_per_cgroup = 1\n").unwrap();
     let d = Daemon::start_with(&["--config", cfg.to_str().unwrap()]);
@@ -1304,7 +1296,6 @@ fn preemptors_beyond_the_cap_fold_into_other_and_are_counted() {
         "PREEMPTS entries of removed cgroups: {left:?}"
     );
     assert!(d.stop().success());
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// FUTEX_START holds one stamp per task inside a futex call, parked threads included, so in
@@ -1325,8 +1316,7 @@ fn futex_start_is_sized_for_the_hosts_tasks_in_syscall_mode_only() {
     let want = sysctl("threads-max")
         .min(sysctl("pid_max"))
         .clamp(65_536.0, 262_144.0);
-    let dir = std::env::temp_dir().join(format!("schedlat-futex-start-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("futex-start");
     let cfg = dir.join("syscall.toml");
     std::fs::write(&cfg, "futex = \"syscall\"\n").unwrap();
     let d = Daemon::start_with(&["--config", cfg.to_str().unwrap()]);
@@ -1337,7 +1327,6 @@ fn futex_start_is_sized_for_the_hosts_tasks_in_syscall_mode_only() {
         "FUTEX_START capacity in futex mode syscall"
     );
     assert!(d.stop().success());
-    std::fs::remove_dir_all(&dir).unwrap();
 
     let d = Daemon::start();
     let m = get(&d.addr, "/metrics").unwrap();
@@ -1358,8 +1347,7 @@ fn self_cost_exports_the_kernels_accounting_of_the_programs_only_when_asked() {
         return;
     }
     let series = |m: &str, name: &str| sample(m, &format!("{name}{{program=\"sched_switch\"}}"));
-    let dir = std::env::temp_dir().join(format!("schedlat-self-cost-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("self-cost");
     let cfg = dir.join("self-cost.toml");
     std::fs::write(&cfg, "self_cost = true\n").unwrap();
     let d = Daemon::start_with(&["--config", cfg.to_str().unwrap()]);
@@ -1391,7 +1379,6 @@ fn self_cost_exports_the_kernels_accounting_of_the_programs_only_when_asked() {
         "{ns_per_run} ns per sched_switch run"
     );
     assert!(d.stop().success());
-    std::fs::remove_dir_all(&dir).unwrap();
 
     let d = Daemon::start();
     let m = get(&d.addr, "/metrics").unwrap();

@@ -5,7 +5,8 @@
 use std::{collections::BTreeSet, path::PathBuf, process::Command};
 
 use schedlat_tests::{
-    privileged_or_skip, pytools_bin, pytools_python, schedlat_bin, scrape::get, yaml_documents,
+    TempDir, privileged_or_skip, pytools_bin, pytools_python, schedlat_bin, scrape::get,
+    yaml_documents,
 };
 use serde_json::Value;
 
@@ -26,8 +27,7 @@ fn systemd_unit_verifies() {
             "/etc/schedlat/schedlat.toml",
             repo().join("deploy/schedlat.toml").to_str().unwrap(),
         );
-    let dir = std::env::temp_dir().join(format!("schedlat-unit-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("unit");
     let path = dir.join("schedlat.service");
     std::fs::write(&path, unit).unwrap();
     let out = Command::new("systemd-analyze")
@@ -40,7 +40,6 @@ fn systemd_unit_verifies() {
         out.status.success() && !stderr.contains("schedlat.service:"),
         "systemd-analyze verify:\n{stderr}"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -52,8 +51,7 @@ fn example_config_is_valid_for_the_daemon() {
         cfg.contains("listen = \"127.0.0.1:9725\""),
         "default listen documented"
     );
-    let dir = std::env::temp_dir().join(format!("schedlat-cfgex-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("cfgex");
     let path = dir.join("c.toml");
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
@@ -99,7 +97,6 @@ fn example_config_is_valid_for_the_daemon() {
         "deploy/web.yml: want exit 2 naming {}:\n{stderr}",
         cert.display()
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// The values of `key=` lines in the shipped unit, split on whitespace.
@@ -122,8 +119,7 @@ fn cap_mask(names: &[String]) -> u64 {
 /// root, no device, kernel or syscall restrictions). Offline: no running systemd needed.
 #[test]
 fn systemd_unit_is_rated_3_or_lower_by_systemd_analyze_security() {
-    let dir = std::env::temp_dir().join(format!("schedlat-unitsec-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("unitsec");
     let path = dir.join("schedlat.service");
     std::fs::copy(repo().join("deploy/schedlat.service"), &path).unwrap();
     let out = Command::new("systemd-analyze")
@@ -132,7 +128,6 @@ fn systemd_unit_is_rated_3_or_lower_by_systemd_analyze_security() {
         .output()
         .expect("systemd-analyze (Debian's systemd package; `cargo xtask setup` installs it)");
     let text = String::from_utf8_lossy(&out.stdout);
-    std::fs::remove_dir_all(&dir).unwrap();
     let score: f64 = text
         .lines()
         .find_map(|l| l.split_once("Overall exposure level for schedlat.service: "))
@@ -286,9 +281,7 @@ fn the_unit_runs_the_daemon_under_systemd() {
         return;
     }
     let name = format!("schedlat-systemd-{}", std::process::id());
-    let dir = std::env::temp_dir().join(&name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("systemd");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -373,7 +366,7 @@ fn the_unit_runs_the_daemon_under_systemd() {
     let log = dir.join("systemd.log");
     let mut systemd = Command::new("sh")
         .args(["-ec", &outer, "sh"])
-        .arg(&dir)
+        .arg(&*dir)
         .stdout(std::fs::File::create(&log).unwrap())
         .stderr(std::fs::File::create(dir.join("systemd.err")).unwrap())
         .spawn()
@@ -445,7 +438,7 @@ fn the_unit_runs_the_daemon_under_systemd() {
     if let Some(d) = &v1_dir {
         remove_cgroup_tree(d);
     }
-    std::fs::remove_dir_all(&dir).unwrap();
+    drop(dir);
 
     assert!(
         dlog.contains("seccomp filter installed"),
@@ -627,8 +620,7 @@ fn kubernetes_manifests_validate_against_the_api_schemas() {
         assert!(out.contains(&passed), "no {passed:?} in:\n{out}");
     }
     // The validator rejects what the API server would: a misspelt field and a wrong type.
-    let dir = std::env::temp_dir().join(format!("schedlat-k8s-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("k8s");
     let ds = std::fs::read_to_string(k8s_dir().join("daemonset.yaml")).unwrap();
     for (from, to, expect) in [
         (
@@ -679,7 +671,6 @@ fn kubernetes_manifests_validate_against_the_api_schemas() {
         let (ok, out) = servicemonitor_validate(&[bad]);
         assert!(!ok && out.contains(expect), "{to:?} accepted:\n{out}");
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// The one document of `kind` among `docs`.
@@ -909,8 +900,7 @@ fn container_args_and_config_are_accepted(docs: &[Value]) {
     // exactly as far as binding (before loading any program: no root needed).
     let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     let held = taken.local_addr().unwrap().port();
-    let dir = std::env::temp_dir().join(format!("schedlat-k8scfg-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("k8scfg");
     let path = dir.join("schedlat.toml");
     std::fs::write(
         &path,
@@ -935,7 +925,6 @@ fn container_args_and_config_are_accepted(docs: &[Value]) {
         stderr.contains(&format!("0.0.0.0:{held} is already in use")),
         "container args {args:?} or ConfigMap config rejected before binding:\n{stderr}"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// A mount and cgroup namespace laid out as the DaemonSet's container sees it: the runtime's
@@ -970,7 +959,7 @@ fn daemon_runs_in_the_daemonset_container_layout() {
         .local_addr()
         .unwrap()
         .port();
-    let dir = std::env::temp_dir().join(format!("schedlat-k8sns-{}", std::process::id()));
+    let dir = TempDir::new("k8sns");
     std::fs::create_dir_all(dir.join("host-cgroup")).unwrap();
     let cfg_path = dir.join("schedlat.toml");
     std::fs::write(
@@ -1065,7 +1054,6 @@ fn daemon_runs_in_the_daemonset_container_layout() {
     let status = std::fs::read_to_string(format!("/proc/{daemon}/status")).unwrap();
     unsafe { libc::kill(daemon as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
-    std::fs::remove_dir_all(&dir).unwrap();
     assert!(
         count.is_some_and(|c| c > 10.0),
         "host cgroup {} not labelled by its host path: {count:?}\n{}",
@@ -1095,8 +1083,7 @@ fn leaving_root_without_cap_setuid_fails_early_and_says_what_to_add() {
     if !privileged_or_skip() {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("schedlat-unituser-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("unituser");
     let cfg = dir.join("c.toml");
     std::fs::write(&cfg, "user = \"nobody\"\n").unwrap();
     for config in [Some(&cfg), None] {
@@ -1127,7 +1114,6 @@ fn leaving_root_without_cap_setuid_fails_early_and_says_what_to_add() {
         // Refused before attaching: nothing was loaded.
         assert!(!stderr.contains("attached"), "{stderr}");
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 // ------------------------------------------------------------------------- container image
@@ -1388,9 +1374,7 @@ fn the_container_image_runs_the_daemon_with_the_daemonsets_mounts() {
         "kustomization images {images:?}"
     );
 
-    let dir = std::env::temp_dir().join(format!("schedlat-image-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("image");
     let reference = format!("oci:{}:{tag}", layout.display());
     // skopeo reads it the way the README pushes it: platform, digest, and a conversion to a
     // docker-archive (what `docker load` / `kind load image-archive` take).
@@ -1666,5 +1650,4 @@ fn the_container_image_runs_the_daemon_with_the_daemonsets_mounts() {
         want.len()
     );
     drop(cg);
-    std::fs::remove_dir_all(&dir).unwrap();
 }

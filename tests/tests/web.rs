@@ -1,9 +1,9 @@
 //! Privileged: `schedlat daemon` with a web config (TLS + basic auth), scraped with Debian's
 //! curl against a certificate made by Debian's openssl and a hash made by htpasswd.
 use schedlat_tests::{
-    ok, privileged_or_skip, run,
+    TempDir, ok, privileged_or_skip, run,
     scrape::{Daemon, get},
-    tls::{TempDir, TlsSite, cert_into, curl, self_signed},
+    tls::{TlsSite, cert_into, curl, self_signed},
 };
 
 #[test]
