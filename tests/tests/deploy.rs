@@ -1457,35 +1457,23 @@ fn the_container_image_runs_the_daemon_with_the_daemonsets_mounts() {
     let inside = |p: &str| cstr(&rootfs.join(p.trim_start_matches('/')));
     // What the runtime provides, then the volumes in the order the container lists them.
     let (nosuid, nodev, noexec) = (libc::MS_NOSUID, libc::MS_NODEV, libc::MS_NOEXEC);
+    // A new filesystem of type `fs` (its source named as the type) at `at`.
+    let new_fs = |fs: &std::ffi::CStr, at: &str, flags| Mount {
+        src: fs.into(),
+        dst: inside(at),
+        fstype: Some(fs.into()),
+        flags,
+        read_only: None,
+    };
     let mut mounts = vec![
-        Mount {
-            src: c"proc".into(),
-            dst: inside("/proc"),
-            fstype: Some(c"proc".into()),
-            flags: nosuid | nodev | noexec,
-            read_only: None,
-        },
-        Mount {
-            src: c"tmpfs".into(),
-            dst: inside("/dev"),
-            fstype: Some(c"tmpfs".into()),
-            flags: nosuid,
-            read_only: None,
-        },
-        Mount {
-            src: c"sysfs".into(),
-            dst: inside("/sys"),
-            fstype: Some(c"sysfs".into()),
-            flags: nosuid | nodev | noexec | libc::MS_RDONLY,
-            read_only: None,
-        },
-        Mount {
-            src: c"cgroup2".into(),
-            dst: inside("/sys/fs/cgroup"),
-            fstype: Some(c"cgroup2".into()),
-            flags: nosuid | nodev | noexec | libc::MS_RDONLY,
-            read_only: None,
-        },
+        new_fs(c"proc", "/proc", nosuid | nodev | noexec),
+        new_fs(c"tmpfs", "/dev", nosuid),
+        new_fs(c"sysfs", "/sys", nosuid | nodev | noexec | libc::MS_RDONLY),
+        new_fs(
+            c"cgroup2",
+            "/sys/fs/cgroup",
+            nosuid | nodev | noexec | libc::MS_RDONLY,
+        ),
     ];
     let volumes = pod["volumes"].as_array().unwrap();
     for vm in c["volumeMounts"].as_array().unwrap() {
