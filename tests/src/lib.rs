@@ -858,9 +858,11 @@ mod tests {
 
     #[test]
     fn running_ready_then_sigint() {
+        // The trap is set before the ready line, as the real capture handles SIGINT before it
+        // says it is capturing: otherwise the signal can land first and kill the shell.
         let r = fake_schedlat(
-            "echo 'log line' >&2; echo 'schedlat: capturing host-wide for 1m' >&2; \
-             trap 'echo report; echo bye >&2; exit 0' INT; while :; do sleep 0.05; done",
+            "trap 'echo report; echo bye >&2; exit 0' INT; echo 'log line' >&2; \
+             echo 'schedlat: capturing host-wide for 1m' >&2; while :; do sleep 0.05; done",
         );
         r.wait_ready(Duration::from_secs(10));
         let (st, out, err) = r.stop();
