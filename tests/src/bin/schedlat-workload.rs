@@ -456,10 +456,13 @@ mod linux {
         let gates = (0..threads)
             .map(|_| Gate::new())
             .collect::<Result<Vec<_>>>()?;
-        // Spun out, each thread parks on its end gate until main has seen every thread done;
-        // woken, it reads its schedstat once more: the window [`before`, that read] holds the
-        // wait to be switched in after the start gate and after the end gate, as the capture
-        // does.
+        // The oracle's window: main reads each thread's schedstat once the test said go (a
+        // capture is attached by then) while the thread sleeps at its start gate, so no wait is
+        // in flight; spun out, each thread parks on its end gate until main has seen every
+        // thread done, and woken, reads its schedstat once more. The window holds the wait to
+        // be switched in after the start gate and after the end gate, as the capture does, and
+        // no wait from before the capture (a thread preempted on its way to the gate, which
+        // it is on a loaded CPU).
         let ends = (0..threads)
             .map(|_| Gate::new())
             .collect::<Result<Vec<_>>>()?;
@@ -467,11 +470,14 @@ mod linux {
         let spun = (0..threads)
             .map(|_| Gate::new())
             .collect::<Result<Vec<_>>>()?;
+        // Set by each thread just before it blocks at its start gate.
+        let at_gate: Arc<Vec<AtomicU32>> =
+            Arc::new((0..threads).map(|_| AtomicU32::new(0)).collect());
         for (i, ((&gate, &end), &done)) in gates.iter().zip(&ends).zip(&spun).enumerate() {
-            let (tids, pinned) = (tids.clone(), pinned.clone());
+            let (tids, pinned, at_gate) = (tids.clone(), pinned.clone(), at_gate.clone());
             let h = thread::Builder::new()
                 .name(format!("spin{i}"))
-                .spawn(move || -> Result<(Sample, Sample)> {
+                .spawn(move || -> Result<Sample> {
                     let tid = gettid();
                     let pin = pin_self(cpu);
                     let policy = if favoured && pin.is_ok() {
@@ -494,7 +500,7 @@ mod linux {
                         None
                     };
                     let mut buf = vec![0u8; if kernel { 1 << 20 } else { 0 }];
-                    let before = (schedstat_raw(tid)?, nivcsw_raw(tid)?);
+                    at_gate[i].store(1, SeqCst);
                     gate.wait();
                     let t0 = Instant::now();
                     while t0.elapsed() < dur {
@@ -514,7 +520,7 @@ mod linux {
                     end.wait();
                     // Read after being switched in again: the wait after `end` opened is
                     // in run_delay too, as it is in the capture.
-                    Ok((before, (schedstat_raw(tid)?, nivcsw_raw(tid)?)))
+                    Ok((schedstat_raw(tid)?, nivcsw_raw(tid)?))
                 })
                 .context("spawning a spin thread")?;
             handles.push(h);
@@ -542,6 +548,11 @@ mod linux {
         // test moves it into a cgroup) until all spinners are joined, exited ones included.
         let nivcsw_start = process_nivcsw();
         ready_then_wait(json!({ "tids": tid_list }))?;
+        let mut befores = Vec::new();
+        for (i, &tid) in tid_list.iter().enumerate() {
+            poll_until(|| at_gate[i].load(SeqCst) == 1 && thread_asleep(tid));
+            befores.push((schedstat_raw(tid)?, nivcsw_raw(tid)?));
+        }
         for g in &gates {
             g.open()?;
         }
@@ -552,9 +563,11 @@ mod linux {
         // One at a time, each joined before the next wakes: a thread between its last read
         // and its exit has CPU 0 to itself, so no wait escapes the oracle's window.
         let mut out = Vec::new();
-        for ((h, tid), e) in handles.into_iter().zip(&tid_list).zip(&ends) {
+        for (((h, tid), e), (before, nivcsw_before)) in
+            handles.into_iter().zip(&tid_list).zip(&ends).zip(befores)
+        {
             e.open()?;
-            let ((before, nivcsw_before), (after, nivcsw_after)) = h
+            let (after, nivcsw_after) = h
                 .join()
                 .map_err(|_| anyhow::anyhow!("spin thread panicked"))??;
             out.push(json!({
@@ -872,6 +885,15 @@ mod linux {
             // SAFETY: no preconditions.
             unsafe { libc::pause() };
         }
+    }
+
+    /// Whether thread `tid` of this process is asleep (state S in /proc/self/task/TID/stat).
+    fn thread_asleep(tid: u32) -> bool {
+        let mut buf = [0u8; 512];
+        task_file_raw(tid, "stat", &mut buf).is_ok_and(|stat| {
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, r)| r.as_bytes().first() == Some(&b'S'))
+        })
     }
 
     /// The state letter of each thread of this process but the caller (/proc/self/task).
