@@ -682,6 +682,8 @@ mod linux {
     static WAKE_GEN: AtomicU32 = AtomicU32::new(0);
     static WAKER_TID: AtomicU32 = AtomicU32::new(0);
     static WAKEE_TID: AtomicU32 = AtomicU32::new(0);
+    /// Set by the wakee just before it blocks at its start gate.
+    static WAKEE_AT_GATE: AtomicU32 = AtomicU32::new(0);
 
     fn wake(count: u32) -> Result<Value> {
         let (gate_a, gate_b) = (Gate::new()?, Gate::new()?);
@@ -690,9 +692,7 @@ mod linux {
             .spawn(move || -> (u32, u32, u32, u64) {
                 let tid = gettid();
                 WAKEE_TID.store(tid, SeqCst);
-                // Its switch-ins from here to the end: each one a run-queue wait the capture
-                // must count (a wake that lands before B is off its CPU makes none).
-                let before = schedstat_raw(tid).unwrap_or_else(|e| fail(format_args!("{e:#}")));
+                WAKEE_AT_GATE.store(1, SeqCst);
                 gate_b.wait();
                 let (mut woken, mut eagain, mut eintr) = (0u32, 0u32, 0u32);
                 for i in 1..=count {
@@ -710,7 +710,7 @@ mod linux {
                     }
                 }
                 let after = schedstat_raw(tid).unwrap_or_else(|e| fail(format_args!("{e:#}")));
-                (woken, eagain, eintr, after.2.saturating_sub(before.2))
+                (woken, eagain, eintr, after.2)
             })
             .context("spawning the wakee thread")?;
         let a = thread::Builder::new()
@@ -738,13 +738,19 @@ mod linux {
         poll_until(|| WAKER_TID.load(SeqCst) != 0 && WAKEE_TID.load(SeqCst) != 0);
         let (waker_tid, wakee_tid) = (WAKER_TID.load(SeqCst), WAKEE_TID.load(SeqCst));
         ready_then_wait(json!({ "waker_tid": waker_tid, "wakee_tid": wakee_tid }))?;
+        // The wakee's switch-ins from here to its last read: each one a run-queue wait the
+        // capture (attached by now) must count; a wake that lands before the wakee is off its
+        // CPU makes none. Read while it sleeps at its gate, as spin's oracle is: no wait is in
+        // flight then, none from before the capture.
+        poll_until(|| WAKEE_AT_GATE.load(SeqCst) == 1 && thread_asleep(wakee_tid));
+        let before = schedstat_raw(wakee_tid)?;
         gate_b.open()?;
         gate_a.open()?;
         // Main is not measured: joining is fine (A and B never join anything).
         let woke = a
             .join()
             .map_err(|_| anyhow::anyhow!("waker thread panicked"))?;
-        let (woken, eagain, eintr, wakee_timeslices) = b
+        let (woken, eagain, eintr, wakee_slices_after) = b
             .join()
             .map_err(|_| anyhow::anyhow!("wakee thread panicked"))?;
         Ok(json!({
@@ -756,7 +762,7 @@ mod linux {
             "eintr": eintr,
             "wake_calls": count,
             "wake_returned": woke,
-            "wakee_timeslices": wakee_timeslices,
+            "wakee_timeslices": wakee_slices_after.saturating_sub(before.2),
         }))
     }
 
